@@ -1,0 +1,2 @@
+//! Configuration: sources, INI parsing, typed settings and validation.
+#![forbid(unsafe_code)]

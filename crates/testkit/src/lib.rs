@@ -1,0 +1,2 @@
+//! Test harness: real etcd servers, minted certificates, spawned autogate processes.
+#![forbid(unsafe_code)]

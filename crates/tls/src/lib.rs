@@ -1,0 +1,2 @@
+//! TLS in one place: certificate minting, rustls configurations and certificate pinning.
+#![forbid(unsafe_code)]
