@@ -1,2 +1,21 @@
-//! TLS in one place: certificate minting, rustls configurations and certificate pinning.
+//! TLS in one place: certificate minting, loading PEM material, rustls configurations and the
+//! verifiers the manager needs to pin certificates by fingerprint.
+//!
+//! Every rustls configuration built here uses the `ring` crypto provider explicitly (never a
+//! process-wide default), so the binary behaves the same whatever other crates install.
 #![forbid(unsafe_code)]
+
+mod error;
+mod load;
+mod mint;
+
+pub use error::TlsError;
+pub use load::{
+    cert_info, fingerprint_sha256, key_matches, load_certs, load_identity, load_key,
+    parse_pem_certs, parse_pem_key, CertInfo, Identity,
+};
+pub use mint::{self_signed, Ca, CertKind, Issued, Validity};
+
+/// Re-exported so callers name the same types this crate returns.
+pub use rustls;
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
