@@ -1,4 +1,12 @@
-//! The `autogate` binary: parses the command line and hands over to a role or a client command.
+//! The `autogate` binary: one executable for every role (core node, runner, manager) and the
+//! operator CLI. `main` only hands the arguments to [`cli::run`] and turns its result into the
+//! process exit code.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod cli;
+mod cmd;
+mod exit;
+
+fn main() -> std::process::ExitCode {
+    cli::run(std::env::args_os())
+}

@@ -1,2 +1,8 @@
-//! Test harness: real etcd servers, minted certificates, spawned autogate processes.
+//! Test harness for autogate's integration and black-box tests: real etcd servers, minted
+//! certificates, and real `autogate` processes. Everything it starts is torn down on drop, also
+//! when a test panics.
 #![forbid(unsafe_code)]
+
+pub mod process;
+
+pub use process::{autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process};

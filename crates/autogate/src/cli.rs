@@ -1,0 +1,85 @@
+//! Command-line grammar in the product family's verb–noun style (`autogate <verb> <noun> …`),
+//! global flags accepted anywhere on the line, and the mapping of every outcome to an exit code.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+use crate::exit::{Failure, USAGE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "autogate",
+    version,
+    about = "Highly-available automation gateway: core nodes, runners, manager and CLI in one binary",
+    propagate_version = true,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Configuration file (else $GATEWAY_CONFIG, ~/.gateway.d/gateway.conf, /etc/gateway/gateway.conf).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Raw JSON output.
+    #[arg(long, global = true)]
+    pub raw: bool,
+    /// Client profile (`[client:<name>]`), case-insensitive.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Verbose console logs (which configuration file and store were used).
+    #[arg(long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the version; with --show-config the effective configuration and where each value came from.
+    Version {
+        /// Print the effective configuration.
+        #[arg(long)]
+        show_config: bool,
+    },
+    /// Run a core node.
+    Server,
+}
+
+/// Parse, run, and map the outcome to an exit code.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(USAGE),
+                _ => ExitCode::from(USAGE),
+            };
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Version { show_config } => cmd::version::run(&cli.global, show_config),
+        Command::Server => cmd::server::run(&cli.global),
+    }
+}
