@@ -1,0 +1,46 @@
+# autogate — the two commands that matter are `make demo` and `make test`.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all deps build release test lint fmt demo bench bench-startup docs clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+release: deps
+	$(CARGO) build --release -p autogate
+
+## Every test: unit, store conformance against a real etcd (plain, TLS, mutual TLS), black-box
+## tests of the real binary.
+test: deps
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Local etcd + two core nodes on the etcd store; prints their health, then stops everything.
+demo: deps release
+	bash scripts/demo.sh
+
+## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd.
+bench: bench-startup
+
+bench-startup: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench foundation
+
+docs:
+	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs
+
+clean:
+	$(CARGO) clean
