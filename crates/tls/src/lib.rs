@@ -5,10 +5,15 @@
 //! process-wide default), so the binary behaves the same whatever other crates install.
 #![forbid(unsafe_code)]
 
+mod certgen;
+mod config;
 mod error;
 mod load;
 mod mint;
+mod verify;
 
+pub use certgen::{cert_gen, load_ca, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME};
+pub use config::{client_config, server_config, ClientAuth, Roots, ALPN_HTTP1};
 pub use error::TlsError;
 pub use load::{
     cert_info, fingerprint_sha256, key_matches, load_certs, load_identity, load_key,
