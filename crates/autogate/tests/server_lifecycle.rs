@@ -1,0 +1,128 @@
+//! Black-box tests of a core node's life: start with defaults, answer health, stop on a signal
+//! with the HA guide's shutdown lines.
+
+use std::time::{Duration, Instant};
+
+use autogate_testkit::{free_port, http_get, poll_until, Autogate, Process};
+use serde_json::Value;
+
+fn start_server() -> (Process, String) {
+    let port = free_port();
+    let proc = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .name("server")
+        .spawn();
+    let addr = format!("127.0.0.1:{port}");
+    proc.wait_for_line("core node listening", Duration::from_secs(20));
+    (proc, addr)
+}
+
+#[test]
+fn health_answers_with_identity() {
+    let (mut proc, addr) = start_server();
+    let (status, body) = http_get(&addr, "/api/v1/health").expect("health");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["cluster_id"], "cluster_1");
+    assert_eq!(v["mode"], "server");
+    assert_eq!(v["store"], "local");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let id = v["node_id"].as_str().expect("node id");
+    let (host, uuid) = id.split_once('_').expect("<hostname>_<uuid>");
+    assert!(!host.is_empty());
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    assert_eq!(&uuid[14..15], "7", "uuid v7: {uuid}");
+
+    let (status, body) = http_get(&addr, "/readyz").expect("readyz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&addr, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("process_resident_memory_bytes"), "{body}");
+
+    // The local store is the default and lives in the working dir.
+    assert!(proc.home().join("work/gateway.db").exists());
+    proc.signal("TERM");
+    assert!(proc.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn sigterm_prints_shutdown_lines_and_exits_zero_within_a_second() {
+    let (mut proc, addr) = start_server();
+    poll_until("health", Duration::from_secs(5), || {
+        http_get(&addr, "/api/v1/health").ok().filter(|(s, _)| *s == 200)
+    });
+    let sent = Instant::now();
+    proc.signal("TERM");
+    let status = proc.wait_exit(Duration::from_secs(5));
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status:?}\n{}", proc.dump());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let logs = proc.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    let got = lines
+        .iter()
+        .position(|l| l.ends_with(" INF got signal for shutdown....terminated"))
+        .unwrap_or_else(|| panic!("no signal line in:\n{logs}"));
+    assert!(
+        lines[got + 1].ends_with(" INF received shutdown signal"),
+        "next line: {}",
+        lines[got + 1]
+    );
+    // `2024-12-23T18:03:59Z INF …`: UTC, second precision.
+    let ts = lines[got].split(' ').next().expect("timestamp");
+    assert_eq!(ts.len(), 20, "{ts}");
+    assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+}
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let (mut proc, _addr) = start_server();
+    proc.signal("INT");
+    assert!(proc.wait_exit(Duration::from_secs(5)).success());
+    assert!(proc.logs().contains("INF got signal for shutdown....interrupt"));
+    assert!(proc.logs().contains("INF received shutdown signal"));
+}
+
+#[test]
+fn json_logs_when_asked() {
+    let port = free_port();
+    let mut proc = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env("GATEWAY_LOG_CONSOLE_JSON", "true")
+        .spawn();
+    let line = proc.wait_for_line("core node listening", Duration::from_secs(20));
+    let v: Value = serde_json::from_str(&line.text).expect("a JSON log line");
+    assert_eq!(v["level"], "info");
+    assert!(v["time"].as_str().expect("time").ends_with('Z'));
+    proc.signal("TERM");
+    proc.wait_exit(Duration::from_secs(5));
+}
+
+#[test]
+fn log_file_written_when_enabled() {
+    let port = free_port();
+    let proc = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env("GATEWAY_LOG_FILE_ENABLED", "true");
+    let dir = proc.home().join("logs");
+    let mut proc = proc
+        .env("GATEWAY_LOG_SERVER_DIR", dir.display().to_string())
+        .spawn();
+    proc.wait_for_line("core node listening", Duration::from_secs(20));
+    proc.signal("TERM");
+    proc.wait_exit(Duration::from_secs(5));
+    let text = std::fs::read_to_string(dir.join("gateway.log")).expect("gateway.log");
+    assert!(text.contains("INF core node listening"), "{text}");
+    assert!(text.contains("INF received shutdown signal"), "{text}");
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let out = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .output(Duration::from_secs(20));
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")), "{}", out.stderr);
+}
