@@ -1,2 +1,160 @@
-//! Configuration: sources, INI parsing, typed settings and validation.
+//! Configuration of autogate: sources, INI parsing, typed settings and validation.
+//!
+//! Files written for the product family's gateway load unchanged: same sections, keys,
+//! environment variable names, precedence (environment > one file > default) and lookup order.
+//! [`load`] returns a fully parsed and cross-checked [`Config`] or a [`ConfigError`] that names
+//! the key, the value and where it came from; [`Config::validate_for`] adds the rules of the role
+//! about to start. Everything is decided before any port is bound. The reference
+//! (`docs/configuration.md`) is generated from the same schema table by [`render_markdown`].
 #![forbid(unsafe_code)]
+
+mod docs;
+mod error;
+mod ini;
+mod load;
+mod model;
+mod schema;
+mod source;
+mod validate;
+mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use docs::render_markdown;
+pub use error::{ConfigError, Setting, EXIT_IOERR, EXIT_USAGE};
+pub use load::CONFIG_ENV;
+pub use model::{
+    Application, BackendKind, Client, Connect, Entry, Features, HostPort, Log, LogLevel, Manager,
+    Mode, PythonScript, Registry, Role, Runner, Secret, Secrets, Server, Store, Terminal,
+};
+pub use schema::{env_name, keys, DefaultValue, KeyDef, Kind, PROFILE_SETTINGS, SECTIONS};
+pub use source::Source;
+pub use value::{format_duration, format_size};
+
+/// How secret values are shown in listings, `Debug` and JSON.
+pub const REDACTED: &str = "<redacted>";
+
+/// Where the system-wide config file lives unless [`LoadOptions::etc_dir`] says otherwise.
+pub const ETC_DIR: &str = "/etc/gateway";
+
+/// Inputs of [`load`]. Tests build it by hand so they never read the real environment, home
+/// or `/etc`.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// `--config PATH`; must exist.
+    pub explicit_path: Option<PathBuf>,
+    /// Environment variables; only `GATEWAY_*` ones are looked at.
+    pub env: BTreeMap<String, String>,
+    /// Home directory: `~` expansion and `~/.gateway.d/gateway.conf`.
+    pub home: Option<PathBuf>,
+    /// Directory of the system-wide `gateway.conf`; `None` = [`ETC_DIR`].
+    pub etc_dir: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    /// The real process: its `GATEWAY_*` variables (values not UTF-8 are converted lossily and
+    /// will then fail to parse with a clear message) and `$HOME`.
+    pub fn from_process(explicit_path: Option<PathBuf>) -> Self {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                k.starts_with("GATEWAY_")
+                    .then(|| (k, v.to_string_lossy().into_owned()))
+            })
+            .collect();
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        LoadOptions {
+            explicit_path,
+            env,
+            home,
+            etc_dir: None,
+        }
+    }
+}
+
+// Environment values may hold secrets, so Debug shows only the variable names.
+impl fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("explicit_path", &self.explicit_path)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("home", &self.home)
+            .field("etc_dir", &self.etc_dir)
+            .finish()
+    }
+}
+
+/// Loads the configuration: finds the file, applies the environment, parses and checks every
+/// key and the rules that hold for every role.
+pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    load::load(opts)
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// `[application]`.
+    pub application: Application,
+    /// `[connect]` (or `[commander]`).
+    pub connect: Connect,
+    /// `[server]`.
+    pub server: Server,
+    /// `[runner]`.
+    pub runner: Runner,
+    /// `[store]`.
+    pub store: Store,
+    /// `[log]`.
+    pub log: Log,
+    /// `[secrets]`.
+    pub secrets: Secrets,
+    /// `[features]`.
+    pub features: Features,
+    /// `[python-script]`.
+    pub python_script: PythonScript,
+    /// `[terminal]`.
+    pub terminal: Terminal,
+    /// `[client]`.
+    pub client: Client,
+    /// `[client:<name>]` profiles (names lower-cased), each already merged with `[client]`.
+    pub profiles: BTreeMap<String, Client>,
+    /// `[manager]`.
+    pub manager: Manager,
+    /// `[registry]`.
+    pub registry: Registry,
+    #[serde(skip)]
+    entries: Vec<Entry>,
+    #[serde(skip)]
+    file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The config file that was read, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Every key (schema order, then profiles) with its effective value and source. Secret
+    /// values that are set show as `<redacted>`.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.clone()
+    }
+
+    /// The client settings of `profile` (case-insensitive), or `[client]` for `None`.
+    pub fn client_profile(&self, profile: Option<&str>) -> Option<&Client> {
+        match profile {
+            None => Some(&self.client),
+            Some(p) => self.profiles.get(&p.to_ascii_lowercase()),
+        }
+    }
+
+    /// Checks the rules of the role about to start (see the reference for the list).
+    pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
+        validate::validate_for(self, role)
+    }
+}

@@ -1,0 +1,412 @@
+//! The schema table: every configuration key, once.
+//!
+//! Parsing, environment-variable names, alias handling, `--show-config` output and the
+//! reference in `docs/configuration.md` are all driven by [`KEYS`], so a key cannot be
+//! documented but unreadable, or readable but undocumented. Keys of the product family that
+//! autogate does not act on are still listed (flagged `compat`) because a family config file
+//! must load unchanged.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How a key's value is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `true/false`, `1/0`, `yes/no` (any case).
+    Bool,
+    /// Whole number within a range.
+    Int {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// Whole number of minutes (never a duration with a unit).
+    Minutes {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// Port 1-65535.
+    Port,
+    /// Go-style duration (`300ms`, `10s`, `1h30m`) or days (`30d`).
+    Duration {
+        /// Smallest accepted value.
+        min: Option<Duration>,
+    },
+    /// Bytes, optionally with a unit (`1MiB`, `512KiB`).
+    Size {
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// One of a fixed set of words (case-insensitive).
+    Enum {
+        /// Accepted words, in their canonical spelling.
+        values: &'static [&'static str],
+        /// Words the family accepts but autogate does not support.
+        unsupported: &'static [&'static str],
+        /// Canonical spelling is upper case (log levels).
+        upper: bool,
+    },
+    /// Space-separated `host:port` list.
+    HostPortList,
+    /// One `host:port`.
+    HostPort,
+    /// Host name or IP address without port.
+    Host,
+    /// File or directory; a leading `~` is the home directory.
+    Path,
+    /// Free text.
+    Str,
+    /// Cluster id: 1-63 characters of `[A-Za-z0-9_.-]`.
+    ClusterId,
+    /// Space-separated `key=value` labels.
+    Labels,
+    /// `http://` or `https://` URL.
+    Url,
+    /// `utc`, `local` or a time zone id.
+    TimeZone,
+}
+
+impl Kind {
+    /// A short human name of the kind, for the reference.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Bool => "boolean".into(),
+            Kind::Int { min, max } => format!("integer {min}-{max}"),
+            Kind::Minutes { min, max } => format!("integer minutes {min}-{max}"),
+            Kind::Port => "port".into(),
+            Kind::Duration { min: None } => "duration".into(),
+            Kind::Duration { min: Some(m) } => {
+                format!("duration, at least {}", crate::value::format_duration(*m))
+            }
+            Kind::Size { min, max } => format!(
+                "size {}-{}",
+                crate::value::format_size(*min),
+                crate::value::format_size(*max)
+            ),
+            Kind::Enum { values, .. } => values.join(" | "),
+            Kind::HostPortList => "space-separated host:port list".into(),
+            Kind::HostPort => "host:port".into(),
+            Kind::Host => "host".into(),
+            Kind::Path => "path".into(),
+            Kind::Str => "text".into(),
+            Kind::ClusterId => "cluster id".into(),
+            Kind::Labels => "space-separated key=value list".into(),
+            Kind::Url => "URL".into(),
+            Kind::TimeZone => "time zone".into(),
+        }
+    }
+}
+
+/// A key's built-in default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "text", rename_all = "snake_case")]
+pub enum DefaultValue {
+    /// No default: the setting is unset unless given.
+    None,
+    /// A literal default, parsed like any given value.
+    Value(&'static str),
+    /// Computed from other settings at load time; the text describes how.
+    Derived(&'static str),
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDef {
+    /// INI section, e.g. `python-script`.
+    pub section: &'static str,
+    /// Key within the section.
+    pub key: &'static str,
+    /// How the value is parsed.
+    pub kind: Kind,
+    /// Built-in default.
+    pub default: DefaultValue,
+    /// One-line meaning, for the reference.
+    pub doc: &'static str,
+    /// The value is a secret: never echoed, redacted in listings.
+    pub secret: bool,
+    /// Accepted for compatibility with the product family; no effect yet.
+    pub compat: bool,
+    /// Other spellings accepted in files (the family's `client_certif_auth`).
+    pub file_aliases: &'static [&'static str],
+    /// For `[commander]` keys: the `[connect]` key they are an older name of.
+    pub alias_of: Option<&'static str>,
+}
+
+impl KeyDef {
+    const fn new(
+        section: &'static str,
+        key: &'static str,
+        kind: Kind,
+        default: DefaultValue,
+        doc: &'static str,
+    ) -> Self {
+        KeyDef {
+            section,
+            key,
+            kind,
+            default,
+            doc,
+            secret: false,
+            compat: false,
+            file_aliases: &[],
+            alias_of: None,
+        }
+    }
+
+    const fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    const fn compat(mut self) -> Self {
+        self.compat = true;
+        self
+    }
+
+    const fn file_aliases(mut self, aliases: &'static [&'static str]) -> Self {
+        self.file_aliases = aliases;
+        self
+    }
+
+    const fn alias_of(mut self, connect_key: &'static str) -> Self {
+        self.alias_of = Some(connect_key);
+        self
+    }
+
+    /// `section.key`, the name used in messages.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+
+    /// `GATEWAY_` + UPPER(section, `-`→`_`) + `_` + UPPER(key).
+    pub fn env_name(&self) -> String {
+        env_name(self.section, self.key)
+    }
+}
+
+/// The environment variable of `key` in `section` (`client:prod` gives `GATEWAY_CLIENT_PROD_…`).
+pub fn env_name(section: &str, key: &str) -> String {
+    format!(
+        "GATEWAY_{}_{}",
+        section.replace(['-', ':'], "_").to_ascii_uppercase(),
+        key.replace('-', "_").to_ascii_uppercase()
+    )
+}
+
+/// Sections in reference order, with a one-line description.
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("application", "Identity and working directory of this node."),
+    ("connect", "The link from the active core node to the manager, and high availability (HA) of core nodes."),
+    ("commander", "Older name of `[connect]` (the HA guide uses it). Every key here sets the `[connect]` key named in its meaning; setting one setting through both names is an error."),
+    ("server", "The core node's operator API (HTTP/JSON) and its behaviour."),
+    ("runner", "Runner nodes. Runners work through the shared store and listen on no port, so the family's listener keys are accepted but have no effect."),
+    ("store", "The store shared by the nodes of a cluster."),
+    ("log", "Logging."),
+    ("secrets", "Secrets at rest."),
+    ("features", "Service types. `false` disables both management and execution of that type."),
+    ("python-script", "Python-script services."),
+    ("registry", "Package registries."),
+    ("terminal", "CLI output."),
+    ("client", "The operator CLI's connection to a core node. Profiles `[client:<name>]` override these per profile."),
+    ("manager", "The manager (`autogate manager`): the controller side that gateway clusters connect to."),
+];
+
+/// Settings a `[client:<profile>]` section (or `GATEWAY_CLIENT_<PROFILE>_<SETTING>`) may set.
+pub const PROFILE_SETTINGS: &[&str] = &[
+    "host",
+    "port",
+    "api_key",
+    "certificate_file",
+    "private_key_file",
+    "use_tls",
+];
+
+use DefaultValue::{Derived, None as NoDefault, Value as V};
+
+const BOOL: Kind = Kind::Bool;
+const PORT: Kind = Kind::Port;
+const PATH: Kind = Kind::Path;
+const STR: Kind = Kind::Str;
+const HOST: Kind = Kind::Host;
+const DUR: Kind = Kind::Duration { min: None };
+const LEASE_TTL: Kind = Kind::Duration {
+    min: Some(Duration::from_secs(2)),
+};
+const BACKOFF: Kind = Kind::Duration {
+    min: Some(Duration::from_millis(100)),
+};
+const MAX_TRANSITIONS: Kind = Kind::Int { min: 0, max: 1000 };
+const MODES: Kind = Kind::Enum {
+    values: &["local", "server", "runner", "client"],
+    unsupported: &[],
+    upper: false,
+};
+const BACKENDS: Kind = Kind::Enum {
+    values: &["local", "memory", "etcd"],
+    unsupported: &["dynamodb"],
+    upper: false,
+};
+const LEVELS: Kind = Kind::Enum {
+    values: &[
+        "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "DISABLED",
+    ],
+    unsupported: &[],
+    upper: true,
+};
+
+// Documentation strings shared by `[connect]` and its older name `[commander]`.
+const D_CERT: &str =
+    "client certificate presented to the manager (PEM); every core node may have its own";
+const D_KEY: &str = "private key of that certificate (PEM)";
+const D_ENABLED: &str = "connect to the manager at all";
+const D_INSECURE: &str = "skip verification of the manager's certificate (testing only)";
+const D_HA: &str =
+    "active/standby among the core nodes with the same cluster id; needs `store.backend = etcd`";
+const D_PRIMARY: &str = "preferred active node: takes the active role when online and healthy for `server_ha_preempt_delay`; set on at most one node";
+const D_TTL: &str = "lease time-to-live of the election key; a crashed active node is replaced after about this long";
+const D_PREEMPT: &str = "how long a primary node must be healthy before it takes the active role back (graceful hand-over)";
+const D_GRACE: &str = "how long the active node may fail to reach the manager, while a standby can, before leadership moves";
+const D_TRANSITIONS: &str =
+    "flap budget: preemption hand-overs allowed per hour; `0` disables preemption";
+const D_PROBE: &str = "time allowed to prove a vanished active node dead (its port refuses while its host answers) before its lease expires; `0s` disables crash probing";
+const D_BACKOFF: &str =
+    "cap of the exponential back-off (with jitter) between manager reconnect attempts";
+const D_ADVERTISE: &str =
+    "address other core nodes use to reach this node's API (forwarded writes); must be routable";
+
+/// Every key, in reference order. One line per key keeps the table reviewable.
+#[rustfmt::skip]
+pub static KEYS: &[KeyDef] = &[
+    // [application]
+    KeyDef::new("application", "mode", MODES, V("local"), "node role: `local` (all-in-one), `server` (core node), `runner` or `client`"),
+    KeyDef::new("application", "cluster_id", Kind::ClusterId, V("cluster_1"), "cluster identity; nodes sharing a store and this id form one cluster, seen by the manager as one gateway"),
+    KeyDef::new("application", "working_dir", PATH, V("~/.gateway.d"), "working directory: local store, API key, logs and manager data by default"),
+    KeyDef::new("application", "ca_certificate_file", PATH, NoDefault, "CA certificate for client, server and runner TLS"),
+    KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which a cached Python venv is deleted"),
+    KeyDef::new("application", "venv_sweep_interval", DUR, V("24h"), "how often cached venvs are checked for deletion"),
+    KeyDef::new("application", "auto_accept_eula", BOOL, V("false"), "family 5.0.x: accept the EULA non-interactively").compat(),
+    // [connect]
+    KeyDef::new("connect", "hosts", Kind::HostPortList, NoDefault, "manager addresses, **space**-separated `host:port` list; one live connection at a time"),
+    KeyDef::new("connect", "enabled", BOOL, V("true"), D_ENABLED),
+    KeyDef::new("connect", "certificate_file", PATH, NoDefault, D_CERT),
+    KeyDef::new("connect", "private_key_file", PATH, NoDefault, D_KEY),
+    KeyDef::new("connect", "insecure_tls", BOOL, V("false"), D_INSECURE),
+    KeyDef::new("connect", "proxy_url", Kind::Url, NoDefault, "HTTP CONNECT proxy for the manager link, e.g. `http://proxy:3128`"),
+    KeyDef::new("connect", "proxy_username", STR, NoDefault, "proxy user name"),
+    KeyDef::new("connect", "proxy_password", STR, NoDefault, "proxy password").secret(),
+    KeyDef::new("connect", "server_ha_enabled", BOOL, V("false"), D_HA),
+    KeyDef::new("connect", "server_ha_is_primary", BOOL, V("false"), D_PRIMARY),
+    KeyDef::new("connect", "server_ha_lease_ttl", LEASE_TTL, V("10s"), D_TTL),
+    KeyDef::new("connect", "server_ha_preempt_delay", DUR, V("10s"), D_PREEMPT),
+    KeyDef::new("connect", "server_ha_connect_grace", DUR, V("15s"), D_GRACE),
+    KeyDef::new("connect", "server_ha_max_transitions", MAX_TRANSITIONS, V("6"), D_TRANSITIONS),
+    KeyDef::new("connect", "server_ha_probe_window", DUR, V("300ms"), D_PROBE),
+    KeyDef::new("connect", "reconnect_max_backoff", BACKOFF, V("10s"), D_BACKOFF),
+    KeyDef::new("connect", "advertise_address", Kind::HostPort, Derived("`server.listen_address:server.port`"), D_ADVERTISE),
+    // [commander]: older name of [connect]
+    KeyDef::new("commander", "host", HOST, NoDefault, "single manager host; with `port` it sets `connect.hosts`").alias_of("hosts"),
+    KeyDef::new("commander", "port", PORT, V("443"), "manager port, used with `host`").alias_of("hosts"),
+    KeyDef::new("commander", "certificate_file", PATH, NoDefault, D_CERT).alias_of("certificate_file"),
+    KeyDef::new("commander", "private_key_file", PATH, NoDefault, D_KEY).alias_of("private_key_file"),
+    KeyDef::new("commander", "enabled", BOOL, NoDefault, D_ENABLED).alias_of("enabled"),
+    KeyDef::new("commander", "insecure_tls", BOOL, NoDefault, D_INSECURE).alias_of("insecure_tls"),
+    KeyDef::new("commander", "server_ha_enabled", BOOL, NoDefault, D_HA).alias_of("server_ha_enabled"),
+    KeyDef::new("commander", "server_ha_is_primary", BOOL, NoDefault, D_PRIMARY).alias_of("server_ha_is_primary"),
+    KeyDef::new("commander", "server_ha_lease_ttl", LEASE_TTL, NoDefault, D_TTL).alias_of("server_ha_lease_ttl"),
+    KeyDef::new("commander", "server_ha_preempt_delay", DUR, NoDefault, D_PREEMPT).alias_of("server_ha_preempt_delay"),
+    KeyDef::new("commander", "server_ha_connect_grace", DUR, NoDefault, D_GRACE).alias_of("server_ha_connect_grace"),
+    KeyDef::new("commander", "server_ha_max_transitions", MAX_TRANSITIONS, NoDefault, D_TRANSITIONS).alias_of("server_ha_max_transitions"),
+    KeyDef::new("commander", "server_ha_probe_window", DUR, NoDefault, D_PROBE).alias_of("server_ha_probe_window"),
+    KeyDef::new("commander", "reconnect_max_backoff", BACKOFF, NoDefault, D_BACKOFF).alias_of("reconnect_max_backoff"),
+    KeyDef::new("commander", "advertise_address", Kind::HostPort, NoDefault, D_ADVERTISE).alias_of("advertise_address"),
+    // [server]
+    KeyDef::new("server", "listen_address", HOST, V("127.0.0.1"), "bind address of the operator API; also the default `connect.advertise_address`, so prefer a routable address to `0.0.0.0`"),
+    KeyDef::new("server", "port", PORT, V("50051"), "operator API port (HTTP/JSON, not gRPC)"),
+    KeyDef::new("server", "use_tls", BOOL, V("false"), "serve the API over TLS; needs `certificate_file` and `private_key_file` (the family defaults to `true`)"),
+    KeyDef::new("server", "certificate_file", PATH, NoDefault, "server certificate (PEM)"),
+    KeyDef::new("server", "private_key_file", PATH, NoDefault, "its private key (PEM)"),
+    KeyDef::new("server", "distributed_execution", BOOL, V("false"), "delegate executions to runners (needs `store.backend = etcd`); `false` = the core node runs jobs itself"),
+    KeyDef::new("server", "api_key_expiration", Kind::Minutes { min: 1, max: 5_256_000 }, V("1440"), "API key lifetime in whole **minutes** (`720h` is refused, not misread)"),
+    KeyDef::new("server", "admin_password_file", PATH, NoDefault, "file holding the initial admin password"),
+    KeyDef::new("server", "client_cert_auth", BOOL, V("false"), "require client certificates on the API (file key `client_certif_auth`, the family's spelling, is accepted too)").file_aliases(&["client_certif_auth"]),
+    KeyDef::new("server", "grpc_max_recv_msg_size", Kind::Size { min: 1, max: 1 << 30 }, NoDefault, "family 5.5.1+: largest inbound gRPC message").compat(),
+    KeyDef::new("server", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
+    KeyDef::new("server", "shutdown_grace", DUR, V("10s"), "time given to in-flight work when the node stops"),
+    // [runner]
+    KeyDef::new("runner", "announcement_address", HOST, NoDefault, "family: address registered in the store").compat(),
+    KeyDef::new("runner", "listen_address", HOST, V("127.0.0.1"), "family: runner gRPC bind address").compat(),
+    KeyDef::new("runner", "port", PORT, V("50051"), "family: runner gRPC port").compat(),
+    KeyDef::new("runner", "use_tls", BOOL, V("false"), "family: mTLS between servers and runners").compat(),
+    KeyDef::new("runner", "certificate_file", PATH, NoDefault, "family: runner certificate").compat(),
+    KeyDef::new("runner", "private_key_file", PATH, NoDefault, "family: its key").compat(),
+    KeyDef::new("runner", "client_cert_auth", BOOL, V("false"), "family 5.0.x: require a client certificate from servers").compat(),
+    KeyDef::new("runner", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
+    KeyDef::new("runner", "capacity", Kind::Int { min: 0, max: 4096 }, Derived("number of CPUs"), "jobs run at once; `0` = number of CPUs"),
+    KeyDef::new("runner", "labels", Kind::Labels, NoDefault, "labels announced with the runner's registration, e.g. `zone=a gpu=no`"),
+    KeyDef::new("runner", "drain_grace", DUR, V("30s"), "time given to running jobs when the runner stops"),
+    // [store]
+    KeyDef::new("store", "backend", BACKENDS, V("local"), "`local` (embedded file in the working directory), `memory` (lost at exit) or `etcd` (needed for HA and runners); the family's `dynamodb` is not supported"),
+    KeyDef::new("store", "etcd_hosts", Kind::HostPortList, NoDefault, "etcd endpoints, **space**-separated, e.g. `h1:2379 h2:2379`"),
+    KeyDef::new("store", "etcd_use_tls", BOOL, V("false"), "TLS to etcd"),
+    KeyDef::new("store", "etcd_client_cert_auth", BOOL, V("false"), "`false` = verify etcd with the CA only; `true` = mTLS, needs `etcd_certificate_file` and `etcd_private_key_file`"),
+    KeyDef::new("store", "etcd_ca_certificate_file", PATH, NoDefault, "CA of etcd's certificate (system roots when unset); must exist when `etcd_use_tls`"),
+    KeyDef::new("store", "etcd_certificate_file", PATH, NoDefault, "client certificate for etcd"),
+    KeyDef::new("store", "etcd_private_key_file", PATH, NoDefault, "its private key"),
+    KeyDef::new("store", "dynamodb_table_name", STR, NoDefault, "family: DynamoDB table").compat(),
+    KeyDef::new("store", "etcd_dial_timeout", DUR, V("2s"), "timeout of connecting to etcd"),
+    KeyDef::new("store", "etcd_request_timeout", DUR, V("5s"), "timeout of one etcd request"),
+    // [log]
+    KeyDef::new("log", "level", LEVELS, V("INFO"), "minimum level: `TRACE DEBUG INFO WARN ERROR FATAL DISABLED` (any case)"),
+    KeyDef::new("log", "console_json", BOOL, V("false"), "JSON lines on the console"),
+    KeyDef::new("log", "file_enabled", BOOL, V("false"), "also write `<server_dir>/gateway.log` (the family defaults to `true`; autogate does not, so a plain CLI call writes no file)"),
+    KeyDef::new("log", "file_json", BOOL, V("false"), "JSON lines in the log file"),
+    KeyDef::new("log", "server_dir", PATH, Derived("`<working_dir>/logs`"), "directory of `gateway.log`"),
+    KeyDef::new("log", "timestamp_timezone", Kind::TimeZone, V("utc"), "family: time zone of log timestamps (autogate logs in UTC)").compat(),
+    // [secrets]
+    KeyDef::new("secrets", "encrypt_key_file", PATH, NoDefault, "key file for secrets at rest; identical on every node of the cluster, losing it loses the secrets"),
+    // [features]
+    KeyDef::new("features", "python_enabled", BOOL, V("true"), "Python-script services"),
+    KeyDef::new("features", "ansible_enabled", BOOL, V("true"), "Ansible-playbook services"),
+    KeyDef::new("features", "opentofu_enabled", BOOL, V("true"), "OpenTofu-plan services"),
+    KeyDef::new("features", "hostkeys_enabled", BOOL, V("true"), "family: `hostkeys` commands").compat(),
+    KeyDef::new("features", "mcp_enabled", BOOL, V("true"), "family 5.5+: MCP commands").compat(),
+    // [python-script]
+    KeyDef::new("python-script", "requirements_file", STR, V("requirements.txt"), "dependency file looked up in the service's working directory (`requirements.txt` or `pyproject.toml`); set it on runners too"),
+    // [registry]
+    KeyDef::new("registry", "default_overridable", BOOL, V("true"), "family: services may pick another registry").compat(),
+    // [terminal]
+    KeyDef::new("terminal", "no_color", BOOL, V("false"), "plain CLI output without colours"),
+    KeyDef::new("terminal", "timestamp_timezone", Kind::TimeZone, V("utc"), "`utc`, `local` or a time zone id such as `Europe/Paris`, for CLI timestamps"),
+    // [client]
+    KeyDef::new("client", "host", HOST, V("127.0.0.1"), "core node address"),
+    KeyDef::new("client", "port", PORT, V("50051"), "core node API port"),
+    KeyDef::new("client", "use_tls", BOOL, V("false"), "TLS to the core node (the family defaults to `true`; autogate follows `server.use_tls`'s default)"),
+    KeyDef::new("client", "certificate_file", PATH, NoDefault, "client certificate (PEM)"),
+    KeyDef::new("client", "private_key_file", PATH, NoDefault, "its private key (PEM)"),
+    KeyDef::new("client", "api_key", STR, NoDefault, "API key sent with every request (usually per profile)").secret(),
+    // [manager]
+    KeyDef::new("manager", "listen_address", HOST, V("127.0.0.1"), "bind address"),
+    KeyDef::new("manager", "port", PORT, V("8443"), "port of `wss://host:port/ws`, the REST API and the web page"),
+    KeyDef::new("manager", "certificate_file", PATH, NoDefault, "server certificate (PEM)"),
+    KeyDef::new("manager", "private_key_file", PATH, NoDefault, "its private key (PEM)"),
+    KeyDef::new("manager", "data_dir", PATH, Derived("`<working_dir>/manager`"), "manager state: registered clusters and certificates, session history"),
+    KeyDef::new("manager", "admin_token_file", PATH, NoDefault, "admin token for the REST API; unset = `<data_dir>/admin.token`, created by the manager"),
+    KeyDef::new("manager", "max_frame_size", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("1MiB"), "largest WebSocket frame accepted (bytes, or with a unit: `512KiB`, `1MiB`)"),
+    KeyDef::new("manager", "session_history", Kind::Int { min: 1, max: 1_000_000 }, V("1000"), "ended sessions kept in the history"),
+];
+
+/// The schema table.
+pub fn keys() -> &'static [KeyDef] {
+    KEYS
+}
+
+/// The key `section.key`, if it exists.
+pub fn find(section: &str, key: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|d| d.section == section && d.key == key)
+}
