@@ -748,3 +748,44 @@ fn build_profiles(
     }
     Ok((out, new_entries))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// No secret key can fail to parse today (they are free text), so the redaction of the
+    /// value in `InvalidValue` is checked with a made-up secret key of a strict kind.
+    #[test]
+    fn invalid_secret_values_are_not_echoed() {
+        let mut def = *schema::find("server", "port").unwrap();
+        def.secret = true;
+        let raw = Raw {
+            value: "s3cr3t".to_string(),
+            source: Source::Env {
+                var: "GATEWAY_SERVER_PORT".to_string(),
+            },
+            name: "server.port".to_string(),
+        };
+        let e = resolve_key(&def, Some(&raw), None).unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        assert!(!format!("{e:?}").contains("s3cr3t"));
+        assert!(
+            msg.starts_with(
+                "invalid value for server.port (from environment variable GATEWAY_SERVER_PORT)"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn every_literal_default_parses() {
+        for def in KEYS {
+            if let DefaultValue::Value(text) = def.default {
+                parse_value(&def.kind, text, Some(Path::new("/h")))
+                    .unwrap_or_else(|e| panic!("default of {} does not parse: {e}", def.id()));
+            }
+        }
+    }
+}

@@ -106,7 +106,7 @@ fn parse_minutes(raw: &str, min: i64, max: i64) -> Result<i64, String> {
     if let Ok(d) = parse_duration(raw) {
         let minutes = d.as_secs() / 60;
         msg.push_str(&format!(
-            "; the value is in minutes, not a duration: write {minutes} for {raw}"
+            "; the value is in minutes, not a duration: write {minutes} for {raw} (the family's gateway accepts {raw} silently and issues keys that are already expired)"
         ));
     }
     Err(msg)
