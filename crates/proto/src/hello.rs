@@ -1,0 +1,168 @@
+//! The messages of the manager link: method names, the `hello` handshake and node
+//! descriptions.
+//!
+//! The first frame a gateway sends is the request [`method::HELLO`] with [`Hello`] params; the
+//! manager answers [`HelloAccepted`] or an error ([`crate::SESSION_REFUSED`] or
+//! [`crate::NOT_ALLOWED`]) whose message says why. Unknown fields are ignored on input so either
+//! side can add fields without breaking the other.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::jsonrpc::{Notification, Request, RpcError};
+
+/// Method names used on the link.
+pub mod method {
+    /// Gateway → manager, first frame: [`super::Hello`] params.
+    pub const HELLO: &str = "hello";
+    /// Either side: liveness check, answered with any result (`{}` by convention).
+    pub const PING: &str = "ping";
+    /// Manager → gateway: the cluster's health.
+    pub const CLUSTER_HEALTH: &str = "cluster.health";
+    /// Manager → gateway: the services the cluster offers.
+    pub const SERVICES_LIST: &str = "services.list";
+    /// Manager → gateway: run a service.
+    pub const SERVICE_RUN: &str = "service.run";
+    /// Gateway → manager notification: the membership changed ([`super::NodesUpdate`] params).
+    pub const NODES_UPDATE: &str = "nodes.update";
+}
+
+/// The role of a node in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The core node holding leadership (and the manager connection).
+    Active,
+    /// A core node ready to take over.
+    Standby,
+    /// A core node that does not stand for election (maintenance).
+    Paused,
+    /// An execution-only node.
+    Runner,
+}
+
+/// One node of a cluster as the manager shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `<hostname>_<uuid v7>`.
+    pub node_id: String,
+    /// Its role.
+    pub role: Role,
+    /// `SERVER_HA_IS_PRIMARY` of a core node.
+    #[serde(default)]
+    pub is_primary: bool,
+    /// Where its API listens (`host:port`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Whether this node can currently reach the manager (core nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_reachable: Option<bool>,
+    /// Jobs running now (runners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u32>,
+    /// How many jobs it runs at once (runners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+}
+
+/// Longest identifier accepted in a hello (cluster and node ids end up in logs and pages).
+pub const MAX_ID_LEN: usize = 256;
+
+/// Params of the `hello` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `GATEWAY_APPLICATION_CLUSTER_ID`.
+    pub cluster_id: String,
+    /// The sending core node.
+    pub node_id: String,
+    /// Fencing token (the leader key's create revision); `null` when HA is off.
+    pub term: Option<u64>,
+    /// The gateway's version.
+    pub version: String,
+    /// The cluster's nodes as the sender sees them.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl Hello {
+    /// Reads and validates hello params; the error is the −32602 to answer with.
+    pub fn from_params(params: Option<&Value>) -> Result<Hello, RpcError> {
+        let hello: Hello = crate::jsonrpc::parse_params(params)?;
+        hello.validate()?;
+        Ok(hello)
+    }
+
+    /// Checks identifiers are non-empty, short and printable.
+    pub fn validate(&self) -> Result<(), RpcError> {
+        check_id("cluster_id", &self.cluster_id)?;
+        check_id("node_id", &self.node_id)?;
+        for node in &self.nodes {
+            check_id("nodes[].node_id", &node.node_id)?;
+        }
+        Ok(())
+    }
+
+    /// The `hello` request carrying these params.
+    pub fn to_request(&self, id: impl Into<crate::jsonrpc::Id>) -> Request {
+        Request::new(id, method::HELLO, Some(to_value(self)))
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), RpcError> {
+    if value.trim().is_empty() {
+        return Err(RpcError::invalid_params(format!(
+            "{field} must not be empty"
+        )));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(RpcError::invalid_params(format!(
+            "{field} is longer than {MAX_ID_LEN} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The manager's successful answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAccepted {
+    /// Always `true` (kept for readers that only look at this flag).
+    pub accepted: bool,
+    /// Identifies the session in the manager's logs and API.
+    pub session_id: String,
+}
+
+impl HelloAccepted {
+    /// An acceptance with this session id.
+    pub fn new(session_id: impl Into<String>) -> Self {
+        HelloAccepted {
+            accepted: true,
+            session_id: session_id.into(),
+        }
+    }
+}
+
+/// Params of the `nodes.update` notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesUpdate {
+    /// The cluster's nodes, complete (not a delta).
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl NodesUpdate {
+    /// The notification carrying these params.
+    pub fn to_notification(&self) -> Notification {
+        Notification::new(method::NODES_UPDATE, Some(to_value(self)))
+    }
+}
+
+/// Serializes one of this module's types. They hold only strings, numbers, booleans and
+/// options, so serialization cannot fail; `Null` is returned rather than panicking if it ever
+/// did.
+pub fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
