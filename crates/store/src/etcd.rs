@@ -282,7 +282,17 @@ impl EtcdStore {
                 "etcd at {} did not answer within the dial timeout {:?}",
                 store.endpoints, options.dial_timeout
             ))),
-            Ok(Err(e)) => Err(store.map_err("connection check", None, e)),
+            Ok(Err(e)) => Err(match store.map_err("connection check", None, e) {
+                // A server requiring client certificates closes the connection after the
+                // handshake and the TLS alert does not survive tonic's error mapping; say what
+                // is most likely wrong instead of only "connection closed".
+                StoreError::Unavailable(msg) if options.tls.as_ref().is_some_and(|t| t.identity.is_none()) => {
+                    StoreError::Unavailable(format!(
+                        "{msg} (if etcd requires client certificates, configure a client certificate and key: none is set)"
+                    ))
+                }
+                other => other,
+            }),
             Ok(Ok(_)) => Ok(store),
         }
     }
@@ -681,7 +691,8 @@ impl Store for EtcdStore {
             )
             .await
         {
-            Ok(response) if response.ttl() > 0 => {
+            // etcd truncates to whole seconds: 0 means "under a second left", -1 "no such lease".
+            Ok(response) if response.ttl() >= 0 => {
                 Ok(Some(Duration::from_secs(response.ttl().unsigned_abs())))
             }
             Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(None),

@@ -239,7 +239,7 @@ pub enum TxnOpResponse {
     Get(Vec<KeyValue>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     Put,
     Delete,

@@ -3,6 +3,8 @@
 //! when a test panics.
 #![forbid(unsafe_code)]
 
+pub mod certs;
+pub mod etcd;
 pub mod process;
 
 pub use process::{autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process};
