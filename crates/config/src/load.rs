@@ -400,10 +400,21 @@ fn display(def: &KeyDef, value: &Value, text: &str) -> String {
     if def.secret {
         return REDACTED.to_string();
     }
+    // Normalised where the spelling carries no information (`yes` is `true`, extra spaces in a
+    // host list); durations and sizes keep the user's spelling (`1h30m` reads better than
+    // `5400s`).
     match value {
         Value::Path(p) => p.display().to_string(),
         Value::Text(t) => t.clone(),
-        _ => text.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Hosts(h) => h
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::HostPort(hp) => hp.to_string(),
+        Value::Duration(_) | Value::Size(_) | Value::Labels(_) => text.to_string(),
     }
 }
 

@@ -136,6 +136,12 @@ fn env_beats_file_beats_default() {
     assert_eq!(entry(&e, "server", "port").value, "7000");
     assert_eq!(entry(&e, "log", "level").value, "WARN");
     assert_eq!(
+        entry(&e, "server", "use_tls").value,
+        "false",
+        "`no` is shown as false"
+    );
+    assert_eq!(entry(&e, "connect", "hosts").value, "e1:10");
+    assert_eq!(
         entry(&e, "server", "shutdown_grace").source,
         Source::File {
             path: path.clone(),
