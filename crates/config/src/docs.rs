@@ -27,6 +27,8 @@ pub fn render_markdown() -> String {
 
 fn row(def: &KeyDef) -> String {
     let default = match def.default {
+        // An older-name key takes its default from the `[connect]` key it sets.
+        DefaultValue::None if def.alias_of.is_some() => "as `[connect]`".to_string(),
         DefaultValue::None => "—".to_string(),
         DefaultValue::Value(v) => format!("`{v}`"),
         DefaultValue::Derived(text) => text.to_string(),

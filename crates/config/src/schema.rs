@@ -310,7 +310,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("connect", "reconnect_max_backoff", BACKOFF, V("10s"), D_BACKOFF),
     KeyDef::new("connect", "advertise_address", Kind::HostPort, Derived("`server.listen_address:server.port`"), D_ADVERTISE),
     // [commander]: older name of [connect]
-    KeyDef::new("commander", "host", HOST, NoDefault, "single manager host; with `port` it sets `connect.hosts`").alias_of("hosts"),
+    KeyDef::new("commander", "host", HOST, NoDefault, "single manager host, used with `port`").alias_of("hosts"),
     KeyDef::new("commander", "port", PORT, V("443"), "manager port, used with `host`").alias_of("hosts"),
     KeyDef::new("commander", "certificate_file", PATH, NoDefault, D_CERT).alias_of("certificate_file"),
     KeyDef::new("commander", "private_key_file", PATH, NoDefault, D_KEY).alias_of("private_key_file"),
