@@ -32,6 +32,8 @@ use crate::{
 /// HTTP/2 ping interval; etcd's `--grpc-keepalive-min-time` default is 5 s and faster pings get
 /// the connection closed with "too many pings".
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause between attempts of a request that could not reach any member.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A cached keep-alive stream of one lease.
 struct Keeper {
@@ -271,29 +273,26 @@ impl EtcdStore {
         };
         // The channel connects lazily; one linearizable read proves the endpoints answer, the TLS
         // setup is accepted and there is a leader, and bounds all that by the dial timeout.
-        let mut kv = store.client.kv_client();
-        match tokio::time::timeout(
-            options.dial_timeout,
-            kv.get("/", Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        {
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd at {} did not answer within the dial timeout {:?}",
-                store.endpoints, options.dial_timeout
-            ))),
-            Ok(Err(e)) => Err(match store.map_err("connection check", None, e) {
-                // A server requiring client certificates closes the connection after the
-                // handshake and the TLS alert does not survive tonic's error mapping; say what
-                // is most likely wrong instead of only "connection closed".
-                StoreError::Unavailable(msg) if options.tls.as_ref().is_some_and(|t| t.identity.is_none()) => {
-                    StoreError::Unavailable(format!(
-                        "{msg} (if etcd requires client certificates, configure a client certificate and key: none is set)"
-                    ))
-                }
-                other => other,
-            }),
-            Ok(Ok(_)) => Ok(store),
+        let kv = store.client.kv_client();
+        let probe = store
+            .call_within(options.dial_timeout, "connection check", None, || {
+                let mut kv = kv.clone();
+                async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+            })
+            .await;
+        match probe {
+            Ok(_) => Ok(store),
+            // A server requiring client certificates closes the connection after the handshake
+            // and the TLS alert does not survive tonic's error mapping; say what is most likely
+            // wrong instead of only "connection closed".
+            Err(StoreError::Unavailable(msg))
+                if options.tls.as_ref().is_some_and(|t| t.identity.is_none()) =>
+            {
+                Err(StoreError::Unavailable(format!(
+                    "{msg} (if etcd requires client certificates, configure a client certificate and key: none is set)"
+                )))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -301,8 +300,65 @@ impl EtcdStore {
         map_error(&self.endpoints, what, lease, e)
     }
 
-    /// Bounds a call by the request timeout and maps its error.
-    async fn call<T>(
+    /// Runs a request, retrying it while it fails before reaching any server, within the
+    /// request timeout.
+    ///
+    /// tonic's balancer keeps a member that refuses connections in its ready set and hands it
+    /// requests which then fail with "connection refused"; such a request was never sent, so
+    /// sending it again (to whichever member is picked next) is safe even for writes. Without
+    /// this, one member down would make a share of all calls fail.
+    async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        lease: Option<LeaseId>,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_within(self.request_timeout, what, lease, attempt)
+            .await
+    }
+
+    async fn call_within<T, F, Fut>(
+        &self,
+        limit: Duration,
+        what: &str,
+        lease: Option<LeaseId>,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last_error = None;
+        loop {
+            match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() < deadline => {
+                    last_error = Some(e);
+                    let pause = tokio::time::Instant::now() + CONNECT_RETRY_PAUSE;
+                    tokio::time::sleep_until(pause.min(deadline)).await;
+                }
+                Ok(Err(e)) => return Err(self.map_err(what, lease, e)),
+                // The last connection error says more than "timed out".
+                Err(_) => {
+                    return Err(match last_error {
+                        Some(e) => self.map_err(what, lease, e),
+                        None => StoreError::Unavailable(format!(
+                            "etcd {what} timed out after {limit:?} ({})",
+                            self.endpoints
+                        )),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Bounds one step of a stream by the request timeout and maps its error.
+    async fn once<T>(
         &self,
         what: &str,
         lease: Option<LeaseId>,
@@ -328,9 +384,12 @@ impl EtcdStore {
         let keeper = match slot {
             Some(keeper) => keeper,
             None => {
-                let mut client = self.client.lease_client();
+                let client = self.client.lease_client();
                 let (keeper, stream) = self
-                    .call("lease keep-alive", Some(lease), client.keep_alive(lease))
+                    .call("lease keep-alive", Some(lease), || {
+                        let mut client = client.clone();
+                        async move { client.keep_alive(lease).await }
+                    })
                     .await?;
                 slot.insert(Keeper {
                     keeper,
@@ -340,10 +399,10 @@ impl EtcdStore {
             }
         };
         keeper.clean = false;
-        self.call("lease keep-alive", Some(lease), keeper.keeper.keep_alive())
+        self.once("lease keep-alive", Some(lease), keeper.keeper.keep_alive())
             .await?;
         let response = self
-            .call("lease keep-alive", Some(lease), keeper.stream.message())
+            .once("lease keep-alive", Some(lease), keeper.stream.message())
             .await?;
         keeper.clean = true;
         match response {
@@ -375,6 +434,17 @@ fn connect_error(endpoints: &str, e: etcd_client::Error) -> StoreError {
         )),
         other => map_error(endpoints, "connect", None, other),
     }
+}
+
+/// True for errors raised before the request left this process (no connection could be made),
+/// after which retrying cannot apply a write twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = match e {
+        etcd_client::Error::GRpcStatus(status) => describe_status(status),
+        etcd_client::Error::TransportError(t) => chain(t),
+        _ => return false,
+    };
+    text.contains("tcp connect error") || text.contains("error trying to connect")
 }
 
 fn map_error(
@@ -496,19 +566,23 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let response = self.call("get", None, kv.get(key, None)).await?;
+        let kv = self.client.kv_client();
+        let response = self
+            .call("get", None, || {
+                let mut kv = kv.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(response.kvs().first().map(convert_kv))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let response = self
-            .call(
-                "list",
-                None,
-                kv.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
+            .call("list", None, || {
+                let mut kv = kv.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         Ok(response.kvs().iter().map(convert_kv).collect())
     }
@@ -519,25 +593,40 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let options = lease
             .filter(|l| *l != 0)
             .map(|l| PutOptions::new().with_lease(l));
-        let response = self.call("put", lease, kv.put(key, value, options)).await?;
+        let response = self
+            .call("put", lease, || {
+                let (mut kv, value, options) = (kv.clone(), value.clone(), options.clone());
+                async move { kv.put(key, value, options).await }
+            })
+            .await?;
         Ok(header_revision(response.header()))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
-        let response = self.call("delete", None, kv.delete(key, None)).await?;
+        let kv = self.client.kv_client();
+        let response = self
+            .call("delete", None, || {
+                let mut kv = kv.clone();
+                async move { kv.delete(key, None).await }
+            })
+            .await?;
         Ok(response.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let options = DeleteOptions::new().with_prefix();
+        let kv = self.client.kv_client();
         let response = self
-            .call("delete", None, kv.delete(prefix, Some(options)))
+            .call("delete", None, || {
+                let mut kv = kv.clone();
+                async move {
+                    kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         Ok(response.deleted())
     }
@@ -561,8 +650,13 @@ impl Store for EtcdStore {
             )
             .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
-        let mut kv = self.client.kv_client();
-        let response = self.call("transaction", lease, kv.txn(request)).await?;
+        let kv = self.client.kv_client();
+        let response = self
+            .call("transaction", lease, || {
+                let (mut kv, request) = (kv.clone(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await?;
         let responses = response
             .op_responses()
             .into_iter()
@@ -595,13 +689,16 @@ impl Store for EtcdStore {
         if let Some(r) = start {
             options = options.with_start_revision(r);
         }
-        let mut client = self.client.watch_client();
+        let client = self.client.watch_client();
         let mut stream = self
-            .call("watch", None, client.watch(prefix, Some(options)))
+            .call("watch", None, || {
+                let (mut client, options) = (client.clone(), options.clone());
+                async move { client.watch(prefix, Some(options)).await }
+            })
             .await?;
         // etcd confirms a new watch with a "created" response; waiting for it makes a broken
         // connection fail here rather than on the first event.
-        let first = self.call("watch", None, stream.message()).await?;
+        let first = self.once("watch", None, stream.message()).await?;
         let mut state = WatchState {
             stream,
             pending: VecDeque::new(),
@@ -636,9 +733,12 @@ impl Store for EtcdStore {
         // etcd counts whole seconds; round up so a lease never lives shorter than asked.
         let seconds =
             i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX);
-        let mut client = self.client.lease_client();
+        let client = self.client.lease_client();
         let response = self
-            .call("lease grant", None, client.grant(seconds, None))
+            .call("lease grant", None, || {
+                let mut client = client.clone();
+                async move { client.grant(seconds, None).await }
+            })
             .await?;
         if !response.error().is_empty() {
             return Err(StoreError::Unavailable(format!(
@@ -675,20 +775,22 @@ impl Store for EtcdStore {
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.forget_keeper(lease).await;
-        let mut client = self.client.lease_client();
-        self.call("lease revoke", Some(lease), client.revoke(lease))
-            .await?;
+        let client = self.client.lease_client();
+        self.call("lease revoke", Some(lease), || {
+            let mut client = client.clone();
+            async move { client.revoke(lease).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
-        let mut client = self.client.lease_client();
+        let client = self.client.lease_client();
         match self
-            .call(
-                "lease time-to-live",
-                Some(lease),
-                client.time_to_live(lease, None),
-            )
+            .call("lease time-to-live", Some(lease), || {
+                let mut client = client.clone();
+                async move { client.time_to_live(lease, None).await }
+            })
             .await
         {
             // etcd truncates to whole seconds: 0 means "under a second left", -1 "no such lease".
@@ -701,16 +803,20 @@ impl Store for EtcdStore {
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let read = self
-            .call(
-                "status",
-                None,
-                kv.get("/", Some(GetOptions::new().with_count_only())),
-            )
+            .call("status", None, || {
+                let mut kv = kv.clone();
+                async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+            })
             .await?;
-        let mut maintenance = self.client.maintenance_client();
-        let status = self.call("status", None, maintenance.status()).await?;
+        let maintenance = self.client.maintenance_client();
+        let status = self
+            .call("status", None, || {
+                let mut maintenance = maintenance.clone();
+                async move { maintenance.status().await }
+            })
+            .await?;
         Ok(StoreStatus {
             backend: "etcd",
             revision: header_revision(read.header()),
