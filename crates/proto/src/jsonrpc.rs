@@ -82,6 +82,12 @@ impl From<i64> for Id {
     }
 }
 
+impl From<i32> for Id {
+    fn from(n: i32) -> Self {
+        Id::Number(i64::from(n))
+    }
+}
+
 impl From<u32> for Id {
     fn from(n: u32) -> Self {
         Id::Number(i64::from(n))
