@@ -52,6 +52,10 @@ pub enum Command {
     },
     /// Run a core node.
     Server,
+    /// Run the manager, or administer it (`autogate manager cluster …`).
+    Manager(cmd::manager::ManagerArgs),
+    /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
+    CertGen(cmd::certgen::CertGenArgs),
 }
 
 /// Parse, run, and map the outcome to an exit code.
@@ -81,5 +85,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Version { show_config } => cmd::version::run(&cli.global, show_config),
         Command::Server => cmd::server::run(&cli.global),
+        Command::Manager(args) => cmd::manager::run(&cli.global, args),
+        Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
     }
 }

@@ -5,7 +5,6 @@
 use std::fmt;
 
 pub const USAGE: u8 = 64;
-pub const UNAVAILABLE: u8 = 69;
 pub const FAILURE: u8 = 1;
 
 /// An error at the binary edge: the message a user can act on, and the exit code.
@@ -21,10 +20,6 @@ impl Failure {
             code: code.try_into().unwrap_or(FAILURE),
             message: message.to_string(),
         }
-    }
-
-    pub fn usage(message: impl fmt::Display) -> Self {
-        Self::new(USAGE, message)
     }
 }
 

@@ -21,13 +21,15 @@ pub fn autogate_bin() -> PathBuf {
     if let Some(p) = option_env!("CARGO_BIN_EXE_autogate") {
         return PathBuf::from(p);
     }
+    // A binary next to ours (benchmarks in target/<profile>/), else target/<profile>/deps/<test>
+    // → target/<profile>/autogate for tests of other crates.
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/autogate
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    profile_dir.join("autogate")
+    let dir = exe.parent().expect("executable has a directory");
+    let sibling = dir.join("autogate");
+    if sibling.is_file() {
+        return sibling;
+    }
+    dir.parent().unwrap_or(dir).join("autogate")
 }
 
 /// One line of captured output, with the instant it was read.

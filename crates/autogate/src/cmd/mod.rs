@@ -1,6 +1,8 @@
 //! One module per command; each loads the configuration it needs and reports errors as
 //! [`crate::exit::Failure`]s.
 
+pub mod certgen;
+pub mod manager;
 pub mod server;
 pub mod version;
 

@@ -1,0 +1,206 @@
+//! Foundation figures: start-up latency, idle memory, store throughput.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autogate_store::{EtcdOptions, Store, StoreOptions};
+use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::{free_port, http_get, Autogate};
+
+use crate::{machine, ms, Stats};
+
+const STARTS: usize = 20;
+const LOCAL_OPS: usize = 2_000;
+const ETCD_OPS: usize = 2_000;
+const VALUE: [u8; 128] = [b'x'; 128];
+
+pub fn run() -> String {
+    let (startup, rss) = startup_and_rss();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let local = rt.block_on(local_store());
+    let etcd = EtcdServer::start();
+    let etcd_rows = rt.block_on(etcd_vs_raw(&etcd.endpoint()));
+
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut out = format!(
+        "### Foundation ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
+        machine()
+    );
+    out += &format!(
+        "| `autogate server` exec → health answers (local store, {STARTS} runs) | p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms | < 100 ms |\n",
+        startup.median(),
+        startup.quantile(0.9),
+        startup.quantile(1.0)
+    );
+    out += &format!(
+        "| idle RSS of the server, 1 s after start ({STARTS} runs) | median {:.1} MB, max {:.1} MB | < 20 MB |\n",
+        rss.median(),
+        rss.quantile(1.0)
+    );
+    out += &format!(
+        "| local store put (durable, sequential, 128 B, {LOCAL_OPS} ops) | {:.0} puts/s | — |\n",
+        local.0
+    );
+    out += &format!(
+        "| local store get (sequential, {LOCAL_OPS} ops) | {:.0} gets/s | — |\n",
+        local.1
+    );
+    for row in etcd_rows {
+        out += &format!(
+            "| etcd put, {} in flight ({ETCD_OPS} ops): autogate store vs raw etcd-client | {:.0} vs {:.0} puts/s = **{:.0} %** | ≥ 80 % |\n",
+            row.concurrency,
+            row.ours,
+            row.raw,
+            100.0 * row.ours / row.raw
+        );
+    }
+    out
+}
+
+/// Start the real release binary repeatedly; time exec → first 200 from `/api/v1/health`, then
+/// read its resident memory after a second of idling.
+fn startup_and_rss() -> (Stats, Stats) {
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..STARTS {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let cmd = Autogate::new(["server"]).env("GATEWAY_SERVER_PORT", port.to_string());
+        let t0 = Instant::now();
+        let mut proc = cmd.spawn();
+        loop {
+            if let Ok((200, _)) = http_get(&addr, "/api/v1/health") {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                panic!("server did not answer within 10 s:\n{}", proc.dump());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times.push(ms(t0.elapsed()));
+        std::thread::sleep(Duration::from_secs(1));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid()))
+            .unwrap_or_default();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        rss.push(kb / 1024.0);
+        proc.signal("TERM");
+        proc.wait_exit(Duration::from_secs(5));
+    }
+    (Stats::new(times), Stats::new(rss))
+}
+
+async fn local_store() -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = autogate_store::open(StoreOptions::Local {
+        path: dir.path().join("gateway.db"),
+    })
+    .await
+    .expect("open local store");
+    let t0 = Instant::now();
+    for i in 0..LOCAL_OPS {
+        store
+            .put(&format!("/autogate/bench/k{i:06}"), VALUE.to_vec(), None)
+            .await
+            .expect("put");
+    }
+    let puts = LOCAL_OPS as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for i in 0..LOCAL_OPS {
+        store
+            .get(&format!("/autogate/bench/k{i:06}"))
+            .await
+            .expect("get");
+    }
+    let gets = LOCAL_OPS as f64 / t0.elapsed().as_secs_f64();
+    (puts, gets)
+}
+
+struct EtcdRow {
+    concurrency: usize,
+    ours: f64,
+    raw: f64,
+}
+
+/// The same write pattern (distinct keys, 128-byte values, N requests in flight) through our
+/// store and through a bare etcd-client, interleaved three times; the median of each is kept.
+async fn etcd_vs_raw(endpoint: &str) -> Vec<EtcdRow> {
+    let ours: Arc<dyn Store> = autogate_store::open(StoreOptions::Etcd(EtcdOptions {
+        endpoints: vec![endpoint.to_owned()],
+        tls: None,
+        dial_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+    }))
+    .await
+    .expect("open etcd store");
+    let raw = etcd_client::Client::connect([format!("http://{endpoint}")], None)
+        .await
+        .expect("raw etcd client");
+    let mut rows = Vec::new();
+    for concurrency in [1usize, 16] {
+        let mut o = Vec::new();
+        let mut r = Vec::new();
+        for round in 0..3 {
+            o.push(ours_puts(&ours, concurrency, round).await);
+            r.push(raw_puts(&raw, concurrency, round).await);
+        }
+        rows.push(EtcdRow {
+            concurrency,
+            ours: Stats::new(o).median(),
+            raw: Stats::new(r).median(),
+        });
+    }
+    rows
+}
+
+async fn ours_puts(store: &Arc<dyn Store>, concurrency: usize, round: usize) -> f64 {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..ETCD_OPS).step_by(concurrency) {
+                store
+                    .put(&format!("/autogate/bench/ours{round}/k{i:06}"), VALUE.to_vec(), None)
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    ETCD_OPS as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn raw_puts(client: &etcd_client::Client, concurrency: usize, round: usize) -> f64 {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut kv = client.kv_client();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..ETCD_OPS).step_by(concurrency) {
+                kv.put(
+                    format!("/autogate/bench/raw{round}/k{i:06}"),
+                    VALUE.to_vec(),
+                    None,
+                )
+                .await
+                .expect("raw put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    ETCD_OPS as f64 / t0.elapsed().as_secs_f64()
+}

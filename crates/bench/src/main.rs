@@ -1,0 +1,82 @@
+//! Benchmarks of autogate, reported and never asserted. Each compares against its baseline in the
+//! same run (raw etcd for the store, the bare process for start-up) and prints a Markdown table
+//! ready for `docs/benchmarks.md`.
+//!
+//! `autogate-bench foundation`: time from `exec autogate server` to `/api/v1/health` answering,
+//! idle RSS of the server, local-store put/get throughput, etcd-store put throughput against raw
+//! etcd with the same write pattern.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+mod foundation;
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "foundation".to_owned());
+    let started = Instant::now();
+    let report = match which.as_str() {
+        "foundation" => foundation::run(),
+        other => {
+            eprintln!("unknown benchmark {other:?}; available: foundation");
+            std::process::exit(64);
+        }
+    };
+    println!("{report}");
+    let out = std::path::Path::new("target").join(format!("bench-{which}.md"));
+    if std::fs::write(&out, &report).is_ok() {
+        eprintln!("(written to {}, {:?})", out.display(), started.elapsed());
+    }
+}
+
+/// Summary statistics of a set of samples.
+pub struct Stats {
+    pub samples: Vec<f64>,
+}
+
+impl Stats {
+    pub fn new(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Stats { samples }
+    }
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.samples.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.samples.len() - 1) as f64 * q).round() as usize;
+        self.samples[idx]
+    }
+    pub fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+}
+
+/// The machine line every table carries.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM")
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
