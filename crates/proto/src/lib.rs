@@ -4,6 +4,17 @@
 //! Everything here is pure (no I/O, no clock reads, no randomness): the gateway and the manager
 //! feed it text and events and act on what it returns, which keeps the rules testable event by
 //! event.
+//!
+//! On the wire: one WebSocket text frame holds one JSON-RPC 2.0 object (batches are refused).
+//! A receiver calls [`decode`] with its frame limit ([`DEFAULT_MAX_FRAME_LEN`]); on error it
+//! closes with [`DecodeError::close_code`] when there is one (1009 for oversized frames),
+//! otherwise sends [`DecodeError::to_response`] when there is one (−32700 / −32600), otherwise
+//! (a malformed response) only logs. Unknown methods are answered with
+//! [`RpcError::method_not_found`], bad params with [`RpcError::invalid_params`]. The gateway's
+//! first frame is the [`method::HELLO`] request ([`Hello`]); the manager decides with
+//! [`SessionTable::on_hello`] and answers [`HelloAccepted`] or an error with code
+//! [`SESSION_REFUSED`] (session rules) or [`NOT_ALLOWED`] (certificate / cluster state) whose
+//! message is the reason.
 #![forbid(unsafe_code)]
 
 mod hello;

@@ -3,6 +3,17 @@
 //!
 //! Every rustls configuration built here uses the `ring` crypto provider explicitly (never a
 //! process-wide default), so the binary behaves the same whatever other crates install.
+//!
+//! Choices callers should know:
+//! - Minted keys are ECDSA P-256, written as unencrypted PKCS#8 PEM; loading also accepts
+//!   PKCS#1 and SEC1 keys (a CA loaded with [`Ca::from_pem`] needs PKCS#8, a limit of rcgen with
+//!   ring).
+//! - [`ClientAuth::AnyPresented`] accepts any valid-in-time client certificate, self-signed or
+//!   not, after checking the handshake signature; authorisation (fingerprint pinning) is the
+//!   application's job, using `peer_certificates()` and [`fingerprint_sha256`].
+//! - [`Roots::System`] reads the operating system's trust store through `rustls-native-certs`.
+//! - Both sides offer ALPN `http/1.1` ([`ALPN_HTTP1`]).
+//! - [`TlsError::is_usage`] tells operator mistakes (exit 64) from internal failures.
 #![forbid(unsafe_code)]
 
 mod certgen;

@@ -83,12 +83,20 @@ impl Validity {
     /// does not reject a certificate minted a moment ago.
     pub const CLOCK_SKEW: Duration = Duration::minutes(5);
 
-    /// Valid from (now − [`Self::CLOCK_SKEW`]) for `n` days from now.
+    /// The latest `not_after` X.509 can express (GeneralizedTime has four-digit years).
+    pub const LATEST: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+
+    /// Valid from (now − [`Self::CLOCK_SKEW`]) for `n` days from now; an `n` reaching past
+    /// [`Self::LATEST`] is capped there rather than overflowing.
     pub fn days(n: u32) -> Validity {
         let now = OffsetDateTime::now_utc();
+        let not_after = now
+            .checked_add(Duration::days(i64::from(n)))
+            .filter(|t| *t <= Self::LATEST)
+            .unwrap_or(Self::LATEST);
         Validity {
             not_before: now - Self::CLOCK_SKEW,
-            not_after: now + Duration::days(i64::from(n)),
+            not_after,
         }
     }
 
@@ -492,6 +500,15 @@ mod tests {
         assert!(self_signed(CertKind::Server, "x", &[], backwards).is_err());
         assert!("bogus".parse::<CertKind>().is_err());
         assert_eq!("Node".parse::<CertKind>().unwrap(), CertKind::Node);
+    }
+
+    #[test]
+    fn huge_validity_is_capped_not_a_panic() {
+        let v = Validity::days(u32::MAX);
+        assert_eq!(v.not_after, Validity::LATEST);
+        let c = self_signed(CertKind::Node, "forever", &[], v).unwrap();
+        let info = cert_info(&c.cert_der().unwrap()).unwrap();
+        assert_eq!(info.not_after.year(), 9999);
     }
 
     #[test]
