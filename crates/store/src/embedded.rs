@@ -276,9 +276,7 @@ impl Store for EmbeddedStore {
         start_revision: Option<Revision>,
     ) -> Result<WatchStream, StoreError> {
         let rx = self.inner.lock()?.engine.watch(prefix, start_revision);
-        Ok(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-        ))
+        Ok(Box::pin(rx))
     }
 
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {

@@ -13,6 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::{
@@ -24,7 +27,58 @@ use crate::{
 pub(crate) const DEFAULT_HISTORY: usize = 10_000;
 
 pub(crate) type WatchItem = Result<WatchEvent, StoreError>;
-pub(crate) type WatchReceiver = mpsc::UnboundedReceiver<WatchItem>;
+
+/// The receiving end of one watch.
+///
+/// Each watch has a bounded queue (twice the history size: a full replay plus as many live
+/// events). A consumer that falls that far behind is cut off rather than letting memory grow
+/// without bound: once it has drained what was queued it gets `Compacted` with `requested` set to
+/// the first revision it missed, and re-reads or watches again from there.
+#[derive(Debug)]
+pub(crate) struct WatchReceiver {
+    rx: mpsc::Receiver<WatchItem>,
+    /// Set by the engine to the first undelivered revision when the queue overflowed.
+    lagged: Arc<AtomicI64>,
+    finished: bool,
+}
+
+impl WatchReceiver {
+    fn lag_error(&mut self) -> Option<WatchItem> {
+        let missed = self.lagged.load(Ordering::Acquire);
+        if self.finished || missed == 0 {
+            return None;
+        }
+        self.finished = true;
+        Some(Err(StoreError::Compacted {
+            requested: missed,
+            compacted: missed - 1,
+        }))
+    }
+
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<WatchItem> {
+        match self.rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => self.lag_error(),
+        }
+    }
+}
+
+impl futures::Stream for WatchReceiver {
+    type Item = WatchItem;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchItem>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(this.lag_error()),
+            other => other,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Lease {
@@ -36,7 +90,8 @@ pub(crate) struct Lease {
 #[derive(Debug)]
 struct Watcher {
     prefix: String,
-    tx: mpsc::UnboundedSender<WatchItem>,
+    tx: mpsc::Sender<WatchItem>,
+    lagged: Arc<AtomicI64>,
 }
 
 /// The durable part of the state, as the local backend loads it from disk.
@@ -534,12 +589,21 @@ impl Engine {
     /// Records events in the history and hands them to matching watchers, in order.
     pub fn publish(&mut self, events: Vec<WatchEvent>) {
         for event in events {
-            for w in &self.watchers {
-                if event.kv.key.starts_with(&w.prefix) {
-                    // A failed send means the stream was dropped; the watcher is pruned below.
-                    let _ = w.tx.send(Ok(event.clone()));
+            self.watchers.retain(|w| {
+                if !event.kv.key.starts_with(&w.prefix) {
+                    return true;
                 }
-            }
+                match w.tx.try_send(Ok(event.clone())) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Dropping the sender ends the stream with a lag error after the queue.
+                        w.lagged.store(event.kv.mod_revision, Ordering::Release);
+                        false
+                    }
+                    // The stream was dropped: the watch is cancelled.
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
             self.history.push_back(event);
         }
         while self.history.len() > self.history_limit {
@@ -562,26 +626,35 @@ impl Engine {
     /// Starts a watch. A start revision at or below the compaction point yields one
     /// `Compacted` error and ends, as etcd's watch does.
     pub fn watch(&mut self, prefix: &str, start: Option<Revision>) -> WatchReceiver {
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Room for a full replay of the history plus as many live events.
+        let (tx, rx) = mpsc::channel(self.history_limit * 2 + 1);
+        let lagged = Arc::new(AtomicI64::new(0));
+        let receiver = WatchReceiver {
+            rx,
+            lagged: lagged.clone(),
+            finished: false,
+        };
         if let Some(start) = start.filter(|r| *r > 0) {
             if start <= self.compacted {
-                let _ = tx.send(Err(StoreError::Compacted {
+                let _ = tx.try_send(Err(StoreError::Compacted {
                     requested: start,
                     compacted: self.compacted,
                 }));
-                return rx;
+                return receiver;
             }
             for event in &self.history {
                 if event.kv.mod_revision >= start && event.kv.key.starts_with(prefix) {
-                    let _ = tx.send(Ok(event.clone()));
+                    // Cannot be full: the queue holds more than the whole history.
+                    let _ = tx.try_send(Ok(event.clone()));
                 }
             }
         }
         self.watchers.push(Watcher {
             prefix: prefix.to_owned(),
             tx,
+            lagged,
         });
-        rx
+        receiver
     }
 
     #[cfg(test)]
@@ -618,7 +691,7 @@ mod tests {
 
     fn drain(rx: &mut WatchReceiver) -> Vec<WatchItem> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = rx.try_recv() {
             out.push(item);
         }
         out
@@ -761,7 +834,7 @@ mod tests {
                 compacted: r1
             })]
         );
-        assert!(rx.try_recv().is_err(), "a compacted watch ends");
+        assert!(rx.try_recv().is_none(), "a compacted watch ends");
 
         let mut rx = e.watch("w/", Some(r1 + 1));
         let revs: Vec<_> = drain(&mut rx)
@@ -772,6 +845,29 @@ mod tests {
         drop(rx);
         put(&mut e, "w/c", "1", None, now);
         assert_eq!(e.watcher_count(), 0, "dropped watchers are pruned");
+    }
+
+    #[test]
+    fn a_watcher_too_far_behind_is_cut_off_with_the_first_missed_revision() {
+        let now = Instant::now();
+        let mut e = Engine::new(2);
+        let mut rx = e.watch("", None);
+        // Queue capacity is 2 * 2 + 1 = 5 events.
+        let revs: Vec<_> = (0..7)
+            .map(|i| put(&mut e, "k", &i.to_string(), None, now))
+            .collect();
+        let items = drain(&mut rx);
+        assert_eq!(items.len(), 6);
+        assert!(items[..5].iter().all(Result::is_ok));
+        assert_eq!(
+            items[5],
+            Err(StoreError::Compacted {
+                requested: revs[5],
+                compacted: revs[5] - 1
+            })
+        );
+        assert!(rx.try_recv().is_none());
+        assert_eq!(e.watcher_count(), 0);
     }
 
     #[test]

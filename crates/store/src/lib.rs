@@ -255,9 +255,13 @@ pub struct WatchEvent {
 
 /// Events of one watch in revision order. Dropping the stream cancels the watch.
 ///
-/// The stream ends only after yielding an error: [`StoreError::Compacted`] when the requested start
-/// revision is no longer in the history (re-read the state and watch again from its revision), or
-/// [`StoreError::Unavailable`] when the connection to the store was lost.
+/// The stream ends only after yielding an error, so silence never hides a lost watch:
+/// * [`StoreError::Compacted`] when the start revision is no longer in the history (also as the
+///   first item: `watch` itself does not fail for this), or when an embedded-store consumer fell so
+///   far behind that its queue overflowed (`requested` = first missed revision). Re-read the state
+///   and watch again from the revision of that read + 1;
+/// * [`StoreError::Unavailable`] when the connection to etcd was lost or the member lost its
+///   leader. Watch again from the last seen `mod_revision` + 1.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
 /// Health of a store as a readiness check reports it.

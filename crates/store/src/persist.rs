@@ -7,7 +7,7 @@
 //! redb takes an exclusive file lock, so a second process opening the same file is refused.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition};
 
@@ -18,6 +18,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
+/// How long opening waits for a file lock that is held.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Bumped whenever the layout above changes incompatibly.
 const FORMAT: i64 = 1;
 /// create_revision, mod_revision, version, lease: four little-endian i64 before the value.
@@ -78,7 +80,18 @@ impl Db {
                 ))
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
+        // The lock can be held for a moment after a store in this process was dropped (a lease
+        // expiry pass may still own it), so a held lock is retried briefly before it is an error.
+        let give_up = Instant::now() + LOCK_WAIT;
+        let created = loop {
+            match Database::create(path) {
+                Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        let db = created.map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Config(format!(
                 "store file {shown} is in use by another process (is another node running with the same working directory?)"
             )),

@@ -92,7 +92,9 @@ async fn cluster_serves_with_one_member_down_and_fails_without_quorum() {
     put_eventually(&s, "/faults/y").await;
     // Once a leader is there, no call may fail because the client still knows the dead member.
     for i in 0..30 {
-        s.put(&format!("/faults/burst/{i}"), b"v".to_vec(), None).await.unwrap();
+        s.put(&format!("/faults/burst/{i}"), b"v".to_vec(), None)
+            .await
+            .unwrap();
         assert!(s.get("/faults/x").await.unwrap().is_some());
     }
 
