@@ -40,6 +40,7 @@ pub fn health_body(node: &Node) -> Value {
         "mode": "server",
         "store": node.store.backend(),
         "version": autogate_runtime::VERSION,
+        "manager": node.link.get(),
     })
 }
 
@@ -55,7 +56,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
     match s.node.store.status().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        ),
     }
 }
 

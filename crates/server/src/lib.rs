@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod link;
 mod storeopts;
 
 use std::net::SocketAddr;
@@ -36,13 +37,15 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("serving the API failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
 }
 
 impl ServerError {
     /// Process exit code for this error (sysexits: 64 usage, 69 unavailable, 1 other).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ServerError::Store(StoreError::Config(_)) => 64,
+            ServerError::Store(StoreError::Config(_)) | ServerError::Link(_) => 64,
             ServerError::Store(StoreError::Unavailable(_)) => 69,
             ServerError::Bind { .. } => 69,
             _ => 1,
@@ -58,11 +61,14 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    pub link: link::LinkStatus,
 }
 
 /// Run a core node until the shutdown token is cancelled.
 pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    // Everything that can be wrong with the configuration fails here, before a port is bound.
+    let link_settings = link::LinkSettings::from_config(&config)?;
     let store = open_store(&config).await?;
     let addr = format!("{}:{}", config.server.listen_address, config.server.port);
     let listener = TcpListener::bind(&addr)
@@ -78,6 +84,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         store,
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
+        link: link::LinkStatus::default(),
     };
     tracing::info!(
         node_id = %node.id,
@@ -95,7 +102,21 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     // Stop accepting happens when the token fires: axum stops its accept loop and lets in-flight
     // requests finish; the grace deadline bounds how long we wait for them.
     let grace = config.server.shutdown_grace;
-    let server = shutdown.tracker().spawn(std::future::IntoFuture::into_future(serve));
+    let server = shutdown
+        .tracker()
+        .spawn(std::future::IntoFuture::into_future(serve));
+    // Without HA this node is the cluster's only core node, so it holds the manager link for
+    // as long as it runs (term null).
+    let link_token = token.child_token();
+    if let Some(settings) = link_settings {
+        shutdown.tracker().spawn(link::run(
+            node.clone(),
+            settings,
+            None,
+            node.link.clone(),
+            link_token.clone(),
+        ));
+    }
     token.cancelled().await;
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}

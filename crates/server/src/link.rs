@@ -1,0 +1,494 @@
+//! The commander link: the one connection of a cluster to its manager, held by the active core
+//! node (or the only node, without HA).
+//!
+//! It dials `wss://<host:port>/ws` with the node's own client certificate, sends `hello` (with
+//! the fencing `term` when HA is on) and then answers the manager's requests until the
+//! connection drops or the link is cancelled (shutdown, or loss of leadership). It reconnects
+//! forever, one manager of the `hosts` list at a time and the next one on failure, with capped
+//! exponential back-off and jitter. The log lines are the product family's, word for word:
+//!
+//! ```text
+//! INF creating connection to commander at 'manager.example.com:443'
+//! INF attempting to connect to wss://manager.example.com:443/ws
+//! INF connected to commander at 10.0.0.5:443
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autogate_config::{Config, HostPort};
+use autogate_proto::{
+    decode, encode, method, Frame, Hello, HelloAccepted, NodeInfo, Request, Response, RpcError,
+    DEFAULT_MAX_FRAME_LEN,
+};
+use autogate_tls::rustls::pki_types::ServerName;
+use autogate_tls::rustls::ClientConfig;
+use autogate_tls::{client_config, load_identity, Roots, TlsError};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::Node;
+
+/// Time allowed for TCP + TLS + WebSocket handshakes of one attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the manager has to answer `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// WebSocket ping period; a connection silent for `DEAD_AFTER` is dropped and re-dialled.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// First retry delay (before jitter); the first retry happens within 250 ms.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// Problems with the link's own configuration: usage errors found before anything binds.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connect.certificate_file / connect.private_key_file: {0}")]
+    Identity(TlsError),
+    #[error("manager TLS settings: {0}")]
+    Tls(TlsError),
+}
+
+/// Everything needed to dial the manager, prepared once at start-up.
+#[derive(Clone)]
+pub struct LinkSettings {
+    pub hosts: Vec<HostPort>,
+    pub tls: Arc<ClientConfig>,
+    pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings")
+            .field("hosts", &self.hosts)
+            .field("max_backoff", &self.max_backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkSettings {
+    /// `None` when the link is disabled or no manager is configured.
+    pub fn from_config(config: &Config) -> Result<Option<LinkSettings>, LinkError> {
+        let c = &config.connect;
+        if !c.enabled || c.hosts.is_empty() {
+            return Ok(None);
+        }
+        let identity = match (&c.certificate_file, &c.private_key_file) {
+            (Some(cert), Some(key)) => Some(load_identity(cert, key).map_err(LinkError::Identity)?),
+            _ => None,
+        };
+        let roots = match &config.application.ca_certificate_file {
+            Some(p) => Roots::File(p.clone()),
+            None => Roots::System,
+        };
+        if c.insecure_tls {
+            tracing::warn!(
+                "connect.insecure_tls is true: the manager's certificate is NOT verified"
+            );
+        }
+        let tls = client_config(roots, identity, c.insecure_tls).map_err(LinkError::Tls)?;
+        Ok(Some(LinkSettings {
+            hosts: c.hosts.clone(),
+            tls,
+            max_backoff: c.reconnect_max_backoff,
+        }))
+    }
+}
+
+/// Capped exponential back-off with jitter: attempt n waits a random time in
+/// [d/2, d] where d = min(cap, FIRST_RETRY · 2^(n-1)). Pure, so its bounds are unit-tested.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    failures: u32,
+    first: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            failures: 0,
+            first,
+            cap,
+        }
+    }
+
+    /// Delay before the next attempt; `jitter` in [0, 1).
+    pub fn next_delay(&mut self, jitter: f64) -> Duration {
+        let exp = self.failures.min(20);
+        self.failures = self.failures.saturating_add(1);
+        let full = self
+            .first
+            .checked_mul(1u32 << exp)
+            .unwrap_or(self.cap)
+            .min(self.cap);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What the rest of the node (health API, HA) can see of the link.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkState {
+    pub connected: bool,
+    /// The manager endpoint of the live session (`ip:port`).
+    pub address: Option<String>,
+    pub term: Option<u64>,
+    pub session_id: Option<String>,
+    /// When the last connection attempt failed, and why (cleared on success).
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub failing_since: Option<Instant>,
+}
+
+/// Shared, cheaply cloned view of the link state.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus(Arc<Mutex<LinkState>>);
+
+impl LinkStatus {
+    pub fn get(&self) -> LinkState {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LinkState)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// Why one session ended.
+enum Ended {
+    Cancelled,
+    Lost(String),
+}
+
+/// Hold the manager connection until `token` is cancelled. `term` is the fencing token of this
+/// leadership (None without HA); `nodes` describes the cluster for `hello`.
+pub async fn run(
+    node: Node,
+    settings: LinkSettings,
+    term: Option<u64>,
+    status: LinkStatus,
+    token: CancellationToken,
+) {
+    let first = &settings.hosts[0];
+    tracing::info!("creating connection to commander at '{first}'");
+    let mut backoff = Backoff::new(FIRST_RETRY, settings.max_backoff);
+    let mut index = 0usize;
+    loop {
+        let host = &settings.hosts[index % settings.hosts.len()];
+        tracing::info!("attempting to connect to wss://{host}/ws");
+        let attempt = tokio::select! {
+            _ = token.cancelled() => break,
+            r = session(&node, &settings, host, term, &status, &token) => r,
+        };
+        match attempt {
+            Ok(Ended::Cancelled) => break,
+            Ok(Ended::Lost(reason)) => {
+                // A session that was up: retry the same manager quickly.
+                tracing::warn!("connection to commander at {host} lost: {reason}");
+                backoff.reset();
+                status.update(|s| {
+                    s.connected = false;
+                    s.address = None;
+                    s.session_id = None;
+                    s.last_error = Some(reason);
+                    s.failing_since.get_or_insert_with(Instant::now);
+                });
+            }
+            Err(reason) => {
+                index += 1;
+                status.update(|s| {
+                    s.connected = false;
+                    s.last_error = Some(reason.clone());
+                    s.failing_since.get_or_insert_with(Instant::now);
+                });
+                let delay = backoff.next_delay(rand::random::<f64>());
+                tracing::warn!(
+                    "connection to commander at {host} failed: {reason}; next attempt in {} ms",
+                    delay.as_millis()
+                );
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    status.update(|s| {
+        s.connected = false;
+        s.address = None;
+        s.session_id = None;
+    });
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn dial(settings: &LinkSettings, host: &HostPort) -> Result<(Ws, SocketAddr), String> {
+    let tcp = TcpStream::connect((host.host.as_str(), host.port))
+        .await
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().map_err(|e| format!("TCP connect: {e}"))?;
+    let name = ServerName::try_from(host.host.clone())
+        .map_err(|e| format!("invalid manager host name {:?}: {e}", host.host))?;
+    let tls = TlsConnector::from(settings.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let url = format!("wss://{host}/ws");
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(DEFAULT_MAX_FRAME_LEN))
+        .max_frame_size(Some(DEFAULT_MAX_FRAME_LEN));
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
+        .await
+        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    Ok((ws, peer))
+}
+
+/// One connection: dial, hello, serve. `Err` = it never got up (counts as a failed attempt).
+async fn session(
+    node: &Node,
+    settings: &LinkSettings,
+    host: &HostPort,
+    term: Option<u64>,
+    status: &LinkStatus,
+    token: &CancellationToken,
+) -> Result<Ended, String> {
+    let (mut ws, peer) = tokio::time::timeout(CONNECT_TIMEOUT, dial(settings, host))
+        .await
+        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))??;
+
+    let hello = Hello {
+        cluster_id: node.config.application.cluster_id.clone(),
+        node_id: node.id.to_string(),
+        term,
+        version: autogate_runtime::VERSION.to_owned(),
+        nodes: vec![self_info(node, true)],
+    };
+    ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))
+        .await
+        .map_err(|e| format!("sending hello: {e}"))?;
+    let accepted = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut ws))
+        .await
+        .map_err(|_| format!("the manager did not answer hello within {HELLO_TIMEOUT:?}"))??;
+
+    tracing::info!("connected to commander at {peer}");
+    status.update(|s| {
+        *s = LinkState {
+            connected: true,
+            address: Some(peer.to_string()),
+            term,
+            session_id: Some(accepted.session_id.clone()),
+            last_error: None,
+            failing_since: None,
+        }
+    });
+    serve(node, &mut ws, token).await
+}
+
+async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
+    while let Some(msg) = ws.next().await {
+        match msg.map_err(|e| format!("waiting for the hello answer: {e}"))? {
+            Message::Text(text) => match decode(text.as_str(), DEFAULT_MAX_FRAME_LEN) {
+                Ok(Frame::Response(r)) => {
+                    return match r.outcome {
+                        Ok(v) => serde_json::from_value::<HelloAccepted>(v)
+                            .map_err(|e| format!("unexpected hello answer: {e}")),
+                        Err(e) => {
+                            tracing::error!("commander refused this node: {}", e.message);
+                            Err(format!("refused: {}", e.message))
+                        }
+                    };
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "expected the answer to hello, got {}",
+                        encode(&other)
+                    ))
+                }
+                Err(e) => return Err(format!("bad frame from the manager: {e}")),
+            },
+            Message::Close(frame) => {
+                return Err(match frame {
+                    Some(f) => format!("closed by the manager: {}", f.reason),
+                    None => "closed by the manager".to_owned(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Err("connection closed before the hello answer".to_owned())
+}
+
+/// Answer the manager until the connection ends or the link is cancelled.
+async fn serve(node: &Node, ws: &mut Ws, token: &CancellationToken) -> Result<Ended, String> {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => {
+                let _ = ws.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "node stepping down".into(),
+                }))).await;
+                return Ok(Ended::Cancelled);
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > DEAD_AFTER {
+                    return Ok(Ended::Lost(format!("no frame from the manager for {DEAD_AFTER:?}")));
+                }
+                if let Err(e) = ws.send(Message::Ping(Vec::new().into())).await {
+                    return Ok(Ended::Lost(format!("sending ping: {e}")));
+                }
+            }
+            msg = ws.next() => {
+                let Some(msg) = msg else { return Ok(Ended::Lost("connection closed".into())) };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => return Ok(Ended::Lost(e.to_string())),
+                };
+                last_seen = Instant::now();
+                match msg {
+                    Message::Text(text) => {
+                        if let Some(reply) = answer(node, text.as_str()).await {
+                            if let Err(e) = ws.send(Message::text(reply)).await {
+                                return Ok(Ended::Lost(format!("sending a response: {e}")));
+                            }
+                        }
+                    }
+                    Message::Close(frame) => {
+                        let reason = frame
+                            .map(|f| format!("closed by the manager: {}", f.reason))
+                            .unwrap_or_else(|| "closed by the manager".into());
+                        return Ok(Ended::Lost(reason));
+                    }
+                    Message::Binary(_) => {
+                        tracing::debug!("ignoring a binary frame from the manager");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The reply to one text frame, if it needs one.
+async fn answer(node: &Node, text: &str) -> Option<String> {
+    match decode(text, DEFAULT_MAX_FRAME_LEN) {
+        Ok(Frame::Request(req)) => {
+            let outcome = handle(node, &req).await;
+            let resp = match outcome {
+                Ok(v) => Response::success(req.id, v),
+                Err(e) => Response::error(Some(req.id), e),
+            };
+            Some(encode(&Frame::Response(resp)))
+        }
+        Ok(Frame::Notification(n)) => {
+            tracing::debug!("notification {} from the manager", n.method);
+            None
+        }
+        Ok(Frame::Response(_)) => None,
+        Err(e) => e.to_response().map(|r| encode(&Frame::Response(r))),
+    }
+}
+
+async fn handle(node: &Node, req: &Request) -> Result<Value, RpcError> {
+    match req.method.as_str() {
+        // The family's manager sends `{"reply": "Health test from GatewayManager"}` and expects
+        // its payload back.
+        method::PING => Ok(req
+            .params
+            .clone()
+            .unwrap_or_else(|| json!({"reply": "pong"}))),
+        method::CLUSTER_HEALTH => Ok(cluster_health(node).await),
+        method::SERVICES_LIST => Ok(json!({ "services": [] })),
+        method::SERVICE_RUN => Err(RpcError::method_not_found(method::SERVICE_RUN).with_data(
+            json!("method not available: services are not enabled on this gateway"),
+        )),
+        other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+async fn cluster_health(node: &Node) -> Value {
+    let store = node.store.status().await;
+    json!({
+        "cluster_id": node.config.application.cluster_id,
+        "node_id": node.id.as_str(),
+        "healthy": store.is_ok(),
+        "store": {
+            "backend": node.store.backend(),
+            "healthy": store.is_ok(),
+            "error": store.err().map(|e| e.to_string()),
+        },
+        "nodes": [self_info(node, true)],
+    })
+}
+
+/// This node as the manager sees it.
+pub fn self_info(node: &Node, active: bool) -> NodeInfo {
+    NodeInfo {
+        node_id: node.id.to_string(),
+        role: if active {
+            autogate_proto::Role::Active
+        } else {
+            autogate_proto::Role::Standby
+        },
+        is_primary: node.config.connect.is_primary,
+        address: node
+            .config
+            .connect
+            .advertise_address
+            .as_ref()
+            .map(ToString::to_string),
+        manager_reachable: Some(active),
+        running: None,
+        capacity: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_retry_is_quick_and_delays_are_capped() {
+        let cap = Duration::from_secs(10);
+        let mut b = Backoff::new(FIRST_RETRY, cap);
+        let first = b.next_delay(0.999);
+        assert!(first <= Duration::from_millis(250), "{first:?}");
+        assert!(first >= Duration::from_millis(100), "{first:?}");
+        let mut last = first;
+        for _ in 0..40 {
+            let d = b.next_delay(0.999);
+            assert!(d <= cap, "{d:?}");
+            assert!(
+                d >= last.min(cap / 2),
+                "delays should not shrink: {d:?} after {last:?}"
+            );
+            last = d;
+        }
+        assert!(last >= cap / 2);
+        b.reset();
+        assert!(b.next_delay(0.0) <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn jitter_spreads_within_half_to_full() {
+        let mut lo = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut hi = lo.clone();
+        assert_eq!(lo.next_delay(0.0), Duration::from_millis(500));
+        assert_eq!(hi.next_delay(1.0), Duration::from_secs(1));
+    }
+}
