@@ -23,6 +23,9 @@ use crate::{
     TxnOp, TxnOpResponse, TxnResponse, WatchEvent,
 };
 
+/// etcd's maximum lease TTL (9e9 s); also keeps deadline arithmetic far from overflow.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
 /// How many events the history keeps for watches from a past revision.
 pub(crate) const DEFAULT_HISTORY: usize = 10_000;
 
@@ -202,6 +205,8 @@ impl Engine {
         engine.next_lease_id = snapshot.next_lease_id.max(1);
         engine.compacted = engine.revision;
         for (id, ttl) in snapshot.leases {
+            // A damaged TTL must not make the deadline arithmetic overflow.
+            let ttl = ttl.min(MAX_TTL);
             engine.leases.insert(
                 id,
                 Lease {
@@ -210,7 +215,7 @@ impl Engine {
                     keys: BTreeSet::new(),
                 },
             );
-            engine.next_lease_id = engine.next_lease_id.max(id + 1);
+            engine.next_lease_id = engine.next_lease_id.max(id.saturating_add(1));
         }
         for kv in snapshot.kvs {
             if kv.lease != 0 {
@@ -222,7 +227,7 @@ impl Engine {
                     keys: BTreeSet::new(),
                 });
                 lease.keys.insert(kv.key.clone());
-                engine.next_lease_id = engine.next_lease_id.max(kv.lease + 1);
+                engine.next_lease_id = engine.next_lease_id.max(kv.lease.saturating_add(1));
             }
             engine.kvs.insert(kv.key.clone(), kv);
         }
@@ -458,10 +463,11 @@ impl Engine {
         ttl: Duration,
         now: Instant,
     ) -> Result<(LeaseId, Mutation), StoreError> {
-        if ttl.is_zero() {
-            return Err(StoreError::InvalidArgument(
-                "lease TTL must be positive".into(),
-            ));
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(StoreError::InvalidArgument(format!(
+                "lease TTL must be positive and at most {} s, not {ttl:?}",
+                MAX_TTL.as_secs()
+            )));
         }
         let mut ch = Changes::new(self);
         let id = self.next_lease_id;
@@ -782,6 +788,12 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Engine::new(100);
         let (id, m) = e.grant(Duration::from_secs(2), t0).unwrap();
+        for bad in [Duration::ZERO, Duration::MAX] {
+            assert!(matches!(
+                e.grant(bad, t0),
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
         e.publish(m.events);
         put(&mut e, "l/a", "1", Some(id), t0);
         put(&mut e, "l/b", "1", Some(id), t0);

@@ -731,8 +731,11 @@ impl Store for EtcdStore {
             ));
         }
         // etcd counts whole seconds; round up so a lease never lives shorter than asked.
-        let seconds =
-            i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX);
+        let seconds = i64::try_from(
+            ttl.as_secs()
+                .saturating_add(u64::from(ttl.subsec_nanos() > 0)),
+        )
+        .unwrap_or(i64::MAX);
         let client = self.client.lease_client();
         let response = self
             .call("lease grant", None, || {
