@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The demo: a local etcd, a manager, and two core nodes of one cluster on the etcd store, each
+# with its own certificate; shows their health and the manager's view of the cluster.
+# Everything runs on loopback in a temp dir and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${AUTOGATE_BIN:-target/release/autogate}
+ETCD=${ETCD_BIN:-$(command -v etcd || echo /usr/bin/etcd)}
+DEMO=$(mktemp -d /tmp/autogate-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DEMO"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url [curl args…]
+  local url=$1; shift
+  for _ in $(seq 1 200); do curl -fsS "$@" "$url" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "demo: $url did not answer" >&2; return 1
+}
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
+say "etcd on 127.0.0.1:$ETCD_CLIENT"
+"$ETCD" --name demo --data-dir "$DEMO/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-cluster "demo=http://127.0.0.1:$ETCD_PEER" \
+  --auto-compaction-mode=revision --auto-compaction-retention=1000 >"$DEMO/etcd.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$ETCD_CLIENT/health"
+
+say "certificates: a CA, the manager's server certificate, one key pair per core node"
+"$BIN" cert-gen ca --output "$DEMO/pki"
+"$BIN" cert-gen server --output "$DEMO/pki" --name manager --san 127.0.0.1 --san localhost
+"$BIN" cert-gen node --output "$DEMO/pki" --name core-1
+"$BIN" cert-gen node --output "$DEMO/pki" --name core-2
+
+MGR_PORT=$(free_port)
+say "manager on https://127.0.0.1:$MGR_PORT"
+GATEWAY_MANAGER_PORT=$MGR_PORT GATEWAY_MANAGER_DATA_DIR="$DEMO/manager" \
+GATEWAY_MANAGER_CERTIFICATE_FILE="$DEMO/pki/manager.pem" GATEWAY_MANAGER_PRIVATE_KEY_FILE="$DEMO/pki/manager-key.pem" \
+HOME="$DEMO" "$BIN" manager >"$DEMO/manager.log" 2>&1 &
+PIDS+=($!)
+wait_http "https://127.0.0.1:$MGR_PORT/healthz" --cacert "$DEMO/pki/ca.pem"
+MGR=(--url "https://127.0.0.1:$MGR_PORT" --ca "$DEMO/pki/ca.pem" --token-file "$DEMO/manager/admin.token")
+"$BIN" manager cluster add cluster_1 --name "demo cluster" --state enabled \
+  --cert "$DEMO/pki/core-1.pem" --cert "$DEMO/pki/core-2.pem" "${MGR[@]}"
+
+start_core() { # name port
+  local name=$1 port=$2
+  GATEWAY_APPLICATION_WORKING_DIR="$DEMO/$name" GATEWAY_APPLICATION_CA_CERTIFICATE_FILE="$DEMO/pki/ca.pem" \
+  GATEWAY_SERVER_PORT=$port GATEWAY_STORE_BACKEND=etcd GATEWAY_STORE_ETCD_HOSTS="127.0.0.1:$ETCD_CLIENT" \
+  GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" \
+  GATEWAY_CONNECT_CERTIFICATE_FILE="$DEMO/pki/$name.pem" GATEWAY_CONNECT_PRIVATE_KEY_FILE="$DEMO/pki/$name-key.pem" \
+  HOME="$DEMO" "$BIN" server >"$DEMO/$name.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/api/v1/health"
+}
+P1=$(free_port); P2=$(free_port)
+say "core node core-1 on 127.0.0.1:$P1 and core-2 on 127.0.0.1:$P2 (etcd store)"
+start_core core-1 "$P1"
+for _ in $(seq 1 100); do grep -q "connected to commander" "$DEMO/core-1.log" && break; sleep 0.05; done
+start_core core-2 "$P2"
+sleep 0.5
+
+say "health of each node"
+curl -s "http://127.0.0.1:$P1/api/v1/health"; echo
+curl -s "http://127.0.0.1:$P2/api/v1/health"; echo
+
+say "the manager's view of cluster_1 (without HA the second node is refused: one session per cluster)"
+"$BIN" manager cluster show cluster_1 "${MGR[@]}" || true
+"$BIN" manager cluster sessions cluster_1 "${MGR[@]}" || true
+
+say "logs"
+for f in core-1 core-2; do sed "s/^/$f | /" "$DEMO/$f.log" | head -8; done
+sed "s/^/manager | /" "$DEMO/manager.log" | tail -8
+say "stopping"
