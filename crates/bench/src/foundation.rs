@@ -84,8 +84,8 @@ fn startup_and_rss() -> (Stats, Stats) {
         }
         times.push(ms(t0.elapsed()));
         std::thread::sleep(Duration::from_secs(1));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", proc.pid())).unwrap_or_default();
         let kb: f64 = status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -170,7 +170,11 @@ async fn ours_puts(store: &Arc<dyn Store>, concurrency: usize, round: usize) -> 
         tasks.push(tokio::spawn(async move {
             for i in (w..ETCD_OPS).step_by(concurrency) {
                 store
-                    .put(&format!("/autogate/bench/ours{round}/k{i:06}"), VALUE.to_vec(), None)
+                    .put(
+                        &format!("/autogate/bench/ours{round}/k{i:06}"),
+                        VALUE.to_vec(),
+                        None,
+                    )
                     .await
                     .expect("put");
             }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 mod foundation;
 
 fn main() {
-    let which = std::env::args().nth(1).unwrap_or_else(|| "foundation".to_owned());
+    let which = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "foundation".to_owned());
     let started = Instant::now();
     let report = match which.as_str() {
         "foundation" => foundation::run(),

@@ -162,17 +162,21 @@ impl Visit for Fields {
         if field.name() == "fatal" {
             self.fatal = value;
         } else {
-            self.rest.push((field.name(), serde_json::Value::from(value)));
+            self.rest
+                .push((field.name(), serde_json::Value::from(value)));
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.rest.push((field.name(), serde_json::Value::from(value)));
+        self.rest
+            .push((field.name(), serde_json::Value::from(value)));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.rest.push((field.name(), serde_json::Value::from(value)));
+        self.rest
+            .push((field.name(), serde_json::Value::from(value)));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.rest.push((field.name(), serde_json::Value::from(value)));
+        self.rest
+            .push((field.name(), serde_json::Value::from(value)));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");

@@ -48,7 +48,11 @@ impl Metrics {
             let _ = encode(&mut out, &guard);
         }
         // `encode` ends with "# EOF" (OpenMetrics); keep that last.
-        let body = out.trim_end().strip_suffix("# EOF").unwrap_or(&out).to_owned();
+        let body = out
+            .trim_end()
+            .strip_suffix("# EOF")
+            .unwrap_or(&out)
+            .to_owned();
         let stats = ProcessStats::read();
         let mut text = body;
         text.push_str("# HELP process_resident_memory_bytes Resident memory size in bytes.\n");
@@ -62,7 +66,10 @@ impl Metrics {
         text.push_str(&format!("process_open_fds {}\n", stats.open_fds));
         text.push_str("# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n");
         text.push_str("# TYPE process_start_time_seconds gauge\n");
-        text.push_str(&format!("process_start_time_seconds {}\n", self.started_unix));
+        text.push_str(&format!(
+            "process_start_time_seconds {}\n",
+            self.started_unix
+        ));
         text.push_str("# EOF\n");
         text
     }
@@ -80,7 +87,11 @@ impl ProcessStats {
         // statm's second field is resident pages; 4 KiB pages on every platform we ship for.
         let rss_pages = std::fs::read_to_string("/proc/self/statm")
             .ok()
-            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
             .unwrap_or(0);
         let open_fds = std::fs::read_dir("/proc/self/fd")
             .map(|d| d.count() as u64)

@@ -7,4 +7,6 @@ pub mod certs;
 pub mod etcd;
 pub mod process;
 
-pub use process::{autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process};
+pub use process::{
+    autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process,
+};

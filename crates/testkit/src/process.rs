@@ -345,7 +345,12 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- output of {} (pid {}) ----\n{}", self.name, self.child.id(), self.dump());
+            eprintln!(
+                "---- output of {} (pid {}) ----\n{}",
+                self.name,
+                self.child.id(),
+                self.dump()
+            );
         }
     }
 }
@@ -391,7 +396,11 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
     let body = match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => {
+        Some((head, body))
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked") =>
+        {
             dechunk(body)
         }
         Some((_, body)) => body.to_owned(),
@@ -403,7 +412,9 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -10,5 +10,8 @@ use crate::exit::Failure;
 pub struct ManagerArgs {}
 
 pub fn run(_global: &Global, _args: ManagerArgs) -> Result<(), Failure> {
-    Err(Failure::new(1, "the manager is not available in this build yet"))
+    Err(Failure::new(
+        1,
+        "the manager is not available in this build yet",
+    ))
 }

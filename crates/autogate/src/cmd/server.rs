@@ -46,7 +46,13 @@ pub fn start_logging(
         LogLevel::Error | LogLevel::Fatal => Some(tracing::Level::ERROR),
         LogLevel::Disabled => None,
     };
-    let format = |json: bool| if json { LogFormat::Json } else { LogFormat::Text };
+    let format = |json: bool| {
+        if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
+    };
     let settings = LogSettings {
         level,
         console: format(config.log.console_json),
