@@ -49,7 +49,9 @@ fn health_answers_with_identity() {
 fn sigterm_prints_shutdown_lines_and_exits_zero_within_a_second() {
     let (mut proc, addr) = start_server();
     poll_until("health", Duration::from_secs(5), || {
-        http_get(&addr, "/api/v1/health").ok().filter(|(s, _)| *s == 200)
+        http_get(&addr, "/api/v1/health")
+            .ok()
+            .filter(|(s, _)| *s == 200)
     });
     let sent = Instant::now();
     proc.signal("TERM");
@@ -79,7 +81,9 @@ fn sigint_also_shuts_down_cleanly() {
     let (mut proc, _addr) = start_server();
     proc.signal("INT");
     assert!(proc.wait_exit(Duration::from_secs(5)).success());
-    assert!(proc.logs().contains("INF got signal for shutdown....interrupt"));
+    assert!(proc
+        .logs()
+        .contains("INF got signal for shutdown....interrupt"));
     assert!(proc.logs().contains("INF received shutdown signal"));
 }
 
@@ -124,5 +128,53 @@ fn port_in_use_is_a_clear_error() {
         .env("GATEWAY_SERVER_PORT", port.to_string())
         .output(Duration::from_secs(20));
     assert_eq!(out.code(), Some(69), "{}", out.stderr);
-    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn server_on_etcd_store_reports_it_and_readiness_follows_etcd() {
+    let mut etcd = autogate_testkit::etcd::EtcdServer::start();
+    let port = free_port();
+    let mut proc = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_STORE_ETCD_REQUEST_TIMEOUT", "1s")
+        .name("server")
+        .spawn();
+    proc.wait_for_line("core node listening", Duration::from_secs(20));
+    let addr = format!("127.0.0.1:{port}");
+    let (status, body) = http_get(&addr, "/api/v1/health").expect("health");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["store"], "etcd");
+    assert_eq!(http_get(&addr, "/readyz").expect("readyz").0, 200);
+
+    etcd.stop();
+    poll_until("readyz to report 503", Duration::from_secs(10), || {
+        http_get(&addr, "/readyz").ok().filter(|(s, _)| *s == 503)
+    });
+    etcd.restart();
+    poll_until("readyz to recover", Duration::from_secs(20), || {
+        http_get(&addr, "/readyz").ok().filter(|(s, _)| *s == 200)
+    });
+    proc.signal("TERM");
+    assert!(proc.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn unreachable_etcd_at_start_is_a_clear_error() {
+    let dead = free_port();
+    let out = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", free_port().to_string())
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", format!("127.0.0.1:{dead}"))
+        .env("GATEWAY_STORE_ETCD_DIAL_TIMEOUT", "500ms")
+        .output(Duration::from_secs(20));
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{dead}")), "{}", out.stderr);
 }
