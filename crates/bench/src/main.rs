@@ -31,6 +31,7 @@ fn main() {
 }
 
 /// Summary statistics of a set of samples.
+#[derive(Debug)]
 pub struct Stats {
     pub samples: Vec<f64>,
 }
