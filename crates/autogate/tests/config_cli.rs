@@ -43,7 +43,10 @@ fn no_args() -> Autogate {
 fn env_beats_file_beats_default() {
     let cmd = no_args();
     let file = cmd.home().join("gw.conf");
-    write(&file, "[server]\nport = 6000\nlisten_address = \"10.1.1.1\"\n[log]\nlevel = DEBUG\n");
+    write(
+        &file,
+        "[server]\nport = 6000\nlisten_address = \"10.1.1.1\"\n[log]\nlevel = DEBUG\n",
+    );
     let cmd = cmd
         .arg("--config")
         .arg(file.display().to_string())
@@ -161,17 +164,61 @@ fn alias_conflict_names_both() {
 #[test]
 fn bad_env_values_exit_64_naming_key_value_source() {
     let cases: &[(&str, &str, &[&str])] = &[
-        ("GATEWAY_SERVER_PORT", "abc", &["server.port", "\"abc\"", "GATEWAY_SERVER_PORT"]),
-        ("GATEWAY_SERVER_PORT", "70000", &["server.port", "70000", "GATEWAY_SERVER_PORT"]),
-        ("GATEWAY_LOG_CONSOLE_JSON", "maybe", &["log.console_json", "maybe", "GATEWAY_LOG_CONSOLE_JSON"]),
-        ("GATEWAY_CONNECT_SERVER_HA_LEASE_TTL", "5", &["server_ha_lease_ttl", "\"5\"", "unit"]),
-        ("GATEWAY_CONNECT_SERVER_HA_LEASE_TTL", "1s", &["server_ha_lease_ttl", "1s"]),
-        ("GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY", "soon", &["server_ha_preempt_delay", "soon"]),
-        ("GATEWAY_SERVER_API_KEY_EXPIRATION", "720h", &["api_key_expiration", "720h", "minutes"]),
-        ("GATEWAY_CONNECT_HOSTS", "", &["connect.hosts", "GATEWAY_CONNECT_HOSTS"]),
-        ("GATEWAY_CONNECT_HOSTS", "a:1,b:2", &["connect.hosts", "a:1,b:2", "spaces"]),
-        ("GATEWAY_STORE_ETCD_HOSTS", "host-without-port", &["store.etcd_hosts", "host-without-port"]),
-        ("GATEWAY_STORE_BACKEND", "dynamodb", &["store.backend", "dynamodb", "not supported"]),
+        (
+            "GATEWAY_SERVER_PORT",
+            "abc",
+            &["server.port", "\"abc\"", "GATEWAY_SERVER_PORT"],
+        ),
+        (
+            "GATEWAY_SERVER_PORT",
+            "70000",
+            &["server.port", "70000", "GATEWAY_SERVER_PORT"],
+        ),
+        (
+            "GATEWAY_LOG_CONSOLE_JSON",
+            "maybe",
+            &["log.console_json", "maybe", "GATEWAY_LOG_CONSOLE_JSON"],
+        ),
+        (
+            "GATEWAY_CONNECT_SERVER_HA_LEASE_TTL",
+            "5",
+            &["server_ha_lease_ttl", "\"5\"", "unit"],
+        ),
+        (
+            "GATEWAY_CONNECT_SERVER_HA_LEASE_TTL",
+            "1s",
+            &["server_ha_lease_ttl", "1s"],
+        ),
+        (
+            "GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY",
+            "soon",
+            &["server_ha_preempt_delay", "soon"],
+        ),
+        (
+            "GATEWAY_SERVER_API_KEY_EXPIRATION",
+            "720h",
+            &["api_key_expiration", "720h", "minutes"],
+        ),
+        (
+            "GATEWAY_CONNECT_HOSTS",
+            "",
+            &["connect.hosts", "GATEWAY_CONNECT_HOSTS"],
+        ),
+        (
+            "GATEWAY_CONNECT_HOSTS",
+            "a:1,b:2",
+            &["connect.hosts", "a:1,b:2", "spaces"],
+        ),
+        (
+            "GATEWAY_STORE_ETCD_HOSTS",
+            "host-without-port",
+            &["store.etcd_hosts", "host-without-port"],
+        ),
+        (
+            "GATEWAY_STORE_BACKEND",
+            "dynamodb",
+            &["store.backend", "dynamodb", "not supported"],
+        ),
         ("GATEWAY_LOG_LEVEL", "LOUD", &["log.level", "LOUD"]),
         ("GATEWAY_SERVER_PORTT", "1", &["GATEWAY_SERVER_PORTT"]),
     ];
@@ -186,7 +233,10 @@ fn bad_file_input_exit_64_naming_file_and_line() {
     let file = cmd.home().join("bad.conf");
     write(&file, "[server]\nport = 8080\n[nonsense]\nx = 1\n");
     let path = file.display().to_string();
-    expect_usage_error(cmd.arg("--config").arg(&path), &[&path, "line 3", "nonsense"]);
+    expect_usage_error(
+        cmd.arg("--config").arg(&path),
+        &[&path, "line 3", "nonsense"],
+    );
 
     let cmd = no_args();
     let file = cmd.home().join("bad.conf");
@@ -230,7 +280,10 @@ fn ha_needs_etcd() {
 fn secrets_are_redacted_in_show_config_and_errors() {
     let (out, v) = show(no_args().env("GATEWAY_CONNECT_PROXY_PASSWORD", "hunter2-very-secret"));
     assert!(!out.stdout.contains("hunter2-very-secret"));
-    assert_eq!(entry(&v, "connect", "proxy_password")["value"], "<redacted>");
+    assert_eq!(
+        entry(&v, "connect", "proxy_password")["value"],
+        "<redacted>"
+    );
     let text = no_args()
         .env("GATEWAY_CONNECT_PROXY_PASSWORD", "hunter2-very-secret")
         .arg("version")
