@@ -1,2 +1,109 @@
-//! The manager role: accepts gateway clusters over mutual-TLS WebSocket and runs services on them.
+//! The manager role (`autogate manager`): the controller side that gateway clusters connect to.
+//!
+//! One HTTPS port serves everything: `wss://host:port/ws` for gateway sessions (client
+//! certificate required, pinned per cluster by SHA-256 fingerprint), the REST API under
+//! `/api/v1` (admin bearer token), `/healthz`, `/readyz` and `/metrics`. State — registered
+//! clusters with their certificates, the highest term seen per cluster, and the session history
+//! — lives in an embedded crash-safe store in `manager.data_dir`.
+//!
+//! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
+//! sessions and the session rules), [`api`] (REST), [`registry`] (storage), [`bootstrap`]
+//! (certificate and admin token on first start), [`client`] (the admin client the CLI uses).
+//!
+//! Start-up order: data directory → store (closing sessions a crash left open) → certificate
+//! and admin token → bind → serve. Shutdown on SIGTERM/SIGINT: stop accepting, close every
+//! session with 1001 `manager shutting down` (recorded in the history), drain, exit 0.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bootstrap;
+pub mod client;
+pub mod error;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod ratelimit;
+pub mod registry;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autogate_config::Config;
+use autogate_runtime::Shutdown;
+use autogate_store::StoreOptions;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+pub use client::{AdminClient, ClientError};
+pub use error::ManagerError;
+pub use model::{ClusterState, SessionRecord};
+
+/// File name of the manager's store inside `data_dir`.
+pub const STORE_FILE: &str = "manager.db";
+/// How long shutdown waits for sessions to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the manager until the shutdown token is cancelled.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError> {
+    let m = &config.manager;
+    bootstrap::ensure_data_dir(&m.data_dir)?;
+    let store = autogate_store::open(StoreOptions::Local {
+        path: m.data_dir.join(STORE_FILE),
+    })
+    .await?;
+    let registry = registry::Registry::open(store, m.session_history as usize).await?;
+    let (chain, key) = bootstrap::identity(&config)?;
+    let (token, _token_path) = bootstrap::admin_token(&config)?;
+    let tls = autogate_tls::server_config(
+        chain,
+        key,
+        autogate_tls::ClientAuth::AnyPresented { mandatory: false },
+    )?;
+
+    let addr = format!("{}:{}", m.listen_address, m.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ManagerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ManagerError::Bind { addr, source })?;
+
+    let metrics = metrics::ManagerMetrics::new();
+    let hub = Arc::new(hub::Hub::new(registry, metrics.clone()));
+    let state = api::AppState {
+        hub: hub.clone(),
+        token_digest: Sha256::digest(token.as_bytes()).into(),
+        max_frame_size: usize::try_from(m.max_frame_size).unwrap_or(usize::MAX),
+        token: shutdown.token(),
+        tracker: shutdown.tracker().clone(),
+    };
+    let app = api::router(state);
+    tracing::info!(
+        "manager listening on https://{local} (gateways: wss://{local}/ws; {} cluster(s) registered; data in {})",
+        hub.registry().len(),
+        m.data_dir.display()
+    );
+
+    let token = shutdown.token();
+    let serve = listener::serve(
+        listener,
+        tls,
+        app,
+        metrics,
+        token.clone(),
+        shutdown.tracker().clone(),
+    );
+    shutdown.tracker().spawn(serve);
+    token.cancelled().await;
+    hub.close_all(hub::CLOSE_GOING_AWAY, "manager shutting down");
+    if !shutdown.drain(SHUTDOWN_GRACE).await {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    tracing::debug!("manager stopped");
+    Ok(())
+}

@@ -1,0 +1,559 @@
+//! The REST API (`/api/v1/…`, admin token), the probes (`/healthz`, `/readyz`), `/metrics`,
+//! and the route to the WebSocket endpoint.
+//!
+//! Every error is JSON `{"error": "<sentence>"}`; a bad request names the field at fault
+//! (`certificates[1]: …`, `state: unknown state …`). Bodies are parsed by hand from JSON
+//! values rather than with derived structs so those messages can name the field, which
+//! serde's errors do not.
+//!
+//! Status codes: 201 created, 204 deleted, 400 bad input, 401 missing or wrong token, 404
+//! unknown cluster, 409 exists / not connected / read-only, 502 the gateway answered with a
+//! JSON-RPC error (its error is in `rpc_error`), 503 the session is busy or closed mid-request,
+//! 504 no answer in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{AdminError, ClusterPatch, Hub, RequestError};
+use crate::listener::Peer;
+use crate::model::{
+    check_cluster_id, normalize_fingerprint, now_rfc3339, CertRecord, ClusterRecord, ClusterState,
+};
+
+/// Deadline of `POST …/ping`.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline of `POST …/services/{name}/run` (`timeout_ms` in the body overrides it).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest `timeout_ms` accepted.
+const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Sessions and registry.
+    pub hub: Arc<Hub>,
+    /// SHA-256 of the admin token (compared in constant time, never kept in clear).
+    pub token_digest: [u8; 32],
+    /// `manager.max_frame_size`.
+    pub max_frame_size: usize,
+    /// The root shutdown token.
+    pub token: CancellationToken,
+    /// Where session tasks are spawned.
+    pub tracker: TaskTracker,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/clusters", get(list_clusters).post(create_cluster))
+        .route(
+            "/clusters/{id}",
+            get(show_cluster)
+                .patch(patch_cluster)
+                .delete(delete_cluster),
+        )
+        .route("/clusters/{id}/sessions", get(sessions))
+        .route("/clusters/{id}/ping", post(ping))
+        .route("/clusters/{id}/services/{name}/run", post(run_service))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API endpoint") })
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = presented.is_some_and(|t| {
+        let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        bool::from(digest.ct_eq(&app.token_digest))
+    });
+    if ok {
+        return next.run(req).await;
+    }
+    let who = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.addr.to_string())
+        .unwrap_or_default();
+    tracing::debug!(
+        "refused API request {} {} from {who}: {}",
+        req.method(),
+        req.uri().path(),
+        if presented.is_some() {
+            "wrong admin token"
+        } else {
+            "no admin token"
+        }
+    );
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        if presented.is_some() {
+            "invalid admin token"
+        } else {
+            "missing admin token: send Authorization: Bearer <token> (the manager's admin token file)"
+        },
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok", "version": autogate_runtime::VERSION })).into_response()
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.hub.registry().store().status().await {
+        Ok(_) => Json(json!({
+            "status": "ready",
+            "clusters": app.hub.registry().len(),
+            "sessions_live": app.hub.live_count(),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.hub.metrics().registry.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A certificate from a request, parsed and described.
+#[derive(Debug, Clone)]
+pub struct NewCert {
+    /// SHA-256, lower-case hex.
+    pub fingerprint: String,
+    /// The certificate alone, re-encoded as PEM.
+    pub pem: String,
+    /// Subject.
+    pub subject: String,
+    /// End of validity.
+    pub not_after: String,
+}
+
+impl NewCert {
+    /// The stored form.
+    pub fn to_record(&self, now: &str) -> CertRecord {
+        CertRecord {
+            fingerprint_sha256: self.fingerprint.clone(),
+            pem: self.pem.clone(),
+            subject: self.subject.clone(),
+            not_after: self.not_after.clone(),
+            added_at: now.to_owned(),
+            last_presented_by: None,
+            last_presented_at: None,
+        }
+    }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Parses every certificate of the PEM texts in `field` (an array of strings).
+fn parse_certs(field: &str, value: &Value) -> Result<Vec<NewCert>, String> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| format!("{field}: expected an array of PEM strings"))?;
+    let mut out: Vec<NewCert> = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let pem = item
+            .as_str()
+            .ok_or_else(|| format!("{field}[{i}]: expected a PEM string"))?;
+        let certs = autogate_tls::parse_pem_certs(pem).map_err(|e| format!("{field}[{i}]: {e}"))?;
+        for der in certs {
+            let info = autogate_tls::cert_info(&der).map_err(|e| format!("{field}[{i}]: {e}"))?;
+            if out.iter().any(|c| c.fingerprint == info.fingerprint_sha256) {
+                continue;
+            }
+            out.push(NewCert {
+                fingerprint: info.fingerprint_sha256,
+                pem: pem_of(der.as_ref()),
+                subject: info.subject,
+                not_after: crate::model::format_rfc3339(info.not_after),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A 400 message naming what is wrong with the request body.
+type BadInput = String;
+
+fn bad(message: BadInput) -> Response {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+fn body_object(body: &Bytes) -> Result<Map<String, Value>, BadInput> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the body must be a JSON object".to_owned()),
+        Err(e) => Err(format!("the body is not valid JSON: {e}")),
+    }
+}
+
+fn reject_unknown(obj: &Map<String, Value>, known: &[&str]) -> Result<(), BadInput> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "{}: unknown field (expected {})",
+            crate::model::truncate(k, 64),
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn opt_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, BadInput> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{field}: expected a string")),
+    }
+}
+
+fn parse_state(obj: &Map<String, Value>) -> Result<Option<ClusterState>, BadInput> {
+    opt_str(obj, "state")?
+        .map(|s| s.parse::<ClusterState>().map_err(|e| format!("state: {e}")))
+        .transpose()
+}
+
+fn admin_error(e: AdminError) -> Response {
+    match e {
+        AdminError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        AdminError::Exists(_) => error(StatusCode::CONFLICT, e.to_string()),
+        AdminError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        AdminError::Store(s) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {s}")),
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "cluster {} is not registered",
+            crate::model::truncate(id, 80)
+        ),
+    )
+}
+
+async fn list_clusters(State(app): State<AppState>) -> Response {
+    let all: Vec<Value> = app
+        .hub
+        .registry()
+        .list()
+        .iter()
+        .map(|r| app.hub.view(r))
+        .collect();
+    Json(Value::Array(all)).into_response()
+}
+
+async fn show_cluster(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    match app.hub.registry().get(&id) {
+        Some(rec) => Json(app.hub.view(&rec)).into_response(),
+        None => not_found(&id),
+    }
+}
+
+async fn create_cluster(State(app): State<AppState>, body: Bytes) -> Response {
+    let obj = match body_object(&body) {
+        Ok(o) => o,
+        Err(m) => return bad(m),
+    };
+    if let Err(m) = reject_unknown(&obj, &["cluster_id", "name", "state", "certificates"]) {
+        return bad(m);
+    }
+    let id = match opt_str(&obj, "cluster_id") {
+        Ok(Some(id)) => id.to_owned(),
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "cluster_id: required"),
+        Err(m) => return bad(m),
+    };
+    if let Err(e) = check_cluster_id(&id) {
+        return error(StatusCode::BAD_REQUEST, format!("cluster_id: {e}"));
+    }
+    let name = match opt_str(&obj, "name") {
+        Ok(n) => n.unwrap_or(&id).to_owned(),
+        Err(m) => return bad(m),
+    };
+    let state = match parse_state(&obj) {
+        Ok(s) => s.unwrap_or(ClusterState::Enabled),
+        Err(m) => return bad(m),
+    };
+    let certs = match obj.get("certificates") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => match parse_certs("certificates", v) {
+            Ok(c) => c,
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        },
+    };
+    let now = now_rfc3339();
+    let rec = ClusterRecord {
+        cluster_id: id,
+        name,
+        state,
+        certificates: certs.iter().map(|c| c.to_record(&now)).collect(),
+        created_at: now,
+        highest_term: None,
+    };
+    match app.hub.create_cluster(rec).await {
+        Ok(rec) => (StatusCode::CREATED, Json(app.hub.view(&rec))).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn patch_cluster(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let obj = match body_object(&body) {
+        Ok(o) => o,
+        Err(m) => return bad(m),
+    };
+    if let Err(m) = reject_unknown(
+        &obj,
+        &["name", "state", "add_certificates", "remove_certificates"],
+    ) {
+        return bad(m);
+    }
+    let mut patch = ClusterPatch::default();
+    match opt_str(&obj, "name") {
+        Ok(n) => patch.name = n.map(str::to_owned),
+        Err(m) => return bad(m),
+    }
+    match parse_state(&obj) {
+        Ok(s) => patch.state = s,
+        Err(m) => return bad(m),
+    }
+    if let Some(v) = obj.get("add_certificates").filter(|v| !v.is_null()) {
+        match parse_certs("add_certificates", v) {
+            Ok(c) => patch.add = c,
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        }
+    }
+    if let Some(v) = obj.get("remove_certificates").filter(|v| !v.is_null()) {
+        let Some(list) = v.as_array() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "remove_certificates: expected an array of SHA-256 fingerprints",
+            );
+        };
+        for (i, item) in list.iter().enumerate() {
+            match item.as_str().and_then(normalize_fingerprint) {
+                Some(fp) => patch.remove.push(fp),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "remove_certificates[{i}]: expected a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                        ),
+                    )
+                }
+            }
+        }
+    }
+    match app.hub.patch_cluster(&id, patch).await {
+        Ok(rec) => Json(app.hub.view(&rec)).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn delete_cluster(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    match app.hub.delete_cluster(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn sessions(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    if app.hub.registry().get(&id).is_none() {
+        return not_found(&id);
+    }
+    let limit = app.hub.registry().history_limit();
+    match app.hub.registry().sessions(&id, limit).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn request_error(e: RequestError) -> Response {
+    let status = match e {
+        RequestError::UnknownCluster(_) => StatusCode::NOT_FOUND,
+        RequestError::NotConnected(_) => StatusCode::CONFLICT,
+        RequestError::Busy(_) | RequestError::SessionClosed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+    };
+    error(status, e.to_string())
+}
+
+async fn ping(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let sent = json!({ "sent_at": now_rfc3339() });
+    match app
+        .hub
+        .request(&id, autogate_proto::method::PING, Some(sent), PING_TIMEOUT)
+        .await
+    {
+        Ok(a) => match a.outcome {
+            Ok(_) => Json(json!({
+                "node_id": a.node_id,
+                "term": a.term,
+                "rtt_ms": a.rtt.as_secs_f64() * 1000.0,
+            }))
+            .into_response(),
+            Err(rpc) => gateway_error(&id, rpc),
+        },
+        Err(e) => request_error(e),
+    }
+}
+
+fn gateway_error(id: &str, rpc: autogate_proto::RpcError) -> Response {
+    let mut rpc_error = json!({ "code": rpc.code, "message": rpc.message });
+    if let Some(data) = &rpc.data {
+        rpc_error["data"] = data.clone();
+    }
+    (
+        StatusCode::BAD_GATEWAY,
+        Json(json!({
+            "error": format!("cluster {id} answered with error {}: {}", rpc.code, rpc.message),
+            "rpc_error": rpc_error,
+        })),
+    )
+        .into_response()
+}
+
+async fn run_service(
+    State(app): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let obj = match body_object(&body) {
+        Ok(o) => o,
+        Err(m) => return bad(m),
+    };
+    if let Err(m) = reject_unknown(&obj, &["params", "timeout_ms"]) {
+        return bad(m);
+    }
+    let params = match obj.get("params") {
+        None | Some(Value::Null) => json!({}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "params: expected a JSON object"),
+    };
+    let timeout = match obj.get("timeout_ms") {
+        None | Some(Value::Null) => RUN_TIMEOUT,
+        Some(v) => match v.as_u64().filter(|ms| *ms > 0) {
+            Some(ms) => Duration::from_millis(ms).min(MAX_RUN_TIMEOUT),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "timeout_ms: expected a positive whole number of milliseconds",
+                )
+            }
+        },
+    };
+    let Some(rec) = app.hub.registry().get(&id) else {
+        return not_found(&id);
+    };
+    match rec.state {
+        ClusterState::ReadOnly => {
+            return error(StatusCode::CONFLICT, format!("cluster {id} is read-only"))
+        }
+        ClusterState::Disabled => {
+            return error(StatusCode::CONFLICT, format!("cluster {id} is disabled"))
+        }
+        ClusterState::Enabled => {}
+    }
+    let call = json!({ "name": name, "params": params });
+    match app
+        .hub
+        .request(
+            &id,
+            autogate_proto::method::SERVICE_RUN,
+            Some(call),
+            timeout,
+        )
+        .await
+    {
+        Ok(a) => match a.outcome {
+            Ok(result) => Json(result).into_response(),
+            Err(rpc) => gateway_error(&id, rpc),
+        },
+        Err(e) => request_error(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_round_trip_through_pem() {
+        let c = autogate_tls::self_signed(
+            autogate_tls::CertKind::Node,
+            "node-1",
+            &[],
+            autogate_tls::Validity::days(1),
+        )
+        .unwrap();
+        let with_junk = format!("junk before\n{}", c.cert_pem);
+        let parsed = parse_certs("certificates", &json!([with_junk, c.cert_pem])).unwrap();
+        assert_eq!(parsed.len(), 1, "duplicates collapse");
+        let again = autogate_tls::parse_pem_certs(&parsed[0].pem).unwrap();
+        assert_eq!(
+            autogate_tls::fingerprint_sha256(&again[0]),
+            parsed[0].fingerprint
+        );
+        assert_eq!(parsed[0].subject, "CN=node-1");
+        let err = parse_certs("certificates", &json!(["x", "nope"])).unwrap_err();
+        assert!(err.starts_with("certificates[0]: "), "{err}");
+        let err = parse_certs("certificates", &json!([c.cert_pem, 5])).unwrap_err();
+        assert!(err.starts_with("certificates[1]: "), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The manager's one HTTPS port: a TCP accept loop, the TLS handshake (any presented client
+//! certificate is accepted at this layer, none is required), then HTTP/1.1 with upgrades served
+//! by the API router, with the peer's address and certificate attached to every request as a
+//! [`Peer`] extension.
+//!
+//! Defences, because this port faces whatever the network sends:
+//! - each handshake runs in its own task under [`HANDSHAKE_TIMEOUT`], so a client that opens a
+//!   connection and sends nothing (slow-loris) costs one idle task until the timeout and blocks
+//!   nobody; HTTP headers must then arrive within [`HEADER_TIMEOUT`];
+//! - at most [`MAX_CONNECTIONS`] connections are open at once; beyond that new ones are closed
+//!   at once (and counted), so a flood cannot exhaust memory or file descriptors;
+//! - failed handshakes are logged with their reason (WRN for certificate problems, which an
+//!   operator must hear about; DBG for the rest, e.g. port scanners), rate-limited so a flood
+//!   of bad attempts does not become a flood of log lines.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autogate_tls::rustls::ServerConfig;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::hub::PeerCert;
+use crate::metrics::ManagerMetrics;
+use crate::ratelimit::{suppressed_note, LogLimiter};
+
+/// Longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the request headers may take once TLS is up.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections open at once.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// Who is on the other end of a request: attached to every request as an extension.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The client certificate, when one was presented.
+    pub cert: Option<Arc<PeerCert>>,
+}
+
+/// Describes the first certificate the client presented.
+fn peer_cert(conn: &autogate_tls::rustls::ServerConnection) -> Option<Arc<PeerCert>> {
+    let cert = conn.peer_certificates()?.first()?;
+    let fingerprint = autogate_tls::fingerprint_sha256(cert);
+    let (subject, not_after) = match autogate_tls::cert_info(cert) {
+        Ok(info) => (info.subject, Some(info.not_after)),
+        Err(_) => (String::new(), None),
+    };
+    Some(Arc::new(PeerCert {
+        fingerprint,
+        subject,
+        not_after,
+    }))
+}
+
+/// Serves `router` on `listener` until `token` is cancelled. Connection tasks are spawned on
+/// `tracker` so shutdown can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: axum::Router,
+    metrics: ManagerMetrics,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let log_limit = Arc::new(LogLimiter::new(10.0, 50.0));
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.handshake_failed("overload");
+            if let Some(n) = log_limit.allow() {
+                tracing::warn!(
+                    "dropping connection from {addr}: {MAX_CONNECTIONS} connections already open{}",
+                    suppressed_note(n)
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let metrics = metrics.clone();
+        let token = token.clone();
+        let log_limit = log_limit.clone();
+        tracker.spawn(async move {
+            connection(tcp, addr, acceptor, router, metrics, token, &log_limit).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    metrics: ManagerMetrics,
+    token: CancellationToken,
+    log_limit: &LogLimiter,
+) {
+    let tls = tokio::select! {
+        _ = token.cancelled() => return,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
+    };
+    let tls = match tls {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            metrics.handshake_failed("error");
+            let reason = e.to_string();
+            // Certificate problems are what an operator needs to see; the rest (scanners,
+            // clients that give up) is noise at INF level.
+            let about_cert = reason.contains("certificate") || reason.contains("Certificate");
+            if let Some(n) = log_limit.allow() {
+                if about_cert {
+                    tracing::warn!(
+                        "TLS handshake with {addr} failed: {reason}{}",
+                        suppressed_note(n)
+                    );
+                } else {
+                    tracing::debug!(
+                        "TLS handshake with {addr} failed: {reason}{}",
+                        suppressed_note(n)
+                    );
+                }
+            }
+            return;
+        }
+        Err(_) => {
+            metrics.handshake_failed("timeout");
+            if let Some(n) = log_limit.allow() {
+                tracing::debug!(
+                    "TLS handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}; closed{}",
+                    suppressed_note(n)
+                );
+            }
+            return;
+        }
+    };
+    let peer = Peer {
+        addr,
+        cert: peer_cert(tls.get_ref().1),
+    };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("connection from {addr} ended: {e}");
+            }
+        }
+        _ = token.cancelled() => {
+            // Finish the request in flight, then close; upgraded WebSocket sessions are no
+            // longer part of this future and close themselves.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}

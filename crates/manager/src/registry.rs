@@ -1,0 +1,367 @@
+//! Where the manager keeps its state: registered clusters and session history, in the embedded
+//! store under `data_dir`, with the clusters also cached in memory.
+//!
+//! Layout (JSON values):
+//! - `/manager/clusters/<cluster id>` → [`ClusterRecord`];
+//! - `/manager/sessions/<cluster id>/<connected ms, 15 digits>-<sequence, 12 digits>` →
+//!   [`SessionRecord`]; keys sort in connection order, so the newest sessions are the last keys.
+//!
+//! Every `hello` checks the cached record (no store read on the hot path). The cache is only
+//! changed after the store write that it mirrors succeeded, and callers serialise changes of one
+//! cluster with the hub's per-cluster lock, so cache and store never disagree.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use autogate_store::{Compare, Store, StoreError, Txn, TxnOp};
+
+use crate::error::ManagerError;
+use crate::model::{now_rfc3339, parse_rfc3339, ClusterRecord, SessionRecord};
+
+const CLUSTERS: &str = "/manager/clusters/";
+const SESSIONS: &str = "/manager/sessions/";
+
+/// Close reason recorded for sessions that were live when the manager stopped without closing
+/// them (crash, kill -9).
+pub const RESTART_REASON: &str = "manager restarted";
+
+/// Store key of a cluster record.
+pub fn cluster_key(id: &str) -> String {
+    format!("{CLUSTERS}{id}")
+}
+
+/// Prefix of a cluster's session history.
+pub fn sessions_prefix(id: &str) -> String {
+    format!("{SESSIONS}{id}/")
+}
+
+/// Registered clusters (cached) and the store they live in.
+#[derive(Debug)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    clusters: Mutex<HashMap<String, ClusterRecord>>,
+    /// Ended-or-live records per cluster, to trim the history without listing it each time.
+    history_len: Mutex<HashMap<String, usize>>,
+    history_limit: usize,
+    seq: AtomicU64,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Records hold strings, numbers and options only: serialisation cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ManagerError> {
+    serde_json::from_slice(bytes).map_err(|e| ManagerError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Registry {
+    /// Loads every cluster, and closes sessions that were live when the manager last stopped
+    /// (reason [`RESTART_REASON`]): nothing is live right after a start.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        history_limit: usize,
+    ) -> Result<Registry, ManagerError> {
+        let mut clusters = HashMap::new();
+        for kv in store.list(CLUSTERS).await? {
+            let rec: ClusterRecord = decode(&kv.key, &kv.value)?;
+            clusters.insert(rec.cluster_id.clone(), rec);
+        }
+        let mut history_len: HashMap<String, usize> = HashMap::new();
+        let now = now_rfc3339();
+        let mut fixes = Vec::new();
+        for kv in store.list(SESSIONS).await? {
+            let Some(cluster) = kv
+                .key
+                .strip_prefix(SESSIONS)
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(c, _)| c.to_owned())
+            else {
+                continue;
+            };
+            *history_len.entry(cluster).or_default() += 1;
+            let mut rec: SessionRecord = decode(&kv.key, &kv.value)?;
+            if rec.disconnected_at.is_none() {
+                // Never earlier than the connection itself, even if the clock stepped back.
+                let connected = parse_rfc3339(&rec.connected_at);
+                let closed = match (connected, parse_rfc3339(&now)) {
+                    (Some(c), Some(n)) if c > n => rec.connected_at.clone(),
+                    _ => now.clone(),
+                };
+                rec.disconnected_at = Some(closed);
+                rec.close_reason = Some(RESTART_REASON.to_owned());
+                fixes.push(TxnOp::put(kv.key.clone(), encode(&rec)));
+            }
+        }
+        if !fixes.is_empty() {
+            tracing::info!(
+                "closed {} session(s) left live by the previous run ({RESTART_REASON})",
+                fixes.len()
+            );
+            store.txn(Txn::new().and_then(fixes)).await?;
+        }
+        Ok(Registry {
+            store,
+            clusters: Mutex::new(clusters),
+            history_len: Mutex::new(history_len),
+            history_limit: history_limit.max(1),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, ClusterRecord>> {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store behind the registry.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A cluster, from the cache.
+    pub fn get(&self, id: &str) -> Option<ClusterRecord> {
+        self.cache().get(id).cloned()
+    }
+
+    /// Every cluster, sorted by id.
+    pub fn list(&self) -> Vec<ClusterRecord> {
+        let mut all: Vec<ClusterRecord> = self.cache().values().cloned().collect();
+        all.sort_by(|a, b| a.cluster_id.cmp(&b.cluster_id));
+        all
+    }
+
+    /// Number of registered clusters.
+    pub fn len(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// Whether no cluster is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers a new cluster; `Ok(false)` when the id is taken.
+    pub async fn create(&self, rec: ClusterRecord) -> Result<bool, StoreError> {
+        let key = cluster_key(&rec.cluster_id);
+        let resp = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([Compare::missing(key.clone())])
+                    .and_then([TxnOp::put(key, encode(&rec))]),
+            )
+            .await?;
+        if resp.succeeded {
+            self.cache().insert(rec.cluster_id.clone(), rec);
+        }
+        Ok(resp.succeeded)
+    }
+
+    /// The store operation writing `rec`; apply with [`Registry::cache_put`] after it succeeded.
+    pub fn put_op(rec: &ClusterRecord) -> TxnOp {
+        TxnOp::put(cluster_key(&rec.cluster_id), encode(rec))
+    }
+
+    /// Mirrors a successful write in the cache.
+    pub fn cache_put(&self, rec: ClusterRecord) {
+        self.cache().insert(rec.cluster_id.clone(), rec);
+    }
+
+    /// Writes a changed cluster record.
+    pub async fn update(&self, rec: ClusterRecord) -> Result<(), StoreError> {
+        self.store
+            .txn(Txn::new().and_then([Self::put_op(&rec)]))
+            .await?;
+        self.cache_put(rec);
+        Ok(())
+    }
+
+    /// Deletes a cluster and its history; `false` when it did not exist.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let key = cluster_key(id);
+        let resp = self
+            .store
+            .txn(Txn::new().when([Compare::exists(key.clone())]).and_then([
+                TxnOp::delete(key),
+                TxnOp::delete_prefix(sessions_prefix(id)),
+            ]))
+            .await?;
+        if resp.succeeded {
+            self.cache().remove(id);
+            self.history_lens().remove(id);
+        }
+        Ok(resp.succeeded)
+    }
+
+    fn history_lens(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.history_len.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh history key for a session of `cluster` connected now.
+    pub fn new_session_key(&self, cluster: &str) -> String {
+        let ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}{ms:015}-{seq:012}", sessions_prefix(cluster))
+    }
+
+    /// The store operation writing a session record.
+    pub fn session_op(key: &str, rec: &SessionRecord) -> TxnOp {
+        TxnOp::put(key, encode(rec))
+    }
+
+    /// Notes that a new session record was written for `cluster`, and deletes the oldest ones
+    /// beyond the history limit. Trimming failures are logged, not returned: the session itself
+    /// is fine, and the next insert tries again.
+    pub async fn after_insert(&self, cluster: &str) {
+        let over = {
+            let mut lens = self.history_lens();
+            let n = lens.entry(cluster.to_owned()).or_default();
+            *n += 1;
+            n.saturating_sub(self.history_limit)
+        };
+        if over == 0 {
+            return;
+        }
+        let prefix = sessions_prefix(cluster);
+        let result = async {
+            let all = self.store.list(&prefix).await?;
+            // Never trim a live record: only ended ones count as history to drop.
+            let doomed: Vec<TxnOp> = all
+                .iter()
+                .filter(|kv| {
+                    serde_json::from_slice::<SessionRecord>(&kv.value)
+                        .map(|r| r.disconnected_at.is_some())
+                        .unwrap_or(true)
+                })
+                .take(all.len().saturating_sub(self.history_limit))
+                .map(|kv| TxnOp::delete(kv.key.clone()))
+                .collect();
+            let removed = doomed.len();
+            if removed > 0 {
+                self.store.txn(Txn::new().and_then(doomed)).await?;
+            }
+            Ok::<usize, StoreError>(removed)
+        }
+        .await;
+        match result {
+            Ok(removed) => {
+                let mut lens = self.history_lens();
+                if let Some(n) = lens.get_mut(cluster) {
+                    *n = n.saturating_sub(removed);
+                }
+            }
+            Err(e) => tracing::warn!("cannot trim the session history of cluster {cluster}: {e}"),
+        }
+    }
+
+    /// A cluster's sessions, newest first, at most `limit`.
+    pub async fn sessions(
+        &self,
+        cluster: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, ManagerError> {
+        let all = self.store.list(&sessions_prefix(cluster)).await?;
+        all.iter()
+            .rev()
+            .take(limit)
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect()
+    }
+
+    /// The configured history length.
+    pub fn history_limit(&self) -> usize {
+        self.history_limit
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::ClusterState;
+    use autogate_store::StoreOptions;
+
+    fn cluster(id: &str) -> ClusterRecord {
+        ClusterRecord {
+            cluster_id: id.into(),
+            name: id.into(),
+            state: ClusterState::Enabled,
+            certificates: vec![],
+            created_at: now_rfc3339(),
+            highest_term: None,
+        }
+    }
+
+    fn session(node: &str) -> SessionRecord {
+        SessionRecord {
+            session_id: "s".into(),
+            node_id: node.into(),
+            term: Some(1),
+            remote_addr: "127.0.0.1:1".into(),
+            connected_at: now_rfc3339(),
+            disconnected_at: None,
+            close_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_is_exclusive_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        {
+            let store = autogate_store::open(StoreOptions::Local { path: path.clone() })
+                .await
+                .unwrap();
+            let reg = Registry::open(store.clone(), 10).await.unwrap();
+            assert!(reg.create(cluster("a")).await.unwrap());
+            assert!(!reg.create(cluster("a")).await.unwrap());
+            let key = reg.new_session_key("a");
+            store
+                .txn(Txn::new().and_then([Registry::session_op(&key, &session("n1"))]))
+                .await
+                .unwrap();
+        }
+        let store = autogate_store::open(StoreOptions::Local { path })
+            .await
+            .unwrap();
+        let reg = Registry::open(store, 10).await.unwrap();
+        assert_eq!(reg.list().len(), 1);
+        let s = reg.sessions("a", 10).await.unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].close_reason.as_deref(), Some(RESTART_REASON));
+        assert!(s[0].disconnected_at.as_deref().unwrap() >= s[0].connected_at.as_str());
+        assert!(reg.delete("a").await.unwrap());
+        assert!(reg.sessions("a", 10).await.unwrap().is_empty());
+        assert!(!reg.delete("a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn history_is_trimmed_to_the_limit_keeping_live_sessions() {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let reg = Registry::open(store.clone(), 3).await.unwrap();
+        let live_key = reg.new_session_key("c");
+        store
+            .txn(Txn::new().and_then([Registry::session_op(&live_key, &session("live"))]))
+            .await
+            .unwrap();
+        reg.after_insert("c").await;
+        for i in 0..5 {
+            let key = reg.new_session_key("c");
+            let mut rec = session(&format!("n{i}"));
+            rec.disconnected_at = Some(now_rfc3339());
+            rec.close_reason = Some("bye".into());
+            store
+                .txn(Txn::new().and_then([Registry::session_op(&key, &rec)]))
+                .await
+                .unwrap();
+            reg.after_insert("c").await;
+        }
+        let s = reg.sessions("c", 100).await.unwrap();
+        let nodes: Vec<&str> = s.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(nodes, ["n4", "n3", "live"]);
+    }
+}

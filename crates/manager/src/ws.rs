@@ -1,0 +1,587 @@
+//! `/ws`: the gateway session endpoint.
+//!
+//! Before the upgrade the request must carry a client certificate (else 401, logged). After it,
+//! the session task runs three phases:
+//!
+//! 1. **hello** — the first frame must be a `hello` request within [`HELLO_TIMEOUT`]; anything
+//!    else is answered with a JSON-RPC error and the connection is closed (1008) with the reason.
+//! 2. **decision** — [`Hub::hello`] checks cluster, state, certificate and the session rules;
+//!    a refusal is sent as a JSON-RPC error naming the reason, then close 1008 with it.
+//! 3. **live** — requests from the API go out, answers come back by id; the gateway's `ping`
+//!    requests are answered (params echoed), `nodes.update` notifications update the node list;
+//!    malformed frames get −32700/−32600, unknown methods −32601, and the session stays up.
+//!
+//! Limits: frames above `max_frame_size` close the session with 1009; more than
+//! [`FRAMES_PER_SECOND`] frames per second on average (bursts of [`FRAME_BURST`]) close it
+//! with 1008 `rate limit exceeded`; the manager pings every [`PING_INTERVAL`] and closes a
+//! session it has heard nothing from for [`SILENCE_LIMIT`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autogate_proto::{
+    decode, encode, method, DecodeError, Frame, Hello, HelloAccepted, Id, NodesUpdate, Request,
+    Response, RpcError,
+};
+use axum::body::Body;
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::api::AppState;
+use crate::hub::{
+    Hub, Outgoing, PeerCert, SessionControl, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
+    CLOSE_POLICY,
+};
+use crate::listener::Peer;
+use crate::model::truncate;
+use crate::ratelimit::TokenBucket;
+pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
+
+/// How long a gateway has to send `hello` after the upgrade.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the manager sends a WebSocket ping.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A session silent for this long is closed as dead.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a frame write may block (a gateway that stops reading).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests queued towards one session before the API answers "busy".
+const REQUEST_QUEUE: usize = 256;
+/// Requests awaiting an answer on one session.
+const MAX_IN_FLIGHT: usize = 1024;
+/// WebSocket close code "message too big".
+const CLOSE_TOO_BIG: u16 = autogate_proto::CLOSE_MESSAGE_TOO_BIG;
+/// WebSocket close code "unsupported data" (binary frames).
+const CLOSE_UNSUPPORTED: u16 = 1003;
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// `GET /ws`: checks the client certificate and the upgrade request, answers 101 and starts
+/// the session task.
+pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpResponse {
+    let Some(peer) = req.extensions().get::<Peer>().cloned() else {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connection details missing",
+        );
+    };
+    let Some(cert) = peer.cert.clone() else {
+        app.hub.metrics().refused("no_certificate");
+        tracing::warn!(
+            "refused /ws from {}: no client certificate presented (a gateway must present the certificate registered for its cluster)",
+            peer.addr
+        );
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required on /ws: configure the gateway's connect.certificate_file and connect.private_key_file",
+        );
+    };
+    let headers = req.headers();
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec());
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let (Some(key), true, true) = (key, is_upgrade, version_ok) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request (Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+        );
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded to a WebSocket",
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let max = app.max_frame_size;
+    let hub = app.hub.clone();
+    let token = app.token.clone();
+    app.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade from {} failed: {e}", peer.addr);
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        Session {
+            hub,
+            ws,
+            addr: peer.addr,
+            cert,
+            max,
+            token,
+            bucket: TokenBucket::frames(Instant::now()),
+        }
+        .run()
+        .await;
+    });
+    let mut resp = HttpResponse::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// How a phase of the session ended.
+enum End {
+    /// Close with this code and reason (sent to the gateway and recorded).
+    Close(u16, String),
+    /// The connection is gone (or must be dropped without a close frame); the reason is
+    /// recorded.
+    Gone(String),
+    /// A frame above the limit: close 1009 and drain what the gateway is still sending.
+    TooBig(String),
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    ws: Ws,
+    addr: SocketAddr,
+    cert: Arc<PeerCert>,
+    max: usize,
+    token: tokio_util::sync::CancellationToken,
+    bucket: TokenBucket,
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    // A close frame's reason is limited to 123 bytes; the full reason went in the JSON-RPC
+    // error and the log.
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: truncate(reason, 123).to_owned().into(),
+    }))
+}
+
+impl Session {
+    async fn send(&mut self, msg: Message) -> Result<(), String> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(msg)).await {
+            Ok(Ok(())) => {
+                self.hub.metrics().frame("out");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("connection lost: {e}")),
+            Err(_) => Err(format!(
+                "the gateway did not read for {SEND_TIMEOUT:?} (send timed out)"
+            )),
+        }
+    }
+
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), String> {
+        self.send(Message::Text(encode(&frame).into())).await
+    }
+
+    /// Sends the close frame, then lets the gateway answer it (bounded).
+    async fn finish(&mut self, end: &End) {
+        match end {
+            End::Close(code, reason) => {
+                let _ = self.send(close_message(*code, reason)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                })
+                .await;
+            }
+            End::TooBig(reason) => {
+                let _ = self.send(close_message(CLOSE_TOO_BIG, reason)).await;
+                // The rest of the oversized frame is still arriving: read and discard it for a
+                // moment so the gateway sees the close frame instead of a connection reset.
+                let io = self.ws.get_mut();
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+            }
+            End::Gone(_) => {}
+        }
+    }
+
+    /// Takes one frame-rate token; the `End` when the gateway is over the limit.
+    fn rate_check(&mut self) -> Result<(), End> {
+        self.hub.metrics().frame("in");
+        if self.bucket.take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(End::Close(CLOSE_POLICY, "rate limit exceeded".to_owned()))
+        }
+    }
+
+    fn read_error(&self, e: WsError) -> End {
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => End::TooBig(
+                format!("frame of {size} bytes exceeds the limit of {max_size} bytes"),
+            ),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                End::Gone("connection closed by the gateway".to_owned())
+            }
+            other => End::Gone(format!("connection lost: {other}")),
+        }
+    }
+
+    async fn run(mut self) {
+        let conn = self.hub.new_conn();
+        let (id, hello) = match self.wait_for_hello().await {
+            Ok(h) => h,
+            Err(end) => {
+                let reason = match &end {
+                    End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
+                };
+                tracing::warn!(
+                    "refused gateway connection from {} (certificate {}): {reason}",
+                    self.addr,
+                    self.cert.fingerprint
+                );
+                self.finish(&end).await;
+                return;
+            }
+        };
+        let control = Arc::new(SessionControl::default());
+        let (tx, mut rx) = mpsc::channel(REQUEST_QUEUE);
+        let decision = self
+            .hub
+            .hello(conn, &hello, &self.cert, self.addr, control.clone(), tx)
+            .await;
+        let accepted = match decision {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.hub.metrics().refused(refusal.category);
+                tracing::warn!(
+                    "refused gateway cluster {} node {} from {}: {}",
+                    hello.cluster_id,
+                    hello.node_id,
+                    self.addr,
+                    refusal.reason
+                );
+                let err = RpcError::new(refusal.code, refusal.reason.clone());
+                let _ = self.send_frame(Response::error(Some(id), err).into()).await;
+                let code = if refusal.code == autogate_proto::INTERNAL_ERROR {
+                    CLOSE_INTERNAL
+                } else {
+                    CLOSE_POLICY
+                };
+                self.finish(&End::Close(code, refusal.reason)).await;
+                return;
+            }
+        };
+        if let Some((old_node, why)) = &accepted.replaced {
+            tracing::info!(
+                "session of gateway cluster {} node {old_node} replaced: {why}",
+                hello.cluster_id
+            );
+        }
+        tracing::info!(
+            "gateway cluster {} connected: node {} term {} from {} (session {})",
+            hello.cluster_id,
+            hello.node_id,
+            hello
+                .term
+                .map_or_else(|| "null".to_owned(), |t| t.to_string()),
+            self.addr,
+            accepted.session_id
+        );
+        let ok = autogate_proto::to_value(&HelloAccepted::new(accepted.session_id.clone()));
+        let end = match self.send_frame(Response::success(id, ok).into()).await {
+            Ok(()) => self.live(conn, &control, &mut rx).await,
+            Err(reason) => End::Gone(reason),
+        };
+        let reason = match &end {
+            End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
+        };
+        // Record first (a no-op when the hub closed the session itself), then say goodbye.
+        self.hub.closed(conn, &reason).await;
+        self.finish(&end).await;
+    }
+
+    async fn wait_for_hello(&mut self) -> Result<(Id, Hello), End> {
+        let deadline = tokio::time::sleep(HELLO_TIMEOUT);
+        tokio::pin!(deadline);
+        let token = self.token.clone();
+        loop {
+            let msg = tokio::select! {
+                _ = &mut deadline => {
+                    self.hub.metrics().refused("hello_timeout");
+                    return Err(End::Close(CLOSE_POLICY, format!("no hello within {} s", HELLO_TIMEOUT.as_secs())));
+                }
+                _ = token.cancelled() => {
+                    return Err(End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned()));
+                }
+                msg = self.ws.next() => msg,
+            };
+            let msg = match msg {
+                None => return Err(End::Gone("connection closed before hello".to_owned())),
+                Some(Err(e)) => return Err(self.read_error(e)),
+                Some(Ok(m)) => m,
+            };
+            self.rate_check()?;
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Binary(_) => {
+                    self.hub.metrics().refused("bad_hello");
+                    let err = RpcError::invalid_request(
+                        "binary frames are not supported; send JSON-RPC 2.0 text frames",
+                    );
+                    let _ = self.send_frame(Response::error(None, err).into()).await;
+                    return Err(End::Close(
+                        CLOSE_UNSUPPORTED,
+                        "binary frames are not supported".to_owned(),
+                    ));
+                }
+                Message::Close(_) => {
+                    return Err(End::Gone("connection closed before hello".to_owned()))
+                }
+                // Pings are answered by the WebSocket layer.
+                _ => continue,
+            };
+            let expected = "the first frame must be a hello request";
+            let frame = match decode(&text, self.max) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.hub.metrics().refused("bad_hello");
+                    return Err(self.answer_decode_error(e, expected).await);
+                }
+            };
+            match frame {
+                Frame::Request(req) if req.method == method::HELLO => {
+                    match Hello::from_params(req.params.as_ref()) {
+                        Ok(h) => return Ok((req.id, h)),
+                        Err(err) => {
+                            self.hub.metrics().refused("bad_hello");
+                            let reason = format!("bad hello: {}", err.message);
+                            let _ = self
+                                .send_frame(Response::error(Some(req.id), err).into())
+                                .await;
+                            return Err(End::Close(CLOSE_POLICY, reason));
+                        }
+                    }
+                }
+                other => {
+                    self.hub.metrics().refused("bad_hello");
+                    let (id, what) = match &other {
+                        Frame::Request(r) => {
+                            (Some(r.id.clone()), format!("request {:?}", r.method))
+                        }
+                        Frame::Notification(n) => (None, format!("notification {:?}", n.method)),
+                        Frame::Response(_) => (None, "a response".to_owned()),
+                    };
+                    let err = RpcError::invalid_request(format!("{expected}, got {what}"));
+                    let _ = self.send_frame(Response::error(id, err).into()).await;
+                    return Err(End::Close(CLOSE_POLICY, format!("{expected}, got {what}")));
+                }
+            }
+        }
+    }
+
+    /// Answers an undecodable frame before `hello`; returns how to close.
+    async fn answer_decode_error(&mut self, e: DecodeError, expected: &str) -> End {
+        if let DecodeError::TooLarge { .. } = e {
+            return End::TooBig(e.to_string());
+        }
+        if let Some(resp) = e.to_response() {
+            let _ = self.send_frame(resp.into()).await;
+        }
+        End::Close(CLOSE_POLICY, format!("{expected} ({e})"))
+    }
+
+    async fn live(
+        &mut self,
+        conn: autogate_proto::ConnId,
+        control: &SessionControl,
+        rx: &mut mpsc::Receiver<Outgoing>,
+    ) -> End {
+        let mut ticker = tokio::time::interval(PING_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut last_heard = Instant::now();
+        let mut next_id: i64 = 1;
+        let mut pending: std::collections::HashMap<
+            i64,
+            tokio::sync::oneshot::Sender<Result<Value, RpcError>>,
+        > = std::collections::HashMap::new();
+        let token = self.token.clone();
+        loop {
+            tokio::select! {
+                _ = control.closed() => {
+                    let (code, reason) = control.reason();
+                    return End::Close(code, reason);
+                }
+                _ = token.cancelled() => {
+                    return End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned());
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        return End::Close(
+                            CLOSE_GOING_AWAY,
+                            format!("no frame from the gateway for {} s", SILENCE_LIMIT.as_secs()),
+                        );
+                    }
+                    if let Err(r) = self.send(Message::Ping(Vec::new().into())).await {
+                        return End::Gone(r);
+                    }
+                }
+                out = rx.recv() => {
+                    let Some(out) = out else { continue };
+                    if pending.len() >= MAX_IN_FLIGHT {
+                        let _ = out.reply.send(Err(RpcError::internal(format!(
+                            "{MAX_IN_FLIGHT} requests already waiting for this gateway"
+                        ))));
+                        continue;
+                    }
+                    let id = next_id;
+                    next_id += 1;
+                    pending.retain(|_, tx| !tx.is_closed());
+                    pending.insert(id, out.reply);
+                    let req = Request::new(id, out.method, out.params);
+                    if let Err(r) = self.send_frame(req.into()).await {
+                        return End::Gone(r);
+                    }
+                }
+                msg = self.ws.next() => {
+                    last_heard = Instant::now();
+                    let msg = match msg {
+                        None => return End::Gone("connection closed by the gateway".to_owned()),
+                        Some(Err(e)) => return self.read_error(e),
+                        Some(Ok(m)) => m,
+                    };
+                    if let Err(end) = self.rate_check() {
+                        return end;
+                    }
+                    let reply = match msg {
+                        Message::Text(text) => self.on_text(conn, &text, &mut pending),
+                        Message::Binary(_) => Some(Response::error(
+                            None,
+                            RpcError::invalid_request(
+                                "binary frames are not supported; send JSON-RPC 2.0 text frames",
+                            ),
+                        )),
+                        Message::Close(frame) => {
+                            let why = match frame {
+                                Some(f) if !f.reason.is_empty() => format!(
+                                    "closed by the gateway ({}: {})",
+                                    u16::from(f.code),
+                                    f.reason
+                                ),
+                                Some(f) => format!("closed by the gateway ({})", u16::from(f.code)),
+                                None => "closed by the gateway".to_owned(),
+                            };
+                            return End::Gone(why);
+                        }
+                        _ => None,
+                    };
+                    if let Some(resp) = reply {
+                        if let Err(r) = self.send_frame(resp.into()).await {
+                            return End::Gone(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame of a live session; returns the response to send, if any.
+    fn on_text(
+        &self,
+        conn: autogate_proto::ConnId,
+        text: &str,
+        pending: &mut std::collections::HashMap<
+            i64,
+            tokio::sync::oneshot::Sender<Result<Value, RpcError>>,
+        >,
+    ) -> Option<Response> {
+        let frame = match decode(text, self.max) {
+            Ok(f) => f,
+            Err(e) => {
+                if e.to_response().is_none() {
+                    tracing::debug!("ignoring malformed frame from {}: {e}", self.addr);
+                }
+                return e.to_response();
+            }
+        };
+        match frame {
+            Frame::Request(req) => Some(match req.method.as_str() {
+                method::PING => Response::success(req.id, req.params.unwrap_or_else(|| json!({}))),
+                method::HELLO => Response::error(
+                    Some(req.id),
+                    RpcError::invalid_request("hello was already accepted on this session"),
+                ),
+                other => Response::error(Some(req.id), RpcError::method_not_found(other)),
+            }),
+            Frame::Notification(n) => {
+                match n.method.as_str() {
+                    method::NODES_UPDATE => match n.parse_params::<NodesUpdate>() {
+                        Ok(update) => self.hub.nodes_update(conn, update.nodes),
+                        Err(e) => tracing::warn!(
+                            "ignoring bad nodes.update from {}: {}",
+                            self.addr,
+                            e.message
+                        ),
+                    },
+                    other => tracing::debug!("ignoring notification {other:?} from {}", self.addr),
+                }
+                None
+            }
+            Frame::Response(resp) => {
+                match resp.id {
+                    Some(Id::Number(n)) => match pending.remove(&n) {
+                        Some(tx) => {
+                            let _ = tx.send(resp.outcome);
+                        }
+                        None => {
+                            tracing::debug!("response from {} to unknown request id {n}", self.addr)
+                        }
+                    },
+                    other => {
+                        tracing::debug!("response from {} with unexpected id {other:?}", self.addr)
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Close code the manager uses when replacing a session (for documentation and tests).
+pub const CLOSE_SUPERSEDED: u16 = CLOSE_NORMAL;
