@@ -1,17 +1,496 @@
 //! `autogate manager`: run the manager, or administer one over its REST API
-//! (`autogate manager cluster add|list|show|set-state|rm|sessions`).
+//! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping`).
+//!
+//! The admin commands find the manager and its credentials from the same configuration the
+//! daemon reads: `--url` defaults to `https://<manager.listen_address>:<manager.port>`
+//! (loopback when it listens on every address), `--token-file` to the manager's admin token
+//! file, `--ca` to the certificate the manager minted in its data directory when that file
+//! exists. Output is a table, or the API's JSON with `--raw`. Exit codes: 0, 1 with the
+//! manager's message, 64 for usage mistakes (missing certificate or token file), 69 when the
+//! manager cannot be reached.
 
-use clap::Args;
+use std::path::{Path, PathBuf};
+
+use autogate_config::{Config, Role};
+use autogate_manager::{AdminClient, ClientError};
+use autogate_runtime::{abort_on_panic, Shutdown};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
 
 use crate::cli::Global;
-use crate::exit::Failure;
+use crate::exit::{Failure, USAGE};
 
 #[derive(Debug, Args)]
-pub struct ManagerArgs {}
+pub struct ManagerArgs {
+    #[command(subcommand)]
+    pub command: Option<ManagerCommand>,
+}
 
-pub fn run(_global: &Global, _args: ManagerArgs) -> Result<(), Failure> {
-    Err(Failure::new(
-        1,
-        "the manager is not available in this build yet",
-    ))
+#[derive(Debug, Subcommand)]
+pub enum ManagerCommand {
+    /// Register and administer gateway clusters (through the manager's REST API).
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Manager URL (default: https://<manager.listen_address>:<manager.port>).
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// Admin token file (default: the manager's admin token file).
+    #[arg(long = "token-file", global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate(s) to verify the manager (default: <data_dir>/manager.pem if it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ClusterAction,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Enabled,
+    Disabled,
+    ReadOnly,
+}
+
+impl StateArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            StateArg::Enabled => "enabled",
+            StateArg::Disabled => "disabled",
+            StateArg::ReadOnly => "read-only",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Register a cluster with the certificates its core nodes present.
+    Add {
+        /// The gateways' cluster id (GATEWAY_APPLICATION_CLUSTER_ID).
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Initial state.
+        #[arg(long, value_enum, default_value = "enabled")]
+        state: StateArg,
+        /// PEM certificate file of a core node (repeatable; a file may hold several).
+        #[arg(long = "cert", value_name = "FILE", required = true, num_args = 1..)]
+        certs: Vec<PathBuf>,
+    },
+    /// List registered clusters.
+    List,
+    /// Show one cluster: state, active session, nodes, certificates.
+    Show { id: String },
+    /// Enable, disable or make read-only (disabling closes the live session).
+    SetState {
+        id: String,
+        #[arg(value_enum)]
+        state: StateArg,
+    },
+    /// Pin another certificate.
+    AddCert {
+        id: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Unpin a certificate by SHA-256 fingerprint (closes a session using it).
+    RmCert { id: String, fingerprint: String },
+    /// Delete a cluster and its session history (closes the live session).
+    Rm { id: String },
+    /// Session history, newest first.
+    Sessions { id: String },
+    /// Round trip through the cluster's live session.
+    Ping { id: String },
+}
+
+pub fn run(global: &Global, args: ManagerArgs) -> Result<(), Failure> {
+    match args.command {
+        None => daemon(global),
+        Some(ManagerCommand::Cluster(c)) => cluster(global, c),
+    }
+}
+
+fn daemon(global: &Global) -> Result<(), Failure> {
+    let config = super::load_config(global, Some(Role::Manager))?;
+    let _logging = super::server::start_logging(&config, global.verbose)?;
+    abort_on_panic();
+    if global.verbose {
+        match config.file() {
+            Some(p) => tracing::info!("using configuration file {}", p.display()),
+            None => tracing::info!("no configuration file: defaults and environment"),
+        }
+    }
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown
+            .listen_for_signals()
+            .map_err(|e| Failure::new(1, format!("cannot install signal handlers: {e}")))?;
+        autogate_manager::run(config, shutdown).await.map_err(|e| {
+            tracing::error!(fatal = true, "{e}");
+            Failure::new(e.exit_code(), e)
+        })
+    })
+}
+
+fn default_url(config: &Config) -> String {
+    let m = &config.manager;
+    let host = match m.listen_address.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1".to_owned(),
+        "::" => "[::1]".to_owned(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_owned(),
+    };
+    format!("https://{host}:{}", m.port)
+}
+
+fn read_pem(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            USAGE,
+            format!("cannot read certificate file {}: {e}", path.display()),
+        )
+    })?;
+    autogate_tls::parse_pem_certs(&text)
+        .map_err(|e| Failure::new(USAGE, format!("{}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    Failure::new(e.exit_code(), e)
+}
+
+fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
+    let config = super::load_config(global, None)?;
+    let url = args.url.clone().unwrap_or_else(|| default_url(&config));
+    let token_path = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| config.manager.admin_token_path());
+    let token = autogate_manager::bootstrap::read_token(&token_path).map_err(|e| {
+        Failure::new(
+            USAGE,
+            format!("{e} (pass the manager's admin token file with --token-file)"),
+        )
+    })?;
+    let ca = args.ca.clone().or_else(|| {
+        let minted = config
+            .manager
+            .data_dir
+            .join(autogate_manager::bootstrap::CERT_FILE);
+        minted.exists().then_some(minted)
+    });
+    if let Some(ca) = &ca {
+        if !ca.exists() {
+            return Err(Failure::new(
+                USAGE,
+                format!("--ca: file not found: {}", ca.display()),
+            ));
+        }
+    }
+    // Read every input file before talking to the manager: a typo is a usage error, not a
+    // half-applied change.
+    let certs: Vec<String> = match &args.action {
+        ClusterAction::Add { certs, .. } => certs
+            .iter()
+            .map(|p| read_pem(p))
+            .collect::<Result<_, _>>()?,
+        ClusterAction::AddCert { file, .. } => vec![read_pem(file)?],
+        _ => Vec::new(),
+    };
+    let client = AdminClient::new(&url, &token, ca.as_deref()).map_err(client_failure)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))?;
+    let raw = global.raw;
+    rt.block_on(async move {
+        match args.action {
+            ClusterAction::Add {
+                id, name, state, ..
+            } => {
+                let v = client
+                    .create(&id, name.as_deref(), state.as_str(), &certs)
+                    .await
+                    .map_err(client_failure)?;
+                print_cluster_or(raw, &v, &format!("cluster {id} registered"));
+            }
+            ClusterAction::List => {
+                let v = client.list().await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    print_list(&v);
+                }
+            }
+            ClusterAction::Show { id } => {
+                let v = client.show(&id).await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    print_show(&v);
+                }
+            }
+            ClusterAction::SetState { id, state } => {
+                let v = client
+                    .patch(&id, &json!({ "state": state.as_str() }))
+                    .await
+                    .map_err(client_failure)?;
+                print_cluster_or(raw, &v, &format!("cluster {id} is now {}", state.as_str()));
+            }
+            ClusterAction::AddCert { id, .. } => {
+                let v = client
+                    .patch(&id, &json!({ "add_certificates": certs }))
+                    .await
+                    .map_err(client_failure)?;
+                print_cluster_or(raw, &v, &format!("certificate added to cluster {id}"));
+            }
+            ClusterAction::RmCert { id, fingerprint } => {
+                let v = client
+                    .patch(&id, &json!({ "remove_certificates": [fingerprint] }))
+                    .await
+                    .map_err(client_failure)?;
+                print_cluster_or(
+                    raw,
+                    &v,
+                    &format!("certificate {fingerprint} removed from cluster {id}"),
+                );
+            }
+            ClusterAction::Rm { id } => {
+                client.delete(&id).await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", json!({ "deleted": id }));
+                } else {
+                    println!("cluster {id} removed");
+                }
+            }
+            ClusterAction::Sessions { id } => {
+                let v = client.sessions(&id).await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    print_sessions(&v);
+                }
+            }
+            ClusterAction::Ping { id } => {
+                let v = client.ping(&id).await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    println!(
+                        "cluster {id}: node {} (term {}) answered in {:.1} ms",
+                        text(&v["node_id"]),
+                        text(&v["term"]),
+                        v["rtt_ms"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+fn print_cluster_or(raw: bool, v: &Value, message: &str) {
+    if raw {
+        println!("{}", pretty(v));
+    } else {
+        println!("{message}");
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_list(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            vec![
+                text(&c["cluster_id"]),
+                text(&c["name"]),
+                text(&c["state"]),
+                if c["connected"].as_bool() == Some(true) {
+                    "yes".to_owned()
+                } else {
+                    "no".to_owned()
+                },
+                text(&c["active"]["node_id"]),
+                text(&c["active"]["term"]),
+                c["certificates"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no clusters registered");
+        return;
+    }
+    table(
+        &[
+            "CLUSTER",
+            "NAME",
+            "STATE",
+            "CONNECTED",
+            "ACTIVE NODE",
+            "TERM",
+            "CERTS",
+        ],
+        &rows,
+    );
+}
+
+fn print_show(c: &Value) {
+    println!("cluster:     {}", text(&c["cluster_id"]));
+    println!("name:        {}", text(&c["name"]));
+    println!("state:       {}", text(&c["state"]));
+    println!(
+        "connected:   {}",
+        if c["connected"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if !c["active"].is_null() {
+        let a = &c["active"];
+        println!(
+            "active:      node {} term {} from {} since {}",
+            text(&a["node_id"]),
+            text(&a["term"]),
+            text(&a["remote_addr"]),
+            text(&a["connected_at"])
+        );
+    }
+    let nodes: Vec<Vec<String>> = c["nodes"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            vec![
+                text(&n["node_id"]),
+                text(&n["role"]),
+                if n["is_primary"].as_bool() == Some(true) {
+                    "yes".to_owned()
+                } else {
+                    "no".to_owned()
+                },
+                text(&n["address"]),
+            ]
+        })
+        .collect();
+    if !nodes.is_empty() {
+        println!();
+        table(&["NODE", "ROLE", "PRIMARY", "ADDRESS"], &nodes);
+    }
+    let certs: Vec<Vec<String>> = c["certificates"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|x| {
+            let mut not_after = text(&x["not_after"]);
+            if x["expired"].as_bool() == Some(true) {
+                not_after.push_str(" (expired)");
+            }
+            vec![
+                text(&x["fingerprint_sha256"]),
+                text(&x["subject"]),
+                not_after,
+                text(&x["last_presented_by"]),
+            ]
+        })
+        .collect();
+    println!();
+    if certs.is_empty() {
+        println!("no certificates registered");
+    } else {
+        table(
+            &[
+                "FINGERPRINT (SHA-256)",
+                "SUBJECT",
+                "NOT AFTER",
+                "LAST PRESENTED BY",
+            ],
+            &certs,
+        );
+    }
+}
+
+fn print_sessions(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["node_id"]),
+                text(&s["term"]),
+                text(&s["remote_addr"]),
+                text(&s["connected_at"]),
+                if s["disconnected_at"].is_null() {
+                    "live".to_owned()
+                } else {
+                    text(&s["disconnected_at"])
+                },
+                text(&s["close_reason"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no sessions yet");
+        return;
+    }
+    table(
+        &[
+            "NODE",
+            "TERM",
+            "REMOTE",
+            "CONNECTED",
+            "DISCONNECTED",
+            "CLOSE REASON",
+        ],
+        &rows,
+    );
 }
