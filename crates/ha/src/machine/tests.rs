@@ -1,0 +1,819 @@
+//! Event-in / command-out tests, one group per rule of the machine.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const ME: &str = "hosta_0001";
+const B: &str = "hostb_0002";
+const C: &str = "hostc_0003";
+
+fn cfg(id: &str) -> MachineConfig {
+    let mut c = MachineConfig::new(id);
+    c.advertise_address = Some(format!("{id}.example:8080"));
+    c
+}
+
+fn cand(node: &str, rev: i64, lease: LeaseId) -> Candidate {
+    Candidate {
+        node_id: node.into(),
+        key: format!("/autogate/c/election/{lease:x}"),
+        create_revision: rev,
+        lease,
+    }
+}
+
+fn rec(node: &str) -> NodeRecord {
+    NodeRecord {
+        node_id: node.into(),
+        address: Some(format!("{node}.example:8080")),
+        is_primary: false,
+        role: Role::Standby,
+        manager_reachable: true,
+        paused: false,
+        healthy: true,
+        handover_to: None,
+    }
+}
+
+fn view(rev: i64, c: Vec<Candidate>) -> Event {
+    Event::ElectionView {
+        revision: rev,
+        candidates: c,
+    }
+}
+
+/// A machine holding lease `lease` (granted at t=0) with its key at create revision `rev`.
+fn booted(c: MachineConfig, lease: LeaseId, rev: i64) -> Machine {
+    let mut m = Machine::new(c);
+    assert_eq!(m.handle(Millis(0), Event::Start), vec![Command::GrantLease]);
+    let out = m.handle(
+        Millis(0),
+        Event::LeaseGranted {
+            lease,
+            sent_at: Millis(0),
+        },
+    );
+    assert!(
+        out.contains(&Command::Campaign { lease, attempt: 1 }),
+        "{out:?}"
+    );
+    m.handle(
+        Millis(1),
+        Event::OwnKeyCreated {
+            lease,
+            attempt: 1,
+            create_revision: rev,
+        },
+    );
+    m
+}
+
+fn has(out: &[Command], f: impl Fn(&Command) -> bool) -> bool {
+    out.iter().any(f)
+}
+
+fn pos(out: &[Command], f: impl Fn(&Command) -> bool) -> usize {
+    out.iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("not found in {out:?}"))
+}
+
+fn starts(out: &[Command]) -> bool {
+    has(out, |c| matches!(c, Command::StartLeaderWork { .. }))
+}
+
+fn stops(out: &[Command]) -> Option<StopReason> {
+    out.iter().find_map(|c| match c {
+        Command::StopLeaderWork { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+fn logs(out: &[Command]) -> Vec<(LogLevel, String)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Log { level, text } => Some((*level, text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// ME active with term 10 on lease 0xa, B standby (rev 11), C standby (rev 12), all healthy.
+fn active_three() -> Machine {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    m.handle(Millis(2), Event::ManagerReachable(true));
+    m.handle(Millis(2), Event::NodeRecords(vec![rec(B), rec(C)]));
+    let out = m.handle(
+        Millis(3),
+        view(
+            12,
+            vec![cand(ME, 10, 0xa), cand(B, 11, 0xb), cand(C, 12, 0xc)],
+        ),
+    );
+    assert!(starts(&out), "{out:?}");
+    m
+}
+
+#[test]
+fn timing_follows_the_ttl() {
+    let c = MachineConfig::new(ME);
+    assert_eq!(c.step_down_margin_ms(), 3_333);
+    assert_eq!(c.acting_window_ms(), 6_667);
+    assert_eq!(c.keepalive_interval_ms(), 3_333);
+    let mut short = MachineConfig::new(ME);
+    short.lease_ttl_ms = 6_000;
+    assert_eq!(short.step_down_margin_ms(), 2_000);
+    short.lease_ttl_ms = 2_000;
+    // Capped at TTL/2 so that a 2 s lease still leaves time to act.
+    assert_eq!(short.acting_window_ms(), 1_000);
+    assert_eq!(short.keepalive_interval_ms(), 500);
+}
+
+#[test]
+fn lowest_create_revision_leads_with_its_term_and_log_line() {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    let out = m.handle(
+        Millis(5),
+        view(11, vec![cand(B, 11, 0xb), cand(ME, 10, 0xa)]),
+    );
+    assert!(has(&out, |c| matches!(
+        c,
+        Command::StartLeaderWork { term: 10, .. }
+    )));
+    assert!(logs(&out).contains(&(
+        LogLevel::Info,
+        format!("node {ME} is elected as the leader. About to start commander connection...")
+    )));
+    assert_eq!(m.leadership(), Leadership::Active { term: 10 });
+}
+
+#[test]
+fn standby_logs_the_active_node_once_per_change() {
+    let mut m = booted(cfg(ME), 0xa, 12);
+    let line = |a: &str| {
+        (
+            LogLevel::Debug,
+            format!("this core node with Id of '{ME}' is not the active node. The current active core node is '{a}'"),
+        )
+    };
+    let out = m.handle(
+        Millis(5),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(!starts(&out));
+    assert!(logs(&out).contains(&line(B)));
+    let out = m.handle(
+        Millis(6),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(logs(&out).is_empty(), "{out:?}");
+    let out = m.handle(
+        Millis(7),
+        view(13, vec![cand(C, 11, 0xc), cand(ME, 12, 0xa)]),
+    );
+    assert!(logs(&out).contains(&line(C)));
+    assert_eq!(
+        m.leadership(),
+        Leadership::Standby {
+            leader: Some(C.into())
+        }
+    );
+}
+
+#[test]
+fn not_lowest_or_stale_lease_never_acts() {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    // Own key is lowest but the view is of another lease with the same node id: not ours.
+    let out = m.handle(Millis(5), view(10, vec![cand(ME, 9, 0xf)]));
+    assert!(!starts(&out));
+    // Lease stale: the deadline (6667) passed before the view arrives.
+    let out = m.handle(Millis(7_000), view(10, vec![cand(ME, 10, 0xa)]));
+    assert!(!starts(&out), "{out:?}");
+    assert!(out.contains(&Command::GrantLease));
+}
+
+#[test]
+fn step_down_at_send_time_of_last_ack_plus_window() {
+    let mut m = active_three();
+    m.handle(
+        Millis(1_000),
+        Event::KeepAliveAcked {
+            lease: 0xa,
+            sent_at: Millis(900),
+        },
+    );
+    let out = m.handle(
+        Millis(1_500),
+        Event::KeepAliveFailed {
+            lease: 0xa,
+            error: "unavailable".into(),
+        },
+    );
+    assert!(stops(&out).is_none());
+    // Deadline = 900 + 6667.
+    let out = m.handle(Millis(7_566), Event::Tick);
+    assert!(stops(&out).is_none(), "{out:?}");
+    let out = m.handle(Millis(7_567), Event::Tick);
+    assert_eq!(stops(&out), Some(StopReason::LeaseExpiring));
+    assert!(out.contains(&Command::RevokeLease { lease: 0xa }));
+    assert!(out.contains(&Command::GrantLease));
+    // Rejoins with a new lease and a new key.
+    let out = m.handle(
+        Millis(9_000),
+        Event::LeaseGranted {
+            lease: 0xd,
+            sent_at: Millis(8_000),
+        },
+    );
+    assert!(out.contains(&Command::Campaign {
+        lease: 0xd,
+        attempt: 2
+    }));
+}
+
+#[test]
+fn the_deadline_is_a_timer() {
+    let mut m = active_three();
+    let out = m.handle(
+        Millis(100),
+        Event::KeepAliveAcked {
+            lease: 0xa,
+            sent_at: Millis(100),
+        },
+    );
+    assert!(
+        out.contains(&Command::SetTimer { at: Millis(6_767) }),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_late_event_after_a_freeze_steps_down_first() {
+    let mut m = active_three();
+    // Frozen past the deadline; the first thing it processes is an ack of a keep-alive sent
+    // before the freeze: it must still stop.
+    let out = m.handle(
+        Millis(20_000),
+        Event::KeepAliveAcked {
+            lease: 0xa,
+            sent_at: Millis(50),
+        },
+    );
+    assert_eq!(stops(&out), Some(StopReason::LeaseExpiring));
+}
+
+#[test]
+fn graceful_shutdown_resigns_before_stopping() {
+    let mut m = active_three();
+    let out = m.handle(Millis(100), Event::Shutdown);
+    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let stop = pos(&out, |c| {
+        matches!(
+            c,
+            Command::StopLeaderWork {
+                reason: StopReason::Shutdown,
+                ..
+            }
+        )
+    });
+    let revoke = pos(&out, |c| *c == Command::RevokeLease { lease: 0xa });
+    assert!(resign < stop && stop < revoke, "{out:?}");
+    assert_eq!(out.last(), Some(&Command::Finished));
+    assert!(m.handle(Millis(200), Event::Tick).is_empty());
+}
+
+#[test]
+fn pause_hands_over_and_resume_campaigns_again() {
+    let mut m = active_three();
+    let out = m.handle(Millis(100), Event::Pause);
+    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let stop = pos(&out, |c| {
+        matches!(
+            c,
+            Command::StopLeaderWork {
+                reason: StopReason::Paused,
+                ..
+            }
+        )
+    });
+    assert!(resign < stop);
+    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+    assert_eq!(m.leadership(), Leadership::Paused);
+    let out = m.handle(
+        Millis(200),
+        view(14, vec![cand(B, 11, 0xb), cand(C, 12, 0xc)]),
+    );
+    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+    let out = m.handle(Millis(300), Event::Resume);
+    assert!(out.contains(&Command::Campaign {
+        lease: 0xa,
+        attempt: 2
+    }));
+}
+
+#[test]
+fn switchover_checks_the_target_and_hands_over_when_it_is_next() {
+    let mut m = active_three();
+    let mut sick = rec(C);
+    sick.manager_reachable = false;
+    sick.healthy = false;
+    m.handle(Millis(10), Event::NodeRecords(vec![rec(B), sick]));
+    let out = m.handle(Millis(11), Event::Switchover { to: Some(C.into()) });
+    assert!(
+        matches!(out.last(), Some(Command::SwitchoverOutcome(Err(_)))),
+        "{out:?}"
+    );
+    let out = m.handle(
+        Millis(12),
+        Event::Switchover {
+            to: Some("nobody_1".into()),
+        },
+    );
+    assert!(matches!(
+        out.last(),
+        Some(Command::SwitchoverOutcome(Err(_)))
+    ));
+    m.handle(Millis(13), Event::NodeRecords(vec![rec(B), rec(C)]));
+    let out = m.handle(Millis(14), Event::Switchover { to: Some(C.into()) });
+    assert!(out.contains(&Command::SwitchoverOutcome(Ok(()))));
+    // B is still ahead of C: the record names C, nothing is resigned yet.
+    assert!(has(
+        &out,
+        |c| matches!(c, Command::PublishRecord { record, .. } if record.handover_to.as_deref() == Some(C))
+    ));
+    assert!(stops(&out).is_none());
+    // B re-queued behind C.
+    let out = m.handle(
+        Millis(20),
+        view(
+            13,
+            vec![cand(ME, 10, 0xa), cand(C, 12, 0xc), cand(B, 13, 0xb)],
+        ),
+    );
+    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let stop = pos(&out, |c| {
+        matches!(
+            c,
+            Command::StopLeaderWork {
+                reason: StopReason::Switchover,
+                ..
+            }
+        )
+    });
+    let campaign = pos(&out, |c| matches!(c, Command::Campaign { lease: 0xa, .. }));
+    assert!(resign < stop && stop < campaign, "{out:?}");
+}
+
+#[test]
+fn switchover_without_target_needs_a_healthy_standby_and_standbys_refuse() {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    m.handle(Millis(2), view(10, vec![cand(ME, 10, 0xa)]));
+    let out = m.handle(Millis(3), Event::Switchover { to: None });
+    assert!(matches!(
+        out.last(),
+        Some(Command::SwitchoverOutcome(Err(_)))
+    ));
+    let mut s = booted(cfg(ME), 0xa, 12);
+    s.handle(
+        Millis(2),
+        view(12, vec![cand(B, 11, 0xb), cand(ME, 12, 0xa)]),
+    );
+    let out = s.handle(Millis(3), Event::Switchover { to: None });
+    assert_eq!(
+        out.last(),
+        Some(&Command::SwitchoverOutcome(Err(format!(
+            "not the active node; the active node is '{B}'"
+        ))))
+    );
+    let mut m = active_three();
+    let out = m.handle(Millis(10), Event::Switchover { to: None });
+    assert_eq!(stops(&out), Some(StopReason::Switchover));
+}
+
+#[test]
+fn standby_ahead_of_the_handover_target_requeues() {
+    let mut m = booted(cfg(ME), 0xa, 11);
+    let mut active = rec(B);
+    active.role = Role::Active;
+    active.handover_to = Some(C.into());
+    m.handle(Millis(2), Event::NodeRecords(vec![active.clone(), rec(C)]));
+    let out = m.handle(
+        Millis(3),
+        view(
+            12,
+            vec![cand(B, 10, 0xb), cand(ME, 11, 0xa), cand(C, 12, 0xc)],
+        ),
+    );
+    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let campaign = pos(&out, |c| matches!(c, Command::Campaign { lease: 0xa, .. }));
+    assert!(resign < campaign);
+    // Once behind the target: stays.
+    m.handle(
+        Millis(4),
+        Event::OwnKeyCreated {
+            lease: 0xa,
+            attempt: 2,
+            create_revision: 14,
+        },
+    );
+    let out = m.handle(
+        Millis(5),
+        view(
+            14,
+            vec![cand(B, 10, 0xb), cand(C, 12, 0xc), cand(ME, 14, 0xa)],
+        ),
+    );
+    assert!(
+        !has(&out, |c| matches!(c, Command::Resign { .. })),
+        "{out:?}"
+    );
+}
+
+fn standby_probing(probe_window_ms: u64, leader: &str, leader_addr: &str) -> Machine {
+    let mut c = cfg(ME);
+    c.probe_window_ms = probe_window_ms;
+    let mut m = booted(c, 0xa, 12);
+    let mut r = rec(leader);
+    r.role = Role::Active;
+    r.address = Some(leader_addr.into());
+    m.handle(Millis(2), Event::NodeRecords(vec![r]));
+    m
+}
+
+fn probe_result(node: &str, addr: &str, result: ProbeResult) -> Event {
+    Event::ProbeResult {
+        node_id: node.into(),
+        address: addr.into(),
+        result,
+    }
+}
+
+#[test]
+fn refusals_across_the_window_after_an_answer_prove_the_active_dead() {
+    let addr = "10.0.0.2:8080";
+    let mut m = standby_probing(300, B, addr);
+    let out = m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(out.contains(&Command::Probe {
+        node_id: B.into(),
+        address: addr.into()
+    }));
+    m.handle(
+        Millis(20),
+        probe_result(B, addr, ProbeResult::Answered { node_id: B.into() }),
+    );
+    let mut t = 1_020;
+    let out = m.handle(Millis(t), Event::Tick);
+    assert!(has(&out, |c| matches!(c, Command::Probe { .. })));
+    // Refused at 1020, 1120, 1220: not yet across 300 ms.
+    for _ in 0..3 {
+        let out = m.handle(Millis(t), probe_result(B, addr, ProbeResult::Refused));
+        assert!(
+            !has(&out, |c| matches!(c, Command::RevokePeerLease { .. })),
+            "{out:?}"
+        );
+        t += 100;
+        let out = m.handle(Millis(t), Event::Tick);
+        assert!(
+            has(&out, |c| matches!(c, Command::Probe { .. })),
+            "t={t} {out:?}"
+        );
+    }
+    let out = m.handle(Millis(t), probe_result(B, addr, ProbeResult::Refused));
+    assert!(
+        out.contains(&Command::RevokePeerLease {
+            node_id: B.into(),
+            lease: 0xb
+        }),
+        "{out:?}"
+    );
+    // Only once.
+    let out = m.handle(Millis(t + 500), probe_result(B, addr, ProbeResult::Refused));
+    assert!(!has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+}
+
+#[test]
+fn timeouts_wrong_ids_and_never_answered_addresses_prove_nothing() {
+    let addr = "10.0.0.2:8080";
+    for first in [
+        None,
+        Some(ProbeResult::Answered { node_id: C.into() }),
+        Some(ProbeResult::Timeout),
+    ] {
+        let mut m = standby_probing(300, B, addr);
+        m.handle(
+            Millis(10),
+            view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+        );
+        if let Some(r) = first.clone() {
+            m.handle(Millis(20), probe_result(B, addr, r));
+        }
+        for i in 0..50u64 {
+            let out = m.handle(
+                Millis(100 + i * 200),
+                probe_result(B, addr, ProbeResult::Refused),
+            );
+            assert!(
+                !has(&out, |c| matches!(c, Command::RevokePeerLease { .. })),
+                "{first:?}"
+            );
+        }
+    }
+    // A timeout in between restarts the window.
+    let mut m = standby_probing(300, B, addr);
+    m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    m.handle(
+        Millis(20),
+        probe_result(B, addr, ProbeResult::Answered { node_id: B.into() }),
+    );
+    m.handle(Millis(100), probe_result(B, addr, ProbeResult::Refused));
+    m.handle(Millis(300), probe_result(B, addr, ProbeResult::Timeout));
+    let out = m.handle(Millis(450), probe_result(B, addr, ProbeResult::Refused));
+    assert!(!has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+    let out = m.handle(Millis(750), probe_result(B, addr, ProbeResult::Refused));
+    assert!(has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+}
+
+#[test]
+fn loopback_addresses_are_probed_only_from_the_same_host() {
+    let mut m = standby_probing(300, B, "127.0.0.1:8080");
+    let out = m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(
+        !has(&out, |c| matches!(c, Command::Probe { .. })),
+        "{out:?}"
+    );
+    let same_host = "hosta_0009";
+    let mut m = standby_probing(300, same_host, "127.0.0.1:8080");
+    let out = m.handle(
+        Millis(10),
+        view(12, vec![cand(same_host, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(has(&out, |c| matches!(c, Command::Probe { .. })));
+    // Zero window: no probing at all.
+    let mut m = standby_probing(0, B, "10.0.0.2:8080");
+    let out = m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(!has(&out, |c| matches!(c, Command::Probe { .. })));
+    assert!(is_loopback("[::1]:80") && is_loopback("localhost:1") && !is_loopback("10.1.1.1:80"));
+}
+
+#[test]
+fn active_without_manager_resigns_only_if_a_standby_reaches_it() {
+    let mut m = active_three();
+    let mut b = rec(B);
+    b.manager_reachable = false;
+    let mut c = rec(C);
+    c.manager_reachable = false;
+    m.handle(Millis(10), Event::NodeRecords(vec![b, c.clone()]));
+    m.handle(Millis(1_000), Event::ManagerReachable(false));
+    let out = keep(&mut m, 16_100);
+    assert!(stops(&out).is_none(), "{out:?}");
+    c.manager_reachable = true;
+    let out = m.handle(Millis(16_200), Event::NodeRecords(vec![rec(B), c]));
+    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let stop = pos(&out, |c| {
+        matches!(
+            c,
+            Command::StopLeaderWork {
+                reason: StopReason::ManagerUnreachable,
+                ..
+            }
+        )
+    });
+    assert!(resign < stop);
+}
+
+#[test]
+fn manager_grace_counts_from_the_start_of_leadership_and_resets_on_success() {
+    let mut m = active_three();
+    m.handle(Millis(10), Event::ManagerReachable(false));
+    keep(&mut m, 14_000);
+    m.handle(Millis(14_000), Event::ManagerReachable(true));
+    m.handle(Millis(14_500), Event::ManagerReachable(false));
+    let out = keep(&mut m, 16_000);
+    assert!(stops(&out).is_none());
+    let out = keep(&mut m, 29_400);
+    assert!(stops(&out).is_none());
+    let out = keep(&mut m, 29_500);
+    assert_eq!(stops(&out), Some(StopReason::ManagerUnreachable));
+}
+
+fn primary(node: &str) -> NodeRecord {
+    let mut r = rec(node);
+    r.is_primary = true;
+    r
+}
+
+/// Keep-alives every 2 s from the last one up to `t`; returns the commands of all of them.
+fn keep(m: &mut Machine, t: u64) -> Vec<Command> {
+    let from = m
+        .snapshot(Millis(0))
+        .lease_remaining_ms
+        .map_or(0, |r| r.saturating_sub(10_000));
+    let mut out = Vec::new();
+    let mut at = from + 2_000;
+    while at < t {
+        out.extend(m.handle(
+            Millis(at),
+            Event::KeepAliveAcked {
+                lease: 0xa,
+                sent_at: Millis(at),
+            },
+        ));
+        at += 2_000;
+    }
+    out.extend(m.handle(
+        Millis(t),
+        Event::KeepAliveAcked {
+            lease: 0xa,
+            sent_at: Millis(t),
+        },
+    ));
+    out
+}
+
+#[test]
+fn a_healthy_primary_takes_over_after_the_preempt_delay() {
+    let mut m = active_three();
+    m.handle(Millis(100), Event::NodeRecords(vec![primary(B), rec(C)]));
+    let out = keep(&mut m, 9_000);
+    assert!(stops(&out).is_none());
+    let out = keep(&mut m, 10_100);
+    // B is directly behind: hand over at once.
+    assert_eq!(stops(&out), Some(StopReason::Preempted), "{out:?}");
+    assert!(
+        pos(&out, |c| *c == Command::Resign { lease: 0xa })
+            < pos(&out, |c| matches!(c, Command::StopLeaderWork { .. }))
+    );
+}
+
+#[test]
+fn an_unhealthy_primary_resets_its_delay() {
+    let mut m = active_three();
+    m.handle(Millis(100), Event::NodeRecords(vec![primary(B), rec(C)]));
+    let mut sick = primary(B);
+    sick.manager_reachable = false;
+    sick.healthy = false;
+    m.handle(Millis(5_000), Event::NodeRecords(vec![sick, rec(C)]));
+    m.handle(Millis(6_000), Event::NodeRecords(vec![primary(B), rec(C)]));
+    let out = keep(&mut m, 15_000);
+    assert!(stops(&out).is_none());
+    let out = keep(&mut m, 16_000);
+    assert_eq!(stops(&out), Some(StopReason::Preempted));
+}
+
+#[test]
+fn flap_budget_pins_the_active_and_warns() {
+    let mut c = cfg(ME);
+    c.max_transitions = 1;
+    c.preempt_delay_ms = 1_000;
+    let mut m = booted(c, 0xa, 10);
+    m.handle(Millis(2), Event::ManagerReachable(true));
+    m.handle(Millis(3), Event::NodeRecords(vec![primary(B)]));
+    m.handle(
+        Millis(4),
+        view(11, vec![cand(ME, 10, 0xa), cand(B, 11, 0xb)]),
+    );
+    let out = keep(&mut m, 1_100);
+    assert_eq!(stops(&out), Some(StopReason::Preempted));
+    // The primary leaves; this node leads again, the primary comes back.
+    m.handle(
+        Millis(1_200),
+        Event::OwnKeyCreated {
+            lease: 0xa,
+            attempt: 2,
+            create_revision: 12,
+        },
+    );
+    let out = m.handle(Millis(1_300), view(13, vec![cand(ME, 12, 0xa)]));
+    assert!(starts(&out));
+    m.handle(
+        Millis(1_400),
+        view(14, vec![cand(ME, 12, 0xa), cand(B, 14, 0xb)]),
+    );
+    let out = keep(&mut m, 3_000);
+    assert!(stops(&out).is_none());
+    assert!(
+        logs(&out)
+            .iter()
+            .any(|(l, t)| *l == LogLevel::Warn && t.contains("flap budget")),
+        "{out:?}"
+    );
+    let out = keep(&mut m, 4_000);
+    assert!(logs(&out).is_empty(), "warned once: {out:?}");
+    // An hour after the first preemption the budget is back.
+    for t in (5_000..3_601_200).step_by(3_000) {
+        let out = keep(&mut m, t);
+        assert!(stops(&out).is_none());
+    }
+    let out = keep(&mut m, 3_601_200);
+    assert_eq!(stops(&out), Some(StopReason::Preempted));
+}
+
+#[test]
+fn primaries_rank_equally_and_warn() {
+    let mut c = cfg(ME);
+    c.is_primary = true;
+    let mut m = booted(c, 0xa, 10);
+    m.handle(Millis(2), Event::ManagerReachable(true));
+    let out = m.handle(Millis(3), Event::NodeRecords(vec![primary(B)]));
+    assert!(logs(&out)
+        .iter()
+        .any(|(l, t)| *l == LogLevel::Warn && t.contains("also configured as primary")));
+    m.handle(
+        Millis(4),
+        view(11, vec![cand(ME, 10, 0xa), cand(B, 11, 0xb)]),
+    );
+    let out = keep(&mut m, 60_000);
+    assert!(stops(&out).is_none());
+}
+
+#[test]
+fn fenced_rejection_and_lost_lease_step_down_and_rejoin() {
+    let mut m = active_three();
+    let out = m.handle(Millis(100), Event::FencedWriteRejected { term: 9 });
+    assert!(stops(&out).is_none(), "stale term ignored");
+    let out = m.handle(Millis(100), Event::FencedWriteRejected { term: 10 });
+    assert_eq!(stops(&out), Some(StopReason::FencedWriteRejected));
+    assert!(out.contains(&Command::GrantLease));
+    let mut m = active_three();
+    let out = m.handle(Millis(100), Event::LeaseLost { lease: 0xa });
+    assert_eq!(stops(&out), Some(StopReason::LeaseLost));
+    assert!(out.contains(&Command::GrantLease));
+}
+
+#[test]
+fn a_deleted_own_key_is_noticed_and_recreated() {
+    let mut m = active_three();
+    let out = m.handle(
+        Millis(100),
+        view(20, vec![cand(B, 11, 0xb), cand(C, 12, 0xc)]),
+    );
+    assert_eq!(stops(&out), Some(StopReason::KeyDeleted));
+    assert!(has(&out, |c| matches!(
+        c,
+        Command::Campaign { lease: 0xa, .. }
+    )));
+    // A view older than our key does not count.
+    let mut m = booted(cfg(ME), 0xa, 10);
+    let out = m.handle(Millis(5), view(9, vec![cand(B, 9, 0xb)]));
+    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+}
+
+#[test]
+fn records_are_published_on_change_only() {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    let out = m.handle(Millis(5), Event::ManagerReachable(true));
+    let record = out.iter().find_map(|c| match c {
+        Command::PublishRecord { record, .. } => Some(record.clone()),
+        _ => None,
+    });
+    let record = record.unwrap();
+    assert!(record.healthy && record.manager_reachable && !record.is_primary);
+    assert_eq!(record.address.as_deref(), Some("hosta_0001.example:8080"));
+    let out = m.handle(Millis(6), Event::Tick);
+    assert!(!has(&out, |c| matches!(c, Command::PublishRecord { .. })));
+}
+
+#[test]
+fn a_stale_campaign_answer_is_not_taken_for_the_current_one() {
+    let mut m = booted(cfg(ME), 0xa, 10);
+    m.handle(Millis(2), Event::Pause);
+    m.handle(Millis(3), Event::Resume);
+    // Answer of attempt 1 arrives late while attempt 2 is in flight.
+    let out = m.handle(
+        Millis(4),
+        Event::OwnKeyCreated {
+            lease: 0xa,
+            attempt: 1,
+            create_revision: 10,
+        },
+    );
+    assert!(out.contains(&Command::Resign { lease: 0xa }));
+    m.handle(
+        Millis(5),
+        Event::OwnKeyCreated {
+            lease: 0xa,
+            attempt: 2,
+            create_revision: 13,
+        },
+    );
+    let out = m.handle(Millis(6), view(13, vec![cand(ME, 13, 0xa)]));
+    assert!(
+        has(&out, |c| matches!(
+            c,
+            Command::StartLeaderWork { term: 13, .. }
+        )),
+        "{out:?}"
+    );
+}
