@@ -434,7 +434,8 @@ fn request_error(e: RequestError) -> Response {
 }
 
 async fn ping(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    let sent = json!({ "sent_at": now_rfc3339() });
+    // The params the product family's manager sends; gateways echo them.
+    let sent = json!({ "reply": "Health test from GatewayManager" });
     match app
         .hub
         .request(&id, autogate_proto::method::PING, Some(sent), PING_TIMEOUT)

@@ -63,8 +63,6 @@ const REQUEST_QUEUE: usize = 256;
 const MAX_IN_FLIGHT: usize = 1024;
 /// WebSocket close code "message too big".
 const CLOSE_TOO_BIG: u16 = autogate_proto::CLOSE_MESSAGE_TOO_BIG;
-/// WebSocket close code "unsupported data" (binary frames).
-const CLOSE_UNSUPPORTED: u16 = 1003;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -359,17 +357,9 @@ impl Session {
             self.rate_check()?;
             let text = match msg {
                 Message::Text(t) => t,
-                Message::Binary(_) => {
-                    self.hub.metrics().refused("bad_hello");
-                    let err = RpcError::invalid_request(
-                        "binary frames are not supported; send JSON-RPC 2.0 text frames",
-                    );
-                    let _ = self.send_frame(Response::error(None, err).into()).await;
-                    return Err(End::Close(
-                        CLOSE_UNSUPPORTED,
-                        "binary frames are not supported".to_owned(),
-                    ));
-                }
+                // The protocol carries JSON-RPC in text frames only; binary frames are ignored
+                // (they still count against the rate limit).
+                Message::Binary(_) => continue,
                 Message::Close(_) => {
                     return Err(End::Gone("connection closed before hello".to_owned()))
                 }
@@ -491,12 +481,10 @@ impl Session {
                     }
                     let reply = match msg {
                         Message::Text(text) => self.on_text(conn, &text, &mut pending),
-                        Message::Binary(_) => Some(Response::error(
-                            None,
-                            RpcError::invalid_request(
-                                "binary frames are not supported; send JSON-RPC 2.0 text frames",
-                            ),
-                        )),
+                        Message::Binary(_) => {
+                            tracing::debug!("ignoring a binary frame from {}", self.addr);
+                            None
+                        }
                         Message::Close(frame) => {
                             let why = match frame {
                                 Some(f) if !f.reason.is_empty() => format!(
