@@ -266,8 +266,8 @@ impl Sim {
         if let (Some(lease), false) = (n.lease, n.partitioned) {
             if now >= n.next_keepalive {
                 n.next_keepalive = now + n.machine.config().keepalive_interval_ms();
-                if self.store.leases.contains_key(&lease) {
-                    self.store.leases.insert(lease, now + TTL);
+                if let Some(expiry) = self.store.leases.get_mut(&lease) {
+                    *expiry = now + TTL;
                     events.push(Event::KeepAliveAcked {
                         lease,
                         sent_at: Millis(now),
