@@ -1,0 +1,342 @@
+//! Black-box tests of the manager's administration: first-start material (certificate, admin
+//! token), the `autogate manager cluster …` commands with their defaults and exit codes, and
+//! the REST API's authentication and input validation.
+#![allow(clippy::unwrap_used)]
+
+mod manager_support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use autogate_manager::AdminClient;
+use autogate_testkit::{free_port, Autogate};
+use manager_support::*;
+use serde_json::{json, Value};
+
+#[test]
+fn first_start_mints_a_certificate_and_a_private_token_and_logs_only_paths() {
+    let data = tempfile::tempdir().unwrap();
+    let m = Manager::start(data.path());
+    let cert = data.path().join("manager.pem");
+    let token_file = data.path().join("admin.token");
+    let line = m
+        .proc
+        .wait_for_line("created a self-signed one at", STEP)
+        .text;
+    assert!(line.contains(&cert.display().to_string()), "{line}");
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let der = autogate_tls::parse_pem_certs(&pem).unwrap();
+    let fp = autogate_tls::fingerprint_sha256(&der[0]);
+    assert!(line.contains(&format!("SHA-256 {fp}")), "{line}");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key_mode = std::fs::metadata(data.path().join("manager-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    m.proc
+        .wait_for_line(&format!("admin token at {}", token_file.display()), STEP);
+    let token = m.token();
+    assert_eq!(token.len(), 64);
+    assert!(
+        !m.proc.logs().contains(&token),
+        "the token must never be logged"
+    );
+
+    // A restart reuses both.
+    drop(m);
+    let m = Manager::start(data.path());
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem);
+    assert_eq!(m.token(), token);
+    assert!(!m.proc.logs().contains("created"), "{}", m.proc.logs());
+}
+
+#[test]
+fn cluster_commands_with_configured_defaults() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let m = Manager::start_with(port, data.path(), |c| c);
+    let core1 = pki.node("core-1");
+    let core2 = pki.node("core-2");
+    // The CLI finds URL, token and CA from the same configuration as the daemon.
+    let cli = |args: &[&str]| {
+        let mut cmd = Autogate::new(["manager", "cluster"])
+            .env("GATEWAY_MANAGER_PORT", port.to_string())
+            .env(
+                "GATEWAY_MANAGER_DATA_DIR",
+                data.path().display().to_string(),
+            );
+        for a in args {
+            cmd = cmd.arg(*a);
+        }
+        cmd.output(START)
+    };
+    let p1 = pki.path("core-1.pem").display().to_string();
+    let p2 = pki.path("core-2.pem").display().to_string();
+
+    let out = cli(&["list"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "no clusters registered");
+
+    let out = cli(&["add", "gw-a", "--name", "Gateway A", "--cert", &p1]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "cluster gw-a registered");
+    let out = cli(&["add", "gw-a", "--cert", &p1]);
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("cluster gw-a already exists"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&[
+        "add",
+        "gw-b",
+        "--state",
+        "read-only",
+        "--cert",
+        &p1,
+        "--cert",
+        &p2,
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    let out = cli(&["list"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("CLUSTER"), "{}", out.stdout);
+    assert!(
+        lines[1].starts_with("gw-a")
+            && lines[1].contains("Gateway A")
+            && lines[1].contains("enabled")
+    );
+    assert!(
+        lines[2].starts_with("gw-b")
+            && lines[2].contains("read-only")
+            && lines[2].trim_end().ends_with('2')
+    );
+
+    let out = cli(&["show", "gw-b", "--raw"]);
+    let v: Value = serde_json::from_str(&out.stdout).expect("--raw is JSON");
+    assert_eq!(v["state"], "read-only");
+    assert_eq!(v["connected"], false);
+    assert!(v["active"].is_null());
+    assert_eq!(v["certificates"].as_array().unwrap().len(), 2);
+    let out = cli(&["show", "gw-a"]);
+    assert!(out.stdout.contains(&fingerprint(&core1)), "{}", out.stdout);
+    assert!(out.stdout.contains("CN=core-1"), "{}", out.stdout);
+
+    let out = cli(&["set-state", "gw-b", "disabled"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "cluster gw-b is now disabled");
+    let out = cli(&["add-cert", "gw-a", &p2]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let fp2 = fingerprint(&core2);
+    let out = cli(&["rm-cert", "gw-a", &fp2]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let out = cli(&["rm-cert", "gw-a", &fp2]);
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("is not registered for cluster gw-a"),
+        "{}",
+        out.stderr
+    );
+
+    let out = cli(&["sessions", "gw-a"]);
+    assert_eq!(
+        (out.code(), out.stdout.trim()),
+        (Some(0), "no sessions yet")
+    );
+    let out = cli(&["sessions", "gw-a", "--raw"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+    let out = cli(&["ping", "gw-a"]);
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("cluster gw-a is not connected"),
+        "{}",
+        out.stderr
+    );
+
+    let out = cli(&["rm", "gw-b"]);
+    assert_eq!(
+        (out.code(), out.stdout.trim()),
+        (Some(0), "cluster gw-b removed")
+    );
+    let out = cli(&["show", "gw-b"]);
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains("cluster gw-b is not registered"),
+        "{}",
+        out.stderr
+    );
+
+    // Usage mistakes exit 64 before anything is sent.
+    let out = cli(&["add", "gw-c", "--cert", "/nonexistent/cert.pem"]);
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/cert.pem"),
+        "{}",
+        out.stderr
+    );
+    let not_pem = pki.path("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let out = cli(&["add", "gw-c", "--cert", &not_pem.display().to_string()]);
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    let out = cli(&["add", "gw-c"]);
+    assert_eq!(out.code(), Some(64), "--cert is required: {}", out.stderr);
+    let out = cli(&["set-state", "gw-a", "sideways"]);
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    assert!(
+        cli(&["list"]).stdout.lines().count() == 2,
+        "nothing half-applied"
+    );
+
+    // A wrong token is the server's refusal (exit 1); an unreachable manager is 69.
+    let bad = pki.path("bad.token");
+    std::fs::write(&bad, "not-the-token\n").unwrap();
+    let out = cli(&["list", "--token-file", &bad.display().to_string()]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid admin token"), "{}", out.stderr);
+    let out = cli(&[
+        "list",
+        "--url",
+        &format!("https://127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    // The manager is verified: another CA does not do.
+    let out = cli(&["list", "--ca", &pki.path("ca.pem").display().to_string()]);
+    assert_ne!(out.code(), Some(0), "{}", out.stdout);
+    drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_requires_the_token_and_names_bad_fields() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let m = Manager::start(data.path());
+    let admin = m.admin();
+    let cert = pki.node("n");
+
+    for token in ["", "wrong", &format!("{}x", m.token())] {
+        let c = AdminClient::new(&m.url(), token, Some(&m.ca())).unwrap();
+        let (code, body) = c
+            .send("GET".parse().unwrap(), "/api/v1/clusters", None)
+            .await
+            .unwrap();
+        assert_eq!(code, 401, "token {token:?}: {body}");
+    }
+    // Probes need no token.
+    let anon = AdminClient::new(&m.url(), "", Some(&m.ca())).unwrap();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (code, body) = anon.send("GET".parse().unwrap(), path, None).await.unwrap();
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+
+    let post = |body: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .send("POST".parse().unwrap(), "/api/v1/clusters", Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let cases = [
+        (json!({"certificates": []}), "cluster_id: required"),
+        (
+            json!({"cluster_id": "a b"}),
+            "cluster_id: invalid cluster id",
+        ),
+        (
+            json!({"cluster_id": "ok", "state": "on"}),
+            "state: unknown state \"on\"",
+        ),
+        (
+            json!({"cluster_id": "ok", "certificates": ["garbage"]}),
+            "certificates[0]: ",
+        ),
+        (
+            json!({"cluster_id": "ok", "certificates": [cert.cert_pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}),
+            "certificates[1]: ",
+        ),
+        (
+            json!({"cluster_id": "ok", "certificates": "x"}),
+            "certificates: expected an array",
+        ),
+        (
+            json!({"cluster_id": "ok", "colour": "red"}),
+            "colour: unknown field",
+        ),
+        (
+            json!(["not", "an", "object"]),
+            "the body must be a JSON object",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (code, v) = post(body.clone()).await;
+        assert_eq!(code, 400, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.starts_with(expected),
+            "{body}: got {msg:?}, expected {expected:?}"
+        );
+    }
+    let (code, v) = admin
+        .send("POST".parse().unwrap(), "/api/v1/clusters", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = post(json!({"cluster_id": "ok", "certificates": [cert.cert_pem]})).await;
+    assert_eq!(code, 201);
+    let (code, v) = post(json!({"cluster_id": "ok", "certificates": [cert.cert_pem]})).await;
+    assert_eq!(
+        (code, v["error"].as_str().unwrap()),
+        (409, "cluster ok already exists")
+    );
+    // Nothing half-written by the refused requests.
+    let list = admin.list().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    let patch = |body: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .send("PATCH".parse().unwrap(), "/api/v1/clusters/ok", Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let (code, v) = patch(json!({"remove_certificates": ["abc"]})).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("remove_certificates[0]"));
+    let (code, v) = patch(json!({"state": "maybe"})).await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = patch(json!({"name": "Renamed"})).await;
+    assert_eq!((code, v["name"].as_str().unwrap()), (200, "Renamed"));
+    let (code, _) = admin
+        .send(
+            "PATCH".parse().unwrap(),
+            "/api/v1/clusters/nope",
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let (code, _) = admin
+        .send("DELETE".parse().unwrap(), "/api/v1/clusters/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let (code, _) = admin
+        .send("GET".parse().unwrap(), "/api/v1/nothing-here", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+}
