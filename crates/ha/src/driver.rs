@@ -742,12 +742,7 @@ impl MachineLoop {
     }
 
     fn after(&mut self, now: Millis) {
-        self.lease_tx.send_if_modified(|l| {
-            let current = self.machine.current_lease();
-            let changed = *l != current;
-            *l = current;
-            changed
-        });
+        self.sync_lease();
         let leadership = self.machine.leadership();
         self.leader_tx.send_if_modified(|l| {
             let changed = *l != leadership;
@@ -763,7 +758,19 @@ impl MachineLoop {
         *guard = (Instant::now(), snap);
     }
 
+    fn sync_lease(&self) {
+        self.lease_tx.send_if_modified(|l| {
+            let current = self.machine.current_lease();
+            let changed = *l != current;
+            *l = current;
+            changed
+        });
+    }
+
     fn execute(&mut self, commands: Vec<Command>) {
+        // The worker drops store commands for a lease that is not current, so the current lease
+        // must be visible to it before the commands are.
+        self.sync_lease();
         let metrics = &self.shared.metrics;
         for command in commands {
             match command {

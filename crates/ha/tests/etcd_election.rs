@@ -461,10 +461,18 @@ async fn primary_takes_over_once_healthy_and_the_flap_budget_pins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
 async fn three_member_etcd_survives_one_loss_and_recovers_from_quorum_loss() {
     let mut cluster = EtcdCluster::start(3);
-    let a = start(cluster.endpoints(), options("c5", "a")).await;
-    let b = start(cluster.endpoints(), options("c5", "b")).await;
+    // A 6 s lease (window 4 s, renewals every 2 s) rides out an etcd leader election; 2 s
+    // leases leave only 1 s, less than a member loss can take to be routed around.
+    let opts = |name: &str| {
+        let mut o = options("c5", name);
+        o.lease_ttl = Duration::from_secs(6);
+        o
+    };
+    let a = start(cluster.endpoints(), opts("a")).await;
+    let b = start(cluster.endpoints(), opts("b")).await;
     let nodes = [&a, &b];
     let first = one_active(&nodes, Duration::from_secs(10)).await;
     let term = nodes[first].active().unwrap();
@@ -483,7 +491,7 @@ async fn three_member_etcd_survives_one_loss_and_recovers_from_quorum_loss() {
     // Quorum lost: nobody may act.
     let t0 = Instant::now();
     cluster.kill(1);
-    poll("nobody active", Duration::from_secs(5), || {
+    poll("nobody active", Duration::from_secs(8), || {
         (a.active().is_none() && b.active().is_none()).then_some(())
     })
     .await;
@@ -496,7 +504,13 @@ async fn three_member_etcd_survives_one_loss_and_recovers_from_quorum_loss() {
     // Quorum back: exactly one.
     let t1 = Instant::now();
     cluster.restart(1);
+    let (ha, hb) = (a.handle.clone(), b.handle.clone());
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        eprintln!("a: {:?}\nb: {:?}", ha.status(), hb.status());
+    });
     one_active(&nodes, Duration::from_secs(20)).await;
+    watchdog.abort();
     println!(
         "quorum back: one active {:?} after restart began",
         t1.elapsed()
