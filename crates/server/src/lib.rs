@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod leader;
 pub mod link;
 mod storeopts;
 
@@ -20,6 +21,7 @@ use autogate_config::Config;
 use autogate_runtime::{Metrics, NodeId, Shutdown};
 use autogate_store::{Store, StoreError};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use api::{health_body, router, ApiState};
 pub use storeopts::{open_store, store_options};
@@ -39,13 +41,17 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    #[error("high availability: {0}")]
+    Ha(#[from] autogate_ha::HaError),
 }
 
 impl ServerError {
     /// Process exit code for this error (sysexits: 64 usage, 69 unavailable, 1 other).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ServerError::Store(StoreError::Config(_)) | ServerError::Link(_) => 64,
+            ServerError::Store(StoreError::Config(_))
+            | ServerError::Link(_)
+            | ServerError::Ha(_) => 64,
             ServerError::Store(StoreError::Unavailable(_)) => 69,
             ServerError::Bind { .. } => 69,
             _ => 1,
@@ -62,6 +68,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub link: link::LinkStatus,
+    /// The election, when HA is on.
+    pub ha: Option<autogate_ha::HaHandle>,
 }
 
 /// Run a core node until the shutdown token is cancelled.
@@ -78,13 +86,24 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
             source,
         })?;
     let local: SocketAddr = listener.local_addr().map_err(ServerError::Serve)?;
+    let metrics = Arc::new(Metrics::new());
+    let ha = if config.connect.ha_enabled {
+        Some(autogate_ha::HaDriver::start(
+            store.clone(),
+            autogate_ha::HaOptions::from_config(&config, &node_id),
+            Some(&metrics),
+        )?)
+    } else {
+        None
+    };
     let node = Node {
         id: node_id,
         config: config.clone(),
         store,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         started: Instant::now(),
         link: link::LinkStatus::default(),
+        ha,
     };
     tracing::info!(
         node_id = %node.id,
@@ -105,19 +124,38 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     let server = shutdown
         .tracker()
         .spawn(std::future::IntoFuture::into_future(serve));
-    // Without HA this node is the cluster's only core node, so it holds the manager link for
-    // as long as it runs (term null).
-    let link_token = token.child_token();
-    if let Some(settings) = link_settings {
-        shutdown.tracker().spawn(link::run(
+    let lead_token = CancellationToken::new();
+    let lead = match &node.ha {
+        // With HA the link follows leadership, under the term of each leadership.
+        Some(ha) => Some(tokio::spawn(leader::follow(
             node.clone(),
-            settings,
-            None,
-            node.link.clone(),
-            link_token.clone(),
-        ));
-    }
+            ha.clone(),
+            link_settings,
+            lead_token.clone(),
+        ))),
+        // Without HA this node is the cluster's only core node, so it holds the manager link
+        // for as long as it runs (term null).
+        None => link_settings.map(|settings| {
+            tokio::spawn(link::run(
+                node.clone(),
+                settings,
+                None,
+                node.link.clone(),
+                lead_token.clone(),
+            ))
+        }),
+    };
     token.cancelled().await;
+    // The written shutdown order: the API stops accepting (axum's graceful shutdown, already
+    // triggered by the token) → resign, so a standby takes over at once → close the manager
+    // session → drain in-flight requests → the lease was revoked by the resignation.
+    if let Some(ha) = &node.ha {
+        ha.shutdown().await;
+    }
+    lead_token.cancel();
+    if let Some(lead) = lead {
+        let _ = tokio::time::timeout(grace, lead).await;
+    }
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),

@@ -231,6 +231,28 @@ pub async fn run(
     });
 }
 
+/// Could this node reach one of the managers right now? A TCP connect and TLS handshake with
+/// this node's certificate — what a standby checks on a slow timer, without opening a session
+/// (the manager allows one session per cluster).
+pub async fn check_reachable(settings: &LinkSettings) -> bool {
+    for host in &settings.hosts {
+        let attempt = async {
+            let tcp = TcpStream::connect((host.host.as_str(), host.port))
+                .await
+                .ok()?;
+            let name = ServerName::try_from(host.host.clone()).ok()?;
+            TlsConnector::from(settings.tls.clone())
+                .connect(name, tcp)
+                .await
+                .ok()
+        };
+        if let Ok(Some(_tls)) = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            return true;
+        }
+    }
+    false
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn dial(settings: &LinkSettings, host: &HostPort) -> Result<(Ws, SocketAddr), String> {

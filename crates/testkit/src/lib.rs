@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod etcd;
 pub mod process;
+pub mod scenario;
 
 pub use process::{
     autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process,

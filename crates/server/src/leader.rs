@@ -1,0 +1,133 @@
+//! Leader work of a core node with HA on: follows the election (`autogate-ha`) and holds the
+//! manager link only while this node is the active one, under the term of that leadership.
+//!
+//! It also tells the election whether this node can reach the manager — from the live link
+//! while active, from a TLS handshake on a slow timer while standby — so that leadership moves
+//! away from an active node that cannot reach the manager only towards a node that can.
+
+use std::time::Duration;
+
+use autogate_ha::{HaHandle, Leadership};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{self, LinkSettings, LinkStatus};
+use crate::Node;
+
+/// How often a standby checks that it could reach the manager.
+const STANDBY_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the active node reports its link state.
+const ACTIVE_REPORT_EVERY: Duration = Duration::from_millis(500);
+
+struct Held {
+    term: u64,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Held {
+    async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Follow leadership until `token` is cancelled; the link of the current leadership, if any,
+/// is closed before returning.
+pub async fn follow(
+    node: Node,
+    ha: HaHandle,
+    settings: Option<LinkSettings>,
+    token: CancellationToken,
+) {
+    let mut rx = ha.leadership();
+    let mut held: Option<Held> = None;
+    let reporter = tokio::spawn(report_reachability(
+        ha.clone(),
+        settings.clone(),
+        node.link.clone(),
+        token.clone(),
+    ));
+    loop {
+        let current = rx.borrow_and_update().clone();
+        match current {
+            Leadership::Active { term } => {
+                if held.as_ref().map(|h| h.term) != Some(term) {
+                    if let Some(old) = held.take() {
+                        old.stop().await;
+                    }
+                    if let Some(settings) = &settings {
+                        let link_token = CancellationToken::new();
+                        let task = tokio::spawn(link::run(
+                            node.clone(),
+                            settings.clone(),
+                            Some(term),
+                            node.link.clone(),
+                            link_token.clone(),
+                        ));
+                        held = Some(Held {
+                            term,
+                            token: link_token,
+                            task,
+                        });
+                    }
+                }
+            }
+            Leadership::Standby { .. } | Leadership::Paused => {
+                if let Some(old) = held.take() {
+                    old.stop().await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => break,
+            changed = rx.changed() => if changed.is_err() { break },
+        }
+    }
+    if let Some(old) = held.take() {
+        old.stop().await;
+    }
+    reporter.abort();
+}
+
+async fn report_reachability(
+    ha: HaHandle,
+    settings: Option<LinkSettings>,
+    link: LinkStatus,
+    token: CancellationToken,
+) {
+    let Some(settings) = settings else {
+        // No manager configured: reachability cannot decide anything; never block hand-overs.
+        ha.set_manager_reachable(true);
+        return;
+    };
+    let mut last_standby_check: Option<tokio::time::Instant> = None;
+    let mut last_reported: Option<bool> = None;
+    loop {
+        let reachable = match ha.current() {
+            Leadership::Active { .. } => {
+                let state = link.get();
+                // A link still dialling after a fresh election is not a failure yet; the
+                // machine only acts on a sustained `false` (connect grace).
+                state.connected || state.failing_since.is_none()
+            }
+            _ => {
+                let due = last_standby_check.is_none_or(|t| t.elapsed() >= STANDBY_CHECK_EVERY);
+                if due {
+                    last_standby_check = Some(tokio::time::Instant::now());
+                    link::check_reachable(&settings).await
+                } else {
+                    last_reported.unwrap_or(false)
+                }
+            }
+        };
+        if last_reported != Some(reachable) {
+            ha.set_manager_reachable(reachable);
+            last_reported = Some(reachable);
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(ACTIVE_REPORT_EVERY) => {}
+        }
+    }
+}
