@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 mod foundation;
+mod manager;
 
 fn main() {
     let which = std::env::args()
@@ -18,8 +19,9 @@ fn main() {
     let started = Instant::now();
     let report = match which.as_str() {
         "foundation" => foundation::run(),
+        "manager" => manager::run(),
         other => {
-            eprintln!("unknown benchmark {other:?}; available: foundation");
+            eprintln!("unknown benchmark {other:?}; available: foundation, manager");
             std::process::exit(64);
         }
     };

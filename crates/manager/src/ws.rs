@@ -57,6 +57,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// Longest a frame write may block (a gateway that stops reading).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer and write batching threshold of a session.
+const SESSION_BUFFER: usize = 4 * 1024;
 /// Requests queued towards one session before the API answers "busy".
 const REQUEST_QUEUE: usize = 256;
 /// Requests awaiting an answer on one session.
@@ -131,7 +133,11 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
                 return;
             }
         };
+        // Small buffers: tungstenite's defaults (128 KiB each) would cost ~128 MiB of resident
+        // memory per 1 000 idle sessions; buffers still grow for a large frame when one comes.
         let config = WebSocketConfig::default()
+            .read_buffer_size(SESSION_BUFFER)
+            .write_buffer_size(SESSION_BUFFER)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let ws =
