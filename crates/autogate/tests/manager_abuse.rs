@@ -346,4 +346,13 @@ async fn bad_certificate_flood_leaves_the_good_session_and_memory_alone() {
     assert_eq!(admin.ping("c").await.unwrap()["node_id"], "n-1");
     let s = admin.sessions("c").await.unwrap();
     assert_eq!(s.as_array().unwrap().len(), 1, "refusals are not sessions");
+    // Refusals are logged with their reason, but a storm does not become a log flood.
+    let logs = m.proc.logs();
+    let refusal_lines = logs.lines().filter(|l| l.contains(" WRN ")).count();
+    assert!(logs.contains("is not registered for cluster c"), "{logs}");
+    assert!(logs.contains("similar messages suppressed"), "{logs}");
+    assert!(
+        refusal_lines < ATTEMPTS / 2,
+        "{refusal_lines} warning lines"
+    );
 }

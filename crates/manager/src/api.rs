@@ -53,6 +53,8 @@ pub struct AppState {
     pub token: CancellationToken,
     /// Where session tasks are spawned.
     pub tracker: TaskTracker,
+    /// Rate limit of the log lines about refused gateway connections.
+    pub refusal_log: Arc<crate::ratelimit::LogLimiter>,
 }
 
 /// The whole HTTP surface.

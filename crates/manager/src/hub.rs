@@ -314,6 +314,15 @@ impl Hub {
             reason,
             category,
         };
+        // Checked before taking the cluster lock too, so hellos naming made-up clusters never
+        // create lock entries (any certificate passes TLS; the cluster id is the peer's word).
+        if self.registry.get(cluster).is_none() {
+            return Err(refuse(
+                NOT_ALLOWED,
+                format!("cluster {cluster} is not registered"),
+                "unknown_cluster",
+            ));
+        }
         let lock = self.cluster_lock(cluster);
         let _guard = lock.lock().await;
         let Some(mut rec) = self.registry.get(cluster) else {
@@ -564,6 +573,9 @@ impl Hub {
         id: &str,
         patch: ClusterPatch,
     ) -> Result<ClusterRecord, AdminError> {
+        if self.registry.get(id).is_none() {
+            return Err(AdminError::NotFound(id.to_owned()));
+        }
         let lock = self.cluster_lock(id);
         let _guard = lock.lock().await;
         let mut rec = self
@@ -638,6 +650,9 @@ impl Hub {
 
     /// Deletes a cluster, its history and its session rules; closes its live session.
     pub async fn delete_cluster(&self, id: &str) -> Result<(), AdminError> {
+        if self.registry.get(id).is_none() {
+            return Err(AdminError::NotFound(id.to_owned()));
+        }
         let lock = self.cluster_lock(id);
         let _guard = lock.lock().await;
         if self.registry.get(id).is_none() {

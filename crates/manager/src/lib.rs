@@ -81,6 +81,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         max_frame_size: usize::try_from(m.max_frame_size).unwrap_or(usize::MAX),
         token: shutdown.token(),
         tracker: shutdown.tracker().clone(),
+        // Every refusal is logged with its reason, up to 20 lines a second (bursts of 100), so
+        // a storm of bad connections cannot flood the log; the next line counts the rest.
+        refusal_log: Arc::new(ratelimit::LogLimiter::new(20.0, 100.0)),
     };
     let app = api::router(state);
     tracing::info!(

@@ -46,7 +46,7 @@ use crate::hub::{
 };
 use crate::listener::Peer;
 use crate::model::truncate;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{suppressed_note, TokenBucket};
 pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
 
 /// How long a gateway has to send `hello` after the upgrade.
@@ -91,10 +91,13 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
     };
     let Some(cert) = peer.cert.clone() else {
         app.hub.metrics().refused("no_certificate");
-        tracing::warn!(
-            "refused /ws from {}: no client certificate presented (a gateway must present the certificate registered for its cluster)",
-            peer.addr
-        );
+        if let Some(n) = app.refusal_log.allow() {
+            tracing::warn!(
+                "refused /ws from {}: no client certificate presented (a gateway must present the certificate registered for its cluster){}",
+                peer.addr,
+                suppressed_note(n)
+            );
+        }
         return json_error(
             StatusCode::UNAUTHORIZED,
             "a client certificate is required on /ws: configure the gateway's connect.certificate_file and connect.private_key_file",
@@ -125,6 +128,7 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
     let max = app.max_frame_size;
     let hub = app.hub.clone();
     let token = app.token.clone();
+    let log = app.refusal_log.clone();
     app.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -145,6 +149,7 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
                 .await;
         Session {
             hub,
+            log,
             ws,
             addr: peer.addr,
             cert,
@@ -179,6 +184,7 @@ enum End {
 
 struct Session {
     hub: Arc<Hub>,
+    log: Arc<crate::ratelimit::LogLimiter>,
     ws: Ws,
     addr: SocketAddr,
     cert: Arc<PeerCert>,
@@ -274,11 +280,14 @@ impl Session {
                 let reason = match &end {
                     End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
                 };
-                tracing::warn!(
-                    "refused gateway connection from {} (certificate {}): {reason}",
-                    self.addr,
-                    self.cert.fingerprint
-                );
+                if let Some(n) = self.log.allow() {
+                    tracing::warn!(
+                        "refused gateway connection from {} (certificate {}): {reason}{}",
+                        self.addr,
+                        self.cert.fingerprint,
+                        suppressed_note(n)
+                    );
+                }
                 self.finish(&end).await;
                 return;
             }
@@ -293,13 +302,16 @@ impl Session {
             Ok(a) => a,
             Err(refusal) => {
                 self.hub.metrics().refused(refusal.category);
-                tracing::warn!(
-                    "refused gateway cluster {} node {} from {}: {}",
-                    hello.cluster_id,
-                    hello.node_id,
-                    self.addr,
-                    refusal.reason
-                );
+                if let Some(n) = self.log.allow() {
+                    tracing::warn!(
+                        "refused gateway cluster {} node {} from {}: {}{}",
+                        hello.cluster_id,
+                        hello.node_id,
+                        self.addr,
+                        refusal.reason,
+                        suppressed_note(n)
+                    );
+                }
                 let err = RpcError::new(refusal.code, refusal.reason.clone());
                 let _ = self.send_frame(Response::error(Some(id), err).into()).await;
                 let code = if refusal.code == autogate_proto::INTERNAL_ERROR {
