@@ -54,6 +54,8 @@ pub enum Command {
     Server,
     /// Run the manager, or administer it (`autogate manager cluster …`).
     Manager(cmd::manager::ManagerArgs),
+    /// High availability: status, switchover, maintenance.
+    Ha(cmd::ha::HaArgs),
     /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
     CertGen(cmd::certgen::CertGenArgs),
 }
@@ -87,5 +89,6 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Server => cmd::server::run(&cli.global),
         Command::Manager(args) => cmd::manager::run(&cli.global, args),
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
+        Command::Ha(args) => cmd::ha::run(&cli.global, args),
     }
 }

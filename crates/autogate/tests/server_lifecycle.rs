@@ -176,5 +176,9 @@ fn unreachable_etcd_at_start_is_a_clear_error() {
         .env("GATEWAY_STORE_ETCD_DIAL_TIMEOUT", "500ms")
         .output(Duration::from_secs(20));
     assert_eq!(out.code(), Some(69), "{}", out.stderr);
-    assert!(out.stderr.contains(&format!("127.0.0.1:{dead}")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{dead}")),
+        "{}",
+        out.stderr
+    );
 }

@@ -13,4 +13,4 @@ pub use driver::{
     election_prefix, fenced_txn, nodes_prefix, CandidateStatus, FencedError, HaDriver, HaError,
     HaHandle, HaOptions, HaStatus, HttpProber, Prober, SwitchoverError,
 };
-pub use machine::{Leadership, Millis, NodeRecord, ProbeResult, Role, StopReason};
+pub use machine::{CrashProbe, Leadership, Millis, NodeRecord, ProbeResult, Role, StopReason};

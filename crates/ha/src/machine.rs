@@ -406,6 +406,17 @@ pub struct MachineSnapshot {
     pub handover_to: Option<String>,
     pub manager_reachable: bool,
     pub preemptions_last_hour: usize,
+    /// The active node this standby watches for a crash, and whether its address has answered
+    /// with its id (only then can refusals there prove it dead).
+    pub crash_probe: Option<CrashProbe>,
+}
+
+/// What a standby knows about probing the active node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CrashProbe {
+    pub node_id: String,
+    pub address: String,
+    pub verified: bool,
 }
 
 /// The election state machine of one node.
@@ -533,6 +544,11 @@ impl Machine {
             handover_to: self.handover.as_ref().map(|h| h.target.clone()),
             manager_reachable: self.manager_reachable,
             preemptions_last_hour: self.preemptions.len(),
+            crash_probe: self.probe.as_ref().map(|t| CrashProbe {
+                node_id: t.node_id.clone(),
+                address: t.address.clone(),
+                verified: t.answered,
+            }),
         }
     }
 

@@ -1,0 +1,130 @@
+//! `autogate ha status|switchover|pause|resume`: the HA operator commands, talking to a core
+//! node's API (`[client] host`/`port`, or a `--profile`).
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::cli::Global;
+use crate::exit::Failure;
+
+#[derive(Debug, Args)]
+pub struct HaArgs {
+    #[command(subcommand)]
+    pub command: HaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// This node's view of the election: role, term, active node, candidates in order.
+    Status,
+    /// Planned hand-over: the active node resigns (to NODE, when given).
+    Switchover {
+        /// The node to hand over to (must be a healthy candidate).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// Maintenance: stop standing for election (an active node hands over first).
+    Pause,
+    /// Stand for election again after a pause.
+    Resume,
+}
+
+pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
+    let config = super::load_config(global, None)?;
+    let client = config
+        .client_profile(global.profile.as_deref())
+        .ok_or_else(|| {
+            Failure::new(
+                64,
+                format!(
+                    "unknown client profile {:?}: no [client:<name>] section has that name",
+                    global.profile.as_deref().unwrap_or_default()
+                ),
+            )
+        })?;
+    let scheme = if client.use_tls { "https" } else { "http" };
+    let base = format!("{scheme}://{}:{}", client.host, client.port);
+    let (method, path, body) = match &args.command {
+        HaCommand::Status => (reqwest::Method::GET, "/api/v1/ha/status", None),
+        HaCommand::Switchover { to } => (
+            reqwest::Method::POST,
+            "/api/v1/ha/switchover",
+            Some(json!({ "to": to })),
+        ),
+        HaCommand::Pause => (reqwest::Method::POST, "/api/v1/ha/pause", None),
+        HaCommand::Resume => (reqwest::Method::POST, "/api/v1/ha/resume", None),
+    };
+    let rt = super::runtime()?;
+    let (status, value) = rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| Failure::new(1, format!("HTTP client: {e}")))?;
+        let mut req = http.request(method, format!("{base}{path}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure::new(69, format!("cannot reach the core node at {base}: {e}")))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        Ok::<_, Failure>((status, value))
+    })?;
+    if !status.is_success() {
+        let msg = value["error"].as_str().unwrap_or("request failed");
+        return Err(Failure::new(1, format!("{msg} (HTTP {})", status.as_u16())));
+    }
+    if global.raw {
+        println!("{value}");
+        return Ok(());
+    }
+    match args.command {
+        HaCommand::Status => print_status(&value),
+        HaCommand::Switchover { .. } => println!("switchover accepted"),
+        HaCommand::Pause => println!("paused: this node no longer stands for election"),
+        HaCommand::Resume => println!("resumed: this node stands for election"),
+    }
+    Ok(())
+}
+
+fn print_status(v: &Value) {
+    let s = |k: &str| match &v[k] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("Node:        {}", s("node_id"));
+    println!("Role:        {}", s("role"));
+    println!("Term:        {}", s("term"));
+    println!("Active node: {}", s("active_node_id"));
+    println!("Primary:     {}", s("is_primary"));
+    println!(
+        "Lease TTL:   {} ms (remaining {} ms)",
+        s("lease_ttl_ms"),
+        s("lease_ttl_remaining_ms")
+    );
+    println!();
+    println!(
+        "{:<4} {:<52} {:<8} {:<8} {:<10}",
+        "#", "CANDIDATE", "PRIMARY", "MANAGER", "ADDRESS"
+    );
+    if let Some(cands) = v["candidates"].as_array() {
+        for (i, c) in cands.iter().enumerate() {
+            let yn = |b: &Value| match b.as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            };
+            println!(
+                "{:<4} {:<52} {:<8} {:<8} {:<10}",
+                i + 1,
+                c["node_id"].as_str().unwrap_or("-"),
+                yn(&c["is_primary"]),
+                yn(&c["manager_reachable"]),
+                c["address"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+}
