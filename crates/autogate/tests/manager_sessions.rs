@@ -505,3 +505,77 @@ async fn history_survives_restarts_and_shutdown_closes_sessions() {
     );
     assert_no_overlap(&s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_core_node_answers_ping_and_run_through_the_manager() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let m = Manager::start(data.path());
+    let admin = m.admin();
+    let node = pki.node("core-1");
+    register(&admin, "cluster_1", "enabled", &[&node]).await;
+    let core = autogate_testkit::Autogate::new(["server"])
+        .name("core-1")
+        .env(
+            "GATEWAY_SERVER_PORT",
+            autogate_testkit::free_port().to_string(),
+        )
+        .env("GATEWAY_CONNECT_HOSTS", format!("127.0.0.1:{}", m.port))
+        .env(
+            "GATEWAY_CONNECT_CERTIFICATE_FILE",
+            pki.path("core-1.pem").display().to_string(),
+        )
+        .env(
+            "GATEWAY_CONNECT_PRIVATE_KEY_FILE",
+            pki.path("core-1-key.pem").display().to_string(),
+        )
+        // The gateway verifies the manager's minted self-signed certificate.
+        .env(
+            "GATEWAY_APPLICATION_CA_CERTIFICATE_FILE",
+            m.ca().display().to_string(),
+        )
+        .spawn();
+    core.wait_for_line("connected to commander at", START);
+    let v = eventually("the session to show", STEP, || async {
+        let v = admin.show("cluster_1").await.unwrap();
+        (v["connected"] == true).then_some(v)
+    })
+    .await;
+    let node_id = v["active"]["node_id"].as_str().unwrap().to_owned();
+    let p = admin.ping("cluster_1").await.unwrap();
+    assert_eq!(p["node_id"], node_id.as_str(), "{p}");
+    // No services exist yet on the core node: its JSON-RPC error comes back as HTTP 502.
+    let (code, body) = status(
+        &admin,
+        "POST",
+        "/api/v1/clusters/cluster_1/services/hello/run",
+        Some(json!({"params": {}})),
+    )
+    .await;
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["rpc_error"]["code"], -32601, "{body}");
+    // Removing its certificate drops it within a second, and the manager records why.
+    let t0 = Instant::now();
+    admin
+        .patch(
+            "cluster_1",
+            &json!({"remove_certificates": [fingerprint(&node)]}),
+        )
+        .await
+        .unwrap();
+    eventually("the session to end", STEP, || async {
+        let v = admin.show("cluster_1").await.unwrap();
+        (v["connected"] == false).then_some(())
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    let s = admin.sessions("cluster_1").await.unwrap();
+    assert!(
+        s[0]["close_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate "),
+        "{s:#}"
+    );
+    drop(core);
+}
