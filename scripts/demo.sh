@@ -50,32 +50,61 @@ MGR=(--url "https://127.0.0.1:$MGR_PORT" --ca "$DEMO/pki/ca.pem" --token-file "$
 "$BIN" manager cluster add cluster_1 --name "demo cluster" --state enabled \
   --cert "$DEMO/pki/core-1.pem" --cert "$DEMO/pki/core-2.pem" "${MGR[@]}"
 
-start_core() { # name port
-  local name=$1 port=$2
+start_core() { # name port primary
+  local name=$1 port=$2 primary=$3
   GATEWAY_APPLICATION_WORKING_DIR="$DEMO/$name" GATEWAY_APPLICATION_CA_CERTIFICATE_FILE="$DEMO/pki/ca.pem" \
   GATEWAY_SERVER_PORT=$port GATEWAY_STORE_BACKEND=etcd GATEWAY_STORE_ETCD_HOSTS="127.0.0.1:$ETCD_CLIENT" \
-  GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" \
+  GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" GATEWAY_CONNECT_SERVER_HA_ENABLED=true \
+  GATEWAY_CONNECT_SERVER_HA_IS_PRIMARY=$primary GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY=3s \
   GATEWAY_CONNECT_CERTIFICATE_FILE="$DEMO/pki/$name.pem" GATEWAY_CONNECT_PRIVATE_KEY_FILE="$DEMO/pki/$name-key.pem" \
-  HOME="$DEMO" "$BIN" server >"$DEMO/$name.log" 2>&1 &
+  GATEWAY_LOG_LEVEL=DEBUG HOME="$DEMO" "$BIN" server >>"$DEMO/$name.log" 2>&1 &
+  echo $! >"$DEMO/$name.pid"
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/api/v1/health"
 }
+wait_log() { # file pattern
+  for _ in $(seq 1 400); do grep -q "$2" "$1" && return 0; sleep 0.05; done
+  echo "demo: '$2' not seen in $1" >&2; return 1
+}
 P1=$(free_port); P2=$(free_port)
-say "core node core-1 on 127.0.0.1:$P1 and core-2 on 127.0.0.1:$P2 (etcd store)"
-start_core core-1 "$P1"
-for _ in $(seq 1 100); do grep -q "connected to commander" "$DEMO/core-1.log" && break; sleep 0.05; done
-start_core core-2 "$P2"
-sleep 0.5
+say "core-1 (primary) on 127.0.0.1:$P1 and core-2 on 127.0.0.1:$P2, HA on, etcd store"
+start_core core-1 "$P1" true
+wait_log "$DEMO/core-1.log" "connected to commander at"
+start_core core-2 "$P2" false
+wait_log "$DEMO/core-2.log" "is not the active node"
 
-say "health of each node"
-curl -s "http://127.0.0.1:$P1/api/v1/health"; echo
-curl -s "http://127.0.0.1:$P2/api/v1/health"; echo
+say "autogate ha status (asked of core-2)"
+GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
+say "the manager shows the cluster as one gateway with its nodes"
+"$BIN" manager cluster show cluster_1 "${MGR[@]}"
 
-say "the manager's view of cluster_1 (without HA the second node is refused: one session per cluster)"
-"$BIN" manager cluster show cluster_1 "${MGR[@]}" || true
-"$BIN" manager cluster sessions cluster_1 "${MGR[@]}" || true
+say "stopping the active node (SIGTERM to core-1)"
+: >"$DEMO/core-2.mark"
+kill -TERM "$(cat "$DEMO/core-1.pid")"
+wait_log "$DEMO/core-2.log" "elected as the leader"
+for _ in $(seq 1 100); do [ "$(grep -c 'connected to commander at' "$DEMO/core-2.log")" -ge 1 ] && break; sleep 0.05; done
+sleep 0.3
 
-say "logs"
-for f in core-1 core-2; do sed "s/^/$f | /" "$DEMO/$f.log" | head -8; done
-sed "s/^/manager | /" "$DEMO/manager.log" | tail -8
-say "stopping"
+say "fail-over, as in the HA guide (active-gateway = core-1, standby-gateway = core-2)"
+{ sed 's/^/active-gateway    | /' "$DEMO/core-1.log"; sed 's/^/standby-gateway   | /' "$DEMO/core-2.log"; } |
+  grep -E 'connected to commander|is not the active node|got signal for shutdown|received shutdown signal|is elected as the leader|creating connection to commander|attempting to connect to wss' |
+  sort -s -t'|' -k2,2 | awk '!seen[$0]++' | cut -c1-220
+
+say "the manager's session history (its own clock, milliseconds)"
+"$BIN" manager cluster sessions cluster_1 "${MGR[@]}"
+"$BIN" manager cluster sessions cluster_1 "${MGR[@]}" --raw | python3 -c '
+import json, sys
+from datetime import datetime
+s = json.load(sys.stdin)
+s = s["sessions"] if isinstance(s, dict) else s
+new, old = s[0], s[1]
+t = lambda x: datetime.fromisoformat(x.replace("Z", "+00:00"))
+gap = (t(new["connected_at"]) - t(old["disconnected_at"])).total_seconds() * 1000
+print(f"fail-over at the manager: old session closed -> new session connected in {gap:.1f} ms (term {old[\"term\"]} -> {new[\"term\"]})")
+'
+
+say "core-1 (the primary) comes back: after its preemption delay (3 s) it takes the role back"
+start_core core-1 "$P1" true
+for _ in $(seq 1 200); do [ "$(grep -c 'connected to commander at' "$DEMO/core-1.log")" -ge 2 ] && break; sleep 0.05; done
+"$BIN" manager cluster sessions cluster_1 "${MGR[@]}"
+say "done; stopping everything"
