@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod etcd;
 pub mod process;
+pub mod proxy;
 pub mod scenario;
 
 pub use process::{
