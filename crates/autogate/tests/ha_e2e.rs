@@ -109,6 +109,33 @@ fn graceful_failover_reads_like_the_ha_guide_with_a_small_gap() {
         START,
     );
 
+    // The manager shows the cluster as one gateway with both core nodes and their roles.
+    let roles = |v: &Value| -> Vec<(String, String)> {
+        let mut r: Vec<(String, String)> = v["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        (
+                            n["node_id"].as_str().unwrap_or_default().to_owned(),
+                            n["role"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        r.sort();
+        r
+    };
+    let mut expected = vec![
+        (id1.clone(), "active".to_owned()),
+        (id2.clone(), "standby".to_owned()),
+    ];
+    expected.sort();
+    poll_until("the manager to list both core nodes", START, || {
+        (roles(&c.manager.show(&c.pki, "cluster_1")) == expected).then_some(())
+    });
+
     active.signal("TERM");
     let status = active.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
@@ -168,6 +195,16 @@ fn graceful_failover_reads_like_the_ha_guide_with_a_small_gap() {
         s.iter().any(|x| x["node_id"] == id2.as_str()).then_some(s)
     });
     let gap = handover_gap_ms(&sessions, &id1, &id2);
+    // The stopped node leaves the manager's view with its lease.
+    poll_until(
+        "the manager to show only the new active node",
+        START,
+        || {
+            (roles(&c.manager.show(&c.pki, "cluster_1"))
+                == vec![(id2.clone(), "active".to_owned())])
+            .then_some(())
+        },
+    );
     eprintln!("{}", side_by_side(&active, &standby));
     eprintln!("manager: gap between sessions {gap:.1} ms");
     assert!(gap < 200.0, "gap {gap:.1} ms: {sessions:?}");

@@ -623,6 +623,17 @@ impl HaHandle {
         }
     }
 
+    /// The core nodes of the cluster as their records in the store say (each record is bound to
+    /// its node's lease, so a dead node drops out with its lease).
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        let guard = self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        guard.1.records.clone()
+    }
+
     /// Snapshot for `GET /api/v1/ha/status`.
     pub fn status(&self) -> HaStatus {
         let (taken, snap) = {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use autogate_config::{Config, HostPort};
 use autogate_proto::{
-    decode, encode, method, Frame, Hello, HelloAccepted, NodeInfo, Request, Response, RpcError,
-    DEFAULT_MAX_FRAME_LEN,
+    decode, encode, method, Frame, Hello, HelloAccepted, NodeInfo, NodesUpdate, Request, Response,
+    RpcError, DEFAULT_MAX_FRAME_LEN,
 };
 use autogate_tls::rustls::pki_types::ServerName;
 use autogate_tls::rustls::ClientConfig;
@@ -46,6 +46,8 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
 /// First retry delay (before jitter); the first retry happens within 250 ms.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// How often membership is compared with what the manager was last told.
+const NODES_EVERY: Duration = Duration::from_millis(250);
 
 /// Problems with the link's own configuration: usage errors found before anything binds.
 #[derive(Debug, thiserror::Error)]
@@ -295,8 +297,9 @@ async fn session(
         node_id: node.id.to_string(),
         term,
         version: autogate_runtime::VERSION.to_owned(),
-        nodes: vec![self_info(node, true)],
+        nodes: cluster_nodes(node),
     };
+    let mut announced = hello.nodes.clone();
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))
         .await
         .map_err(|e| format!("sending hello: {e}"))?;
@@ -315,7 +318,7 @@ async fn session(
             failing_since: None,
         }
     });
-    serve(node, &mut ws, token).await
+    serve(node, &mut ws, &mut announced, token).await
 }
 
 async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
@@ -353,7 +356,16 @@ async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
 }
 
 /// Answer the manager until the connection ends or the link is cancelled.
-async fn serve(node: &Node, ws: &mut Ws, token: &CancellationToken) -> Result<Ended, String> {
+async fn serve(
+    node: &Node,
+    ws: &mut Ws,
+    announced: &mut Vec<NodeInfo>,
+    token: &CancellationToken,
+) -> Result<Ended, String> {
+    // Membership changes (joins, leaves, role changes) reach the manager within this period;
+    // comparing an in-memory snapshot costs nothing when nothing changed.
+    let mut nodes_tick = tokio::time::interval(NODES_EVERY);
+    nodes_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -366,6 +378,17 @@ async fn serve(node: &Node, ws: &mut Ws, token: &CancellationToken) -> Result<En
                     reason: "node stepping down".into(),
                 }))).await;
                 return Ok(Ended::Cancelled);
+            }
+            _ = nodes_tick.tick() => {
+                let now = cluster_nodes(node);
+                if now != *announced {
+                    let update = NodesUpdate { nodes: now.clone() };
+                    let text = encode(&Frame::Notification(update.to_notification()));
+                    if let Err(e) = ws.send(Message::text(text)).await {
+                        return Ok(Ended::Lost(format!("sending nodes.update: {e}")));
+                    }
+                    *announced = now;
+                }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > DEAD_AFTER {
@@ -454,8 +477,43 @@ async fn cluster_health(node: &Node) -> Value {
             "healthy": store.is_ok(),
             "error": store.err().map(|e| e.to_string()),
         },
-        "nodes": [self_info(node, true)],
+        "nodes": cluster_nodes(node),
     })
+}
+
+/// The cluster's core nodes as the manager should show them: from the election's node records
+/// with HA, else just this node.
+pub fn cluster_nodes(node: &Node) -> Vec<NodeInfo> {
+    let Some(ha) = &node.ha else {
+        return vec![self_info(node, true)];
+    };
+    let mut nodes: Vec<NodeInfo> = ha
+        .nodes()
+        .into_iter()
+        .map(|r| NodeInfo {
+            role: match r.role {
+                autogate_ha::Role::Active => autogate_proto::Role::Active,
+                autogate_ha::Role::Standby => autogate_proto::Role::Standby,
+                autogate_ha::Role::Paused => autogate_proto::Role::Paused,
+            },
+            node_id: r.node_id,
+            is_primary: r.is_primary,
+            address: r.address,
+            manager_reachable: Some(r.manager_reachable),
+            running: None,
+            capacity: None,
+        })
+        .collect();
+    // The link runs on the active node: never announce a cluster without it, even before its
+    // own record has been read back from the store.
+    if let Some(me) = nodes.iter_mut().find(|n| n.node_id == node.id.as_str()) {
+        me.role = autogate_proto::Role::Active;
+        me.manager_reachable = Some(true);
+    } else {
+        nodes.push(self_info(node, true));
+    }
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    nodes
 }
 
 /// This node as the manager sees it.
