@@ -283,11 +283,16 @@ fn ha_status_lists_candidates_in_order() {
     let standby = cmd.spawn();
     let id2 = node_id(p2);
     standby.wait_for_line("is not the active node", START);
-    let out = Autogate::new(["ha", "status", "--raw"])
-        .env("GATEWAY_CLIENT_PORT", p2.to_string())
-        .output(START);
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    // The standby logs the active node as soon as it sees it; its own key may land a moment
+    // later, so wait until both candidates are listed.
+    let v = poll_until("both candidates in ha status", START, || {
+        let out = Autogate::new(["ha", "status", "--raw"])
+            .env("GATEWAY_CLIENT_PORT", p2.to_string())
+            .output(START);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).expect("json");
+        (v["candidates"].as_array().map_or(0, Vec::len) == 2).then_some(v)
+    });
     assert_eq!(v["node_id"], id2.as_str());
     assert_eq!(v["role"], "standby");
     assert_eq!(v["active_node_id"], id1.as_str());
