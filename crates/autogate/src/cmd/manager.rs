@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use autogate_config::{Config, Role};
 use autogate_manager::{AdminClient, ClientError};
-use autogate_runtime::{abort_on_panic, Shutdown};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -114,26 +113,7 @@ pub fn run(global: &Global, args: ManagerArgs) -> Result<(), Failure> {
 }
 
 fn daemon(global: &Global) -> Result<(), Failure> {
-    let config = super::load_config(global, Some(Role::Manager))?;
-    let _logging = super::server::start_logging(&config, global.verbose)?;
-    abort_on_panic();
-    if global.verbose {
-        match config.file() {
-            Some(p) => tracing::info!("using configuration file {}", p.display()),
-            None => tracing::info!("no configuration file: defaults and environment"),
-        }
-    }
-    let rt = super::runtime()?;
-    rt.block_on(async move {
-        let shutdown = Shutdown::new();
-        shutdown
-            .listen_for_signals()
-            .map_err(|e| Failure::new(1, format!("cannot install signal handlers: {e}")))?;
-        autogate_manager::run(config, shutdown).await.map_err(|e| {
-            tracing::error!(fatal = true, "{e}");
-            Failure::new(e.exit_code(), e)
-        })
-    })
+    super::daemon(global, Role::Manager, autogate_manager::run)
 }
 
 fn default_url(config: &Config) -> String {

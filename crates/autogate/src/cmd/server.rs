@@ -1,34 +1,14 @@
 //! `autogate server`: run a core node until SIGTERM/SIGINT.
 
 use autogate_config::{Config, LogLevel, Role};
-use autogate_runtime::{abort_on_panic, init_logging, LogFormat, LogSettings, NodeId, Shutdown};
+use autogate_runtime::{init_logging, LogFormat, LogSettings, NodeId};
 
 use crate::cli::Global;
 use crate::exit::Failure;
 
 pub fn run(global: &Global) -> Result<(), Failure> {
-    let config = super::load_config(global, Some(Role::Server))?;
-    let _logging = start_logging(&config, global.verbose)?;
-    abort_on_panic();
-    let node_id = NodeId::generate();
-    if global.verbose {
-        match config.file() {
-            Some(p) => tracing::info!("using configuration file {}", p.display()),
-            None => tracing::info!("no configuration file: defaults and environment"),
-        }
-    }
-    let rt = super::runtime()?;
-    rt.block_on(async move {
-        let shutdown = Shutdown::new();
-        shutdown
-            .listen_for_signals()
-            .map_err(|e| Failure::new(1, format!("cannot install signal handlers: {e}")))?;
-        autogate_server::run(config, node_id, shutdown)
-            .await
-            .map_err(|e| {
-                tracing::error!(fatal = true, "{e}");
-                Failure::new(e.exit_code(), e)
-            })
+    super::daemon(global, Role::Server, |config, shutdown| {
+        autogate_server::run(config, NodeId::generate(), shutdown)
     })
 }
 
