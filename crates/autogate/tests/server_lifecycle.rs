@@ -182,3 +182,44 @@ fn unreachable_etcd_at_start_is_a_clear_error() {
         out.stderr
     );
 }
+
+/// `[store] etcd_use_tls`, `etcd_client_cert_auth` and the three file keys reach the store: a
+/// core node works against an etcd that demands mutual TLS, and without its client
+/// certificate it is refused with an error naming the endpoint.
+#[test]
+fn server_on_mutual_tls_etcd() {
+    let pki = autogate_testkit::certs::TestPki::new();
+    let etcd = autogate_testkit::etcd::EtcdServer::start_tls(&pki, true);
+    let port = free_port();
+    let base = |cmd: Autogate| {
+        cmd.env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_STORE_ETCD_USE_TLS", "true")
+            .env("GATEWAY_STORE_ETCD_DIAL_TIMEOUT", "2s")
+            .env(
+                "GATEWAY_STORE_ETCD_CA_CERTIFICATE_FILE",
+                pki.ca_cert.display().to_string(),
+            )
+    };
+    let mut proc = base(Autogate::new(["server"]))
+        .env("GATEWAY_STORE_ETCD_CLIENT_CERT_AUTH", "true")
+        .env(
+            "GATEWAY_STORE_ETCD_CERTIFICATE_FILE",
+            pki.client_cert.display().to_string(),
+        )
+        .env(
+            "GATEWAY_STORE_ETCD_PRIVATE_KEY_FILE",
+            pki.client_key.display().to_string(),
+        )
+        .spawn();
+    proc.wait_for_line("core node listening", Duration::from_secs(20));
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(http_get(&addr, "/readyz").expect("readyz").0, 200);
+    proc.signal("TERM");
+    assert!(proc.wait_exit(Duration::from_secs(5)).success());
+
+    let out = base(Autogate::new(["server"])).output(Duration::from_secs(30));
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains(&etcd.endpoint()), "{}", out.stderr);
+}
