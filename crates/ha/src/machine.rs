@@ -447,6 +447,10 @@ pub struct Machine {
     published: Option<(LeaseId, NodeRecord)>,
     timer: Option<Millis>,
     attempts: u64,
+    /// Election views received so far, and for each lease of ours given up whose key is still
+    /// in the view: the view count when its revoke was last asked for.
+    views_seen: u64,
+    stale_revokes: BTreeMap<LeaseId, u64>,
 }
 
 impl Machine {
@@ -477,6 +481,8 @@ impl Machine {
             published: None,
             timer: None,
             attempts: 0,
+            views_seen: 0,
+            stale_revokes: BTreeMap::new(),
         }
     }
 
@@ -658,6 +664,7 @@ impl Machine {
                 candidates.sort_by_key(|c| c.create_revision);
                 self.view = candidates;
                 self.view_revision = revision;
+                self.views_seen += 1;
                 if let (Key::Created(r), Some(lease)) = (self.key, self.current_lease()) {
                     let present = self
                         .view
@@ -949,6 +956,7 @@ impl Machine {
 
     fn reconcile(&mut self, now: Millis, out: &mut Vec<Command>) {
         self.check_deadline(now, out);
+        self.revoke_stale_keys(out);
         self.standby_yield(out);
         self.campaign(out);
         self.update_acting(now, out);
@@ -962,6 +970,34 @@ impl Machine {
         self.plan_probe(now, out);
         self.publish(out);
         self.set_timer(now, out);
+    }
+
+    /// A key of ours under a lease this node gave up stays in the queue until that lease ends.
+    /// The step-down revokes it, but when the store was unreachable then, the revoke failed, and
+    /// etcd restarts every lease's full TTL when it regains a leader: the stale key would lead
+    /// the queue, with nobody acting, for a whole TTL after the store is back. So revoke such a
+    /// lease again each time a fresh election view still shows its key.
+    fn revoke_stale_keys(&mut self, out: &mut Vec<Command>) {
+        let current = self.current_lease();
+        let stale: Vec<LeaseId> = self
+            .view
+            .iter()
+            .filter(|c| c.node_id == self.cfg.node_id && Some(c.lease) != current)
+            .map(|c| c.lease)
+            .collect();
+        self.stale_revokes.retain(|lease, _| stale.contains(lease));
+        for lease in stale {
+            if self.stale_revokes.get(&lease) == Some(&self.views_seen) {
+                continue;
+            }
+            self.stale_revokes.insert(lease, self.views_seen);
+            Self::log(
+                out,
+                LogLevel::Debug,
+                format!("election key of given-up lease {lease:x} is still queued: revoking it"),
+            );
+            out.push(Command::RevokeLease { lease });
+        }
     }
 
     fn campaign(&mut self, out: &mut Vec<Command>) {

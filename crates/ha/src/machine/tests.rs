@@ -753,6 +753,58 @@ fn fenced_rejection_and_lost_lease_step_down_and_rejoin() {
 }
 
 #[test]
+fn a_stale_key_of_a_given_up_lease_is_revoked_again_on_each_fresh_view() {
+    // Active under lease a; the store becomes unreachable and the acting window ends.
+    let mut m = active_three();
+    let out = m.handle(Millis(60_000), Event::Tick);
+    assert_eq!(stops(&out), Some(StopReason::LeaseExpiring));
+    let revokes = |out: &[Command]| {
+        out.iter()
+            .filter(|c| matches!(c, Command::RevokeLease { lease: 0xa }))
+            .count()
+    };
+    // Revoked once by the step-down, once more because the view still shows the key: that
+    // second revoke is queued behind the new grant, i.e. runs once the store answers again.
+    assert_eq!(revokes(&out), 2, "{out:?}");
+    let g = pos(&out, |c| matches!(c, Command::GrantLease));
+    let last = out
+        .iter()
+        .rposition(|c| matches!(c, Command::RevokeLease { lease: 0xa }))
+        .unwrap();
+    assert!(g < last, "{out:?}");
+    // Nothing new from the store: no repeated revokes.
+    assert_eq!(revokes(&m.handle(Millis(60_100), Event::Tick)), 0);
+    // The store is back (watchers list again) and the stale key still leads: revoke again.
+    let stale = vec![cand(ME, 10, 0xa), cand(B, 11, 0xb), cand(C, 12, 0xc)];
+    let out = m.handle(Millis(61_000), view(20, stale.clone()));
+    assert_eq!(revokes(&out), 1, "{out:?}");
+    assert!(!starts(&out));
+    assert_eq!(revokes(&m.handle(Millis(61_001), Event::Tick)), 0);
+    // Still there on the next view (the revoke failed again): once more.
+    let out = m.handle(Millis(62_000), view(20, stale));
+    assert_eq!(revokes(&out), 1, "{out:?}");
+    // Our new lease's key is never taken for a stale one.
+    m.handle(
+        Millis(62_001),
+        Event::LeaseGranted {
+            lease: 0xd,
+            sent_at: Millis(62_001),
+        },
+    );
+    let out = m.handle(
+        Millis(62_002),
+        view(
+            21,
+            vec![cand(B, 11, 0xb), cand(C, 12, 0xc), cand(ME, 21, 0xd)],
+        ),
+    );
+    assert!(
+        !has(&out, |c| matches!(c, Command::RevokeLease { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_deleted_own_key_is_noticed_and_recreated() {
     let mut m = active_three();
     let out = m.handle(
