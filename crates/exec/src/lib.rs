@@ -1,0 +1,37 @@
+//! Service execution engine of autogate.
+//!
+//! Runs a service — a python script, an Ansible playbook, an OpenTofu plan or an executable —
+//! from a git repository: validate the inputs against the decorator, check the repository out
+//! (cached by commit), build or reuse a Python venv (cached by requirement set), run the
+//! program in its own process group with a timeout, and return its output as a [`RunResult`].
+//! The resource model, the operator API and the manager link call [`Engine::run`]; nothing here
+//! knows about stores or users.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod inputs;
+pub mod runner;
+
+pub use error::ExecError;
+pub use inputs::{Decorator, Inputs, Violation};
+pub use runner::{run_process, ProcessSpec, RunResult};
+
+use std::path::{Path, PathBuf};
+
+/// Finds `name` in the `PATH`-style `search` list (or returns it when it already contains a
+/// `/` and is executable). `None` when absent or not executable.
+pub fn which(name: &str, search: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    search
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| executable(p))
+}
