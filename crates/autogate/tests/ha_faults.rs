@@ -162,6 +162,17 @@ fn count_after(p: &Process, needle: &str, after: Instant) -> usize {
         .count()
 }
 
+/// The earliest the node's lease can expire at etcd, from the moment its status was asked for:
+/// `lease_ttl_remaining_ms` counts from the send time of its last acknowledged keep-alive, and
+/// etcd starts the TTL only when it processes that keep-alive.
+fn lease_floor(s: &Value) -> Duration {
+    Duration::from_millis(
+        s["lease_ttl_remaining_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no lease in {s}")),
+    )
+}
+
 fn connected(p: &Process) -> LogLine {
     p.wait_for_line("INF connected to commander at", START)
 }
@@ -207,9 +218,10 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
     let id2 = node_id(p2);
     standby.wait_for_line("is not the active node", START);
     wait_probe_verified(p2, &id1);
-    let old_term = status(p1).expect("status")["term"]
-        .as_u64()
-        .expect("active has a term");
+    let asked = Instant::now();
+    let s1 = status(p1).expect("status");
+    let old_term = s1["term"].as_u64().expect("active has a term");
+    let floor = asked + lease_floor(&s1);
 
     let stopped = Instant::now();
     old.signal("STOP");
@@ -219,12 +231,16 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
         "SIGSTOP (TTL {ttl:?}, probing on) → standby connected after {} ms",
         ms(takeover)
     );
-    // The lease was renewed at most one keep-alive period (TTL/4 here) before the freeze, so it
-    // cannot have expired sooner than ~1.5 s: an earlier take-over would mean the frozen node
-    // was "proven" dead by probes that merely timed out.
+    // The frozen node's lease cannot have expired before `floor`: an earlier take-over would
+    // mean it was "proven" dead by probes that merely timed out.
+    eprintln!(
+        "  frozen node's lease could expire {} ms after SIGSTOP at the earliest",
+        ms(floor.saturating_duration_since(stopped))
+    );
     assert!(
-        takeover >= Duration::from_millis(1300),
-        "standby took over after {takeover:?}: before the frozen node's lease could expire\n{}",
+        took_over.at >= floor,
+        "standby took over after {takeover:?}, before the frozen node's lease could expire ({:?})\n{}",
+        floor.saturating_duration_since(stopped),
         standby.dump()
     );
     assert!(
@@ -323,6 +339,8 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
         (candidate_ids(&status(p2)?).len() == 2).then_some(())
     });
 
+    let asked_wall = now_unix_ms();
+    let floor = lease_floor(&status(p1).expect("status"));
     let cut_wall = now_unix_ms();
     let cut = Instant::now();
     proxy.cut_blackhole();
@@ -348,9 +366,11 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
         "{}",
         stop_line.text
     );
-    // Its last acknowledged renewal was sent at most one keep-alive period (≤ TTL/4) before the
-    // cut, so the lease cannot expire at etcd before cut + TTL − TTL/4 = cut + 3 s.
-    let earliest_expiry_ms = i128::from(u32::try_from(ms(ttl - ttl / 4)).expect("small"));
+    // The lease could not expire at etcd before `asked + floor` (renewals after the status
+    // read only push that later).
+    let earliest_expiry_ms =
+        asked_wall + i128::try_from(floor.as_millis()).expect("small") - cut_wall;
+    eprintln!("  its lease could expire {earliest_expiry_ms} ms after the cut at the earliest");
     assert!(
         dropped_after < earliest_expiry_ms,
         "manager session closed {dropped_after} ms after the cut, not before the lease could expire ({earliest_expiry_ms} ms): {old_session}"
@@ -735,12 +755,24 @@ fn etcd_member_loss_quorum_loss_and_recovery() {
         let s = env.sessions();
         (live(&s).len() == 1).then_some(s)
     });
-    let recovered = back.elapsed();
+    let (name, proc) = if active_id == id1 {
+        ("core-1", &n1)
+    } else {
+        ("core-2", &n2)
+    };
+    let line = line_after(proc, "INF connected to commander at", back, START);
+    let recovered = line.at.saturating_duration_since(back);
     eprintln!(
-        "quorum back (member healthy after {} ms) → {} active and connected after {} ms",
+        "quorum back (member healthy after {} ms) → {name} active and connected {} ms after the restart began",
         ms(healthy),
-        if active_id == id1 { "core-1" } else { "core-2" },
         ms(recovered)
+    );
+    // The keys of the leases given up while quorum was lost are revoked once etcd answers again;
+    // left alone, they would lead the queue for a whole TTL (etcd restarts every lease's TTL
+    // when it regains a leader), with nobody active.
+    assert!(
+        recovered < ttl - Duration::from_millis(1500),
+        "no active node for {recovered:?} after quorum came back (TTL {ttl:?})"
     );
     let l = live(&sessions);
     assert_eq!(l[0]["node_id"], active_id.as_str(), "{sessions:?}");
