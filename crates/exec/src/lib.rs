@@ -8,6 +8,7 @@
 //! knows about stores or users.
 #![forbid(unsafe_code)]
 
+pub mod checkout;
 mod error;
 pub mod inputs;
 pub mod runner;

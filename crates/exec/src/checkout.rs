@@ -1,0 +1,561 @@
+//! Repository checkout with the `git` CLI, cached by resolved commit, and per-run workspaces.
+//!
+//! Layout under `<work_dir>/repos/<sha256(url)[..16]>/`: `mirror.git` (a bare repository
+//! fetched on every run that names a branch, a tag or nothing — so a run sees the branch as it
+//! is now, as the family's fresh clone would), `commits/<sha>/` (an extracted tree per commit,
+//! written once, under the per-repository lock, to a temporary name then renamed), and `lock`.
+//! A run that names a full commit id already extracted does no network access at all.
+//!
+//! Every run gets its own copy of the tree (a [`Workspace`]), removed when dropped, so that
+//! what one run writes is never seen by another.
+//!
+//! Credentials never appear on a command line or in a log: an SSH key is written to a 0600
+//! temporary file named in `GIT_SSH_COMMAND` and removed after; an HTTPS password reaches git
+//! through a credential helper reading an environment variable of the git process only.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ExecError;
+use crate::runner::{run_process, ProcessSpec};
+
+/// How long one git command may take before it is killed.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A git repository to check out.
+#[derive(Clone, Default)]
+pub struct Repository {
+    /// `file://`, `https://`, `ssh://` or scp-like `user@host:path` URL.
+    pub url: String,
+    /// Branch, tag or commit id; `None` = the remote's default branch.
+    pub reference: Option<String>,
+    /// Decrypted credentials, when the repository needs them.
+    pub credentials: Option<GitCredentials>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &redact_url(&self.url))
+            .field("reference", &self.reference)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Decrypted repository credentials (the caller decrypts the secrets).
+#[derive(Clone)]
+pub enum GitCredentials {
+    /// An SSH private key (PEM/OpenSSH text).
+    SshKey {
+        /// The key itself.
+        private_key: String,
+    },
+    /// HTTPS basic authentication.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password or token.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SshKey { .. } => f.write_str("SshKey(<redacted>)"),
+            Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+        }
+    }
+}
+
+impl GitCredentials {
+    /// The secret values, for output masking.
+    pub fn secret_values(&self) -> Vec<String> {
+        match self {
+            Self::SshKey { private_key } => vec![private_key.clone()],
+            Self::Basic { password, .. } => vec![password.clone()],
+        }
+    }
+}
+
+/// Removes `user:password@` from a URL, for messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let sep = if rest.contains('/') { "/" } else { "" };
+            return format!("{scheme}://{host}{sep}{path}");
+        }
+    }
+    url.to_owned()
+}
+
+/// An extracted commit in the cache.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    /// The full commit id the reference resolved to.
+    pub commit: String,
+    /// The cached tree (read-only by convention: runs get a [`Workspace`] copy).
+    pub path: PathBuf,
+    /// True when the tree was already in the cache.
+    pub reused: bool,
+}
+
+/// A per-run copy of a checkout (or an empty directory), removed when dropped.
+#[derive(Debug)]
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// The workspace root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Where SSH host keys are checked.
+#[derive(Debug, Clone, Default)]
+pub enum HostKeyPolicy {
+    /// Accept any host key (the family's default with `hostkeys_enabled` off).
+    #[default]
+    AcceptAny,
+    /// Only hosts listed in this known_hosts file.
+    KnownHosts(PathBuf),
+}
+
+/// The checkout cache of one node.
+#[derive(Debug, Clone)]
+pub struct CheckoutCache {
+    root: PathBuf,
+    git: PathBuf,
+    ssh_program: String,
+    host_keys: HostKeyPolicy,
+}
+
+impl CheckoutCache {
+    /// A cache under `root` (normally `<work_dir>/repos`), using `git` found in `PATH`.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, ExecError> {
+        let path = crate::runner::minimal_env()
+            .remove("PATH")
+            .unwrap_or_default();
+        let git = crate::which("git", &path).ok_or(ExecError::BinaryNotFound {
+            binary: "git".into(),
+            path,
+        })?;
+        Ok(Self {
+            root: root.into(),
+            git,
+            ssh_program: "ssh".into(),
+            host_keys: HostKeyPolicy::default(),
+        })
+    }
+
+    /// The ssh client git runs (default `ssh` from PATH).
+    pub fn with_ssh_program(mut self, program: impl Into<String>) -> Self {
+        self.ssh_program = program.into();
+        self
+    }
+
+    /// How SSH host keys are checked.
+    pub fn with_host_keys(mut self, policy: HostKeyPolicy) -> Self {
+        self.host_keys = policy;
+        self
+    }
+
+    fn fail(repo: &Repository, reason: impl Into<String>) -> ExecError {
+        ExecError::Checkout {
+            repository: redact_url(&repo.url),
+            reference: repo.reference.clone().unwrap_or_else(|| "HEAD".into()),
+            reason: reason.into(),
+        }
+    }
+
+    /// Resolves the reference and makes sure its tree is in the cache.
+    pub async fn checkout(
+        &self,
+        repo: &Repository,
+        cancel: &CancellationToken,
+    ) -> Result<Checkout, ExecError> {
+        if repo.url.trim().is_empty() {
+            return Err(Self::fail(repo, "empty repository URL"));
+        }
+        let key = hex::encode(Sha256::digest(repo.url.as_bytes()));
+        let dir = self.root.join(&key[..16]);
+        let commits = dir.join("commits");
+        std::fs::create_dir_all(&commits)
+            .map_err(|e| ExecError::io(format!("creating {}", commits.display()), e))?;
+        let _lock = lock_file(dir.join("lock")).await?;
+
+        // A full commit id already extracted needs no fetch.
+        if let Some(r) = repo.reference.as_deref().filter(|r| is_full_sha(r)) {
+            let p = commits.join(r.to_ascii_lowercase());
+            if p.is_dir() {
+                return Ok(Checkout {
+                    commit: r.to_ascii_lowercase(),
+                    path: p,
+                    reused: true,
+                });
+            }
+        }
+
+        let mirror = dir.join("mirror.git");
+        let creds = CredentialEnv::new(
+            repo.credentials.as_ref(),
+            &self.root,
+            &self.ssh_program,
+            &self.host_keys,
+        )
+        .map_err(|e| ExecError::io("writing the temporary ssh key", e))?;
+        let git = GitRunner {
+            git: &self.git,
+            env: &creds.env,
+            mask: &creds.mask,
+            cancel,
+        };
+        if !mirror.join("HEAD").exists() {
+            let m = mirror.to_string_lossy().into_owned();
+            git.run(&dir, &["init", "--bare", "-q", &m])
+                .await
+                .map_err(|e| Self::fail(repo, e))?;
+        }
+        let gd = format!("--git-dir={}", mirror.display());
+        git.run(
+            &dir,
+            &[
+                &gd,
+                "fetch",
+                "-q",
+                "--prune",
+                "--force",
+                &repo.url,
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+                "+HEAD:refs/autogate/remote-head",
+            ],
+        )
+        .await
+        .map_err(|e| Self::fail(repo, e))?;
+
+        let commit = match repo.reference.as_deref() {
+            None | Some("HEAD") => git.rev_parse(&dir, &gd, "refs/autogate/remote-head").await,
+            Some(r) => {
+                let mut found = None;
+                for cand in [
+                    format!("refs/heads/{r}"),
+                    format!("refs/tags/{r}"),
+                    r.to_owned(),
+                ] {
+                    if let Some(c) = git.rev_parse(&dir, &gd, &cand).await {
+                        found = Some(c);
+                        break;
+                    }
+                }
+                if found.is_none() && r.len() >= 7 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    // A commit no branch or tag points at: ask for it by id.
+                    if git
+                        .run(&dir, &[&gd, "fetch", "-q", &repo.url, r])
+                        .await
+                        .is_ok()
+                    {
+                        found = git.rev_parse(&dir, &gd, r).await;
+                    }
+                }
+                found
+            }
+        }
+        .ok_or_else(|| Self::fail(repo, "reference not found in the repository"))?;
+
+        let target = commits.join(&commit);
+        if target.is_dir() {
+            return Ok(Checkout {
+                commit,
+                path: target,
+                reused: true,
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".extract-")
+            .tempdir_in(&commits)
+            .map_err(|e| ExecError::io("creating an extraction directory", e))?;
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree)
+            .map_err(|e| ExecError::io("creating an extraction directory", e))?;
+        let mut env = creds.env.clone();
+        // A private index: the mirror's own is never touched, so extraction needs no work tree.
+        env.insert(
+            "GIT_INDEX_FILE".into(),
+            tmp.path().join("index").to_string_lossy().into_owned(),
+        );
+        let wt = format!("--work-tree={}", tree.display());
+        let x = GitRunner {
+            git: &self.git,
+            env: &env,
+            mask: &creds.mask,
+            cancel,
+        };
+        x.run(&dir, &[&gd, &wt, "read-tree", &commit])
+            .await
+            .map_err(|e| Self::fail(repo, e))?;
+        x.run(&dir, &[&gd, &wt, "checkout-index", "-a", "-f"])
+            .await
+            .map_err(|e| Self::fail(repo, e))?;
+        std::fs::rename(&tree, &target)
+            .map_err(|e| ExecError::io(format!("publishing {}", target.display()), e))?;
+        Ok(Checkout {
+            commit,
+            path: target,
+            reused: false,
+        })
+    }
+
+    /// A fresh copy of `checkout` under `runs_dir`, removed when the [`Workspace`] is dropped.
+    pub fn workspace(checkout: Option<&Checkout>, runs_dir: &Path) -> Result<Workspace, ExecError> {
+        std::fs::create_dir_all(runs_dir)
+            .map_err(|e| ExecError::io(format!("creating {}", runs_dir.display()), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(runs_dir)
+            .map_err(|e| ExecError::io("creating the run workspace", e))?;
+        if let Some(c) = checkout {
+            copy_tree(&c.path, dir.path())
+                .map_err(|e| ExecError::io("copying the checkout into the workspace", e))?;
+        }
+        Ok(Workspace { dir })
+    }
+}
+
+fn is_full_sha(r: &str) -> bool {
+    (r.len() == 40 || r.len() == 64) && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Takes an exclusive `flock` on `path` without blocking the async runtime; held until the
+/// returned file is dropped.
+pub(crate) async fn lock_file(path: PathBuf) -> Result<std::fs::File, ExecError> {
+    tokio::task::spawn_blocking(move || {
+        use fs4::fs_std::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ExecError::io(format!("opening lock {}", path.display()), e))?;
+        f.lock_exclusive()
+            .map_err(|e| ExecError::io(format!("locking {}", path.display()), e))?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| ExecError::io("lock task", std::io::Error::other(e.to_string())))?
+}
+
+/// Copies a tree, keeping symlinks as symlinks (never following them) and file modes.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let dest = to.join(entry.file_name());
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dest)?;
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Environment for git carrying credentials, and the temp key file it names.
+struct CredentialEnv {
+    env: BTreeMap<String, String>,
+    mask: Vec<String>,
+    _key: Option<tempfile::NamedTempFile>,
+}
+
+impl CredentialEnv {
+    fn new(
+        creds: Option<&GitCredentials>,
+        tmp_dir: &Path,
+        ssh_program: &str,
+        host_keys: &HostKeyPolicy,
+    ) -> std::io::Result<Self> {
+        let mut env = BTreeMap::new();
+        env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+        env.insert("LC_ALL".into(), "C".into());
+        let hk = match host_keys {
+            HostKeyPolicy::AcceptAny => {
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".to_owned()
+            }
+            HostKeyPolicy::KnownHosts(p) => format!(
+                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                shell_quote(&p.to_string_lossy())
+            ),
+        };
+        let mut key = None;
+        let mut mask = Vec::new();
+        let mut ssh = format!("{ssh_program} -o BatchMode=yes {hk}");
+        match creds {
+            None => {}
+            Some(GitCredentials::SshKey { private_key }) => {
+                use std::io::Write;
+                // NamedTempFile is created 0600 and removed on drop.
+                let mut f = tempfile::Builder::new()
+                    .prefix(".key-")
+                    .tempfile_in(tmp_dir)?;
+                f.write_all(private_key.as_bytes())?;
+                if !private_key.ends_with('\n') {
+                    f.write_all(b"\n")?;
+                }
+                f.flush()?;
+                ssh.push_str(&format!(
+                    " -o IdentitiesOnly=yes -i {}",
+                    shell_quote(&f.path().to_string_lossy())
+                ));
+                key = Some(f);
+                mask.push(private_key.clone());
+            }
+            Some(GitCredentials::Basic { username, password }) => {
+                // The helper text names variables only; the values live in git's environment.
+                env.insert("GIT_CONFIG_COUNT".into(), "2".into());
+                env.insert("GIT_CONFIG_KEY_0".into(), "credential.helper".into());
+                env.insert("GIT_CONFIG_VALUE_0".into(), String::new());
+                env.insert("GIT_CONFIG_KEY_1".into(), "credential.helper".into());
+                env.insert(
+                    "GIT_CONFIG_VALUE_1".into(),
+                    "!f() { test \"$1\" = get || exit 0; echo \"username=$AUTOGATE_GIT_USERNAME\"; echo \"password=$AUTOGATE_GIT_PASSWORD\"; }; f".into(),
+                );
+                env.insert("AUTOGATE_GIT_USERNAME".into(), username.clone());
+                env.insert("AUTOGATE_GIT_PASSWORD".into(), password.clone());
+                mask.push(password.clone());
+            }
+        }
+        env.insert("GIT_SSH_COMMAND".into(), ssh);
+        Ok(Self {
+            env,
+            mask,
+            _key: key,
+        })
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+struct GitRunner<'a> {
+    git: &'a Path,
+    env: &'a BTreeMap<String, String>,
+    mask: &'a [String],
+    cancel: &'a CancellationToken,
+}
+
+impl GitRunner<'_> {
+    /// Runs git; `Err` carries git's (masked) stderr, or why it did not finish.
+    async fn run(&self, cwd: &Path, args: &[&str]) -> Result<String, String> {
+        let mut spec = ProcessSpec::new(self.git, cwd);
+        spec.args = args.iter().map(Into::into).collect();
+        spec.env = self.env.clone();
+        spec.mask = self.mask.to_vec();
+        spec.timeout = Some(GIT_TIMEOUT);
+        spec.output_limit = 1024 * 1024;
+        match run_process(&spec, self.cancel).await {
+            Ok(r) if r.timed_out => Err(format!(
+                "git {} timed out",
+                args.iter().find(|a| !a.starts_with('-')).unwrap_or(&"")
+            )),
+            Ok(r) if r.return_code == 0 => Ok(r.stdout),
+            Ok(r) => Err(r.stderr.trim().to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn rev_parse(&self, cwd: &Path, gd: &str, rev: &str) -> Option<String> {
+        let spec = format!("{rev}^{{commit}}");
+        self.run(cwd, &[gd, "rev-parse", "--verify", "-q", &spec])
+            .await
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| is_full_sha(s))
+    }
+}
+
+/// Resolves `rel` (a service field such as `working_dir` or `filename`) inside `root`,
+/// refusing absolute paths, `..` components, and symlinks resolving outside `root`.
+/// Returns the canonical path; a missing target is [`ExecError::NotFound`].
+pub fn resolve_inside(root: &Path, rel: &str, field: &str) -> Result<PathBuf, ExecError> {
+    let outside = || ExecError::PathOutside {
+        field: field.to_owned(),
+        path: rel.to_owned(),
+    };
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(outside());
+    }
+    let canon_root = root
+        .canonicalize()
+        .map_err(|e| ExecError::io(format!("resolving {}", root.display()), e))?;
+    match root.join(p).canonicalize() {
+        Ok(c) if c.starts_with(&canon_root) => Ok(c),
+        Ok(_) => Err(outside()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ExecError::NotFound {
+            field: field.to_owned(),
+            path: rel.to_owned(),
+        }),
+        Err(e) => Err(ExecError::io(format!("resolving {field} {rel:?}"), e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_redaction() {
+        assert_eq!(redact_url("https://u:p@host/x.git"), "https://host/x.git");
+        assert_eq!(redact_url("ssh://git@host:22/x"), "ssh://host:22/x");
+        assert_eq!(redact_url("git@host:x.git"), "git@host:x.git");
+        assert_eq!(redact_url("file:///tmp/x"), "file:///tmp/x");
+    }
+
+    #[tokio::test]
+    async fn https_password_reaches_git_through_the_helper_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = GitCredentials::Basic {
+            username: "bob".into(),
+            password: "pa55-w0rd".into(),
+        };
+        let ce =
+            CredentialEnv::new(Some(&creds), dir.path(), "ssh", &HostKeyPolicy::AcceptAny).unwrap();
+        for (k, v) in &ce.env {
+            if k != "AUTOGATE_GIT_PASSWORD" {
+                assert!(!v.contains("pa55-w0rd"), "{k} carries the password");
+            }
+        }
+        let mut spec = ProcessSpec::new("/bin/sh", dir.path());
+        spec.args = vec![
+            "-c".into(),
+            "printf 'protocol=https\\nhost=example.invalid\\n\\n' | git credential fill".into(),
+        ];
+        spec.env = ce.env.clone();
+        let r = run_process(&spec, &CancellationToken::new()).await.unwrap();
+        assert_eq!(r.return_code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout.contains("username=bob\n") && r.stdout.contains("password=pa55-w0rd\n"),
+            "{}",
+            r.stdout
+        );
+    }
+}
