@@ -57,11 +57,13 @@ start_core() { # name port primary
   GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" GATEWAY_CONNECT_SERVER_HA_ENABLED=true \
   GATEWAY_CONNECT_SERVER_HA_IS_PRIMARY=$primary GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY=3s \
   GATEWAY_CONNECT_CERTIFICATE_FILE="$DEMO/pki/$name.pem" GATEWAY_CONNECT_PRIVATE_KEY_FILE="$DEMO/pki/$name-key.pem" \
-  GATEWAY_LOG_LEVEL=DEBUG HOME="$DEMO" "$BIN" server >>"$DEMO/$name.log" 2>&1 &
+  GATEWAY_LOG_LEVEL=DEBUG HOME="$DEMO" "$BIN" server \
+    > >(tee -a "$DEMO/$name.log" | sed -u "s/^/$(label "$name") | /" >>"$DEMO/both.log") 2>&1 &
   echo $! >"$DEMO/$name.pid"
   PIDS+=($!)
   wait_http "http://127.0.0.1:$port/api/v1/health"
 }
+label() { if [ "$1" = core-1 ]; then echo "active-gateway "; else echo "standby-gateway"; fi; }
 wait_log() { # file pattern
   for _ in $(seq 1 400); do grep -q "$2" "$1" && return 0; sleep 0.05; done
   echo "demo: '$2' not seen in $1" >&2; return 1
@@ -76,6 +78,10 @@ wait_log "$DEMO/core-2.log" "is not the active node"
 say "autogate ha status (asked of core-2)"
 GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
 say "the manager shows the cluster as one gateway with its nodes"
+for _ in $(seq 1 100); do
+  "$BIN" manager cluster show cluster_1 "${MGR[@]}" --raw | python3 -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)["nodes"]) == 2 else 1)' && break
+  sleep 0.05
+done
 "$BIN" manager cluster show cluster_1 "${MGR[@]}"
 
 say "stopping the active node (SIGTERM to core-1)"
@@ -86,9 +92,8 @@ for _ in $(seq 1 100); do [ "$(grep -c 'connected to commander at' "$DEMO/core-2
 sleep 0.3
 
 say "fail-over, as in the HA guide (active-gateway = core-1, standby-gateway = core-2)"
-{ sed 's/^/active-gateway    | /' "$DEMO/core-1.log"; sed 's/^/standby-gateway   | /' "$DEMO/core-2.log"; } |
-  grep -E 'connected to commander|is not the active node|got signal for shutdown|received shutdown signal|is elected as the leader|creating connection to commander|attempting to connect to wss' |
-  sort -s -t'|' -k2,2 | awk '!seen[$0]++' | cut -c1-220
+grep -E 'connected to commander|is not the active node|got signal for shutdown|received shutdown signal|is elected as the leader|creating connection to commander|attempting to connect to wss' \
+  "$DEMO/both.log" | cut -c1-220
 
 say "the manager's session history (its own clock, milliseconds)"
 "$BIN" manager cluster sessions cluster_1 "${MGR[@]}"
@@ -100,7 +105,8 @@ s = s["sessions"] if isinstance(s, dict) else s
 new, old = s[0], s[1]
 t = lambda x: datetime.fromisoformat(x.replace("Z", "+00:00"))
 gap = (t(new["connected_at"]) - t(old["disconnected_at"])).total_seconds() * 1000
-print(f"fail-over at the manager: old session closed -> new session connected in {gap:.1f} ms (term {old[\"term\"]} -> {new[\"term\"]})")
+terms = (old["term"], new["term"])
+print("fail-over at the manager: old session closed -> new session connected in %.1f ms (term %s -> %s)" % (gap, *terms))
 '
 
 say "core-1 (the primary) comes back: after its preemption delay (3 s) it takes the role back"

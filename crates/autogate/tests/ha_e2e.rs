@@ -195,6 +195,16 @@ fn graceful_failover_reads_like_the_ha_guide_with_a_small_gap() {
         s.iter().any(|x| x["node_id"] == id2.as_str()).then_some(s)
     });
     let gap = handover_gap_ms(&sessions, &id1, &id2);
+    let old = sessions
+        .iter()
+        .find(|x| x["node_id"] == id1.as_str())
+        .expect("old session");
+    assert!(
+        old["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("node stepping down")),
+        "the stopping node closes its session cleanly: {old}"
+    );
     // The stopped node leaves the manager's view with its lease.
     poll_until(
         "the manager to show only the new active node",

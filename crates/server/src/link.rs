@@ -46,6 +46,8 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const DEAD_AFTER: Duration = Duration::from_secs(30);
 /// First retry delay (before jitter); the first retry happens within 250 ms.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// How long a closing link waits for the manager to answer its close frame.
+const CLOSE_WAIT: Duration = Duration::from_millis(300);
 /// How often membership is compared with what the manager was last told.
 const NODES_EVERY: Duration = Duration::from_millis(250);
 
@@ -189,10 +191,9 @@ pub async fn run(
     loop {
         let host = &settings.hosts[index % settings.hosts.len()];
         tracing::info!("attempting to connect to wss://{host}/ws");
-        let attempt = tokio::select! {
-            _ = token.cancelled() => break,
-            r = session(&node, &settings, host, term, &status, &token) => r,
-        };
+        // `session` watches the token itself: once up, it must finish the closing handshake
+        // rather than be dropped mid-session.
+        let attempt = session(&node, &settings, host, term, &status, &token).await;
         match attempt {
             Ok(Ended::Cancelled) => break,
             Ok(Ended::Lost(reason)) => {
@@ -288,9 +289,12 @@ async fn session(
     status: &LinkStatus,
     token: &CancellationToken,
 ) -> Result<Ended, String> {
-    let (mut ws, peer) = tokio::time::timeout(CONNECT_TIMEOUT, dial(settings, host))
-        .await
-        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    let (mut ws, peer) = tokio::select! {
+        _ = token.cancelled() => return Ok(Ended::Cancelled),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, dial(settings, host)) => {
+            r.map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))??
+        }
+    };
 
     let hello = Hello {
         cluster_id: node.config.application.cluster_id.clone(),
@@ -303,9 +307,12 @@ async fn session(
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))
         .await
         .map_err(|e| format!("sending hello: {e}"))?;
-    let accepted = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut ws))
-        .await
-        .map_err(|_| format!("the manager did not answer hello within {HELLO_TIMEOUT:?}"))??;
+    let accepted = tokio::select! {
+        _ = token.cancelled() => return Ok(Ended::Cancelled),
+        r = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut ws)) => {
+            r.map_err(|_| format!("the manager did not answer hello within {HELLO_TIMEOUT:?}"))??
+        }
+    };
 
     tracing::info!("connected to commander at {peer}");
     status.update(|s| {
@@ -377,6 +384,17 @@ async fn serve(
                     code: CloseCode::Away,
                     reason: "node stepping down".into(),
                 }))).await;
+                // Finish the closing handshake so the manager records a clean close with our
+                // reason rather than a dropped connection; bounded, it must not hold up a
+                // shutdown.
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 return Ok(Ended::Cancelled);
             }
             _ = nodes_tick.tick() => {
