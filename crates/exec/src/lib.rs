@@ -12,6 +12,7 @@ pub mod checkout;
 mod error;
 pub mod inputs;
 pub mod runner;
+pub mod venv;
 
 pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};

@@ -1,0 +1,333 @@
+//! Python virtual environments, one per requirement set and interpreter, cached on the node.
+//!
+//! The key is sha256 of the interpreter's version and path, the kind of requirement file, and
+//! its contents — for a `pyproject.toml` project also every file of the project directory,
+//! because `pip install .` installs the project's own code, which may change while the
+//! `pyproject.toml` does not. A requirement given as a local path inside a requirements file is
+//! not hashed: change the requirements file (e.g. the version) to rebuild.
+//!
+//! Layout under `<work_dir>/venvs/`: `store/<key>-<random>/` holds a venv, built in place
+//! (venvs are not relocatable: pip writes absolute paths into scripts), and `<key>` is a
+//! symlink to it, created under a temporary name and renamed — the atomic publish. A venv is
+//! usable exactly when its `<key>` link exists. Builders of one key serialise on `<key>.lock`
+//! (`flock`); a second builder that waited finds the link and reuses it. Leftovers of a
+//! crashed build (a store directory no link points to) are removed by the next build of that
+//! key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ExecError;
+use crate::runner::{run_process, ProcessSpec};
+
+/// Options for building venvs.
+#[derive(Debug, Clone)]
+pub struct VenvOptions {
+    /// Extra `pip install` arguments (e.g. `--index-url …`, `--trusted-host …`, `--no-index`).
+    pub pip_args: Vec<String>,
+    /// Limit for one venv build (venv creation plus pip).
+    pub build_timeout: Duration,
+}
+
+impl Default for VenvOptions {
+    fn default() -> Self {
+        Self {
+            pip_args: Vec::new(),
+            build_timeout: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A ready venv.
+#[derive(Debug, Clone)]
+pub struct Venv {
+    /// The cache key (hex sha256).
+    pub key: String,
+    /// The venv directory (canonical).
+    pub path: PathBuf,
+    /// Its interpreter.
+    pub python: PathBuf,
+    /// True when this call built it; false when it was reused.
+    pub built: bool,
+}
+
+/// The venv cache of one node.
+#[derive(Debug, Clone)]
+pub struct VenvCache {
+    root: PathBuf,
+    opts: VenvOptions,
+    // Asking an interpreter for its version costs a process start on every run; the answer
+    // is kept for the life of the cache (a python upgraded in place is seen after a restart).
+    interpreters: std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, Interpreter>>>,
+}
+
+/// What an interpreter says about itself.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    /// `sys.version`.
+    pub version: String,
+    /// `sys.executable`: the real binary behind shims such as pyenv's.
+    pub executable: PathBuf,
+}
+
+/// Asks `python` for its version and real executable; failure means it is not a usable Python.
+pub async fn interpreter(
+    python: &Path,
+    cancel: &CancellationToken,
+) -> Result<Interpreter, ExecError> {
+    let mut spec = ProcessSpec::new(python, std::env::temp_dir());
+    spec.args = vec![
+        "-c".into(),
+        "import sys; print(sys.version.replace('\\n', ' ')); print(sys.executable)".into(),
+    ];
+    spec.timeout = Some(Duration::from_secs(60));
+    let r = run_process(&spec, cancel).await?;
+    let mut lines = r.stdout.lines();
+    match (r.return_code, lines.next(), lines.next()) {
+        (0, Some(v), Some(exe)) if !exe.trim().is_empty() => Ok(Interpreter {
+            version: v.trim().to_owned(),
+            executable: PathBuf::from(exe.trim()),
+        }),
+        _ => Err(ExecError::Venv {
+            reason: format!(
+                "{} is not a usable python interpreter: {}",
+                python.display(),
+                r.stderr.trim()
+            ),
+        }),
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Hashes every regular file under `dir` (sorted relative paths, contents), skipping `.git`.
+fn hash_tree(dir: &Path, base: &Path, h: &mut Sha256) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let ft = e.file_type()?;
+        let p = e.path();
+        if e.file_name() == ".git" {
+            continue;
+        }
+        let rel = p
+            .strip_prefix(base)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .into_owned();
+        if ft.is_dir() {
+            hash_tree(&p, base, h)?;
+        } else if ft.is_file() {
+            h.update(rel.as_bytes());
+            h.update([0]);
+            h.update(std::fs::read(&p)?);
+            h.update([0]);
+        } else if ft.is_symlink() {
+            h.update(rel.as_bytes());
+            h.update(b"\0->");
+            h.update(std::fs::read_link(&p)?.to_string_lossy().as_bytes());
+            h.update([0]);
+        }
+    }
+    Ok(())
+}
+
+impl VenvCache {
+    /// A cache under `root` (normally `<work_dir>/venvs`).
+    pub fn new(root: impl Into<PathBuf>, opts: VenvOptions) -> Self {
+        Self {
+            root: root.into(),
+            opts,
+            interpreters: Default::default(),
+        }
+    }
+
+    /// [`interpreter`], remembered per path.
+    pub async fn interpreter(
+        &self,
+        python: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Interpreter, ExecError> {
+        if let Some(i) = self
+            .interpreters
+            .lock()
+            .ok()
+            .and_then(|m| m.get(python).cloned())
+        {
+            return Ok(i);
+        }
+        let i = interpreter(python, cancel).await?;
+        if let Ok(mut m) = self.interpreters.lock() {
+            m.insert(python.to_owned(), i.clone());
+        }
+        Ok(i)
+    }
+
+    /// The cache key for `requirements` (a `requirements*.txt` or a `pyproject.toml`) under
+    /// `interp`.
+    pub fn key(interp: &Interpreter, requirements: &Path) -> Result<String, ExecError> {
+        let io = |e| ExecError::io(format!("reading {}", requirements.display()), e);
+        let mut h = Sha256::new();
+        h.update(b"autogate-venv-v1\0");
+        h.update(interp.version.as_bytes());
+        h.update([0]);
+        h.update(interp.executable.to_string_lossy().as_bytes());
+        h.update([0]);
+        if is_pyproject(requirements) {
+            h.update(b"project\0");
+            let dir = requirements.parent().unwrap_or(Path::new("."));
+            hash_tree(dir, dir, &mut h).map_err(io)?;
+        } else {
+            h.update(b"requirements\0");
+            h.update(std::fs::read(requirements).map_err(io)?);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Returns the venv for `requirements`, building it when absent.
+    pub async fn ensure(
+        &self,
+        python: &Path,
+        requirements: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Venv, ExecError> {
+        let interp = self.interpreter(python, cancel).await?;
+        let key = Self::key(&interp, requirements)?;
+        let link = self.root.join(&key);
+        if let Some(v) = ready(&key, &link) {
+            return Ok(v);
+        }
+        let store = self.root.join("store");
+        std::fs::create_dir_all(&store)
+            .map_err(|e| ExecError::io(format!("creating {}", store.display()), e))?;
+        let _lock = crate::checkout::lock_file(self.root.join(format!("{key}.lock"))).await?;
+        // Someone else may have built it while we waited for the lock.
+        if let Some(v) = ready(&key, &link) {
+            return Ok(v);
+        }
+        remove_leftovers(&store, &key);
+        let build = tempfile::Builder::new()
+            .prefix(&format!("{key}-"))
+            .tempdir_in(&store)
+            .map_err(|e| ExecError::io("creating the venv directory", e))?;
+        self.build(&interp, build.path(), requirements, cancel)
+            .await?;
+        // Built: keep the directory (it is now the venv) and publish it.
+        let dir = build.keep();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp_link = self.root.join(format!(".link-{name}"));
+        let publish = std::os::unix::fs::symlink(Path::new("store").join(&name), &tmp_link)
+            .and_then(|()| std::fs::rename(&tmp_link, &link));
+        if let Err(e) = publish {
+            let _ = std::fs::remove_file(&tmp_link);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ExecError::io(
+                format!("publishing venv {}", link.display()),
+                e,
+            ));
+        }
+        let mut v = ready(&key, &link).ok_or_else(|| ExecError::Venv {
+            reason: format!("venv {} vanished after it was built", link.display()),
+        })?;
+        v.built = true;
+        Ok(v)
+    }
+
+    async fn build(
+        &self,
+        interp: &Interpreter,
+        dir: &Path,
+        requirements: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), ExecError> {
+        let deadline = tokio::time::Instant::now() + self.opts.build_timeout;
+        let remaining = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut env = BTreeMap::new();
+        env.insert("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned());
+        env.insert("PIP_NO_INPUT".to_owned(), "1".to_owned());
+
+        let mut spec = ProcessSpec::new(&interp.executable, dir);
+        spec.args = vec!["-m".into(), "venv".into(), dir.into()];
+        spec.env = env.clone();
+        spec.timeout = Some(remaining());
+        step("python -m venv", run_process(&spec, cancel).await?)?;
+
+        let req_dir = requirements.parent().unwrap_or(Path::new(".")).to_owned();
+        let mut spec = ProcessSpec::new(dir.join("bin/python"), &req_dir);
+        spec.args = vec!["-m".into(), "pip".into(), "install".into()];
+        spec.args.extend(self.opts.pip_args.iter().map(Into::into));
+        if is_pyproject(requirements) {
+            spec.args.push(req_dir.clone().into());
+        } else {
+            // Relative paths inside the file resolve against the working directory: its own.
+            spec.args.push("-r".into());
+            spec.args.push(requirements.into());
+        }
+        spec.env = env;
+        spec.timeout = Some(remaining());
+        step("pip install", run_process(&spec, cancel).await?)
+    }
+}
+
+fn step(what: &str, r: crate::RunResult) -> Result<(), ExecError> {
+    if r.timed_out {
+        return Err(ExecError::Venv {
+            reason: format!("{what} timed out"),
+        });
+    }
+    if r.return_code != 0 {
+        let out = format!("{}\n{}", r.stdout.trim(), r.stderr.trim());
+        return Err(ExecError::Venv {
+            reason: format!(
+                "{what} exited with {}: {}",
+                r.return_code,
+                tail(out.trim(), 2000)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn is_pyproject(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == "pyproject.toml")
+}
+
+fn ready(key: &str, link: &Path) -> Option<Venv> {
+    let path = link.canonicalize().ok()?;
+    let python = path.join("bin/python");
+    python.exists().then(|| Venv {
+        key: key.to_owned(),
+        path,
+        python,
+        built: false,
+    })
+}
+
+/// Removes `store/<key>-*` directories: under the key's lock with no published link, they are
+/// crashed builds.
+fn remove_leftovers(store: &Path, key: &str) {
+    let Ok(rd) = std::fs::read_dir(store) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{key}-"))
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

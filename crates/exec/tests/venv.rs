@@ -1,0 +1,148 @@
+//! Python venvs with real interpreters and a local package (no network): build, reuse,
+//! concurrent builders, pyproject projects, failures.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Instant;
+
+use autogate_exec::venv::{VenvCache, VenvOptions};
+use autogate_exec::ExecError;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+fn import_greeting(python: &std::path::Path) -> String {
+    let out = std::process::Command::new(python)
+        .args(["-c", "import tinypkg; print(tinypkg.GREETING)"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn requirements_venv_is_built_once_and_shared() {
+    let t = tempfile::tempdir().unwrap();
+    let proj = t.path().join("proj");
+    write_all(&proj, &tiny_package("pkg/", "hello from tinypkg"));
+    write(&proj, "requirements.txt", "./pkg\n");
+    let cache = VenvCache::new(t.path().join("venvs"), VenvOptions::default());
+    let req = proj.join("requirements.txt");
+    let py = python3();
+    let cancel = CancellationToken::new();
+
+    // Two runs needing the same venv at once: one builds, the other waits and reuses it.
+    let t0 = Instant::now();
+    let (a, b) = tokio::join!(
+        cache.ensure(&py, &req, &cancel),
+        cache.ensure(&py, &req, &cancel)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let build_time = t0.elapsed();
+    assert_eq!(a.path, b.path);
+    assert_eq!(
+        u8::from(a.built) + u8::from(b.built),
+        1,
+        "exactly one builder"
+    );
+    assert_eq!(import_greeting(&a.python), "hello from tinypkg");
+    let mtime = std::fs::metadata(a.path.join("pyvenv.cfg"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let t1 = Instant::now();
+    let c = cache.ensure(&py, &req, &cancel).await.unwrap();
+    let reuse_time = t1.elapsed();
+    assert!(!c.built);
+    assert_eq!(c.path, a.path);
+    assert_eq!(
+        std::fs::metadata(c.path.join("pyvenv.cfg"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
+    eprintln!("venv build {build_time:?}, reuse {reuse_time:?}");
+    assert!(
+        reuse_time * 5 < build_time,
+        "reuse {reuse_time:?} vs build {build_time:?}"
+    );
+    // Exactly one venv in the store.
+    assert_eq!(
+        std::fs::read_dir(t.path().join("venvs/store"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    // A changed requirement set is another venv.
+    write(&proj, "requirements.txt", "./pkg\n# v2\n");
+    let d = cache.ensure(&py, &req, &cancel).await.unwrap();
+    assert!(d.built && d.key != a.key);
+}
+
+#[tokio::test]
+async fn pyproject_project_is_installed_and_keyed_by_its_code() {
+    let t = tempfile::tempdir().unwrap();
+    let proj = t.path().join("proj");
+    write_all(&proj, &tiny_package("", "v1"));
+    let cache = VenvCache::new(t.path().join("venvs"), VenvOptions::default());
+    let py = python3();
+    let cancel = CancellationToken::new();
+    let v = cache
+        .ensure(&py, &proj.join("pyproject.toml"), &cancel)
+        .await
+        .unwrap();
+    assert!(v.built);
+    assert_eq!(import_greeting(&v.python), "v1");
+    write_all(&proj, &tiny_package("", "v2"));
+    let v2 = cache
+        .ensure(&py, &proj.join("pyproject.toml"), &cancel)
+        .await
+        .unwrap();
+    assert!(
+        v2.built && v2.key != v.key,
+        "project code changed: new venv"
+    );
+    assert_eq!(import_greeting(&v2.python), "v2");
+}
+
+#[tokio::test]
+async fn failed_install_is_a_venv_error_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    write(
+        t.path(),
+        "requirements.txt",
+        "definitely-not-a-package-xyz==0.0.1\n",
+    );
+    let opts = VenvOptions {
+        pip_args: vec!["--no-index".into()],
+        ..VenvOptions::default()
+    };
+    let cache = VenvCache::new(t.path().join("venvs"), opts);
+    let e = cache
+        .ensure(
+            &python3(),
+            &t.path().join("requirements.txt"),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ExecError::Venv { .. }), "{e}");
+    assert!(
+        e.to_string().contains("definitely-not-a-package-xyz"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(t.path().join("venvs/store"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
