@@ -136,27 +136,24 @@ pub enum HostKeyPolicy {
 #[derive(Debug, Clone)]
 pub struct CheckoutCache {
     root: PathBuf,
-    git: PathBuf,
+    // Looked up when needed: services without a repository must run on a node without git.
+    git: Option<PathBuf>,
     ssh_program: String,
     host_keys: HostKeyPolicy,
 }
 
 impl CheckoutCache {
     /// A cache under `root` (normally `<work_dir>/repos`), using `git` found in `PATH`.
-    pub fn new(root: impl Into<PathBuf>) -> Result<Self, ExecError> {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
         let path = crate::runner::minimal_env()
             .remove("PATH")
             .unwrap_or_default();
-        let git = crate::which("git", &path).ok_or(ExecError::BinaryNotFound {
-            binary: "git".into(),
-            path,
-        })?;
-        Ok(Self {
+        Self {
             root: root.into(),
-            git,
+            git: crate::which("git", &path),
             ssh_program: "ssh".into(),
             host_keys: HostKeyPolicy::default(),
-        })
+        }
     }
 
     /// The ssh client git runs (default `ssh` from PATH).
@@ -185,6 +182,15 @@ impl CheckoutCache {
         repo: &Repository,
         cancel: &CancellationToken,
     ) -> Result<Checkout, ExecError> {
+        let Some(git_bin) = self.git.as_deref() else {
+            let path = crate::runner::minimal_env()
+                .remove("PATH")
+                .unwrap_or_default();
+            return Err(ExecError::BinaryNotFound {
+                binary: "git".into(),
+                path,
+            });
+        };
         if repo.url.trim().is_empty() {
             return Err(Self::fail(repo, "empty repository URL"));
         }
@@ -216,7 +222,7 @@ impl CheckoutCache {
         )
         .map_err(|e| ExecError::io("writing the temporary ssh key", e))?;
         let git = GitRunner {
-            git: &self.git,
+            git: git_bin,
             env: &creds.env,
             mask: &creds.mask,
             cancel,
@@ -297,7 +303,7 @@ impl CheckoutCache {
         );
         let wt = format!("--work-tree={}", tree.display());
         let x = GitRunner {
-            git: &self.git,
+            git: git_bin,
             env: &env,
             mask: &creds.mask,
             cancel,

@@ -9,11 +9,14 @@
 #![forbid(unsafe_code)]
 
 pub mod checkout;
+mod engine;
 mod error;
 pub mod inputs;
 pub mod runner;
 pub mod venv;
 
+pub use checkout::{GitCredentials, HostKeyPolicy, Repository};
+pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction};
 pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};
 pub use runner::{run_process, ProcessSpec, RunResult};

@@ -28,7 +28,7 @@ async fn branches_tags_commits_and_the_cache() {
     git(&src, &["checkout", "-q", "main"]);
     let c2 = commit(&src, &[("a.txt", "two\n")], "second");
     let url = file_url(&src);
-    let cache = CheckoutCache::new(t.path().join("work/repos")).unwrap();
+    let cache = CheckoutCache::new(t.path().join("work/repos"));
     let cancel = CancellationToken::new();
 
     let read = |c: &autogate_exec::checkout::Checkout| {
@@ -101,7 +101,7 @@ async fn branches_tags_commits_and_the_cache() {
 #[tokio::test]
 async fn failures_name_the_repository_and_reference() {
     let t = tempfile::tempdir().unwrap();
-    let cache = CheckoutCache::new(t.path().join("repos")).unwrap();
+    let cache = CheckoutCache::new(t.path().join("repos"));
     let cancel = CancellationToken::new();
     let missing = format!("file://{}/nope", t.path().display());
     let e = cache
@@ -184,9 +184,7 @@ async fn ssh_key_goes_through_a_private_temp_file() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let cache = CheckoutCache::new(t.path().join("repos"))
-        .unwrap()
-        .with_ssh_program(fake.to_string_lossy());
+    let cache = CheckoutCache::new(t.path().join("repos")).with_ssh_program(fake.to_string_lossy());
     let repo = Repository {
         url: "ssh://git@example.invalid/r.git".into(),
         reference: None,
