@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint fmt demo bench bench-startup docs clean
+.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover docs clean
 
 all: build
 
@@ -32,12 +32,19 @@ fmt:
 demo: deps release
 	bash scripts/demo.sh
 
-## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd.
-bench: bench-startup
+## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd,
+## fail-over.
+bench: bench-startup bench-failover
 
 bench-startup: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench foundation
+
+## Fail-over: graceful and kill -9 hand-overs of a real two-node cluster, seen by the manager,
+## against `etcdctl elect` on the same etcd (about 90 s).
+bench-failover: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench failover
 
 docs:
 	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs

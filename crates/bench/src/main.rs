@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+mod failover;
 mod foundation;
 mod manager;
 
@@ -18,10 +19,11 @@ fn main() {
         .unwrap_or_else(|| "foundation".to_owned());
     let started = Instant::now();
     let report = match which.as_str() {
+        "failover" => failover::run(),
         "foundation" => foundation::run(),
         "manager" => manager::run(),
         other => {
-            eprintln!("unknown benchmark {other:?}; available: foundation, manager");
+            eprintln!("unknown benchmark {other:?}; available: failover, foundation, manager");
             std::process::exit(64);
         }
     };
