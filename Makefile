@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover docs clean
+.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager docs clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo: deps release
 
 ## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd,
 ## fail-over.
-bench: bench-startup bench-failover
+bench: bench-startup bench-failover bench-manager
 
 bench-startup: deps release
 	$(CARGO) build --release -p autogate-bench
@@ -45,6 +45,10 @@ bench-startup: deps release
 bench-failover: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench failover
+
+bench-manager: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench manager
 
 docs:
 	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs

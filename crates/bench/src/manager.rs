@@ -255,7 +255,28 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
     }
 }
 
+/// `autogate server` exec → `connected to commander` (its own log line), against a real
+/// manager on loopback with the local store: what an operator waits for after a restart.
+fn server_start_to_connected(runs: usize) -> Stats {
+    use autogate_testkit::scenario::{core_node, Manager as TestManager, Pki};
+    let pki = Pki::new(&["core-1"]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let m = TestManager::start(&pki, autogate_testkit::free_port(), data.path());
+    m.register(&pki, "cluster_1", &["core-1"]);
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let (cmd, _port) = core_node(&pki, "core-1", m.port);
+        let mut proc = cmd.spawn();
+        let line = proc.wait_for_line("INF connected to commander at", Duration::from_secs(30));
+        samples.push(ms(line.at.saturating_duration_since(proc.spawned_at)));
+        proc.signal("TERM");
+        let _ = proc.try_wait_exit(Duration::from_secs(10));
+    }
+    Stats::new(samples)
+}
+
 pub fn run() -> String {
+    let start_connected = server_start_to_connected(20);
     let node = autogate_tls::self_signed(CertKind::Node, "bench-node", &[], Validity::days(1))
         .expect("node cert");
     let mut m = start(&node);
@@ -276,6 +297,12 @@ pub fn run() -> String {
     let mut out = format!(
         "### Manager ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
         machine()
+    );
+    out += &format!(
+        "| `autogate server` exec → `connected to commander` (loopback, local store, 20 runs) | p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms | — |\n",
+        start_connected.median(),
+        start_connected.quantile(0.9),
+        start_connected.quantile(1.0)
     );
     out += &format!(
         "| manager RSS, {SESSIONS} clusters registered, no session | {:.1} MB | — |\n",
