@@ -261,7 +261,7 @@ fn server_start_to_connected(runs: usize) -> Stats {
     use autogate_testkit::scenario::{core_node, Manager as TestManager, Pki};
     let pki = Pki::new(&["core-1"]);
     let data = tempfile::tempdir().expect("tempdir");
-    let m = TestManager::start(&pki, autogate_testkit::free_port(), data.path());
+    let m = TestManager::start(&pki, free_port(), data.path());
     m.register(&pki, "cluster_1", &["core-1"]);
     let mut samples = Vec::new();
     for _ in 0..runs {
