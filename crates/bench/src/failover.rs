@@ -34,7 +34,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::{machine, ms, Stats};
+use crate::{ms, table_header, Stats};
 
 /// Hand-overs measured per kind.
 const CYCLES: usize = 20;
@@ -467,16 +467,7 @@ fn row_fine(measure: &str, samples: &[f64], target: &str) -> String {
 }
 
 fn report(g: &Graceful, k: &Kill9, floor: &[f64], floor_kill: f64) -> String {
-    let date = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let mut out = format!(
-        "### Fail-over ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
-        machine()
-    );
+    let mut out = table_header("Fail-over");
     out += &row(
         "graceful (SIGTERM): old session closed → new session open, manager's clock",
         &g.gap,

@@ -7,7 +7,7 @@ use autogate_store::{EtcdOptions, Store, StoreOptions};
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::{free_port, http_get, Autogate};
 
-use crate::{machine, ms, Stats};
+use crate::{ms, table_header, Stats};
 
 const STARTS: usize = 20;
 const LOCAL_OPS: usize = 2_000;
@@ -21,16 +21,7 @@ pub fn run() -> String {
     let etcd = EtcdServer::start();
     let etcd_rows = rt.block_on(etcd_vs_raw(&etcd.endpoint()));
 
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let mut out = format!(
-        "### Foundation ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
-        machine()
-    );
+    let mut out = table_header("Foundation");
     out += &format!(
         "| `autogate server` exec → health answers (local store, {STARTS} runs) | p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms | < 100 ms |\n",
         startup.median(),

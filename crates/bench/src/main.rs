@@ -57,6 +57,20 @@ impl Stats {
     }
 }
 
+/// `### <title> (<date>; <machine>)` and the head of a `measure | result | target` table.
+pub fn table_header(title: &str) -> String {
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "### {title} ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
+        machine()
+    )
+}
+
 /// The machine line every table carries.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

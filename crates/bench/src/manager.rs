@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{machine, ms, Stats};
+use crate::{ms, table_header, Stats};
 
 const SESSIONS: usize = 1_000;
 const CONNECT_CONCURRENCY: usize = 64;
@@ -288,16 +288,7 @@ pub fn run() -> String {
     m.proc.signal("TERM");
     let _ = m.proc.try_wait_exit(Duration::from_secs(10));
 
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let mut out = format!(
-        "### Manager ({date}; {})\n\n| measure | result | target |\n|---|---|---|\n",
-        machine()
-    );
+    let mut out = table_header("Manager");
     out += &format!(
         "| `autogate server` exec → `connected to commander` (loopback, local store, 20 runs) | p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms | — |\n",
         start_connected.median(),
