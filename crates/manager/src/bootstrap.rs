@@ -10,13 +10,13 @@
 //!   `<data_dir>/admin.token`, created with 32 random bytes (hex) and mode 0600 on first
 //!   start. Only the path is ever logged.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use autogate_config::Config;
 use autogate_tls::{CertKind, Identity, Validity};
 use rand::RngCore;
+
+use autogate_tls::write_new_file;
 
 use crate::error::ManagerError;
 
@@ -26,21 +26,6 @@ pub const CERT_FILE: &str = "manager.pem";
 pub const KEY_FILE: &str = "manager-key.pem";
 /// File name of the generated admin token inside `data_dir`.
 pub const TOKEN_FILE: &str = "admin.token";
-
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = options.open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
-}
 
 /// Creates the data directory (mode 0700: it holds the admin token and the store).
 pub fn ensure_data_dir(dir: &Path) -> Result<(), ManagerError> {
@@ -92,9 +77,9 @@ pub fn identity(config: &Config) -> Result<Identity, ManagerError> {
         // Key first: a certificate without its key would be reused and fail at load.
         let _ = std::fs::remove_file(&key_path);
         let _ = std::fs::remove_file(&cert_path);
-        write_new(&key_path, issued.key_pem.as_bytes(), 0o600)
+        write_new_file(&key_path, issued.key_pem.as_bytes(), 0o600)
             .map_err(|e| ManagerError::file("write", &key_path, e))?;
-        write_new(&cert_path, issued.cert_pem.as_bytes(), 0o644)
+        write_new_file(&cert_path, issued.cert_pem.as_bytes(), 0o644)
             .map_err(|e| ManagerError::file("write", &cert_path, e))?;
         let fp = issued
             .cert_der()
@@ -142,7 +127,7 @@ pub fn admin_token(config: &Config) -> Result<(String, PathBuf), ManagerError> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
-        write_new(&path, format!("{token}\n").as_bytes(), 0o600)
+        write_new_file(&path, format!("{token}\n").as_bytes(), 0o600)
             .map_err(|e| ManagerError::file("create", &path, e))?;
         tracing::info!(
             "created the admin token at {} (mode 0600); send it as `Authorization: Bearer <token>`",

@@ -137,6 +137,24 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), TlsError> {
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    write_new_file(path, contents, mode).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            TlsError::AlreadyExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            TlsError::Io {
+                action: "write",
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// Writes a file that must not exist yet, with `mode` from the start (a key is never readable
+/// by others, not even for an instant), synced to disk; a partly written file is removed.
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -146,28 +164,11 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AlreadyExists {
-            TlsError::AlreadyExists {
-                path: path.to_path_buf(),
-            }
-        } else {
-            TlsError::Io {
-                action: "create",
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let mut file = options.open(path)?;
     let result = file.write_all(contents).and_then(|()| file.sync_all());
-    if let Err(source) = result {
+    if result.is_err() {
         drop(file);
         let _ = std::fs::remove_file(path);
-        return Err(TlsError::Io {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
-        });
     }
-    Ok(())
+    result
 }

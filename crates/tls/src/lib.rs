@@ -23,7 +23,9 @@ mod load;
 mod mint;
 mod verify;
 
-pub use certgen::{cert_gen, load_ca, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME};
+pub use certgen::{
+    cert_gen, load_ca, write_new_file, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME,
+};
 pub use config::{client_config, server_config, ClientAuth, Roots, ALPN_HTTP1};
 pub use error::TlsError;
 pub use load::{
