@@ -58,6 +58,12 @@ pub enum Command {
     Ha(cmd::ha::HaArgs),
     /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
     CertGen(cmd::certgen::CertGenArgs),
+    /// Print a shell completion script (bash, zsh or fish) to standard output.
+    Completion {
+        /// Shell to complete for.
+        #[arg(value_enum)]
+        shell: cmd::completion::Shell,
+    },
 }
 
 /// Parse, run, and map the outcome to an exit code.
@@ -90,5 +96,6 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Manager(args) => cmd::manager::run(&cli.global, args),
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
         Command::Ha(args) => cmd::ha::run(&cli.global, args),
+        Command::Completion { shell } => cmd::completion::run(shell),
     }
 }

@@ -2,6 +2,7 @@
 //! [`crate::exit::Failure`]s.
 
 pub mod certgen;
+pub mod completion;
 pub mod ha;
 pub mod manager;
 pub mod server;

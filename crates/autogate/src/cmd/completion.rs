@@ -1,0 +1,33 @@
+//! `autogate completion <shell>`: print a shell completion script for the whole command line.
+
+use std::io::Write;
+
+use clap::{CommandFactory, ValueEnum};
+use clap_complete::Shell as Target;
+
+use crate::cli::Cli;
+use crate::exit::Failure;
+
+/// Shells a completion script can be printed for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Write the script for `shell` to standard output.
+pub fn run(shell: Shell) -> Result<(), Failure> {
+    let target = match shell {
+        Shell::Bash => Target::Bash,
+        Shell::Zsh => Target::Zsh,
+        Shell::Fish => Target::Fish,
+    };
+    let mut cmd = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(target, &mut cmd, "autogate", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(74, format!("cannot write the completion script: {e}")))
+}
