@@ -1,0 +1,1096 @@
+//! The resource records and their validation.
+//!
+//! Every resource carries a [`Meta`] (name, description, tags, created/updated times in RFC 3339
+//! UTC) and its own fields, serialized with the family's kebab-case keys — the same shape is used
+//! for the JSON stored in the cluster store and for the import/export YAML. Validation
+//! ([`Resource::validate`]) checks one record on its own (names, required per-type fields,
+//! absolute paths, JSON Schema); whether the resources it names exist is the store's business
+//! ([`Resource::references`]).
+//!
+//! A [`Secret`] only ever holds its sealed value; the plaintext exists as a [`SecretValue`]
+//! (redacted `Debug`, not serializable, wiped on drop) between [`Secret::decrypt`] and its use.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use autogate_exec::{GitCredentials, ServiceType};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::crypto::{check_sealed, KeyFile, SecretError};
+
+/// The six resource kinds, in the order the export file lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Decorator,
+    Repository,
+    Service,
+    Secret,
+    ExecutableObject,
+    Registry,
+}
+
+impl Kind {
+    /// Every kind, in export order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Decorator,
+        Kind::Repository,
+        Kind::Service,
+        Kind::Secret,
+        Kind::ExecutableObject,
+        Kind::Registry,
+    ];
+
+    /// The family's singular name (`executable-object`), also the store key segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decorator => "decorator",
+            Kind::Repository => "repository",
+            Kind::Service => "service",
+            Kind::Secret => "secret",
+            Kind::ExecutableObject => "executable-object",
+            Kind::Registry => "registry",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A resource definition that cannot be accepted; `field` names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ModelError {
+    /// The field as the family spells it (`name`, `exec-command`, `secrets[1].target`, …).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ModelError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks a resource name (or a reference to one): 1–63 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_name(field: &str, value: &str) -> Result<(), ModelError> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(ModelError::new(
+            field,
+            format!("{value:?} must be 1 to 63 characters long"),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(ModelError::new(
+            field,
+            format!("{value:?} contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"),
+        ));
+    }
+    if value == "." || value == ".." {
+        return Err(ModelError::new(field, format!("{value:?} is not a name")));
+    }
+    Ok(())
+}
+
+fn validate_env_name(field: &str, value: &str) -> Result<(), ModelError> {
+    let mut chars = value.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::new(
+            field,
+            format!("{value:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+        ))
+    }
+}
+
+fn validate_relative(field: &str, value: &str) -> Result<(), ModelError> {
+    let path = Path::new(value);
+    if value.is_empty() {
+        return Err(ModelError::new(field, "must not be empty"));
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(ModelError::new(
+            field,
+            format!(
+                "{value:?} must be a relative path inside the repository (no '..', not absolute)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What every resource carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Meta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Set by the store on creation (RFC 3339, UTC).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub created: Option<OffsetDateTime>,
+    /// Set by the store on every write (RFC 3339, UTC).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub updated: Option<OffsetDateTime>,
+}
+
+impl Meta {
+    /// A name with no description, tags or times.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            description: String::new(),
+            tags: Vec::new(),
+            created: None,
+            updated: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        validate_name("name", &self.name)?;
+        for (i, tag) in self.tags.iter().enumerate() {
+            if tag.trim().is_empty() || tag.len() > 255 {
+                return Err(ModelError::new(
+                    format!("tags[{i}]"),
+                    "must be 1 to 255 non-blank characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Common behaviour of the six record types.
+pub trait Resource: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync {
+    const KIND: Kind;
+    fn meta(&self) -> &Meta;
+    fn meta_mut(&mut self) -> &mut Meta;
+    /// Checks the record on its own.
+    fn validate(&self) -> Result<(), ModelError>;
+    /// The other resources this one names: (kind, name, field naming it).
+    fn references(&self) -> Vec<(Kind, String, String)> {
+        Vec::new()
+    }
+    fn name(&self) -> &str {
+        &self.meta().name
+    }
+}
+
+/// A git repository (`create repository`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Repository {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub url: String,
+    /// Branch, tag or commit; `None` = the remote's default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Secret holding an SSH private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_name: Option<String>,
+    /// HTTPS basic-auth user (with `password-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Secret holding the HTTPS password or token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_name: Option<String>,
+}
+
+impl Repository {
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            meta: Meta::new(name),
+            url: url.into(),
+            reference: None,
+            private_key_name: None,
+            username: None,
+            password_name: None,
+        }
+    }
+
+    /// The engine's view, with credentials already decrypted by the caller.
+    pub fn to_exec(&self, credentials: Option<GitCredentials>) -> autogate_exec::Repository {
+        autogate_exec::Repository {
+            url: self.url.clone(),
+            reference: self.reference.clone(),
+            credentials,
+        }
+    }
+
+    /// Decrypts the repository's credentials from its secrets (`lookup` finds a secret by name).
+    pub fn credentials<'a>(
+        &self,
+        key: &KeyFile,
+        lookup: impl Fn(&str) -> Option<&'a Secret>,
+    ) -> Result<Option<GitCredentials>, CredentialError> {
+        let fetch = |name: &str| -> Result<String, CredentialError> {
+            let secret = lookup(name).ok_or_else(|| CredentialError::MissingSecret(name.into()))?;
+            Ok(secret.decrypt(key)?.expose().to_owned())
+        };
+        if let Some(name) = &self.private_key_name {
+            return Ok(Some(GitCredentials::SshKey {
+                private_key: fetch(name)?,
+            }));
+        }
+        if let Some(name) = &self.password_name {
+            return Ok(Some(GitCredentials::Basic {
+                username: self.username.clone().unwrap_or_default(),
+                password: fetch(name)?,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// Why a credential could not be produced for a run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialError {
+    #[error("secret {0} does not exist")]
+    MissingSecret(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl Resource for Repository {
+    const KIND: Kind = Kind::Repository;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        let url = self.url.trim();
+        if url.is_empty() || url.chars().any(char::is_whitespace) {
+            return Err(ModelError::new(
+                "url",
+                "must be a git URL without spaces (file://, https://, ssh:// or user@host:path)",
+            ));
+        }
+        if let Some(r) = &self.reference {
+            if r.is_empty() || r.starts_with('-') || r.chars().any(char::is_whitespace) {
+                return Err(ModelError::new(
+                    "reference",
+                    format!("{r:?} is not a branch, tag or commit"),
+                ));
+            }
+        }
+        if let Some(n) = &self.private_key_name {
+            validate_name("private-key-name", n)?;
+        }
+        if let Some(n) = &self.password_name {
+            validate_name("password-name", n)?;
+        }
+        if self.private_key_name.is_some() && self.password_name.is_some() {
+            return Err(ModelError::new(
+                "private-key-name",
+                "an SSH key and a password cannot both be given",
+            ));
+        }
+        if self.username.is_some() != self.password_name.is_some() {
+            return Err(ModelError::new(
+                "username",
+                "username and password-name go together",
+            ));
+        }
+        Ok(())
+    }
+    fn references(&self) -> Vec<(Kind, String, String)> {
+        let mut refs = Vec::new();
+        if let Some(n) = &self.private_key_name {
+            refs.push((Kind::Secret, n.clone(), "private-key-name".into()));
+        }
+        if let Some(n) = &self.password_name {
+            refs.push((Kind::Secret, n.clone(), "password-name".into()));
+        }
+        refs
+    }
+}
+
+/// A secret injected into a service's environment (`--secret name=…,type=env,target=…`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The secret's name.
+    pub name: String,
+    /// Only `env` exists.
+    #[serde(rename = "type", default = "env_type")]
+    pub ref_type: String,
+    /// Environment variable that receives the value.
+    pub target: String,
+}
+
+fn env_type() -> String {
+    "env".into()
+}
+
+impl SecretRef {
+    pub fn env(name: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ref_type: env_type(),
+            target: target.into(),
+        }
+    }
+}
+
+/// Ansible runtime options as the family exports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AnsibleRuntime {
+    #[serde(default)]
+    pub check: bool,
+    #[serde(default)]
+    pub diff: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbose_level: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+}
+
+/// A runnable service (`create service <type> <name>`). Fields that do not apply to its type
+/// must stay empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Service {
+    #[serde(flatten)]
+    pub meta: Meta,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decorator: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable_object: Option<String>,
+    /// Run limit in seconds; `None` = the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    // python-script (and executable: a file passed as first argument)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_file: Option<String>,
+    // ansible-playbook
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub playbooks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_vars: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_vars_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<AnsibleRuntime>,
+    // opentofu-plan
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vars: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub var_files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_config: Vec<String>,
+    // executable
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg_format: Option<String>,
+}
+
+impl Service {
+    /// A service of `service_type` with every optional field empty.
+    pub fn new(name: impl Into<String>, service_type: ServiceType) -> Self {
+        Self {
+            meta: Meta::new(name),
+            service_type,
+            repository: None,
+            working_directory: None,
+            decorator: None,
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            registry: None,
+            executable_object: None,
+            timeout: None,
+            filename: None,
+            req_file: None,
+            playbooks: Vec::new(),
+            inventory: None,
+            extra_vars: Vec::new(),
+            extra_vars_file: None,
+            runtime: None,
+            vars: Vec::new(),
+            var_files: Vec::new(),
+            backend_config: Vec::new(),
+            arg_format: None,
+        }
+    }
+
+    /// The engine's service. The caller passes the resources this service names (checked
+    /// against its fields) and the repository's decrypted credentials; secrets for the
+    /// environment are resolved separately (see [`Service::secrets`]).
+    pub fn to_exec(
+        &self,
+        repository: Option<(&Repository, Option<GitCredentials>)>,
+        decorator: Option<&Decorator>,
+        executable_object: Option<&ExecutableObject>,
+    ) -> Result<autogate_exec::Service, ModelError> {
+        fn check<R: Resource>(
+            field: &str,
+            wanted: &Option<String>,
+            given: Option<&R>,
+        ) -> Result<(), ModelError> {
+            match (wanted, given) {
+                (None, None) => Ok(()),
+                (Some(w), Some(g)) if w == g.name() => Ok(()),
+                (Some(w), _) => Err(ModelError::new(
+                    field,
+                    format!("{} {w} must be given to run this service", R::KIND),
+                )),
+                (None, Some(g)) => Err(ModelError::new(
+                    field,
+                    format!(
+                        "the service names no {}, but {} was given",
+                        R::KIND,
+                        g.name()
+                    ),
+                )),
+            }
+        }
+        check(
+            "repository",
+            &self.repository,
+            repository.as_ref().map(|r| r.0),
+        )?;
+        check("decorator", &self.decorator, decorator)?;
+        check(
+            "executable-object",
+            &self.executable_object,
+            executable_object,
+        )?;
+        let mut svc = autogate_exec::Service::new(self.meta.name.clone(), self.service_type);
+        svc.repository = repository.map(|(r, creds)| r.to_exec(creds));
+        svc.working_dir = self.working_directory.clone();
+        svc.filename = self.filename.clone();
+        svc.req_file = self.req_file.clone();
+        svc.playbooks = self.playbooks.clone();
+        svc.inventory = self.inventory.clone().or_else(|| {
+            self.runtime
+                .as_ref()
+                .and_then(|r| r.inventory.first().cloned())
+        });
+        svc.extra_vars = self.extra_vars.clone();
+        svc.extra_vars_file = self.extra_vars_file.clone();
+        svc.vars = self.vars.clone();
+        svc.var_files = self.var_files.clone();
+        svc.backend_config = self.backend_config.clone();
+        svc.executable = executable_object.map(|e| e.exec_command.clone());
+        svc.arg_format = self.arg_format.clone();
+        svc.env = self.env.clone();
+        svc.timeout = self.timeout.map(std::time::Duration::from_secs);
+        svc.decorator = decorator.map(|d| d.schema.clone());
+        Ok(svc)
+    }
+}
+
+impl Resource for Service {
+    const KIND: Kind = Kind::Service;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        let ty = self.service_type.as_str();
+        for (field, value) in [
+            ("repository", &self.repository),
+            ("decorator", &self.decorator),
+            ("registry", &self.registry),
+            ("executable-object", &self.executable_object),
+        ] {
+            if let Some(v) = value {
+                validate_name(field, v)?;
+            }
+        }
+        if let Some(wd) = &self.working_directory {
+            validate_relative("working-directory", wd)?;
+        }
+        for (field, value) in [
+            ("filename", &self.filename),
+            ("req-file", &self.req_file),
+            ("inventory", &self.inventory),
+            ("extra-vars-file", &self.extra_vars_file),
+        ] {
+            if let Some(v) = value {
+                validate_relative(field, v)?;
+            }
+        }
+        for (i, p) in self.playbooks.iter().enumerate() {
+            validate_relative(&format!("playbooks[{i}]"), p)?;
+        }
+        for (i, p) in self.var_files.iter().enumerate() {
+            validate_relative(&format!("var-files[{i}]"), p)?;
+        }
+        for k in self.env.keys() {
+            validate_env_name("env", k)?;
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            validate_name(&format!("secrets[{i}].name"), &s.name)?;
+            if s.ref_type != "env" {
+                return Err(ModelError::new(
+                    format!("secrets[{i}].type"),
+                    format!("{:?} is not supported (only \"env\")", s.ref_type),
+                ));
+            }
+            validate_env_name(&format!("secrets[{i}].target"), &s.target)?;
+        }
+        if self.timeout == Some(0) {
+            return Err(ModelError::new("timeout", "must be at least 1 second"));
+        }
+        let needs_repo = !matches!(self.service_type, ServiceType::Executable);
+        if needs_repo && self.repository.is_none() {
+            return Err(ModelError::new(
+                "repository",
+                format!("is required for {ty} services"),
+            ));
+        }
+        let not_for = |field: &str, set: bool| -> Result<(), ModelError> {
+            if set {
+                Err(ModelError::new(
+                    field,
+                    format!("does not apply to {ty} services"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let ansible = !self.playbooks.is_empty()
+            || self.inventory.is_some()
+            || !self.extra_vars.is_empty()
+            || self.extra_vars_file.is_some()
+            || self.runtime.is_some();
+        let tofu =
+            !self.vars.is_empty() || !self.var_files.is_empty() || !self.backend_config.is_empty();
+        match self.service_type {
+            ServiceType::PythonScript => {
+                if self.filename.is_none() {
+                    return Err(ModelError::new(
+                        "filename",
+                        "is required for python-script services",
+                    ));
+                }
+                not_for("playbooks", ansible)?;
+                not_for("vars", tofu)?;
+                not_for("arg-format", self.arg_format.is_some())?;
+            }
+            ServiceType::AnsiblePlaybook => {
+                if self.playbooks.is_empty() {
+                    return Err(ModelError::new(
+                        "playbooks",
+                        "at least one playbook is required for ansible-playbook services",
+                    ));
+                }
+                not_for("filename", self.filename.is_some())?;
+                not_for("vars", tofu)?;
+                not_for("arg-format", self.arg_format.is_some())?;
+            }
+            ServiceType::OpentofuPlan => {
+                not_for("filename", self.filename.is_some())?;
+                not_for("playbooks", ansible)?;
+                not_for("arg-format", self.arg_format.is_some())?;
+            }
+            ServiceType::Executable => {
+                if self.executable_object.is_none() {
+                    return Err(ModelError::new(
+                        "executable-object",
+                        "is required for executable services",
+                    ));
+                }
+                not_for("playbooks", ansible)?;
+                not_for("vars", tofu)?;
+                if let Some(f) = &self.arg_format {
+                    autogate_exec::inputs::ArgFormat::parse(f)
+                        .map_err(|e| ModelError::new("arg-format", e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn references(&self) -> Vec<(Kind, String, String)> {
+        let mut refs = Vec::new();
+        if let Some(n) = &self.repository {
+            refs.push((Kind::Repository, n.clone(), "repository".into()));
+        }
+        if let Some(n) = &self.decorator {
+            refs.push((Kind::Decorator, n.clone(), "decorator".into()));
+        }
+        if let Some(n) = &self.executable_object {
+            refs.push((
+                Kind::ExecutableObject,
+                n.clone(),
+                "executable-object".into(),
+            ));
+        }
+        if let Some(n) = &self.registry {
+            refs.push((Kind::Registry, n.clone(), "registry".into()));
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            refs.push((Kind::Secret, s.name.clone(), format!("secrets[{i}].name")));
+        }
+        refs
+    }
+}
+
+/// A JSON Schema the run inputs must satisfy (`create decorator`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Decorator {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub schema: serde_json::Value,
+}
+
+impl Decorator {
+    pub fn new(name: impl Into<String>, schema: serde_json::Value) -> Self {
+        Self {
+            meta: Meta::new(name),
+            schema,
+        }
+    }
+}
+
+impl Resource for Decorator {
+    const KIND: Kind = Kind::Decorator;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        if !self.schema.is_object() {
+            return Err(ModelError::new(
+                "schema",
+                "must be a JSON object (a JSON Schema)",
+            ));
+        }
+        autogate_exec::Decorator::new(self.schema.clone())
+            .map(|_| ())
+            .map_err(|e| ModelError::new("schema", e.to_string()))
+    }
+}
+
+/// A decrypted secret value: redacted in `Debug`, not serializable, wiped on drop.
+pub struct SecretValue(Zeroizing<String>);
+
+impl SecretValue {
+    /// The plaintext, for injection into a run.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// A secret: metadata and the sealed value (`v1:…`, see [`crate::crypto`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Secret {
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// The sealed value; readable only with the cluster's key file.
+    pub value: String,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("meta", &self.meta)
+            .field("value", &"<sealed>")
+            .finish()
+    }
+}
+
+impl Secret {
+    /// Seals `plaintext` with the cluster key.
+    pub fn new(
+        name: impl Into<String>,
+        plaintext: &str,
+        key: &KeyFile,
+    ) -> Result<Self, SecretError> {
+        Ok(Self {
+            meta: Meta::new(name),
+            value: key.seal(plaintext.as_bytes())?,
+        })
+    }
+
+    /// Opens the value with the cluster key.
+    pub fn decrypt(&self, key: &KeyFile) -> Result<SecretValue, SecretError> {
+        key.open_text(&self.meta.name, &self.value).map(SecretValue)
+    }
+}
+
+impl Resource for Secret {
+    const KIND: Kind = Kind::Secret;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        check_sealed(&self.meta.name, &self.value)
+            .map_err(|e| ModelError::new("value", e.to_string()))
+    }
+}
+
+/// An interpreter or program override (`create executable-object --exec-command`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ExecutableObject {
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Absolute path of the binary.
+    pub exec_command: PathBuf,
+}
+
+impl ExecutableObject {
+    pub fn new(name: impl Into<String>, exec_command: impl Into<PathBuf>) -> Self {
+        Self {
+            meta: Meta::new(name),
+            exec_command: exec_command.into(),
+        }
+    }
+}
+
+impl Resource for ExecutableObject {
+    const KIND: Kind = Kind::ExecutableObject;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        let p = &self.exec_command;
+        if !p.is_absolute()
+            || p.components().any(|c| matches!(c, Component::ParentDir))
+            || p.as_os_str().to_string_lossy().ends_with('/')
+        {
+            return Err(ModelError::new(
+                "exec-command",
+                format!(
+                    "{} must be an absolute path to a file, without '..'",
+                    p.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Package index kind of a [`Registry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryType {
+    Pypi,
+    AnsibleGalaxy,
+}
+
+/// A package registry (`create registry <pypi|ansible-galaxy>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Registry {
+    #[serde(flatten)]
+    pub meta: Meta,
+    #[serde(rename = "type")]
+    pub registry_type: RegistryType,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Secret holding the password (with `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_name: Option<String>,
+    /// Secret holding a token (instead of username/password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_name: Option<String>,
+    /// Used when a service names no registry.
+    #[serde(default)]
+    pub default: bool,
+    /// pypi: `--trusted-host`; galaxy: certificate validation off.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl Registry {
+    pub fn new(
+        name: impl Into<String>,
+        registry_type: RegistryType,
+        url: impl Into<String>,
+    ) -> Self {
+        Self {
+            meta: Meta::new(name),
+            registry_type,
+            url: url.into(),
+            username: None,
+            password_name: None,
+            token_name: None,
+            default: false,
+            insecure: false,
+        }
+    }
+}
+
+impl Resource for Registry {
+    const KIND: Kind = Kind::Registry;
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    fn validate(&self) -> Result<(), ModelError> {
+        self.meta.validate()?;
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://"))
+            || self.url.chars().any(char::is_whitespace)
+        {
+            return Err(ModelError::new(
+                "url",
+                format!("{:?} must be an http:// or https:// URL", self.url),
+            ));
+        }
+        if let Some(n) = &self.password_name {
+            validate_name("password-name", n)?;
+        }
+        if let Some(n) = &self.token_name {
+            validate_name("token-name", n)?;
+        }
+        if self.token_name.is_some() && (self.username.is_some() || self.password_name.is_some()) {
+            return Err(ModelError::new(
+                "token-name",
+                "a token cannot be combined with username/password-name",
+            ));
+        }
+        if self.username.is_some() != self.password_name.is_some() {
+            return Err(ModelError::new(
+                "username",
+                "username and password-name go together",
+            ));
+        }
+        Ok(())
+    }
+    fn references(&self) -> Vec<(Kind, String, String)> {
+        let mut refs = Vec::new();
+        if let Some(n) = &self.password_name {
+            refs.push((Kind::Secret, n.clone(), "password-name".into()));
+        }
+        if let Some(n) = &self.token_name {
+            refs.push((Kind::Secret, n.clone(), "token-name".into()));
+        }
+        refs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("name", "a.b_c-1").is_ok());
+        assert!(validate_name("name", &"x".repeat(63)).is_ok());
+        let e = validate_name("repository", &"x".repeat(64)).unwrap_err();
+        assert_eq!(e.field, "repository");
+        let e = validate_name("name", "a/b").unwrap_err();
+        assert!(e.to_string().contains("invalid name"), "{e}");
+        assert!(validate_name("name", "").is_err());
+        assert!(validate_name("name", "..").is_err());
+    }
+
+    #[test]
+    fn per_type_fields() {
+        let mut s = Service::new("s", ServiceType::PythonScript);
+        s.repository = Some("r".into());
+        assert_eq!(s.validate().unwrap_err().field, "filename");
+        s.filename = Some("main.py".into());
+        s.validate().unwrap();
+        s.playbooks = vec!["p.yml".into()];
+        assert_eq!(s.validate().unwrap_err().field, "playbooks");
+
+        let mut a = Service::new("a", ServiceType::AnsiblePlaybook);
+        a.repository = Some("r".into());
+        assert_eq!(a.validate().unwrap_err().field, "playbooks");
+        a.playbooks = vec!["site.yml".into()];
+        a.validate().unwrap();
+
+        let mut e = Service::new("e", ServiceType::Executable);
+        assert_eq!(e.validate().unwrap_err().field, "executable-object");
+        e.executable_object = Some("bash".into());
+        e.validate().unwrap();
+        e.secrets.push(SecretRef::env("tok", "1BAD"));
+        assert_eq!(e.validate().unwrap_err().field, "secrets[0].target");
+
+        let mut t = Service::new("t", ServiceType::OpentofuPlan);
+        t.repository = Some("r".into());
+        t.working_directory = Some("../x".into());
+        assert_eq!(t.validate().unwrap_err().field, "working-directory");
+    }
+
+    #[test]
+    fn executable_object_must_be_absolute() {
+        assert!(ExecutableObject::new("b", "/bin/bash").validate().is_ok());
+        let e = ExecutableObject::new("b", "bash").validate().unwrap_err();
+        assert_eq!(e.field, "exec-command");
+    }
+
+    #[test]
+    fn decorator_schema_is_checked() {
+        let good = Decorator::new(
+            "d",
+            json!({"type": "object", "properties": {"a": {"type": "string"}}}),
+        );
+        good.validate().unwrap();
+        let bad = Decorator::new("d", json!({"type": 12}));
+        assert_eq!(bad.validate().unwrap_err().field, "schema");
+        assert_eq!(
+            Decorator::new("d", json!("x"))
+                .validate()
+                .unwrap_err()
+                .field,
+            "schema"
+        );
+    }
+
+    #[test]
+    fn secret_never_shows_plaintext() {
+        let key = KeyFile::from_bytes("k").unwrap();
+        let s = Secret::new("tok", "PLAINTEXT-XYZ", &key).unwrap();
+        assert!(!format!("{s:?}").contains("PLAINTEXT"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("PLAINTEXT"));
+        let v = s.decrypt(&key).unwrap();
+        assert_eq!(v.expose(), "PLAINTEXT-XYZ");
+        assert!(!format!("{v:?}").contains("PLAINTEXT"));
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn kebab_case_json() {
+        let mut s = Service::new("s", ServiceType::AnsiblePlaybook);
+        s.repository = Some("r".into());
+        s.working_directory = Some("sub".into());
+        s.playbooks = vec!["a.yml".into()];
+        s.extra_vars_file = Some("v.yml".into());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["type"], "ansible-playbook");
+        assert_eq!(v["working-directory"], "sub");
+        assert_eq!(v["extra-vars-file"], "v.yml");
+        let back: Service = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn to_exec_maps_fields() {
+        let repo = Repository::new("r", "file:///tmp/repo");
+        let deco = Decorator::new("d", json!({"type": "object"}));
+        let exe = ExecutableObject::new("py", "/usr/bin/python3");
+        let mut s = Service::new("s", ServiceType::PythonScript);
+        s.repository = Some("r".into());
+        s.decorator = Some("d".into());
+        s.executable_object = Some("py".into());
+        s.filename = Some("main.py".into());
+        s.timeout = Some(5);
+        s.env.insert("A".into(), "1".into());
+        let e = s
+            .to_exec(Some((&repo, None)), Some(&deco), Some(&exe))
+            .unwrap();
+        assert_eq!(e.name, "s");
+        assert_eq!(e.repository.unwrap().url, "file:///tmp/repo");
+        assert_eq!(e.executable.unwrap(), PathBuf::from("/usr/bin/python3"));
+        assert_eq!(e.decorator.unwrap(), json!({"type": "object"}));
+        assert_eq!(e.timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(e.env["A"], "1");
+        // Wrong or missing companions are refused.
+        let other = Repository::new("other", "file:///x");
+        assert_eq!(
+            s.to_exec(Some((&other, None)), Some(&deco), Some(&exe))
+                .unwrap_err()
+                .field,
+            "repository"
+        );
+        assert_eq!(
+            s.to_exec(Some((&repo, None)), None, Some(&exe))
+                .unwrap_err()
+                .field,
+            "decorator"
+        );
+    }
+
+    #[test]
+    fn repository_credentials_decrypt() {
+        let key = KeyFile::from_bytes("k").unwrap();
+        let secret = Secret::new("pw", "hunter2", &key).unwrap();
+        let mut repo = Repository::new("r", "https://git.example/x.git");
+        repo.username = Some("bob".into());
+        repo.password_name = Some("pw".into());
+        repo.validate().unwrap();
+        let creds = repo
+            .credentials(&key, |n| (n == "pw").then_some(&secret))
+            .unwrap()
+            .unwrap();
+        assert_eq!(creds.secret_values(), vec!["hunter2".to_string()]);
+        assert_eq!(
+            repo.credentials(&key, |_| None).unwrap_err(),
+            CredentialError::MissingSecret("pw".into())
+        );
+    }
+}
