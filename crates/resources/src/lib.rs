@@ -4,13 +4,17 @@
 //! * [`crypto`] — the cluster key file and the sealed form of secret values (AES-256-GCM, PBKDF2);
 //! * [`model`] — the resource records, their validation, and the mapping of a service onto the
 //!   execution engine's [`autogate_exec::Service`];
+//! * [`store`] — the records in the cluster store under `/autogate/<cluster_id>/resources/`, with
+//!   reference checks, every write one transaction;
 #![forbid(unsafe_code)]
 
 pub mod crypto;
 pub mod model;
+pub mod store;
 
 pub use crypto::{KeyFile, KeyFileError, SecretError};
 pub use model::{
     AnsibleRuntime, CredentialError, Decorator, ExecutableObject, Kind, Meta, ModelError, Registry,
     RegistryType, Repository, Resource, Secret, SecretRef, SecretValue, Service,
 };
+pub use store::{ResourceError, Resources, TxnGuard};

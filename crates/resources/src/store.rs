@@ -1,0 +1,544 @@
+//! The resources in the cluster store.
+//!
+//! Layout: one JSON document per resource at `/autogate/<cluster_id>/resources/<kind>/<name>`
+//! (`<kind>` as [`Kind::as_str`]), plus a generation key `/autogate/<cluster_id>/resources-generation`
+//! that every write of this module rewrites.
+//!
+//! Every write is one store transaction, so nothing is ever half-written. Reference integrity
+//! (a service never names a missing repository; a secret still named by a service cannot be
+//! deleted) needs more than per-key compares — a delete and a concurrent create of a referrer touch
+//! different keys — so each write reads a consistent snapshot (one read-only transaction), decides,
+//! and commits only if the generation key has not moved since; otherwise it re-reads and decides
+//! again (a few attempts, then [`ResourceError::Contended`]). Writes of resources are therefore
+//! serialized per cluster, which is cheap at the rate people edit automation resources.
+//!
+//! A [`TxnGuard`] (set with [`Resources::with_txn_guard`]) wraps every write transaction; the HA
+//! layer uses it to add a compare on its leadership key so a deposed leader cannot write. A write
+//! that fails while the generation is unchanged was refused by the guard: [`ResourceError::Fenced`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use autogate_store::{
+    cluster_prefix, Compare, CompareOp, Store, StoreError, Txn, TxnOp, TxnOpResponse,
+};
+use time::OffsetDateTime;
+
+use crate::crypto::{KeyFile, SecretError};
+use crate::model::{
+    CredentialError, Decorator, ExecutableObject, Kind, ModelError, Registry, Repository, Resource,
+    Secret, Service,
+};
+
+/// Wraps every write transaction (adds fencing compares).
+pub type TxnGuard = Arc<dyn Fn(Txn) -> Txn + Send + Sync>;
+
+/// How many times a write re-reads and retries when other writes moved the generation.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Why a resource operation failed, shaped by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// The definition is wrong: fix it (the message names the field).
+    #[error("invalid {kind} {name}: {source}")]
+    Invalid {
+        kind: Kind,
+        name: String,
+        #[source]
+        source: ModelError,
+    },
+    /// Create of a name that is taken: pick another or delete the existing one.
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: Kind, name: String },
+    /// The resource names another one that does not exist: create that first.
+    #[error("{kind} {name}: {field} names {target_kind} {target}, which does not exist")]
+    MissingReference {
+        kind: Kind,
+        name: String,
+        field: String,
+        target_kind: Kind,
+        target: String,
+    },
+    /// Delete of a resource others still name: change or delete those first.
+    #[error("{kind} {name} is still used by {}", .users.join(", "))]
+    InUse {
+        kind: Kind,
+        name: String,
+        /// `"<kind> <name>"` of each user, sorted.
+        users: Vec<String>,
+    },
+    /// A stored document cannot be read back (written by something else, or damaged).
+    #[error("stored {kind} {name} is unreadable: {reason}")]
+    Corrupt {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
+    /// Other writers kept changing resources; retry later.
+    #[error("resources kept changing concurrently; gave up after {attempts} attempts")]
+    Contended { attempts: usize },
+    /// The transaction guard refused the write (this node is no longer the leader).
+    #[error("write refused: this node no longer holds the right to write (fenced)")]
+    Fenced,
+    /// A secret needed for a run cannot be opened.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The store failed; retry later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CredentialError> for ResourceError {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::MissingSecret(name) => ResourceError::NotFound {
+                kind: Kind::Secret,
+                name,
+            },
+            CredentialError::Secret(s) => ResourceError::Secret(s),
+        }
+    }
+}
+
+/// A consistent read of every resource of the cluster.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    /// Mod revision of the generation key (0 when never written).
+    pub generation: i64,
+    /// Raw JSON per (kind, name).
+    pub items: BTreeMap<(Kind, String), Vec<u8>>,
+}
+
+impl Snapshot {
+    pub fn contains(&self, kind: Kind, name: &str) -> bool {
+        self.items.contains_key(&(kind, name.to_owned()))
+    }
+
+    pub fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, ResourceError> {
+        self.items
+            .get(&(R::KIND, name.to_owned()))
+            .map(|raw| decode::<R>(name, raw))
+            .transpose()
+    }
+
+    pub fn all<R: Resource>(&self) -> Result<Vec<R>, ResourceError> {
+        self.items
+            .range((R::KIND, String::new())..)
+            .take_while(|((k, _), _)| *k == R::KIND)
+            .map(|((_, name), raw)| decode::<R>(name, raw))
+            .collect()
+    }
+
+    /// `"<kind> <name>"` of every stored resource naming (kind, name), except those in `skip`.
+    pub fn users_of(
+        &self,
+        kind: Kind,
+        name: &str,
+        skip: &dyn Fn(Kind, &str) -> bool,
+    ) -> Result<Vec<String>, ResourceError> {
+        let mut users = Vec::new();
+        for ((k, n), raw) in &self.items {
+            if skip(*k, n) {
+                continue;
+            }
+            if references_of(*k, n, raw)?
+                .iter()
+                .any(|(rk, rn, _)| *rk == kind && rn == name)
+            {
+                users.push(format!("{k} {n}"));
+            }
+        }
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+}
+
+fn decode<R: Resource>(name: &str, raw: &[u8]) -> Result<R, ResourceError> {
+    serde_json::from_slice(raw).map_err(|e| ResourceError::Corrupt {
+        kind: R::KIND,
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The references of a stored document of any kind.
+pub(crate) fn references_of(
+    kind: Kind,
+    name: &str,
+    raw: &[u8],
+) -> Result<Vec<(Kind, String, String)>, ResourceError> {
+    fn go<R: Resource>(
+        name: &str,
+        raw: &[u8],
+    ) -> Result<Vec<(Kind, String, String)>, ResourceError> {
+        Ok(decode::<R>(name, raw)?.references())
+    }
+    match kind {
+        Kind::Decorator => go::<Decorator>(name, raw),
+        Kind::Repository => go::<Repository>(name, raw),
+        Kind::Service => go::<Service>(name, raw),
+        Kind::Secret => go::<Secret>(name, raw),
+        Kind::ExecutableObject => go::<ExecutableObject>(name, raw),
+        Kind::Registry => go::<Registry>(name, raw),
+    }
+}
+
+/// One planned write: conditions beyond the generation, and the operations.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+}
+
+/// The resources of one cluster.
+#[derive(Clone)]
+pub struct Resources {
+    store: Arc<dyn Store>,
+    cluster_id: String,
+    guard: Option<TxnGuard>,
+}
+
+impl fmt::Debug for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resources")
+            .field("backend", &self.store.backend())
+            .field("cluster_id", &self.cluster_id)
+            .field("guarded", &self.guard.is_some())
+            .finish()
+    }
+}
+
+pub(crate) fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    // Whole microseconds keep the RFC 3339 text short and stable across round trips.
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
+}
+
+impl Resources {
+    pub fn new(store: Arc<dyn Store>, cluster_id: impl Into<String>) -> Self {
+        Self {
+            store,
+            cluster_id: cluster_id.into(),
+            guard: None,
+        }
+    }
+
+    /// Wraps every write transaction with `guard` (e.g. a compare on the leader key).
+    pub fn with_txn_guard(mut self, guard: TxnGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// `/autogate/<cluster_id>/resources/`.
+    pub fn prefix(&self) -> String {
+        format!("{}resources/", cluster_prefix(&self.cluster_id))
+    }
+
+    /// The store key of one resource.
+    pub fn key(&self, kind: Kind, name: &str) -> String {
+        format!("{}{}/{}", self.prefix(), kind.as_str(), name)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}resources-generation", cluster_prefix(&self.cluster_id))
+    }
+
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, ResourceError> {
+        let prefix = self.prefix();
+        let resp = self
+            .store
+            .txn(Txn::new().and_then([
+                TxnOp::get(self.generation_key()),
+                TxnOp::get_prefix(prefix.clone()),
+            ]))
+            .await?;
+        let mut snap = Snapshot::default();
+        let mut responses = resp.responses.into_iter();
+        if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
+            snap.generation = kvs.first().map(|kv| kv.mod_revision).unwrap_or(0);
+        }
+        if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
+            for kv in kvs {
+                let Some(rest) = kv.key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Some((kind, name)) = rest.split_once('/') else {
+                    continue;
+                };
+                if let Some(kind) = Kind::ALL.iter().find(|k| k.as_str() == kind) {
+                    snap.items.insert((*kind, name.to_owned()), kv.value);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Reads a snapshot, lets `plan` decide, commits if nothing moved; retries otherwise.
+    /// `plan` returning `Ok(None)` means "nothing to write" (the snapshot is returned as is).
+    pub(crate) async fn write<T>(
+        &self,
+        mut plan: impl FnMut(&Snapshot) -> Result<(Option<Plan>, T), ResourceError>,
+    ) -> Result<T, ResourceError> {
+        let mut last_generation = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            if last_generation == Some(snap.generation) && self.guard.is_some() {
+                return Err(ResourceError::Fenced);
+            }
+            last_generation = Some(snap.generation);
+            let (p, out) = plan(&snap)?;
+            let Some(p) = p else {
+                return Ok(out);
+            };
+            let gen_key = self.generation_key();
+            let mut txn = Txn::new()
+                .when([Compare::mod_revision(
+                    gen_key.clone(),
+                    CompareOp::Equal,
+                    snap.generation,
+                )])
+                .when(p.compares)
+                .and_then(p.ops)
+                .and_then([TxnOp::put(gen_key, Vec::new())]);
+            if let Some(guard) = &self.guard {
+                txn = guard(txn);
+            }
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(out);
+            }
+        }
+        Err(ResourceError::Contended {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Checks that every resource `r` names exists in `snap` (or is accepted by `extra`).
+    pub(crate) fn check_references<R: Resource>(
+        r: &R,
+        exists: &dyn Fn(Kind, &str) -> bool,
+    ) -> Result<(), ResourceError> {
+        for (target_kind, target, field) in r.references() {
+            if !exists(target_kind, &target) {
+                return Err(ResourceError::MissingReference {
+                    kind: R::KIND,
+                    name: r.name().to_owned(),
+                    field,
+                    target_kind,
+                    target,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validate<R: Resource>(r: &R) -> Result<(), ResourceError> {
+        r.validate().map_err(|source| ResourceError::Invalid {
+            kind: R::KIND,
+            name: r.name().to_owned(),
+            source,
+        })
+    }
+
+    pub(crate) fn encode<R: Resource>(r: &R) -> Result<Vec<u8>, ResourceError> {
+        serde_json::to_vec(r).map_err(|e| ResourceError::Corrupt {
+            kind: R::KIND,
+            name: r.name().to_owned(),
+            reason: format!("cannot be encoded: {e}"),
+        })
+    }
+
+    /// Creates a resource; the store sets `created`/`updated`. Fails if the name is taken or a
+    /// resource it names is missing. Returns the record as stored.
+    pub async fn create<R: Resource>(&self, mut resource: R) -> Result<R, ResourceError> {
+        Self::validate(&resource)?;
+        let at = now();
+        resource.meta_mut().created = Some(at);
+        resource.meta_mut().updated = Some(at);
+        let key = self.key(R::KIND, resource.name());
+        let value = Self::encode(&resource)?;
+        self.write(|snap| {
+            if snap.contains(R::KIND, resource.name()) {
+                return Err(ResourceError::AlreadyExists {
+                    kind: R::KIND,
+                    name: resource.name().to_owned(),
+                });
+            }
+            Self::check_references(&resource, &|k, n| snap.contains(k, n))?;
+            Ok((
+                Some(Plan {
+                    compares: vec![Compare::missing(key.clone())],
+                    ops: vec![TxnOp::put(key.clone(), value.clone())],
+                }),
+                (),
+            ))
+        })
+        .await?;
+        Ok(resource)
+    }
+
+    /// Replaces an existing resource (keeping its `created`), with the same checks as create.
+    pub async fn update<R: Resource>(&self, mut resource: R) -> Result<R, ResourceError> {
+        Self::validate(&resource)?;
+        let key = self.key(R::KIND, resource.name());
+        let stored = self
+            .write(|snap| {
+                let Some(old) = snap.get::<R>(resource.name())? else {
+                    return Err(ResourceError::NotFound {
+                        kind: R::KIND,
+                        name: resource.name().to_owned(),
+                    });
+                };
+                Self::check_references(&resource, &|k, n| snap.contains(k, n))?;
+                let mut next = resource.clone();
+                next.meta_mut().created = old.meta().created;
+                next.meta_mut().updated = Some(now());
+                Ok((
+                    Some(Plan {
+                        compares: vec![Compare::exists(key.clone())],
+                        ops: vec![TxnOp::put(key.clone(), Self::encode(&next)?)],
+                    }),
+                    next,
+                ))
+            })
+            .await?;
+        resource = stored;
+        Ok(resource)
+    }
+
+    /// One resource, `None` if it does not exist.
+    pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, ResourceError> {
+        match self.store.get(&self.key(R::KIND, name)).await? {
+            Some(kv) => decode::<R>(name, &kv.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every resource of one kind, sorted by name.
+    pub async fn list<R: Resource>(&self) -> Result<Vec<R>, ResourceError> {
+        let prefix = format!("{}{}/", self.prefix(), R::KIND.as_str());
+        self.store
+            .list(&prefix)
+            .await?
+            .iter()
+            .map(|kv| decode::<R>(kv.key.strip_prefix(&prefix).unwrap_or(&kv.key), &kv.value))
+            .collect()
+    }
+
+    /// Names of every resource of `kind`, sorted.
+    pub async fn names(&self, kind: Kind) -> Result<Vec<String>, ResourceError> {
+        let prefix = format!("{}{}/", self.prefix(), kind.as_str());
+        Ok(self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// Deletes a resource; refused while other resources (services, repositories or registries
+    /// naming a secret, …) still name it.
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), ResourceError> {
+        let key = self.key(kind, name);
+        self.write(|snap| {
+            if !snap.contains(kind, name) {
+                return Err(ResourceError::NotFound {
+                    kind,
+                    name: name.to_owned(),
+                });
+            }
+            let users = snap.users_of(kind, name, &|_, _| false)?;
+            if !users.is_empty() {
+                return Err(ResourceError::InUse {
+                    kind,
+                    name: name.to_owned(),
+                    users,
+                });
+            }
+            Ok((
+                Some(Plan {
+                    compares: vec![Compare::exists(key.clone())],
+                    ops: vec![TxnOp::delete(key.clone())],
+                }),
+                (),
+            ))
+        })
+        .await
+    }
+
+    /// Everything a run of service `name` needs, read from one snapshot: the engine's service
+    /// (repository with decrypted credentials, decorator, executable-object) and the decrypted
+    /// environment secrets (target variable → value).
+    pub async fn resolve_service(
+        &self,
+        name: &str,
+        key: &KeyFile,
+    ) -> Result<(autogate_exec::Service, autogate_exec::Secrets), ResourceError> {
+        let snap = self.snapshot().await?;
+        let service = snap
+            .get::<Service>(name)?
+            .ok_or_else(|| ResourceError::NotFound {
+                kind: Kind::Service,
+                name: name.to_owned(),
+            })?;
+        let secrets: Vec<Secret> = snap.all()?;
+        let lookup = |n: &str| secrets.iter().find(|s| s.name() == n);
+        let need = |kind: Kind, n: &str| ResourceError::MissingReference {
+            kind: Kind::Service,
+            name: name.to_owned(),
+            field: kind.as_str().to_owned(),
+            target_kind: kind,
+            target: n.to_owned(),
+        };
+        let repository = match &service.repository {
+            Some(n) => {
+                let repo = snap
+                    .get::<Repository>(n)?
+                    .ok_or_else(|| need(Kind::Repository, n))?;
+                let creds = repo.credentials(key, lookup)?;
+                Some((repo, creds))
+            }
+            None => None,
+        };
+        let decorator = match &service.decorator {
+            Some(n) => Some(
+                snap.get::<Decorator>(n)?
+                    .ok_or_else(|| need(Kind::Decorator, n))?,
+            ),
+            None => None,
+        };
+        let executable = match &service.executable_object {
+            Some(n) => Some(
+                snap.get::<ExecutableObject>(n)?
+                    .ok_or_else(|| need(Kind::ExecutableObject, n))?,
+            ),
+            None => None,
+        };
+        let exec = service
+            .to_exec(
+                repository.as_ref().map(|(r, c)| (r, c.clone())),
+                decorator.as_ref(),
+                executable.as_ref(),
+            )
+            .map_err(|source| ResourceError::Invalid {
+                kind: Kind::Service,
+                name: name.to_owned(),
+                source,
+            })?;
+        let mut env = autogate_exec::Secrets::new();
+        for r in &service.secrets {
+            let secret = lookup(&r.name).ok_or_else(|| need(Kind::Secret, &r.name))?;
+            env.insert(r.target.clone(), secret.decrypt(key)?.expose().to_owned());
+        }
+        Ok((exec, env))
+    }
+}
