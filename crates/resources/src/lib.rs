@@ -6,11 +6,13 @@
 //!   execution engine's [`autogate_exec::Service`];
 //! * [`store`] — the records in the cluster store under `/autogate/<cluster_id>/resources/`, with
 //!   reference checks, every write one transaction;
+//! * [`yaml`] — the product family's kebab-case import/export file, all-or-nothing.
 #![forbid(unsafe_code)]
 
 pub mod crypto;
 pub mod model;
 pub mod store;
+pub mod yaml;
 
 pub use crypto::{KeyFile, KeyFileError, SecretError};
 pub use model::{
@@ -18,3 +20,4 @@ pub use model::{
     RegistryType, Repository, Resource, Secret, SecretRef, SecretValue, Service,
 };
 pub use store::{ResourceError, Resources, TxnGuard};
+pub use yaml::{Document, ImportError, ImportItem, ImportMode, ImportOutcome, ImportReport};

@@ -80,6 +80,10 @@ pub enum ResourceError {
     /// Other writers kept changing resources; retry later.
     #[error("resources kept changing concurrently; gave up after {attempts} attempts")]
     Contended { attempts: usize },
+    /// One transaction cannot hold this many writes on this store (an import too large for etcd's
+    /// `--max-txn-ops`): split the file.
+    #[error("{items} resources to write; at most {max} fit in one transaction on this store (split the file)")]
+    TooManyWrites { items: usize, max: usize },
     /// The transaction guard refused the write (this node is no longer the leader).
     #[error("write refused: this node no longer holds the right to write (fenced)")]
     Fenced,
@@ -232,6 +236,11 @@ impl Resources {
     pub fn with_txn_guard(mut self, guard: TxnGuard) -> Self {
         self.guard = Some(guard);
         self
+    }
+
+    /// The store backend's name (`memory`, `local`, `etcd`).
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
     }
 
     pub fn cluster_id(&self) -> &str {
