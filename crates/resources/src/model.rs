@@ -7,6 +7,10 @@
 //! absolute paths, JSON Schema); whether the resources it names exist is the store's business
 //! ([`Resource::references`]).
 //!
+//! Unknown keys are refused (a typo such as `working-dir` must not silently drop a setting), in
+//! import files and stored documents alike: every node of a cluster must run the same version of
+//! this model.
+//!
 //! A [`Secret`] only ever holds its sealed value; the plaintext exists as a [`SecretValue`]
 //! (redacted `Debug`, not serializable, wiped on drop) between [`Secret::decrypt`] and its use.
 
@@ -207,7 +211,7 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + S
 
 /// A git repository (`create repository`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Repository {
     #[serde(flatten)]
     pub meta: Meta,
@@ -386,7 +390,7 @@ pub struct AnsibleRuntime {
 /// A runnable service (`create service <type> <name>`). Fields that do not apply to its type
 /// must stay empty.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Service {
     #[serde(flatten)]
     pub meta: Meta,
@@ -684,7 +688,7 @@ impl Resource for Service {
 
 /// A JSON Schema the run inputs must satisfy (`create decorator`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Decorator {
     #[serde(flatten)]
     pub meta: Meta,
@@ -740,7 +744,7 @@ impl fmt::Debug for SecretValue {
 
 /// A secret: metadata and the sealed value (`v1:…`, see [`crate::crypto`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Secret {
     #[serde(flatten)]
     pub meta: Meta,
@@ -793,7 +797,7 @@ impl Resource for Secret {
 
 /// An interpreter or program override (`create executable-object --exec-command`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ExecutableObject {
     #[serde(flatten)]
     pub meta: Meta,
@@ -847,7 +851,7 @@ pub enum RegistryType {
 
 /// A package registry (`create registry <pypi|ansible-galaxy>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Registry {
     #[serde(flatten)]
     pub meta: Meta,
@@ -1021,6 +1025,20 @@ mod tests {
         assert_eq!(v.expose(), "PLAINTEXT-XYZ");
         assert!(!format!("{v:?}").contains("PLAINTEXT"));
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let ok: Repository = serde_json::from_value(json!({
+            "name": "r", "url": "file:///x", "description": "d", "tags": ["a"],
+            "created": "2026-01-02T03:04:05Z"
+        }))
+        .unwrap();
+        assert_eq!(ok.meta.tags, ["a"]);
+        let err =
+            serde_json::from_value::<Repository>(json!({"name": "r", "url": "u", "bogus": 1}))
+                .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 
     #[test]

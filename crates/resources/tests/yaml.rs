@@ -181,6 +181,10 @@ async fn bad_files_change_nothing() {
         let cases: Vec<(String, &str)> = vec![
             ("services: [".into(), "not a valid resource file"),
             ("widgets: []".into(), "widgets"),
+            (
+                good.replace("working-directory: scripts", "working-dir: scripts"),
+                "working-dir",
+            ),
             (good.replace("name: ping", "name: pi/ng"), "invalid name"),
             (
                 good.replace(
