@@ -209,8 +209,8 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + S
     }
 }
 
-/// A git repository (`create repository`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A git repository (`create repository`). `Debug` removes any user-info from the URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Repository {
     #[serde(flatten)]
@@ -228,6 +228,19 @@ pub struct Repository {
     /// Secret holding the HTTPS password or token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_name: Option<String>,
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("meta", &self.meta)
+            .field("url", &autogate_exec::checkout::redact_url(&self.url))
+            .field("reference", &self.reference)
+            .field("private_key_name", &self.private_key_name)
+            .field("username", &self.username)
+            .field("password_name", &self.password_name)
+            .finish()
+    }
 }
 
 impl Repository {
@@ -893,6 +906,28 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The family's built-ins: `default-pypi` (public PyPI simple index) and `default-galaxy`
+    /// (public Ansible Galaxy), each the default of its type.
+    pub fn builtins() -> [Registry; 2] {
+        let mut pypi = Registry::new(
+            "default-pypi",
+            RegistryType::Pypi,
+            "https://pypi.org/simple",
+        );
+        pypi.meta.description = "Public PyPI simple index".into();
+        pypi.default = true;
+        let mut galaxy = Registry::new(
+            "default-galaxy",
+            RegistryType::AnsibleGalaxy,
+            "https://galaxy.ansible.com",
+        );
+        galaxy.meta.description = "Public Ansible Galaxy".into();
+        galaxy.default = true;
+        [pypi, galaxy]
+    }
+}
+
 impl Resource for Registry {
     const KIND: Kind = Kind::Registry;
     fn meta(&self) -> &Meta {
@@ -1025,6 +1060,22 @@ mod tests {
         assert_eq!(v.expose(), "PLAINTEXT-XYZ");
         assert!(!format!("{v:?}").contains("PLAINTEXT"));
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn repository_debug_hides_url_credentials() {
+        let r = Repository::new("r", "https://bob:hunter2@git.example/x.git");
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("git.example"), "{text}");
+    }
+
+    #[test]
+    fn builtins_are_valid() {
+        for r in Registry::builtins() {
+            r.validate().unwrap();
+            assert!(r.default);
+        }
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub(crate) struct Snapshot {
     pub generation: i64,
     /// Raw JSON per (kind, name).
     pub items: BTreeMap<(Kind, String), Vec<u8>>,
+    /// Whether the built-in registries were ever created in this cluster.
+    pub seeded: bool,
 }
 
 impl Snapshot {
@@ -261,6 +263,41 @@ impl Resources {
         format!("{}resources-generation", cluster_prefix(&self.cluster_id))
     }
 
+    fn seeded_key(&self) -> String {
+        format!("{}resources-seeded", cluster_prefix(&self.cluster_id))
+    }
+
+    /// Creates the built-in registries ([`Registry::builtins`]) the first time it runs in a
+    /// cluster; later calls do nothing, so a deleted built-in stays deleted. Existing resources of
+    /// the same names are left alone. Returns the names created.
+    pub async fn ensure_builtins(&self) -> Result<Vec<String>, ResourceError> {
+        let marker = self.seeded_key();
+        self.write(|snap| {
+            if snap.seeded {
+                return Ok((None, Vec::new()));
+            }
+            let at = now();
+            let mut plan = Plan {
+                compares: vec![Compare::missing(marker.clone())],
+                ops: vec![TxnOp::put(marker.clone(), b"1".to_vec())],
+            };
+            let mut created = Vec::new();
+            for mut registry in Registry::builtins() {
+                if snap.contains(Kind::Registry, registry.name()) {
+                    continue;
+                }
+                registry.meta.created = Some(at);
+                registry.meta.updated = Some(at);
+                let key = self.key(Kind::Registry, registry.name());
+                plan.compares.push(Compare::missing(key.clone()));
+                plan.ops.push(TxnOp::put(key, Self::encode(&registry)?));
+                created.push(registry.meta.name);
+            }
+            Ok((Some(plan), created))
+        })
+        .await
+    }
+
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, ResourceError> {
         let prefix = self.prefix();
         let resp = self
@@ -268,6 +305,7 @@ impl Resources {
             .txn(Txn::new().and_then([
                 TxnOp::get(self.generation_key()),
                 TxnOp::get_prefix(prefix.clone()),
+                TxnOp::get(self.seeded_key()),
             ]))
             .await?;
         let mut snap = Snapshot::default();
@@ -287,6 +325,9 @@ impl Resources {
                     snap.items.insert((*kind, name.to_owned()), kv.value);
                 }
             }
+        }
+        if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
+            snap.seeded = !kvs.is_empty();
         }
         Ok(snap)
     }
@@ -482,6 +523,18 @@ impl Resources {
             ))
         })
         .await
+    }
+
+    /// Checks that every secret opens with `key` (after a key file change or an import from
+    /// another cluster); returns the names of those that do not.
+    pub async fn unreadable_secrets(&self, key: &KeyFile) -> Result<Vec<String>, ResourceError> {
+        Ok(self
+            .list::<Secret>()
+            .await?
+            .into_iter()
+            .filter(|s| s.decrypt(key).is_err())
+            .map(|s| s.meta.name)
+            .collect())
     }
 
     /// Everything a run of service `name` needs, read from one snapshot: the engine's service

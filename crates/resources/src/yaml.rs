@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use autogate_store::{Compare, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::KeyFile;
 use crate::model::{
     Decorator, ExecutableObject, Kind, Registry, Repository, Resource, Secret, Service,
 };
@@ -218,9 +219,36 @@ impl Resources {
 
     /// Imports a file all-or-nothing (see the module documentation).
     pub async fn import(&self, yaml: &str, mode: ImportMode) -> Result<ImportReport, ImportError> {
+        self.import_inner(yaml, mode, None).await
+    }
+
+    /// [`import`](Self::import), also refusing the whole file if one of its secrets does not open
+    /// with `key` (a file exported by a cluster with another key file).
+    pub async fn import_with_key(
+        &self,
+        yaml: &str,
+        mode: ImportMode,
+        key: &KeyFile,
+    ) -> Result<ImportReport, ImportError> {
+        self.import_inner(yaml, mode, Some(key)).await
+    }
+
+    async fn import_inner(
+        &self,
+        yaml: &str,
+        mode: ImportMode,
+        key: Option<&KeyFile>,
+    ) -> Result<ImportReport, ImportError> {
         let doc = Document::parse(yaml)?;
         let in_file = doc.names()?;
         doc.validate()?;
+        if let Some(key) = key {
+            for secret in &doc.secrets {
+                secret
+                    .decrypt(key)
+                    .map_err(|e| ImportError::Resource(ResourceError::Secret(e)))?;
+            }
+        }
         let max = (self.backend() == "etcd").then_some(ETCD_MAX_WRITES);
         let report = self
             .write(|snap| {

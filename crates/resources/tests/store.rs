@@ -261,3 +261,33 @@ async fn local_store_file_never_holds_plaintext() {
     assert!(has("db-password"));
     assert!(!has(plaintext));
 }
+
+#[tokio::test]
+async fn builtins_are_seeded_once() {
+    for b in backends().await {
+        let r = Resources::new(b.store.clone(), "c1");
+        let created = r.ensure_builtins().await.unwrap();
+        assert_eq!(created, ["default-pypi", "default-galaxy"]);
+        assert_eq!(
+            r.names(Kind::Registry).await.unwrap(),
+            ["default-galaxy", "default-pypi"]
+        );
+        r.delete(Kind::Registry, "default-pypi").await.unwrap();
+        // A deleted built-in stays deleted.
+        assert!(r.ensure_builtins().await.unwrap().is_empty());
+        assert_eq!(r.names(Kind::Registry).await.unwrap(), ["default-galaxy"]);
+    }
+}
+
+#[tokio::test]
+async fn unreadable_secrets_are_listed() {
+    for b in backends().await {
+        let r = Resources::new(b.store.clone(), "c1");
+        r.create(secret("ours", "v")).await.unwrap();
+        let foreign = autogate_resources::KeyFile::from_bytes("another cluster").unwrap();
+        r.create(Secret::new("theirs", "v", &foreign).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.unreadable_secrets(&key()).await.unwrap(), ["theirs"]);
+    }
+}

@@ -257,3 +257,23 @@ async fn empty_file_imports_nothing() {
         assert_eq!(r.export().await.unwrap().trim(), "{}");
     }
 }
+
+#[tokio::test]
+async fn import_with_key_refuses_foreign_secrets() {
+    for b in backends().await {
+        let r = Resources::new(b.store.clone(), "c1");
+        let foreign = autogate_resources::KeyFile::from_bytes("another cluster").unwrap();
+        let sealed = Secret::new("s", "v", &foreign).unwrap().value;
+        let file = format!("secrets:\n  - name: s\n    value: \"{sealed}\"\n");
+        let before = dump(&b.store).await;
+        let err = r
+            .import_with_key(&file, ImportMode::default(), &key())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "wrong key file or corrupted secret s");
+        assert_eq!(dump(&b.store).await, before);
+        r.import_with_key(&file, ImportMode::default(), &foreign)
+            .await
+            .unwrap();
+    }
+}
