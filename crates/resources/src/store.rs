@@ -77,6 +77,9 @@ pub enum ResourceError {
         name: String,
         reason: String,
     },
+    /// A record could not be encoded (JSON for the store, YAML for an export).
+    #[error("encoding resources failed: {0}")]
+    Encode(String),
     /// Other writers kept changing resources; retry later.
     #[error("resources kept changing concurrently; gave up after {attempts} attempts")]
     Contended { attempts: usize },
@@ -333,7 +336,7 @@ impl Resources {
     }
 
     /// Reads a snapshot, lets `plan` decide, commits if nothing moved; retries otherwise.
-    /// `plan` returning `Ok(None)` means "nothing to write" (the snapshot is returned as is).
+    /// `plan` returning no [`Plan`] means "nothing to write": its value is returned at once.
     pub(crate) async fn write<T>(
         &self,
         mut plan: impl FnMut(&Snapshot) -> Result<(Option<Plan>, T), ResourceError>,
@@ -371,7 +374,7 @@ impl Resources {
         })
     }
 
-    /// Checks that every resource `r` names exists in `snap` (or is accepted by `extra`).
+    /// Checks that every resource `r` names is accepted by `exists`.
     pub(crate) fn check_references<R: Resource>(
         r: &R,
         exists: &dyn Fn(Kind, &str) -> bool,
@@ -399,11 +402,8 @@ impl Resources {
     }
 
     pub(crate) fn encode<R: Resource>(r: &R) -> Result<Vec<u8>, ResourceError> {
-        serde_json::to_vec(r).map_err(|e| ResourceError::Corrupt {
-            kind: R::KIND,
-            name: r.name().to_owned(),
-            reason: format!("cannot be encoded: {e}"),
-        })
+        serde_json::to_vec(r)
+            .map_err(|e| ResourceError::Encode(format!("{} {}: {e}", R::KIND, r.name())))
     }
 
     /// Creates a resource; the store sets `created`/`updated`. Fails if the name is taken or a
@@ -436,32 +436,29 @@ impl Resources {
     }
 
     /// Replaces an existing resource (keeping its `created`), with the same checks as create.
-    pub async fn update<R: Resource>(&self, mut resource: R) -> Result<R, ResourceError> {
+    pub async fn update<R: Resource>(&self, resource: R) -> Result<R, ResourceError> {
         Self::validate(&resource)?;
         let key = self.key(R::KIND, resource.name());
-        let stored = self
-            .write(|snap| {
-                let Some(old) = snap.get::<R>(resource.name())? else {
-                    return Err(ResourceError::NotFound {
-                        kind: R::KIND,
-                        name: resource.name().to_owned(),
-                    });
-                };
-                Self::check_references(&resource, &|k, n| snap.contains(k, n))?;
-                let mut next = resource.clone();
-                next.meta_mut().created = old.meta().created;
-                next.meta_mut().updated = Some(now());
-                Ok((
-                    Some(Plan {
-                        compares: vec![Compare::exists(key.clone())],
-                        ops: vec![TxnOp::put(key.clone(), Self::encode(&next)?)],
-                    }),
-                    next,
-                ))
-            })
-            .await?;
-        resource = stored;
-        Ok(resource)
+        self.write(|snap| {
+            let Some(old) = snap.get::<R>(resource.name())? else {
+                return Err(ResourceError::NotFound {
+                    kind: R::KIND,
+                    name: resource.name().to_owned(),
+                });
+            };
+            Self::check_references(&resource, &|k, n| snap.contains(k, n))?;
+            let mut next = resource.clone();
+            next.meta_mut().created = old.meta().created;
+            next.meta_mut().updated = Some(now());
+            Ok((
+                Some(Plan {
+                    compares: vec![Compare::exists(key.clone())],
+                    ops: vec![TxnOp::put(key.clone(), Self::encode(&next)?)],
+                }),
+                next,
+            ))
+        })
+        .await
     }
 
     /// One resource, `None` if it does not exist.

@@ -210,11 +210,7 @@ impl Resources {
             executable_objects: snap.all()?,
             registries: snap.all()?,
         };
-        serde_norway::to_string(&doc).map_err(|e| ResourceError::Corrupt {
-            kind: Kind::Service,
-            name: "*".into(),
-            reason: format!("export cannot be encoded: {e}"),
-        })
+        serde_norway::to_string(&doc).map_err(|e| ResourceError::Encode(e.to_string()))
     }
 
     /// Imports a file all-or-nothing (see the module documentation).
