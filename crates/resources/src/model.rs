@@ -207,6 +207,14 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + S
     fn name(&self) -> &str {
         &self.meta().name
     }
+    /// Every name in [`references`](Self::references) is a valid resource name, reported
+    /// under the field that holds it.
+    fn validate_reference_names(&self) -> Result<(), ModelError> {
+        for (_, name, field) in self.references() {
+            validate_name(&field, &name)?;
+        }
+        Ok(())
+    }
 }
 
 /// A git repository (`create repository`). `Debug` removes any user-info from the URL.
@@ -323,12 +331,7 @@ impl Resource for Repository {
                 ));
             }
         }
-        if let Some(n) = &self.private_key_name {
-            validate_name("private-key-name", n)?;
-        }
-        if let Some(n) = &self.password_name {
-            validate_name("password-name", n)?;
-        }
+        self.validate_reference_names()?;
         if self.private_key_name.is_some() && self.password_name.is_some() {
             return Err(ModelError::new(
                 "private-key-name",
@@ -946,12 +949,7 @@ impl Resource for Registry {
                 format!("{:?} must be an http:// or https:// URL", self.url),
             ));
         }
-        if let Some(n) = &self.password_name {
-            validate_name("password-name", n)?;
-        }
-        if let Some(n) = &self.token_name {
-            validate_name("token-name", n)?;
-        }
+        self.validate_reference_names()?;
         if self.token_name.is_some() && (self.username.is_some() || self.password_name.is_some()) {
             return Err(ModelError::new(
                 "token-name",
