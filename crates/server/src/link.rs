@@ -503,7 +503,7 @@ async fn cluster_health(node: &Node) -> Value {
 /// with HA, else just this node.
 pub fn cluster_nodes(node: &Node) -> Vec<NodeInfo> {
     let Some(ha) = &node.ha else {
-        return vec![self_info(node, true)];
+        return vec![self_info(node)];
     };
     let mut nodes: Vec<NodeInfo> = ha
         .nodes()
@@ -528,21 +528,18 @@ pub fn cluster_nodes(node: &Node) -> Vec<NodeInfo> {
         me.role = autogate_proto::Role::Active;
         me.manager_reachable = Some(true);
     } else {
-        nodes.push(self_info(node, true));
+        nodes.push(self_info(node));
     }
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     nodes
 }
 
-/// This node as the manager sees it.
-pub fn self_info(node: &Node, active: bool) -> NodeInfo {
+/// This node as the manager sees it: only the node holding the link describes itself, and it
+/// is the active one.
+pub fn self_info(node: &Node) -> NodeInfo {
     NodeInfo {
         node_id: node.id.to_string(),
-        role: if active {
-            autogate_proto::Role::Active
-        } else {
-            autogate_proto::Role::Standby
-        },
+        role: autogate_proto::Role::Active,
         is_primary: node.config.connect.is_primary,
         address: node
             .config
@@ -550,7 +547,7 @@ pub fn self_info(node: &Node, active: bool) -> NodeInfo {
             .advertise_address
             .as_ref()
             .map(ToString::to_string),
-        manager_reachable: Some(active),
+        manager_reachable: Some(true),
         running: None,
         capacity: None,
     }
