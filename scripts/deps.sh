@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, testing and the demo need, only when it is missing (idempotent, quiet
 # when everything is there). Debian packages: etcd (server and etcdctl), protoc for etcd-client's
-# build script, git and python3-venv for service execution.
+# build script, git and python3-venv for service execution, ansible for ansible-playbook
+# services, chromium and its WebDriver for the manager page's browser test.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,9 @@ have_cmd protoc || need+=(protobuf-compiler)
 have_cmd git || need+=(git)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || have_pkg python3-venv || need+=(python3-venv)
 have_cmd curl || need+=(curl)
+have_cmd ansible-playbook || need+=(ansible)
+have_cmd chromium || need+=(chromium)
+have_cmd chromedriver || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"

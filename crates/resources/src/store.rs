@@ -87,6 +87,9 @@ pub enum ResourceError {
     /// `--max-txn-ops`): split the file.
     #[error("{items} resources to write; at most {max} fit in one transaction on this store (split the file)")]
     TooManyWrites { items: usize, max: usize },
+    /// A secret must be opened for this run but the node has no key file.
+    #[error("secret {secret} cannot be opened: no secrets key file is configured")]
+    KeyRequired { secret: String },
     /// The transaction guard refused the write (this node is no longer the leader).
     #[error("write refused: this node no longer holds the right to write (fenced)")]
     Fenced,
@@ -536,11 +539,12 @@ impl Resources {
 
     /// Everything a run of service `name` needs, read from one snapshot: the engine's service
     /// (repository with decrypted credentials, decorator, executable-object) and the decrypted
-    /// environment secrets (target variable → value).
+    /// environment secrets (target variable → value). `key` is only needed when the service
+    /// or its repository names a secret ([`ResourceError::KeyRequired`] otherwise).
     pub async fn resolve_service(
         &self,
         name: &str,
-        key: &KeyFile,
+        key: Option<&KeyFile>,
     ) -> Result<(autogate_exec::Service, autogate_exec::Secrets), ResourceError> {
         let snap = self.snapshot().await?;
         let service = snap
@@ -563,7 +567,15 @@ impl Resources {
                 let repo = snap
                     .get::<Repository>(n)?
                     .ok_or_else(|| need(Kind::Repository, n))?;
-                let creds = repo.credentials(key, lookup)?;
+                let creds = match (key, repo.references().first()) {
+                    (Some(key), _) => repo.credentials(key, lookup)?,
+                    (None, None) => None,
+                    (None, Some((_, secret, _))) => {
+                        return Err(ResourceError::KeyRequired {
+                            secret: secret.clone(),
+                        })
+                    }
+                };
                 Some((repo, creds))
             }
             None => None,
@@ -596,6 +608,9 @@ impl Resources {
         let mut env = autogate_exec::Secrets::new();
         for r in &service.secrets {
             let secret = lookup(&r.name).ok_or_else(|| need(Kind::Secret, &r.name))?;
+            let key = key.ok_or_else(|| ResourceError::KeyRequired {
+                secret: r.name.clone(),
+            })?;
             env.insert(r.target.clone(), secret.decrypt(key)?.expose().to_owned());
         }
         Ok((exec, env))

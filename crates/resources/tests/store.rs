@@ -225,13 +225,13 @@ async fn resolve_service_decrypts_for_the_engine() {
         let mut s = python("svc", "r");
         s.decorator = Some("d".into());
         r.create(with_secret(s, "api", "API_TOKEN")).await.unwrap();
-        let (exec, env) = r.resolve_service("svc", &key()).await.unwrap();
+        let (exec, env) = r.resolve_service("svc", Some(&key())).await.unwrap();
         assert_eq!(env["API_TOKEN"], "tok-123");
         let creds = exec.repository.unwrap().credentials.unwrap();
         assert_eq!(creds.secret_values(), ["hunter2"]);
         assert!(exec.decorator.is_some());
         let wrong = autogate_resources::KeyFile::from_bytes("other key").unwrap();
-        let err = r.resolve_service("svc", &wrong).await.unwrap_err();
+        let err = r.resolve_service("svc", Some(&wrong)).await.unwrap_err();
         assert_eq!(err.to_string(), "wrong key file or corrupted secret git-pw");
     }
 }

@@ -1,0 +1,506 @@
+//! What a node does with automation resources, in one place for every front end: the CLI in
+//! local mode calls it in-process, the core node's operator API calls it for each request, and
+//! the manager link calls it for `services.list` and `service.run`.
+//!
+//! [`Automation`] joins the resource store ([`autogate_resources::Resources`]), the execution
+//! engine ([`autogate_exec::Engine`]), the cluster's secret key file and the `[features]` flags.
+//! Requests and answers are JSON in the family's kebab-case shapes, so the API, the CLI's
+//! `--raw` output and the import file agree on field names. Secrets leave this module only as
+//! metadata: their sealed value is never returned, their plaintext only reaches a child's
+//! environment.
+#![forbid(unsafe_code)]
+
+mod error;
+mod keys;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use autogate_config::Config;
+use autogate_exec::{
+    inputs::parse_set_args, Decorator as ExecDecorator, Engine, EngineConfig, Inputs, RunOptions,
+    RunResult, ServiceType, TofuAction,
+};
+use autogate_resources::model::{
+    Decorator, ExecutableObject, Kind, Registry, Repository, Resource, Secret, Service,
+};
+use autogate_resources::{ImportMode, ImportReport, Resources, TxnGuard};
+use autogate_store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{AutomationError, ErrorClass};
+pub use keys::KeySource;
+
+/// `[features] *_enabled`: a disabled type can be neither managed nor run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub python: bool,
+    pub ansible: bool,
+    pub opentofu: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            python: true,
+            ansible: true,
+            opentofu: true,
+        }
+    }
+}
+
+impl Features {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            python: config.features.python_enabled,
+            ansible: config.features.ansible_enabled,
+            opentofu: config.features.opentofu_enabled,
+        }
+    }
+
+    /// `Err` naming the flag when `t` is disabled.
+    pub fn check(&self, t: ServiceType) -> Result<(), AutomationError> {
+        let (on, flag) = match t {
+            ServiceType::PythonScript => (self.python, "python_enabled"),
+            ServiceType::AnsiblePlaybook => (self.ansible, "ansible_enabled"),
+            ServiceType::OpentofuPlan => (self.opentofu, "opentofu_enabled"),
+            ServiceType::Executable => (true, ""),
+        };
+        if on {
+            Ok(())
+        } else {
+            Err(AutomationError::FeatureDisabled {
+                service_type: t.as_str().to_owned(),
+                flag: flag.to_owned(),
+            })
+        }
+    }
+}
+
+/// One run request, as the CLI, the API and the manager give it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunRequest {
+    /// The service's name.
+    pub service: String,
+    /// When given (the CLI's `run service <type>`), the service must be of this type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+    /// Typed inputs (the API's and the manager's JSON object).
+    pub inputs: Inputs,
+    /// `--set k=v` strings, coerced to the decorator's types and laid over `inputs`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// opentofu-plan: apply (default) or destroy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<TofuAction>,
+    /// opentofu-plan: the state to start from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+}
+
+/// What the manager is told about one service (discovery) and what `--use` prints from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    /// The decorator's name and schema, when the service has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decorator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+}
+
+/// Settings of [`Automation`] that do not come from the store.
+#[derive(Debug, Clone)]
+pub struct AutomationOptions {
+    /// Engine work directory (`repos/`, `venvs/`, `runs/`).
+    pub work_dir: PathBuf,
+    /// The secrets key.
+    pub key: KeySource,
+    pub features: Features,
+}
+
+impl AutomationOptions {
+    /// From the configuration: work directory `runtime_data_dir` (else `<working_dir>/runtime`),
+    /// key file `[secrets] encrypt_key_file`; in local mode without one, `<working_dir>/secrets.key`
+    /// is created on first use (a single machine is its own cluster).
+    pub fn from_config(config: &Config) -> Self {
+        let work_dir = config
+            .server
+            .runtime_data_dir
+            .clone()
+            .unwrap_or_else(|| config.application.working_dir.join("runtime"));
+        let key = match &config.secrets.encrypt_key_file {
+            Some(p) => KeySource::File(p.clone()),
+            None if config.application.mode == autogate_config::Mode::Local => {
+                KeySource::LocalDefault(config.application.working_dir.join("secrets.key"))
+            }
+            None => KeySource::Missing,
+        };
+        Self {
+            work_dir,
+            key,
+            features: Features::from_config(config),
+        }
+    }
+}
+
+/// The automation side of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Automation {
+    resources: Resources,
+    engine: Arc<Engine>,
+    key: KeySource,
+    features: Features,
+}
+
+impl std::fmt::Debug for Automation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Automation")
+            .field("cluster_id", &self.resources.cluster_id())
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Automation {
+    /// Over `store`, for `cluster_id`.
+    pub fn new(store: Arc<dyn Store>, cluster_id: &str, opts: AutomationOptions) -> Self {
+        Self {
+            resources: Resources::new(store, cluster_id),
+            engine: Arc::new(Engine::new(EngineConfig::new(opts.work_dir))),
+            key: opts.key,
+            features: opts.features,
+        }
+    }
+
+    /// From the configuration (see [`AutomationOptions::from_config`]).
+    pub fn from_config(config: &Config, store: Arc<dyn Store>) -> Self {
+        Self::new(
+            store,
+            &config.application.cluster_id,
+            AutomationOptions::from_config(config),
+        )
+    }
+
+    /// Every write goes through `guard` (HA fencing: a deposed leader cannot write).
+    pub fn with_txn_guard(mut self, guard: TxnGuard) -> Self {
+        self.resources = self.resources.with_txn_guard(guard);
+        self
+    }
+
+    /// A different engine (tests and benchmarks tune its limits).
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = Arc::new(engine);
+        self
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Store key every resource write rewrites: watch it to learn that services changed.
+    pub fn generation_key(&self) -> String {
+        format!("{}resources-generation", self.resources.prefix())
+    }
+
+    /// Creates the built-in registries when this cluster never had them.
+    pub async fn ensure_builtins(&self) -> Result<Vec<String>, AutomationError> {
+        Ok(self.resources.ensure_builtins().await?)
+    }
+
+    /// Creates a resource from its JSON (kebab-case, as in the import file). A secret takes
+    /// its plaintext in `value` and is sealed here.
+    pub async fn create(&self, kind: Kind, body: Value) -> Result<Value, AutomationError> {
+        match kind {
+            Kind::Decorator => self.create_as::<Decorator>(body).await,
+            Kind::Repository => self.create_as::<Repository>(body).await,
+            Kind::Service => {
+                let s: Service = parse(kind, body)?;
+                self.features.check(s.service_type)?;
+                Ok(to_json(&self.resources.create(s).await?))
+            }
+            Kind::Secret => {
+                let req: SecretInput = parse(kind, body)?;
+                let key = self.key.load(true)?;
+                let mut secret = Secret::new(req.name, &req.value, &key)
+                    .map_err(|e| AutomationError::Key(e.to_string()))?;
+                secret.meta.description = req.description;
+                secret.meta.tags = req.tags;
+                Ok(secret_meta(&self.resources.create(secret).await?))
+            }
+            Kind::ExecutableObject => self.create_as::<ExecutableObject>(body).await,
+            Kind::Registry => self.create_as::<Registry>(body).await,
+        }
+    }
+
+    async fn create_as<R: Resource>(&self, body: Value) -> Result<Value, AutomationError> {
+        let r: R = parse(R::KIND, body)?;
+        Ok(to_json(&self.resources.create(r).await?))
+    }
+
+    /// One resource as JSON (a secret: metadata only).
+    pub async fn get(&self, kind: Kind, name: &str) -> Result<Value, AutomationError> {
+        let found = match kind {
+            Kind::Decorator => self.resources.get::<Decorator>(name).await?.map(to_json),
+            Kind::Repository => self.resources.get::<Repository>(name).await?.map(to_json),
+            Kind::Service => match self.resources.get::<Service>(name).await? {
+                Some(s) if self.features.check(s.service_type).is_ok() => Some(to_json(s)),
+                _ => None,
+            },
+            Kind::Secret => self
+                .resources
+                .get::<Secret>(name)
+                .await?
+                .map(|s| secret_meta(&s)),
+            Kind::ExecutableObject => self
+                .resources
+                .get::<ExecutableObject>(name)
+                .await?
+                .map(to_json),
+            Kind::Registry => self.resources.get::<Registry>(name).await?.map(to_json),
+        };
+        found.ok_or_else(|| AutomationError::NotFound {
+            kind,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Every resource of `kind`, sorted by name (secrets: metadata only; services of disabled
+    /// types are hidden).
+    pub async fn list(&self, kind: Kind) -> Result<Vec<Value>, AutomationError> {
+        Ok(match kind {
+            Kind::Decorator => map(self.resources.list::<Decorator>().await?, to_json),
+            Kind::Repository => map(self.resources.list::<Repository>().await?, to_json),
+            Kind::Service => self
+                .resources
+                .list::<Service>()
+                .await?
+                .into_iter()
+                .filter(|s| self.features.check(s.service_type).is_ok())
+                .map(to_json)
+                .collect(),
+            Kind::Secret => self
+                .resources
+                .list::<Secret>()
+                .await?
+                .iter()
+                .map(secret_meta)
+                .collect(),
+            Kind::ExecutableObject => {
+                map(self.resources.list::<ExecutableObject>().await?, to_json)
+            }
+            Kind::Registry => map(self.resources.list::<Registry>().await?, to_json),
+        })
+    }
+
+    /// Deletes a resource (refused while others name it).
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), AutomationError> {
+        if kind == Kind::Service {
+            if let Some(s) = self.resources.get::<Service>(name).await? {
+                self.features.check(s.service_type)?;
+            }
+        }
+        self.resources.delete(kind, name).await?;
+        Ok(())
+    }
+
+    /// The services the manager may run, sorted by name, with their decorator schemas.
+    pub async fn catalog(&self) -> Result<Vec<ServiceInfo>, AutomationError> {
+        let services = self.resources.list::<Service>().await?;
+        let decorators = self.resources.list::<Decorator>().await?;
+        Ok(services
+            .into_iter()
+            .filter(|s| self.features.check(s.service_type).is_ok())
+            .map(|s| {
+                let schema = s.decorator.as_ref().and_then(|d| {
+                    decorators
+                        .iter()
+                        .find(|x| &x.meta.name == d)
+                        .map(|x| x.schema.clone())
+                });
+                ServiceInfo {
+                    name: s.meta.name,
+                    service_type: s.service_type,
+                    description: s.meta.description,
+                    tags: s.meta.tags,
+                    repository: s.repository,
+                    working_directory: s.working_directory,
+                    decorator: s.decorator,
+                    schema,
+                    created: s.meta.created.and_then(rfc3339),
+                    updated: s.meta.updated.and_then(rfc3339),
+                }
+            })
+            .collect())
+    }
+
+    /// The inputs a service expects (`run service --use`): its catalog entry.
+    pub async fn describe_inputs(&self, name: &str) -> Result<ServiceInfo, AutomationError> {
+        self.catalog()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| AutomationError::NotFound {
+                kind: Kind::Service,
+                name: name.to_owned(),
+            })
+    }
+
+    /// Runs a service to completion (or timeout, or `cancel`). A program that ran is `Ok`
+    /// whatever its exit status; `Err` is a failure to run (nothing ran, or it could not start).
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        cancel: &CancellationToken,
+    ) -> Result<RunResult, AutomationError> {
+        let stored = self
+            .resources
+            .get::<Service>(&req.service)
+            .await?
+            .ok_or_else(|| AutomationError::NotFound {
+                kind: Kind::Service,
+                name: req.service.clone(),
+            })?;
+        self.features.check(stored.service_type)?;
+        if let Some(t) = req.service_type {
+            if t != stored.service_type {
+                return Err(AutomationError::WrongType {
+                    name: req.service.clone(),
+                    actual: stored.service_type.as_str().to_owned(),
+                    asked: t.as_str().to_owned(),
+                });
+            }
+        }
+        if (req.action.is_some() || req.state.is_some())
+            && stored.service_type != ServiceType::OpentofuPlan
+        {
+            return Err(AutomationError::BadRequest(format!(
+                "action and state apply to opentofu-plan services only; {} is {}",
+                req.service,
+                stored.service_type.as_str()
+            )));
+        }
+        // The key is only needed when the service or its repository names a secret; a node
+        // without one can still run everything else.
+        let (key, key_err) = match self.key.load(false) {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e)),
+        };
+        let (service, secrets) = match self
+            .resources
+            .resolve_service(&req.service, key.as_deref())
+            .await
+        {
+            Ok(ok) => ok,
+            Err(autogate_resources::ResourceError::KeyRequired { .. }) if key_err.is_some() => {
+                return Err(key_err.unwrap_or(AutomationError::KeyMissing));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut inputs = req.inputs.clone();
+        if !req.set.is_empty() {
+            let decorator = service
+                .decorator
+                .clone()
+                .map(ExecDecorator::new)
+                .transpose()?;
+            inputs.extend(parse_set_args(decorator.as_ref(), &req.set)?);
+        }
+        let opts = RunOptions {
+            tofu_action: req.action.unwrap_or_default(),
+            tofu_state: req.state.clone(),
+            stdin: None,
+        };
+        tracing::debug!(service = %req.service, "running service");
+        Ok(self
+            .engine
+            .run_with(&service, &inputs, &secrets, cancel, &opts)
+            .await?)
+    }
+
+    /// Every resource as the family's YAML import file (secrets sealed).
+    pub async fn export(&self) -> Result<String, AutomationError> {
+        Ok(self.resources.export().await?)
+    }
+
+    /// Imports a YAML file all-or-nothing; secrets in it must open with this cluster's key.
+    pub async fn import(
+        &self,
+        yaml: &str,
+        mode: ImportMode,
+    ) -> Result<ImportReport, AutomationError> {
+        let doc = autogate_resources::Document::parse(yaml)?;
+        for s in &doc.services {
+            self.features.check(s.service_type)?;
+        }
+        let report = if doc.secrets.is_empty() {
+            self.resources.import(yaml, mode).await?
+        } else {
+            let key = self.key.load(false)?;
+            self.resources.import_with_key(yaml, mode, &key).await?
+        };
+        Ok(report)
+    }
+}
+
+/// `create secret` body: the plaintext arrives here and nowhere else.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SecretInput {
+    name: String,
+    value: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kind: Kind, body: Value) -> Result<T, AutomationError> {
+    serde_json::from_value(body).map_err(|e| AutomationError::BadRequest(format!("{kind}: {e}")))
+}
+
+fn to_json<R: Serialize>(r: R) -> Value {
+    serde_json::to_value(r).unwrap_or(Value::Null)
+}
+
+fn map<R: Serialize>(items: Vec<R>, f: fn(R) -> Value) -> Vec<Value> {
+    items.into_iter().map(f).collect()
+}
+
+/// A secret without its value.
+fn secret_meta(s: &Secret) -> Value {
+    let mut v = to_json(&s.meta);
+    if let Value::Object(m) = &mut v {
+        m.insert("value".into(), json!("********"));
+    }
+    v
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
