@@ -3,6 +3,7 @@
 //! process exit code.
 #![forbid(unsafe_code)]
 
+mod api;
 mod cli;
 mod cmd;
 mod exit;

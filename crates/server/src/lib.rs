@@ -70,6 +70,8 @@ pub struct Node {
     pub link: link::LinkStatus,
     /// The election, when HA is on.
     pub ha: Option<autogate_ha::HaHandle>,
+    /// Resources and service runs; with HA its writes are fenced by this node's term.
+    pub automation: autogate_automation::Automation,
 }
 
 /// Run a core node until the shutdown token is cancelled.
@@ -96,7 +98,12 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     } else {
         None
     };
+    let mut automation = autogate_automation::Automation::from_config(&config, store.clone());
+    if let Some(ha) = &ha {
+        automation = automation.with_txn_guard(fence_guard(ha.clone(), &config.application.cluster_id));
+    }
     let node = Node {
+        automation,
         id: node_id,
         config: config.clone(),
         store,
@@ -167,4 +174,27 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     }
     tracing::debug!("core node stopped");
     Ok(())
+}
+
+/// Adds the HA fence to a write transaction: it commits only while this node's election key
+/// still has the create revision of its term. A node that is not active gets a compare that can
+/// never hold, so its write is refused as fenced rather than silently applied.
+fn fence_guard(ha: autogate_ha::HaHandle, cluster_id: &str) -> autogate_resources::TxnGuard {
+    let never = format!("{}not-active", autogate_ha::election_prefix(cluster_id));
+    Arc::new(move |mut txn: autogate_store::Txn| {
+        let compare = match ha.fence() {
+            Some((key, term)) => autogate_store::Compare::create_revision(
+                key,
+                autogate_store::CompareOp::Equal,
+                i64::try_from(term).unwrap_or(i64::MAX),
+            ),
+            None => autogate_store::Compare::create_revision(
+                never.clone(),
+                autogate_store::CompareOp::Equal,
+                -1,
+            ),
+        };
+        txn.compares.insert(0, compare);
+        txn
+    })
 }

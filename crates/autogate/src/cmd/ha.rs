@@ -4,6 +4,9 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use reqwest::Method;
+
+use crate::api::ApiClient;
 use crate::cli::Global;
 use crate::exit::Failure;
 
@@ -31,51 +34,19 @@ pub enum HaCommand {
 
 pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
     let config = super::load_config(global, None)?;
-    let client = config
-        .client_profile(global.profile.as_deref())
-        .ok_or_else(|| {
-            Failure::new(
-                64,
-                format!(
-                    "unknown client profile {:?}: no [client:<name>] section has that name",
-                    global.profile.as_deref().unwrap_or_default()
-                ),
-            )
-        })?;
-    let scheme = if client.use_tls { "https" } else { "http" };
-    let base = format!("{scheme}://{}:{}", client.host, client.port);
+    let client = ApiClient::from_config(&config, global)?;
     let (method, path, body) = match &args.command {
-        HaCommand::Status => (reqwest::Method::GET, "/api/v1/ha/status", None),
+        HaCommand::Status => (Method::GET, "/api/v1/ha/status", None),
         HaCommand::Switchover { to } => (
-            reqwest::Method::POST,
+            Method::POST,
             "/api/v1/ha/switchover",
             Some(json!({ "to": to })),
         ),
-        HaCommand::Pause => (reqwest::Method::POST, "/api/v1/ha/pause", None),
-        HaCommand::Resume => (reqwest::Method::POST, "/api/v1/ha/resume", None),
+        HaCommand::Pause => (Method::POST, "/api/v1/ha/pause", None),
+        HaCommand::Resume => (Method::POST, "/api/v1/ha/resume", None),
     };
     let rt = super::runtime()?;
-    let (status, value) = rt.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .map_err(|e| Failure::new(1, format!("HTTP client: {e}")))?;
-        let mut req = http.request(method, format!("{base}{path}"));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Failure::new(69, format!("cannot reach the core node at {base}: {e}")))?;
-        let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
-        Ok::<_, Failure>((status, value))
-    })?;
-    if !status.is_success() {
-        let msg = value["error"].as_str().unwrap_or("request failed");
-        return Err(Failure::new(1, format!("{msg} (HTTP {})", status.as_u16())));
-    }
+    let value = rt.block_on(client.call(method, path, body.as_ref()))?;
     if global.raw {
         println!("{value}");
         return Ok(());
