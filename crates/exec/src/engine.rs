@@ -17,7 +17,7 @@ use crate::checkout::{resolve_inside, CheckoutCache, HostKeyPolicy, Repository};
 use crate::error::ExecError;
 use crate::inputs::{self, ArgFormat, Decorator, Inputs};
 use crate::runner::{self, run_process, ProcessSpec, RunResult, DEFAULT_OUTPUT_LIMIT};
-use crate::venv::{VenvCache, VenvOptions};
+use crate::venv::{PipIndex, VenvCache, VenvOptions};
 
 /// Decrypted secrets for one run: environment variable name → value. Injected into the
 /// program's environment and masked in its output.
@@ -93,6 +93,8 @@ pub struct Service {
     pub timeout: Option<Duration>,
     /// Decorator (JSON Schema) the inputs must satisfy.
     pub decorator: Option<serde_json::Value>,
+    /// python-script: the package index of its venv; `None` = pip's own configuration.
+    pub pip_index: Option<PipIndex>,
 }
 
 impl std::fmt::Debug for Service {
@@ -133,6 +135,7 @@ impl Service {
             env: BTreeMap::new(),
             timeout: None,
             decorator: None,
+            pip_index: None,
         }
     }
 }
@@ -337,7 +340,11 @@ impl Engine {
                     None => Some(cwd.join("requirements.txt")).filter(|p| p.is_file()),
                 };
                 let python = match req {
-                    Some(req) => self.venvs.ensure(&binary, &req, cancel).await?.python,
+                    Some(req) => self
+                        .venvs
+                        .ensure_with(&binary, &req, service.pip_index.as_ref(), cancel)
+                        .await?
+                        .python,
                     None => binary,
                 };
                 let mut args = vec![script.to_string_lossy().into_owned()];

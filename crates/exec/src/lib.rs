@@ -20,6 +20,7 @@ pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType
 pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};
 pub use runner::{run_process, ProcessSpec, RunResult};
+pub use venv::PipIndex;
 
 use std::path::{Path, PathBuf};
 

@@ -42,6 +42,36 @@ impl Default for VenvOptions {
     }
 }
 
+/// The package index a venv is built from (a `pypi` registry). The URL may carry credentials:
+/// it reaches pip through its environment (`PIP_INDEX_URL`), never its command line, and the
+/// cache key uses it with the user-info removed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PipIndex {
+    /// Simple-index URL, with `user:password@` when the registry has credentials.
+    pub url: String,
+    /// Trust the index host without TLS verification (`--insecure`).
+    pub trusted_host: bool,
+}
+
+impl std::fmt::Debug for PipIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipIndex")
+            .field("url", &crate::checkout::redact_url(&self.url))
+            .field("trusted_host", &self.trusted_host)
+            .finish()
+    }
+}
+
+impl PipIndex {
+    fn host(&self) -> Option<String> {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next()?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host_port.split(':').next()?;
+        (!host.is_empty()).then(|| host.to_owned())
+    }
+}
+
 /// A ready venv.
 #[derive(Debug, Clone)]
 pub struct Venv {
@@ -176,6 +206,16 @@ impl VenvCache {
     /// The cache key for `requirements` (a `requirements*.txt` or a `pyproject.toml`) under
     /// `interp`.
     pub fn key(interp: &Interpreter, requirements: &Path) -> Result<String, ExecError> {
+        Self::key_with(interp, requirements, None)
+    }
+
+    /// [`key`](Self::key) for a venv built from `index` (another index may resolve the same
+    /// requirements to other packages, so it is part of the key; its credentials are not).
+    pub fn key_with(
+        interp: &Interpreter,
+        requirements: &Path,
+        index: Option<&PipIndex>,
+    ) -> Result<String, ExecError> {
         let io = |e| ExecError::io(format!("reading {}", requirements.display()), e);
         let mut h = Sha256::new();
         h.update(b"autogate-venv-v1\0");
@@ -191,6 +231,11 @@ impl VenvCache {
             h.update(b"requirements\0");
             h.update(std::fs::read(requirements).map_err(io)?);
         }
+        if let Some(index) = index {
+            h.update(b"\0index\0");
+            h.update(crate::checkout::redact_url(&index.url).as_bytes());
+            h.update([u8::from(index.trusted_host)]);
+        }
         Ok(hex::encode(h.finalize()))
     }
 
@@ -201,8 +246,19 @@ impl VenvCache {
         requirements: &Path,
         cancel: &CancellationToken,
     ) -> Result<Venv, ExecError> {
+        self.ensure_with(python, requirements, None, cancel).await
+    }
+
+    /// [`ensure`](Self::ensure) with packages from `index` instead of pip's own configuration.
+    pub async fn ensure_with(
+        &self,
+        python: &Path,
+        requirements: &Path,
+        index: Option<&PipIndex>,
+        cancel: &CancellationToken,
+    ) -> Result<Venv, ExecError> {
         let interp = self.interpreter(python, cancel).await?;
-        let key = Self::key(&interp, requirements)?;
+        let key = Self::key_with(&interp, requirements, index)?;
         let link = self.root.join(&key);
         if let Some(v) = ready(&key, &link) {
             return Ok(v);
@@ -220,7 +276,7 @@ impl VenvCache {
             .prefix(&format!("{key}-"))
             .tempdir_in(&store)
             .map_err(|e| ExecError::io("creating the venv directory", e))?;
-        self.build(&interp, build.path(), requirements, cancel)
+        self.build(&interp, build.path(), requirements, index, cancel)
             .await?;
         // Built: keep the directory (it is now the venv) and publish it.
         let dir = build.keep();
@@ -251,6 +307,7 @@ impl VenvCache {
         interp: &Interpreter,
         dir: &Path,
         requirements: &Path,
+        index: Option<&PipIndex>,
         cancel: &CancellationToken,
     ) -> Result<(), ExecError> {
         let deadline = tokio::time::Instant::now() + self.opts.build_timeout;
@@ -269,6 +326,15 @@ impl VenvCache {
         let mut spec = ProcessSpec::new(dir.join("bin/python"), &req_dir);
         spec.args = vec!["-m".into(), "pip".into(), "install".into()];
         spec.args.extend(self.opts.pip_args.iter().map(Into::into));
+        let mut env = env;
+        if let Some(index) = index {
+            env.insert("PIP_INDEX_URL".to_owned(), index.url.clone());
+            if index.trusted_host {
+                if let Some(host) = index.host() {
+                    env.insert("PIP_TRUSTED_HOST".to_owned(), host);
+                }
+            }
+        }
         if is_pyproject(requirements) {
             spec.args.push(req_dir.clone().into());
         } else {

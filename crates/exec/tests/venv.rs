@@ -146,3 +146,44 @@ async fn failed_install_is_a_venv_error_and_leaves_nothing() {
         0
     );
 }
+
+#[tokio::test]
+async fn packages_come_from_the_registry_index_and_the_index_keys_the_venv() {
+    let t = tempfile::tempdir().unwrap();
+    // A simple index with one project, laid out as pip reads a `file://` index.
+    write_all(&t.path().join("pkgsrc"), &tiny_package("", "from the index"));
+    let index_dir = t.path().join("simple");
+    let out = std::process::Command::new(python3())
+        .args(["-m", "pip", "wheel", "--no-deps", "-q", "-w"])
+        .arg(index_dir.join("tinypkg"))
+        .arg(t.path().join("pkgsrc"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let proj = t.path().join("proj");
+    write(&proj, "requirements.txt", "tinypkg==0.1.0\n");
+    let req = proj.join("requirements.txt");
+    let index = autogate_exec::PipIndex {
+        url: format!("file://{}", index_dir.display()),
+        trusted_host: false,
+    };
+    let cache = VenvCache::new(t.path().join("venvs"), VenvOptions::default());
+    let cancel = CancellationToken::new();
+    let v = cache
+        .ensure_with(&python3(), &req, Some(&index), &cancel)
+        .await
+        .unwrap();
+    assert!(v.built);
+    assert_eq!(import_greeting(&v.python), "from the index");
+    let again = cache
+        .ensure_with(&python3(), &req, Some(&index), &cancel)
+        .await
+        .unwrap();
+    assert!(!again.built, "same index, same requirements: reused");
+    let interp = cache.interpreter(&python3(), &cancel).await.unwrap();
+    assert_ne!(
+        VenvCache::key_with(&interp, &req, Some(&index)).unwrap(),
+        VenvCache::key(&interp, &req).unwrap(),
+        "another index may resolve other packages: another venv"
+    );
+}

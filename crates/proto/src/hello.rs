@@ -25,6 +25,9 @@ pub mod method {
     pub const SERVICE_RUN: &str = "service.run";
     /// Gateway → manager notification: the membership changed ([`super::NodesUpdate`] params).
     pub const NODES_UPDATE: &str = "nodes.update";
+    /// Gateway → manager notification: the cluster's full service catalog
+    /// ([`crate::ServicesUpdate`] params), after `hello` and whenever it changes.
+    pub const SERVICES_UPDATE: &str = "services.update";
 }
 
 /// The role of a node in its cluster.
@@ -134,7 +137,16 @@ pub struct HelloAccepted {
     pub accepted: bool,
     /// Identifies the session in the manager's logs and API.
     pub session_id: String,
+    /// The largest frame the manager accepts (its `manager.max_frame_size`), so the gateway
+    /// can keep run results and catalogs under it instead of having the session closed with
+    /// 1009. Absent from older managers: assume [`ASSUMED_PEER_FRAME_LEN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_size: Option<u64>,
 }
+
+/// The frame limit a gateway assumes when the manager does not announce one (the manager's
+/// default `max_frame_size`).
+pub const ASSUMED_PEER_FRAME_LEN: usize = 1 << 20;
 
 impl HelloAccepted {
     /// An acceptance with this session id.
@@ -142,7 +154,21 @@ impl HelloAccepted {
         HelloAccepted {
             accepted: true,
             session_id: session_id.into(),
+            max_frame_size: None,
         }
+    }
+
+    /// The same acceptance announcing the manager's frame limit.
+    pub fn with_max_frame_size(mut self, max: usize) -> Self {
+        self.max_frame_size = u64::try_from(max).ok();
+        self
+    }
+
+    /// The frame limit the gateway must respect on this session.
+    pub fn peer_frame_limit(&self) -> usize {
+        self.max_frame_size
+            .and_then(|m| usize::try_from(m).ok())
+            .unwrap_or(ASSUMED_PEER_FRAME_LEN)
     }
 }
 
@@ -165,4 +191,26 @@ impl NodesUpdate {
 /// did.
 pub fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_limit_is_announced_and_assumed_when_absent() {
+        let old: HelloAccepted =
+            serde_json::from_value(serde_json::json!({"accepted": true, "session_id": "s"}))
+                .unwrap();
+        assert_eq!(old.peer_frame_limit(), ASSUMED_PEER_FRAME_LEN);
+        let new = HelloAccepted::new("s").with_max_frame_size(4096);
+        let v = to_value(&new);
+        assert_eq!(v["max_frame_size"], 4096);
+        let back: HelloAccepted = serde_json::from_value(v).unwrap();
+        assert_eq!(back.peer_frame_limit(), 4096);
+        assert!(to_value(&HelloAccepted::new("s"))
+            .get("max_frame_size")
+            .is_none());
+    }
 }

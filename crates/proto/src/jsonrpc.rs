@@ -24,8 +24,21 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// autogate: the manager refused a `hello` by the session rules (term, one session per cluster).
 pub const SESSION_REFUSED: i64 = -32001;
-/// autogate: the peer is not allowed (unknown certificate, cluster disabled, read-only cluster).
+/// autogate: the peer is not allowed (unknown certificate, cluster disabled, read-only cluster,
+/// a service type disabled on the gateway).
 pub const NOT_ALLOWED: i64 = -32002;
+/// autogate: the callee cannot do it now (not connected, busy, store unavailable, fenced).
+pub const UNAVAILABLE: i64 = -32003;
+/// autogate: no result within the deadline (the run was cancelled).
+pub const TIMED_OUT: i64 = -32004;
+/// autogate (`service.run`): the service could not be run (checkout, missing binary, venv,
+/// configuration); nothing ran or it could not start.
+pub const RUN_FAILED: i64 = -32010;
+/// autogate (`service.run`): no such service on the gateway.
+pub const SERVICE_NOT_FOUND: i64 = -32011;
+
+/// Longest `status` member read from a response (the family's values are short words).
+const MAX_STATUS_LEN: usize = 32;
 
 /// The WebSocket close code for a frame larger than the limit ("message too big").
 pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
@@ -173,6 +186,9 @@ pub struct Response {
     pub id: Option<Id>,
     /// `Ok(result)` or `Err(error)`: exactly one of the two members is sent.
     pub outcome: Result<Value, RpcError>,
+    /// The product family's extra `status` member (`"completed"`, `"error"`, `"success"`),
+    /// sent next to `result`/`error` by the answers that carry one (`service.run`).
+    pub status: Option<String>,
 }
 
 impl Response {
@@ -182,6 +198,7 @@ impl Response {
             jsonrpc: Version,
             id: Some(id),
             outcome: Ok(result),
+            status: None,
         }
     }
 
@@ -191,7 +208,14 @@ impl Response {
             jsonrpc: Version,
             id,
             outcome: Err(error),
+            status: None,
         }
+    }
+
+    /// The same response with the family's `status` member.
+    pub fn with_status(mut self, status: impl Into<String>) -> Self {
+        self.status = Some(status.into());
+        self
     }
 
     /// Deserializes a successful result into `T`; an error response yields its error, a result
@@ -319,6 +343,9 @@ impl Frame {
             }
             Frame::Response(r) => {
                 m.insert("id".into(), r.id.as_ref().map_or(Value::Null, Id::to_value));
+                if let Some(status) = &r.status {
+                    m.insert("status".into(), Value::from(status.as_str()));
+                }
                 match &r.outcome {
                     Ok(v) => m.insert("result".into(), v.clone()),
                     Err(e) => m.insert("error".into(), e.to_value()),
@@ -520,10 +547,17 @@ fn decode_response(obj: Map<String, Value>) -> Result<Frame, DecodeError> {
         (None, Some(error)) => Err(decode_error_object(error).map_err(bad)?),
         (None, None) => return Err(bad("missing \"result\" or \"error\"".into())),
     };
+    // `status` is informative (the outcome already says success or error): a value that is
+    // not a short string is dropped rather than failing the whole response.
+    let status = match obj.get("status") {
+        Some(Value::String(s)) if s.len() <= MAX_STATUS_LEN => Some(s.clone()),
+        _ => None,
+    };
     Ok(Frame::Response(Response {
         jsonrpc: Version,
         id,
         outcome,
+        status,
     }))
 }
 

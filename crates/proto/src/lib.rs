@@ -14,17 +14,27 @@
 //! first frame is the [`method::HELLO`] request ([`Hello`]); the manager decides with
 //! [`SessionTable::on_hello`] and answers [`HelloAccepted`] or an error with code
 //! [`SESSION_REFUSED`] (session rules) or [`NOT_ALLOWED`] (certificate / cluster state) whose
-//! message is the reason.
+//! message is the reason. Service runs and the service catalog are in [`ServiceRun`],
+//! [`run_completed`] / [`run_failed`] (the family's `status` member) and [`ServicesUpdate`].
 #![forbid(unsafe_code)]
 
 mod hello;
 mod jsonrpc;
+mod services;
 mod session;
 
-pub use hello::{method, to_value, Hello, HelloAccepted, NodeInfo, NodesUpdate, Role, MAX_ID_LEN};
+pub use hello::{
+    method, to_value, Hello, HelloAccepted, NodeInfo, NodesUpdate, Role, ASSUMED_PEER_FRAME_LEN,
+    MAX_ID_LEN,
+};
 pub use jsonrpc::{
     decode, encode, parse_params, DecodeError, Frame, Id, Notification, Request, Response,
     RpcError, Version, CLOSE_MESSAGE_TOO_BIG, DEFAULT_MAX_FRAME_LEN, INTERNAL_ERROR,
-    INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_ALLOWED, PARSE_ERROR, SESSION_REFUSED,
+    INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_ALLOWED, PARSE_ERROR, RUN_FAILED,
+    SERVICE_NOT_FOUND, SESSION_REFUSED, TIMED_OUT, UNAVAILABLE,
+};
+pub use services::{
+    run_completed, run_failed, violations_data, ServiceEntry, ServiceRun, ServicesUpdate,
+    MAX_SERVICES, MAX_SERVICE_NAME_LEN, MAX_TAGS, STATUS_COMPLETED, STATUS_ERROR,
 };
 pub use session::{ClosedSession, ConnId, HelloDecision, LiveSession, SessionTable};

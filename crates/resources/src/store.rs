@@ -605,6 +605,10 @@ impl Resources {
                 name: name.to_owned(),
                 source,
             })?;
+        let mut exec = exec;
+        if service.service_type == autogate_exec::ServiceType::PythonScript {
+            exec.pip_index = pip_index(&snap, &service, key, &lookup)?;
+        }
         let mut env = autogate_exec::Secrets::new();
         for r in &service.secrets {
             let secret = lookup(&r.name).ok_or_else(|| need(Kind::Secret, &r.name))?;
@@ -615,4 +619,95 @@ impl Resources {
         }
         Ok((exec, env))
     }
+}
+
+/// The package index of a python-script's venv: the registry the service names, else the
+/// default `pypi` registry when it is not the untouched public index (then pip's own
+/// configuration — `pip.conf`, `PIP_INDEX_URL` of the node — stays in charge).
+fn pip_index<'a>(
+    snap: &Snapshot,
+    service: &Service,
+    key: Option<&KeyFile>,
+    lookup: &impl Fn(&str) -> Option<&'a Secret>,
+) -> Result<Option<autogate_exec::PipIndex>, ResourceError> {
+    use crate::model::RegistryType;
+    let registries: Vec<Registry> = snap.all()?;
+    let chosen = match &service.registry {
+        Some(name) => Some(
+            registries
+                .iter()
+                .find(|r| &r.meta.name == name)
+                .ok_or_else(|| ResourceError::MissingReference {
+                    kind: Kind::Service,
+                    name: service.meta.name.clone(),
+                    field: "registry".into(),
+                    target_kind: Kind::Registry,
+                    target: name.clone(),
+                })?,
+        ),
+        None => registries.iter().find(|r| {
+            r.registry_type == RegistryType::Pypi
+                && r.default
+                && !Registry::builtins().iter().any(|b| {
+                    b.url == r.url
+                        && r.username.is_none()
+                        && r.password_name.is_none()
+                        && r.token_name.is_none()
+                        && !r.insecure
+                })
+        }),
+    };
+    let Some(registry) = chosen else {
+        return Ok(None);
+    };
+    if registry.registry_type != RegistryType::Pypi {
+        return Err(ResourceError::Invalid {
+            kind: Kind::Service,
+            name: service.meta.name.clone(),
+            source: ModelError::new(
+                "registry",
+                format!("{} is an ansible-galaxy registry; python-script services need a pypi one", registry.meta.name),
+            ),
+        });
+    }
+    let open = |secret: &str| -> Result<String, ResourceError> {
+        let s = lookup(secret).ok_or_else(|| ResourceError::MissingReference {
+            kind: Kind::Registry,
+            name: registry.meta.name.clone(),
+            field: "secret".into(),
+            target_kind: Kind::Secret,
+            target: secret.to_owned(),
+        })?;
+        let key = key.ok_or_else(|| ResourceError::KeyRequired {
+            secret: secret.to_owned(),
+        })?;
+        Ok(s.decrypt(key)?.expose().to_owned())
+    };
+    let userinfo = match (&registry.username, &registry.password_name, &registry.token_name) {
+        (_, _, Some(token)) => Some(format!("__token__:{}", pct(&open(token)?))),
+        (Some(user), Some(pw), None) => Some(format!("{}:{}", pct(user), pct(&open(pw)?))),
+        (Some(user), None, None) => Some(pct(user)),
+        _ => None,
+    };
+    let url = match (userinfo, registry.url.split_once("://")) {
+        (Some(ui), Some((scheme, rest))) => format!("{scheme}://{ui}@{rest}"),
+        _ => registry.url.clone(),
+    };
+    Ok(Some(autogate_exec::PipIndex {
+        url,
+        trusted_host: registry.insecure,
+    }))
+}
+
+/// Percent-encodes what cannot stand in a URL's user-info.
+fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -289,6 +289,11 @@ impl EtcdCluster {
     }
 
     /// Process id of member `i`, if it is running.
+    /// Data directory of member `i` (for tests that read what etcd keeps on disk).
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.members[i].data_dir
+    }
+
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)
     }
@@ -435,6 +440,11 @@ impl EtcdServer {
 
     pub fn client_urls(&self) -> Vec<String> {
         self.cluster.client_urls()
+    }
+
+    /// The data directory (for tests that read what etcd keeps on disk).
+    pub fn data_dir(&self) -> &Path {
+        self.cluster.data_dir(0)
     }
 
     pub fn pid(&self) -> Option<u32> {
