@@ -340,11 +340,12 @@ impl Engine {
                     None => Some(cwd.join("requirements.txt")).filter(|p| p.is_file()),
                 };
                 let python = match req {
-                    Some(req) => self
-                        .venvs
-                        .ensure_with(&binary, &req, service.pip_index.as_ref(), cancel)
-                        .await?
-                        .python,
+                    Some(req) => {
+                        self.venvs
+                            .ensure_with(&binary, &req, service.pip_index.as_ref(), cancel)
+                            .await?
+                            .python
+                    }
                     None => binary,
                 };
                 let mut args = vec![script.to_string_lossy().into_owned()];

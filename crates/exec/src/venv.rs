@@ -64,7 +64,10 @@ impl std::fmt::Debug for PipIndex {
 
 impl PipIndex {
     fn host(&self) -> Option<String> {
-        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
         let authority = rest.split('/').next()?;
         let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host = host_port.split(':').next()?;

@@ -151,7 +151,10 @@ async fn failed_install_is_a_venv_error_and_leaves_nothing() {
 async fn packages_come_from_the_registry_index_and_the_index_keys_the_venv() {
     let t = tempfile::tempdir().unwrap();
     // A simple index with one project, laid out as pip reads a `file://` index.
-    write_all(&t.path().join("pkgsrc"), &tiny_package("", "from the index"));
+    write_all(
+        &t.path().join("pkgsrc"),
+        &tiny_package("", "from the index"),
+    );
     let index_dir = t.path().join("simple");
     let out = std::process::Command::new(python3())
         .args(["-m", "pip", "wheel", "--no-deps", "-q", "-w"])
@@ -159,7 +162,23 @@ async fn packages_come_from_the_registry_index_and_the_index_keys_the_venv() {
         .arg(t.path().join("pkgsrc"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // PEP 503 pages: pip reads `index.html` of a `file://` directory.
+    let links: String = std::fs::read_dir(index_dir.join("tinypkg"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|f| format!("<a href=\"{f}\">{f}</a>\n"))
+        .collect();
+    write(&index_dir, "tinypkg/index.html", &links);
+    write(
+        &index_dir,
+        "index.html",
+        "<a href=\"tinypkg/\">tinypkg</a>\n",
+    );
     let proj = t.path().join("proj");
     write(&proj, "requirements.txt", "tinypkg==0.1.0\n");
     let req = proj.join("requirements.txt");

@@ -666,7 +666,10 @@ fn pip_index<'a>(
             name: service.meta.name.clone(),
             source: ModelError::new(
                 "registry",
-                format!("{} is an ansible-galaxy registry; python-script services need a pypi one", registry.meta.name),
+                format!(
+                    "{} is an ansible-galaxy registry; python-script services need a pypi one",
+                    registry.meta.name
+                ),
             ),
         });
     }
@@ -683,7 +686,11 @@ fn pip_index<'a>(
         })?;
         Ok(s.decrypt(key)?.expose().to_owned())
     };
-    let userinfo = match (&registry.username, &registry.password_name, &registry.token_name) {
+    let userinfo = match (
+        &registry.username,
+        &registry.password_name,
+        &registry.token_name,
+    ) {
         (_, _, Some(token)) => Some(format!("__token__:{}", pct(&open(token)?))),
         (Some(user), Some(pw), None) => Some(format!("{}:{}", pct(user), pct(&open(pw)?))),
         (Some(user), None, None) => Some(pct(user)),

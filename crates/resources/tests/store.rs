@@ -291,3 +291,38 @@ async fn unreadable_secrets_are_listed() {
         assert_eq!(r.unreadable_secrets(&key()).await.unwrap(), ["theirs"]);
     }
 }
+
+#[tokio::test]
+async fn python_venvs_use_the_chosen_pypi_registry() {
+    use autogate_resources::model::{Registry, RegistryType};
+    for b in backends().await {
+        let r = Resources::new(b.store.clone(), "c1");
+        r.ensure_builtins().await.unwrap();
+        r.create(repo("r")).await.unwrap();
+        r.create(python("plain", "r")).await.unwrap();
+        // The untouched public default leaves pip's own configuration in charge.
+        let (exec, _) = r.resolve_service("plain", None).await.unwrap();
+        assert_eq!(exec.pip_index, None);
+
+        r.create(secret("idx-pw", "p@ss word")).await.unwrap();
+        let mut mirror = Registry::new("mirror", RegistryType::Pypi, "https://pypi.lab/simple");
+        mirror.username = Some("ci".into());
+        mirror.password_name = Some("idx-pw".into());
+        mirror.insecure = true;
+        r.create(mirror).await.unwrap();
+        let mut svc = python("mirrored", "r");
+        svc.registry = Some("mirror".into());
+        r.create(svc).await.unwrap();
+        let (exec, _) = r.resolve_service("mirrored", Some(&key())).await.unwrap();
+        let index = exec.pip_index.unwrap();
+        assert_eq!(index.url, "https://ci:p%40ss%20word@pypi.lab/simple");
+        assert!(index.trusted_host);
+        assert!(
+            !format!("{index:?}").contains("p%40ss"),
+            "Debug hides the credentials"
+        );
+        // Without the key file the credentials cannot be opened, and the error names the secret.
+        let err = r.resolve_service("mirrored", None).await.unwrap_err();
+        assert!(err.to_string().contains("idx-pw"), "{err}");
+    }
+}
