@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager docs clean
+.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager bench-services docs clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo: deps release
 
 ## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd,
 ## fail-over.
-bench: bench-startup bench-failover bench-manager
+bench: bench-startup bench-failover bench-manager bench-services
 
 bench-startup: deps release
 	$(CARGO) build --release -p autogate-bench
@@ -49,6 +49,11 @@ bench-failover: deps release
 bench-manager: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench manager
+
+## Service runs through the API vs the bare command; python cold vs warm venv (about 1 min).
+bench-services: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench services
 
 docs:
 	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs

@@ -5,6 +5,9 @@
 //! `autogate-bench foundation`: time from `exec autogate server` to `/api/v1/health` answering,
 //! idle RSS of the server, local-store put/get throughput, etcd-store put throughput against raw
 //! etcd with the same write pattern.
+//!
+//! `autogate-bench services`: a no-op service run through the API against the bare command,
+//! sequential runs per second, python-script with a cold and a warm venv.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 mod failover;
 mod foundation;
 mod manager;
+mod services;
 
 fn main() {
     let which = std::env::args()
@@ -22,8 +26,9 @@ fn main() {
         "failover" => failover::run(),
         "foundation" => foundation::run(),
         "manager" => manager::run(),
+        "services" => services::run(),
         other => {
-            eprintln!("unknown benchmark {other:?}; available: failover, foundation, manager");
+            eprintln!("unknown benchmark {other:?}; available: failover, foundation, manager, services");
             std::process::exit(64);
         }
     };
