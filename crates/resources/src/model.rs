@@ -429,6 +429,13 @@ pub struct Service {
     /// Run limit in seconds; `None` = the engine's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// Distributed execution: how many times a job of this service is dispatched again when
+    /// the runner running it is lost (`None`/0: it fails instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Distributed execution: labels a runner must carry (`key=value`) to run this service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runner_labels: BTreeMap<String, String>,
     // python-script (and executable: a file passed as first argument)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
@@ -471,6 +478,8 @@ impl Service {
             registry: None,
             executable_object: None,
             timeout: None,
+            retries: None,
+            runner_labels: BTreeMap::new(),
             filename: None,
             req_file: None,
             playbooks: Vec::new(),
@@ -607,6 +616,17 @@ impl Resource for Service {
         }
         if self.timeout == Some(0) {
             return Err(ModelError::new("timeout", "must be at least 1 second"));
+        }
+        if self.retries.is_some_and(|r| r > 100) {
+            return Err(ModelError::new("retries", "must be at most 100"));
+        }
+        for (k, v) in &self.runner_labels {
+            if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains(['=', ' ']) {
+                return Err(ModelError::new(
+                    format!("runner-labels.{k}"),
+                    "label keys are 1 to 63 characters without '=' or spaces, values at most 255",
+                ));
+            }
         }
         let needs_repo = !matches!(self.service_type, ServiceType::Executable);
         if needs_repo && self.repository.is_none() {
