@@ -234,7 +234,7 @@ impl Prober for HttpProber {
 }
 
 /// The `node_id` of an HTTP response carrying the health document.
-fn health_node_id(response: &[u8]) -> Option<String> {
+pub(crate) fn health_node_id(response: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(response);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1);

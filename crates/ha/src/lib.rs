@@ -8,9 +8,11 @@
 
 pub mod driver;
 pub mod machine;
+mod tlsprobe;
 
 pub use driver::{
     election_prefix, fenced_txn, nodes_prefix, CandidateStatus, FencedError, HaDriver, HaError,
     HaHandle, HaOptions, HaStatus, HttpProber, Prober, SwitchoverError,
 };
 pub use machine::{CrashProbe, Leadership, Millis, NodeRecord, ProbeResult, Role, StopReason};
+pub use tlsprobe::TlsProber;
