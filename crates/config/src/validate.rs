@@ -130,6 +130,26 @@ pub(crate) fn check_cross_fields(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A file a setting names must be there before anything is bound.
+fn exists(
+    cfg: &Config,
+    section: &str,
+    key: &str,
+    path: &std::path::Path,
+    reason: String,
+) -> Result<(), ConfigError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let o = origin(cfg, section, key);
+    Err(ConfigError::FileNotFound {
+        key: o.name,
+        path: path.to_path_buf(),
+        origin: o.source,
+        reason,
+    })
+}
+
 /// A certificate without its key (or the reverse) is always a mistake.
 fn pair(
     cfg: &Config,
@@ -267,6 +287,57 @@ fn serve_api(cfg: &Config) -> Result<(), ConfigError> {
         ("certificate_file", s.certificate_file.is_some()),
         ("private_key_file", s.private_key_file.is_some()),
     )?;
+    if s.use_tls {
+        let tls = origin(cfg, "server", "use_tls");
+        for (key, path) in [
+            ("certificate_file", &s.certificate_file),
+            ("private_key_file", &s.private_key_file),
+        ] {
+            if let Some(p) = path {
+                exists(
+                    cfg,
+                    "server",
+                    key,
+                    p,
+                    format!("{} serves the API with it", because(&tls)),
+                )?;
+            }
+        }
+        if s.client_cert_auth {
+            let auth = origin(cfg, "server", "client_cert_auth");
+            match &cfg.application.ca_certificate_file {
+                None => {
+                    return Err(missing(
+                        "application",
+                        "ca_certificate_file",
+                        format!(
+                            "{} verifies API client certificates against it",
+                            because(&auth)
+                        ),
+                    ))
+                }
+                Some(p) => exists(
+                    cfg,
+                    "application",
+                    "ca_certificate_file",
+                    p,
+                    format!(
+                        "{} verifies API client certificates against it",
+                        because(&auth)
+                    ),
+                )?,
+            }
+        }
+    }
+    if let Some(p) = &s.admin_password_file {
+        exists(
+            cfg,
+            "server",
+            "admin_password_file",
+            p,
+            "the first start creates the admin user with the password in it".to_owned(),
+        )?;
+    }
     if s.distributed_execution && cfg.store.backend != BackendKind::Etcd {
         return Err(conflict(
             origin(cfg, "server", "distributed_execution"),
