@@ -9,9 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod auth;
+mod forward;
 mod leader;
 pub mod link;
 mod storeopts;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +26,10 @@ use autogate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::{health_body, router, ApiState};
+pub use api::{
+    health_body, openapi_document, plural, route_specs, router, Access, ApiState, RouteSpec,
+    Standby,
+};
 pub use storeopts::{open_store, store_options};
 
 /// Failures of a core node, shaped by what the caller does next: a usage problem exits 64,
@@ -43,6 +49,15 @@ pub enum ServerError {
     Link(#[from] link::LinkError),
     #[error("high availability: {0}")]
     Ha(#[from] autogate_ha::HaError),
+    /// The API's TLS material is unusable (missing, unreadable, mismatched).
+    #[error("API TLS: {0}")]
+    Tls(#[from] autogate_tls::TlsError),
+    /// A setting the node cannot start with (e.g. an unreadable admin password file).
+    #[error("{0}")]
+    Config(String),
+    /// Users and API keys could not be set up.
+    #[error("users: {0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 impl ServerError {
@@ -51,7 +66,9 @@ impl ServerError {
         match self {
             ServerError::Store(StoreError::Config(_))
             | ServerError::Link(_)
-            | ServerError::Ha(_) => 64,
+            | ServerError::Ha(_)
+            | ServerError::Config(_) => 64,
+            ServerError::Tls(e) if e.is_usage() => 64,
             ServerError::Store(StoreError::Unavailable(_)) => 69,
             ServerError::Bind { .. } => 69,
             _ => 1,
@@ -79,7 +96,30 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     let config = Arc::new(config);
     // Everything that can be wrong with the configuration fails here, before a port is bound.
     let link_settings = link::LinkSettings::from_config(&config)?;
+    let tls_config = if config.server.use_tls {
+        Some(tls::server_config(&config)?)
+    } else {
+        None
+    };
+    let peer_tls = if config.server.use_tls {
+        Some(tls::peer_client_config(&config)?)
+    } else {
+        None
+    };
+    let admin_password = config
+        .server
+        .admin_password_file
+        .as_deref()
+        .map(auth::read_password_file)
+        .transpose()
+        .map_err(ServerError::Config)?;
     let store = open_store(&config).await?;
+    let auth = auth::Auth::new(
+        store.clone(),
+        &config.application.cluster_id,
+        config.server.api_key_expiration,
+    );
+    bootstrap_admin(&auth, admin_password).await?;
     let addr = format!("{}:{}", config.server.listen_address, config.server.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -90,17 +130,30 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     let local: SocketAddr = listener.local_addr().map_err(ServerError::Serve)?;
     let metrics = Arc::new(Metrics::new());
     let ha = if config.connect.ha_enabled {
-        Some(autogate_ha::HaDriver::start(
-            store.clone(),
-            autogate_ha::HaOptions::from_config(&config, &node_id),
-            Some(&metrics),
-        )?)
+        let options = autogate_ha::HaOptions::from_config(&config, &node_id);
+        Some(match &peer_tls {
+            // A TLS API is probed over TLS: a plain request would never get the health answer
+            // that arms crash detection.
+            Some(tls) => autogate_ha::HaDriver::start_with_prober(
+                store.clone(),
+                options,
+                Some(&metrics),
+                Arc::new(autogate_ha::TlsProber::new(tls.clone())),
+            )?,
+            None => autogate_ha::HaDriver::start(store.clone(), options, Some(&metrics))?,
+        })
     } else {
         None
     };
+    let forwarder = match &peer_tls {
+        Some(tls) => forward::Forwarder::tls(tls.clone())
+            .map_err(|e| ServerError::Config(format!("HTTPS client for forwarding: {e}")))?,
+        None => forward::Forwarder::plain(),
+    };
     let mut automation = autogate_automation::Automation::from_config(&config, store.clone());
     if let Some(ha) = &ha {
-        automation = automation.with_txn_guard(fence_guard(ha.clone(), &config.application.cluster_id));
+        automation =
+            automation.with_txn_guard(fence_guard(ha.clone(), &config.application.cluster_id));
     }
     let node = Node {
         automation,
@@ -112,25 +165,45 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         link: link::LinkStatus::default(),
         ha,
     };
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         node_id = %node.id,
         cluster_id = %config.application.cluster_id,
         store = node.store.backend(),
-        "core node listening on http://{local}"
+        "core node listening on {scheme}://{local}"
     );
 
     let token = shutdown.token();
-    let app = router(ApiState::new(node.clone()));
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let token = token.clone();
-        async move { token.cancelled().await }
-    });
+    let app = router(ApiState::new(node.clone(), auth, forwarder, token.clone()));
     // Stop accepting happens when the token fires: axum stops its accept loop and lets in-flight
     // requests finish; the grace deadline bounds how long we wait for them.
     let grace = config.server.shutdown_grace;
-    let server = shutdown
+    let stop = {
+        let token = token.clone();
+        async move { token.cancelled().await }
+    };
+    let server = match tls_config {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).map_err(ServerError::Serve)?;
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
+            shutdown
+                .tracker()
+                .spawn(std::future::IntoFuture::into_future(serve))
+        }
+        None => {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
+            shutdown
+                .tracker()
+                .spawn(std::future::IntoFuture::into_future(serve))
+        }
+    };
+    shutdown
         .tracker()
-        .spawn(std::future::IntoFuture::into_future(serve));
+        .spawn(builtins(node.clone(), token.clone()));
     let lead_token = CancellationToken::new();
     let lead = match &node.ha {
         // With HA the link follows leadership, under the term of each leadership.
@@ -174,6 +247,72 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     }
     tracing::debug!("core node stopped");
     Ok(())
+}
+
+/// Creates `admin` when the cluster has no user yet, printing a generated password once.
+async fn bootstrap_admin(auth: &auth::Auth, password: Option<String>) -> Result<(), ServerError> {
+    let from_file = password.is_some();
+    match auth.bootstrap_admin(password).await? {
+        Some(auth::Bootstrap {
+            temporary_password: Some(password),
+        }) => {
+            // The family's words: operators and scripts look for these three lines.
+            tracing::info!("CREATED TEMPORARY ADMIN");
+            tracing::info!("username: {}", auth::ADMIN);
+            tracing::info!("password: {password}");
+        }
+        Some(_) => tracing::info!(
+            "created user {} with the password of server.admin_password_file",
+            auth::ADMIN
+        ),
+        None if from_file => tracing::debug!(
+            "users exist already; server.admin_password_file is only used for the first user"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Seeds the built-in resources whenever this node starts acting for the cluster: at start
+/// without HA, on each election with HA. Failures are logged: the node still serves.
+async fn builtins(node: Node, token: CancellationToken) {
+    let ensure = |node: &Node| {
+        let automation = node.automation.clone();
+        async move {
+            match automation.ensure_builtins().await {
+                Ok(created) if !created.is_empty() => {
+                    tracing::info!("created built-in resources: {}", created.join(", "))
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot create the built-in resources: {e}"),
+            }
+        }
+    };
+    let Some(ha) = node.ha.clone() else {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = ensure(&node) => {}
+        }
+        return;
+    };
+    let mut rx = ha.leadership();
+    let mut seeded_term = None;
+    loop {
+        let current = rx.borrow_and_update().clone();
+        if let autogate_ha::Leadership::Active { term } = current {
+            if seeded_term != Some(term) {
+                seeded_term = Some(term);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = ensure(&node) => {}
+                }
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Adds the HA fence to a write transaction: it commits only while this node's election key

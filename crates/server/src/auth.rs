@@ -1,0 +1,653 @@
+//! Operator accounts of a core node: users with argon2id password hashes and the API keys that
+//! `POST /api/v1/login` hands out, both kept in the cluster store so that every core node of a
+//! cluster accepts the same keys.
+//!
+//! Layout: `/autogate/<cluster_id>/users/<name>` holds a user (PHC hash, created and last-login
+//! times); `/autogate/<cluster_id>/api-keys/<sha256 hex of the key>` holds a key's user and
+//! expiry. The key itself is never stored nor logged: whoever reads the store learns only
+//! digests, which cannot be presented as keys.
+//!
+//! The first core node to start in a cluster without users creates `admin`, with the password
+//! from `[server] admin_password_file` or a random temporary one printed once to the log, in a
+//! create-if-absent transaction so two nodes starting together never both create it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use autogate_store::{cluster_prefix, Compare, CompareOp, Store, StoreError, Txn, TxnOp};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The user the first start creates.
+pub const ADMIN: &str = "admin";
+/// Shortest password accepted (the family asks for more than eight characters).
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// How long a key check may wait for the store before a recent successful check of the same
+/// key is trusted instead (a node cut off from its store still answers `ha status`).
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How old a successful key check may be to stand in for the store.
+const STALE_CHECK_LIMIT: Duration = Duration::from_secs(600);
+
+/// Why an account operation failed; messages are what the API returns, never a password or key.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user or wrong password (one message for both, so names cannot be probed).
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("missing or invalid API key: run autogate login")]
+    MissingKey,
+    #[error("api key has expired. please login")]
+    Expired,
+    #[error("user {0} does not exist")]
+    NotFound(String),
+    #[error("user {0} already exists")]
+    Exists(String),
+    #[error("cannot delete user {0}: it is the last user, nobody could log in any more")]
+    LastUser(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A user as the API shows it (never the hash).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserView {
+    pub name: String,
+    pub created: String,
+    pub last_login: Option<String>,
+    pub password_changed: Option<String>,
+}
+
+/// A freshly issued API key: shown once to whoever logged in.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedKey {
+    pub api_key: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserRecord {
+    name: String,
+    password_hash: String,
+    created: String,
+    #[serde(default)]
+    last_login: Option<String>,
+    #[serde(default)]
+    password_changed: Option<String>,
+}
+
+impl UserRecord {
+    fn view(&self) -> UserView {
+        UserView {
+            name: self.name.clone(),
+            created: self.created.clone(),
+            last_login: self.last_login.clone(),
+            password_changed: self.password_changed.clone(),
+        }
+    }
+}
+
+/// What the store keeps about one API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub user: String,
+    pub created: String,
+    pub expires_at: String,
+}
+
+/// A key check that succeeded, remembered to answer while the store cannot.
+#[derive(Debug, Clone)]
+struct Checked {
+    user: String,
+    expires_at: OffsetDateTime,
+    at: Instant,
+}
+
+/// Users and API keys of one cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    store: Arc<dyn Store>,
+    users: String,
+    keys: String,
+    key_ttl: Duration,
+    checked: Arc<Mutex<HashMap<String, Checked>>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("users", &self.users)
+            .field("key_ttl", &self.key_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The store name of a key: its SHA-256 in lower-case hex.
+pub fn key_digest(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// User names become store keys and URL segments: keep them plain.
+pub fn check_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "invalid user name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(AuthError::Invalid(format!(
+            "password too short: at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Hashes off the async threads: argon2id is deliberately slow.
+async fn hash_password(password: String) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Internal(format!("hashing the password: {e}")))
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?
+}
+
+/// A hash nobody's password matches, verified against for unknown users so that a login for a
+/// name that does not exist costs the same time as one with a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        SaltString::encode_b64(&salt)
+            .ok()
+            .and_then(|s| {
+                Argon2::default()
+                    .hash_password(&secret, &s)
+                    .ok()
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    })
+}
+
+async fn verify_password(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let real = hash.is_some();
+        let hash = hash.unwrap_or_else(|| decoy_hash().to_owned());
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        ok && real
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A new random key: 32 bytes from the OS generator, hex (URL- and header-safe).
+fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("ag_{}", hex::encode(bytes))
+}
+
+/// A random temporary password (letters and digits, 20 characters).
+fn temporary_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 20];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, AuthError> {
+    serde_json::from_slice(value)
+        .map_err(|e| AuthError::Internal(format!("unreadable record at {key}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AuthError> {
+    serde_json::to_vec(value).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+impl Auth {
+    /// Accounts of `cluster_id`; keys live for `key_ttl`.
+    pub fn new(store: Arc<dyn Store>, cluster_id: &str, key_ttl: Duration) -> Self {
+        let prefix = cluster_prefix(cluster_id);
+        Auth {
+            store,
+            users: format!("{prefix}users/"),
+            keys: format!("{prefix}api-keys/"),
+            key_ttl,
+            checked: Arc::default(),
+        }
+    }
+
+    fn user_key(&self, name: &str) -> String {
+        format!("{}{name}", self.users)
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<(UserRecord, i64)>, AuthError> {
+        let key = self.user_key(name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates `admin` when the cluster has no user. With `password` (the admin password
+    /// file) that password is set; otherwise a random one is generated and returned so the
+    /// caller prints it once. `Ok(None)` when users exist or another node won the race.
+    pub async fn bootstrap_admin(
+        &self,
+        password: Option<String>,
+    ) -> Result<Option<Bootstrap>, AuthError> {
+        if !self.store.list(&self.users).await?.is_empty() {
+            return Ok(None);
+        }
+        let (password, temporary) = match password {
+            Some(p) => (p, false),
+            None => (temporary_password(), true),
+        };
+        let record = UserRecord {
+            name: ADMIN.to_owned(),
+            password_hash: hash_password(password.clone()).await?,
+            created: rfc3339(now()),
+            last_login: None,
+            password_changed: None,
+        };
+        let key = self.user_key(ADMIN);
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .and_then([TxnOp::put(key, encode(&record)?)]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Ok(None);
+        }
+        Ok(Some(Bootstrap {
+            temporary_password: temporary.then_some(password),
+        }))
+    }
+
+    /// Checks a password and issues a key valid for the configured lifetime.
+    pub async fn login(&self, username: &str, password: &str) -> Result<IssuedKey, AuthError> {
+        let found = if check_name(username).is_ok() {
+            self.user(username).await?
+        } else {
+            None
+        };
+        let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
+        if !verify_password(password.to_owned(), hash).await {
+            return Err(AuthError::BadCredentials);
+        }
+        let Some((mut user, _)) = found else {
+            return Err(AuthError::BadCredentials);
+        };
+        let created = now();
+        let ttl = time::Duration::try_from(self.key_ttl)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let expires = created + ttl;
+        let api_key = new_key();
+        let record = KeyRecord {
+            user: user.name.clone(),
+            created: rfc3339(created),
+            expires_at: rfc3339(expires),
+        };
+        user.last_login = Some(rfc3339(created));
+        let user_key = self.user_key(&user.name);
+        // The key is only valid while its user exists: a user deleted at the same moment
+        // leaves no key behind.
+        let txn = Txn::new()
+            .when([Compare::exists(user_key.clone())])
+            .and_then([
+                TxnOp::put(
+                    format!("{}{}", self.keys, key_digest(&api_key)),
+                    encode(&record)?,
+                ),
+                TxnOp::put(user_key, encode(&user)?),
+            ]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(AuthError::BadCredentials);
+        }
+        Ok(IssuedKey {
+            api_key,
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// The user a bearer key belongs to.
+    pub async fn check(&self, key: Option<&str>) -> Result<String, AuthError> {
+        let key = key.map(str::trim).filter(|k| !k.is_empty());
+        let Some(key) = key else {
+            return Err(AuthError::MissingKey);
+        };
+        let digest = key_digest(key);
+        let path = format!("{}{digest}", self.keys);
+        let read = tokio::time::timeout(STORE_CHECK_TIMEOUT, self.store.get(&path)).await;
+        let record = match read {
+            Ok(Ok(Some(kv))) => decode::<KeyRecord>(&path, &kv.value)?,
+            Ok(Ok(None)) => {
+                self.forget(&digest);
+                return Err(AuthError::MissingKey);
+            }
+            Ok(Err(e)) => return self.stale(&digest, AuthError::Store(e)),
+            Err(_) => {
+                return self.stale(
+                    &digest,
+                    AuthError::Store(StoreError::Unavailable(format!(
+                        "the store did not answer within {STORE_CHECK_TIMEOUT:?}"
+                    ))),
+                )
+            }
+        };
+        let expires_at = OffsetDateTime::parse(&record.expires_at, &Rfc3339)
+            .map_err(|e| AuthError::Internal(format!("unreadable expiry at {path}: {e}")))?;
+        if expires_at <= OffsetDateTime::now_utc() {
+            self.forget(&digest);
+            return Err(AuthError::Expired);
+        }
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                digest,
+                Checked {
+                    user: record.user.clone(),
+                    expires_at,
+                    at: Instant::now(),
+                },
+            );
+        Ok(record.user)
+    }
+
+    fn forget(&self, digest: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest);
+    }
+
+    /// While the store cannot answer, a key this node checked recently still works: otherwise
+    /// a node cut off from its store could not even report its own HA state.
+    fn stale(&self, digest: &str, err: AuthError) -> Result<String, AuthError> {
+        let checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        match checked.get(digest) {
+            Some(c)
+                if c.at.elapsed() < STALE_CHECK_LIMIT
+                    && c.expires_at > OffsetDateTime::now_utc() =>
+            {
+                tracing::debug!("store unavailable; accepting an API key checked recently");
+                Ok(c.user.clone())
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Every user, sorted by name.
+    pub async fn list_users(&self) -> Result<Vec<UserView>, AuthError> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&self.users).await? {
+            let u: UserRecord = decode(&kv.key, &kv.value)?;
+            out.push(u.view());
+        }
+        Ok(out)
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<UserView, AuthError> {
+        check_name(name)?;
+        self.user(name)
+            .await?
+            .map(|(u, _)| u.view())
+            .ok_or_else(|| AuthError::NotFound(name.to_owned()))
+    }
+
+    pub async fn create_user(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
+        check_name(name)?;
+        check_password(password)?;
+        let record = UserRecord {
+            name: name.to_owned(),
+            password_hash: hash_password(password.to_owned()).await?,
+            created: rfc3339(now()),
+            last_login: None,
+            password_changed: None,
+        };
+        let key = self.user_key(name);
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .and_then([TxnOp::put(key, encode(&record)?)]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(AuthError::Exists(name.to_owned()));
+        }
+        Ok(record.view())
+    }
+
+    /// Deletes operations for every key of `user`.
+    async fn key_deletes(&self, user: &str) -> Result<Vec<TxnOp>, AuthError> {
+        let mut ops = Vec::new();
+        for kv in self.store.list(&self.keys).await? {
+            if let Ok(k) = serde_json::from_slice::<KeyRecord>(&kv.value) {
+                if k.user == user {
+                    ops.push(TxnOp::delete(kv.key));
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    fn forget_user(&self, user: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, c| c.user != user);
+    }
+
+    /// Deletes a user and its keys; the last user cannot be deleted.
+    pub async fn delete_user(&self, name: &str) -> Result<(), AuthError> {
+        check_name(name)?;
+        let users = self.store.list(&self.users).await?;
+        let key = self.user_key(name);
+        let Some(kv) = users.iter().find(|kv| kv.key == key) else {
+            return Err(AuthError::NotFound(name.to_owned()));
+        };
+        if users.len() == 1 {
+            return Err(AuthError::LastUser(name.to_owned()));
+        }
+        let mut ops = vec![TxnOp::delete(key.clone())];
+        ops.extend(self.key_deletes(name).await?);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision,
+            )])
+            .and_then(ops);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(AuthError::Invalid(format!(
+                "user {name} changed while it was being deleted; try again"
+            )));
+        }
+        self.forget_user(name);
+        Ok(())
+    }
+
+    /// Sets a new password and revokes every key of the user; returns how many were revoked.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<usize, AuthError> {
+        check_name(name)?;
+        check_password(password)?;
+        let Some((mut user, revision)) = self.user(name).await? else {
+            return Err(AuthError::NotFound(name.to_owned()));
+        };
+        user.password_hash = hash_password(password.to_owned()).await?;
+        user.password_changed = Some(rfc3339(now()));
+        let key = self.user_key(name);
+        let revoked = self.key_deletes(name).await?;
+        let count = revoked.len();
+        let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
+        ops.extend(revoked);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then(ops);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(AuthError::Invalid(format!(
+                "user {name} changed while its password was being set; try again"
+            )));
+        }
+        self.forget_user(name);
+        Ok(count)
+    }
+}
+
+/// Outcome of [`Auth::bootstrap_admin`] when this node created the admin user.
+#[derive(Debug)]
+pub struct Bootstrap {
+    /// The generated password, to print once; `None` when it came from the password file.
+    pub temporary_password: Option<String>,
+}
+
+/// Reads `[server] admin_password_file`: the first line, without its line ending.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read server.admin_password_file {}: {e}",
+            path.display()
+        )
+    })?;
+    let password = text.lines().next().unwrap_or_default().to_owned();
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!(
+            "server.admin_password_file {}: the password must have at least {MIN_PASSWORD_LEN} characters",
+            path.display()
+        ));
+    }
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn auth(ttl: Duration) -> Auth {
+        let store = autogate_store::open(autogate_store::StoreOptions::Memory)
+            .await
+            .expect("memory store");
+        Auth::new(store, "c1", ttl)
+    }
+
+    #[tokio::test]
+    async fn bootstrap_once_login_and_revoke() {
+        let a = auth(Duration::from_secs(60)).await;
+        let b = a
+            .bootstrap_admin(None)
+            .await
+            .expect("bootstrap")
+            .expect("created");
+        let pw = b.temporary_password.expect("temporary password");
+        assert!(a.bootstrap_admin(None).await.expect("again").is_none());
+        assert!(matches!(
+            a.login("admin", "wrong-password").await,
+            Err(AuthError::BadCredentials)
+        ));
+        assert!(matches!(
+            a.login("nobody", &pw).await,
+            Err(AuthError::BadCredentials)
+        ));
+        let k = a.login("admin", &pw).await.expect("login");
+        assert_eq!(a.check(Some(&k.api_key)).await.expect("check"), "admin");
+        assert!(matches!(a.check(None).await, Err(AuthError::MissingKey)));
+        assert!(matches!(
+            a.check(Some("ag_nope")).await,
+            Err(AuthError::MissingKey)
+        ));
+        // The store holds the digest, never the key.
+        let listed = a.store.list(&a.keys).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].key.ends_with(&key_digest(&k.api_key)));
+        assert!(!String::from_utf8_lossy(&listed[0].value).contains(&k.api_key));
+        assert_eq!(
+            a.set_password("admin", "another-pass").await.expect("set"),
+            1
+        );
+        assert!(matches!(
+            a.check(Some(&k.api_key)).await,
+            Err(AuthError::MissingKey)
+        ));
+        assert!(a.login("admin", "another-pass").await.is_ok());
+        assert!(matches!(
+            a.delete_user("admin").await,
+            Err(AuthError::LastUser(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_refused() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let past = KeyRecord {
+            user: "admin".into(),
+            created: "2020-01-01T00:00:00Z".into(),
+            expires_at: "2020-01-01T00:01:00Z".into(),
+        };
+        a.store
+            .put(
+                &format!("{}{}", a.keys, key_digest("ag_old")),
+                serde_json::to_vec(&past).expect("json"),
+                None,
+            )
+            .await
+            .expect("put");
+        assert!(matches!(
+            a.check(Some("ag_old")).await,
+            Err(AuthError::Expired)
+        ));
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert!(check_name("ops.team-1").is_ok());
+        for bad in ["", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

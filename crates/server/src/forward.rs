@@ -1,0 +1,191 @@
+//! Writes on a standby core node: with HA on, only the active node writes to the cluster's
+//! resources (its writes are fenced by its term) and runs services, so a standby hands each
+//! write, run and login to the active node's API, with the caller's `Authorization` header,
+//! and returns the active node's answer as it is. Reads stay local: every core node reads the
+//! same shared store.
+//!
+//! The active node's address is the one it published in its node record (`ha.status()`
+//! candidates). A request already forwarded once is never forwarded again, so two nodes that
+//! briefly disagree about who is active cannot bounce a request between them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autogate_ha::Leadership;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::Node;
+
+/// Marks a request a standby forwarded; its value is the standby's node id.
+pub const FORWARDED_BY: &str = "x-autogate-forwarded-by";
+/// Largest body a standby forwards (import files are the biggest).
+const MAX_BODY: usize = 32 << 20;
+/// Bound on reaching the active node; the answer itself may take as long as the run does.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The request, given back to be handled on this node.
+#[derive(Debug)]
+pub struct Local(pub Request);
+
+/// Sends requests on to the active node.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl Forwarder {
+    /// Over plain HTTP (the API of every node is plain HTTP).
+    pub fn plain() -> Self {
+        Forwarder {
+            http: reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            scheme: "http",
+        }
+    }
+
+    /// Over HTTPS with `tls` (the cluster CA as roots, this node's certificate as identity when
+    /// the API requires client certificates).
+    pub fn tls(tls: Arc<autogate_tls::rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
+        Ok(Forwarder {
+            http: reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .use_preconfigured_tls((*tls).clone())
+                .build()?,
+            scheme: "https",
+        })
+    }
+
+    /// Forwards `req` when this node is a standby; gives it back when this node handles it.
+    pub async fn forward(&self, node: &Node, req: Request) -> Result<Response, Local> {
+        let Some(ha) = &node.ha else {
+            return Err(Local(req));
+        };
+        if matches!(ha.current(), Leadership::Active { .. }) {
+            return Err(Local(req));
+        }
+        let status = ha.status();
+        let cluster = &node.config.application.cluster_id;
+        let Some(active) = status.active_node_id.clone() else {
+            return Ok(unavailable(format!(
+                "no active core node in cluster {cluster}: writes and runs need the active node; retry once one is elected"
+            )));
+        };
+        if active == node.id.as_str() {
+            // Elected a moment ago; the leadership watch has not caught up yet.
+            return Err(Local(req));
+        }
+        if let Some(by) = req.headers().get(FORWARDED_BY) {
+            let by = by.to_str().unwrap_or("?");
+            return Ok(unavailable(format!(
+                "node {} is not the active node either (request forwarded by {by}); the active node is {active}: retry",
+                node.id.as_str()
+            )));
+        }
+        let address = status
+            .candidates
+            .iter()
+            .find(|c| c.node_id == active)
+            .and_then(|c| c.address.clone())
+            .or_else(|| {
+                ha.nodes()
+                    .into_iter()
+                    .find(|r| r.node_id == active)
+                    .and_then(|r| r.address)
+            });
+        let Some(address) = address else {
+            return Ok(unavailable(format!(
+                "the active core node {active} has not published its API address (connect.advertise_address); retry"
+            )));
+        };
+        Ok(self.send(node, &active, &address, req).await)
+    }
+
+    async fn send(&self, node: &Node, active: &str, address: &str, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let url = format!("{}://{address}{path}", self.scheme);
+        let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        };
+        let mut out = self
+            .http
+            .request(parts.method.clone(), url)
+            .header(FORWARDED_BY, node.id.as_str())
+            .body(bytes);
+        for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+            if let Some(v) = parts.headers.get(&name) {
+                out = out.header(name, v.clone());
+            }
+        }
+        tracing::debug!(method = %parts.method, path = parts.uri.path(), %active, "forwarding to the active node");
+        let resp = match out.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return unavailable(format!(
+                    "cannot reach the active core node {active} at {address}: {}",
+                    describe(&e)
+                ))
+            }
+        };
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return unavailable(format!(
+                    "the active core node {active} did not finish its answer: {}",
+                    describe(&e)
+                ))
+            }
+        };
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        if let Some(ct) = content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        if let Ok(v) = HeaderValue::from_str(active) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("x-autogate-answered-by"), v);
+        }
+        response
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn unavailable(message: String) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
+/// reqwest's top-level message is generic; the causes say why.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
