@@ -50,9 +50,14 @@ MGR=(--url "https://127.0.0.1:$MGR_PORT" --ca "$DEMO/pki/ca.pem" --token-file "$
 "$BIN" manager cluster add cluster_1 --name "demo cluster" --state enabled \
   --cert "$DEMO/pki/core-1.pem" --cert "$DEMO/pki/core-2.pem" "${MGR[@]}"
 
+# The operator API needs an API key: every core node bootstraps `admin` with this password
+# (only the first node to start in the cluster creates the user); `login` below exchanges it.
+ADMIN_PASSWORD_FILE="$DEMO/admin.password"
+python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$ADMIN_PASSWORD_FILE"
+chmod 600 "$ADMIN_PASSWORD_FILE"
 start_core() { # name port primary
   local name=$1 port=$2 primary=$3
-  GATEWAY_APPLICATION_WORKING_DIR="$DEMO/$name" GATEWAY_APPLICATION_CA_CERTIFICATE_FILE="$DEMO/pki/ca.pem" \
+  GATEWAY_SERVER_ADMIN_PASSWORD_FILE="$ADMIN_PASSWORD_FILE" GATEWAY_APPLICATION_WORKING_DIR="$DEMO/$name" GATEWAY_APPLICATION_CA_CERTIFICATE_FILE="$DEMO/pki/ca.pem" \
   GATEWAY_SERVER_PORT=$port GATEWAY_STORE_BACKEND=etcd GATEWAY_STORE_ETCD_HOSTS="127.0.0.1:$ETCD_CLIENT" \
   GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" GATEWAY_CONNECT_SERVER_HA_ENABLED=true \
   GATEWAY_CONNECT_SERVER_HA_IS_PRIMARY=$primary GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY=3s \
@@ -75,8 +80,20 @@ wait_log "$DEMO/core-1.log" "connected to commander at"
 start_core core-2 "$P2" false
 wait_log "$DEMO/core-2.log" "is not the active node"
 
+say "log in as admin (POST /api/v1/login on core-2, forwarded to the active node)"
+API_KEY=$(python3 - "$P2" "$ADMIN_PASSWORD_FILE" <<'PY'
+import json, sys, urllib.request
+port, pwfile = sys.argv[1], sys.argv[2]
+body = json.dumps({"username": "admin", "password": open(pwfile).read().strip()}).encode()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/login", data=body,
+                             headers={"Content-Type": "application/json"})
+print(json.load(urllib.request.urlopen(req))["api_key"])
+PY
+)
+echo "logged in; the key expires after server.api_key_expiration"
+
 say "autogate ha status (asked of core-2)"
-GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
+GATEWAY_CLIENT_API_KEY=$API_KEY GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
 say "the manager shows the cluster as one gateway with its nodes"
 for _ in $(seq 1 100); do
   "$BIN" manager cluster show cluster_1 "${MGR[@]}" --raw | python3 -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)["nodes"]) == 2 else 1)' && break

@@ -39,7 +39,8 @@ impl Cluster {
             .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
             .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
             .env("GATEWAY_LOG_LEVEL", "DEBUG");
-        (cmd, port)
+        // Every node bootstraps the same admin password; the API needs a key from it.
+        (autogate_testkit::auth::with_admin_password(cmd), port)
     }
 
     fn sessions(&self) -> Vec<Value> {
@@ -233,8 +234,7 @@ fn kill_9_of_the_active_is_detected_by_probes_within_a_second() {
     standby.wait_for_line("is not the active node", START);
     // Crash proof needs the active's address to have answered with its id first.
     poll_until("the standby to verify the active's address", START, || {
-        let (_, body) =
-            autogate_testkit::http_get(&format!("127.0.0.1:{p2}"), "/api/v1/ha/status").ok()?;
+        let (_, body) = autogate_testkit::auth::authed_get(p2, "/api/v1/ha/status")?;
         let v: Value = serde_json::from_str(&body).ok()?;
         (v["crash_probe"]["verified"] == true && v["crash_probe"]["node_id"] == id1.as_str())
             .then_some(())
@@ -295,9 +295,11 @@ fn ha_status_lists_candidates_in_order() {
     standby.wait_for_line("is not the active node", START);
     // The standby logs the active node as soon as it sees it; its own key may land a moment
     // later, so wait until both candidates are listed.
+    let key = autogate_testkit::auth::admin_key(p2);
     let v = poll_until("both candidates in ha status", START, || {
         let out = Autogate::new(["ha", "status", "--raw"])
             .env("GATEWAY_CLIENT_PORT", p2.to_string())
+            .env("GATEWAY_CLIENT_API_KEY", &key)
             .output(START);
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
         let v: Value = serde_json::from_str(&out.stdout).expect("json");

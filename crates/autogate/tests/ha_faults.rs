@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use autogate_testkit::etcd::{EtcdCluster, EtcdServer};
 use autogate_testkit::proxy::TcpProxy;
 use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
-use autogate_testkit::{free_port, http_get, poll_until, Autogate, LogLine, Process};
+use autogate_testkit::{free_port, poll_until, Autogate, LogLine, Process};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -50,7 +50,8 @@ impl Env {
             .env("GATEWAY_STORE_ETCD_HOSTS", etcd_hosts)
             .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
             .env("GATEWAY_LOG_LEVEL", "DEBUG");
-        (cmd, port)
+        // Every node bootstraps the same admin password; the API needs a key from it.
+        (autogate_testkit::auth::with_admin_password(cmd), port)
     }
 
     /// The manager's session history of the cluster, newest first.
@@ -59,9 +60,9 @@ impl Env {
     }
 }
 
-/// `GET /api/v1/ha/status` of the node on `port`, if it answers.
+/// `GET /api/v1/ha/status` of the node on `port`, if it answers (logged in as admin).
 fn status(port: u16) -> Option<Value> {
-    let (code, body) = http_get(&format!("127.0.0.1:{port}"), "/api/v1/ha/status").ok()?;
+    let (code, body) = autogate_testkit::auth::authed_get(port, "/api/v1/ha/status")?;
     if code != 200 {
         return None;
     }

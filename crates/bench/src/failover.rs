@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
-use autogate_testkit::{free_port, http_get, poll_until, Process};
+use autogate_testkit::{free_port, poll_until, Process};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -89,12 +89,6 @@ struct Node {
     cert: &'static str,
 }
 
-impl Node {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
 #[derive(Default)]
 struct Graceful {
     /// Old session `disconnected_at` → new session `connected_at` (manager's clock).
@@ -122,7 +116,8 @@ struct Kill9 {
 impl Env<'_> {
     fn spawn(&self, cert: &'static str) -> Node {
         let (cmd, port) = core_node(self.pki, cert, self.manager.port);
-        let proc = cmd
+        // Every node bootstraps the same admin password; `ha status` needs a key from it.
+        let proc = autogate_testkit::auth::with_admin_password(cmd)
             .env("GATEWAY_STORE_BACKEND", "etcd")
             .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
             .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
@@ -248,9 +243,8 @@ fn random_phase() -> Duration {
 /// are healthy (campaigning, manager reachable) and, with `probe`, its crash probe has verified
 /// the active node's address.
 fn wait_standby(standby: &Node, active: &Node, probe: bool) {
-    let addr = standby.addr();
     poll_until("the new node to be a ready standby", START, || {
-        let (code, body) = http_get(&addr, "/api/v1/ha/status").ok()?;
+        let (code, body) = autogate_testkit::auth::authed_get(standby.port, "/api/v1/ha/status")?;
         if code != 200 {
             return None;
         }

@@ -3,6 +3,7 @@
 //! when a test panics.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod certs;
 pub mod etcd;
 pub mod process;
