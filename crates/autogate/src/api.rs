@@ -5,7 +5,8 @@
 //! the system trust store). The API key is the profile's `api_key`, else the one `autogate
 //! login` saved at `<working_dir>/api.key`. Every answer that is not a success becomes a
 //! [`Failure`] carrying the server's own message, with an exit code a script can act on:
-//! 77 (sysexits NOPERM) for a missing or expired key, 69 when the node cannot be reached.
+//! 77 (sysexits NOPERM) for a missing or expired key, 69 when the node cannot be reached, 64
+//! for a request the node refuses as invalid.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,7 +143,11 @@ impl ApiClient {
         let resp = req.send().await.map_err(|e| {
             Failure::new(
                 UNAVAILABLE,
-                format!("cannot reach the core node at {}: {}", self.base, describe(&e)),
+                format!(
+                    "cannot reach the core node at {}: {}",
+                    self.base,
+                    describe(&e)
+                ),
             )
         })?;
         let status = resp.status().as_u16();
@@ -161,17 +166,26 @@ fn failure(status: u16, body: &Value) -> Failure {
         .map(str::to_owned)
         .or_else(|| body.as_str().map(str::to_owned))
         .unwrap_or_else(|| "request failed".to_owned());
+    // A request the node refuses as malformed or invalid (a bad definition, a missing
+    // reference, inputs the decorator rejects) is the operator's to fix, as in local mode.
     let code = match status {
         401 | 403 => NOPERM,
-        400 | 404 | 409 | 422 => 1,
+        400 | 422 => crate::exit::USAGE,
+        404 | 409 => 1,
         503 => UNAVAILABLE,
         _ => 1,
     };
     let mut message = format!("{msg} (HTTP {status})");
     if let Some(v) = body["detail"]["violations"].as_array() {
         for v in v {
-            let at = v["pointer"].as_str().filter(|p| !p.is_empty()).unwrap_or("(root)");
-            message.push_str(&format!("\n  {at}: {}", v["message"].as_str().unwrap_or("")));
+            let at = v["pointer"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("(root)");
+            message.push_str(&format!(
+                "\n  {at}: {}",
+                v["message"].as_str().unwrap_or("")
+            ));
         }
     }
     Failure::new(code, message)

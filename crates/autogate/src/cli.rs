@@ -58,6 +58,18 @@ pub enum Command {
     Ha(cmd::ha::HaArgs),
     /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
     CertGen(cmd::certgen::CertGenArgs),
+    /// Log in to a core node (client mode) and keep the API key for later commands.
+    Login(cmd::login::LoginArgs),
+    /// Create a resource: repository, service, decorator, secret, executable-object, registry, user.
+    Create(cmd::resource::CreateArgs),
+    /// List resources of one kind.
+    Get(cmd::resource::GetArgs),
+    /// Show one resource (secrets: metadata only).
+    Describe(cmd::resource::NamedArgs),
+    /// Delete one resource (refused while others use it).
+    Delete(cmd::resource::NamedArgs),
+    /// Export or import every resource as a YAML file.
+    Db(cmd::db::DbArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completion {
         /// Shell to complete for.
@@ -97,5 +109,11 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
         Command::Ha(args) => cmd::ha::run(&cli.global, args),
         Command::Completion { shell } => cmd::completion::run(shell),
+        Command::Login(args) => cmd::login::run(&cli.global, args),
+        Command::Create(args) => cmd::resource::create(&cli.global, args),
+        Command::Get(args) => cmd::resource::get(&cli.global, args),
+        Command::Describe(args) => cmd::resource::describe(&cli.global, args),
+        Command::Delete(args) => cmd::resource::delete(&cli.global, args),
+        Command::Db(args) => cmd::db::run(&cli.global, args),
     }
 }

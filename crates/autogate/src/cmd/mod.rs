@@ -1,11 +1,16 @@
 //! One module per command; each loads the configuration it needs and reports errors as
 //! [`crate::exit::Failure`]s.
 
+pub mod backend;
 pub mod certgen;
 pub mod completion;
+pub mod db;
 pub mod ha;
+pub mod login;
 pub mod manager;
+pub mod resource;
 pub mod server;
+pub mod term;
 pub mod version;
 
 use autogate_config::{Config, LoadOptions, Role};

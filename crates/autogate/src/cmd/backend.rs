@@ -1,0 +1,380 @@
+//! Where the resource, run and db commands send their work, chosen by `[application] mode`:
+//! `local` (the default) works in-process on the embedded store through the
+//! [`Automation`] facade, with no server and no login, as in the family's local mode; `client`
+//! talks to a core node's API through [`ApiClient`]. A `server` or `runner` configuration used
+//! with a CLI command talks to the configured `[client]` host as well: the process is not that
+//! node, and opening the node's store file beside a running node would fail or, with etcd,
+//! bypass its fencing.
+//!
+//! Both sides offer the same async methods and return [`Failure`]s with the same exit codes, so
+//! every command is written once.
+
+use std::path::Path;
+
+use autogate_automation::{Automation, AutomationError, ErrorClass, RunRequest, ServiceInfo};
+use autogate_config::{Config, Mode, Role};
+use autogate_exec::{ExecError, RunResult};
+use autogate_resources::model::Kind;
+use autogate_resources::{ImportMode, ImportOutcome, ImportReport};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiClient, UNAVAILABLE};
+use crate::cli::Global;
+use crate::exit::{Failure, FAILURE, USAGE};
+
+/// Exit code of a run interrupted by the operator (the shell's 128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;
+
+/// One of the two ways to reach the resources.
+#[derive(Debug)]
+pub enum Backend {
+    /// In-process, on this machine's embedded store.
+    Local(Automation),
+    /// Through a core node's operator API.
+    Remote(ApiClient),
+}
+
+/// Whether this configuration makes CLI commands work in-process.
+pub fn is_local(config: &Config) -> bool {
+    config.application.mode == Mode::Local
+}
+
+/// Loads the configuration for a client-side command (validated for the mode it implies).
+pub fn load(global: &Global) -> Result<Config, Failure> {
+    let config = super::load_config(global, None)?;
+    if !is_local(&config) {
+        config.validate_for(Role::Client)?;
+    }
+    if global.verbose {
+        match config.file() {
+            Some(p) => eprintln!("using configuration file {}", p.display()),
+            None => eprintln!("no configuration file: defaults and environment"),
+        }
+    }
+    Ok(config)
+}
+
+impl Backend {
+    /// Opens the backend the configuration asks for. Local mode opens the store (and seeds the
+    /// built-in registries on first use); client mode only builds the HTTP client.
+    pub async fn open(config: &Config, global: &Global) -> Result<Backend, Failure> {
+        if !is_local(config) {
+            let client = ApiClient::from_config(config, global)?;
+            if global.verbose {
+                eprintln!("talking to the core node at {}", client.base());
+            }
+            return Ok(Backend::Remote(client));
+        }
+        let store = autogate_server::open_store(config)
+            .await
+            .map_err(|e| store_failure(&config.application.working_dir, e))?;
+        if global.verbose {
+            eprintln!(
+                "local mode: {} store in {}",
+                store.backend(),
+                config.application.working_dir.display()
+            );
+        }
+        let automation = Automation::from_config(config, store);
+        automation.ensure_builtins().await.map_err(failure)?;
+        Ok(Backend::Local(automation))
+    }
+
+    pub async fn create(&self, kind: Kind, body: Value) -> Result<Value, Failure> {
+        match self {
+            Backend::Local(a) => a.create(kind, body).await.map_err(failure),
+            Backend::Remote(c) => {
+                c.call(
+                    Method::POST,
+                    &format!("/api/v1/{}", plural(kind)),
+                    Some(&body),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn get(&self, kind: Kind, name: &str) -> Result<Value, Failure> {
+        match self {
+            Backend::Local(a) => a.get(kind, name).await.map_err(failure),
+            Backend::Remote(c) => c.call(Method::GET, &item_path(kind, name), None).await,
+        }
+    }
+
+    pub async fn list(&self, kind: Kind) -> Result<Vec<Value>, Failure> {
+        match self {
+            Backend::Local(a) => a.list(kind).await.map_err(failure),
+            Backend::Remote(c) => {
+                let v = c
+                    .call(Method::GET, &format!("/api/v1/{}", plural(kind)), None)
+                    .await?;
+                list_of(v, plural(kind))
+            }
+        }
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), Failure> {
+        match self {
+            Backend::Local(a) => a.delete(kind, name).await.map_err(failure),
+            Backend::Remote(c) => c
+                .call(Method::DELETE, &item_path(kind, name), None)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// The inputs a service expects (its catalog entry with the decorator's schema).
+    pub async fn describe_inputs(&self, name: &str) -> Result<ServiceInfo, Failure> {
+        match self {
+            Backend::Local(a) => a.describe_inputs(name).await.map_err(failure),
+            Backend::Remote(c) => {
+                let v = c
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/services/{}/inputs", segment(name)),
+                        None,
+                    )
+                    .await?;
+                serde_json::from_value(v).map_err(|e| {
+                    Failure::new(
+                        FAILURE,
+                        format!("unexpected answer from the core node: {e}"),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Runs a service to completion. Local runs stop (and their process group is killed) when
+    /// `cancel` fires; a remote run goes on on the node when the CLI is interrupted.
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        cancel: &CancellationToken,
+    ) -> Result<RunResult, Failure> {
+        match self {
+            Backend::Local(a) => a.run(req, cancel).await.map_err(|e| match e {
+                AutomationError::Exec(ExecError::Cancelled) => Failure::new(
+                    INTERRUPTED,
+                    format!(
+                        "run of service {} cancelled: the program and its children were killed",
+                        req.service
+                    ),
+                ),
+                other => failure(other),
+            }),
+            Backend::Remote(c) => {
+                let mut body = serde_json::Map::new();
+                if let Some(t) = req.service_type {
+                    body.insert("type".into(), json!(t.as_str()));
+                }
+                if !req.inputs.is_empty() {
+                    body.insert("inputs".into(), Value::Object(req.inputs.clone()));
+                }
+                if !req.set.is_empty() {
+                    body.insert("set".into(), json!(req.set));
+                }
+                if let Some(a) = req.action {
+                    body.insert("action".into(), json!(a));
+                }
+                if let Some(s) = &req.state {
+                    body.insert("state".into(), s.clone());
+                }
+                let v = c
+                    .call(
+                        Method::POST,
+                        &format!("/api/v1/services/{}/run", segment(&req.service)),
+                        Some(&Value::Object(body)),
+                    )
+                    .await?;
+                if v["status"] != "completed" {
+                    let msg = v["error"]["data"]
+                        .as_str()
+                        .or_else(|| v["error"].as_str())
+                        .unwrap_or("the core node did not complete the run");
+                    return Err(Failure::new(FAILURE, msg));
+                }
+                serde_json::from_value(v["result"].clone()).map_err(|e| {
+                    Failure::new(
+                        FAILURE,
+                        format!("unexpected run result from the core node: {e}"),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Every resource as the import YAML file.
+    pub async fn export(&self) -> Result<String, Failure> {
+        match self {
+            Backend::Local(a) => a.export().await.map_err(failure),
+            Backend::Remote(c) => c.call_text(Method::GET, "/api/v1/db/export", None).await,
+        }
+    }
+
+    /// Imports a YAML file all-or-nothing; the report as JSON `{"items":[{kind,name,outcome}],
+    /// "written"}` (the API's shape, also printed by `--raw`).
+    pub async fn import(&self, yaml: String, mode: ImportMode) -> Result<Value, Failure> {
+        match self {
+            Backend::Local(a) => a
+                .import(&yaml, mode)
+                .await
+                .map(|r| report_json(&r))
+                .map_err(failure),
+            Backend::Remote(c) => {
+                let path = format!(
+                    "/api/v1/db/import?check={}&force={}",
+                    mode.check, mode.force
+                );
+                let text = c.call_text(Method::POST, &path, Some(yaml)).await?;
+                serde_json::from_str(&text).map_err(|e| {
+                    Failure::new(
+                        FAILURE,
+                        format!("unexpected answer from the core node: {e}"),
+                    )
+                })
+            }
+        }
+    }
+
+    /// The API client, for commands that exist only against a core node (users).
+    pub fn remote(&self, what: &str) -> Result<&ApiClient, Failure> {
+        match self {
+            Backend::Remote(c) => Ok(c),
+            Backend::Local(_) => Err(local_has_no_users(what)),
+        }
+    }
+}
+
+/// Users live on core nodes: local mode has no login and no users.
+pub fn local_has_no_users(what: &str) -> Failure {
+    Failure::new(
+        USAGE,
+        format!(
+            "{what}: users exist only on core nodes; local mode has no users and needs no login \
+             (set [application] mode = client and [client] host/port to manage a server's users)"
+        ),
+    )
+}
+
+/// The API's plural of a kind (`executable-objects`).
+pub fn plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Decorator => "decorators",
+        Kind::Repository => "repositories",
+        Kind::Service => "services",
+        Kind::Secret => "secrets",
+        Kind::ExecutableObject => "executable-objects",
+        Kind::Registry => "registries",
+    }
+}
+
+fn item_path(kind: Kind, name: &str) -> String {
+    format!("/api/v1/{}/{}", plural(kind), segment(name))
+}
+
+/// A name as one URL path segment. Valid names need no escaping; an invalid one is escaped so
+/// that the server, not the URL parser, says what is wrong with it.
+pub fn segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The list under `key` of an API answer (`{"services":[…]}`).
+pub fn list_of(v: Value, key: &str) -> Result<Vec<Value>, Failure> {
+    match v {
+        Value::Object(mut m) => match m.remove(key) {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Err(Failure::new(
+                FAILURE,
+                format!("unexpected answer from the core node: no {key:?} list"),
+            )),
+        },
+        Value::Array(items) => Ok(items),
+        _ => Err(Failure::new(
+            FAILURE,
+            format!("unexpected answer from the core node: no {key:?} list"),
+        )),
+    }
+}
+
+/// The import report as the API returns it.
+pub fn report_json(r: &ImportReport) -> Value {
+    let items: Vec<Value> = r
+        .items
+        .iter()
+        .map(|i| {
+            json!({
+                "kind": i.kind.as_str(),
+                "name": i.name,
+                "outcome": outcome_str(i.outcome),
+            })
+        })
+        .collect();
+    json!({ "items": items, "written": r.written })
+}
+
+fn outcome_str(o: ImportOutcome) -> &'static str {
+    match o {
+        ImportOutcome::Add => "add",
+        ImportOutcome::Conflict => "conflict",
+        ImportOutcome::Replacement => "replacement",
+    }
+}
+
+/// The store could not be opened: a held lock or bad path is the operator's to fix (64), a
+/// failing disk is an outage (69).
+fn store_failure(dir: &Path, e: autogate_store::StoreError) -> Failure {
+    use autogate_store::StoreError as S;
+    let code = match e {
+        S::Config(_) | S::InvalidArgument(_) => USAGE,
+        S::Corrupt(_) => FAILURE,
+        _ => UNAVAILABLE,
+    };
+    Failure::new(code, format!("local store in {}: {e}", dir.display()))
+}
+
+/// An automation error as the CLI reports it. Invalid requests (bad definitions, missing
+/// references, inputs the decorator refuses, a disabled feature, a missing key file) are the
+/// operator's to fix: 64. Conflicts and unknown names: 1. Store outages: 69.
+pub fn failure(e: AutomationError) -> Failure {
+    if let AutomationError::Exec(ExecError::InvalidInputs { violations }) = &e {
+        let mut msg =
+            String::from("the inputs do not satisfy the service's decorator; nothing ran:");
+        for v in violations {
+            let at = if v.pointer.is_empty() {
+                "(root)"
+            } else {
+                v.pointer.as_str()
+            };
+            msg.push_str(&format!("\n  {at}: {}", v.message));
+        }
+        return Failure::new(USAGE, msg);
+    }
+    let code = match e.class() {
+        ErrorClass::Invalid | ErrorClass::Forbidden | ErrorClass::Config => USAGE,
+        ErrorClass::NotFound | ErrorClass::Conflict | ErrorClass::Internal => FAILURE,
+        ErrorClass::Unavailable => UNAVAILABLE,
+    };
+    Failure::new(code, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_escape_what_is_not_a_name() {
+        assert_eq!(segment("svc-1.a_b"), "svc-1.a_b");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+}

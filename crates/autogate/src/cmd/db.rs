@@ -1,0 +1,210 @@
+//! `autogate db export|import`: every resource as the family's kebab-case YAML file (secrets
+//! sealed), and the same file read back all-or-nothing, each item reported as `Add`,
+//! `Conflict` (exists; skipped without `--force`) or `Replacement` (exists; overwritten with
+//! `--force`). A file that cannot be imported changes nothing and exits 64 naming the problem.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use autogate_resources::ImportMode;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::backend::{self, Backend};
+use super::resource::print_json;
+use super::term::{self, out, outln};
+use crate::cli::Global;
+use crate::exit::{Failure, FAILURE, USAGE};
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print every resource as the import YAML file (secrets stay sealed).
+    Export {
+        /// Write the file here (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Import a YAML file: all of it, or nothing.
+    Import {
+        /// The file (as written by `db export`).
+        file: PathBuf,
+        /// Dry run: list what would happen, write nothing.
+        #[arg(long)]
+        check: bool,
+        /// Overwrite resources that exist already (never deletes any).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(global: &Global, args: DbArgs) -> Result<(), Failure> {
+    match args.command {
+        DbCommand::Export { output } => export(global, output.as_deref()),
+        DbCommand::Import { file, check, force } => {
+            import(global, &file, ImportMode { check, force })
+        }
+    }
+}
+
+fn export(global: &Global, output: Option<&Path>) -> Result<(), Failure> {
+    let config = backend::load(global)?;
+    let rt = super::runtime()?;
+    let yaml = rt.block_on(async {
+        let b = Backend::open(&config, global).await?;
+        b.export().await
+    })?;
+    match output {
+        None => term::emit(&yaml),
+        Some(path) => {
+            write_private(path, yaml.as_bytes()).map_err(|e| {
+                Failure::new(FAILURE, format!("cannot write {}: {e}", path.display()))
+            })?;
+            if global.raw {
+                print_json(&json!({ "output": path.display().to_string() }));
+            } else {
+                outln!("Successfully exported to {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory (mode 0600, synced,
+/// renamed over the target): a reader never sees half a file, and the sealed secrets in it are
+/// not readable by others.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".to_owned());
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn import(global: &Global, file: &Path, mode: ImportMode) -> Result<(), Failure> {
+    let yaml = std::fs::read_to_string(file)
+        .map_err(|e| Failure::new(USAGE, format!("import file {}: {e}", file.display())))?;
+    let config = backend::load(global)?;
+    let rt = super::runtime()?;
+    let report = rt
+        .block_on(async {
+            let b = Backend::open(&config, global).await?;
+            let spinner = match b {
+                Backend::Local(_) => Some(term::Spinner::start(format!(
+                    "importing {}",
+                    file.display()
+                ))),
+                Backend::Remote(_) => None,
+            };
+            let out = b.import(yaml, mode).await;
+            if let Some(s) = spinner {
+                s.finish().await;
+            }
+            out
+        })
+        .map_err(|f| {
+            Failure::new(
+                f.code,
+                format!("import file {}: {}", file.display(), f.message),
+            )
+        })?;
+    if global.raw {
+        print_json(&report);
+        return Ok(());
+    }
+    out!("{}", report_text(&report, mode));
+    Ok(())
+}
+
+/// `Add  <kind>  <name>` per item, then one summary line.
+fn report_text(report: &Value, mode: ImportMode) -> String {
+    let items = report["items"].as_array().cloned().unwrap_or_default();
+    let label = |o: &str| match o {
+        "add" => "Add",
+        "conflict" => "Conflict",
+        "replacement" => "Replacement",
+        _ => "?",
+    };
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                label(i["outcome"].as_str().unwrap_or_default()).to_owned(),
+                term::text(&i["kind"]),
+                term::text(&i["name"]),
+            ]
+        })
+        .collect();
+    let count = |o: &str| items.iter().filter(|i| i["outcome"] == o).count();
+    let (add, conflict, replace) = (count("add"), count("conflict"), count("replacement"));
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str(&term::table(&[], &rows));
+    }
+    let written = report["written"] == true;
+    let summary = if mode.check {
+        format!(
+            "Check only, nothing written: {add} to add, {conflict} conflicting (skipped without --force), {replace} to replace."
+        )
+    } else if written {
+        format!(
+            "Imported: {add} added, {replace} replaced, {conflict} conflicting skipped (use --force to replace them)."
+        )
+    } else if items.is_empty() {
+        "Nothing to import: the file lists no resources.".to_owned()
+    } else {
+        format!(
+            "Nothing written: all {conflict} resources exist already (use --force to replace them)."
+        )
+    };
+    out.push_str(&summary);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines() {
+        let r = json!({"items": [
+            {"kind": "repository", "name": "r", "outcome": "add"},
+            {"kind": "service", "name": "s", "outcome": "conflict"}
+        ], "written": true});
+        let t = report_text(
+            &r,
+            ImportMode {
+                check: false,
+                force: false,
+            },
+        );
+        assert!(t.contains("Add       repository  r\n"), "{t}");
+        assert!(t.contains("Conflict  service     s\n"), "{t}");
+        assert!(t.contains("1 added, 0 replaced, 1 conflicting"), "{t}");
+    }
+}

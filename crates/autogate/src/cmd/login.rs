@@ -1,0 +1,69 @@
+//! `autogate login USER [--password-stdin]`: exchanges a user's password for an API key at the
+//! core node and keeps the key in `<working_dir>/api.key` (mode 0600, replaced atomically), where
+//! every later client-mode command finds it. Local mode needs no login.
+
+use clap::Args;
+use reqwest::Method;
+use serde_json::json;
+
+use super::backend;
+use super::db::write_private;
+use super::resource::print_json;
+use super::term::{self, outln};
+use crate::api::{key_path, ApiClient};
+use crate::cli::Global;
+use crate::exit::{Failure, FAILURE, USAGE};
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name.
+    pub user: String,
+    /// Read the password as one line of standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
+    let config = backend::load(global)?;
+    if backend::is_local(&config) {
+        return Err(Failure::new(
+            USAGE,
+            "local mode needs no login: commands work directly on this machine's store \
+             (set [application] mode = client and [client] host/port to log in to a core node)",
+        ));
+    }
+    let client = ApiClient::from_config(&config, global)?;
+    let password = term::read_secret("Enter password for user: ", args.password_stdin)?;
+    let rt = super::runtime()?;
+    let body = json!({ "username": args.user, "password": password });
+    let answer = rt.block_on(client.call(Method::POST, "/api/v1/login", Some(&body)))?;
+    let key = answer["api_key"]
+        .as_str()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            Failure::new(
+                FAILURE,
+                "the core node answered the login without an api_key",
+            )
+        })?;
+    let path = key_path(&config);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::new(FAILURE, format!("cannot create {}: {e}", dir.display())))?;
+    }
+    write_private(&path, format!("{key}\n").as_bytes()).map_err(|e| {
+        Failure::new(
+            FAILURE,
+            format!(
+                "logged in, but the API key could not be saved to {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    if global.raw {
+        print_json(&json!({ "api_key": key }));
+    } else {
+        outln!("Successfully logged in!");
+    }
+    Ok(())
+}
