@@ -68,6 +68,9 @@ pub enum Command {
     Describe(cmd::resource::NamedArgs),
     /// Delete one resource (refused while others use it).
     Delete(cmd::resource::NamedArgs),
+    /// Run a service.
+    #[command(after_help = cmd::run::EXIT_STATUS_HELP)]
+    Run(cmd::run::RunArgs),
     /// Export or import every resource as a YAML file.
     Db(cmd::db::DbArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
@@ -114,6 +117,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Get(args) => cmd::resource::get(&cli.global, args),
         Command::Describe(args) => cmd::resource::describe(&cli.global, args),
         Command::Delete(args) => cmd::resource::delete(&cli.global, args),
+        Command::Run(args) => cmd::run::run(&cli.global, args),
         Command::Db(args) => cmd::db::run(&cli.global, args),
     }
 }

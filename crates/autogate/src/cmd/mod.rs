@@ -9,6 +9,7 @@ pub mod ha;
 pub mod login;
 pub mod manager;
 pub mod resource;
+pub mod run;
 pub mod server;
 pub mod term;
 pub mod version;

@@ -1,0 +1,317 @@
+//! Black-box tests of `autogate db export|import` in local mode: an export imported into a fresh
+//! working directory gives the same resources (and its secret still opens with the shared key),
+//! `--check` lists the outcomes and writes nothing, `--force` replaces, and a bad file changes
+//! nothing and exits 64 naming the problem.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use autogate_testkit::{Autogate, Output};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A local-mode working directory; every node of the test shares one secrets key file.
+struct Local {
+    work: PathBuf,
+    key: PathBuf,
+}
+
+impl Local {
+    fn new(root: &Path, name: &str) -> Self {
+        let key = root.join("secrets.key");
+        if !key.exists() {
+            std::fs::write(&key, "6f".repeat(32)).expect("key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        }
+        Local {
+            work: root.join(name),
+            key,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Autogate::new(args.iter().map(|s| s.to_string()))
+            .env(
+                "GATEWAY_APPLICATION_WORKING_DIR",
+                self.work.display().to_string(),
+            )
+            .env(
+                "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+                self.key.display().to_string(),
+            )
+            .output(DEADLINE)
+    }
+
+    fn expect(&self, args: &[&str], code: i32) -> Output {
+        let out = self.run(args);
+        assert_eq!(
+            out.code(),
+            Some(code),
+            "autogate {args:?}\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.expect(args, 0).stdout
+    }
+
+    fn raw(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--raw");
+        serde_json::from_str(&self.ok(&a)).expect("raw JSON")
+    }
+
+    /// Every resource, without the store's timestamps.
+    fn snapshot(&self) -> Value {
+        let mut all = serde_json::Map::new();
+        for plural in [
+            "decorators",
+            "repositories",
+            "services",
+            "secrets",
+            "executable-objects",
+            "registries",
+        ] {
+            let mut v = self.raw(&["get", plural]);
+            if let Some(items) = v[plural].as_array_mut() {
+                for i in items {
+                    if let Some(m) = i.as_object_mut() {
+                        m.remove("created");
+                        m.remove("updated");
+                    }
+                }
+            }
+            all.insert(plural.to_owned(), v[plural].take());
+        }
+        Value::Object(all)
+    }
+}
+
+fn git_repo(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho \"tok=[$TOKEN] $*\"\n").expect("write");
+    for args in [
+        vec!["init", "-q", "-b", "main"],
+        vec!["add", "."],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(&args)
+            .current_dir(dir)
+            .status()
+            .expect("git");
+        assert!(st.success(), "git {args:?}");
+    }
+    format!("file://{}", dir.display())
+}
+
+fn populate(l: &Local, url: &str) {
+    l.ok(&["create", "secret", "tok", "--value", "PLAIN-db-secret"]);
+    l.ok(&[
+        "create",
+        "repository",
+        "repo",
+        "--url",
+        url,
+        "--reference",
+        "main",
+    ]);
+    l.ok(&[
+        "create",
+        "decorator",
+        "deco",
+        "--schema",
+        r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#,
+    ]);
+    l.ok(&[
+        "create",
+        "executable-object",
+        "sh",
+        "--exec-command",
+        "/bin/sh",
+    ]);
+    l.ok(&[
+        "create",
+        "registry",
+        "ansible-galaxy",
+        "galaxy2",
+        "--url",
+        "https://galaxy.example.invalid",
+    ]);
+    l.ok(&[
+        "create",
+        "service",
+        "executable",
+        "exe",
+        "--repository",
+        "repo",
+        "--executable-object",
+        "sh",
+        "--filename",
+        "run.sh",
+        "--decorator",
+        "deco",
+        "--secret",
+        "name=tok,type=env,target=TOKEN",
+        "--description",
+        "round trip",
+        "--tag",
+        "t",
+    ]);
+}
+
+fn outcome_lines(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("Add ") || l.starts_with("Conflict ") || l.starts_with("Replacement ")
+        })
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn export_then_import_into_a_fresh_working_dir() {
+    let root = TempDir::new().expect("tmp");
+    let a = Local::new(root.path(), "a");
+    let url = git_repo(&root.path().join("repo"));
+    populate(&a, &url);
+
+    let yaml = a.ok(&["db", "export"]);
+    for section in [
+        "decorators:",
+        "repositories:",
+        "services:",
+        "secrets:",
+        "registries:",
+    ] {
+        assert!(yaml.contains(section), "{section} missing in\n{yaml}");
+    }
+    assert!(!yaml.contains("PLAIN-db-secret"), "{yaml}");
+    let file = root.path().join("export.yaml");
+    let out = a.ok(&["db", "export", "--output", file.to_str().expect("utf-8")]);
+    assert!(out.contains("export.yaml"), "{out}");
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let f = file.to_str().expect("utf-8");
+
+    // --check on a fresh node: every outcome listed, nothing written.
+    let b = Local::new(root.path(), "b");
+    let before = b.snapshot();
+    let out = b.ok(&["db", "import", f, "--check"]);
+    let lines = outcome_lines(&out);
+    assert!(
+        lines.contains(&vec!["Add".into(), "service".into(), "exe".into()]),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&vec!["Add".into(), "secret".into(), "tok".into()]),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&vec![
+            "Conflict".into(),
+            "registry".into(),
+            "default-pypi".into()
+        ]),
+        "the built-ins exist on every node: {out}"
+    );
+    assert!(out.contains("nothing written"), "{out}");
+    assert_eq!(b.snapshot(), before, "--check wrote something");
+    let raw = b.raw(&["db", "import", f, "--check"]);
+    assert_eq!(raw["written"], false);
+    assert!(raw["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .any(|i| i["kind"] == "repository" && i["name"] == "repo" && i["outcome"] == "add"));
+
+    // The import itself: the same resources as the source.
+    let out = b.ok(&["db", "import", f]);
+    assert!(out.contains("Imported"), "{out}");
+    assert_eq!(b.snapshot(), a.snapshot());
+    // The secret came across sealed and still opens with the cluster's key.
+    let out = b.ok(&["run", "service", "executable", "exe", "--set", "n=5"]);
+    assert!(out.contains("tok=[********] --n 5"), "{out}");
+
+    // Again: every item conflicts and nothing is written; --force replaces.
+    let out = b.ok(&["db", "import", f]);
+    assert!(
+        outcome_lines(&out).iter().all(|l| l[0] == "Conflict"),
+        "{out}"
+    );
+    assert!(out.contains("Nothing written"), "{out}");
+    let out = b.ok(&["db", "import", f, "--force"]);
+    let lines = outcome_lines(&out);
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l[0] == "Replacement"),
+        "{out}"
+    );
+    assert_eq!(b.snapshot(), a.snapshot());
+}
+
+#[test]
+fn a_bad_file_changes_nothing() {
+    let root = TempDir::new().expect("tmp");
+    let l = Local::new(root.path(), "n");
+    l.ok(&[
+        "create",
+        "executable-object",
+        "sh",
+        "--exec-command",
+        "/bin/sh",
+    ]);
+    let before = l.snapshot();
+    let write = |name: &str, text: &str| {
+        let p = root.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+
+    // A valid item next to one that names a missing repository: neither is written.
+    let f = write(
+        "missing-ref.yaml",
+        "decorators:\n  - name: ok\n    schema: {type: object}\nservices:\n  - name: s\n    type: python-script\n    repository: nowhere\n    filename: main.py\n",
+    );
+    let out = l.expect(&["db", "import", &f], 64);
+    assert!(out.stderr.contains("nowhere"), "{}", out.stderr);
+    assert!(out.stderr.contains("missing-ref.yaml"), "{}", out.stderr);
+    assert_eq!(l.snapshot(), before);
+
+    // Unknown key: named.
+    let f = write(
+        "typo.yaml",
+        "executable-objects:\n  - name: py\n    exec-command: /usr/bin/python3\n    exec-comand: x\n",
+    );
+    let out = l.expect(&["db", "import", &f], 64);
+    assert!(out.stderr.contains("exec-comand"), "{}", out.stderr);
+    assert_eq!(l.snapshot(), before);
+
+    // Not YAML at all; the same name twice; a missing file.
+    let f = write("garbage.yaml", "services: [unclosed\n");
+    l.expect(&["db", "import", &f], 64);
+    let f = write(
+        "dup.yaml",
+        "executable-objects:\n  - {name: x, exec-command: /bin/a}\n  - {name: x, exec-command: /bin/b}\n",
+    );
+    let out = l.expect(&["db", "import", &f], 64);
+    assert!(out.stderr.contains("more than once"), "{}", out.stderr);
+    let out = l.expect(&["db", "import", "/no/such/file.yaml"], 64);
+    assert!(out.stderr.contains("/no/such/file.yaml"), "{}", out.stderr);
+    assert_eq!(l.snapshot(), before);
+}
