@@ -80,7 +80,7 @@ impl Features {
 }
 
 /// One run request, as the CLI, the API and the manager give it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunRequest {
     /// The service's name.
@@ -443,6 +443,35 @@ impl Automation {
             .await?)
     }
 
+    /// Checks a request's inputs against the service's decorator without running anything
+    /// (distributed execution checks before it queues a job).
+    pub async fn check_inputs(&self, req: &RunRequest) -> Result<(), AutomationError> {
+        let service = self
+            .resources
+            .get::<Service>(&req.service)
+            .await?
+            .ok_or_else(|| AutomationError::NotFound {
+                kind: Kind::Service,
+                name: req.service.clone(),
+            })?;
+        let Some(name) = &service.decorator else {
+            return Ok(());
+        };
+        let decorator = self
+            .resources
+            .get::<Decorator>(name)
+            .await?
+            .ok_or_else(|| AutomationError::NotFound {
+                kind: Kind::Decorator,
+                name: name.clone(),
+            })?;
+        let compiled = ExecDecorator::new(decorator.schema)?;
+        let mut inputs = req.inputs.clone();
+        inputs.extend(parse_set_args(Some(&compiled), &req.set)?);
+        compiled.validate(&inputs)?;
+        Ok(())
+    }
+
     /// Every resource as the family's YAML import file (secrets sealed).
     pub async fn export(&self) -> Result<String, AutomationError> {
         Ok(self.resources.export().await?)
@@ -502,5 +531,6 @@ fn secret_meta(s: &Secret) -> Value {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> Option<String> {
-    t.format(&time::format_description::well_known::Rfc3339).ok()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }

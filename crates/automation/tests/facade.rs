@@ -31,12 +31,18 @@ async fn executable_with_secret_runs_and_masks() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeySource::LocalDefault(dir.path().join("secrets.key"));
     let a = automation(dir.path(), key, Features::default()).await;
-    a.create(Kind::ExecutableObject, json!({"name": "sh", "exec-command": "/bin/sh"}))
-        .await
-        .unwrap();
-    a.create(Kind::Secret, json!({"name": "tok", "value": "s3cr3t-value"}))
-        .await
-        .unwrap();
+    a.create(
+        Kind::ExecutableObject,
+        json!({"name": "sh", "exec-command": "/bin/sh"}),
+    )
+    .await
+    .unwrap();
+    a.create(
+        Kind::Secret,
+        json!({"name": "tok", "value": "s3cr3t-value"}),
+    )
+    .await
+    .unwrap();
     a.create(
         Kind::Decorator,
         json!({"name": "d", "schema": {"type": "object",
@@ -74,7 +80,12 @@ async fn executable_with_secret_runs_and_masks() {
     // Listing never shows the sealed value.
     let secrets = a.list(Kind::Secret).await.unwrap();
     assert_eq!(secrets[0]["value"], "********");
-    assert!(!a.get(Kind::Secret, "tok").await.unwrap().to_string().contains("v1:"));
+    assert!(!a
+        .get(Kind::Secret, "tok")
+        .await
+        .unwrap()
+        .to_string()
+        .contains("v1:"));
 
     // Every violation, nothing runs.
     let bad = RunRequest {
@@ -114,9 +125,12 @@ async fn server_without_key_file_runs_secretless_services_and_names_the_setting(
         .unwrap_err();
     assert!(matches!(err, AutomationError::KeyMissing));
     assert!(err.to_string().contains("GATEWAY_SECRETS_ENCRYPT_KEY_FILE"));
-    a.create(Kind::ExecutableObject, json!({"name": "t", "exec-command": "/bin/true"}))
-        .await
-        .unwrap();
+    a.create(
+        Kind::ExecutableObject,
+        json!({"name": "t", "exec-command": "/bin/true"}),
+    )
+    .await
+    .unwrap();
     a.create(
         Kind::Service,
         json!({"name": "noop", "type": "executable", "executable-object": "t"}),
@@ -128,7 +142,10 @@ async fn server_without_key_file_runs_secretless_services_and_names_the_setting(
         ..Default::default()
     };
     assert_eq!(
-        a.run(&req, &CancellationToken::new()).await.unwrap().return_code,
+        a.run(&req, &CancellationToken::new())
+            .await
+            .unwrap()
+            .return_code,
         0
     );
 }
@@ -151,7 +168,10 @@ async fn disabled_types_can_be_neither_managed_nor_run() {
     assert_eq!(err.class(), ErrorClass::Forbidden);
     assert!(err.to_string().contains("python_enabled"), "{err}");
     let err = a
-        .import("services:\n  - name: p\n    type: python-script\n", Default::default())
+        .import(
+            "services:\n  - name: p\n    type: python-script\n",
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);

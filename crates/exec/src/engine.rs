@@ -448,7 +448,7 @@ impl Engine {
         opts: &RunOptions,
         tofu: PathBuf,
         cwd: &Path,
-        inside: &dyn Fn(&str, &str) -> Result<PathBuf, ExecError>,
+        inside: &(dyn Fn(&str, &str) -> Result<PathBuf, ExecError> + Sync),
         timeout: Option<Duration>,
         cancel: &CancellationToken,
         spec: impl Fn(Plan, Option<Duration>) -> ProcessSpec,

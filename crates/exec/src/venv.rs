@@ -329,7 +329,6 @@ impl VenvCache {
         let mut spec = ProcessSpec::new(dir.join("bin/python"), &req_dir);
         spec.args = vec!["-m".into(), "pip".into(), "install".into()];
         spec.args.extend(self.opts.pip_args.iter().map(Into::into));
-        let mut env = env;
         if let Some(index) = index {
             env.insert("PIP_INDEX_URL".to_owned(), index.url.clone());
             if index.trusted_host {

@@ -1,0 +1,20 @@
+//! Distributed execution (design §7): runner nodes take jobs from the active core node through
+//! the cluster's etcd, and no job is lost when a runner or the active core node dies.
+//!
+//! - [`model`]: the records and their keys;
+//! - [`scheduler`]: the dispatch rules as a pure state machine;
+//! - [`dispatcher`]: the active core node's driver of the scheduler;
+//! - [`runner`]: the runner role.
+#![forbid(unsafe_code)]
+
+pub mod dispatcher;
+pub mod model;
+pub mod runner;
+pub mod scheduler;
+
+pub use dispatcher::{
+    list_jobs, list_runners, plain_writer, start, Dispatcher, DispatcherOptions, Finished,
+    JobsError, Writer,
+};
+pub use model::{JobOutcome, JobRecord, JobState, Origin, RunnerRecord};
+pub use runner::{RunnerError, RunnerOptions};

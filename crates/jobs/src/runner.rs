@@ -1,0 +1,351 @@
+//! The runner role (`autogate runner`): registers itself under its own lease, watches only its
+//! own assignments, claims each with its lease, runs it through the same engine as a core node,
+//! and writes the outcome in chunks that are accepted only while its claim still holds.
+//!
+//! Losing the lease (cut off from etcd longer than the TTL) means the claims are gone and the
+//! jobs are being dispatched again elsewhere: the runner cancels what it was running (its
+//! results would be refused anyway), registers again under a new lease and carries on.
+//!
+//! Stopping (the token) drains: the registration says `draining` so no new work comes, running
+//! jobs get `drain_grace` to finish, what is left is cancelled and handed back (a `released`
+//! outcome) so the active node dispatches it again at once, and the lease is revoked last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autogate_automation::Automation;
+use autogate_store::{
+    Compare, CompareOp, EventKind, LeaseId, Store, StoreError, Txn, TxnOp, TxnOpResponse,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{now_rfc3339, Assignment, Claim, JobOutcome, Keys, RunnerRecord, CHUNK};
+
+/// How a runner runs.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub host: String,
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+    /// TTL of the registration and claims: how long after a crash or a cut its jobs move.
+    pub lease_ttl: Duration,
+    pub drain_grace: Duration,
+}
+
+/// Why a runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+enum Msg {
+    /// An assignment appeared (or was found at start).
+    Assigned(Assignment, i64),
+    /// A job task ended.
+    Done { job: String },
+}
+
+struct Running {
+    cancel: CancellationToken,
+    attempt: u32,
+    claim: Vec<u8>,
+}
+
+/// Runs until `token` is cancelled, then drains.
+pub async fn run(
+    store: Arc<dyn Store>,
+    automation: Automation,
+    opts: RunnerOptions,
+    token: CancellationToken,
+) -> Result<(), RunnerError> {
+    let keys = Keys::new(&opts.cluster_id);
+    let started_at = now_rfc3339();
+    let mut lease = register(&*store, &keys, &opts, &started_at, 0, false).await?;
+    tracing::info!(
+        node_id = %opts.node_id,
+        capacity = opts.capacity,
+        "runner registered in cluster {}",
+        opts.cluster_id
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let mut watch_token = token.child_token();
+    spawn_watch(
+        store.clone(),
+        keys.clone(),
+        opts.node_id.clone(),
+        tx.clone(),
+        watch_token.clone(),
+    )
+    .await?;
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut keep_alive = tokio::time::interval(opts.lease_ttl / 3);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ack = Instant::now();
+    let mut dirty = false;
+    let mut publish = tokio::time::interval(Duration::from_millis(200));
+
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = keep_alive.tick() => {
+                match store.keep_alive(lease).await {
+                    Ok(_) => last_ack = Instant::now(),
+                    Err(StoreError::LeaseNotFound(_)) => {
+                        tracing::warn!("runner lease expired: claims are gone and the jobs are being dispatched again; cancelling {} running job(s) and registering again", running.len());
+                        for (_, r) in running.drain() {
+                            r.cancel.cancel();
+                        }
+                        watch_token.cancel();
+                        lease = match register(&*store, &keys, &opts, &started_at, 0, false).await {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::warn!("registering again failed: {e}");
+                                continue;
+                            }
+                        };
+                        last_ack = Instant::now();
+                        watch_token = token.child_token();
+                        if let Err(e) = spawn_watch(store.clone(), keys.clone(), opts.node_id.clone(), tx.clone(), watch_token.clone()).await {
+                            tracing::warn!("watching assignments failed: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        // Past the TTL without an answer the lease is as good as gone: stop
+                        // the jobs now rather than run them twice.
+                        if last_ack.elapsed() >= opts.lease_ttl && !running.is_empty() {
+                            tracing::warn!("store unreachable for {:?} ({e}): cancelling {} running job(s), they will be dispatched again", last_ack.elapsed(), running.len());
+                            for (_, r) in running.drain() {
+                                r.cancel.cancel();
+                            }
+                            dirty = true;
+                        }
+                    }
+                }
+            }
+            _ = publish.tick(), if dirty => {
+                dirty = false;
+                if let Err(e) = put_record(&*store, &keys, &opts, &started_at, running.len(), false, lease).await {
+                    tracing::debug!("runner record update failed: {e}");
+                    dirty = true;
+                }
+            }
+            Some(msg) = rx.recv() => match msg {
+                Msg::Assigned(a, mod_rev) => {
+                    if running.contains_key(&a.job) || running.len() as u32 >= opts.capacity.max(1) {
+                        continue;
+                    }
+                    let claim = serde_json::to_vec(&Claim { runner: opts.node_id.clone(), attempt: a.attempt }).unwrap_or_default();
+                    let assign_key = keys.assignment(&opts.node_id, &a.job);
+                    let claim_key = keys.claim(&a.job);
+                    let txn = Txn::new()
+                        .when([
+                            Compare::mod_revision(assign_key, CompareOp::Equal, mod_rev),
+                            Compare::missing(claim_key.clone()),
+                        ])
+                        .and_then([TxnOp::put_with_lease(claim_key, claim.clone(), lease)]);
+                    match store.txn(txn).await {
+                        Ok(r) if r.succeeded => {}
+                        Ok(_) => continue, // moved, or claimed already
+                        Err(e) => {
+                            tracing::warn!(job = %a.job, "claim failed: {e}");
+                            continue;
+                        }
+                    }
+                    tracing::info!(job = %a.job, attempt = a.attempt, service = %a.service, "job claimed");
+                    // Not a child of the root token: stopping the runner drains, it does not
+                    // kill running jobs (they get the drain grace first).
+                    let cancel = CancellationToken::new();
+                    running.insert(a.job.clone(), Running { cancel: cancel.clone(), attempt: a.attempt, claim: claim.clone() });
+                    dirty = true;
+                    let (store, keys, automation, tx) = (store.clone(), keys.clone(), automation.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let outcome = match automation.run(&a.request, &cancel).await {
+                            Ok(result) => JobOutcome::Completed { result },
+                            Err(e) => JobOutcome::Error { message: e.to_string() },
+                        };
+                        if !cancel.is_cancelled() {
+                            if let Err(e) = write_outcome(&*store, &keys, &a.job, a.attempt, &claim, &outcome).await {
+                                tracing::warn!(job = %a.job, "result not written: {e}");
+                            }
+                        }
+                        let _ = tx.send(Msg::Done { job: a.job });
+                    });
+                }
+                Msg::Done { job } => {
+                    running.remove(&job);
+                    dirty = true;
+                }
+            },
+        }
+    }
+
+    // Drain: no new work, let running jobs finish, hand back the rest, then leave.
+    watch_token.cancel();
+    let _ = put_record(
+        &*store,
+        &keys,
+        &opts,
+        &started_at,
+        running.len(),
+        true,
+        lease,
+    )
+    .await;
+    if !running.is_empty() {
+        tracing::info!(
+            "draining: waiting up to {:?} for {} running job(s)",
+            opts.drain_grace,
+            running.len()
+        );
+    }
+    let deadline = tokio::time::Instant::now() + opts.drain_grace;
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Msg::Done { job })) => {
+                running.remove(&job);
+            }
+            Ok(Some(Msg::Assigned(..))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for (job, r) in running.drain() {
+        r.cancel.cancel();
+        let released = JobOutcome::Released;
+        match write_outcome(&*store, &keys, &job, r.attempt, &r.claim, &released).await {
+            Ok(()) => tracing::info!(job = %job, "job handed back for dispatch elsewhere"),
+            Err(e) => {
+                tracing::warn!(job = %job, "could not hand the job back ({e}); it moves when the lease ends")
+            }
+        }
+    }
+    let _ = store.revoke(lease).await;
+    tracing::info!("runner stopped");
+    Ok(())
+}
+
+async fn register(
+    store: &dyn Store,
+    keys: &Keys,
+    opts: &RunnerOptions,
+    started_at: &str,
+    running: usize,
+    draining: bool,
+) -> Result<LeaseId, StoreError> {
+    let lease = store.grant(opts.lease_ttl).await?;
+    put_record(store, keys, opts, started_at, running, draining, lease).await?;
+    Ok(lease)
+}
+
+async fn put_record(
+    store: &dyn Store,
+    keys: &Keys,
+    opts: &RunnerOptions,
+    started_at: &str,
+    running: usize,
+    draining: bool,
+    lease: LeaseId,
+) -> Result<(), StoreError> {
+    let rec = RunnerRecord {
+        node_id: opts.node_id.clone(),
+        host: opts.host.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        capacity: opts.capacity,
+        labels: opts.labels.clone(),
+        running: u32::try_from(running).unwrap_or(u32::MAX),
+        draining,
+        started_at: started_at.to_owned(),
+        last_seen: now_rfc3339(),
+    };
+    let value = serde_json::to_vec(&rec).unwrap_or_default();
+    store
+        .put(&keys.runner(&opts.node_id), value, Some(lease))
+        .await
+        .map(|_| ())
+}
+
+/// Lists this runner's assignments and then watches them from the same revision.
+async fn spawn_watch(
+    store: Arc<dyn Store>,
+    keys: Keys,
+    node_id: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    token: CancellationToken,
+) -> Result<(), StoreError> {
+    let prefix = keys.assignments_of(&node_id);
+    let snap = store
+        .txn(Txn::new().and_then([TxnOp::get_prefix(prefix.clone())]))
+        .await?;
+    if let Some(TxnOpResponse::Get(kvs)) = snap.responses.first() {
+        for kv in kvs {
+            if let Ok(a) = serde_json::from_slice::<Assignment>(&kv.value) {
+                let _ = tx.send(Msg::Assigned(a, kv.mod_revision));
+            }
+        }
+    }
+    let mut stream = store.watch(&prefix, Some(snap.revision + 1)).await?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) if ev.kind == EventKind::Put => {
+                        if let Ok(a) = serde_json::from_slice::<Assignment>(&ev.kv.value) {
+                            let _ = tx.send(Msg::Assigned(a, ev.kv.mod_revision));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("assignment watch failed: {e}");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Writes an outcome in chunks; each chunk commits only while this attempt's claim holds, so a
+/// runner whose claim vanished (lease ended, job moved) cannot write over a newer attempt.
+pub(crate) async fn write_outcome(
+    store: &dyn Store,
+    keys: &Keys,
+    job: &str,
+    attempt: u32,
+    claim: &[u8],
+    outcome: &JobOutcome,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec(outcome).map_err(|e| e.to_string())?;
+    let parts: Vec<&[u8]> = if bytes.is_empty() {
+        vec![&[]]
+    } else {
+        bytes.chunks(CHUNK).collect()
+    };
+    let total = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let txn = Txn::new()
+            .when([Compare::value(
+                keys.claim(job),
+                CompareOp::Equal,
+                claim.to_vec(),
+            )])
+            .and_then([TxnOp::put(
+                keys.result_part(job, attempt, i, total),
+                part.to_vec(),
+            )]);
+        let r = store.txn(txn).await.map_err(|e| e.to_string())?;
+        if !r.succeeded {
+            return Err(format!(
+                "the claim on attempt {attempt} no longer holds (the job moved); outcome discarded"
+            ));
+        }
+    }
+    Ok(())
+}
