@@ -37,6 +37,10 @@ pub struct ServiceRun {
     /// accepted as well, the name earlier managers used).
     #[serde(default, alias = "params")]
     pub inputs: Map<String, Value>,
+    /// `key=value` strings as the CLI's `--set` takes them, converted by the gateway to the
+    /// types the decorator declares and laid over `inputs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
     /// When given, the service must be of this type (`executable`, `python-script`, …).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
@@ -58,6 +62,7 @@ impl ServiceRun {
         ServiceRun {
             name: name.into(),
             inputs,
+            set: Vec::new(),
             service_type: None,
             action: None,
             state: None,
