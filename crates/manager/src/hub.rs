@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ManagerMetrics;
 use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState, SessionRecord};
 use crate::registry::Registry;
+use crate::web::{EventKind, Events};
 
 /// WebSocket close code for a normal closure (a session superseded by a newer one).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -215,6 +216,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_conn: AtomicU64,
+    /// Change notices for the web page's live view.
+    events: Events,
 }
 
 /// A session accepted by [`Hub::hello`].
@@ -244,6 +247,7 @@ impl Hub {
             }),
             locks: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            events: Events::new(),
         }
     }
 
@@ -255,6 +259,11 @@ impl Hub {
     /// The metrics.
     pub fn metrics(&self) -> &ManagerMetrics {
         &self.metrics
+    }
+
+    /// Change notices (sessions, node lists, clusters) for the web page.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// A fresh connection handle.
@@ -458,6 +467,7 @@ impl Hub {
             },
         );
         self.metrics.session_opened();
+        self.events.send(EventKind::SessionOpened, cluster);
         self.registry.after_insert(cluster).await;
         Ok(Accepted {
             session_id,
@@ -489,12 +499,17 @@ impl Hub {
         if let Err(e) = self.registry.store().txn(Txn::new().and_then([op])).await {
             tracing::warn!("cannot record the end of session {}: {e}", info.session_id);
         }
+        self.events.send(EventKind::SessionClosed, &cluster);
     }
 
     /// A `nodes.update` arrived on a live session.
     pub fn nodes_update(&self, conn: ConnId, nodes: Vec<NodeInfo>) {
-        if let Some(info) = self.state().live.get_mut(&conn) {
+        let cluster = self.state().live.get_mut(&conn).map(|info| {
             info.nodes = nodes;
+            info.cluster_id.clone()
+        });
+        if let Some(cluster) = cluster {
+            self.events.send(EventKind::NodesChanged, &cluster);
         }
     }
 
@@ -563,6 +578,7 @@ impl Hub {
             rec.state,
             rec.certificates.len()
         );
+        self.events.send(EventKind::ClusterChanged, &rec.cluster_id);
         Ok(rec)
     }
 
@@ -645,6 +661,7 @@ impl Hub {
             tracing::info!("gateway cluster {id} is now {}", rec.state);
         }
         self.registry.cache_put(rec.clone());
+        self.events.send(EventKind::ClusterChanged, id);
         Ok(rec)
     }
 
@@ -674,6 +691,7 @@ impl Hub {
             return Err(AdminError::NotFound(id.to_owned()));
         }
         tracing::info!("deleted gateway cluster {id}");
+        self.events.send(EventKind::ClusterChanged, id);
         Ok(())
     }
 

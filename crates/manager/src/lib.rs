@@ -7,8 +7,9 @@
 //! — lives in an embedded crash-safe store in `manager.data_dir`.
 //!
 //! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
-//! sessions and the session rules), [`api`] (REST), [`registry`] (storage), [`bootstrap`]
-//! (certificate and admin token on first start), [`client`] (the admin client the CLI uses).
+//! sessions and the session rules), [`api`] (REST), [`web`] (the web page and its live event
+//! stream), [`registry`] (storage), [`bootstrap`] (certificate and admin token on first start),
+//! [`client`] (the admin client the CLI uses).
 //!
 //! Start-up order: data directory → store (closing sessions a crash left open) → certificate
 //! and admin token → bind → serve. Shutdown on SIGTERM/SIGINT: stop accepting, close every
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod registry;
+pub mod web;
 pub mod ws;
 
 use std::sync::Arc;

@@ -1,0 +1,871 @@
+// The autogate manager page: sign-in, clusters, one cluster's nodes, certificates, session
+// timeline and services, kept current by the manager's event stream.
+//
+// Plain JavaScript with no framework and no build step, so the file the manager serves is the
+// file in the repository. Everything shown comes from the REST API under /api/v1 with the admin
+// token as a Bearer header. Data from gateways (node ids, certificate subjects, service output)
+// is inserted as text nodes only, never as markup: the page's Content-Security-Policy refuses
+// inline script, and this keeps a hostile node id from becoming markup in the first place.
+'use strict';
+
+(() => {
+  const TOKEN_KEY = 'autogate.manager.token';
+  // A safety net under the event stream: every view re-reads itself this often anyway.
+  const REFRESH_EVERY_MS = 15000;
+  // Notices often come in bursts (a fail-over is a close, an open and a node update): one
+  // re-read after the burst is enough.
+  const DEBOUNCE_MS = 80;
+  const TIMELINE_MAX = 50;
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------------------------------
+  // DOM helpers
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = String(v);
+      else if (k === 'dataset') Object.assign(e.dataset, v);
+      else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+      else if (v === true) e.setAttribute(k, '');
+      else e.setAttribute(k, String(v));
+    }
+    append(e, children);
+    return e;
+  }
+
+  function append(parent, children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === undefined || c === null || c === false) continue;
+      parent.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return parent;
+  }
+
+  function replace(parent, ...children) {
+    parent.replaceChildren();
+    return append(parent, children);
+  }
+
+  function badge(text, kind) {
+    return el('span', { class: 'badge ' + (kind || String(text)), text });
+  }
+
+  const dash = '—';
+  const show = (v) => (v === undefined || v === null || v === '' ? dash : String(v));
+
+  function when(iso) {
+    if (!iso) return dash;
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return String(iso);
+    return new Date(t).toISOString().replace('T', ' ').replace('Z', ' UTC');
+  }
+
+  function table(headers, rows, attrs) {
+    return el('table', attrs || {},
+      el('thead', {}, el('tr', {}, headers.map((h) => el('th', { text: h })))),
+      el('tbody', {}, rows));
+  }
+
+  const clusterHref = (id) => '#/clusters/' + encodeURIComponent(id);
+
+  // ---------------------------------------------------------------------------------------
+  // API
+
+  class ApiError extends Error {
+    constructor(status, message, body) {
+      super(message);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  function token() {
+    return sessionStorage.getItem(TOKEN_KEY);
+  }
+
+  async function call(method, path, body, withToken) {
+    const headers = { Accept: 'application/json' };
+    const t = withToken !== undefined ? withToken : token();
+    if (t) headers.Authorization = 'Bearer ' + t;
+    const init = { method, headers, cache: 'no-store', credentials: 'omit' };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch('/api/v1' + path, init);
+    } catch (e) {
+      throw new ApiError(0, 'cannot reach the manager (' + e.message + ')', null);
+    }
+    const text = await resp.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch (_) {
+        data = null;
+      }
+    }
+    if (!resp.ok) {
+      // REST errors are {"error": "<sentence>"}; service runs answer {"status": "error",
+      // "error": {"message", …}} in the product family's shape.
+      let message = 'HTTP ' + resp.status;
+      if (data && typeof data.error === 'string') message = data.error;
+      else if (data && data.error && typeof data.error.message === 'string') message = data.error.message;
+      throw new ApiError(resp.status, message, data);
+    }
+    return data;
+  }
+
+  // Every call of a signed-in page: a refused token ends the sign-in.
+  async function api(method, path, body) {
+    try {
+      return await call(method, path, body);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) {
+        signOut('The manager refused the token (' + e.message + '). Sign in again.');
+      }
+      throw e;
+    }
+  }
+
+  function showAppError(message) {
+    const p = $('app-error');
+    p.textContent = message || '';
+    p.hidden = !message;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Sign-in
+
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    stopLive();
+    if (current) current.alive = false;
+    current = null;
+    $('app').hidden = true;
+    $('signout').hidden = true;
+    $('signin').hidden = false;
+    $('signin-error').textContent = message || '';
+    $('token').focus();
+  }
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const input = $('token');
+    const t = input.value.trim();
+    const err = $('signin-error');
+    if (!t) {
+      err.textContent = 'Enter the admin token.';
+      return;
+    }
+    const button = ev.target.querySelector('button');
+    button.disabled = true;
+    err.textContent = '';
+    try {
+      await call('GET', '/clusters', undefined, t);
+      sessionStorage.setItem(TOKEN_KEY, t);
+      input.value = '';
+      start();
+    } catch (e) {
+      err.textContent = e.status === 401 ? 'Sign-in refused: ' + e.message : e.message;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Live updates
+
+  let events = null;
+  let refreshTimer = null;
+  let pollTimer = null;
+  let reconnectTimer = null;
+
+  function setLive(on, text) {
+    const l = $('live');
+    l.className = 'live ' + (on ? 'on' : 'off');
+    l.textContent = text || (on ? 'live' : 'offline');
+  }
+
+  function startLive() {
+    stopLive();
+    const t = token();
+    if (!t) return;
+    // EventSource cannot send headers: this one endpoint takes the token in the query.
+    const es = new EventSource('/api/v1/events?token=' + encodeURIComponent(t));
+    events = es;
+    es.addEventListener('ready', () => {
+      setLive(true);
+      // Whatever happened while the stream was down.
+      scheduleRefresh();
+    });
+    es.addEventListener('resync', () => scheduleRefresh());
+    es.onmessage = (m) => {
+      let ev = null;
+      try {
+        ev = JSON.parse(m.data);
+      } catch (_) {
+        ev = null;
+      }
+      if (ev && ev.kind === 'services_changed') {
+        if (current && current.id === ev.cluster_id && current.loadServices) current.loadServices();
+        return;
+      }
+      scheduleRefresh();
+    };
+    es.onerror = () => {
+      setLive(false, 'reconnecting…');
+      if (es.readyState === EventSource.CLOSED) {
+        // The browser gave up (a refused token, or the manager answered with an error):
+        // find out which, then try again.
+        reconnectTimer = setTimeout(async () => {
+          try {
+            await api('GET', '/clusters');
+            if (events === es) startLive();
+          } catch (_) {
+            if (events === es && token()) reconnectTimer = setTimeout(startLive, 3000);
+          }
+        }, 1000);
+      }
+    };
+    pollTimer = setInterval(() => scheduleRefresh(), REFRESH_EVERY_MS);
+  }
+
+  function stopLive() {
+    if (events) events.close();
+    events = null;
+    clearInterval(pollTimer);
+    clearTimeout(reconnectTimer);
+    clearTimeout(refreshTimer);
+    setLive(false);
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => {
+      if (current) current.refresh();
+    }, DEBOUNCE_MS);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Views. Each has mount() (builds its frame, forms included, once) and refresh() (re-reads
+  // and redraws only the data parts, so a half-filled form survives live updates).
+
+  let current = null;
+
+  function route() {
+    if (!token()) return;
+    if (current) current.alive = false;
+    showAppError('');
+    const m = /^#\/clusters\/([^/]+)$/.exec(location.hash);
+    current = m ? new ClusterView(decodeURIComponent(m[1])) : new ClustersView();
+    current.mount($('view'));
+    current.refresh();
+  }
+
+  function crumbs(...parts) {
+    const nav = $('crumbs');
+    replace(nav, el('a', { href: '#/', text: 'Clusters' }));
+    for (const p of parts) append(nav, [' / ', p]);
+  }
+
+  function stateSelect(cluster, onChanged) {
+    const sel = el('select', { class: 'compact state-select', 'aria-label': 'State of ' + cluster.cluster_id },
+      ['enabled', 'read-only', 'disabled'].map((s) => el('option', { value: s, text: s, selected: s === cluster.state })));
+    sel.addEventListener('change', async () => {
+      sel.disabled = true;
+      try {
+        await api('PATCH', '/clusters/' + encodeURIComponent(cluster.cluster_id), { state: sel.value });
+        showAppError('');
+      } catch (e) {
+        showAppError('Changing the state of ' + cluster.cluster_id + ' failed: ' + e.message);
+      } finally {
+        sel.disabled = false;
+        onChanged();
+      }
+    });
+    return sel;
+  }
+
+  // Names the file behind "certificates[1]: …" in the server's message.
+  function nameFiles(message, field, files) {
+    return message.replace(new RegExp('^' + field + '\\[(\\d+)\\]'), (whole, i) => {
+      const f = files[Number(i)];
+      return f ? whole + ' (' + f.name + ')' : whole;
+    });
+  }
+
+  async function readPemFiles(input) {
+    const files = Array.from(input.files || []);
+    const texts = await Promise.all(files.map((f) => f.text()));
+    return { files, texts };
+  }
+
+  function nodeCounts(nodes) {
+    const list = Array.isArray(nodes) ? nodes : [];
+    const runners = list.filter((n) => n.role === 'runner').length;
+    return (list.length - runners) + ' core, ' + runners + ' runner' + (runners === 1 ? '' : 's');
+  }
+
+  class ClustersView {
+    constructor() {
+      this.alive = true;
+    }
+
+    mount(root) {
+      crumbs();
+      this.tbody = el('tbody');
+      this.empty = el('p', { class: 'muted', hidden: true, text: 'No cluster is registered yet. Add one below.' });
+      const form = el('form', { id: 'add-cluster', autocomplete: 'off', novalidate: true },
+        el('div', { class: 'grid2' },
+          el('div', { class: 'field' },
+            el('label', { for: 'new-id' }, 'Cluster id', el('span', { class: 'req', title: 'required', text: '*' })),
+            el('input', { id: 'new-id', type: 'text', required: true, placeholder: 'cluster_1', spellcheck: 'false' }),
+            el('p', { class: 'hint', text: 'The GATEWAY_APPLICATION_CLUSTER_ID of its nodes.' })),
+          el('div', { class: 'field' },
+            el('label', { for: 'new-name', text: 'Name' }),
+            el('input', { id: 'new-name', type: 'text', placeholder: 'defaults to the id' }))),
+        el('div', { class: 'grid2' },
+          el('div', { class: 'field' },
+            el('label', { for: 'new-state', text: 'State' }),
+            el('select', { id: 'new-state' },
+              ['enabled', 'read-only', 'disabled'].map((s) => el('option', { value: s, text: s })))),
+          el('div', { class: 'field' },
+            el('label', { for: 'new-certs', text: 'Certificates (PEM)' }),
+            el('input', { id: 'new-certs', type: 'file', multiple: true, accept: '.pem,.crt,.cer,application/x-pem-file' }),
+            el('p', { class: 'hint', text: 'Each core node may have its own key pair: pick every node\u2019s certificate.' }))),
+        el('button', { type: 'submit', text: 'Add cluster' }),
+        el('p', { id: 'add-cluster-error', class: 'error', role: 'alert' }),
+        el('p', { id: 'add-cluster-ok', class: 'muted', role: 'status' }));
+      form.addEventListener('submit', (ev) => this.add(ev));
+      replace(root,
+        el('section', { class: 'card' },
+          el('h1', { text: 'Gateway clusters' }),
+          table(['Cluster', 'Name', 'State', 'Connection', 'Active node', 'Term', 'Nodes', 'Certificates'], [], { id: 'clusters' }),
+          this.empty),
+        el('section', { class: 'card' }, el('h2', { text: 'Add a cluster' }), form));
+      this.tbody = root.querySelector('#clusters tbody');
+    }
+
+    async refresh() {
+      let list;
+      try {
+        list = await api('GET', '/clusters');
+      } catch (e) {
+        if (this.alive && e.status !== 401) showAppError('Cannot list clusters: ' + e.message);
+        return;
+      }
+      if (!this.alive) return;
+      showAppError('');
+      list.sort((a, b) => String(a.cluster_id).localeCompare(String(b.cluster_id)));
+      this.empty.hidden = list.length > 0;
+      replace(this.tbody, list.map((c) => {
+        const active = c.active || {};
+        return el('tr', { dataset: { clusterId: c.cluster_id } },
+          el('td', {}, el('a', { href: clusterHref(c.cluster_id), class: 'cluster-link', text: c.cluster_id })),
+          el('td', { text: show(c.name) }),
+          el('td', {}, stateSelect(c, () => this.refresh())),
+          el('td', {}, c.connected ? badge('connected') : badge('disconnected', 'disconnected')),
+          el('td', { class: 'mono active-node', text: show(active.node_id) }),
+          el('td', { class: 'term', text: show(active.term) }),
+          el('td', { text: nodeCounts(c.nodes) }),
+          el('td', { text: String((c.certificates || []).length) }));
+      }));
+    }
+
+    async add(ev) {
+      ev.preventDefault();
+      const err = $('add-cluster-error');
+      const ok = $('add-cluster-ok');
+      err.textContent = '';
+      ok.textContent = '';
+      const id = $('new-id').value.trim();
+      if (!id) {
+        err.textContent = 'cluster_id: required';
+        return;
+      }
+      const body = { cluster_id: id, state: $('new-state').value };
+      const name = $('new-name').value.trim();
+      if (name) body.name = name;
+      const { files, texts } = await readPemFiles($('new-certs'));
+      if (texts.length) body.certificates = texts;
+      const button = ev.target.querySelector('button[type=submit]');
+      button.disabled = true;
+      try {
+        const c = await api('POST', '/clusters', body);
+        ok.textContent = 'Added ' + c.cluster_id + ' with ' + (c.certificates || []).length + ' certificate(s).';
+        ev.target.reset();
+        this.refresh();
+      } catch (e) {
+        err.textContent = nameFiles(e.message, 'certificates', files);
+      } finally {
+        button.disabled = false;
+      }
+    }
+  }
+
+  class ClusterView {
+    constructor(id) {
+      this.id = id;
+      this.alive = true;
+      this.path = '/clusters/' + encodeURIComponent(id);
+      this.connected = null;
+      this.activeNode = null;
+      this.catalog = null;
+    }
+
+    mount(root) {
+      crumbs(el('span', { class: 'mono', text: this.id }));
+      const section = (id, title, ...rest) =>
+        el('section', { class: 'card', id }, el('h2', { text: title }), ...rest);
+      this.title = el('h1', { text: this.id });
+      this.facts = el('dl', { class: 'facts', id: 'gateway-facts' });
+      this.core = el('div', { id: 'core-nodes' });
+      this.runners = el('div', { id: 'runners' });
+      this.certs = el('div', { id: 'certificates' });
+      this.timeline = el('ol', { class: 'timeline', id: 'timeline' });
+      this.services = el('div', { id: 'services-list' });
+      const certForm = el('form', { id: 'add-cert', class: 'row', novalidate: true },
+        el('label', { class: 'inline', for: 'more-certs' }, 'Add certificates (PEM)'),
+        el('input', { id: 'more-certs', type: 'file', multiple: true, accept: '.pem,.crt,.cer,application/x-pem-file' }),
+        el('button', { type: 'submit', class: 'secondary', text: 'Upload' }));
+      certForm.addEventListener('submit', (ev) => this.addCerts(ev));
+      const reload = el('button', { type: 'button', class: 'secondary', id: 'reload-services', text: 'Reload services' });
+      reload.addEventListener('click', () => this.loadServices());
+      replace(root,
+        el('section', { class: 'card' }, this.title, this.facts),
+        el('div', { class: 'grid2' },
+          section('core', 'Core nodes', this.core),
+          section('runner-nodes', 'Runners', this.runners)),
+        section('certs', 'Certificates', this.certs, certForm,
+          el('p', { id: 'cert-error', class: 'error', role: 'alert' })),
+        section('sessions', 'Session timeline', this.timeline),
+        section('services', 'Services', el('div', { class: 'row' }, reload), this.services));
+      this.loadServices();
+    }
+
+    async refresh() {
+      let c;
+      let sessions;
+      try {
+        [c, sessions] = await Promise.all([
+          api('GET', this.path),
+          api('GET', this.path + '/sessions'),
+        ]);
+      } catch (e) {
+        if (this.alive && e.status !== 401) showAppError('Cannot read cluster ' + this.id + ': ' + e.message);
+        return;
+      }
+      if (!this.alive) return;
+      showAppError('');
+      this.drawFacts(c);
+      this.drawNodes(c);
+      this.drawCerts(c);
+      this.drawTimeline(Array.isArray(sessions) ? sessions : (sessions && sessions.sessions) || []);
+      const active = c.active ? c.active.node_id : null;
+      const catalog = c.services_updated_at || null;
+      const changed = this.connected !== null &&
+        (c.connected !== this.connected || active !== this.activeNode || catalog !== this.catalog);
+      this.connected = c.connected;
+      this.activeNode = active;
+      this.catalog = catalog;
+      // A new active node or catalog may change the services; forms are rebuilt only then, so
+      // a half-filled form survives other updates.
+      if (changed) this.loadServices();
+    }
+
+    drawFacts(c) {
+      this.title.textContent = c.name && c.name !== c.cluster_id ? c.name + ' (' + c.cluster_id + ')' : c.cluster_id;
+      const a = c.active || {};
+      const fact = (label, ...value) => [el('dt', { text: label }), el('dd', {}, ...value)];
+      replace(this.facts,
+        fact('State', badge(c.state), ' ', stateSelect(c, () => this.refresh())),
+        fact('Connection', c.connected ? badge('connected') : badge('disconnected', 'disconnected')),
+        fact('Active node', el('span', { id: 'active-node', class: 'mono', text: show(a.node_id) })),
+        fact('Term', el('span', { id: 'term', text: show(a.term) })),
+        fact('Connected since', when(a.connected_at)),
+        fact('From', show(a.remote_addr)),
+        fact('Gateway version', show(a.version)),
+        fact('Highest term seen', show(c.highest_term)));
+    }
+
+    drawNodes(c) {
+      const nodes = Array.isArray(c.nodes) ? c.nodes : [];
+      const core = nodes.filter((n) => n.role !== 'runner');
+      const runners = nodes.filter((n) => n.role === 'runner');
+      const order = { active: 0, standby: 1, paused: 2 };
+      core.sort((x, y) => (order[x.role] ?? 9) - (order[y.role] ?? 9) || String(x.node_id).localeCompare(String(y.node_id)));
+      if (!c.connected) {
+        replace(this.core, el('p', { class: 'muted', text: 'Not connected: the nodes are reported by the cluster\u2019s active node.' }));
+      } else {
+        replace(this.core, table(['Node', 'Role', 'Primary', 'Reaches manager', 'API address'],
+          core.map((n) => el('tr', { class: 'node', dataset: { nodeId: n.node_id, role: n.role } },
+            el('td', { class: 'mono', text: n.node_id }),
+            el('td', {}, badge(n.role)),
+            el('td', {}, n.is_primary ? badge('primary') : dash),
+            el('td', { text: n.manager_reachable === true ? 'yes' : n.manager_reachable === false ? 'no' : dash }),
+            el('td', { class: 'mono', text: show(n.address) })))));
+      }
+      if (!runners.length) {
+        replace(this.runners, el('p', { class: 'muted', text: c.connected ? 'No runners reported by this cluster.' : dash }));
+      } else {
+        replace(this.runners, table(['Runner', 'Running', 'Capacity', 'Address'],
+          runners.map((n) => el('tr', { class: 'runner', dataset: { nodeId: n.node_id } },
+            el('td', { class: 'mono', text: n.node_id }),
+            el('td', { text: show(n.running) }),
+            el('td', { text: show(n.capacity) }),
+            el('td', { class: 'mono', text: show(n.address) })))));
+      }
+    }
+
+    drawCerts(c) {
+      const certs = c.certificates || [];
+      if (!certs.length) {
+        replace(this.certs, el('p', { class: 'muted', text: 'No certificate is registered: no node of this cluster can connect.' }));
+        return;
+      }
+      replace(this.certs, table(['Subject', 'SHA-256 fingerprint', 'Expires', 'Last presented by', ''],
+        certs.map((k) => {
+          const rm = el('button', { type: 'button', class: 'danger', text: 'Remove' });
+          rm.addEventListener('click', () => this.removeCert(k));
+          return el('tr', { class: 'cert', dataset: { fingerprint: k.fingerprint_sha256 } },
+            el('td', { text: show(k.subject) }),
+            el('td', { class: 'fp', text: k.fingerprint_sha256 }),
+            el('td', {}, when(k.not_after), k.expired ? [' ', badge('expired')] : null),
+            el('td', {},
+              el('span', { class: 'mono', text: show(k.last_presented_by) }),
+              k.last_presented_at ? el('div', { class: 'muted', text: when(k.last_presented_at) }) : null),
+            el('td', {}, rm));
+        })));
+    }
+
+    drawTimeline(sessions) {
+      const list = sessions.slice(0, TIMELINE_MAX);
+      if (!list.length) {
+        replace(this.timeline, el('li', { class: 'muted', text: 'No session yet.' }));
+        return;
+      }
+      const items = [];
+      list.forEach((s, i) => {
+        const live = !s.disconnected_at;
+        items.push(el('li', { class: 'session' + (live ? ' live' : ''), dataset: { sessionId: s.session_id } },
+          el('strong', { class: 'mono', text: s.node_id }),
+          ' term ' + show(s.term) + ', connected ' + when(s.connected_at) + ' from ' + show(s.remote_addr),
+          live ? [' ', badge('live', 'ok')]
+            : el('div', { class: 'muted', text: 'closed ' + when(s.disconnected_at) + ': ' + show(s.close_reason) })));
+        // The gap between this session and the one before it (the list is newest first).
+        const older = list[i + 1];
+        if (older && older.disconnected_at) {
+          const gap = Date.parse(s.connected_at) - Date.parse(older.disconnected_at);
+          const ms = Number.isFinite(gap) ? Math.max(0, Math.round(gap)) + ' ms' : dash;
+          const text = older.node_id !== s.node_id
+            ? 'fail-over ' + older.node_id + ' \u2192 ' + s.node_id + ': gap ' + ms
+            : 'reconnected after ' + ms;
+          items.push(el('li', { class: older.node_id !== s.node_id ? 'failover' : 'reconnect', text, dataset: { gapMs: String(gap) } }));
+        }
+      });
+      if (sessions.length > list.length) {
+        items.push(el('li', { class: 'muted', text: (sessions.length - list.length) + ' older session(s) not shown.' }));
+      }
+      replace(this.timeline, items);
+    }
+
+    async addCerts(ev) {
+      ev.preventDefault();
+      const err = $('cert-error');
+      err.textContent = '';
+      const { files, texts } = await readPemFiles($('more-certs'));
+      if (!texts.length) {
+        err.textContent = 'Pick one or more PEM files first.';
+        return;
+      }
+      try {
+        await api('PATCH', this.path, { add_certificates: texts });
+        ev.target.reset();
+        this.refresh();
+      } catch (e) {
+        err.textContent = nameFiles(e.message, 'add_certificates', files);
+      }
+    }
+
+    async removeCert(k) {
+      const who = k.subject || k.fingerprint_sha256;
+      if (!window.confirm('Remove the certificate ' + who + '? A node using it is disconnected at once.')) return;
+      try {
+        await api('PATCH', this.path, { remove_certificates: [k.fingerprint_sha256] });
+        $('cert-error').textContent = '';
+        this.refresh();
+      } catch (e) {
+        $('cert-error').textContent = e.message;
+      }
+    }
+
+    async loadServices() {
+      const box = this.services;
+      let data;
+      try {
+        data = await api('GET', this.path + '/services');
+      } catch (e) {
+        if (!this.alive) return;
+        if (e.status === 404 && /no such API endpoint/.test(e.message)) {
+          replace(box, el('p', { class: 'muted', text: 'This manager does not list services.' }));
+        } else {
+          replace(box, el('p', { class: 'error', text: 'Cannot list services: ' + e.message }));
+        }
+        return;
+      }
+      if (!this.alive) return;
+      const list = (data && Array.isArray(data.services)) ? data.services : [];
+      if (!list.length) {
+        replace(box, el('p', { class: 'muted', text: 'This cluster offers no service.' }));
+        return;
+      }
+      replace(box,
+        data.updated_at ? el('p', { class: 'hint', text: 'Catalog as of ' + when(data.updated_at) }) : null,
+        list.map((s) => serviceCard(this, s)));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Services: a run form generated from the service's decorator (JSON Schema).
+
+  function schemaOf(svc) {
+    const candidates = [svc.schema, svc.decorator && svc.decorator.schema, svc.decorator];
+    for (const c of candidates) {
+      if (c && typeof c === 'object' && !Array.isArray(c) && (c.properties || c.type)) return c;
+    }
+    return null;
+  }
+
+  function typeOf(prop) {
+    let t = prop.type;
+    if (Array.isArray(t)) t = t.find((x) => x !== 'null');
+    if (Array.isArray(prop.enum)) return 'enum';
+    return ['string', 'integer', 'number', 'boolean', 'array', 'object'].includes(t) ? t : 'json';
+  }
+
+  let fieldSeq = 0;
+
+  function fieldFor(name, prop, required) {
+    const kind = typeOf(prop);
+    const id = 'f' + (++fieldSeq);
+    const label = el('label', { for: id },
+      prop.title || name,
+      required ? el('span', { class: 'req', title: 'required', text: '*' }) : null,
+      el('span', { class: 'muted', text: ' ' + (kind === 'json' ? 'JSON' : kind === 'enum' ? 'choice' : kind) }));
+    const hasDefault = Object.prototype.hasOwnProperty.call(prop, 'default');
+    let input;
+    switch (kind) {
+      case 'boolean':
+        input = el('input', { id, type: 'checkbox', checked: hasDefault && prop.default === true });
+        break;
+      case 'enum':
+        input = el('select', { id, required },
+          required ? null : el('option', { value: '', text: '' }),
+          prop.enum.map((v, i) => el('option', {
+            value: String(i), text: typeof v === 'string' ? v : JSON.stringify(v),
+            selected: hasDefault && JSON.stringify(v) === JSON.stringify(prop.default),
+          })));
+        break;
+      case 'integer':
+      case 'number':
+        input = el('input', {
+          id, type: 'number', step: kind === 'integer' ? '1' : 'any', required,
+          min: prop.minimum, max: prop.maximum, value: hasDefault ? prop.default : null,
+        });
+        break;
+      case 'string':
+        input = el('input', {
+          id, type: 'text', required, spellcheck: 'false', value: hasDefault ? prop.default : null,
+          placeholder: prop.format || prop.pattern || null,
+        });
+        break;
+      default:
+        input = el('textarea', {
+          id, required, spellcheck: 'false',
+          placeholder: kind === 'array' ? '["a", "b"]' : kind === 'object' ? '{"key": "value"}' : 'any JSON value',
+        });
+        if (hasDefault) input.value = JSON.stringify(prop.default);
+    }
+    input.name = name;
+    const wrap = el('div', { class: 'field', dataset: { field: name, kind } },
+      kind === 'boolean' ? el('label', { class: 'inline', for: id }, input, Array.from(label.childNodes)) : [label, input],
+      prop.description ? el('p', { class: 'hint', text: prop.description }) : null);
+    return { name, kind, prop, required, input, wrap };
+  }
+
+  // The inputs object, or throws a message naming the field at fault.
+  function collect(fields) {
+    const out = {};
+    for (const f of fields) {
+      if (f.kind === 'boolean') {
+        out[f.name] = f.input.checked;
+        continue;
+      }
+      const raw = f.input.value;
+      if (raw.trim() === '') {
+        if (f.required) throw new Error(f.name + ': required');
+        continue;
+      }
+      switch (f.kind) {
+        case 'enum':
+          out[f.name] = f.prop.enum[Number(raw)];
+          break;
+        case 'integer': {
+          const n = Number(raw);
+          if (!Number.isInteger(n)) throw new Error(f.name + ': expected a whole number, got ' + JSON.stringify(raw));
+          out[f.name] = n;
+          break;
+        }
+        case 'number': {
+          const n = Number(raw);
+          if (!Number.isFinite(n)) throw new Error(f.name + ': expected a number, got ' + JSON.stringify(raw));
+          out[f.name] = n;
+          break;
+        }
+        case 'string':
+          out[f.name] = raw;
+          break;
+        default: {
+          let v;
+          try {
+            v = JSON.parse(raw);
+          } catch (e) {
+            throw new Error(f.name + ': not valid JSON (' + e.message + ')');
+          }
+          if (f.kind === 'array' && !Array.isArray(v)) throw new Error(f.name + ': expected a JSON array');
+          if (f.kind === 'object' && (v === null || typeof v !== 'object' || Array.isArray(v))) {
+            throw new Error(f.name + ': expected a JSON object');
+          }
+          out[f.name] = v;
+        }
+      }
+    }
+    return out;
+  }
+
+  function serviceCard(view, svc) {
+    const schema = schemaOf(svc);
+    const props = schema && schema.properties && typeof schema.properties === 'object' ? schema.properties : null;
+    const required = new Set(schema && Array.isArray(schema.required) ? schema.required : []);
+    const fields = props
+      ? Object.entries(props).map(([name, prop]) => fieldFor(name, prop || {}, required.has(name)))
+      : [];
+    let free = null;
+    if (!props) {
+      free = el('textarea', { name: 'inputs', spellcheck: 'false', 'aria-label': 'Inputs (JSON object)' });
+      free.value = '{}';
+    }
+    const error = el('p', { class: 'error run-error', role: 'alert' });
+    const result = el('div', { class: 'result', 'aria-live': 'polite' });
+    const button = el('button', { type: 'submit', text: 'Run' });
+    const form = el('form', { class: 'run-form', novalidate: true, autocomplete: 'off' },
+      fields.map((f) => f.wrap),
+      free ? el('div', { class: 'field' }, el('label', { text: 'Inputs (JSON object)' }), free) : null,
+      button, error);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      error.textContent = '';
+      let inputs;
+      try {
+        if (free) {
+          inputs = JSON.parse(free.value || '{}');
+          if (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs)) throw new Error('inputs: expected a JSON object');
+        } else {
+          inputs = collect(fields);
+        }
+      } catch (e) {
+        error.textContent = e.message;
+        return;
+      }
+      button.disabled = true;
+      replace(result, el('p', { class: 'muted', text: 'Running…' }));
+      const started = performance.now();
+      try {
+        const answer = await api('POST', view.path + '/services/' + encodeURIComponent(svc.name) + '/run', { inputs });
+        replace(result, renderRun(answer, performance.now() - started));
+      } catch (e) {
+        if (e.body && e.body.status === 'error') {
+          replace(result, renderRun(e.body, performance.now() - started));
+          return;
+        }
+        const data = e.body && e.body.rpc_error && e.body.rpc_error.data;
+        replace(result, el('div', { class: 'run-failed' },
+          el('p', { class: 'error', text: e.message }),
+          data !== undefined ? el('pre', { class: 'out stderr', text: typeof data === 'string' ? data : JSON.stringify(data, null, 2) }) : null));
+      } finally {
+        button.disabled = false;
+      }
+    });
+    const tags = Array.isArray(svc.tags) ? svc.tags : [];
+    const decorator = typeof svc.decorator === 'string' ? svc.decorator : null;
+    return el('div', { class: 'service', dataset: { service: svc.name } },
+      el('h3', {}, el('span', { class: 'mono', text: svc.name }), ' ', svc.type ? badge(svc.type, 'type') : null),
+      svc.description ? el('p', { text: svc.description }) : null,
+      tags.length || decorator ? el('p', { class: 'tags' },
+        decorator ? el('span', { class: 'muted', text: 'decorator ' + decorator + ' ' }) : null,
+        tags.map((t) => badge(typeof t === 'string' ? t : JSON.stringify(t), 'tag'))) : null,
+      form, result);
+  }
+
+  function renderRun(answer, tookMs) {
+    if (answer && answer.status === 'error') {
+      const e = answer.error || {};
+      const data = e.data;
+      // Inputs the decorator refused: {"message", "violations": [...]}, one line each.
+      const violations = data && Array.isArray(data.violations) ? data.violations : null;
+      let detail = null;
+      if (violations) {
+        detail = el('ul', { class: 'violations' }, violations.map((v) =>
+          el('li', { text: typeof v === 'string' ? v : JSON.stringify(v) })));
+      } else if (data !== undefined && data !== null && data !== e.message) {
+        detail = el('pre', { class: 'out stderr', text: typeof data === 'string' ? data : JSON.stringify(data, null, 2) });
+      }
+      return el('div', { class: 'run-failed' },
+        el('p', { class: 'error', text: 'Error' + (e.code !== undefined ? ' ' + e.code : '') + ': ' + show(e.message) }),
+        detail,
+        answer.node_id ? el('p', { class: 'muted', text: 'answered by node ' + answer.node_id }) : null);
+    }
+    const r = (answer && answer.result) || answer || {};
+    const code = r.return_code;
+    const fact = (label, value) => [el('dt', { text: label }), el('dd', {}, value)];
+    return el('div', { class: 'run-done' },
+      el('dl', { class: 'facts' },
+        fact('Status', badge(show(answer && answer.status), code === 0 ? 'ok' : 'bad')),
+        fact('Return code', el('span', { class: 'return-code', text: show(code) })),
+        answer && answer.node_id ? fact('Ran on', el('span', { class: 'mono', text: answer.node_id })) : null,
+        fact('Started', when(r.start_time)),
+        fact('Ended', when(r.end_time)),
+        fact('Elapsed', show(r.elapsed_time) + (typeof r.elapsed_time === 'number' ? ' s' : '') +
+          ' (round trip ' + Math.round(tookMs) + ' ms)')),
+      el('h3', { text: 'stdout' }),
+      el('pre', { class: 'out stdout', text: r.stdout || '' }),
+      r.stderr ? [el('h3', { text: 'stderr' }), el('pre', { class: 'out stderr', text: r.stderr })] : null);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Start
+
+  function start() {
+    $('signin').hidden = true;
+    $('signin-error').textContent = '';
+    $('app').hidden = false;
+    $('signout').hidden = false;
+    startLive();
+    route();
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    $('signin-form').addEventListener('submit', signIn);
+    $('signout').addEventListener('click', () => signOut(''));
+    window.addEventListener('hashchange', route);
+    if (token()) start();
+    else signOut('');
+  });
+})();
