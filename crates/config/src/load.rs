@@ -611,6 +611,8 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             certificate_file: v.path("server.certificate_file"),
             private_key_file: v.path("server.private_key_file"),
             distributed_execution: v.bool("server.distributed_execution"),
+            job_queue_timeout: v.duration("server.job_queue_timeout"),
+            job_retention: v.duration("server.job_retention"),
             api_key_expiration: Duration::from_secs(
                 u64::try_from(v.int("server.api_key_expiration")).unwrap_or(0) * 60,
             ),
@@ -632,6 +634,7 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             capacity,
             labels: v.labels("runner.labels"),
             drain_grace: v.duration("runner.drain_grace"),
+            lease_ttl: v.duration("runner.lease_ttl"),
         },
         store: Store {
             backend: BackendKind::from_name(&v.string("store.backend")).unwrap_or_default(),

@@ -275,6 +275,10 @@ pub struct Server {
     pub private_key_file: Option<PathBuf>,
     /// Delegate executions to runners.
     pub distributed_execution: bool,
+    /// How long a job waits with no runner able to take it.
+    pub job_queue_timeout: Duration,
+    /// How long finished jobs are kept.
+    pub job_retention: Duration,
     /// API key lifetime (configured in minutes).
     #[serde(serialize_with = "ser_duration")]
     pub api_key_expiration: Duration,
@@ -317,6 +321,8 @@ pub struct Runner {
     /// Time given to running jobs when the runner stops.
     #[serde(serialize_with = "ser_duration")]
     pub drain_grace: Duration,
+    /// TTL of the registration and claims.
+    pub lease_ttl: Duration,
 }
 
 /// `[store]`.

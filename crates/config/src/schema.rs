@@ -332,6 +332,8 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("server", "certificate_file", PATH, NoDefault, "server certificate (PEM)"),
     KeyDef::new("server", "private_key_file", PATH, NoDefault, "its private key (PEM)"),
     KeyDef::new("server", "distributed_execution", BOOL, V("false"), "delegate executions to runners (needs `store.backend = etcd`); `false` = the core node runs jobs itself"),
+    KeyDef::new("server", "job_queue_timeout", DUR, V("60s"), "distributed execution: how long a job waits while no runner can take it before it fails with `no runner available in cluster <id>`"),
+    KeyDef::new("server", "job_retention", DUR, V("15m"), "distributed execution: how long finished jobs stay for `inspect cluster activity`"),
     KeyDef::new("server", "api_key_expiration", Kind::Minutes { min: 1, max: 5_256_000 }, V("1440"), "API key lifetime in whole **minutes** (`720h` is refused, not misread)"),
     KeyDef::new("server", "admin_password_file", PATH, NoDefault, "file holding the initial admin password"),
     KeyDef::new("server", "client_cert_auth", BOOL, V("false"), "require client certificates on the API (file key `client_certif_auth`, the family's spelling, is accepted too)").file_aliases(&["client_certif_auth"]),
@@ -350,6 +352,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("runner", "capacity", Kind::Int { min: 0, max: 4096 }, Derived("number of CPUs"), "jobs run at once; `0` = number of CPUs"),
     KeyDef::new("runner", "labels", Kind::Labels, NoDefault, "labels announced with the runner's registration, e.g. `zone=a gpu=no`"),
     KeyDef::new("runner", "drain_grace", DUR, V("30s"), "time given to running jobs when the runner stops"),
+    KeyDef::new("runner", "lease_ttl", LEASE_TTL, V("10s"), "TTL of the runner's registration and job claims: how long after a runner crashes or is cut off from etcd its jobs are dispatched again"),
     // [store]
     KeyDef::new("store", "backend", BACKENDS, V("local"), "`local` (embedded file in the working directory), `memory` (lost at exit) or `etcd` (needed for HA and runners); the family's `dynamodb` is not supported"),
     KeyDef::new("store", "etcd_hosts", Kind::HostPortList, NoDefault, "etcd endpoints, **space**-separated, e.g. `h1:2379 h2:2379`"),
