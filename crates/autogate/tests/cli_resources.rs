@@ -295,6 +295,10 @@ fn every_noun_created_listed_described_and_deleted() {
         "an exe",
         "--tag",
         "t1",
+        "--retries",
+        "2",
+        "--runner-label",
+        "zone=a",
     ]);
     l.ok(&[
         "create",
@@ -385,6 +389,8 @@ fn every_noun_created_listed_described_and_deleted() {
         serde_json::json!([{"name": "tok", "type": "env", "target": "TOKEN"}])
     );
     assert_eq!(exe["timeout"], 30);
+    assert_eq!(exe["retries"], 2);
+    assert_eq!(exe["runner-labels"]["zone"], "a");
     let ans = &raw["services"][0];
     assert_eq!(ans["playbooks"], serde_json::json!(["a.yml", "b.yml"]));
     assert_eq!(ans["extra-vars-file"], "vars.yml");

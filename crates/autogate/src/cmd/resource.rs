@@ -115,6 +115,12 @@ pub struct ServiceCommon {
     /// Run limit in seconds (default: the node's).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Distributed execution: how many times a run lost with its runner is dispatched again.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Distributed execution: a label k=v the runner must carry (repeat).
+    #[arg(long = "runner-label", value_name = "K=V")]
+    pub runner_labels: Vec<String>,
     #[command(flatten)]
     pub meta: MetaArgs,
 }
@@ -550,14 +556,7 @@ fn service_body(kind: ServiceKind) -> Result<Value, Failure> {
     put(&mut m, "working-directory", common.working_dir.clone());
     put(&mut m, "decorator", common.decorator.clone());
     if !common.env.is_empty() {
-        let mut env = BTreeMap::new();
-        for e in &common.env {
-            let (k, v) = e
-                .split_once('=')
-                .ok_or_else(|| Failure::new(USAGE, format!("--env {e:?}: expected KEY=VALUE")))?;
-            env.insert(k.to_owned(), v.to_owned());
-        }
-        m.insert("env".into(), json!(env));
+        m.insert("env".into(), json!(pairs("--env", &common.env)?));
     }
     if !common.secrets.is_empty() {
         let refs = common
@@ -574,6 +573,13 @@ fn service_body(kind: ServiceKind) -> Result<Value, Failure> {
         common.executable_object.clone(),
     );
     put(&mut m, "timeout", common.timeout);
+    put(&mut m, "retries", common.retries);
+    if !common.runner_labels.is_empty() {
+        m.insert(
+            "runner-labels".into(),
+            json!(pairs("--runner-label", &common.runner_labels)?),
+        );
+    }
     match kind {
         ServiceKind::PythonScript {
             filename, req_file, ..
@@ -613,6 +619,18 @@ fn service_body(kind: ServiceKind) -> Result<Value, Failure> {
         }
     }
     Ok(Value::Object(m))
+}
+
+/// Repeated `K=V` flag values as a map (split at the first `=`; a later key wins).
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut map = BTreeMap::new();
+    for e in items {
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| Failure::new(USAGE, format!("{flag} {e:?}: expected KEY=VALUE")))?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
 }
 
 /// `--secret name=<secret>,type=env,target=<VAR>`; `type` defaults to `env`.
@@ -856,6 +874,8 @@ fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) -> String {
                 lines.push(("Secrets", t.join(", ")));
             }
             optional(&mut lines, "Timeout", "timeout");
+            optional(&mut lines, "Retries", "retries");
+            optional(&mut lines, "Runner Labels", "runner-labels");
         }
         Target::Kind(Kind::Repository) => {
             lines.push(("URL", s("url")));
