@@ -42,6 +42,9 @@ pub struct Global {
     pub verbose: bool,
 }
 
+// Parsed once per process: the size of the largest variant (`create`, with every service
+// flag) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the version; with --show-config the effective configuration and where each value came from.

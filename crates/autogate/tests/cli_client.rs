@@ -1,0 +1,264 @@
+//! Client mode end to end: a real `autogate server` and the CLI talking to it through its API —
+//! refused without a key, `login` (key saved 0600), resources created and listed, a service run
+//! with its secret masked, decorator violations (exit 64), users created and deleted (their
+//! keys stop working), and db export/import against the node.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
+use autogate_testkit::{autogate_bin, free_port, Autogate, Output, Process};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One CLI user: a client-mode working directory (where `login` keeps its key).
+struct Client {
+    port: u16,
+    work: PathBuf,
+}
+
+impl Client {
+    fn new(root: &Path, name: &str, port: u16) -> Self {
+        Client {
+            port,
+            work: root.join(name),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Autogate {
+        Autogate::new(args.iter().map(|s| s.to_string()))
+            .env("GATEWAY_APPLICATION_MODE", "client")
+            .env("GATEWAY_CLIENT_PORT", self.port.to_string())
+            .env(
+                "GATEWAY_APPLICATION_WORKING_DIR",
+                self.work.display().to_string(),
+            )
+    }
+
+    fn expect(&self, args: &[&str], code: i32) -> Output {
+        let out = self.cmd(args).output(DEADLINE);
+        assert_eq!(
+            out.code(),
+            Some(code),
+            "autogate {args:?}\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.expect(args, 0).stdout
+    }
+
+    fn raw(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--raw");
+        serde_json::from_str(&self.ok(&a)).expect("raw JSON")
+    }
+
+    /// With one line on standard input (`--password-stdin`).
+    fn with_stdin(&self, args: &[&str], line: &str) -> std::process::Output {
+        let mut child = Command::new(autogate_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.work)
+            .env("GATEWAY_APPLICATION_MODE", "client")
+            .env("GATEWAY_CLIENT_PORT", self.port.to_string())
+            .env("GATEWAY_APPLICATION_WORKING_DIR", &self.work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn autogate");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    fn login(&self, user: &str, password: &str) -> std::process::Output {
+        self.with_stdin(&["login", user, "--password-stdin"], password)
+    }
+}
+
+fn start_server(root: &Path) -> (Process, u16) {
+    let port = free_port();
+    let key = root.join("cluster.key");
+    std::fs::write(&key, "5a".repeat(32)).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+    let proc = with_admin_password(Autogate::new(["server"]))
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env(
+            "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+            key.display().to_string(),
+        )
+        .name("server")
+        .spawn();
+    proc.wait_for_line("core node listening", Duration::from_secs(30));
+    (proc, port)
+}
+
+fn git_repo(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(
+        dir.join("run.sh"),
+        "#!/bin/sh\necho \"args:$* token=[$TOKEN]\"\nexit 4\n",
+    )
+    .expect("write");
+    for args in [
+        vec!["init", "-q", "-b", "main"],
+        vec!["add", "."],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(&args)
+            .current_dir(dir)
+            .status()
+            .expect("git");
+        assert!(st.success(), "git {args:?}");
+    }
+    format!("file://{}", dir.display())
+}
+
+#[test]
+fn login_create_and_run_through_a_real_server() {
+    let root = TempDir::new().expect("tmp");
+    let (mut server, port) = start_server(root.path());
+    let admin = Client::new(root.path(), "admin-cli", port);
+
+    // No key yet: refused with 77, nothing created.
+    let out = admin.expect(&["get", "services"], 77);
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+
+    // Wrong password, then the right one; the key is kept 0600.
+    let out = admin.login("admin", "not-the-password");
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let out = admin.login("admin", ADMIN_PASSWORD);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Successfully logged in!"
+    );
+    let key_file = admin.work.join("api.key");
+    let mode = std::fs::metadata(&key_file)
+        .expect("api.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Resources through the API.
+    let url = git_repo(&root.path().join("repo"));
+    admin.ok(&["create", "repository", "repo", "--url", &url]);
+    admin.ok(&["create", "secret", "tok", "--value", "PLAIN-client-secret"]);
+    admin.ok(&[
+        "create",
+        "executable-object",
+        "sh",
+        "--exec-command",
+        "/bin/sh",
+    ]);
+    admin.ok(&[
+        "create",
+        "decorator",
+        "deco",
+        "--schema",
+        r#"{"type":"object","properties":{"port":{"type":"integer"}},"required":["port"]}"#,
+    ]);
+    admin.ok(&[
+        "create",
+        "service",
+        "executable",
+        "exe",
+        "--repository",
+        "repo",
+        "--executable-object",
+        "sh",
+        "--filename",
+        "run.sh",
+        "--decorator",
+        "deco",
+        "--secret",
+        "name=tok,type=env,target=TOKEN",
+    ]);
+    let err = admin.expect(&["create", "repository", "repo", "--url", &url], 1);
+    assert!(err.stderr.contains("already exists"), "{}", err.stderr);
+    let err = admin.expect(
+        &[
+            "create",
+            "service",
+            "executable",
+            "x",
+            "--executable-object",
+            "missing",
+        ],
+        64,
+    );
+    assert!(err.stderr.contains("missing"), "{}", err.stderr);
+    let table = admin.ok(&["get", "services"]);
+    assert!(table.starts_with("NAME  TYPE"), "{table}");
+    assert!(table.contains("exe   executable"), "{table}");
+    let raw = admin.raw(&["describe", "service", "exe"]);
+    assert_eq!(raw["metadata"]["repository"]["name"], "repo");
+    let secrets = admin.raw(&["get", "secrets"]);
+    assert!(!secrets.to_string().contains("PLAIN-client-secret"));
+
+    // --use and a run on the node: exit 0 with the program's code shown, secret masked.
+    let out = admin.ok(&["run", "service", "executable", "exe", "--use"]);
+    assert!(out.contains("port") && out.contains("integer"), "{out}");
+    let out = admin.ok(&["run", "service", "executable", "exe", "--set", "port=22"]);
+    assert!(out.contains("args:--port 22 token=[********]"), "{out}");
+    assert!(!out.contains("PLAIN-client-secret"), "{out}");
+    assert!(out.contains("Return Code:  4"), "{out}");
+    let out = admin.expect(
+        &["run", "service", "executable", "exe", "--set", "port=x"],
+        64,
+    );
+    assert!(out.stderr.contains("/port"), "{}", out.stderr);
+
+    // Users: created, listed, logged in; deleting one revokes its key.
+    let out = admin.with_stdin(
+        &["create", "user", "bob", "--password-stdin"],
+        "bob-password-1",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Successfully created user"));
+    let users = admin.ok(&["get", "users"]);
+    assert!(users.starts_with("NAME"), "{users}");
+    assert!(users.lines().any(|l| l.starts_with("bob ")), "{users}");
+    let bob = Client::new(root.path(), "bob-cli", port);
+    assert!(bob.login("bob", "bob-password-1").status.success());
+    bob.ok(&["get", "services"]);
+    admin.ok(&["delete", "user", "bob"]);
+    bob.expect(&["get", "services"], 77);
+
+    // db export and a check-only import against the node.
+    let yaml = admin.ok(&["db", "export"]);
+    assert!(yaml.contains("services:") && !yaml.contains("PLAIN-client-secret"));
+    let file = root.path().join("export.yaml");
+    std::fs::write(&file, &yaml).expect("write");
+    let out = admin.ok(&["db", "import", file.to_str().expect("utf-8"), "--check"]);
+    assert!(out.contains("Conflict") && out.contains("exe"), "{out}");
+    assert!(out.contains("nothing written"), "{out}");
+
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(10));
+}
