@@ -165,3 +165,85 @@ pub fn authed_get(port: u16, path: &str) -> Option<(u16, String)> {
     }
     Some((status, body))
 }
+
+/// One HTTPS request to `addr` (`host:port`) trusting the CA file `ca`, presenting
+/// `identity` (certificate file, key file) when given: (status, body), or the client's error
+/// text (handshake refused, …).
+pub fn https_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<(&str, &[u8])>,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<(u16, String), String> {
+    let identity = identity
+        .map(|(c, k)| autogate_tls::load_identity(c, k))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let tls =
+        autogate_tls::client_config(autogate_tls::Roots::File(ca.to_path_buf()), identity, false)
+            .map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut req = client.request(method, format!("https://{addr}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some((ct, bytes)) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, ct)
+            .body(bytes.to_vec());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let resp = req.send().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, text))
+    })
+}
+
+/// Logs in as `admin` over HTTPS (see [`https_request`]), retrying until `deadline`.
+pub fn admin_key_tls(
+    addr: &str,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    deadline: Duration,
+) -> String {
+    let body = serde_json::json!({ "username": "admin", "password": ADMIN_PASSWORD }).to_string();
+    poll_until("admin login over HTTPS", deadline, || {
+        let (status, text) = https_request(
+            addr,
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(("application/json", body.as_bytes())),
+            ca,
+            identity,
+        )
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["api_key"].as_str().map(str::to_owned)
+    })
+}
