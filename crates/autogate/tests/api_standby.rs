@@ -1,0 +1,153 @@
+//! A standby core node's operator API on real processes and a real etcd: reads are served
+//! locally from the shared store, writes and logins are forwarded to the active node with the
+//! caller's key, and without an active node a write is refused with 503 naming why.
+
+use std::time::Duration;
+
+use autogate_testkit::auth::{authed_get, login, request, with_admin_password, ADMIN_PASSWORD};
+use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::{free_port, poll_until, Autogate, Process};
+use serde_json::{json, Value};
+
+const START: Duration = Duration::from_secs(30);
+
+fn node(etcd: &EtcdServer, name: &str, port: u16) -> Process {
+    with_admin_password(
+        Autogate::new(["server"])
+            .name(name)
+            .env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
+            .env("GATEWAY_CONNECT_ENABLED", "false")
+            .env("GATEWAY_LOG_LEVEL", "DEBUG"),
+    )
+    .spawn()
+}
+
+fn role(port: u16) -> Option<Value> {
+    let (status, body) = authed_get(port, "/api/v1/ha/status")?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+fn post(port: u16, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let text = body.to_string();
+    let (s, b) = request(
+        &format!("127.0.0.1:{port}"),
+        "POST",
+        path,
+        Some(key),
+        Some(("application/json", text.as_bytes())),
+    )
+    .expect("request");
+    (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+}
+
+#[test]
+fn a_standby_forwards_writes_and_logins_and_serves_reads() {
+    let etcd = EtcdServer::start();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = node(&etcd, "core-1", p1);
+    poll_until("core-1 to be active", START, || {
+        (role(p1)?["role"] == "active").then_some(())
+    });
+    let n2 = node(&etcd, "core-2", p2);
+    poll_until("core-2 to be a standby", START, || {
+        (role(p2)?["role"] == "standby").then_some(())
+    });
+
+    // Login on the standby: forwarded; the key works on both nodes (shared store).
+    let (s, body) = login(&format!("127.0.0.1:{p2}"), "admin", ADMIN_PASSWORD).expect("login");
+    assert_eq!(s, 200, "{body}");
+    let key = serde_json::from_str::<Value>(&body).expect("json")["api_key"]
+        .as_str()
+        .expect("api_key")
+        .to_owned();
+    // A bad key is refused by the standby itself.
+    let (s, v) = post(p2, "/api/v1/decorators", "ag_bad", &json!({}));
+    assert_eq!(s, 401, "{v}");
+
+    let (s, v) = post(
+        p2,
+        "/api/v1/decorators",
+        &key,
+        &json!({"name": "via-standby", "schema": {"type": "object"}}),
+    );
+    assert_eq!(s, 201, "{v}\n{}", n2.dump());
+    n1.wait_for_line("decorator created", START);
+    n2.wait_for_line("forwarding to the active node", START);
+    assert!(
+        !n2.logs().contains("decorator created"),
+        "the standby wrote itself:\n{}",
+        n2.dump()
+    );
+    // The error of the active node comes back as it is.
+    let (s, v) = post(
+        p2,
+        "/api/v1/decorators",
+        &key,
+        &json!({"name": "via-standby", "schema": {"type": "object"}}),
+    );
+    assert_eq!(s, 409, "{v}");
+    // Reads are local.
+    let (s, body) = request(
+        &format!("127.0.0.1:{p2}"),
+        "GET",
+        "/api/v1/decorators/via-standby",
+        Some(&key),
+        None,
+    )
+    .expect("get");
+    assert_eq!(s, 200, "{body}");
+
+    // No active node: the standby pauses, the active stops; a write gets 503 naming why.
+    let (s, v) = post(p2, "/api/v1/ha/pause", &key, &json!({}));
+    assert_eq!(s, 202, "{v}");
+    n1.signal("TERM");
+    n1.wait_exit(START);
+    let v = poll_until(
+        "a write without an active node to be refused",
+        START,
+        || {
+            let (s, v) = post(
+                p2,
+                "/api/v1/decorators",
+                &key,
+                &json!({"name": "nobody-active", "schema": {"type": "object"}}),
+            );
+            (s == 503).then_some(v)
+        },
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no active core node"),
+        "{v}"
+    );
+    // Reads still work.
+    let (s, _) = request(
+        &format!("127.0.0.1:{p2}"),
+        "GET",
+        "/api/v1/decorators",
+        Some(&key),
+        None,
+    )
+    .expect("get");
+    assert_eq!(s, 200);
+
+    // Resumed, the node becomes active and writes itself.
+    let (s, v) = post(p2, "/api/v1/ha/resume", &key, &json!({}));
+    assert_eq!(s, 202, "{v}");
+    poll_until("core-2 to be active", START, || {
+        (role(p2)?["role"] == "active").then_some(())
+    });
+    let (s, v) = post(
+        p2,
+        "/api/v1/decorators",
+        &key,
+        &json!({"name": "written-by-core-2", "schema": {"type": "object"}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    n2.wait_for_line("decorator created", START);
+}
