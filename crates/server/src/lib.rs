@@ -13,6 +13,7 @@ pub mod auth;
 mod forward;
 mod leader;
 pub mod link;
+pub mod services;
 mod storeopts;
 mod tls;
 

@@ -5,7 +5,9 @@
 //! the fencing `term` when HA is on) and then answers the manager's requests until the
 //! connection drops or the link is cancelled (shutdown, or loss of leadership). It reconnects
 //! forever, one manager of the `hosts` list at a time and the next one on failure, with capped
-//! exponential back-off and jitter. The log lines are the product family's, word for word:
+//! exponential back-off and jitter. Service runs, the catalog and its `services.update`
+//! announcements are in [`crate::services`]. The log lines are the product family's, word for
+//! word:
 //!
 //! ```text
 //! INF creating connection to commander at 'manager.example.com:443'
@@ -29,12 +31,14 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::services::SessionServices;
 use crate::Node;
 
 /// Time allowed for TCP + TLS + WebSocket handshakes of one attempt.
@@ -50,6 +54,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const CLOSE_WAIT: Duration = Duration::from_millis(300);
 /// How often membership is compared with what the manager was last told.
 const NODES_EVERY: Duration = Duration::from_millis(250);
+/// Frames waiting to be written that were produced off the read loop (run results, catalog
+/// updates); their producers wait when it is full.
+const OUTBOX: usize = 128;
 
 /// Problems with the link's own configuration: usage errors found before anything binds.
 #[derive(Debug, thiserror::Error)]
@@ -325,7 +332,8 @@ async fn session(
             failing_since: None,
         }
     });
-    serve(node, &mut ws, &mut announced, token).await
+    let limit = accepted.peer_frame_limit();
+    serve(node, &mut ws, &mut announced, token, limit).await
 }
 
 async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
@@ -362,13 +370,21 @@ async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
     Err("connection closed before the hello answer".to_owned())
 }
 
-/// Answer the manager until the connection ends or the link is cancelled.
+/// Answer the manager until the connection ends or the link is cancelled. `limit` is the
+/// manager's frame limit.
 async fn serve(
     node: &Node,
     ws: &mut Ws,
     announced: &mut Vec<NodeInfo>,
     token: &CancellationToken,
+    limit: usize,
 ) -> Result<Ended, String> {
+    // Runs and the catalog watch of this session stop when it ends, however it ends.
+    let session = token.child_token();
+    let _session_end = session.clone().drop_guard();
+    let (out_tx, mut outbox) = mpsc::channel::<String>(OUTBOX);
+    let services = SessionServices::new(node.clone(), limit, out_tx, session);
+    services.start_announcing();
     // Membership changes (joins, leaves, role changes) reach the manager within this period;
     // comparing an in-memory snapshot costs nothing when nothing changed.
     let mut nodes_tick = tokio::time::interval(NODES_EVERY);
@@ -416,6 +432,11 @@ async fn serve(
                     return Ok(Ended::Lost(format!("sending ping: {e}")));
                 }
             }
+            Some(text) = outbox.recv() => {
+                if let Err(e) = ws.send(Message::text(text)).await {
+                    return Ok(Ended::Lost(format!("sending to the manager: {e}")));
+                }
+            }
             msg = ws.next() => {
                 let Some(msg) = msg else { return Ok(Ended::Lost("connection closed".into())) };
                 let msg = match msg {
@@ -425,7 +446,7 @@ async fn serve(
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
-                        if let Some(reply) = answer(node, text.as_str()).await {
+                        if let Some(reply) = answer(node, &services, text.as_str()).await {
                             if let Err(e) = ws.send(Message::text(reply)).await {
                                 return Ok(Ended::Lost(format!("sending a response: {e}")));
                             }
@@ -447,10 +468,14 @@ async fn serve(
     }
 }
 
-/// The reply to one text frame, if it needs one.
-async fn answer(node: &Node, text: &str) -> Option<String> {
+/// The reply to one text frame, if it needs one now (service requests answer later, through
+/// the outbox).
+async fn answer(node: &Node, services: &SessionServices, text: &str) -> Option<String> {
     match decode(text, DEFAULT_MAX_FRAME_LEN) {
         Ok(Frame::Request(req)) => {
+            if services.dispatch(&req) {
+                return None;
+            }
             let outcome = handle(node, &req).await;
             let resp = match outcome {
                 Ok(v) => Response::success(req.id, v),
@@ -476,10 +501,6 @@ async fn handle(node: &Node, req: &Request) -> Result<Value, RpcError> {
             .clone()
             .unwrap_or_else(|| json!({"reply": "pong"}))),
         method::CLUSTER_HEALTH => Ok(cluster_health(node).await),
-        method::SERVICES_LIST => Ok(json!({ "services": [] })),
-        method::SERVICE_RUN => Err(RpcError::method_not_found(method::SERVICE_RUN).with_data(
-            json!("method not available: services are not enabled on this gateway"),
-        )),
         other => Err(RpcError::method_not_found(other)),
     }
 }

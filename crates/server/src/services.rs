@@ -1,0 +1,510 @@
+//! The service side of the manager link: running services for the manager (`service.run`),
+//! describing them (`services.list`) and telling the manager when they change
+//! (`services.update`).
+//!
+//! Runs can take minutes, so they never run on the link's read loop: each one is a task whose
+//! reply goes back to the loop through a queue, and every task of a session hangs off the
+//! session's cancellation token, which fires when the session ends or the node shuts down (a
+//! run nobody can receive the answer of is killed, not left behind). A `timeout_ms` sent by the
+//! manager cancels the run when the manager stops waiting.
+//!
+//! Everything sent is kept under the frame limit the manager announced in its `hello` answer:
+//! a larger frame would make the manager close the session (1009). Long stdout/stderr keep
+//! their end (where the outcome and the errors usually are) and say how much was cut; a catalog
+//! too large for one frame is cut at the end and marked `truncated`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autogate_automation::{AutomationError, ErrorClass, RunRequest, ServiceInfo};
+use autogate_proto::{
+    encode, run_completed, run_failed, violations_data, Frame, Id, Request, Response, RpcError,
+    ServiceEntry, ServiceRun, ServicesUpdate, INVALID_PARAMS, NOT_ALLOWED, RUN_FAILED,
+    SERVICE_NOT_FOUND, TIMED_OUT, UNAVAILABLE,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::Node;
+
+/// Runs one session executes at once; more are answered "busy" rather than queued without
+/// bound.
+pub const MAX_CONCURRENT_RUNS: usize = 64;
+/// Catalog changes closer together than this are announced once.
+pub const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Retry delay after the catalog or its watch failed (store unavailable).
+const RETRY: Duration = Duration::from_secs(1);
+/// Room left in a frame for the truncation notes and the JSON around the streams.
+const FRAME_SLACK: usize = 512;
+
+/// Frames produced off the read loop (run results, catalog updates), in the order to send.
+pub type Outbox = mpsc::Sender<String>;
+
+/// What the service side of one session shares between its tasks.
+#[derive(Debug, Clone)]
+pub struct SessionServices {
+    node: Node,
+    /// The manager's frame limit.
+    limit: usize,
+    out: Outbox,
+    /// Cancelled when the session ends: stops runs and the catalog watch.
+    session: CancellationToken,
+    runs: Arc<Semaphore>,
+}
+
+impl SessionServices {
+    /// The service side of a session whose frames go to `out`, each at most `limit` bytes.
+    pub fn new(node: Node, limit: usize, out: Outbox, session: CancellationToken) -> Self {
+        SessionServices {
+            node,
+            limit,
+            out,
+            session,
+            runs: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
+        }
+    }
+
+    /// Starts announcing the catalog: once now, then after every change.
+    pub fn start_announcing(&self) {
+        let this = self.clone();
+        tokio::spawn(async move { this.announce().await });
+    }
+
+    /// Handles `service.run` and `services.list` off the read loop; their answers arrive
+    /// through the outbox. `false` when `req` is not one of them.
+    pub fn dispatch(&self, req: &Request) -> bool {
+        match req.method.as_str() {
+            autogate_proto::method::SERVICE_RUN => {
+                let Ok(permit) = self.runs.clone().try_acquire_owned() else {
+                    let busy = RpcError::new(
+                        UNAVAILABLE,
+                        format!(
+                            "this gateway is already running {MAX_CONCURRENT_RUNS} services for the manager; retry later"
+                        ),
+                    );
+                    self.send_later(encode(&Frame::Response(run_failed(req.id.clone(), busy))));
+                    return true;
+                };
+                let this = self.clone();
+                let (id, params) = (req.id.clone(), req.params.clone());
+                tokio::spawn(async move {
+                    let reply = this.run(id, params.as_ref()).await;
+                    drop(permit);
+                    let _ = this.out.send(reply).await;
+                });
+                true
+            }
+            autogate_proto::method::SERVICES_LIST => {
+                let this = self.clone();
+                let id = req.id.clone();
+                tokio::spawn(async move {
+                    let reply = match this.node.automation.catalog().await {
+                        Ok(c) => Response::success(id, fit_catalog(entries(c), this.limit)),
+                        Err(e) => Response::error(Some(id), rpc_error(&e)),
+                    };
+                    let _ = this.out.send(encode(&Frame::Response(reply))).await;
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn send_later(&self, text: String) {
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            let _ = out.send(text).await;
+        });
+    }
+
+    /// One run, start to reply frame.
+    async fn run(&self, id: Id, params: Option<&Value>) -> String {
+        let run = match ServiceRun::from_params(params) {
+            Ok(r) => r,
+            Err(e) => return encode(&Frame::Response(run_failed(id, e))),
+        };
+        let req = match run_request(&run) {
+            Ok(r) => r,
+            Err(e) => return encode(&Frame::Response(run_failed(id, e))),
+        };
+        tracing::info!(service = %run.name, "running service {} for the manager", run.name);
+        let cancel = self.session.child_token();
+        let deadline = run.timeout_ms.map(Duration::from_millis);
+        let automation = &self.node.automation;
+        let fut = automation.run(&req, &cancel);
+        tokio::pin!(fut);
+        let mut timed_out = false;
+        let outcome = match deadline {
+            None => fut.await,
+            Some(d) => tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep(d) => {
+                    // The manager stops waiting now: stop the program too, and let the engine
+                    // clean up before answering.
+                    timed_out = true;
+                    cancel.cancel();
+                    fut.await
+                }
+            },
+        };
+        match outcome {
+            Ok(result) => {
+                let value = serde_json::to_value(&result).unwrap_or(Value::Null);
+                tracing::info!(
+                    service = %run.name,
+                    "service {} completed with return code {} in {}",
+                    run.name,
+                    value["return_code"],
+                    value["elapsed_time"].as_str().unwrap_or("?")
+                );
+                fit_run_result(id, value, self.limit)
+            }
+            Err(e) => {
+                let err = if timed_out {
+                    RpcError::new(
+                        TIMED_OUT,
+                        format!(
+                            "service {} did not finish within {} ms; the run was cancelled",
+                            run.name,
+                            deadline.map_or(0, |d| d.as_millis())
+                        ),
+                    )
+                } else {
+                    rpc_error(&e)
+                };
+                tracing::warn!(service = %run.name, "service {} did not run: {}", run.name, err.message);
+                encode(&Frame::Response(run_failed(id, err)))
+            }
+        }
+    }
+
+    /// Sends the catalog after `hello` and after each change of the resources, until the
+    /// session ends.
+    async fn announce(&self) {
+        // One prefix covers every resource key (`…/resources/<kind>/<name>`) and the generation
+        // key every write rewrites (`…/resources-generation`), whichever of the two a writer
+        // touches.
+        let prefix = self.node.automation.resources().prefix();
+        let key = prefix.trim_end_matches('/').to_owned();
+        let mut last: Option<Vec<ServiceInfo>> = None;
+        loop {
+            // Watch first, then read: a change between the two is seen by the watch.
+            let mut watch = match self.node.store.watch(&key, None).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch the service catalog: {e}; retrying");
+                    None
+                }
+            };
+            if !self.refresh(&mut last).await {
+                return;
+            }
+            let Some(w) = watch.as_mut() else {
+                if !self.pause(RETRY).await {
+                    return;
+                }
+                continue;
+            };
+            loop {
+                let event = tokio::select! {
+                    _ = self.session.cancelled() => return,
+                    e = w.next() => e,
+                };
+                match event {
+                    Some(Ok(_)) => {
+                        // Coalesce a burst of writes (an import writes many resources) into
+                        // one announcement.
+                        let quiet = tokio::time::sleep(ANNOUNCE_DEBOUNCE);
+                        tokio::pin!(quiet);
+                        let mut broken = false;
+                        loop {
+                            tokio::select! {
+                                _ = self.session.cancelled() => return,
+                                _ = &mut quiet => break,
+                                e = w.next() => match e {
+                                    Some(Ok(_)) => {}
+                                    _ => { broken = true; break; }
+                                },
+                            }
+                        }
+                        if !self.refresh(&mut last).await {
+                            return;
+                        }
+                        if broken {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!("catalog watch ended: {e}; watching again");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !self.pause(RETRY).await {
+                return;
+            }
+        }
+    }
+
+    /// Reads the catalog (retrying while the store fails) and sends it when it differs from
+    /// what was sent last. `false` when the session ended.
+    async fn refresh(&self, last: &mut Option<Vec<ServiceInfo>>) -> bool {
+        let catalog = loop {
+            match self.node.automation.catalog().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!("cannot read the service catalog: {e}; retrying");
+                    if !self.pause(RETRY).await {
+                        return false;
+                    }
+                }
+            }
+        };
+        if last.as_ref() == Some(&catalog) {
+            return true;
+        }
+        let update = fit_update(entries(catalog.clone()), self.limit);
+        let text = encode(&Frame::Notification(update.to_notification()));
+        tracing::debug!(
+            "announcing {} service(s) to the manager",
+            update.services.len()
+        );
+        if self.out.send(text).await.is_err() {
+            return false;
+        }
+        *last = Some(catalog);
+        true
+    }
+
+    /// Sleeps unless the session ends first (`false`).
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.session.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// The automation request for a `service.run`.
+fn run_request(run: &ServiceRun) -> Result<RunRequest, RpcError> {
+    let mut req = json!({ "service": run.name, "inputs": run.inputs, "set": run.set });
+    if let Some(t) = &run.service_type {
+        req["type"] = json!(t);
+    }
+    if let Some(a) = &run.action {
+        req["action"] = json!(a);
+    }
+    if let Some(s) = &run.state {
+        req["state"] = s.clone();
+    }
+    serde_json::from_value(req).map_err(RpcError::invalid_params)
+}
+
+/// An automation failure as the JSON-RPC error of a `status: error` reply.
+pub fn rpc_error(e: &AutomationError) -> RpcError {
+    let message = e.to_string();
+    let code = match e.class() {
+        ErrorClass::Invalid => INVALID_PARAMS,
+        ErrorClass::NotFound => SERVICE_NOT_FOUND,
+        ErrorClass::Forbidden => NOT_ALLOWED,
+        ErrorClass::Unavailable => UNAVAILABLE,
+        ErrorClass::Conflict | ErrorClass::Config | ErrorClass::Internal => RUN_FAILED,
+    };
+    let data = match e.detail() {
+        Some(Value::Object(d)) => match d.get("violations") {
+            Some(v) => violations_data(&message, v.clone()),
+            None => Value::Object(d),
+        },
+        Some(other) => other,
+        None => Value::from(message.as_str()),
+    };
+    RpcError::new(code, message).with_data(data)
+}
+
+fn entries(catalog: Vec<ServiceInfo>) -> Vec<ServiceEntry> {
+    catalog
+        .into_iter()
+        .map(|s| ServiceEntry {
+            name: s.name,
+            service_type: s.service_type.as_str().to_owned(),
+            description: s.description,
+            tags: s.tags,
+            repository: s.repository,
+            working_directory: s.working_directory,
+            decorator: s.decorator,
+            schema: s.schema,
+            created: s.created,
+            updated: s.updated,
+        })
+        .collect()
+}
+
+/// The catalog as one `services.update`, cut at the end if the frame would exceed `limit`.
+pub fn fit_update(services: Vec<ServiceEntry>, limit: usize) -> ServicesUpdate {
+    let total = services.len();
+    let len = |n: usize, services: &[ServiceEntry]| {
+        let u = ServicesUpdate {
+            services: services[..n].to_vec(),
+            truncated: n < total,
+            total: (n < total).then_some(total),
+        };
+        encode(&Frame::Notification(u.to_notification())).len() + FRAME_SLACK
+    };
+    if len(total, &services) <= limit {
+        return ServicesUpdate {
+            services,
+            truncated: false,
+            total: None,
+        };
+    }
+    // The largest prefix that fits (the frame grows with every entry).
+    let (mut lo, mut hi) = (0usize, total);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if len(mid, &services) <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    tracing::warn!(
+        "the service catalog ({total} services) exceeds the manager's frame limit of {limit} bytes; announcing the first {lo}"
+    );
+    let mut services = services;
+    services.truncate(lo);
+    ServicesUpdate {
+        services,
+        truncated: true,
+        total: Some(total),
+    }
+}
+
+/// `services.list` result: the same catalog as `services.update`.
+fn fit_catalog(services: Vec<ServiceEntry>, limit: usize) -> Value {
+    autogate_proto::to_value(&fit_update(services, limit))
+}
+
+/// The `status: completed` reply frame for a run result, its stdout/stderr shortened (keeping
+/// their end) when the frame would exceed `limit`.
+pub fn fit_run_result(id: Id, mut result: Value, limit: usize) -> String {
+    let text = encode(&Frame::Response(run_completed(id.clone(), result.clone())));
+    if text.len() <= limit {
+        return text;
+    }
+    // stdout_json repeats stdout: the first thing to go.
+    if let Value::Object(m) = &mut result {
+        m.remove("stdout_json");
+    }
+    let stream = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let (stdout, stderr) = (stream(&result, "stdout"), stream(&result, "stderr"));
+    let mut empty = result.clone();
+    empty["stdout"] = json!("");
+    empty["stderr"] = json!("");
+    empty["truncated"] = json!(true);
+    let base = encode(&Frame::Response(run_completed(id.clone(), empty.clone()))).len();
+    let mut room = limit.saturating_sub(base + FRAME_SLACK);
+    // Escaping can make a stream longer on the wire than in memory: shrink until it fits.
+    for _ in 0..8 {
+        let total = stdout.len() + stderr.len();
+        let keep_out = (room * stdout.len()).checked_div(total).unwrap_or(0);
+        let keep_err = room.saturating_sub(keep_out);
+        let mut r = empty.clone();
+        r["stdout"] = json!(keep_tail(&stdout, keep_out, limit));
+        r["stderr"] = json!(keep_tail(&stderr, keep_err, limit));
+        let text = encode(&Frame::Response(run_completed(id.clone(), r)));
+        if text.len() <= limit {
+            return text;
+        }
+        room /= 2;
+    }
+    encode(&Frame::Response(run_completed(id, empty)))
+}
+
+/// The last `keep` bytes of `s` (on a character boundary), after a note saying how much was
+/// cut; `s` itself when it is short enough.
+fn keep_tail(s: &str, keep: usize, limit: usize) -> String {
+    if s.len() <= keep {
+        return s.to_owned();
+    }
+    let mut start = s.len() - keep;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!(
+        "[first {start} bytes not sent: the manager accepts frames of at most {limit} bytes]\n{}",
+        &s[start..]
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> ServiceEntry {
+        ServiceEntry {
+            name: name.into(),
+            service_type: "executable".into(),
+            description: "d".repeat(200),
+            tags: vec![],
+            repository: None,
+            working_directory: None,
+            decorator: None,
+            schema: None,
+            created: None,
+            updated: None,
+        }
+    }
+
+    #[test]
+    fn large_results_keep_their_end_and_fit_the_frame() {
+        let limit = 4096;
+        let result = json!({
+            "stdout": format!("{}THE END", "x".repeat(10_000)),
+            "stderr": "\u{1}".repeat(3000),
+            "return_code": 3, "start_time": "s", "end_time": "e", "elapsed_time": "1s",
+            "stdout_json": {"big": "y".repeat(5000)},
+        });
+        let text = fit_run_result(Id::Number(9), result, limit);
+        assert!(text.len() <= limit, "{}", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["result"]["return_code"], 3);
+        assert_eq!(v["result"]["truncated"], true);
+        assert!(v["result"].get("stdout_json").is_none());
+        let out = v["result"]["stdout"].as_str().unwrap();
+        assert!(out.starts_with("[first "), "{out}");
+        assert!(out.ends_with("THE END"), "{out}");
+
+        // Small results are untouched.
+        let small = json!({"stdout": "hi\n", "stderr": "", "return_code": 0});
+        let v: Value =
+            serde_json::from_str(&fit_run_result(Id::Number(1), small.clone(), limit)).unwrap();
+        assert_eq!(v["result"], small);
+    }
+
+    #[test]
+    fn tails_cut_on_character_boundaries() {
+        let s = "ééééé";
+        let t = keep_tail(s, 3, 10);
+        assert!(t.ends_with('é'));
+        assert_eq!(keep_tail("abc", 5, 10), "abc");
+    }
+
+    #[test]
+    fn catalogs_too_large_for_a_frame_are_cut_and_marked() {
+        let all: Vec<ServiceEntry> = (0..100).map(|i| entry(&format!("s{i:03}"))).collect();
+        let whole = fit_update(all.clone(), 1 << 20);
+        assert!(!whole.truncated);
+        assert_eq!(whole.services.len(), 100);
+        let limit = 8 * 1024;
+        let cut = fit_update(all, limit);
+        assert!(cut.truncated);
+        assert_eq!(cut.total, Some(100));
+        assert!(!cut.services.is_empty() && cut.services.len() < 100);
+        assert!(encode(&Frame::Notification(cut.to_notification())).len() <= limit);
+    }
+}
