@@ -106,8 +106,9 @@ async fn registered_certificate_connects_and_is_visible_with_its_nodes() {
         .run("gw", "hello-world", &json!({"who": "me"}))
         .await
         .unwrap();
-    assert_eq!(out["stdout"], "hello-world ran", "{out}");
-    assert_eq!(out["params"], json!({"who": "me"}));
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["result"]["stdout"], "hello-world ran", "{out}");
+    assert_eq!(out["result"]["inputs"], json!({"who": "me"}));
     assert_eq!(responder.methods(), ["ping", "service.run"]);
     let metrics = autogate_testkit::http_get(&format!("127.0.0.1:{}", m.port), "/metrics");
     // /metrics is HTTPS only: a plain-text request does not get an answer.
@@ -142,8 +143,9 @@ async fn gateway_errors_and_timeouts_map_to_http_statuses() {
     )
     .await;
     assert_eq!(code, 502, "{body}");
-    assert_eq!(body["rpc_error"]["code"], -32601, "{body}");
-    assert_eq!(body["rpc_error"]["message"], "method not available");
+    assert_eq!(body["status"], "error", "{body}");
+    assert_eq!(body["error"]["code"], -32601, "{body}");
+    assert_eq!(body["error"]["message"], "method not available");
 
     // A gateway that never answers: 504 after the deadline.
     let gw = connected(&m, &b, "slow", "s-1", None).await;
@@ -167,7 +169,10 @@ async fn gateway_errors_and_timeouts_map_to_http_statuses() {
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap().starts_with("params:"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("params:"),
         "{body}"
     );
 }
@@ -291,7 +296,10 @@ async fn read_only_cluster_connects_but_runs_are_refused_without_forwarding() {
     )
     .await;
     assert_eq!(code, 409, "{body}");
-    assert_eq!(body["error"], "cluster ro is read-only");
+    assert_eq!(
+        body["error"]["message"],
+        "cluster ro is read-only: read-only clusters are discovered but not executable"
+    );
     // Reads still work through the session.
     assert_eq!(admin.ping("ro").await.unwrap()["node_id"], "n-1");
     assert_eq!(responder.methods(), ["ping"], "the run was never forwarded");
@@ -301,7 +309,7 @@ async fn read_only_cluster_connects_but_runs_are_refused_without_forwarding() {
         .await
         .unwrap();
     assert_eq!(
-        admin.run("ro", "svc", &json!({})).await.unwrap()["stdout"],
+        admin.run("ro", "svc", &json!({})).await.unwrap()["result"]["stdout"],
         "svc ran"
     );
 }
@@ -544,16 +552,17 @@ async fn a_real_core_node_answers_ping_and_run_through_the_manager() {
     let node_id = v["active"]["node_id"].as_str().unwrap().to_owned();
     let p = admin.ping("cluster_1").await.unwrap();
     assert_eq!(p["node_id"], node_id.as_str(), "{p}");
-    // No services exist yet on the core node: its JSON-RPC error comes back as HTTP 502.
+    // No services exist yet on the core node: its JSON-RPC error comes back as HTTP 404.
     let (code, body) = status(
         &admin,
         "POST",
         "/api/v1/clusters/cluster_1/services/hello/run",
-        Some(json!({"params": {}})),
+        Some(json!({"inputs": {}})),
     )
     .await;
-    assert_eq!(code, 502, "{body}");
-    assert_eq!(body["rpc_error"]["code"], -32601, "{body}");
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(body["status"], "error", "{body}");
+    assert_eq!(body["error"]["code"], -32011, "{body}");
     // Removing its certificate drops it within a second, and the manager records why.
     let t0 = Instant::now();
     admin

@@ -10,6 +10,15 @@
 //! unknown cluster, 409 exists / not connected / read-only, 502 the gateway answered with a
 //! JSON-RPC error (its error is in `rpc_error`), 503 the session is busy or closed mid-request,
 //! 504 no answer in time.
+//!
+//! Service runs (`POST …/services/{name}/run`) answer in the product family's reply shape
+//! instead, whatever happens: `{"status": "completed", "result": {…}}` when the program ran
+//! (whatever its exit code), else `{"status": "error", "error": {"code", "message", "data"}}`
+//! where `data` is the message or, for inputs the decorator refuses, `{"message",
+//! "violations"}`. The HTTP status says who failed: 400 bad body, 422 inputs refused by the
+//! service's decorator (or a wrong type for the service), 404 unknown cluster
+//! or service, 403 service type disabled on the gateway, 409 cluster read-only or disabled, 502
+//! the gateway could not run it, 503 not connected or busy, 504 no result in time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +44,20 @@ use crate::model::{
 
 /// Deadline of `POST …/ping`.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default deadline of `POST …/services/{name}/run` (`timeout_ms` in the body overrides it).
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default deadline of `POST …/services/{name}/run` (`timeout_ms` in the body overrides it):
+/// the gateways' default service timeout (one hour) plus time for the answer to travel, so a
+/// run that ends at its own timeout still reports its result.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(3600 + 30);
 /// Longest `timeout_ms` accepted.
 const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How much longer than the gateway's deadline the manager waits, at most: the gateway cancels
+/// the run at the deadline and answers with a timeout error, which should reach the caller
+/// rather than a bare 504. A tenth of the deadline below that, so short deadlines stay short.
+const RUN_REPLY_SLACK: Duration = Duration::from_secs(5);
+/// Why a read-only cluster's runs are refused (the product family's words).
+const READ_ONLY: &str = "read-only clusters are discovered but not executable";
+/// Most `set` items in a run request.
+const MAX_SET_ITEMS: usize = 1024;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -69,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/clusters/{id}/sessions", get(sessions))
         .route("/clusters/{id}/ping", post(ping))
+        .route("/clusters/{id}/services", get(list_services))
         .route("/clusters/{id}/services/{name}/run", post(run_service))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API endpoint") })
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
@@ -472,63 +492,214 @@ fn gateway_error(id: &str, rpc: autogate_proto::RpcError) -> Response {
         .into_response()
 }
 
-async fn run_service(
-    State(app): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let obj = match body_object(&body) {
-        Ok(o) => o,
-        Err(m) => return bad(m),
-    };
-    if let Err(m) = reject_unknown(&obj, &["params", "timeout_ms"]) {
-        return bad(m);
+/// `GET /api/v1/clusters/{id}/services`: the catalog the cluster announced last.
+async fn list_services(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    if app.hub.registry().get(&id).is_none() {
+        return not_found(&id);
     }
-    let params = match obj.get("params") {
-        None | Some(Value::Null) => json!({}),
-        Some(p @ Value::Object(_)) => p.clone(),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "params: expected a JSON object"),
+    let connected = app.hub.live(&id).is_some();
+    let body = match app.hub.registry().catalog(&id) {
+        Some(c) => json!({
+            "cluster_id": id,
+            "connected": connected,
+            "services": c.services,
+            "updated_at": c.updated_at,
+            "node_id": c.node_id,
+            "truncated": c.truncated,
+            "total": c.total,
+        }),
+        None => json!({
+            "cluster_id": id,
+            "connected": connected,
+            "services": [],
+            "updated_at": null,
+            "node_id": null,
+            "truncated": false,
+            "total": 0,
+        }),
     };
+    Json(body).into_response()
+}
+
+/// A run answer in the family's shape: `status: error` with a JSON-RPC error whose `data` is
+/// the message.
+fn run_error(status: StatusCode, code: i64, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (
+        status,
+        Json(json!({
+            "status": autogate_proto::STATUS_ERROR,
+            "error": { "code": code, "message": message, "data": message },
+        })),
+    )
+        .into_response()
+}
+
+/// The HTTP status of a run the gateway answered with an error.
+fn run_failure_status(code: i64) -> StatusCode {
+    use autogate_proto as p;
+    match code {
+        p::INVALID_PARAMS => StatusCode::UNPROCESSABLE_ENTITY,
+        p::SERVICE_NOT_FOUND => StatusCode::NOT_FOUND,
+        p::NOT_ALLOWED => StatusCode::FORBIDDEN,
+        p::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        p::TIMED_OUT => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Reads a run request body: `inputs` (or `params`), `set`, `type`, `action`, `state`,
+/// `timeout_ms`.
+fn run_body(name: &str, body: &Bytes) -> Result<(autogate_proto::ServiceRun, Duration), BadInput> {
+    let obj = body_object(body)?;
+    reject_unknown(
+        &obj,
+        &[
+            "inputs",
+            "params",
+            "set",
+            "type",
+            "action",
+            "state",
+            "timeout_ms",
+        ],
+    )?;
+    let object = |field: &str| match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(_) => Err(format!("{field}: expected a JSON object")),
+    };
+    let inputs = match (object("inputs")?, object("params")?) {
+        (Some(_), Some(_)) => {
+            return Err("params: give the inputs once, as inputs (params is its older name)".into())
+        }
+        (Some(i), None) | (None, Some(i)) => i,
+        (None, None) => Map::new(),
+    };
+    let mut run = autogate_proto::ServiceRun::new(name, inputs);
+    match obj.get("set") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.len() <= MAX_SET_ITEMS => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(s) if s.contains('=') => run.set.push(s.to_owned()),
+                    _ => return Err(format!("set[{i}]: expected a \"key=value\" string")),
+                }
+            }
+        }
+        Some(Value::Array(_)) => return Err(format!("set: at most {MAX_SET_ITEMS} items")),
+        Some(_) => return Err("set: expected an array of \"key=value\" strings".into()),
+    }
+    run.service_type = opt_str(&obj, "type")?.map(str::to_owned);
+    run.action = match opt_str(&obj, "action")? {
+        None => None,
+        Some(a @ ("apply" | "destroy")) => Some(a.to_owned()),
+        Some(other) => {
+            return Err(format!(
+                "action: expected apply or destroy, got {:?}",
+                crate::model::truncate(other, 40)
+            ))
+        }
+    };
+    run.state = obj.get("state").filter(|v| !v.is_null()).cloned();
     let timeout = match obj.get("timeout_ms") {
         None | Some(Value::Null) => RUN_TIMEOUT,
         Some(v) => match v.as_u64().filter(|ms| *ms > 0) {
             Some(ms) => Duration::from_millis(ms).min(MAX_RUN_TIMEOUT),
             None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "timeout_ms: expected a positive whole number of milliseconds",
-                )
+                return Err("timeout_ms: expected a positive whole number of milliseconds".into())
             }
         },
     };
+    run.timeout_ms = u64::try_from(timeout.as_millis()).ok();
+    Ok((run, timeout))
+}
+
+async fn run_service(
+    State(app): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    use autogate_proto as p;
+    let (run, timeout) = match run_body(&name, &body) {
+        Ok(r) => r,
+        Err(m) => return run_error(StatusCode::BAD_REQUEST, p::INVALID_PARAMS, m),
+    };
     let Some(rec) = app.hub.registry().get(&id) else {
-        return not_found(&id);
+        return run_error(
+            StatusCode::NOT_FOUND,
+            p::NOT_ALLOWED,
+            format!(
+                "cluster {} is not registered",
+                crate::model::truncate(&id, 80)
+            ),
+        );
     };
     match rec.state {
         ClusterState::ReadOnly => {
-            return error(StatusCode::CONFLICT, format!("cluster {id} is read-only"))
+            let why = format!("cluster {id} is read-only: {READ_ONLY}");
+            return run_error(StatusCode::CONFLICT, p::NOT_ALLOWED, why);
         }
         ClusterState::Disabled => {
-            return error(StatusCode::CONFLICT, format!("cluster {id} is disabled"))
+            return run_error(
+                StatusCode::CONFLICT,
+                p::NOT_ALLOWED,
+                format!("cluster {id} is disabled"),
+            )
         }
         ClusterState::Enabled => {}
     }
-    let call = json!({ "name": name, "params": params });
-    match app
+    let params = autogate_proto::to_value(&run);
+    let answer = app
         .hub
         .request(
             &id,
-            autogate_proto::method::SERVICE_RUN,
-            Some(call),
-            timeout,
+            p::method::SERVICE_RUN,
+            Some(params),
+            timeout + (timeout / 10).min(RUN_REPLY_SLACK),
         )
-        .await
-    {
-        Ok(a) => match a.outcome {
-            Ok(result) => Json(result).into_response(),
-            Err(rpc) => gateway_error(&id, rpc),
-        },
-        Err(e) => request_error(e),
+        .await;
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let (status, code) = match &e {
+                RequestError::UnknownCluster(_) => (StatusCode::NOT_FOUND, p::NOT_ALLOWED),
+                RequestError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, p::TIMED_OUT),
+                RequestError::NotConnected(_)
+                | RequestError::Busy(_)
+                | RequestError::SessionClosed(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, p::UNAVAILABLE)
+                }
+            };
+            return run_error(status, code, e.to_string());
+        }
+    };
+    match a.outcome {
+        Ok(result) => Json(json!({
+            "status": p::STATUS_COMPLETED,
+            "cluster_id": id,
+            "service": name,
+            "node_id": a.node_id,
+            "result": result,
+        }))
+        .into_response(),
+        Err(rpc) => {
+            let data = rpc
+                .data
+                .clone()
+                .unwrap_or_else(|| Value::from(rpc.message.as_str()));
+            (
+                run_failure_status(rpc.code),
+                Json(json!({
+                    "status": p::STATUS_ERROR,
+                    "cluster_id": id,
+                    "service": name,
+                    "node_id": a.node_id,
+                    "error": { "code": rpc.code, "message": rpc.message, "data": data },
+                })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -536,6 +707,48 @@ async fn run_service(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_bodies_name_the_field_at_fault() {
+        let body = Bytes::from_static(
+            br#"{"params": {"a": 1}, "set": ["b=2"], "type": "executable", "timeout_ms": 1500}"#,
+        );
+        let (run, timeout) = run_body("svc", &body).unwrap();
+        assert_eq!(run.name, "svc");
+        assert_eq!(run.inputs["a"], 1);
+        assert_eq!(run.set, ["b=2"]);
+        assert_eq!(run.service_type.as_deref(), Some("executable"));
+        assert_eq!(timeout, Duration::from_millis(1500));
+        assert_eq!(run.timeout_ms, Some(1500));
+        let (run, timeout) = run_body("svc", &Bytes::new()).unwrap();
+        assert!(run.inputs.is_empty());
+        assert_eq!(timeout, RUN_TIMEOUT);
+        for (body, field) in [
+            (r#"{"inputs": {}, "params": {}}"#, "params:"),
+            (r#"{"inputs": 5}"#, "inputs:"),
+            (r#"{"set": ["x"]}"#, "set[0]:"),
+            (r#"{"set": "x=1"}"#, "set:"),
+            (r#"{"action": "plan"}"#, "action:"),
+            (r#"{"timeout_ms": 0}"#, "timeout_ms:"),
+            (r#"{"colour": 1}"#, "colour: unknown field"),
+            ("[]", "the body must be a JSON object"),
+        ] {
+            let err = run_body("svc", &Bytes::from(body)).unwrap_err();
+            assert!(err.starts_with(field), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn run_failures_map_to_http_statuses() {
+        use autogate_proto as p;
+        assert_eq!(run_failure_status(p::INVALID_PARAMS), 422);
+        assert_eq!(run_failure_status(p::SERVICE_NOT_FOUND), 404);
+        assert_eq!(run_failure_status(p::NOT_ALLOWED), 403);
+        assert_eq!(run_failure_status(p::UNAVAILABLE), 503);
+        assert_eq!(run_failure_status(p::TIMED_OUT), 504);
+        assert_eq!(run_failure_status(p::RUN_FAILED), 502);
+        assert_eq!(run_failure_status(p::METHOD_NOT_FOUND), 502);
+    }
 
     #[test]
     fn certificates_round_trip_through_pem() {

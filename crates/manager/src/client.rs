@@ -148,11 +148,13 @@ impl AdminClient {
         if (200..300).contains(&status) {
             return Ok(value);
         }
-        let message = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("the manager answered HTTP {status}: {value}"));
+        // `{"error": "<sentence>"}`, or the run endpoint's `{"error": {"message": …}}`.
+        let message = match value.get("error") {
+            Some(Value::String(m)) => Some(m.clone()),
+            Some(e) => e.get("message").and_then(Value::as_str).map(str::to_owned),
+            None => None,
+        }
+        .unwrap_or_else(|| format!("the manager answered HTTP {status}: {value}"));
         Err(ClientError::Api {
             status,
             message,
@@ -216,12 +218,36 @@ impl AdminClient {
             .await
     }
 
-    /// `POST /api/v1/clusters/{id}/services/{name}/run`.
-    pub async fn run(&self, id: &str, service: &str, params: &Value) -> Result<Value, ClientError> {
+    /// `GET /api/v1/clusters/{id}/services`.
+    pub async fn services(&self, id: &str) -> Result<Value, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/clusters/{id}/services"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/clusters/{id}/services/{name}/run` with these inputs: the family's reply
+    /// (`status: completed` and `result`) or, for any other status, [`ClientError::Api`] whose
+    /// body is the `status: error` reply.
+    pub async fn run(&self, id: &str, service: &str, inputs: &Value) -> Result<Value, ClientError> {
+        self.run_with(id, service, &json!({ "inputs": inputs }))
+            .await
+    }
+
+    /// `POST /api/v1/clusters/{id}/services/{name}/run` with a whole request body (`inputs`,
+    /// `set`, `type`, `action`, `state`, `timeout_ms`).
+    pub async fn run_with(
+        &self,
+        id: &str,
+        service: &str,
+        body: &Value,
+    ) -> Result<Value, ClientError> {
         self.call(
             Method::POST,
             &format!("/api/v1/clusters/{id}/services/{service}/run"),
-            Some(&json!({ "params": params })),
+            Some(body),
         )
         .await
     }

@@ -711,6 +711,7 @@ impl Hub {
     /// The API view of a cluster: registration, live session and nodes.
     pub fn view(&self, rec: &ClusterRecord) -> Value {
         let live = self.live(&rec.cluster_id);
+        let catalog = self.registry.catalog(&rec.cluster_id);
         let now = time::OffsetDateTime::now_utc();
         let certificates: Vec<Value> = rec
             .certificates
@@ -752,6 +753,8 @@ impl Hub {
             "certificates": certificates,
             "created_at": rec.created_at,
             "highest_term": rec.highest_term.as_ref().map(|(t, _)| *t),
+            "service_count": catalog.as_ref().map_or(0, |c| c.total),
+            "services_updated_at": catalog.as_ref().map(|c| c.updated_at.clone()),
         })
     }
 }

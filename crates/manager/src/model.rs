@@ -126,6 +126,27 @@ pub struct SessionRecord {
     pub close_reason: Option<String>,
 }
 
+/// The latest service catalog a cluster announced (`services.update`). Kept after the session
+/// ends, so the manager still knows a disconnected cluster's services; `updated_at` says how
+/// fresh it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Every service, sorted by name, as the gateway described it.
+    pub services: Vec<autogate_proto::ServiceEntry>,
+    /// When the manager received it.
+    pub updated_at: String,
+    /// The node that announced it.
+    pub node_id: String,
+    /// The session it came with.
+    pub session_id: String,
+    /// The gateway cut the catalog to fit the frame limit.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The cluster's number of services (more than `services` when truncated).
+    #[serde(default)]
+    pub total: usize,
+}
+
 /// Now, as the manager writes it in records: RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     format_rfc3339(OffsetDateTime::now_utc())

@@ -4,11 +4,14 @@
 //! Layout (JSON values):
 //! - `/manager/clusters/<cluster id>` → [`ClusterRecord`];
 //! - `/manager/sessions/<cluster id>/<connected ms, 15 digits>-<sequence, 12 digits>` →
-//!   [`SessionRecord`]; keys sort in connection order, so the newest sessions are the last keys.
+//!   [`SessionRecord`]; keys sort in connection order, so the newest sessions are the last keys;
+//! - `/manager/services/<cluster id>` → [`Catalog`], the services the cluster announced last.
 //!
 //! Every `hello` checks the cached record (no store read on the hot path). The cache is only
 //! changed after the store write that it mirrors succeeded, and callers serialise changes of one
-//! cluster with the hub's per-cluster lock, so cache and store never disagree.
+//! cluster with the hub's per-cluster lock, so cache and store never disagree. Catalogs are the
+//! exception: memory is their source of truth (the gateway re-announces on every connection)
+//! and the store copy, written behind it, only carries them across a manager restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use autogate_store::{Compare, Store, StoreError, Txn, TxnOp};
 
 use crate::error::ManagerError;
-use crate::model::{now_rfc3339, parse_rfc3339, ClusterRecord, SessionRecord};
+use crate::model::{now_rfc3339, parse_rfc3339, Catalog, ClusterRecord, SessionRecord};
 
 const CLUSTERS: &str = "/manager/clusters/";
 const SESSIONS: &str = "/manager/sessions/";
+const SERVICES: &str = "/manager/services/";
 
 /// Close reason recorded for sessions that were live when the manager stopped without closing
 /// them (crash, kill -9).
@@ -36,6 +40,11 @@ pub fn sessions_prefix(id: &str) -> String {
     format!("{SESSIONS}{id}/")
 }
 
+/// Store key of a cluster's service catalog.
+pub fn services_key(id: &str) -> String {
+    format!("{SERVICES}{id}")
+}
+
 /// Registered clusters (cached) and the store they live in.
 #[derive(Debug)]
 pub struct Registry {
@@ -45,6 +54,10 @@ pub struct Registry {
     history_len: Mutex<HashMap<String, usize>>,
     history_limit: usize,
     seq: AtomicU64,
+    /// The latest catalog of each cluster.
+    catalogs: Mutex<HashMap<String, Arc<Catalog>>>,
+    /// Serialises the catalog writes behind the cache, so the last write is the latest catalog.
+    catalog_writes: tokio::sync::Mutex<()>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -97,6 +110,19 @@ impl Registry {
                 fixes.push(TxnOp::put(kv.key.clone(), encode(&rec)));
             }
         }
+        let mut catalogs = HashMap::new();
+        for kv in store.list(SERVICES).await? {
+            // A catalog that does not read back is only a cache miss: the gateway announces its
+            // services again when it connects.
+            match serde_json::from_slice::<Catalog>(&kv.value) {
+                Ok(c) => {
+                    if let Some(id) = kv.key.strip_prefix(SERVICES) {
+                        catalogs.insert(id.to_owned(), Arc::new(c));
+                    }
+                }
+                Err(e) => tracing::warn!("ignoring unreadable service catalog {}: {e}", kv.key),
+            }
+        }
         if !fixes.is_empty() {
             tracing::info!(
                 "closed {} session(s) left live by the previous run ({RESTART_REASON})",
@@ -110,6 +136,8 @@ impl Registry {
             history_len: Mutex::new(history_len),
             history_limit: history_limit.max(1),
             seq: AtomicU64::new(0),
+            catalogs: Mutex::new(catalogs),
+            catalog_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -188,13 +216,49 @@ impl Registry {
             .txn(Txn::new().when([Compare::exists(key.clone())]).and_then([
                 TxnOp::delete(key),
                 TxnOp::delete_prefix(sessions_prefix(id)),
+                TxnOp::delete(services_key(id)),
             ]))
             .await?;
         if resp.succeeded {
             self.cache().remove(id);
             self.history_lens().remove(id);
+            self.catalogs().remove(id);
         }
         Ok(resp.succeeded)
+    }
+
+    fn catalogs(&self) -> MutexGuard<'_, HashMap<String, Arc<Catalog>>> {
+        self.catalogs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latest catalog of a cluster, if it ever announced one.
+    pub fn catalog(&self, cluster: &str) -> Option<Arc<Catalog>> {
+        self.catalogs().get(cluster).cloned()
+    }
+
+    /// Keeps a newly announced catalog (in memory at once; see [`Registry::persist_catalog`]).
+    /// Ignored for a cluster that is not registered.
+    pub fn set_catalog(&self, cluster: &str, catalog: Catalog) {
+        if self.get(cluster).is_none() {
+            return;
+        }
+        self.catalogs()
+            .insert(cluster.to_owned(), Arc::new(catalog));
+    }
+
+    /// Writes the cluster's current catalog to the store, unless the cluster was deleted in
+    /// the meantime. Failures are logged: the catalog is still served from memory.
+    pub async fn persist_catalog(&self, cluster: &str) {
+        let _serial = self.catalog_writes.lock().await;
+        let Some(catalog) = self.catalog(cluster) else {
+            return;
+        };
+        let txn = Txn::new()
+            .when([Compare::exists(cluster_key(cluster))])
+            .and_then([TxnOp::put(services_key(cluster), encode(&*catalog))]);
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::warn!("cannot store the service catalog of cluster {cluster}: {e}");
+        }
     }
 
     fn history_lens(&self) -> MutexGuard<'_, HashMap<String, usize>> {
@@ -337,6 +401,54 @@ mod tests {
         assert!(reg.delete("a").await.unwrap());
         assert!(reg.sessions("a", 10).await.unwrap().is_empty());
         assert!(!reg.delete("a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn catalogs_survive_a_restart_and_go_with_their_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let catalog = |n: usize| Catalog {
+            services: (0..n)
+                .map(|i| {
+                    serde_json::from_value(serde_json::json!({
+                        "name": format!("s{i}"), "type": "executable"}))
+                    .unwrap()
+                })
+                .collect(),
+            updated_at: now_rfc3339(),
+            node_id: "n1".into(),
+            session_id: "s".into(),
+            truncated: false,
+            total: n,
+        };
+        {
+            let store = autogate_store::open(StoreOptions::Local { path: path.clone() })
+                .await
+                .unwrap();
+            let reg = Registry::open(store, 10).await.unwrap();
+            // Not registered: ignored.
+            reg.set_catalog("a", catalog(1));
+            assert!(reg.catalog("a").is_none());
+            assert!(reg.create(cluster("a")).await.unwrap());
+            assert!(reg.create(cluster("b")).await.unwrap());
+            reg.set_catalog("a", catalog(1));
+            reg.persist_catalog("a").await;
+            reg.set_catalog("a", catalog(2));
+            reg.persist_catalog("a").await;
+            reg.set_catalog("b", catalog(3));
+            reg.persist_catalog("b").await;
+            assert!(reg.delete("b").await.unwrap());
+            assert!(reg.catalog("b").is_none());
+            // A write behind a delete does not bring the catalog back.
+            reg.persist_catalog("b").await;
+        }
+        let store = autogate_store::open(StoreOptions::Local { path })
+            .await
+            .unwrap();
+        let reg = Registry::open(store.clone(), 10).await.unwrap();
+        assert_eq!(reg.catalog("a").unwrap().services.len(), 2);
+        assert!(reg.catalog("b").is_none());
+        assert!(store.get(&services_key("b")).await.unwrap().is_none());
     }
 
     #[tokio::test]

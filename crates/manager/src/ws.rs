@@ -8,8 +8,10 @@
 //! 2. **decision** — [`Hub::hello`] checks cluster, state, certificate and the session rules;
 //!    a refusal is sent as a JSON-RPC error naming the reason, then close 1008 with it.
 //! 3. **live** — requests from the API go out, answers come back by id; the gateway's `ping`
-//!    requests are answered (params echoed), `nodes.update` notifications update the node list;
-//!    malformed frames get −32700/−32600, unknown methods −32601, and the session stays up.
+//!    requests are answered (params echoed), `nodes.update` notifications update the node list,
+//!    `services.update` notifications replace the cluster's service catalog (checked against
+//!    the protocol's limits first); malformed frames get −32700/−32600, unknown methods −32601,
+//!    and the session stays up.
 //!
 //! Limits: frames above `max_frame_size` close the session with 1009; more than
 //! [`FRAMES_PER_SECOND`] frames per second on average (bursts of [`FRAME_BURST`]) close it
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use autogate_proto::{
     decode, encode, method, DecodeError, Frame, Hello, HelloAccepted, Id, NodesUpdate, Request,
-    Response, RpcError,
+    Response, RpcError, ServicesUpdate,
 };
 use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
@@ -45,7 +47,7 @@ use crate::hub::{
     CLOSE_POLICY,
 };
 use crate::listener::Peer;
-use crate::model::truncate;
+use crate::model::{now_rfc3339, truncate, Catalog};
 use crate::ratelimit::{suppressed_note, TokenBucket};
 pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
 
@@ -339,9 +341,18 @@ impl Session {
             self.addr,
             accepted.session_id
         );
-        let ok = autogate_proto::to_value(&HelloAccepted::new(accepted.session_id.clone()));
+        // The frame limit goes with the acceptance, so the gateway keeps run results and
+        // catalogs under it.
+        let ok = autogate_proto::to_value(
+            &HelloAccepted::new(accepted.session_id.clone()).with_max_frame_size(self.max),
+        );
+        let me = Me {
+            cluster_id: hello.cluster_id.clone(),
+            node_id: hello.node_id.clone(),
+            session_id: accepted.session_id.clone(),
+        };
         let end = match self.send_frame(Response::success(id, ok).into()).await {
-            Ok(()) => self.live(conn, &control, &mut rx).await,
+            Ok(()) => self.live(conn, &me, &control, &mut rx).await,
             Err(reason) => End::Gone(reason),
         };
         let reason = match &end {
@@ -437,6 +448,7 @@ impl Session {
     async fn live(
         &mut self,
         conn: autogate_proto::ConnId,
+        me: &Me,
         control: &SessionControl,
         rx: &mut mpsc::Receiver<Outgoing>,
     ) -> End {
@@ -498,7 +510,7 @@ impl Session {
                         return end;
                     }
                     let reply = match msg {
-                        Message::Text(text) => self.on_text(conn, &text, &mut pending),
+                        Message::Text(text) => self.on_text(conn, me, &text, &mut pending),
                         Message::Binary(_) => {
                             tracing::debug!("ignoring a binary frame from {}", self.addr);
                             None
@@ -531,6 +543,7 @@ impl Session {
     fn on_text(
         &self,
         conn: autogate_proto::ConnId,
+        me: &Me,
         text: &str,
         pending: &mut std::collections::HashMap<
             i64,
@@ -565,6 +578,7 @@ impl Session {
                             e.message
                         ),
                     },
+                    method::SERVICES_UPDATE => self.on_services_update(me, &n),
                     other => tracing::debug!("ignoring notification {other:?} from {}", self.addr),
                 }
                 None
@@ -586,6 +600,62 @@ impl Session {
                 None
             }
         }
+    }
+}
+
+/// Who a live session is, for what it receives.
+struct Me {
+    cluster_id: String,
+    node_id: String,
+    session_id: String,
+}
+
+impl Session {
+    /// A `services.update`: checked, then kept as the cluster's catalog if this session is still
+    /// the cluster's live one (a replaced session's late update must not overwrite its
+    /// successor's).
+    fn on_services_update(&self, me: &Me, n: &autogate_proto::Notification) {
+        let update = match n
+            .parse_params::<ServicesUpdate>()
+            .map_err(|e| e.message)
+            .and_then(|u| u.validate().map(|()| u))
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring bad services.update from cluster {} ({}): {e}",
+                    me.cluster_id,
+                    self.addr
+                );
+                return;
+            }
+        };
+        let live = self.hub.live(&me.cluster_id);
+        if live.map(|l| l.session_id) != Some(me.session_id.clone()) {
+            return;
+        }
+        let total = update.total.unwrap_or(0).max(update.services.len());
+        tracing::info!(
+            "gateway cluster {} announced {total} service(s)",
+            me.cluster_id
+        );
+        self.hub.registry().set_catalog(
+            &me.cluster_id,
+            Catalog {
+                services: update.services,
+                updated_at: now_rfc3339(),
+                node_id: me.node_id.clone(),
+                session_id: me.session_id.clone(),
+                truncated: update.truncated,
+                total,
+            },
+        );
+        self.hub
+            .events()
+            .send(crate::web::EventKind::ServicesChanged, &me.cluster_id);
+        let hub = self.hub.clone();
+        let cluster = me.cluster_id.clone();
+        tokio::spawn(async move { hub.registry().persist_catalog(&cluster).await });
     }
 }
 

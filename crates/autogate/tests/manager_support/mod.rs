@@ -327,7 +327,7 @@ pub struct Responder {
 /// How the responder answers `service.run`.
 #[derive(Debug, Clone)]
 pub enum RunAnswer {
-    /// `{"stdout": "<name> ran", "params": …}`.
+    /// `{"stdout": "<name> ran", "inputs": …}`.
     Echo,
     /// Error −32601 "method not available" (a gateway without services).
     NotAvailable,
@@ -364,7 +364,7 @@ impl Responder {
                     ("ping", _) => json!({"jsonrpc": "2.0", "id": id, "result": v["params"]}),
                     ("service.run", RunAnswer::Echo) => json!({"jsonrpc": "2.0", "id": id,
                         "result": {"stdout": format!("{} ran", v["params"]["name"].as_str().unwrap_or("")),
-                                   "params": v["params"]["params"], "return_code": 0}}),
+                                   "inputs": v["params"]["inputs"], "return_code": 0}}),
                     ("service.run", RunAnswer::Silent) => continue,
                     _ => json!({"jsonrpc": "2.0", "id": id,
                         "error": {"code": -32601, "message": "method not available"}}),
