@@ -28,7 +28,9 @@ fn main() {
         "manager" => manager::run(),
         "services" => services::run(),
         other => {
-            eprintln!("unknown benchmark {other:?}; available: failover, foundation, manager, services");
+            eprintln!(
+                "unknown benchmark {other:?}; available: failover, foundation, manager, services"
+            );
             std::process::exit(64);
         }
     };

@@ -108,7 +108,10 @@ async fn start(dir: &Path) -> Node {
     let proc = Autogate::new(["server"])
         .env("GATEWAY_APPLICATION_MODE", "server")
         .env("GATEWAY_SERVER_PORT", port.to_string())
-        .env("GATEWAY_SERVER_ADMIN_PASSWORD_FILE", pw.display().to_string())
+        .env(
+            "GATEWAY_SERVER_ADMIN_PASSWORD_FILE",
+            pw.display().to_string(),
+        )
         .env("GATEWAY_LOG_LEVEL", "warn")
         .spawn();
     let base = format!("http://127.0.0.1:{port}");
