@@ -108,6 +108,32 @@ impl Manager {
             .output(START)
     }
 
+    /// `autogate manager <args…>` against this manager (any admin command: `cluster …`,
+    /// `service run …`).
+    pub fn admin_cli(&self, pki: &Pki, args: &[&str]) -> Output {
+        let mut cmd = Autogate::new(["manager"]);
+        for a in args {
+            cmd = cmd.arg(*a);
+        }
+        cmd.arg("--url")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .arg("--ca")
+            .arg(pki.path("ca.pem"))
+            .arg("--token-file")
+            .arg(self.token_path().display().to_string())
+            .output(START)
+    }
+
+    /// The admin token file.
+    pub fn token_path(&self) -> PathBuf {
+        self.data.join("admin.token")
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
     /// Register `cluster_id` with the given nodes' certificates.
     pub fn register(&self, pki: &Pki, cluster_id: &str, nodes: &[&str]) {
         let certs: Vec<String> = nodes

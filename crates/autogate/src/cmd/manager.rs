@@ -1,5 +1,6 @@
 //! `autogate manager`: run the manager, or administer one over its REST API
-//! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping`).
+//! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping|services`,
+//! `autogate manager service run CLUSTER NAME`).
 //!
 //! The admin commands find the manager and its credentials from the same configuration the
 //! daemon reads: `--url` defaults to `https://<manager.listen_address>:<manager.port>`
@@ -7,7 +8,8 @@
 //! file, `--ca` to the certificate the manager minted in its data directory when that file
 //! exists. Output is a table, or the API's JSON with `--raw`. Exit codes: 0, 1 with the
 //! manager's message, 64 for usage mistakes (missing certificate or token file), 69 when the
-//! manager cannot be reached.
+//! manager cannot be reached. `service run` prints the family's run layout and exits 0 when the
+//! service ran, whatever its return code (see [`RUN_EXIT_HELP`]).
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +31,13 @@ pub struct ManagerArgs {
 pub enum ManagerCommand {
     /// Register and administer gateway clusters (through the manager's REST API).
     Cluster(ClusterArgs),
+    /// Run the services clusters announced (through the manager's REST API).
+    Service(ServiceArgs),
 }
 
+/// How to reach the manager's REST API.
 #[derive(Debug, Args)]
-pub struct ClusterArgs {
+pub struct Connection {
     /// Manager URL (default: https://<manager.listen_address>:<manager.port>).
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
@@ -42,8 +47,62 @@ pub struct ClusterArgs {
     /// CA certificate(s) to verify the manager (default: <data_dir>/manager.pem if it exists).
     #[arg(long, global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub conn: Connection,
     #[command(subcommand)]
     pub action: ClusterAction,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+/// Shown by `manager service run --help`: what the exit status means.
+pub const RUN_EXIT_HELP: &str = "\
+Exit status: 0 when the service ran, whatever the program's own return code (read it from \
+`Return Code:`, or `.result.return_code` with --raw); 64 when the command is wrong or the inputs \
+do not satisfy the service's decorator (nothing ran); 1 when the service could not be run \
+(unknown cluster or service, read-only or disabled cluster, failed checkout, missing binary, no \
+result in time); 69 when the manager cannot be reached or the cluster is not connected.";
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Run a service on a cluster's active core node and print its output.
+    #[command(after_help = RUN_EXIT_HELP)]
+    Run {
+        /// The cluster.
+        cluster: String,
+        /// The service.
+        name: String,
+        /// An input as key=value, converted to the type the service's decorator declares
+        /// (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// All inputs as one JSON object, or @FILE holding one (--set values are laid over it).
+        #[arg(long, value_name = "JSON|@FILE")]
+        inputs: Option<String>,
+        /// Refuse to run unless the service is of this type (executable, python-script, …).
+        #[arg(long = "type", value_name = "TYPE")]
+        service_type: Option<String>,
+        /// opentofu-plan services: apply (the default) or destroy.
+        #[arg(long, value_name = "apply|destroy")]
+        action: Option<String>,
+        /// opentofu-plan services: the state to start from, as JSON or @FILE.
+        #[arg(long, value_name = "JSON|@FILE")]
+        state: Option<String>,
+        /// Seconds to wait for the result; the run is cancelled on the gateway after that
+        /// (default: the manager's, one hour and 30 seconds).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,12 +162,15 @@ pub enum ClusterAction {
     Sessions { id: String },
     /// Round trip through the cluster's live session.
     Ping { id: String },
+    /// The services the cluster announced (NAME TYPE DESCRIPTION).
+    Services { id: String },
 }
 
 pub fn run(global: &Global, args: ManagerArgs) -> Result<(), Failure> {
     match args.command {
         None => daemon(global),
         Some(ManagerCommand::Cluster(c)) => cluster(global, c),
+        Some(ManagerCommand::Service(s)) => service(global, s),
     }
 }
 
@@ -143,10 +205,11 @@ fn client_failure(e: ClientError) -> Failure {
     Failure::new(e.exit_code(), e)
 }
 
-fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
+/// The admin client for `conn`, from the flags or the configuration.
+fn client(global: &Global, conn: &Connection) -> Result<AdminClient, Failure> {
     let config = super::load_config(global, None)?;
-    let url = args.url.clone().unwrap_or_else(|| default_url(&config));
-    let token_path = args
+    let url = conn.url.clone().unwrap_or_else(|| default_url(&config));
+    let token_path = conn
         .token_file
         .clone()
         .unwrap_or_else(|| config.manager.admin_token_path());
@@ -156,7 +219,7 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             format!("{e} (pass the manager's admin token file with --token-file)"),
         )
     })?;
-    let ca = args.ca.clone().or_else(|| {
+    let ca = conn.ca.clone().or_else(|| {
         let minted = config
             .manager
             .data_dir
@@ -171,6 +234,17 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ));
         }
     }
+    AdminClient::new(&url, &token, ca.as_deref()).map_err(client_failure)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))
+}
+
+fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
     // Read every input file before talking to the manager: a typo is a usage error, not a
     // half-applied change.
     let certs: Vec<String> = match &args.action {
@@ -181,11 +255,8 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
         ClusterAction::AddCert { file, .. } => vec![read_pem(file)?],
         _ => Vec::new(),
     };
-    let client = AdminClient::new(&url, &token, ca.as_deref()).map_err(client_failure)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))?;
+    let client = client(global, &args.conn)?;
+    let rt = runtime()?;
     let raw = global.raw;
     rt.block_on(async move {
         match args.action {
@@ -268,9 +339,206 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
                     );
                 }
             }
+            ClusterAction::Services { id } => {
+                let v = client.services(&id).await.map_err(client_failure)?;
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    print_services(&v);
+                }
+            }
         }
         Ok(())
     })
+}
+
+/// A JSON argument given inline or as `@FILE`; `what` names the flag in errors.
+fn json_arg(what: &str, text: &str) -> Result<Value, Failure> {
+    let (source, body) = match text.strip_prefix('@') {
+        Some(path) => (
+            path.to_owned(),
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::new(USAGE, format!("{what}: cannot read {path}: {e}")))?,
+        ),
+        None => ("the argument".to_owned(), text.to_owned()),
+    };
+    serde_json::from_str(&body)
+        .map_err(|e| Failure::new(USAGE, format!("{what}: {source} is not valid JSON: {e}")))
+}
+
+/// The run request body from the command line; usage errors before anything is sent.
+#[allow(clippy::too_many_arguments)]
+fn run_body(
+    set: &[String],
+    inputs: Option<&str>,
+    service_type: Option<&str>,
+    action: Option<&str>,
+    state: Option<&str>,
+    timeout: Option<u64>,
+) -> Result<Value, Failure> {
+    let mut body = json!({});
+    if let Some(text) = inputs {
+        let v = json_arg("--inputs", text)?;
+        if !v.is_object() {
+            return Err(Failure::new(USAGE, "--inputs: expected a JSON object"));
+        }
+        body["inputs"] = v;
+    }
+    if let Some(bad) = set.iter().find(|s| !s.contains('=')) {
+        return Err(Failure::new(
+            USAGE,
+            format!("--set {bad:?}: expected KEY=VALUE"),
+        ));
+    }
+    if !set.is_empty() {
+        body["set"] = json!(set);
+    }
+    if let Some(t) = service_type {
+        body["type"] = json!(t);
+    }
+    match action {
+        None => {}
+        Some(a @ ("apply" | "destroy")) => body["action"] = json!(a),
+        Some(other) => {
+            return Err(Failure::new(
+                USAGE,
+                format!("--action {other:?}: expected apply or destroy"),
+            ))
+        }
+    }
+    if let Some(text) = state {
+        body["state"] = json_arg("--state", text)?;
+    }
+    if let Some(secs) = timeout {
+        if secs == 0 {
+            return Err(Failure::new(USAGE, "--timeout: expected at least 1 second"));
+        }
+        body["timeout_ms"] = json!(secs.saturating_mul(1000));
+    }
+    Ok(body)
+}
+
+fn service(global: &Global, args: ServiceArgs) -> Result<(), Failure> {
+    let ServiceAction::Run {
+        cluster,
+        name,
+        set,
+        inputs,
+        service_type,
+        action,
+        state,
+        timeout,
+    } = args.action;
+    let body = run_body(
+        &set,
+        inputs.as_deref(),
+        service_type.as_deref(),
+        action.as_deref(),
+        state.as_deref(),
+        timeout,
+    )?;
+    let client = client(global, &args.conn)?;
+    let raw = global.raw;
+    runtime()?.block_on(async move {
+        match client.run_with(&cluster, &name, &body).await {
+            Ok(v) => {
+                if raw {
+                    println!("{}", pretty(&v));
+                } else {
+                    print!("{}", run_text(&v["result"]));
+                }
+                Ok(())
+            }
+            Err(ClientError::Api {
+                status,
+                message,
+                body,
+            }) => {
+                if raw {
+                    println!("{}", pretty(&body));
+                }
+                let code = match status {
+                    400 | 422 => USAGE,
+                    503 => 69,
+                    _ => 1,
+                };
+                Err(Failure::new(code, message))
+            }
+            Err(e) => Err(client_failure(e)),
+        }
+    })
+}
+
+/// The family's text layout of a run: stdout block, stderr block, return code, then start,
+/// end and elapsed time.
+fn run_text(r: &Value) -> String {
+    let mut out = String::new();
+    let mut stream = |title: &str, body: &str| {
+        out.push_str(title);
+        out.push_str(":\n");
+        out.push_str(body);
+        if !body.is_empty() && !body.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    };
+    stream("Stdout", r["stdout"].as_str().unwrap_or_default());
+    stream("Stderr", r["stderr"].as_str().unwrap_or_default());
+    if let Some(state) = r.get("state").filter(|s| !s.is_null()) {
+        stream("State", &pretty(state));
+    }
+    let mut lines = vec![("Return Code", text(&r["return_code"]))];
+    if r["timed_out"].as_bool() == Some(true) {
+        lines.push((
+            "Timed Out",
+            "true (the program was killed at the service's timeout)".to_owned(),
+        ));
+    }
+    if r["truncated"].as_bool() == Some(true) {
+        lines.push((
+            "Truncated",
+            "true (the output was cut to fit the manager's frame limit)".to_owned(),
+        ));
+    }
+    lines.push(("Start Time", text(&r["start_time"])));
+    lines.push(("End Time", text(&r["end_time"])));
+    lines.push(("Elapsed Time", text(&r["elapsed_time"])));
+    let width = lines.iter().map(|(l, _)| l.len() + 1).max().unwrap_or(0);
+    for (label, value) in lines {
+        let label = format!("{label}:");
+        out.push_str(format!("{label:<width$} {value}").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_services(v: &Value) {
+    let rows: Vec<Vec<String>> = v["services"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| vec![text(&s["name"]), text(&s["type"]), text(&s["description"])])
+        .collect();
+    if rows.is_empty() {
+        if v["updated_at"].is_null() {
+            println!(
+                "cluster {} has not announced any services",
+                text(&v["cluster_id"])
+            );
+        } else {
+            println!("cluster {} has no services", text(&v["cluster_id"]));
+        }
+        return;
+    }
+    table(&["NAME", "TYPE", "DESCRIPTION"], &rows);
+    if v["truncated"].as_bool() == Some(true) {
+        println!(
+            "(first {} of {} services: the catalog exceeds the manager's frame limit)",
+            rows.len(),
+            text(&v["total"])
+        );
+    }
 }
 
 fn pretty(v: &Value) -> String {
