@@ -792,21 +792,7 @@ async fn run(
     // when the client goes away before the run ends.
     let cancel = s.shutdown.child_token();
     let _guard = cancel.clone().drop_guard();
-    // The engine's run future is not `Send` (it holds a non-`Sync` callback across awaits),
-    // so it runs to completion on a blocking-pool thread of its own; the token still reaches it.
-    let automation = s.node.automation.clone();
-    let token = cancel.clone();
-    let handle = tokio::runtime::Handle::current();
-    let result = tokio::task::spawn_blocking(move || {
-        handle.block_on(async move { automation.run(&req, &token).await })
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("run task failed: {e}"),
-        )
-    })??;
+    let result = s.node.automation.run(&req, &cancel).await?;
     Ok(Json(json!({ "status": "completed", "result": result })))
 }
 
