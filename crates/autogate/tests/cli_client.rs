@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
-use autogate_testkit::{autogate_bin, free_port, Autogate, Output, Process};
+use autogate_testkit::{autogate_bin, free_port, poll_until, Autogate, Output, Process};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -92,18 +92,25 @@ impl Client {
 }
 
 fn start_server(root: &Path) -> (Process, u16) {
+    start_server_with(root, &[])
+}
+
+fn start_server_with(root: &Path, env: &[(&str, &str)]) -> (Process, u16) {
     let port = free_port();
     let key = root.join("cluster.key");
     std::fs::write(&key, "5a".repeat(32)).expect("key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
-    let proc = with_admin_password(Autogate::new(["server"]))
+    let mut cmd = with_admin_password(Autogate::new(["server"]))
         .env("GATEWAY_SERVER_PORT", port.to_string())
         .env(
             "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
             key.display().to_string(),
         )
-        .name("server")
-        .spawn();
+        .name("server");
+    for (k, v) in env {
+        cmd = cmd.env(k, *v);
+    }
+    let proc = cmd.spawn();
     proc.wait_for_line("core node listening", Duration::from_secs(30));
     (proc, port)
 }
@@ -259,6 +266,36 @@ fn login_create_and_run_through_a_real_server() {
     assert!(out.contains("Conflict") && out.contains("exe"), "{out}");
     assert!(out.contains("nothing written"), "{out}");
 
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(10));
+}
+
+/// An expired key: every command says so in the server's words, with exit 77. The shortest
+/// lifetime the configuration allows is one minute, so this test waits for it.
+#[test]
+fn an_expired_key_says_please_login() {
+    let root = TempDir::new().expect("tmp");
+    let (mut server, port) =
+        start_server_with(root.path(), &[("GATEWAY_SERVER_API_KEY_EXPIRATION", "1")]);
+    let admin = Client::new(root.path(), "admin-cli", port);
+    let out = admin.login("admin", ADMIN_PASSWORD);
+    assert!(out.status.success(), "{out:?}");
+    admin.ok(&["get", "services"]);
+    let out = poll_until("the API key to expire", Duration::from_secs(120), || {
+        let out = admin.cmd(&["get", "services"]).output(DEADLINE);
+        if out.code() == Some(0) {
+            // Pace the polling: each attempt is a process and a request.
+            std::thread::sleep(Duration::from_millis(500));
+            return None;
+        }
+        Some(out)
+    });
+    assert_eq!(out.code(), Some(77), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("api key has expired. please login"),
+        "{}",
+        out.stderr
+    );
     server.signal("TERM");
     server.wait_exit(Duration::from_secs(10));
 }
