@@ -663,6 +663,10 @@ fn operator_mistakes_are_named_with_their_exit_codes() {
         assert!(err.contains("local mode"), "{args:?}: {err}");
     }
 
+    // A client profile in local mode would act on the wrong store.
+    let err = l.fails(&["get", "services", "--profile", "production"], 64);
+    assert!(err.contains("--profile production"), "{err}");
+
     // A bad configuration value is a usage error naming it.
     let out = Autogate::new(["get", "services"])
         .env(

@@ -46,6 +46,16 @@ pub fn load(global: &Global) -> Result<Config, Failure> {
     let config = super::load_config(global, None)?;
     if !is_local(&config) {
         config.validate_for(Role::Client)?;
+    } else if let Some(p) = &global.profile {
+        // A profile names a remote node: acting on the local store instead would let an
+        // operator believe a change reached that node.
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "--profile {p}: profiles select a [client:<name>] core node and apply in client mode only, \
+                 but [application] mode is local (set GATEWAY_APPLICATION_MODE=client)"
+            ),
+        ));
     }
     if global.verbose {
         match config.file() {
