@@ -6,8 +6,9 @@
 //! service created while connected shows up there (discovery on change); a run through the
 //! manager's API returns the program's stdout, stderr and return code exactly (a non-zero exit
 //! is still `completed`); inputs the decorator refuses come back as `status: error` with every
-//! violation; the manager's deadline cancels a run on the gateway; the CLI prints the catalog
-//! and the family's run layout; a read-only cluster is discovered but refuses runs (409).
+//! violation; the manager's deadline cancels a run on the gateway, and so does the end of the
+//! session (its process is killed); the CLI prints the catalog and the family's run layout; a
+//! disabled cluster refuses runs, and a read-only one is discovered but refuses them too (409).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -295,6 +296,54 @@ async fn the_manager_knows_a_clusters_services_and_runs_them() {
     assert_eq!(out.code(), Some(64), "{}", out.stderr);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["status"], "error", "{v}");
+
+    // A run in progress when the session ends is killed: nobody could receive its answer.
+    let pid_file = work.path().join("sleeper.pid");
+    let cmd = format!("echo $$ > {}; sleep 30", pid_file.display());
+    let pending = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            post_run(
+                &admin,
+                "cluster_1",
+                "shell",
+                json!({"inputs": {"cmd": cmd}}),
+            )
+            .await
+        })
+    };
+    let pid = eventually("the run to start", SEEN, || async {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.trim().parse::<u32>().ok()
+    })
+    .await;
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    admin
+        .patch("cluster_1", &json!({"state": "disabled"}))
+        .await
+        .unwrap();
+    let (code, body) = pending.await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["status"], "error", "{body}");
+    eventually("the run's process to be killed", SEEN, || async {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+    // Disabled: refused by the manager.
+    let (code, body) = post_run(&admin, "cluster_1", "shell", json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["message"], "cluster cluster_1 is disabled");
+    let reconnects = core.logs().matches("connected to commander at").count();
+    admin
+        .patch("cluster_1", &json!({"state": "enabled"}))
+        .await
+        .unwrap();
+    eventually("the node to reconnect", SEEN, || async {
+        let v = admin.show("cluster_1").await.unwrap();
+        (v["connected"] == true).then_some(())
+    })
+    .await;
+    assert!(core.logs().matches("connected to commander at").count() > reconnects);
 
     // Read-only: still discovered, never executed.
     let runs = |logs: String| {
