@@ -318,6 +318,10 @@ async fn the_manager_knows_a_clusters_services_and_runs_them() {
     })
     .await;
     assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // The link keeps answering while a run is in progress.
+    let t0 = Instant::now();
+    admin.ping("cluster_1").await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     admin
         .patch("cluster_1", &json!({"state": "disabled"}))
         .await

@@ -252,11 +252,19 @@ impl SessionServices {
     /// Reads the catalog (retrying while the store fails) and sends it when it differs from
     /// what was sent last. `false` when the session ended.
     async fn refresh(&self, last: &mut Option<Vec<ServiceInfo>>) -> bool {
+        let mut failures = 0u32;
         let catalog = loop {
             match self.node.automation.catalog().await {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!("cannot read the service catalog: {e}; retrying");
+                    // Once as a warning: the store being down is reported elsewhere too, and a
+                    // line a second would drown the log.
+                    if failures == 0 {
+                        tracing::warn!("cannot read the service catalog: {e}; retrying");
+                    } else {
+                        tracing::debug!("cannot read the service catalog: {e}; retrying");
+                    }
+                    failures = failures.saturating_add(1);
                     if !self.pause(RETRY).await {
                         return false;
                     }
