@@ -151,3 +151,77 @@ fn a_standby_forwards_writes_and_logins_and_serves_reads() {
     assert_eq!(s, 201, "{v}");
     n2.wait_for_line("decorator created", START);
 }
+
+/// Two nodes of a new cluster starting at the same moment: exactly one creates `admin` and
+/// prints its temporary password, and that password works on both; the active node creates
+/// the built-in registries.
+#[test]
+fn two_nodes_starting_together_create_one_admin() {
+    let etcd = EtcdServer::start();
+    let (p1, p2) = (free_port(), free_port());
+    let spawn = |name: &str, port: u16| {
+        Autogate::new(["server"])
+            .name(name)
+            .env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
+            .env("GATEWAY_CONNECT_ENABLED", "false")
+            .spawn()
+    };
+    let (n1, n2) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn("core-1", p1));
+        let b = s.spawn(|| spawn("core-2", p2));
+        (a.join().expect("spawn"), b.join().expect("spawn"))
+    });
+    // The admin is created before the port is bound: once a node says it listens, its
+    // bootstrap lines (same stream, earlier) have been read.
+    for n in [&n1, &n2] {
+        n.wait_for_line("core node listening on", START);
+    }
+    let created: Vec<&Process> = [&n1, &n2]
+        .into_iter()
+        .filter(|n| n.logs().contains("CREATED TEMPORARY ADMIN"))
+        .collect();
+    assert_eq!(created.len(), 1, "{}\n{}", n1.dump(), n2.dump());
+    let line = created[0].wait_for_line("password: ", START);
+    let password = line
+        .text
+        .split("password: ")
+        .nth(1)
+        .expect("password")
+        .trim()
+        .to_owned();
+    let mut key = String::new();
+    for p in [p1, p2] {
+        let body = poll_until("login", START, || {
+            let (s, b) = login(&format!("127.0.0.1:{p}"), "admin", &password).ok()?;
+            (s == 200).then_some(b)
+        });
+        key = serde_json::from_str::<Value>(&body).expect("json")["api_key"]
+            .as_str()
+            .expect("api_key")
+            .to_owned();
+    }
+    let names = poll_until("the built-in registries", START, || {
+        let (s, b) = request(
+            &format!("127.0.0.1:{p1}"),
+            "GET",
+            "/api/v1/registries",
+            Some(&key),
+            None,
+        )
+        .ok()?;
+        let v: Value = serde_json::from_str(&b).ok()?;
+        let names: Vec<String> = v["registries"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect();
+        (s == 200 && names.len() >= 2).then_some(names)
+    });
+    assert!(
+        names.iter().any(|n| n == "default-pypi") && names.iter().any(|n| n == "default-galaxy"),
+        "{names:?}"
+    );
+}
