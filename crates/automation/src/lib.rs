@@ -225,7 +225,7 @@ impl Automation {
 
     /// Store key every resource write rewrites: watch it to learn that services changed.
     pub fn generation_key(&self) -> String {
-        format!("{}resources-generation", self.resources.prefix())
+        self.resources.generation_key()
     }
 
     /// Creates the built-in registries when this cluster never had them.

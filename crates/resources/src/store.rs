@@ -265,7 +265,8 @@ impl Resources {
         format!("{}{}/{}", self.prefix(), kind.as_str(), name)
     }
 
-    fn generation_key(&self) -> String {
+    /// The key every write rewrites: watch it to learn that resources changed.
+    pub fn generation_key(&self) -> String {
         format!("{}resources-generation", cluster_prefix(&self.cluster_id))
     }
 
