@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod process;
 pub mod proxy;
 pub mod scenario;
+pub mod webdriver;
 
 pub use process::{
     autogate_bin, free_port, http_get, poll_until, Autogate, LogLine, Output, Process,
