@@ -440,9 +440,8 @@
       reload.addEventListener('click', () => this.loadServices());
       replace(root,
         el('section', { class: 'card' }, this.title, this.facts),
-        el('div', { class: 'grid2' },
-          section('core', 'Core nodes', this.core),
-          section('runner-nodes', 'Runners', this.runners)),
+        section('core', 'Core nodes', this.core),
+        section('runner-nodes', 'Runners', this.runners),
         section('certs', 'Certificates', this.certs, certForm,
           el('p', { id: 'cert-error', class: 'error', role: 'alert' })),
         section('sessions', 'Session timeline', this.timeline),
@@ -535,7 +534,7 @@
           const rm = el('button', { type: 'button', class: 'danger', text: 'Remove' });
           rm.addEventListener('click', () => this.removeCert(k));
           return el('tr', { class: 'cert', dataset: { fingerprint: k.fingerprint_sha256 } },
-            el('td', { text: show(k.subject) }),
+            el('td', { class: 'subject', text: show(k.subject) }),
             el('td', { class: 'fp', text: k.fingerprint_sha256 }),
             el('td', {}, when(k.not_after), k.expired ? [' ', badge('expired')] : null),
             el('td', {},
