@@ -1,0 +1,451 @@
+//! The manager's web page in a real browser, against real processes: a manager, etcd and two HA
+//! core nodes with their own certificates. The operator signs in, adds the cluster with its
+//! nodes' certificates (after a bad upload is refused with the server's reason), watches both
+//! core nodes appear, and sees the page switch the active node without a reload when the active
+//! node's process is killed. When the manager lists services, a service is run from the form the
+//! page builds from its decorator, and its output is read back from the page.
+//!
+//! Screenshots of every run land in `target/screenshots/manager-page-*.png` (before and after
+//! the fail-over, the timeline, and the service run). Without Chromium or chromedriver the test
+//! fails and says to run `make deps`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
+use autogate_testkit::webdriver::{self, Browser};
+use autogate_testkit::{free_port, poll_until, Autogate, LogLine, Process};
+use serde_json::{json, Value};
+
+/// How long a page condition that needs no process to start may take.
+const PAGE: Duration = Duration::from_secs(20);
+/// How soon a change the manager saw must show on the open page.
+const LIVE: Duration = Duration::from_secs(2);
+/// The service catalog may arrive after the session (and the page re-reads it at the latest on
+/// its periodic refresh).
+const CATALOG: Duration = Duration::from_secs(40);
+
+const CLUSTER: &str = "cluster_1";
+
+/// A blocking HTTPS client for the manager that trusts the test CA.
+struct Https {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Https {
+    fn new(pki: &Pki, port: u16) -> Https {
+        let ca = std::fs::read(pki.path("ca.pem")).expect("ca.pem");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Https {
+            rt,
+            client,
+            base: format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    /// GET `path`: status, headers, body.
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+        self.rt.block_on(async {
+            let mut req = self.client.get(format!("{}{path}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            (status, headers, resp.text().await.unwrap_or_default())
+        })
+    }
+
+    /// Status and headers of the event stream (the body never ends, so it is not read).
+    fn events_status(&self, query: &str) -> (u16, String) {
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get(format!("{}/api/v1/events{query}", self.base))
+                .send()
+                .await
+                .expect("request");
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (resp.status().as_u16(), ctype)
+        })
+    }
+}
+
+/// The headers and probes a browser and an orchestrator rely on.
+fn check_http_surface(api: &Https, token: &str) {
+    let (status, h, body) = api.get("/", None);
+    assert_eq!(status, 200, "{body}");
+    let header = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let csp = header("content-security-policy");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert!(header("content-type").starts_with("text/html"));
+    assert!(body.contains("/ui/app.js"), "{body}");
+    let (status, h, _) = api.get("/ui/app.js", None);
+    assert_eq!(status, 200);
+    assert_eq!(h["x-content-type-options"], "nosniff");
+
+    // The page's data needs the token; so does its event stream (query or header).
+    assert_eq!(api.get("/api/v1/clusters", None).0, 401);
+    assert_eq!(api.events_status("").0, 401);
+    assert_eq!(api.events_status("?token=wrong").0, 401);
+    let (status, ctype) = api.events_status(&format!("?token={token}"));
+    assert_eq!((status, ctype.as_str()), (200, "text/event-stream"));
+
+    // Probes: alive, and ready once the registry is loaded (it is before the port opens).
+    assert_eq!(api.get("/healthz", None).0, 200);
+    let (status, _, body) = api.get("/readyz", None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(v["status"], "ready", "{v}");
+    assert_eq!(v["clusters"], 0, "{v}");
+}
+
+/// A PEM file that is not a certificate, as an operator might pick by mistake.
+fn write_bad_pem(dir: &Path) -> String {
+    let p = dir.join("not-a-cert.pem");
+    std::fs::write(
+        &p,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    p.display().to_string()
+}
+
+/// The decorator, executable and service the test runs from the page, imported into the
+/// cluster's store before the core nodes start.
+const RESOURCES: &str = r#"
+decorators:
+  - name: echo-inputs
+    schema:
+      type: object
+      properties:
+        device: { type: string, description: "Device to greet" }
+        count: { type: integer, minimum: 1 }
+        verbose: { type: boolean }
+        mode: { type: string, enum: [fast, safe] }
+        targets: { type: array, items: { type: string } }
+      required: [device, count]
+      additionalProperties: false
+executable-objects:
+  - name: echo
+    exec-command: /bin/echo
+services:
+  - name: echo-inputs
+    description: Prints its inputs
+    tags: [demo]
+    type: executable
+    executable-object: echo
+    arg-format: "--{{.Key}}={{.Value}}"
+    decorator: echo-inputs
+"#;
+
+fn import_resources(etcd: &EtcdServer) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = autogate_store::open(autogate_store::StoreOptions::Etcd(
+            autogate_store::EtcdOptions::new([etcd.endpoint()]),
+        ))
+        .await
+        .expect("etcd");
+        autogate_resources::Resources::new(store, CLUSTER)
+            .import(RESOURCES, autogate_resources::ImportMode::default())
+            .await
+            .expect("import the test service");
+    });
+}
+
+fn ha_node(pki: &Pki, etcd: &EtcdServer, name: &str, manager_port: u16) -> (Autogate, u16) {
+    let (cmd, port) = core_node(pki, name, manager_port);
+    let cmd = cmd
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
+        .env("GATEWAY_LOG_LEVEL", "DEBUG");
+    // The nodes' API needs a key; every node bootstraps the same admin.
+    (autogate_testkit::auth::with_admin_password(cmd), port)
+}
+
+fn wait_connected(p: &Process) -> LogLine {
+    p.wait_for_line("INF connected to commander at", START)
+}
+
+/// What is left of `budget` counted from `since`.
+fn left(since: Instant, budget: Duration) -> Duration {
+    (since + budget).saturating_duration_since(Instant::now())
+}
+
+/// Console entries that mean the page itself failed (not the expected 401s of a refused
+/// sign-in or a dropped event stream).
+fn script_errors(b: &Browser) -> Vec<String> {
+    b.console()
+        .into_iter()
+        .filter(|l| l.starts_with("SEVERE"))
+        .filter(|l| !l.contains("Failed to load resource") && !l.contains("EventSource"))
+        .collect()
+}
+
+#[test]
+fn operator_adds_the_cluster_and_watches_a_failover_live() {
+    // Before anything starts: a missing browser is a setup problem to fix, not a skip.
+    webdriver::require_tools();
+    let etcd = EtcdServer::start();
+    let pki = Pki::new(&["core-1", "core-2"]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let manager = Manager::start(&pki, free_port(), data.path());
+    let token = std::fs::read_to_string(data.path().join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_owned();
+    let api = Https::new(&pki, manager.port);
+    check_http_surface(&api, &token);
+    // Whether this manager lists services (the services endpoints are newer than the page).
+    let services = {
+        let (status, _, body) = api.get(
+            &format!("/api/v1/clusters/{CLUSTER}/services"),
+            Some(&token),
+        );
+        !(status == 404 && body.contains("no such API endpoint"))
+    };
+    if services {
+        import_resources(&etcd);
+    } else {
+        eprintln!("note: this manager has no services endpoint; the service run is not exercised");
+    }
+
+    let b = Browser::start();
+    let base = format!("https://127.0.0.1:{}", manager.port);
+    b.goto(&format!("{base}/"));
+
+    // Sign in: a wrong token is refused with the server's word, the right one is accepted.
+    b.wait_for_text("#signin", "Admin token", PAGE);
+    b.type_into("#token", "not-the-admin-token");
+    b.click("#signin-form button[type=submit]");
+    b.wait_for_text("#signin-error", "invalid admin token", PAGE);
+    b.clear("#token");
+    b.type_into("#token", &token);
+    b.click("#signin-form button[type=submit]");
+    b.wait_for_text("#live", "live", PAGE);
+    b.wait_for_text("#view", "No cluster is registered yet", PAGE);
+    let kept: Value = b.execute(
+        "return sessionStorage.getItem('autogate.manager.token') === arguments[0];",
+        vec![json!(token)],
+    );
+    assert_eq!(kept, json!(true), "the token is kept in sessionStorage");
+
+    // Add the cluster: first with a file that is not a certificate (refused, nothing created,
+    // the message names the file), then with both core nodes' certificates.
+    let bad = write_bad_pem(data.path());
+    b.type_into("#new-id", CLUSTER);
+    b.type_into("#new-certs", &bad);
+    b.click("#add-cluster button[type=submit]");
+    let err = b.wait_for_text(
+        "#add-cluster-error",
+        "certificates[0] (not-a-cert.pem): ",
+        PAGE,
+    );
+    eprintln!("bad upload refused: {err}");
+    assert_eq!(
+        api.get(&format!("/api/v1/clusters/{CLUSTER}"), Some(&token))
+            .0,
+        404
+    );
+    b.execute("document.getElementById('new-certs').value = '';", vec![]);
+    b.type_into(
+        "#new-certs",
+        &format!("{}\n{}", pki.path("core-1.pem"), pki.path("core-2.pem")),
+    );
+    b.click("#add-cluster button[type=submit]");
+    b.wait_for_text(
+        "#add-cluster-ok",
+        &format!("Added {CLUSTER} with 2 certificate(s)"),
+        PAGE,
+    );
+    let row = format!("#clusters tr[data-cluster-id='{CLUSTER}']");
+    b.wait_until("the new cluster, not connected", PAGE, || {
+        b.find(&format!("{row} .badge.disconnected"))
+    });
+
+    // The first core node connects: the list shows it without a reload, within LIVE.
+    let (cmd, p1) = ha_node(&pki, &etcd, "core-1", manager.port);
+    let mut active = cmd.name("core-1").spawn();
+    let connected = wait_connected(&active);
+    b.wait_until(
+        "the cluster connected on the page",
+        left(connected.at, LIVE),
+        || b.find(&format!("{row} .badge.connected")),
+    );
+    let id1 = node_id(p1);
+    b.wait_for_text(&format!("{row} .active-node"), &id1, PAGE);
+
+    // The cluster's page: one gateway, its core nodes, each node's own certificate.
+    b.click(&format!("{row} a.cluster-link"));
+    b.wait_for_text("#active-node", &id1, PAGE);
+    let (cmd, p2) = ha_node(&pki, &etcd, "core-2", manager.port);
+    let standby = cmd.name("core-2").spawn();
+    let id2 = node_id(p2);
+    standby.wait_for_line("is not the active node", START);
+    // The node list reaches the manager with the active node's next nodes.update; from the
+    // moment the manager's API shows it, the page must follow within LIVE.
+    let seen = poll_until("the manager to list the standby", START, || {
+        let (_, _, body) = api.get(&format!("/api/v1/clusters/{CLUSTER}"), Some(&token));
+        body.contains(&id2).then(Instant::now)
+    });
+    let standby_row = format!("#core-nodes tr[data-node-id='{id2}'][data-role='standby']");
+    b.wait_until("the standby on the page", left(seen, LIVE), || {
+        b.find(&standby_row)
+    });
+    b.wait_for_text(
+        &format!("#core-nodes tr[data-node-id='{id1}'][data-role='active']"),
+        "active",
+        PAGE,
+    );
+    let certs = b.wait_for_text("#certificates", "CN=core-2", PAGE);
+    assert!(certs.contains("CN=core-1"), "{certs}");
+    let fp1 = autogate_tls::fingerprint_sha256(
+        &autogate_tls::parse_pem_certs(
+            &std::fs::read_to_string(pki.path("core-1.pem")).expect("core-1.pem"),
+        )
+        .expect("PEM")[0],
+    );
+    b.wait_for_text(&format!("tr.cert[data-fingerprint='{fp1}']"), &id1, PAGE);
+    assert!(
+        b.text(&format!("tr.cert[data-fingerprint='{fp1}']"))
+            .unwrap_or_default()
+            .contains(&fp1),
+        "the fingerprint is shown"
+    );
+
+    // A standby proves a crashed active dead quickly once it has checked the active's
+    // address; wait for that so the fail-over takes well under a second.
+    poll_until("the standby to verify the active's address", START, || {
+        let (_, body) = autogate_testkit::auth::authed_get(p2, "/api/v1/ha/status")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["crash_probe"]["verified"] == true).then_some(())
+    });
+    // Marks this document: a reload would lose the mark.
+    b.execute("window.__sameDocument = 'before-failover';", vec![]);
+    let before = b.screenshot("manager-page-before-failover");
+
+    // Kill the active node's process. The standby takes over; the page follows by itself.
+    active.kill();
+    let took_over = wait_connected(&standby);
+    b.wait_for_text("#active-node", &id2, left(took_over.at, LIVE));
+    let shown = Instant::now();
+    b.wait_for_text(
+        &format!("#core-nodes tr[data-node-id='{id2}'][data-role='active']"),
+        "active",
+        PAGE,
+    );
+    let failover = b.wait_for_text("#timeline", &format!("fail-over {id1} → {id2}: gap"), PAGE);
+    let line = failover
+        .lines()
+        .find(|l| l.starts_with("fail-over"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.ends_with(" ms"), "{line}");
+    let same: Value = b.execute("return window.__sameDocument || null;", vec![]);
+    assert_eq!(same, json!("before-failover"), "the page was not reloaded");
+    let after = b.screenshot("manager-page-after-failover");
+    b.execute(
+        "document.getElementById('sessions').scrollIntoView();",
+        vec![],
+    );
+    let timeline = b.screenshot("manager-page-after-failover-timeline");
+    eprintln!(
+        "page showed the new active node {:?} after the standby connected; timeline: {line}",
+        shown.saturating_duration_since(took_over.at)
+    );
+    eprintln!(
+        "screenshots: {} {} {}",
+        before.display(),
+        after.display(),
+        timeline.display()
+    );
+
+    if services {
+        run_service_from_the_page(&b);
+    }
+    let errors = script_errors(&b);
+    assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
+    drop(standby);
+}
+
+/// Fills the form generated from the decorator, first leaving a required field empty (the page
+/// names it and sends nothing), then runs the service and reads its output.
+fn run_service_from_the_page(b: &Browser) {
+    let card = "#services-list .service[data-service='echo-inputs']";
+    b.wait_until("the service form", CATALOG, || b.find(card));
+    let field = |name: &str| format!("{card} .field[data-field='{name}']");
+    // One field per property, of the right kind, with the required ones marked.
+    for (name, kind) in [
+        ("device", "string"),
+        ("count", "integer"),
+        ("verbose", "boolean"),
+        ("mode", "enum"),
+        ("targets", "array"),
+    ] {
+        let sel = format!("{}[data-kind='{kind}']", field(name));
+        assert!(b.find(&sel).is_some(), "no {kind} field {name}");
+    }
+    assert!(b.find(&format!("{} .req", field("device"))).is_some());
+    assert!(b.find(&format!("{} .req", field("count"))).is_some());
+    assert!(b.find(&format!("{} .req", field("mode"))).is_none());
+
+    b.type_into(&format!("{} input", field("device")), "r1");
+    b.click(&format!("{card} button[type=submit]"));
+    b.wait_for_text(&format!("{card} .run-error"), "count: required", PAGE);
+
+    b.type_into(&format!("{} input", field("count")), "3");
+    b.click(&format!("{} input", field("verbose")));
+    b.select(&format!("{} select", field("mode")), "1");
+    b.type_into(&format!("{} textarea", field("targets")), r#"["a", "b c"]"#);
+    b.click(&format!("{card} button[type=submit]"));
+    let out = b.wait_for_text(&format!("{card} .result pre.stdout"), "--device=r1", PAGE);
+    for needle in ["--count=3", "--mode=safe", "--verbose=true"] {
+        assert!(out.contains(needle), "{needle} in {out}");
+    }
+    let code = b.wait_for_text(&format!("{card} .result .return-code"), "0", PAGE);
+    assert_eq!(code.trim(), "0");
+    let result = b.text(&format!("{card} .result")).unwrap_or_default();
+    for needle in ["Started", "Ended", "Elapsed"] {
+        assert!(result.contains(needle), "{needle} in {result}");
+    }
+    eprintln!("service run from the page, stdout: {}", out.trim());
+    b.execute(
+        "document.querySelector(arguments[0]).scrollIntoView({ block: 'end' });",
+        vec![json!(format!("{card} .result"))],
+    );
+    b.screenshot("manager-page-service-run");
+}
