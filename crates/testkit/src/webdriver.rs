@@ -56,8 +56,9 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn first_of(env: &str, names: &[&str], fixed: &[&str]) -> Option<PathBuf> {
+    // An override that points nowhere counts as missing, not as a reason to look elsewhere.
     if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     names
         .iter()
