@@ -448,4 +448,15 @@ fn run_service_from_the_page(b: &Browser) {
         vec![json!(format!("{card} .result"))],
     );
     b.screenshot("manager-page-service-run");
+
+    // The operator makes the cluster read-only from the page: it stays connected, and a run is
+    // refused with the manager's reason, shown in place of the result.
+    b.select("#gateway-facts select.state-select", "read-only");
+    b.wait_until("the read-only state on the page", PAGE, || {
+        b.find("#gateway-facts .badge.read-only")
+    });
+    b.click(&format!("{card} button[type=submit]"));
+    let refused = b.wait_for_text(&format!("{card} .result .run-failed"), "read-only", PAGE);
+    eprintln!("run on a read-only cluster: {}", refused.trim());
+    assert!(b.find("#gateway-facts .badge.connected").is_some());
 }
