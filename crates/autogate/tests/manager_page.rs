@@ -399,6 +399,12 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     }
     let errors = script_errors(&b);
     assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
+    // The event stream took the token in its URL: it must not reach the log.
+    let logs = manager.proc.logs();
+    assert!(
+        !logs.contains(&token),
+        "the admin token is in the manager's log"
+    );
     drop(standby);
 }
 
