@@ -55,6 +55,8 @@ pub enum Command {
     },
     /// Run a core node.
     Server,
+    /// Run a runner: an execution-only node taking jobs through the cluster's etcd.
+    Runner,
     /// Run the manager, or administer it (`autogate manager cluster …`).
     Manager(cmd::manager::ManagerArgs),
     /// High availability: status, switchover, maintenance.
@@ -76,6 +78,8 @@ pub enum Command {
     Run(cmd::run::RunArgs),
     /// Export or import every resource as a YAML file.
     Db(cmd::db::DbArgs),
+    /// Inspect the cluster: `inspect cluster health` (exit 1 when unhealthy) or `activity`.
+    Inspect(cmd::cluster::InspectArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completion {
         /// Shell to complete for.
@@ -111,6 +115,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Version { show_config } => cmd::version::run(&cli.global, show_config),
         Command::Server => cmd::server::run(&cli.global),
+        Command::Runner => cmd::runner::run(&cli.global),
         Command::Manager(args) => cmd::manager::run(&cli.global, args),
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
         Command::Ha(args) => cmd::ha::run(&cli.global, args),
@@ -122,5 +127,6 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Delete(args) => cmd::resource::delete(&cli.global, args),
         Command::Run(args) => cmd::run::run(&cli.global, args),
         Command::Db(args) => cmd::db::run(&cli.global, args),
+        Command::Inspect(args) => cmd::cluster::inspect(&cli.global, args),
     }
 }

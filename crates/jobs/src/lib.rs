@@ -11,6 +11,7 @@ pub mod dispatcher;
 pub mod model;
 pub mod runner;
 pub mod scheduler;
+pub mod view;
 
 pub use dispatcher::{
     list_jobs, list_runners, plain_writer, start, Dispatcher, DispatcherOptions, Finished,

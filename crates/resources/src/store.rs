@@ -247,6 +247,11 @@ impl Resources {
     }
 
     /// The store backend's name (`memory`, `local`, `etcd`).
+    /// The store itself (for views that read other parts of the cluster's keys).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn backend(&self) -> &'static str {
         self.store.backend()
     }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod certgen;
+pub mod cluster;
 pub mod completion;
 pub mod db;
 pub mod ha;
@@ -10,6 +11,7 @@ pub mod login;
 pub mod manager;
 pub mod resource;
 pub mod run;
+pub mod runner;
 pub mod server;
 pub mod term;
 pub mod version;

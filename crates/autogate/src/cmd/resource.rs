@@ -288,6 +288,9 @@ pub enum Plural {
     Registries,
     #[value(alias = "user")]
     Users,
+    /// Runner nodes registered in the cluster.
+    #[value(alias = "runner")]
+    Runners,
 }
 
 /// The nouns of `describe` and `delete`.
@@ -341,7 +344,7 @@ impl From<Plural> for Target {
             Plural::Secrets => Target::Kind(Kind::Secret),
             Plural::ExecutableObjects => Target::Kind(Kind::ExecutableObject),
             Plural::Registries => Target::Kind(Kind::Registry),
-            Plural::Users => Target::User,
+            Plural::Users | Plural::Runners => Target::User,
         }
     }
 }
@@ -399,6 +402,9 @@ pub fn create(global: &Global, args: CreateArgs) -> Result<(), Failure> {
 }
 
 pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
+    if matches!(args.noun, Plural::Runners) {
+        return super::cluster::get_runners(global);
+    }
     let target = Target::from(args.noun);
     let key = match target {
         Target::Kind(k) => backend::plural(k),
