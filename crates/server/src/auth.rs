@@ -33,6 +33,8 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How old a successful key check may be to stand in for the store.
 const STALE_CHECK_LIMIT: Duration = Duration::from_secs(600);
+/// Attempts of a read-check-write on a user record that others keep changing.
+const CONTENDED_ATTEMPTS: usize = 5;
 
 /// Why an account operation failed; messages are what the API returns, never a password or key.
 #[derive(Debug, thiserror::Error)]
@@ -311,48 +313,65 @@ impl Auth {
 
     /// Checks a password and issues a key valid for the configured lifetime.
     pub async fn login(&self, username: &str, password: &str) -> Result<IssuedKey, AuthError> {
-        let found = if check_name(username).is_ok() {
+        let mut found = if check_name(username).is_ok() {
             self.user(username).await?
         } else {
             None
         };
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
-        if !verify_password(password.to_owned(), hash).await {
+        if !verify_password(password.to_owned(), hash.clone()).await {
             return Err(AuthError::BadCredentials);
         }
-        let Some((mut user, _)) = found else {
-            return Err(AuthError::BadCredentials);
-        };
-        let created = now();
+        let mut verified = hash;
         let ttl = time::Duration::try_from(self.key_ttl)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
-        let expires = created + ttl;
-        let api_key = new_key();
-        let record = KeyRecord {
-            user: user.name.clone(),
-            created: rfc3339(created),
-            expires_at: rfc3339(expires),
-        };
-        user.last_login = Some(rfc3339(created));
-        let user_key = self.user_key(&user.name);
-        // The key is only valid while its user exists: a user deleted at the same moment
-        // leaves no key behind.
-        let txn = Txn::new()
-            .when([Compare::exists(user_key.clone())])
-            .and_then([
-                TxnOp::put(
-                    format!("{}{}", self.keys, key_digest(&api_key)),
-                    encode(&record)?,
-                ),
-                TxnOp::put(user_key, encode(&user)?),
-            ]);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(AuthError::BadCredentials);
+        for _ in 0..CONTENDED_ATTEMPTS {
+            let Some((mut user, revision)) = found.take() else {
+                return Err(AuthError::BadCredentials);
+            };
+            // The user record changed since the password was checked (a concurrent login or a
+            // password change): check against what is stored now.
+            if verified.as_deref() != Some(user.password_hash.as_str()) {
+                let hash = Some(user.password_hash.clone());
+                if !verify_password(password.to_owned(), hash.clone()).await {
+                    return Err(AuthError::BadCredentials);
+                }
+                verified = hash;
+            }
+            let created = now();
+            let api_key = new_key();
+            let record = KeyRecord {
+                user: user.name.clone(),
+                created: rfc3339(created),
+                expires_at: rfc3339(created + ttl),
+            };
+            user.last_login = Some(rfc3339(created));
+            let user_key = self.user_key(&user.name);
+            // Written only if the user is still as read: a user deleted or given a new
+            // password at the same moment gets no key from the old password, and the record
+            // written back cannot undo a password change.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    user_key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([
+                    TxnOp::put(
+                        format!("{}{}", self.keys, key_digest(&api_key)),
+                        encode(&record)?,
+                    ),
+                    TxnOp::put(user_key, encode(&user)?),
+                ]);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(IssuedKey {
+                    api_key,
+                    expires_at: record.expires_at,
+                });
+            }
+            found = self.user(username).await?;
         }
-        Ok(IssuedKey {
-            api_key,
-            expires_at: record.expires_at,
-        })
+        Err(contended(username))
     }
 
     /// The user a bearer key belongs to.
@@ -514,27 +533,40 @@ impl Auth {
     pub async fn set_password(&self, name: &str, password: &str) -> Result<usize, AuthError> {
         check_name(name)?;
         check_password(password)?;
-        let Some((mut user, revision)) = self.user(name).await? else {
-            return Err(AuthError::NotFound(name.to_owned()));
-        };
-        user.password_hash = hash_password(password.to_owned()).await?;
-        user.password_changed = Some(rfc3339(now()));
+        let hash = hash_password(password.to_owned()).await?;
         let key = self.user_key(name);
-        let revoked = self.key_deletes(name).await?;
-        let count = revoked.len();
-        let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
-        ops.extend(revoked);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then(ops);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(AuthError::Invalid(format!(
-                "user {name} changed while its password was being set; try again"
-            )));
+        for _ in 0..CONTENDED_ATTEMPTS {
+            let Some((mut user, revision)) = self.user(name).await? else {
+                return Err(AuthError::NotFound(name.to_owned()));
+            };
+            user.password_hash = hash.clone();
+            user.password_changed = Some(rfc3339(now()));
+            let revoked = self.key_deletes(name).await?;
+            let count = revoked.len();
+            let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
+            ops.extend(revoked);
+            // A login between the listing of keys and this write changes the user record
+            // (last login), so its new key cannot survive the change: the write is retried.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then(ops);
+            if self.store.txn(txn).await?.succeeded {
+                self.forget_user(name);
+                return Ok(count);
+            }
         }
-        self.forget_user(name);
-        Ok(count)
+        Err(contended(name))
     }
+}
+
+fn contended(name: &str) -> AuthError {
+    AuthError::Store(StoreError::Unavailable(format!(
+        "user {name} kept changing concurrently; try again"
+    )))
 }
 
 /// Outcome of [`Auth::bootstrap_admin`] when this node created the admin user.
@@ -615,6 +647,41 @@ mod tests {
         assert!(matches!(
             a.delete_user("admin").await,
             Err(AuthError::LastUser(_))
+        ));
+    }
+
+    /// Logins of one user at the same moment all get a key (each rewrites the user's last
+    /// login); none can write back a record that undoes a password change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_logins_and_a_password_change() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let logins = (0..4).map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.login("admin", "password-1").await })
+        });
+        for l in futures::future::join_all(logins).await {
+            assert!(l.expect("task").is_ok());
+        }
+        let racing = {
+            let a = a.clone();
+            tokio::spawn(async move { a.login("admin", "password-1").await })
+        };
+        a.set_password("admin", "password-2").await.expect("set");
+        if let Ok(k) = racing.await.expect("task") {
+            assert!(matches!(
+                a.check(Some(&k.api_key)).await,
+                Err(AuthError::MissingKey)
+            ));
+        }
+        // Whatever the order, the new password is the one stored, and no key of the old one
+        // is left.
+        assert!(a.login("admin", "password-2").await.is_ok());
+        assert!(matches!(
+            a.login("admin", "password-1").await,
+            Err(AuthError::BadCredentials)
         ));
     }
 
