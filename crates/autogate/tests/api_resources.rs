@@ -296,8 +296,14 @@ fn the_served_openapi_document_matches_the_routes() {
             operations += 1;
         }
     }
-    // 11 user and node routes, 6 resource kinds × 4, 8 for services, db and HA.
-    assert!(operations >= 43, "{operations} operations");
+    // 11 user and node routes, 6 resource kinds × 4, 3 cluster views, 8 for services, db, HA.
+    assert!(operations >= 46, "{operations} operations");
+    let (status, v) = n.call("GET", "/api/v1/cluster/health", None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["cluster_id"], "cluster_1", "{v}");
+    assert_eq!(v["store"]["status"], "healthy", "{v}");
+    let (status, v) = n.call("GET", "/api/v1/runners", None);
+    assert_eq!((status, &v["runners"]), (200, &json!([])), "{v}");
     let (status, v) = n.call("GET", "/api/v1/not-a-route", None);
     assert_eq!(status, 404);
     assert!(

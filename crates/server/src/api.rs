@@ -487,6 +487,42 @@ fn table() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/runners",
+            Key,
+            Local,
+            "cluster",
+            "Registered runners with their load and status",
+            B::None,
+            (200, "object"),
+            &[401, 503],
+            get(runners),
+        ),
+        route(
+            "GET",
+            "/api/v1/cluster/activity",
+            Key,
+            Local,
+            "cluster",
+            "Retained jobs of the cluster, newest first",
+            B::None,
+            (200, "object"),
+            &[401, 503],
+            get(activity),
+        ),
+        route(
+            "GET",
+            "/api/v1/cluster/health",
+            Key,
+            Local,
+            "cluster",
+            "Health of the cluster: store, core nodes, runners, manager link",
+            B::None,
+            (200, "object"),
+            &[401],
+            get(cluster_health),
+        ),
+        route(
+            "GET",
             "/api/v1/ha/status",
             Key,
             Local,
@@ -861,6 +897,52 @@ async fn import(
         tracing::info!(items = items.len(), "resources imported");
     }
     Ok(Json(json!({ "items": items, "written": report.written })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster views (the same as `get runners` / `inspect cluster` in local mode)
+
+async fn runners(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+    let cid = &s.node.config.application.cluster_id;
+    let runners = autogate_jobs::view::runners(&*s.node.store, cid)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(Json(json!({ "runners": runners })))
+}
+
+async fn activity(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+    let cid = &s.node.config.application.cluster_id;
+    let jobs = autogate_jobs::view::activity(&*s.node.store, cid)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn cluster_health(State(s): State<ApiState>) -> Json<Value> {
+    use autogate_jobs::view::ManagerLink;
+    let node = &s.node;
+    // The node holding the manager link knows its state; a standby reads the active node's
+    // record like the CLI does.
+    let holds_link = node
+        .ha
+        .as_ref()
+        .is_none_or(|ha| matches!(ha.current(), autogate_ha::Leadership::Active { .. }));
+    let link = if !node.config.connect.enabled {
+        ManagerLink::Disabled
+    } else if holds_link {
+        ManagerLink::Known(node.link.get().connected)
+    } else {
+        ManagerLink::FromRecords
+    };
+    Json(
+        autogate_jobs::view::health(
+            &*node.store,
+            &node.config.application.cluster_id,
+            node.config.server.distributed_execution,
+            link,
+        )
+        .await,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
