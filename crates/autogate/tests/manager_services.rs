@@ -40,6 +40,7 @@ async fn automation(etcd: &EtcdServer, work: &Path) -> Automation {
             work_dir: work.to_path_buf(),
             key: KeySource::Missing,
             features: Features::default(),
+            output_limit: autogate_exec::runner::DEFAULT_OUTPUT_LIMIT,
         },
     )
 }

@@ -134,6 +134,8 @@ pub struct AutomationOptions {
     /// The secrets key.
     pub key: KeySource,
     pub features: Features,
+    /// Per-stream capture limit of a run (bytes).
+    pub output_limit: usize,
 }
 
 impl AutomationOptions {
@@ -157,6 +159,8 @@ impl AutomationOptions {
             work_dir,
             key,
             features: Features::from_config(config),
+            output_limit: usize::try_from(config.application.run_output_limit)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -184,7 +188,11 @@ impl Automation {
     pub fn new(store: Arc<dyn Store>, cluster_id: &str, opts: AutomationOptions) -> Self {
         Self {
             resources: Resources::new(store, cluster_id),
-            engine: Arc::new(Engine::new(EngineConfig::new(opts.work_dir))),
+            engine: Arc::new(Engine::new({
+                let mut cfg = EngineConfig::new(opts.work_dir);
+                cfg.output_limit = opts.output_limit;
+                cfg
+            })),
             key: opts.key,
             features: opts.features,
         }

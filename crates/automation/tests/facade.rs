@@ -22,6 +22,7 @@ async fn automation(dir: &std::path::Path, key: KeySource, features: Features) -
             work_dir: dir.join("runtime"),
             key,
             features,
+            output_limit: autogate_exec::runner::DEFAULT_OUTPUT_LIMIT,
         },
     )
 }

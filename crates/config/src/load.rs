@@ -583,6 +583,7 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             ca_certificate_file: v.path("application.ca_certificate_file"),
             venv_retention_period: v.duration("application.venv_retention_period"),
             venv_sweep_interval: v.duration("application.venv_sweep_interval"),
+            run_output_limit: v.size("application.run_output_limit").unwrap_or(16 << 20),
             auto_accept_eula: v.bool("application.auto_accept_eula"),
         },
         connect: Connect {

@@ -211,6 +211,8 @@ pub struct Application {
     /// How often the venv pruner runs.
     #[serde(serialize_with = "ser_duration")]
     pub venv_sweep_interval: Duration,
+    /// Per-stream capture limit of a run, in bytes.
+    pub run_output_limit: u64,
     /// Accepted for compatibility; no effect.
     pub auto_accept_eula: bool,
 }

@@ -289,6 +289,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("application", "working_dir", PATH, V("~/.gateway.d"), "working directory: local store, API key, logs and manager data by default"),
     KeyDef::new("application", "ca_certificate_file", PATH, NoDefault, "CA certificate for client, server and runner TLS"),
     KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which a cached Python venv is deleted"),
+    KeyDef::new("application", "run_output_limit", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("16MiB"), "largest captured stdout or stderr of one run; beyond it the output is truncated with a marker"),
     KeyDef::new("application", "venv_sweep_interval", DUR, V("24h"), "how often cached venvs are checked for deletion"),
     KeyDef::new("application", "auto_accept_eula", BOOL, V("false"), "family 5.0.x: accept the EULA non-interactively").compat(),
     // [connect]

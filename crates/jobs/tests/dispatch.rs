@@ -30,6 +30,7 @@ async fn setup(etcd: &EtcdServer, dir: &std::path::Path) -> (Arc<dyn Store>, Aut
             work_dir: dir.join("runtime"),
             key: KeySource::Missing,
             features: Features::default(),
+            output_limit: autogate_exec::runner::DEFAULT_OUTPUT_LIMIT,
         },
     );
     automation
