@@ -127,6 +127,7 @@ fn metrics_doc_matches_what_core_node_and_manager_expose() {
     let doc = documented();
     let process = section(&doc, "Every process").clone();
     let mut core = section(&doc, "Core node").clone();
+    core.extend(section(&doc, "Store").clone());
     core.extend(process.clone());
     let mut manager = section(&doc, "Manager").clone();
     manager.extend(process);
@@ -259,6 +260,7 @@ fn grafana_dashboard_queries_only_documented_metrics() {
         "autogate_ha_term",
         "autogate_ha_transitions_total",
         "autogate_ha_failover_seconds_bucket",
+        "autogate_store_request_seconds_bucket",
         "autogate_manager_sessions_live",
         "autogate_manager_sessions_refused_total",
         "process_resident_memory_bytes",

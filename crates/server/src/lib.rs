@@ -12,6 +12,7 @@ mod api;
 pub mod auth;
 mod forward;
 mod leader;
+mod metered;
 pub mod link;
 pub mod services;
 mod storeopts;
@@ -114,7 +115,8 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         .map(auth::read_password_file)
         .transpose()
         .map_err(ServerError::Config)?;
-    let store = open_store(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let store = metered::MeteredStore::wrap(open_store(&config).await?, &metrics);
     let auth = auth::Auth::new(
         store.clone(),
         &config.application.cluster_id,
@@ -129,7 +131,6 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
             source,
         })?;
     let local: SocketAddr = listener.local_addr().map_err(ServerError::Serve)?;
-    let metrics = Arc::new(Metrics::new());
     let ha = if config.connect.ha_enabled {
         let options = autogate_ha::HaOptions::from_config(&config, &node_id);
         Some(match &peer_tls {
