@@ -146,7 +146,7 @@ impl ApiClient {
                 format!(
                     "cannot reach the core node at {}: {}",
                     self.base,
-                    describe(&e)
+                    autogate_runtime::error_chain(&e)
                 ),
             )
         })?;
@@ -191,14 +191,3 @@ fn failure(status: u16, body: &Value) -> Failure {
     Failure::new(code, message)
 }
 
-/// reqwest's top-level message is generic ("error sending request"); the causes say why.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}

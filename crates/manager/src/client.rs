@@ -55,18 +55,6 @@ pub struct AdminClient {
     token: String,
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    // reqwest's top-level message is generic ("error sending request"); the cause says why.
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl AdminClient {
     /// A client of the manager at `url` (`https://host:port`), authenticating with `token`,
     /// verifying the manager with the CA certificates in `ca` (else the system trust store).
@@ -121,12 +109,12 @@ impl AdminClient {
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
-            reason: describe(&e),
+            reason: autogate_runtime::error_chain(&e),
         })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
-            reason: describe(&e),
+            reason: autogate_runtime::error_chain(&e),
         })?;
         let value = if bytes.is_empty() {
             Value::Null

@@ -15,3 +15,16 @@ pub use shutdown::{abort_on_panic, Shutdown, ShutdownSignal};
 
 /// Version of this build, as reported by `autogate version` and in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error with all its causes, `outer: cause: root cause`. Client libraries (reqwest, hyper)
+/// put a generic message on top ("error sending request"); the causes say what went wrong.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

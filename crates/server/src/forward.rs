@@ -141,7 +141,7 @@ impl Forwarder {
             Err(e) => {
                 return unavailable(format!(
                     "cannot reach the active core node {active} at {address}: {}",
-                    describe(&e)
+                    autogate_runtime::error_chain(&e)
                 ))
             }
         };
@@ -152,7 +152,7 @@ impl Forwarder {
             Err(e) => {
                 return unavailable(format!(
                     "the active core node {active} did not finish its answer: {}",
-                    describe(&e)
+                    autogate_runtime::error_chain(&e)
                 ))
             }
         };
@@ -178,14 +178,3 @@ fn unavailable(message: String) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
-/// reqwest's top-level message is generic; the causes say why.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
