@@ -84,6 +84,11 @@ pub async fn run(
     )
     .await?;
     let mut running: HashMap<String, Running> = HashMap::new();
+    // Assignments that arrived while every slot was taken: the dispatcher frees a slot when it
+    // sees a result, which can be before this loop has heard that the job's task ended, so an
+    // assignment may come a moment early. It is claimed when a slot frees, not dropped.
+    let mut early: std::collections::VecDeque<(Assignment, i64)> =
+        std::collections::VecDeque::new();
     let mut keep_alive = tokio::time::interval(opts.lease_ttl / 3);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ack = Instant::now();
@@ -137,7 +142,11 @@ pub async fn run(
             }
             Some(msg) = rx.recv() => match msg {
                 Msg::Assigned(a, mod_rev) => {
-                    if running.contains_key(&a.job) || running.len() as u32 >= opts.capacity.max(1) {
+                    if running.contains_key(&a.job) {
+                        continue;
+                    }
+                    if running.len() as u32 >= opts.capacity.max(1) {
+                        early.push_back((a, mod_rev));
                         continue;
                     }
                     let claim = serde_json::to_vec(&Claim { runner: opts.node_id.clone(), attempt: a.attempt }).unwrap_or_default();
@@ -180,6 +189,9 @@ pub async fn run(
                 Msg::Done { job } => {
                     running.remove(&job);
                     dirty = true;
+                    if let Some((a, mod_rev)) = early.pop_front() {
+                        let _ = tx.send(Msg::Assigned(a, mod_rev));
+                    }
                 }
             },
         }
@@ -206,12 +218,22 @@ pub async fn run(
     }
     let deadline = tokio::time::Instant::now() + opts.drain_grace;
     while !running.is_empty() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Msg::Done { job })) => {
-                running.remove(&job);
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            // The claims of the running jobs live as long as the lease: without keep-alives a
+            // drain grace longer than the TTL would lose them, and the jobs with them.
+            _ = keep_alive.tick() => {
+                if let Err(e) = store.keep_alive(lease).await {
+                    tracing::debug!("keep-alive while draining failed: {e}");
+                }
             }
-            Ok(Some(Msg::Assigned(..))) => {}
-            Ok(None) | Err(_) => break,
+            m = rx.recv() => match m {
+                Some(Msg::Done { job }) => {
+                    running.remove(&job);
+                }
+                Some(Msg::Assigned(..)) => {}
+                None => break,
+            },
         }
     }
     for (job, r) in running.drain() {
