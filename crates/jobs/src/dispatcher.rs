@@ -23,6 +23,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::JobMetrics;
 use crate::model::{
     new_job_id, now_rfc3339, Assignment, Attempt, JobOutcome, JobRecord, JobState, Keys, Origin,
     RunnerRecord,
@@ -179,6 +180,17 @@ impl Dispatcher {
     pub fn mark_delivered(&self, job: &str) {
         let _ = self.tx.send(Input::Delivered(job.to_owned()));
     }
+
+    /// Resolves when the dispatcher has stopped (its token was cancelled, or a write failed or
+    /// was fenced): a node that is still active starts a new one, which adopts the store's state.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// Whether the dispatcher has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// Every job record of the cluster, newest first (`inspect cluster activity`).
@@ -206,6 +218,24 @@ pub async fn list_runners(
         .iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
         .collect())
+}
+
+/// A job's record and, once it ended, its outcome (any node can read them: `GET /api/v1/jobs/{id}`).
+pub async fn lookup(
+    store: &dyn Store,
+    cluster_id: &str,
+    job: &str,
+) -> Result<Option<(JobRecord, Option<JobOutcome>)>, JobsError> {
+    let keys = Keys::new(cluster_id);
+    let Some(rec) = get_record(store, &keys, job).await? else {
+        return Ok(None);
+    };
+    let outcome = match (&rec.state, &rec.error) {
+        (JobState::Failed, Some(e)) => Some(JobOutcome::Error { message: e.clone() }),
+        (state, _) if state.is_final() => read_outcome(store, &keys, job, rec.attempt).await?,
+        _ => None,
+    };
+    Ok(Some((rec, outcome)))
 }
 
 async fn get_record(
@@ -268,6 +298,17 @@ pub async fn start(
     store: Arc<dyn Store>,
     opts: DispatcherOptions,
     writer: Writer,
+    token: CancellationToken,
+) -> Result<(Dispatcher, mpsc::UnboundedReceiver<Finished>), StoreError> {
+    start_metered(store, opts, writer, JobMetrics::new(), token).await
+}
+
+/// [`start`], counting into `metrics` (registered by the caller).
+pub async fn start_metered(
+    store: Arc<dyn Store>,
+    opts: DispatcherOptions,
+    writer: Writer,
+    metrics: JobMetrics,
     token: CancellationToken,
 ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<Finished>), StoreError> {
     let keys = Keys::new(&opts.cluster_id);
@@ -358,6 +399,8 @@ pub async fn start(
         writer,
         deliver: deliver_tx,
         batch: Batch::default(),
+        metrics,
+        submitted_at: HashMap::new(),
     };
     core.adopt(&lists).await;
     let handle = Dispatcher { tx, store, keys };
@@ -408,6 +451,9 @@ struct Core {
     writer: Writer,
     deliver: mpsc::UnboundedSender<Finished>,
     batch: Batch,
+    metrics: JobMetrics,
+    /// When each job submitted to this dispatcher arrived, until its first assignment.
+    submitted_at: HashMap<String, Instant>,
 }
 
 impl Core {
@@ -515,6 +561,7 @@ impl Core {
                 let labels = rec.labels.clone();
                 let retries = rec.retries;
                 self.records.insert(job.clone(), *rec);
+                self.submitted_at.insert(job.clone(), Instant::now());
                 let cmds = self.sched.handle(Event::Submitted {
                     job,
                     labels,
@@ -522,7 +569,8 @@ impl Core {
                     now: Instant::now(),
                 });
                 self.apply(cmds);
-                self.batch.after.push(Box::new(move |_| {
+                self.batch.after.push(Box::new(move |core: &mut Core| {
+                    core.metrics.submitted();
                     let _ = ack.send(Ok(()));
                 }));
             }
@@ -626,6 +674,7 @@ impl Core {
                 self.batch.delete(&job, self.keys.claim(&job));
                 let rec = rec.clone();
                 self.batch.put(&job, self.keys.job(&job), encode(&rec));
+                self.metrics.requeued();
                 let cmds = self.sched.handle(Event::Released { job, attempt });
                 self.apply(cmds);
             }
@@ -663,6 +712,9 @@ impl Core {
     fn finish_after_commit(&mut self, record: JobRecord, outcome: JobOutcome) {
         self.batch.after.push(Box::new(move |core: &mut Core| {
             let done = Finished { record, outcome };
+            core.submitted_at.remove(&done.record.id);
+            core.metrics
+                .finished(matches!(done.outcome, JobOutcome::Completed { .. }));
             if matches!(done.record.origin, Origin::Manager { .. }) {
                 let _ = core.deliver.send(done.clone());
             }
@@ -683,6 +735,9 @@ impl Core {
                     let Some(rec) = self.records.get_mut(&job) else {
                         continue;
                     };
+                    if let Some(at) = self.submitted_at.remove(&job) {
+                        self.metrics.dispatched_after(at.elapsed().as_secs_f64());
+                    }
                     let now = now_rfc3339();
                     rec.state = JobState::Assigned;
                     rec.attempt = attempt;
@@ -715,6 +770,7 @@ impl Core {
                     reason,
                 } => {
                     tracing::warn!(job = %job, attempt, "{reason}; dispatching it again");
+                    self.metrics.requeued();
                     let Some(rec) = self.records.get_mut(&job) else {
                         continue;
                     };
@@ -786,6 +842,12 @@ impl Core {
                 f(self);
             }
         }
+        let queued = self
+            .records
+            .values()
+            .filter(|r| r.state == JobState::Queued)
+            .count();
+        self.metrics.set_queued(queued);
         ok
     }
 

@@ -4,18 +4,21 @@
 //! - [`model`]: the records and their keys;
 //! - [`scheduler`]: the dispatch rules as a pure state machine;
 //! - [`dispatcher`]: the active core node's driver of the scheduler;
-//! - [`runner`]: the runner role.
+//! - [`runner`]: the runner role;
+//! - [`metrics`]: what the dispatcher counts.
 #![forbid(unsafe_code)]
 
 pub mod dispatcher;
+pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod scheduler;
 pub mod view;
 
 pub use dispatcher::{
-    list_jobs, list_runners, plain_writer, start, Dispatcher, DispatcherOptions, Finished,
-    JobsError, Writer,
+    list_jobs, list_runners, lookup, plain_writer, start, start_metered, Dispatcher,
+    DispatcherOptions, Finished, JobsError, Writer,
 };
+pub use metrics::JobMetrics;
 pub use model::{JobOutcome, JobRecord, JobState, Origin, RunnerRecord};
 pub use runner::{RunnerError, RunnerOptions};
