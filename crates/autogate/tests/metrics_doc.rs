@@ -128,6 +128,7 @@ fn metrics_doc_matches_what_core_node_and_manager_expose() {
     let process = section(&doc, "Every process").clone();
     let mut core = section(&doc, "Core node").clone();
     core.extend(section(&doc, "Store").clone());
+    core.extend(section(&doc, "Jobs").clone());
     core.extend(process.clone());
     let mut manager = section(&doc, "Manager").clone();
     manager.extend(process);

@@ -14,6 +14,18 @@
 //! A session task that ends by itself calls [`Hub::closed`]; when the hub closed it first
 //! (replaced, certificate removed, …) the task's call finds nothing to do, so each session end
 //! is recorded exactly once, by whoever took the session out of the table.
+//!
+//! # Requests that outlive their session
+//!
+//! Requests sent to gateways wait for their answers in the hub, not in the session task, under
+//! ids unique across the cluster's sessions (and across restarts of the manager: the counter
+//! starts from the clock). When a session ends, its requests fail at once, except the
+//! `service.run` requests of a cluster with distributed execution (its `hello` says so): the
+//! job runs on, and its answer comes on the cluster's next session with the same id, so those
+//! wait — up to their own deadline — for any session of that cluster to answer them. They fail
+//! at once when the cluster is disabled or deleted, or when its next session comes from a node
+//! that runs services itself (it cannot know them). An answer to an id nobody waits for any more
+//! (a late duplicate) is ignored.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,8 +108,36 @@ pub struct Outgoing {
     /// Its params.
     pub params: Option<Value>,
     /// Where the gateway's answer goes.
-    pub reply: oneshot::Sender<Result<Value, RpcError>>,
+    pub reply: oneshot::Sender<Reply>,
 }
+
+/// A gateway's answer to a request, and which node sent it (after a fail-over, not the node
+/// the request went to).
+#[derive(Debug)]
+pub struct Reply {
+    /// The result or error.
+    pub outcome: Result<Value, RpcError>,
+    /// The answering node.
+    pub node_id: String,
+    /// Its term.
+    pub term: Option<u64>,
+}
+
+/// A request sent to a gateway, waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    cluster: String,
+    /// The session it went out on; `None` once that session ended and it waits for the next.
+    conn: Option<ConnId>,
+    /// Survives the end of its session (`service.run` on a cluster with distributed execution).
+    resumable: bool,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Why a request could not be sent on a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} requests already waiting for this gateway")]
+pub struct TooManyInFlight(pub usize);
 
 /// What the hub knows about a live session.
 #[derive(Debug, Clone)]
@@ -118,6 +158,8 @@ pub struct LiveInfo {
     pub remote_addr: String,
     /// The cluster's nodes, from `hello` and `nodes.update`.
     pub nodes: Vec<NodeInfo>,
+    /// The cluster runs services as jobs (its `hello` said so).
+    pub distributed_execution: bool,
     history_key: String,
     control: Arc<SessionControl>,
     requests: mpsc::Sender<Outgoing>,
@@ -218,6 +260,9 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Change notices for the web page's live view.
     events: Events,
+    /// Requests sent to gateways and not answered yet, by JSON-RPC id.
+    pending: Mutex<HashMap<i64, Pending>>,
+    next_request: std::sync::atomic::AtomicI64,
 }
 
 /// A session accepted by [`Hub::hello`].
@@ -248,7 +293,116 @@ impl Hub {
             locks: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             events: Events::new(),
+            pending: Mutex::new(HashMap::new()),
+            // Ids from the clock (microseconds, well inside JSON's exact integers): a gateway
+            // answering a request of the manager's previous run cannot hit a new request's id.
+            next_request: std::sync::atomic::AtomicI64::new(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(1))
+                    .unwrap_or(1),
+            ),
         }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<i64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a request going out on session `conn` of `cluster`; returns its id. `resumable`
+    /// requests wait for the cluster's next session when this one ends.
+    pub fn send_pending(
+        &self,
+        cluster: &str,
+        conn: ConnId,
+        resumable: bool,
+        reply: oneshot::Sender<Reply>,
+        limit: usize,
+    ) -> Result<i64, (TooManyInFlight, oneshot::Sender<Reply>)> {
+        let mut pending = self.pending();
+        // Requests whose caller stopped waiting (deadline) are dropped here.
+        pending.retain(|_, p| !p.reply.is_closed());
+        if pending.values().filter(|p| p.conn == Some(conn)).count() >= limit {
+            return Err((TooManyInFlight(limit), reply));
+        }
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        pending.insert(
+            id,
+            Pending {
+                cluster: cluster.to_owned(),
+                conn: Some(conn),
+                resumable,
+                reply,
+            },
+        );
+        Ok(id)
+    }
+
+    /// An answer from a session of `cluster`: completes the request with that id, if someone
+    /// still waits for it. `false` for an unknown id (a late duplicate, or never asked).
+    pub fn answer(
+        &self,
+        cluster: &str,
+        id: i64,
+        outcome: Result<Value, RpcError>,
+        node_id: &str,
+        term: Option<u64>,
+    ) -> bool {
+        let p = {
+            let mut pending = self.pending();
+            match pending.get(&id) {
+                Some(p) if p.cluster == cluster => pending.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(p) = p else { return false };
+        let _ = p.reply.send(Reply {
+            outcome,
+            node_id: node_id.to_owned(),
+            term,
+        });
+        true
+    }
+
+    /// Session `conn` of `cluster` ended: its requests fail now, except resumable ones while
+    /// the cluster may still answer them (enabled or read-only, not deleted).
+    pub fn session_ended(&self, cluster: &str, conn: ConnId) {
+        // A successor already live that runs services itself cannot answer them.
+        let successor_runs_jobs = self.live(cluster).is_none_or(|l| l.distributed_execution);
+        let keep = successor_runs_jobs
+            && self
+                .registry
+                .get(cluster)
+                .is_some_and(|rec| rec.state != ClusterState::Disabled);
+        let mut waiting = 0usize;
+        let mut pending = self.pending();
+        pending.retain(|_, p| {
+            if p.conn != Some(conn) {
+                return true;
+            }
+            if keep && p.resumable && !p.reply.is_closed() {
+                p.conn = None;
+                waiting += 1;
+                return true;
+            }
+            false
+        });
+        drop(pending);
+        if waiting > 0 {
+            tracing::info!(
+                "{waiting} service run(s) of gateway cluster {cluster} wait for its next session"
+            );
+        }
+    }
+
+    /// A new session of `cluster` was accepted: requests waiting for it stay only when it can
+    /// answer them (distributed execution), else they fail now.
+    fn session_started(&self, cluster: &str, distributed: bool) {
+        if distributed {
+            return;
+        }
+        self.pending()
+            .retain(|_, p| !(p.cluster == cluster && p.conn.is_none()));
     }
 
     /// The registry.
@@ -461,11 +615,13 @@ impl Hub {
                 connected_at: now,
                 remote_addr: remote.to_string(),
                 nodes,
+                distributed_execution: hello.distributed_execution,
                 history_key,
                 control,
                 requests,
             },
         );
+        self.session_started(cluster, hello.distributed_execution);
         self.metrics.session_opened();
         self.events.send(EventKind::SessionOpened, cluster);
         self.registry.after_insert(cluster).await;
@@ -554,10 +710,10 @@ impl Hub {
                 after: timeout,
             }),
             Ok(Err(_)) => Err(RequestError::SessionClosed(cluster.to_owned())),
-            Ok(Ok(outcome)) => Ok(Answered {
-                node_id: info.node_id,
-                term: info.term,
-                outcome,
+            Ok(Ok(reply)) => Ok(Answered {
+                node_id: reply.node_id,
+                term: reply.term,
+                outcome: reply.outcome,
                 rtt: started.elapsed(),
             }),
         }

@@ -32,7 +32,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -43,7 +43,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::api::AppState;
 use crate::hub::{
-    Hub, Outgoing, PeerCert, SessionControl, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
+    Hub, Outgoing, PeerCert, Reply, SessionControl, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
     CLOSE_POLICY,
 };
 use crate::listener::Peer;
@@ -350,6 +350,8 @@ impl Session {
             cluster_id: hello.cluster_id.clone(),
             node_id: hello.node_id.clone(),
             session_id: accepted.session_id.clone(),
+            term: hello.term,
+            distributed: hello.distributed_execution,
         };
         let end = match self.send_frame(Response::success(id, ok).into()).await {
             Ok(()) => self.live(conn, &me, &control, &mut rx).await,
@@ -360,6 +362,7 @@ impl Session {
         };
         // Record first (a no-op when the hub closed the session itself), then say goodbye.
         self.hub.closed(conn, &reason).await;
+        self.hub.session_ended(&me.cluster_id, conn);
         self.finish(&end).await;
     }
 
@@ -456,11 +459,6 @@ impl Session {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let mut last_heard = Instant::now();
-        let mut next_id: i64 = 1;
-        let mut pending: std::collections::HashMap<
-            i64,
-            tokio::sync::oneshot::Sender<Result<Value, RpcError>>,
-        > = std::collections::HashMap::new();
         let token = self.token.clone();
         loop {
             tokio::select! {
@@ -484,16 +482,20 @@ impl Session {
                 }
                 out = rx.recv() => {
                     let Some(out) = out else { continue };
-                    if pending.len() >= MAX_IN_FLIGHT {
-                        let _ = out.reply.send(Err(RpcError::internal(format!(
-                            "{MAX_IN_FLIGHT} requests already waiting for this gateway"
-                        ))));
-                        continue;
-                    }
-                    let id = next_id;
-                    next_id += 1;
-                    pending.retain(|_, tx| !tx.is_closed());
-                    pending.insert(id, out.reply);
+                    // A run on a cluster with distributed execution is a job that outlives this
+                    // session: its answer may come on the next one.
+                    let resumable = me.distributed && out.method == method::SERVICE_RUN;
+                    let id = match self.hub.send_pending(&me.cluster_id, conn, resumable, out.reply, MAX_IN_FLIGHT) {
+                        Ok(id) => id,
+                        Err((e, reply)) => {
+                            let _ = reply.send(Reply {
+                                outcome: Err(RpcError::internal(e.to_string())),
+                                node_id: me.node_id.clone(),
+                                term: me.term,
+                            });
+                            continue;
+                        }
+                    };
                     let req = Request::new(id, out.method, out.params);
                     if let Err(r) = self.send_frame(req.into()).await {
                         return End::Gone(r);
@@ -510,7 +512,7 @@ impl Session {
                         return end;
                     }
                     let reply = match msg {
-                        Message::Text(text) => self.on_text(conn, me, &text, &mut pending),
+                        Message::Text(text) => self.on_text(conn, me, &text),
                         Message::Binary(_) => {
                             tracing::debug!("ignoring a binary frame from {}", self.addr);
                             None
@@ -540,16 +542,7 @@ impl Session {
     }
 
     /// Handles one text frame of a live session; returns the response to send, if any.
-    fn on_text(
-        &self,
-        conn: autogate_proto::ConnId,
-        me: &Me,
-        text: &str,
-        pending: &mut std::collections::HashMap<
-            i64,
-            tokio::sync::oneshot::Sender<Result<Value, RpcError>>,
-        >,
-    ) -> Option<Response> {
+    fn on_text(&self, conn: autogate_proto::ConnId, me: &Me, text: &str) -> Option<Response> {
         let frame = match decode(text, self.max) {
             Ok(f) => f,
             Err(e) => {
@@ -585,14 +578,17 @@ impl Session {
             }
             Frame::Response(resp) => {
                 match resp.id {
-                    Some(Id::Number(n)) => match pending.remove(&n) {
-                        Some(tx) => {
-                            let _ = tx.send(resp.outcome);
+                    Some(Id::Number(n)) => {
+                        if !self
+                            .hub
+                            .answer(&me.cluster_id, n, resp.outcome, &me.node_id, me.term)
+                        {
+                            tracing::debug!(
+                                "response from {} to request id {n}, which nobody waits for (answered already, or past its deadline)",
+                                self.addr
+                            )
                         }
-                        None => {
-                            tracing::debug!("response from {} to unknown request id {n}", self.addr)
-                        }
-                    },
+                    }
                     other => {
                         tracing::debug!("response from {} with unexpected id {other:?}", self.addr)
                     }
@@ -608,6 +604,9 @@ struct Me {
     cluster_id: String,
     node_id: String,
     session_id: String,
+    term: Option<u64>,
+    /// The cluster runs services as jobs: its runs outlive this session.
+    distributed: bool,
 }
 
 impl Session {

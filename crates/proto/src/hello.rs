@@ -85,6 +85,11 @@ pub struct Hello {
     /// The cluster's nodes as the sender sees them.
     #[serde(default)]
     pub nodes: Vec<NodeInfo>,
+    /// The cluster runs services as jobs on runners (distributed execution): a `service.run`
+    /// outlives the session it came on, and its answer arrives on the cluster's next session
+    /// when this one ends first. Absent (false) from gateways that run services themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distributed_execution: bool,
 }
 
 impl Hello {

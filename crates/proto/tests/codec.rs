@@ -186,6 +186,7 @@ fn sample_hello() -> Hello {
                 capacity: Some(4),
             },
         ],
+        distributed_execution: false,
     }
 }
 

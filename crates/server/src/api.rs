@@ -58,6 +58,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     detail: Option<Value>,
+    /// The job a distributed run's error is about (its caller can ask for it again).
+    job_id: Option<String>,
 }
 
 impl ApiError {
@@ -66,6 +68,7 @@ impl ApiError {
             status,
             message: message.into(),
             detail: None,
+            job_id: None,
         }
     }
 }
@@ -75,6 +78,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": self.message });
         if let Some(d) = self.detail {
             body["detail"] = d;
+        }
+        if let Some(job) = self.job_id {
+            body["job_id"] = json!(job);
         }
         (self.status, Json(body)).into_response()
     }
@@ -101,6 +107,7 @@ impl From<AutomationError> for ApiError {
             status,
             message: e.to_string(),
             detail: e.detail(),
+            job_id: None,
         }
     }
 }
@@ -448,6 +455,18 @@ fn table() -> Vec<Route> {
             (200, "RunResponse"),
             &[400, 401, 403, 404, 422, 500, 503],
             post(run),
+        ),
+        route(
+            "GET",
+            "/api/v1/jobs/{id}",
+            Key,
+            Local,
+            "services",
+            "A job (distributed execution): its record, and its result or error once it ended; with wait=true, waits for the end",
+            B::None,
+            (200, "object"),
+            &[401, 404, 503],
+            get(job),
         ),
         route(
             "GET",
@@ -824,12 +843,166 @@ async fn run(
     body.insert("service".into(), Value::String(name.clone()));
     let req: RunRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("run body: {e}")))?;
+    if s.node.jobs.enabled() {
+        return run_job(&s, req).await;
+    }
     // Cancelled when the node shuts down, and — through the guard, dropped with this future —
     // when the client goes away before the run ends.
     let cancel = s.shutdown.child_token();
     let _guard = cancel.clone().drop_guard();
     let result = s.node.automation.run(&req, &cancel).await?;
     Ok(Json(json!({ "status": "completed", "result": result })))
+}
+
+/// How long a run waits for the dispatcher of a node that has just become active.
+const DISPATCHER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A run with distributed execution: queued as a job, answered when it ends. The job does not
+/// stop when the caller goes away; the caller can come back with its id.
+async fn run_job(s: &ApiState, req: RunRequest) -> ApiResult<Json<Value>> {
+    let dispatcher = s
+        .node
+        .jobs
+        .wait_current(DISPATCHER_WAIT)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node does not dispatch jobs now (it is not the active node, or it is starting); retry",
+            )
+        })?;
+    let (job, done) = dispatcher
+        .submit(&s.node.automation, req, autogate_jobs::Origin::Api)
+        .await
+        .map_err(jobs_error)?;
+    match done.await {
+        Ok(done) => finished_answer(&job, done.outcome),
+        Err(_) => Err(moved(&job)),
+    }
+}
+
+/// The answer for a job that ended: the run's result, or its failure with the job id.
+fn finished_answer(job: &str, outcome: autogate_jobs::JobOutcome) -> ApiResult<Json<Value>> {
+    match outcome {
+        autogate_jobs::JobOutcome::Completed { result } => Ok(Json(
+            json!({ "status": "completed", "result": result, "job_id": job }),
+        )),
+        autogate_jobs::JobOutcome::Error { message } => {
+            // No runner to take it, or the runner died with it: the cluster, not the request,
+            // is at fault, and asking again may succeed.
+            let status = if message.starts_with("no runner available")
+                || message.contains(" lost while running job ")
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut e = ApiError::new(status, message);
+            e.job_id = Some(job.to_owned());
+            Err(e)
+        }
+        autogate_jobs::JobOutcome::Released => Err(moved(job)),
+    }
+}
+
+/// The dispatcher stopped while the caller waited: another node is active now.
+fn moved(job: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the job is still known to the cluster but this node stopped dispatching (the active node changed); ask again with GET /api/v1/jobs/{job}?wait=true"),
+    );
+    e.job_id = Some(job.to_owned());
+    e
+}
+
+fn jobs_error(e: autogate_jobs::JobsError) -> ApiError {
+    match e {
+        autogate_jobs::JobsError::Automation(e) => ApiError::from(e),
+        autogate_jobs::JobsError::Stopped(job) => moved(&job),
+        autogate_jobs::JobsError::UnknownJob(job) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("job {job} does not exist"))
+        }
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct JobQuery {
+    wait: bool,
+}
+
+/// `GET /api/v1/jobs/{id}`: the record, plus `result` or `error` once it ended. `wait=true`
+/// waits for the end on the active node (a standby forwards it there).
+async fn job(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("job query: {}", e.body_text()),
+            )
+            .into_response()
+        }
+    };
+    let req = if q.wait {
+        match s.forwarder.forward(&s.node, req).await {
+            Ok(answer) => return answer,
+            Err(crate::forward::Local(req)) => req,
+        }
+    } else {
+        req
+    };
+    drop(req);
+    match job_view(&s, &id, q.wait).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn job_view(s: &ApiState, id: &str, wait: bool) -> ApiResult<Value> {
+    let cid = &s.node.config.application.cluster_id;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} does not exist"));
+    let (mut record, mut outcome) = autogate_jobs::lookup(&*s.node.store, cid, id)
+        .await
+        .map_err(jobs_error)?
+        .ok_or_else(unknown)?;
+    if wait && !record.state.is_final() {
+        let dispatcher = s
+            .node
+            .jobs
+            .wait_current(DISPATCHER_WAIT)
+            .await
+            .ok_or_else(|| {
+                let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node does not dispatch jobs now (no active node, or it is starting); retry",
+            );
+                e.job_id = Some(id.to_owned());
+                e
+            })?;
+        let done = dispatcher.wait(id).await.map_err(jobs_error)?;
+        record = done.record;
+        outcome = Some(done.outcome);
+    }
+    let mut v = serde_json::to_value(&record).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        match outcome {
+            Some(autogate_jobs::JobOutcome::Completed { result }) => {
+                m.insert("result".into(), json!(result));
+            }
+            Some(autogate_jobs::JobOutcome::Error { message }) => {
+                m.insert("error".into(), json!(message));
+            }
+            _ => {}
+        }
+    }
+    Ok(v)
 }
 
 async fn inputs(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -927,7 +1100,8 @@ async fn cluster_health(State(s): State<ApiState>) -> Json<Value> {
         .ha
         .as_ref()
         .is_none_or(|ha| matches!(ha.current(), autogate_ha::Leadership::Active { .. }));
-    let link = if !node.config.connect.enabled {
+    // No manager configured means no link to be down.
+    let link = if !node.config.connect.enabled || node.config.connect.hosts.is_empty() {
         ManagerLink::Disabled
     } else if holds_link {
         ManagerLink::Known(node.link.get().connected)
@@ -1237,6 +1411,7 @@ mod tests {
             metrics: Arc::new(autogate_runtime::Metrics::new()),
             started: std::time::Instant::now(),
             link: crate::link::LinkStatus::default(),
+            jobs: crate::dispatch::Jobs::new(false, &autogate_runtime::Metrics::new()),
             ha: None,
         };
         let auth = Auth::new(store, "cluster_1", std::time::Duration::from_secs(60));

@@ -1,5 +1,6 @@
 //! Leader work of a core node with HA on: follows the election (`autogate-ha`) and holds the
-//! manager link only while this node is the active one, under the term of that leadership.
+//! manager link — and, with distributed execution, the job dispatcher — only while this node
+//! is the active one, under the term of that leadership.
 //!
 //! It also tells the election whether this node can reach the manager — from the live link
 //! while active, from a TLS handshake on a slow timer while standby — so that leadership moves
@@ -22,13 +23,15 @@ const ACTIVE_REPORT_EVERY: Duration = Duration::from_millis(500);
 struct Held {
     term: u64,
     token: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Held {
     async fn stop(self) {
         self.token.cancel();
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
@@ -56,21 +59,29 @@ pub async fn follow(
                     if let Some(old) = held.take() {
                         old.stop().await;
                     }
+                    let term_token = CancellationToken::new();
+                    let mut tasks = Vec::new();
+                    if node.jobs.enabled() {
+                        let (node, token) = (node.clone(), term_token.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let writer = crate::dispatch::writer(&node);
+                            node.jobs.serve_term(node.clone(), writer, token).await
+                        }));
+                    }
                     if let Some(settings) = &settings {
-                        let link_token = CancellationToken::new();
-                        let task = tokio::spawn(link::run(
+                        tasks.push(tokio::spawn(link::run(
                             node.clone(),
                             settings.clone(),
                             Some(term),
                             node.link.clone(),
-                            link_token.clone(),
-                        ));
-                        held = Some(Held {
-                            term,
-                            token: link_token,
-                            task,
-                        });
+                            term_token.clone(),
+                        )));
                     }
+                    held = Some(Held {
+                        term,
+                        token: term_token,
+                        tasks,
+                    });
                 }
             }
             Leadership::Standby { .. } | Leadership::Paused => {

@@ -10,10 +10,11 @@
 
 mod api;
 pub mod auth;
+pub mod dispatch;
 mod forward;
 mod leader;
-mod metered;
 pub mod link;
+mod metered;
 pub mod services;
 mod storeopts;
 mod tls;
@@ -91,6 +92,9 @@ pub struct Node {
     pub ha: Option<autogate_ha::HaHandle>,
     /// Resources and service runs; with HA its writes are fenced by this node's term.
     pub automation: autogate_automation::Automation,
+    /// Distributed execution: the dispatcher while this node is active, and the outcomes
+    /// still to send to the manager.
+    pub jobs: dispatch::Jobs,
 }
 
 /// Run a core node until the shutdown token is cancelled.
@@ -157,6 +161,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         automation =
             automation.with_txn_guard(fence_guard(ha.clone(), &config.application.cluster_id));
     }
+    let jobs = dispatch::Jobs::new(config.server.distributed_execution, &metrics);
     let node = Node {
         automation,
         id: node_id,
@@ -165,6 +170,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         metrics,
         started: Instant::now(),
         link: link::LinkStatus::default(),
+        jobs,
         ha,
     };
     let scheme = if tls_config.is_some() {
@@ -207,6 +213,16 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         .tracker()
         .spawn(builtins(node.clone(), token.clone()));
     let lead_token = CancellationToken::new();
+    // Without HA this node is the cluster's only core node: it dispatches for as long as it
+    // runs (with HA, the leader work starts a dispatcher for each leadership).
+    let solo_jobs = (node.ha.is_none() && node.jobs.enabled()).then(|| {
+        let node = node.clone();
+        let token = lead_token.clone();
+        tokio::spawn(async move {
+            let writer = dispatch::writer(&node);
+            node.jobs.serve_term(node.clone(), writer, token).await
+        })
+    });
     let lead = match &node.ha {
         // With HA the link follows leadership, under the term of each leadership.
         Some(ha) => Some(tokio::spawn(leader::follow(
@@ -237,6 +253,9 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     lead_token.cancel();
     if let Some(lead) = lead {
         let _ = tokio::time::timeout(grace, lead).await;
+    }
+    if let Some(jobs) = solo_jobs {
+        let _ = tokio::time::timeout(grace, jobs).await;
     }
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}

@@ -308,7 +308,8 @@ async fn session(
         node_id: node.id.to_string(),
         term,
         version: autogate_runtime::VERSION.to_owned(),
-        nodes: cluster_nodes(node),
+        nodes: cluster_view(node).await,
+        distributed_execution: node.jobs.enabled(),
     };
     let mut announced = hello.nodes.clone();
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))
@@ -385,6 +386,11 @@ async fn serve(
     let (out_tx, mut outbox) = mpsc::channel::<String>(OUTBOX);
     let services = SessionServices::new(node.clone(), limit, out_tx, session);
     services.start_announcing();
+    // Outcomes of jobs that ended while no session was up (or that a new active node adopted)
+    // go first, right after hello.
+    if let Err(e) = deliver_jobs(node, ws, limit).await {
+        return Ok(Ended::Lost(e));
+    }
     // Membership changes (joins, leaves, role changes) reach the manager within this period;
     // comparing an in-memory snapshot costs nothing when nothing changed.
     let mut nodes_tick = tokio::time::interval(NODES_EVERY);
@@ -413,8 +419,13 @@ async fn serve(
                 .await;
                 return Ok(Ended::Cancelled);
             }
+            _ = node.jobs.undelivered_ready() => {
+                if let Err(e) = deliver_jobs(node, ws, limit).await {
+                    return Ok(Ended::Lost(e));
+                }
+            }
             _ = nodes_tick.tick() => {
-                let now = cluster_nodes(node);
+                let now = cluster_view(node).await;
                 if now != *announced {
                     let update = NodesUpdate { nodes: now.clone() };
                     let text = encode(&Frame::Notification(update.to_notification()));
@@ -516,8 +527,50 @@ async fn cluster_health(node: &Node) -> Value {
             "healthy": store.is_ok(),
             "error": store.err().map(|e| e.to_string()),
         },
-        "nodes": cluster_nodes(node),
+        "nodes": cluster_view(node).await,
     })
+}
+
+/// Sends the outcomes of the manager's jobs that wait for a session, each as the answer to its
+/// `service.run` (same JSON-RPC id), and records them delivered once written. What could not be
+/// sent waits for the next session.
+async fn deliver_jobs(node: &Node, ws: &mut Ws, limit: usize) -> Result<(), String> {
+    let mut items = node.jobs.take_undelivered().into_iter();
+    while let Some(done) = items.next() {
+        let Some(text) = crate::services::job_reply(&done, limit) else {
+            continue;
+        };
+        if let Err(e) = ws.send(Message::text(text)).await {
+            let mut rest = vec![done];
+            rest.extend(items);
+            node.jobs.give_back(rest);
+            return Err(format!("sending a job's outcome: {e}"));
+        }
+        node.jobs.delivered(&done.record.id);
+        tracing::debug!(job = %done.record.id, "sent the outcome of job {} to the manager", done.record.id);
+    }
+    Ok(())
+}
+
+/// The cluster as the manager should show it: the core nodes, then the runners registered in
+/// the store with their load (a store that cannot be read leaves the runners out until it can).
+pub async fn cluster_view(node: &Node) -> Vec<NodeInfo> {
+    let mut nodes = cluster_nodes(node);
+    if let Ok(mut runners) =
+        autogate_jobs::list_runners(&*node.store, &node.config.application.cluster_id).await
+    {
+        runners.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        nodes.extend(runners.into_iter().map(|r| NodeInfo {
+            node_id: r.node_id,
+            role: autogate_proto::Role::Runner,
+            is_primary: false,
+            address: Some(r.host),
+            manager_reachable: None,
+            running: Some(r.running),
+            capacity: Some(r.capacity),
+        }));
+    }
+    nodes
 }
 
 /// The cluster's core nodes as the manager should show them: from the election's node records

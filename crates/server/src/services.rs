@@ -8,6 +8,11 @@
 //! run nobody can receive the answer of is killed, not left behind). A `timeout_ms` sent by the
 //! manager cancels the run when the manager stops waiting.
 //!
+//! With distributed execution a run is a job: the task only submits it (inputs are checked
+//! first, so a bad request is answered at once), and the answer is sent when the job ends —
+//! on this session, or on the cluster's next one when this one ends first (see
+//! [`crate::dispatch`]). The job runs on a runner and does not stop with the session.
+//!
 //! Everything sent is kept under the frame limit the manager announced in its `hello` answer:
 //! a larger frame would make the manager close the session (1009). Long stdout/stderr keep
 //! their end (where the outcome and the errors usually are) and say how much was cut; a catalog
@@ -90,9 +95,15 @@ impl SessionServices {
                 let this = self.clone();
                 let (id, params) = (req.id.clone(), req.params.clone());
                 tokio::spawn(async move {
-                    let reply = this.run(id, params.as_ref()).await;
+                    let reply = if this.node.jobs.enabled() {
+                        this.submit(id, params.as_ref()).await
+                    } else {
+                        Some(this.run(id, params.as_ref()).await)
+                    };
                     drop(permit);
-                    let _ = this.out.send(reply).await;
+                    if let Some(reply) = reply {
+                        let _ = this.out.send(reply).await;
+                    }
                 });
                 true
             }
@@ -177,6 +188,42 @@ impl SessionServices {
                 tracing::warn!(service = %run.name, "service {} did not run: {}", run.name, err.message);
                 encode(&Frame::Response(run_failed(id, err)))
             }
+        }
+    }
+
+    /// Queues a run as a job (distributed execution). The reply frame when it could not be
+    /// queued; `None` when it was: its answer follows when the job ends.
+    async fn submit(&self, id: Id, params: Option<&Value>) -> Option<String> {
+        let fail = |id: Id, e: RpcError| Some(encode(&Frame::Response(run_failed(id, e))));
+        let run = match ServiceRun::from_params(params) {
+            Ok(r) => r,
+            Err(e) => return fail(id, e),
+        };
+        let req = match run_request(&run) {
+            Ok(r) => r,
+            Err(e) => return fail(id, e),
+        };
+        let Some(dispatcher) = self.node.jobs.wait_current(DISPATCHER_WAIT).await else {
+            return fail(
+                id,
+                RpcError::new(
+                    UNAVAILABLE,
+                    "this node does not dispatch jobs now (it is not the active node, or it is starting); retry",
+                ),
+            );
+        };
+        let origin = autogate_jobs::Origin::Manager {
+            request_id: id_value(&id),
+        };
+        match dispatcher.submit(&self.node.automation, req, origin).await {
+            Ok((job, _done)) => {
+                // The outcome comes through the dispatcher's deliveries, whichever session is
+                // up when it ends.
+                tracing::info!(service = %run.name, job = %job, "queued service {} for the manager as job {job}", run.name);
+                None
+            }
+            Err(autogate_jobs::JobsError::Automation(e)) => fail(id, rpc_error(&e)),
+            Err(e) => fail(id, RpcError::new(UNAVAILABLE, e.to_string())),
         }
     }
 
@@ -294,6 +341,50 @@ impl SessionServices {
             _ = tokio::time::sleep(d) => true,
         }
     }
+}
+
+/// How long a run waits for the dispatcher of a node that has just become active.
+const DISPATCHER_WAIT: Duration = Duration::from_secs(10);
+
+/// A JSON-RPC id as stored with a job.
+pub fn id_value(id: &Id) -> Value {
+    match id {
+        Id::Number(n) => json!(n),
+        Id::String(s) => json!(s),
+    }
+}
+
+/// The answer to the `service.run` a finished job came from, kept under the frame limit;
+/// `None` for a job that did not come from the manager.
+pub fn job_reply(done: &autogate_jobs::Finished, limit: usize) -> Option<String> {
+    let autogate_jobs::Origin::Manager { request_id } = &done.record.origin else {
+        return None;
+    };
+    let id = match request_id {
+        Value::Number(n) => Id::Number(n.as_i64()?),
+        Value::String(s) => Id::String(s.clone()),
+        _ => return None,
+    };
+    Some(match &done.outcome {
+        autogate_jobs::JobOutcome::Completed { result } => {
+            let value = serde_json::to_value(result).unwrap_or(Value::Null);
+            fit_run_result(id, value, limit)
+        }
+        autogate_jobs::JobOutcome::Error { message } => {
+            // Nothing could take or finish the job: the cluster is short of runners, not the
+            // request at fault.
+            let code = if message.starts_with("no runner available") {
+                UNAVAILABLE
+            } else {
+                RUN_FAILED
+            };
+            encode(&Frame::Response(run_failed(
+                id,
+                RpcError::new(code, message.clone()),
+            )))
+        }
+        autogate_jobs::JobOutcome::Released => return None,
+    })
 }
 
 /// The automation request for a `service.run`.
