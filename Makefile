@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager bench-services docs clean
+.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch docs clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo: deps release
 
 ## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd,
 ## fail-over.
-bench: bench-startup bench-failover bench-manager bench-services
+bench: bench-startup bench-failover bench-manager bench-services bench-dispatch
 
 bench-startup: deps release
 	$(CARGO) build --release -p autogate-bench
@@ -54,6 +54,12 @@ bench-manager: deps release
 bench-services: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench services
+
+## Distributed execution: no-op jobs through manager, active node and runner (1 and 2 runners),
+## against a core node running them itself and the raw etcd put rate.
+bench-dispatch: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench dispatch
 
 docs:
 	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs

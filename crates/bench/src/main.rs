@@ -8,10 +8,15 @@
 //!
 //! `autogate-bench services`: a no-op service run through the API against the bare command,
 //! sequential runs per second, python-script with a cold and a warm venv.
+//!
+//! `autogate-bench dispatch`: a no-op job through manager, active core node and runner with one
+//! and two runners — latency, jobs/s, overhead over a core node running it itself, and the raw
+//! etcd put rate as the ceiling.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
+mod dispatch;
 mod failover;
 mod foundation;
 mod manager;
@@ -23,13 +28,14 @@ fn main() {
         .unwrap_or_else(|| "foundation".to_owned());
     let started = Instant::now();
     let report = match which.as_str() {
+        "dispatch" => dispatch::run(),
         "failover" => failover::run(),
         "foundation" => foundation::run(),
         "manager" => manager::run(),
         "services" => services::run(),
         other => {
             eprintln!(
-                "unknown benchmark {other:?}; available: failover, foundation, manager, services"
+                "unknown benchmark {other:?}; available: dispatch, failover, foundation, manager, services"
             );
             std::process::exit(64);
         }
