@@ -1,6 +1,6 @@
 //! `docs/metrics.md` lists exactly what the processes expose, and the Grafana dashboard in
 //! `deploy/grafana/` queries only listed metrics. The scrapes come from a real core node with HA
-//! on a real etcd, connected to a real manager that has also seen a refused connection and a
+//! on a real etcd, a runner with its probe port, and a real manager that has also seen a refused connection and a
 //! failed TLS handshake (labelled counters appear only once incremented).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,7 +123,7 @@ fn https_get(pki: &Pki, url: &str) -> (u16, String) {
 }
 
 #[test]
-fn metrics_doc_matches_what_core_node_and_manager_expose() {
+fn metrics_doc_matches_what_core_node_manager_and_runner_expose() {
     let doc = documented();
     let process = section(&doc, "Every process").clone();
     let mut core = section(&doc, "Core node").clone();
@@ -131,7 +131,9 @@ fn metrics_doc_matches_what_core_node_and_manager_expose() {
     core.extend(section(&doc, "Jobs").clone());
     core.extend(process.clone());
     let mut manager = section(&doc, "Manager").clone();
-    manager.extend(process);
+    manager.extend(process.clone());
+    let mut runner = section(&doc, "Runner").clone();
+    runner.extend(process);
 
     let etcd = EtcdServer::start();
     let pki = Pki::new(&["core-1"]);
@@ -177,8 +179,25 @@ fn metrics_doc_matches_what_core_node_and_manager_expose() {
         .then_some(body)
     });
 
+    // A runner with its optional probe port.
+    let rport = free_port();
+    let runner_proc = autogate_testkit::Autogate::new(["runner"])
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_RUNNER_METRICS_PORT", rport.to_string())
+        .spawn();
+    let raddr = format!("127.0.0.1:{rport}");
+    let runner_scrape = poll_until("the runner's metrics", START, || {
+        let (status, body) = http_get(&raddr, "/metrics").ok()?;
+        (status == 200).then_some(body)
+    });
+    let (status, body) = http_get(&raddr, "/readyz").expect("runner /readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
     check("core node", &core_scrape, &core);
     check("manager", &manager_scrape, &manager);
+    check("runner", &runner_scrape, &runner);
+    drop(runner_proc);
     drop(node);
     drop(mgr);
 }

@@ -447,6 +447,12 @@ impl Values {
     fn port(&self, id: &str) -> u16 {
         u16::try_from(self.int(id)).unwrap_or(0)
     }
+    fn opt_port(&self, id: &str) -> Option<u16> {
+        match self.get(id) {
+            Some(Value::Int(n)) => u16::try_from(*n).ok(),
+            _ => None,
+        }
+    }
     fn duration(&self, id: &str) -> Duration {
         match self.get(id) {
             Some(Value::Duration(d)) => *d,
@@ -636,6 +642,7 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             labels: v.labels("runner.labels"),
             drain_grace: v.duration("runner.drain_grace"),
             lease_ttl: v.duration("runner.lease_ttl"),
+            metrics_port: v.opt_port("runner.metrics_port"),
         },
         store: Store {
             backend: BackendKind::from_name(&v.string("store.backend")).unwrap_or_default(),

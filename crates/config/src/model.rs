@@ -325,6 +325,8 @@ pub struct Runner {
     pub drain_grace: Duration,
     /// TTL of the registration and claims.
     pub lease_ttl: Duration,
+    /// Optional probe and metrics port.
+    pub metrics_port: Option<u16>,
 }
 
 /// `[store]`.

@@ -205,7 +205,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("connect", "The link from the active core node to the manager, and high availability (HA) of core nodes."),
     ("commander", "Older name of `[connect]` (the HA guide uses it). Every key here sets the `[connect]` key named in its meaning; setting one setting through both names is an error."),
     ("server", "The core node's operator API (HTTP/JSON) and its behaviour."),
-    ("runner", "Runner nodes. Runners work through the shared store and listen on no port, so the family's listener keys are accepted but have no effect."),
+    ("runner", "Runner nodes. Runners work through the shared store and need no port: the family's gRPC listener keys are accepted but have no effect; `metrics_port` opens an optional probe and metrics port."),
     ("store", "The store shared by the nodes of a cluster."),
     ("log", "Logging."),
     ("secrets", "Secrets at rest."),
@@ -343,7 +343,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("server", "shutdown_grace", DUR, V("10s"), "time given to in-flight work when the node stops"),
     // [runner]
     KeyDef::new("runner", "announcement_address", HOST, NoDefault, "family: address registered in the store").compat(),
-    KeyDef::new("runner", "listen_address", HOST, V("127.0.0.1"), "family: runner gRPC bind address").compat(),
+    KeyDef::new("runner", "listen_address", HOST, V("127.0.0.1"), "bind address of the runner's probe port (`metrics_port`); the family's runner gRPC address"),
     KeyDef::new("runner", "port", PORT, V("50051"), "family: runner gRPC port").compat(),
     KeyDef::new("runner", "use_tls", BOOL, V("false"), "family: mTLS between servers and runners").compat(),
     KeyDef::new("runner", "certificate_file", PATH, NoDefault, "family: runner certificate").compat(),
@@ -352,6 +352,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("runner", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
     KeyDef::new("runner", "capacity", Kind::Int { min: 0, max: 4096 }, Derived("number of CPUs"), "jobs run at once; `0` = number of CPUs"),
     KeyDef::new("runner", "labels", Kind::Labels, NoDefault, "labels announced with the runner's registration, e.g. `zone=a gpu=no`"),
+    KeyDef::new("runner", "metrics_port", PORT, NoDefault, "when set, the runner serves `/healthz`, `/readyz` and `/metrics` on `listen_address:metrics_port` (runners need no port otherwise)"),
     KeyDef::new("runner", "drain_grace", DUR, V("30s"), "time given to running jobs when the runner stops"),
     KeyDef::new("runner", "lease_ttl", LEASE_TTL, V("10s"), "TTL of the runner's registration and job claims: how long after a runner crashes or is cut off from etcd its jobs are dispatched again"),
     // [store]

@@ -19,6 +19,6 @@ pub use dispatcher::{
     list_jobs, list_runners, lookup, plain_writer, start, start_metered, Dispatcher,
     DispatcherOptions, Finished, JobsError, Writer,
 };
-pub use metrics::JobMetrics;
+pub use metrics::{JobMetrics, RunnerMetrics};
 pub use model::{JobOutcome, JobRecord, JobState, Origin, RunnerRecord};
 pub use runner::{RunnerError, RunnerOptions};

@@ -101,3 +101,48 @@ impl JobMetrics {
         self.dispatch.observe(seconds);
     }
 }
+
+/// A runner's metrics: jobs running now and jobs run, by outcome (`completed`: the program
+/// ran; `failed`: it could not run; `cancelled`: stopped because the job moved or was handed
+/// back).
+#[derive(Debug, Clone)]
+pub struct RunnerMetrics {
+    running: Gauge,
+    runs: Family<Labels, Counter>,
+}
+
+impl Default for RunnerMetrics {
+    fn default() -> Self {
+        RunnerMetrics {
+            running: Gauge::default(),
+            runs: Family::default(),
+        }
+    }
+}
+
+impl RunnerMetrics {
+    /// Adds the metrics to a registry whose prefix is `autogate`.
+    pub fn register(&self, r: &mut Registry) {
+        for outcome in ["completed", "failed", "cancelled"] {
+            let _ = self.runs.get_or_create(&[("outcome", outcome)]);
+        }
+        r.register(
+            "runner_jobs_running",
+            "Jobs this runner is running now",
+            self.running.clone(),
+        );
+        r.register(
+            "runner_jobs",
+            "Jobs this runner ran, by outcome (completed, failed, cancelled)",
+            self.runs.clone(),
+        );
+    }
+
+    pub(crate) fn set_running(&self, n: usize) {
+        self.running.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn ran(&self, outcome: &'static str) {
+        self.runs.get_or_create(&[("outcome", outcome)]).inc();
+    }
+}

@@ -35,6 +35,8 @@ pub struct RunnerOptions {
     /// TTL of the registration and claims: how long after a crash or a cut its jobs move.
     pub lease_ttl: Duration,
     pub drain_grace: Duration,
+    /// Counts into the node's registry when registered there.
+    pub metrics: crate::metrics::RunnerMetrics,
 }
 
 /// Why a runner stopped.
@@ -171,13 +173,19 @@ pub async fn run(
                     // kill running jobs (they get the drain grace first).
                     let cancel = CancellationToken::new();
                     running.insert(a.job.clone(), Running { cancel: cancel.clone(), attempt: a.attempt, claim: claim.clone() });
+                    opts.metrics.set_running(running.len());
                     dirty = true;
-                    let (store, keys, automation, tx) = (store.clone(), keys.clone(), automation.clone(), tx.clone());
+                    let (store, keys, automation, tx, metrics) = (store.clone(), keys.clone(), automation.clone(), tx.clone(), opts.metrics.clone());
                     tokio::spawn(async move {
                         let outcome = match automation.run(&a.request, &cancel).await {
                             Ok(result) => JobOutcome::Completed { result },
                             Err(e) => JobOutcome::Error { message: e.to_string() },
                         };
+                        metrics.ran(match (&outcome, cancel.is_cancelled()) {
+                            (_, true) => "cancelled",
+                            (JobOutcome::Completed { .. }, false) => "completed",
+                            _ => "failed",
+                        });
                         if !cancel.is_cancelled() {
                             if let Err(e) = write_outcome(&*store, &keys, &a.job, a.attempt, &claim, &outcome).await {
                                 tracing::warn!(job = %a.job, "result not written: {e}");
@@ -188,6 +196,7 @@ pub async fn run(
                 }
                 Msg::Done { job } => {
                     running.remove(&job);
+                    opts.metrics.set_running(running.len());
                     dirty = true;
                     if let Some((a, mod_rev)) = early.pop_front() {
                         let _ = tx.send(Msg::Assigned(a, mod_rev));

@@ -69,6 +69,7 @@ fn runner(
         labels: BTreeMap::new(),
         lease_ttl: Duration::from_secs(2),
         drain_grace: Duration::from_millis(300),
+        metrics: Default::default(),
     };
     let (store, a, t) = (store.clone(), a.clone(), token.clone());
     let h = tokio::spawn(async move {

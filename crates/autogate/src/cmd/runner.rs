@@ -18,6 +18,11 @@ pub enum RunnerRoleError {
     Store(#[from] autogate_store::StoreError),
     #[error(transparent)]
     Runner(#[from] autogate_jobs::RunnerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 impl super::DaemonError for RunnerRoleError {
@@ -25,6 +30,7 @@ impl super::DaemonError for RunnerRoleError {
         match self {
             RunnerRoleError::Store(autogate_store::StoreError::Config(_)) => 64,
             RunnerRoleError::Store(autogate_store::StoreError::Unavailable(_)) => 69,
+            RunnerRoleError::Bind { .. } => 69,
             _ => 1,
         }
     }
@@ -57,6 +63,7 @@ pub fn options(config: &Config, node_id: &NodeId) -> RunnerOptions {
             .collect::<BTreeMap<_, _>>(),
         lease_ttl: config.runner.lease_ttl,
         drain_grace: config.runner.drain_grace,
+        metrics: Default::default(),
     }
 }
 
@@ -72,7 +79,29 @@ async fn run_role(
         engine.output_limit = automation.engine().config().output_limit;
         automation = automation.with_engine(autogate_exec::Engine::new(engine));
     }
-    let opts = options(&config, &node_id);
+    let mut opts = options(&config, &node_id);
+    let metrics = std::sync::Arc::new(autogate_runtime::Metrics::new());
+    opts.metrics = autogate_jobs::RunnerMetrics::default();
+    metrics.register(|r| opts.metrics.register(r));
+    if let Some(port) = config.runner.metrics_port {
+        let addr = format!("{}:{port}", config.runner.listen_address);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| RunnerRoleError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        tracing::info!("runner probes and metrics on http://{addr}");
+        let app = probe_routes(store.clone(), metrics.clone());
+        let token = shutdown.token();
+        shutdown.tracker().spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::warn!("probe port failed: {e}");
+            }
+        });
+    }
     tracing::info!(
         node_id = %node_id,
         cluster_id = %config.application.cluster_id,
@@ -83,6 +112,47 @@ async fn run_role(
     let token = shutdown.token();
     autogate_jobs::runner::run(store, automation, opts, token).await?;
     Ok(())
+}
+
+/// `/healthz` (the process is up), `/readyz` (the store answers) and `/metrics`.
+fn probe_routes(
+    store: std::sync::Arc<dyn autogate_store::Store>,
+    metrics: std::sync::Arc<autogate_runtime::Metrics>,
+) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let store = store.clone();
+                async move {
+                    match store.status().await {
+                        Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(e) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("store unavailable: {e}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
 }
 
 fn hostname() -> String {
