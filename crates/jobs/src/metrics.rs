@@ -105,19 +105,10 @@ impl JobMetrics {
 /// A runner's metrics: jobs running now and jobs run, by outcome (`completed`: the program
 /// ran; `failed`: it could not run; `cancelled`: stopped because the job moved or was handed
 /// back).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunnerMetrics {
     running: Gauge,
     runs: Family<Labels, Counter>,
-}
-
-impl Default for RunnerMetrics {
-    fn default() -> Self {
-        RunnerMetrics {
-            running: Gauge::default(),
-            runs: Family::default(),
-        }
-    }
 }
 
 impl RunnerMetrics {
