@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a local etcd, a manager, and two core nodes of one cluster on the etcd store, each
-# with its own certificate; shows their health and the manager's view of the cluster.
+# The demo: a local etcd, a manager, two core nodes of one cluster on the etcd store (each with
+# its own certificate) and two runners; a service run through the manager, a job surviving the
+# loss of the runner running it, then a fail-over of the active core node.
 # Everything runs on loopback in a temp dir and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,7 @@ start_core() { # name port primary
   GATEWAY_CONNECT_HOSTS="127.0.0.1:$MGR_PORT" GATEWAY_CONNECT_SERVER_HA_ENABLED=true \
   GATEWAY_CONNECT_SERVER_HA_IS_PRIMARY=$primary GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY=3s \
   GATEWAY_CONNECT_CERTIFICATE_FILE="$DEMO/pki/$name.pem" GATEWAY_CONNECT_PRIVATE_KEY_FILE="$DEMO/pki/$name-key.pem" \
+  GATEWAY_SERVER_DISTRIBUTED_EXECUTION=true \
   GATEWAY_LOG_LEVEL=DEBUG HOME="$DEMO" "$BIN" server \
     > >(tee -a "$DEMO/$name.log" | sed -u "s/^/$(label "$name") | /" >>"$DEMO/both.log") 2>&1 &
   echo $! >"$DEMO/$name.pid"
@@ -100,6 +102,47 @@ for _ in $(seq 1 100); do
   sleep 0.05
 done
 "$BIN" manager cluster show cluster_1 "${MGR[@]}"
+
+start_runner() { # name
+  GATEWAY_APPLICATION_WORKING_DIR="$DEMO/$1" GATEWAY_STORE_BACKEND=etcd GATEWAY_STORE_ETCD_HOSTS="127.0.0.1:$ETCD_CLIENT" \
+  GATEWAY_RUNNER_LEASE_TTL=3s GATEWAY_RUNNER_CAPACITY=2 HOME="$DEMO" "$BIN" runner >"$DEMO/$1.log" 2>&1 &
+  echo $! >"$DEMO/$1.pid"
+  PIDS+=($!)
+}
+say "two runners join the cluster (no port: they work through etcd)"
+start_runner runner-1
+start_runner runner-2
+cli() { GATEWAY_APPLICATION_MODE=client GATEWAY_CLIENT_PORT=$P2 GATEWAY_CLIENT_API_KEY=$API_KEY HOME="$DEMO" "$BIN" "$@"; }
+for _ in $(seq 1 100); do [ "$(cli get runners --raw | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["runners"]))')" = 2 ] && break; sleep 0.05; done
+cli get runners
+
+say "a service, created through core-2 (forwarded to the active node), run through the manager on a runner"
+cli create executable-object sh --exec-command /bin/sh
+cli create service executable hello --executable-object sh '--arg-format=-c {{.Value}}' --retries 1 \
+  --description "says where it ran"
+for _ in $(seq 1 100); do "$BIN" manager cluster services cluster_1 "${MGR[@]}" --raw | grep -q '"hello"' && break; sleep 0.05; done
+"$BIN" manager service run cluster_1 hello --set 'cmd=echo hello from pid $$' "${MGR[@]}"
+
+say "a job survives the loss of the runner running it (kill -9, the service allows one retry)"
+"$BIN" manager service run cluster_1 hello --set 'cmd=sleep 4; echo survived' "${MGR[@]}" >"$DEMO/survivor.out" 2>&1 &
+RUN_PID=$!
+VICTIM=""
+for _ in $(seq 1 200); do
+  VICTIM=$(cli inspect cluster activity --raw | python3 -c '
+import json, sys
+jobs = [j for j in json.load(sys.stdin)["jobs"] if j["completed"] is None and j["node"]]
+print(jobs[0]["node"] if jobs else "")')
+  [ -n "$VICTIM" ] && break; sleep 0.05
+done
+for r in runner-1 runner-2; do
+  if grep -q "$VICTIM" <(cli get runners --raw) && grep -q "runner starting" "$DEMO/$r.log" && grep -q "$VICTIM" "$DEMO/$r.log"; then
+    echo "kill -9 $r ($VICTIM), which is running the job"
+    kill -9 "$(cat "$DEMO/$r.pid")"; wait "$(cat "$DEMO/$r.pid")" 2>/dev/null || true
+  fi
+done
+wait "$RUN_PID" || true
+cat "$DEMO/survivor.out"
+cli inspect cluster activity
 
 say "stopping the active node (SIGTERM to core-1)"
 : >"$DEMO/core-2.mark"
