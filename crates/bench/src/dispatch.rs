@@ -59,6 +59,7 @@ fn seed(port: u16) {
 
 fn runner(etcd: &str) -> Process {
     Autogate::new(["runner"])
+        .env("GATEWAY_APPLICATION_CLUSTER_ID", "jobs")
         .env("GATEWAY_STORE_BACKEND", "etcd")
         .env("GATEWAY_STORE_ETCD_HOSTS", etcd)
         .env("GATEWAY_RUNNER_CAPACITY", RUNNER_CAPACITY.to_string())
@@ -79,8 +80,8 @@ async fn run_once(admin: &AdminClient, cluster: &str) {
     assert_eq!(v["result"]["return_code"], 0, "{v}");
 }
 
-/// Sequential latencies (ms) and the rate with `IN_FLIGHT` runs at a time (runs/s).
-async fn measure(admin: &Arc<AdminClient>, cluster: &str) -> (Stats, f64) {
+/// Sequential latencies through the manager (ms).
+async fn latency(admin: &Arc<AdminClient>, cluster: &str) -> Stats {
     for _ in 0..WARMUP {
         run_once(admin, cluster).await;
     }
@@ -90,20 +91,27 @@ async fn measure(admin: &Arc<AdminClient>, cluster: &str) -> (Stats, f64) {
         run_once(admin, cluster).await;
         lat.push(ms(t.elapsed()));
     }
+    Stats::new(lat)
+}
+
+/// Runs per second with `IN_FLIGHT` runs at a time through the core node's own API: the
+/// manager accepts at most 200 frames a second from a session (ws.rs), which would be the
+/// bound here rather than dispatch.
+fn throughput(port: u16) -> f64 {
+    let key = admin_key(port);
     let t = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..IN_FLIGHT {
-        let (admin, cluster) = (admin.clone(), cluster.to_owned());
-        workers.push(tokio::spawn(async move {
-            for _ in (w..BURST).step_by(IN_FLIGHT) {
-                run_once(&admin, &cluster).await;
-            }
-        }));
-    }
-    for w in workers {
-        w.await.expect("worker");
-    }
-    (Stats::new(lat), BURST as f64 / t.elapsed().as_secs_f64())
+    std::thread::scope(|s| {
+        for w in 0..IN_FLIGHT {
+            let key = &key;
+            s.spawn(move || {
+                for _ in (w..BURST).step_by(IN_FLIGHT) {
+                    let (status, body) = post(port, key, "/api/v1/services/noop/run", json!({}));
+                    assert_eq!(status, 200, "{body}");
+                }
+            });
+        }
+    });
+    BURST as f64 / t.elapsed().as_secs_f64()
 }
 
 async fn raw_put_rate(endpoint: &str) -> f64 {
@@ -186,13 +194,15 @@ pub fn run() -> String {
         });
     }
 
-    let (local_lat, local_rate) = rt.block_on(measure(&admin, "local"));
+    let local_lat = rt.block_on(latency(&admin, "local"));
+    let local_rate = throughput(local_port);
     let mut rows = Vec::new();
     let mut runners = Vec::new();
     for n in [1usize, 2] {
         runners.push(runner(&etcd.endpoint()));
         registered(jobs_port, n);
-        let (lat, rate) = rt.block_on(measure(&admin, "jobs"));
+        let lat = rt.block_on(latency(&admin, "jobs"));
+        let rate = throughput(jobs_port);
         rows.push((n, lat, rate));
     }
     let raw = rt.block_on(raw_put_rate(&etcd.endpoint()));
@@ -208,7 +218,7 @@ pub fn run() -> String {
         local_lat.quantile(0.99)
     ));
     out.push_str(&format!(
-        "| core node runs it itself, {IN_FLIGHT} in flight | {local_rate:.0} runs/s | — |\n"
+        "| core node runs it itself, {BURST} runs with {IN_FLIGHT} in flight (core node API) | {local_rate:.0} runs/s | — |\n"
     ));
     for (n, lat, rate) in &rows {
         let s = if *n == 1 { "" } else { "s" };
@@ -222,7 +232,7 @@ pub fn run() -> String {
             lat.median() - local_lat.median()
         ));
         out.push_str(&format!(
-            "| {n} runner{s}, {BURST} jobs with {IN_FLIGHT} in flight | {rate:.0} jobs/s | ≥ 200 jobs/s |\n"
+            "| {n} runner{s}, {BURST} jobs with {IN_FLIGHT} in flight (core node API) | {rate:.0} jobs/s | ≥ 200 jobs/s |\n"
         ));
     }
     out.push_str(&format!(
