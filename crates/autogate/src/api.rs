@@ -190,4 +190,3 @@ fn failure(status: u16, body: &Value) -> Failure {
     }
     Failure::new(code, message)
 }
-

@@ -177,4 +177,3 @@ fn error(status: StatusCode, message: String) -> Response {
 fn unavailable(message: String) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, message)
 }
-
