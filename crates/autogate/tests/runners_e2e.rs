@@ -221,9 +221,18 @@ fn two_runners_share_200_concurrent_jobs_and_none_runs_twice() {
     assert!(jobs
         .iter()
         .all(|j| j["attempts"] == 1 && j["state"] == "completed"));
-    let one = job(&core, job_ids.first().expect("a job"));
+    let first = job_ids.first().expect("a job");
+    let one = job(&core, first);
     assert_eq!(one["state"], "completed", "{one}");
     assert_eq!(one["result"]["return_code"], 0, "{one}");
+    let (status, waited) = core.call("GET", &format!("/api/v1/jobs/{first}?wait=true"), None);
+    assert_eq!(
+        (status, &waited["result"]),
+        (200, &one["result"]),
+        "{waited}"
+    );
+    let (status, v) = core.call("GET", "/api/v1/jobs/no-such-job", None);
+    assert_eq!(status, 404, "{v}");
 
     // The metrics counted them.
     let (_, metrics) = autogate_testkit::http_get(&addr, "/metrics").expect("metrics");
@@ -573,6 +582,27 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
         seen.insert(v["result"]["stdout"].as_str().expect("stdout").to_owned());
     }
     assert_eq!(seen.len(), 50, "{seen:?}");
+    // Every job is recorded delivered, and the new active node answers for them.
+    let (_, v) = standby.call("GET", "/api/v1/cluster/activity", None);
+    let ids: Vec<String> = v["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 50, "{v}");
+    for id in &ids {
+        let (status, rec) = standby.call("GET", &format!("/api/v1/jobs/{id}?wait=true"), None);
+        assert_eq!(status, 200, "{rec}");
+        assert_eq!(rec["state"], "completed", "{rec}");
+        assert_eq!(rec["origin"]["kind"], "manager", "{rec}");
+    }
+    // Recorded delivered once sent (the record is written just after the frame).
+    poll_until("every job recorded delivered", START, || {
+        ids.iter()
+            .all(|id| job(&standby, id)["delivered"] == true)
+            .then_some(())
+    });
     let ran = lines(&file);
     assert_eq!(ran.len(), 50, "{ran:?}");
     assert!(ran.values().all(|n| *n == 1), "a job ran twice: {ran:?}");
