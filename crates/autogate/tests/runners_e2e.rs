@@ -617,3 +617,84 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
     assert_eq!(shown.len(), 2, "{v}");
     assert!(shown.iter().all(|n| n["capacity"] == 30), "{v}");
 }
+
+#[test]
+fn an_api_caller_told_the_active_node_changed_gets_the_result_by_job_id() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ha_node = |name: &str| {
+        let port = free_port();
+        let cmd = Autogate::new(["server"])
+            .name(name)
+            .env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
+            .env("GATEWAY_CONNECT_ENABLED", "false")
+            .env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true")
+            .env("GATEWAY_LOG_LEVEL", "DEBUG");
+        let proc = with_admin_password(cmd).spawn();
+        let key = admin_key(port);
+        Core { proc, port, key }
+    };
+    let role = |c: &Core| {
+        let (_, body) = autogate_testkit::http_get(&c.addr(), "/api/v1/health").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["ha"]["role"].as_str().map(str::to_owned)
+    };
+    let first = ha_node("core-1");
+    poll_until("core-1 active", START, || {
+        (role(&first).as_deref() == Some("active")).then_some(())
+    });
+    seed(&first);
+    let second = ha_node("core-2");
+    poll_until("core-2 standby", START, || {
+        (role(&second).as_deref() == Some("standby")).then_some(())
+    });
+    let _r = runner("runner-a", &etcd.endpoint(), 4, "5s");
+    wait_runners(&first, 1);
+
+    let (file, go) = (dir.path().join("started"), dir.path().join("go"));
+    let cmd = format!(
+        "echo started >> {f}; while [ ! -e {go} ]; do sleep 0.1; done; echo done",
+        f = file.display(),
+        go = go.display()
+    );
+    let waiting = {
+        let (addr, key) = (first.addr(), first.key.clone());
+        std::thread::spawn(move || {
+            call(
+                &addr,
+                &key,
+                "POST",
+                "/api/v1/services/shell/run",
+                Some(run_body(&cmd)),
+            )
+        })
+    };
+    started(&file);
+    let (status, v) = first.call("POST", "/api/v1/ha/switchover", Some(json!({})));
+    assert_eq!(status, 202, "{v}");
+
+    // The caller learns the active node changed, with the id to ask again with.
+    let (status, v) = waiting.join().expect("client");
+    assert_eq!(status, 503, "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_owned();
+    let msg = v["error"].as_str().expect("error");
+    assert!(
+        msg.contains(&format!("ask again with GET /api/v1/jobs/{id}?wait=true")),
+        "{v}"
+    );
+    poll_until("core-2 active", START, || {
+        (role(&second).as_deref() == Some("active")).then_some(())
+    });
+    std::fs::write(&go, "go").expect("go file");
+    // Asked on the former active node, now a standby: forwarded to the new one, which adopted
+    // the job and waits for its end.
+    let (status, rec) = first.call("GET", &format!("/api/v1/jobs/{id}?wait=true"), None);
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "completed", "{rec}");
+    assert_eq!(rec["result"]["stdout"], "done\n", "{rec}");
+    assert_eq!(lines(&file).get("started"), Some(&1), "ran once");
+    drop(second);
+}
