@@ -28,7 +28,8 @@ lint: deps
 fmt:
 	$(CARGO) fmt --all
 
-## Local etcd + two core nodes on the etcd store; prints their health, then stops everything.
+## Local etcd, manager, two HA core nodes and two runners: a service run through the manager, a job
+## surviving the loss of its runner, a fail-over and the primary's return; then stops everything.
 demo: deps release
 	bash scripts/demo.sh
 

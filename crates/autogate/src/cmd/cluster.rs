@@ -57,7 +57,8 @@ fn fetch(global: &Global, local: ViewKind) -> Result<(Value, jiff::tz::TimeZone)
                             .map_err(|e| Failure::new(69, format!("store: {e}")))?,
                     ),
                     ViewKind::Health => {
-                        let link = if config.connect.enabled {
+                        // No manager configured is no manager link, not a broken one.
+                        let link = if config.connect.enabled && !config.connect.hosts.is_empty() {
                             ManagerLink::FromRecords
                         } else {
                             ManagerLink::Disabled
