@@ -379,13 +379,9 @@ impl Automation {
             })
     }
 
-    /// Runs a service to completion (or timeout, or `cancel`). A program that ran is `Ok`
-    /// whatever its exit status; `Err` is a failure to run (nothing ran, or it could not start).
-    pub async fn run(
-        &self,
-        req: &RunRequest,
-        cancel: &CancellationToken,
-    ) -> Result<RunResult, AutomationError> {
+    /// The service a request names, if this node may run it: it exists, its type is enabled,
+    /// and it is of the type the request asks for (when it asks).
+    pub async fn requested_service(&self, req: &RunRequest) -> Result<Service, AutomationError> {
         let stored = self
             .resources
             .get::<Service>(&req.service)
@@ -404,6 +400,17 @@ impl Automation {
                 });
             }
         }
+        Ok(stored)
+    }
+
+    /// Runs a service to completion (or timeout, or `cancel`). A program that ran is `Ok`
+    /// whatever its exit status; `Err` is a failure to run (nothing ran, or it could not start).
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        cancel: &CancellationToken,
+    ) -> Result<RunResult, AutomationError> {
+        let stored = self.requested_service(req).await?;
         if (req.action.is_some() || req.state.is_some())
             && stored.service_type != ServiceType::OpentofuPlan
         {

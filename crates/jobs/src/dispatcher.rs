@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autogate_automation::{Automation, AutomationError, RunRequest};
-use autogate_resources::model::{Kind, Service};
 use autogate_store::{EventKind, Store, StoreError, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -103,26 +102,7 @@ impl Dispatcher {
         req: RunRequest,
         origin: Origin,
     ) -> Result<(String, oneshot::Receiver<Finished>), JobsError> {
-        let service: Service = automation
-            .resources()
-            .get::<Service>(&req.service)
-            .await
-            .map_err(AutomationError::from)?
-            .ok_or_else(|| AutomationError::NotFound {
-                kind: Kind::Service,
-                name: req.service.clone(),
-            })?;
-        automation.features().check(service.service_type)?;
-        if let Some(t) = req.service_type {
-            if t != service.service_type {
-                return Err(AutomationError::WrongType {
-                    name: req.service.clone(),
-                    actual: service.service_type.as_str().to_owned(),
-                    asked: t.as_str().to_owned(),
-                }
-                .into());
-            }
-        }
+        let service = automation.requested_service(&req).await?;
         // Inputs are checked here, before anything is queued: a job that cannot run never
         // reaches a runner.
         automation.check_inputs(&req).await?;
