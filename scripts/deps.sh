@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what building, testing and the demo need, only when it is missing (idempotent, quiet
-# when everything is there). Debian packages: etcd (server and etcdctl), protoc for etcd-client's
-# build script, git and python3-venv for service execution, ansible for ansible-playbook
-# services, chromium and its WebDriver for the manager page's browser test.
+# when everything is there). Debian packages: etcd (server and etcdctl), git and python3-venv for
+# service execution, ansible for ansible-playbook services, chromium and its WebDriver for the
+# manager page's browser test. The build itself needs only the Rust toolchain: protoc and its
+# includes come from the protoc-bin-vendored crate (see .cargo/config.toml).
 set -euo pipefail
 
 need=()
@@ -11,7 +12,6 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 have_cmd etcd || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 have_cmd etcdctl || need+=(etcd-client)
-have_cmd protoc || need+=(protobuf-compiler)
 have_cmd git || need+=(git)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || have_pkg python3-venv || need+=(python3-venv)
 have_cmd curl || need+=(curl)
@@ -31,4 +31,11 @@ fi
 if ! have_cmd cargo; then
   echo "deps: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# cargo-deny for `make lint`'s dependency policy (deny.toml); built from crates.io, pinned.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "deps: installing cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
+  cargo install --locked --quiet "cargo-deny@$CARGO_DENY_VERSION"
 fi
