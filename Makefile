@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch docs clean
+.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch docs clean
 
 all: build
 
@@ -24,6 +24,12 @@ test: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny --log-level error check bans licenses sources
+
+## A clean clone of the committed tree builds with Debian's protoc and protobuf includes hidden:
+## the build needs nothing but the Rust toolchain (needs root or user namespaces).
+test-setup:
+	bash scripts/test-fresh-build.sh
 
 fmt:
 	$(CARGO) fmt --all
