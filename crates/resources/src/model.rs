@@ -59,6 +59,19 @@ impl Kind {
             Kind::Registry => "registry",
         }
     }
+
+    /// The plural (`executable-objects`): the API's path segment and list key, and the
+    /// `--raw` list key of `get`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Decorator => "decorators",
+            Kind::Repository => "repositories",
+            Kind::Service => "services",
+            Kind::Secret => "secrets",
+            Kind::ExecutableObject => "executable-objects",
+            Kind::Registry => "registries",
+        }
+    }
 }
 
 impl fmt::Display for Kind {
@@ -1001,6 +1014,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn plurals_are_the_api_segments() {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        assert_eq!(
+            all,
+            [
+                "decorators",
+                "repositories",
+                "services",
+                "secrets",
+                "executable-objects",
+                "registries"
+            ]
+        );
+    }
 
     #[test]
     fn names() {

@@ -98,7 +98,7 @@ impl Backend {
             Backend::Remote(c) => {
                 c.call(
                     Method::POST,
-                    &format!("/api/v1/{}", plural(kind)),
+                    &format!("/api/v1/{}", kind.plural()),
                     Some(&body),
                 )
                 .await
@@ -118,9 +118,9 @@ impl Backend {
             Backend::Local(a) => a.list(kind).await.map_err(failure),
             Backend::Remote(c) => {
                 let v = c
-                    .call(Method::GET, &format!("/api/v1/{}", plural(kind)), None)
+                    .call(Method::GET, &format!("/api/v1/{}", kind.plural()), None)
                     .await?;
-                list_of(v, plural(kind))
+                list_of(v, kind.plural())
             }
         }
     }
@@ -269,20 +269,8 @@ pub fn local_has_no_users(what: &str) -> Failure {
     )
 }
 
-/// The API's plural of a kind (`executable-objects`).
-pub fn plural(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Decorator => "decorators",
-        Kind::Repository => "repositories",
-        Kind::Service => "services",
-        Kind::Secret => "secrets",
-        Kind::ExecutableObject => "executable-objects",
-        Kind::Registry => "registries",
-    }
-}
-
 fn item_path(kind: Kind, name: &str) -> String {
-    format!("/api/v1/{}/{}", plural(kind), segment(name))
+    format!("/api/v1/{}/{}", kind.plural(), segment(name))
 }
 
 /// A name as one URL path segment. Valid names need no escaping; an invalid one is escaped so

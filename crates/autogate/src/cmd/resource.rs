@@ -407,7 +407,7 @@ pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
     }
     let target = Target::from(args.noun);
     let key = match target {
-        Target::Kind(k) => backend::plural(k),
+        Target::Kind(k) => k.plural(),
         Target::User => "users",
     };
     let items = with_backend(global, async |b, _| match target {
