@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::JobMetrics;
 use crate::model::{
-    new_job_id, now_rfc3339, Assignment, Attempt, JobOutcome, JobRecord, JobState, Keys, Origin,
-    RunnerRecord,
+    new_job_id, now_rfc3339, Assignment, Attempt, FailureKind, JobOutcome, JobRecord, JobState,
+    Keys, Origin, RunnerRecord,
 };
 use crate::scheduler::{Command, Event, RunnerInfo, Scheduler};
 
@@ -122,6 +122,7 @@ impl Dispatcher {
             started_at: None,
             finished_at: None,
             error: None,
+            error_kind: None,
             origin,
             delivered: false,
         };
@@ -210,10 +211,10 @@ pub async fn lookup(
     let Some(rec) = get_record(store, &keys, job).await? else {
         return Ok(None);
     };
-    let outcome = match (&rec.state, &rec.error) {
-        (JobState::Failed, Some(e)) => Some(JobOutcome::Error { message: e.clone() }),
-        (state, _) if state.is_final() => read_outcome(store, &keys, job, rec.attempt).await?,
-        _ => None,
+    let outcome = match rec.failure() {
+        Some(failure) => Some(failure),
+        None if rec.state.is_final() => read_outcome(store, &keys, job, rec.attempt).await?,
+        None => None,
     };
     Ok(Some((rec, outcome)))
 }
@@ -266,6 +267,7 @@ impl Assembler {
             .flatten()
             .collect();
         let outcome = serde_json::from_slice(&bytes).unwrap_or_else(|e| JobOutcome::Error {
+            kind: FailureKind::ServiceFailed,
             message: format!("the runner's result for job {job} is unreadable: {e}"),
         });
         Some((job, attempt, outcome))
@@ -457,11 +459,9 @@ impl Core {
             };
             if rec.state.is_final() {
                 if !rec.delivered && matches!(rec.origin, Origin::Manager { .. }) {
-                    let outcome = match (&rec.state, &rec.error) {
-                        (JobState::Failed, Some(e)) => {
-                            Some(JobOutcome::Error { message: e.clone() })
-                        }
-                        _ => read_outcome(&*self.store, &self.keys, &rec.id, rec.attempt)
+                    let outcome = match rec.failure() {
+                        Some(failure) => Some(failure),
+                        None => read_outcome(&*self.store, &self.keys, &rec.id, rec.attempt)
                             .await
                             .ok()
                             .flatten(),
@@ -564,11 +564,9 @@ impl Core {
                 // Not pending here: finished already, or submitted in this very batch.
                 match get_record(&*self.store, &self.keys, &job).await {
                     Ok(Some(rec)) if rec.state.is_final() => {
-                        let outcome = match &rec.error {
-                            Some(e) if rec.state == JobState::Failed => {
-                                Some(JobOutcome::Error { message: e.clone() })
-                            }
-                            _ => read_outcome(&*self.store, &self.keys, &job, rec.attempt)
+                        let outcome = match rec.failure() {
+                            Some(failure) => Some(failure),
+                            None => read_outcome(&*self.store, &self.keys, &job, rec.attempt)
                                 .await
                                 .ok()
                                 .flatten(),
@@ -661,7 +659,7 @@ impl Core {
             outcome => {
                 let (state, label) = match &outcome {
                     JobOutcome::Completed { .. } => (JobState::Completed, "completed".to_owned()),
-                    JobOutcome::Error { message } => {
+                    JobOutcome::Error { message, .. } => {
                         (JobState::Failed, format!("failed: {message}"))
                     }
                     JobOutcome::Released => (JobState::Queued, String::new()),
@@ -671,8 +669,9 @@ impl Core {
                 }
                 rec.state = state;
                 rec.finished_at = Some(now);
-                if let JobOutcome::Error { message } = &outcome {
+                if let JobOutcome::Error { kind, message } = &outcome {
                     rec.error = Some(message.clone());
+                    rec.error_kind = Some(*kind);
                 }
                 let rec = rec.clone();
                 self.batch.put(&job, self.keys.job(&job), encode(&rec));
@@ -767,6 +766,7 @@ impl Core {
                 Command::Fail {
                     job,
                     attempt,
+                    kind,
                     reason,
                 } => {
                     tracing::warn!(job = %job, "job failed: {reason}");
@@ -783,9 +783,16 @@ impl Core {
                     }
                     rec.state = JobState::Failed;
                     rec.error = Some(reason.clone());
+                    rec.error_kind = Some(kind);
                     rec.finished_at = Some(now);
                     self.batch.put(&job, self.keys.job(&job), encode(&rec));
-                    self.finish_after_commit(rec, JobOutcome::Error { message: reason });
+                    self.finish_after_commit(
+                        rec,
+                        JobOutcome::Error {
+                            kind,
+                            message: reason,
+                        },
+                    );
                 }
             }
         }

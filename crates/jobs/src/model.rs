@@ -183,6 +183,10 @@ pub struct JobRecord {
     /// Why it failed (no result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure `error` is; absent in records written before kinds existed (read
+    /// as [`FailureKind::ServiceFailed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<FailureKind>,
     #[serde(default)]
     pub origin: Origin,
     /// The outcome reached its requester (the manager: sent on a live session).
@@ -215,10 +219,41 @@ pub enum JobOutcome {
         result: RunResult,
     },
     Error {
+        /// Outcomes written before kinds existed have none: they read as `service_failed`.
+        #[serde(default)]
+        kind: FailureKind,
         message: String,
     },
     /// A draining runner handed the attempt back unfinished: dispatch it again.
     Released,
+}
+
+/// Why a job ended without a result, shaped by what its requester does next: the first two are
+/// the cluster's fault and asking again later may succeed; the last one is this run's failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// No eligible runner appeared within the queue timeout.
+    NoRunner,
+    /// The runner running it was lost and no retry was left.
+    RunnerLost,
+    /// The runner could not run the service (or what it wrote back cannot be read).
+    #[default]
+    ServiceFailed,
+}
+
+impl JobRecord {
+    /// The failure a failed job's record holds (`None` for a job that did not fail this way:
+    /// its outcome, if any, is with its results).
+    pub fn failure(&self) -> Option<JobOutcome> {
+        match (&self.state, &self.error) {
+            (JobState::Failed, Some(message)) => Some(JobOutcome::Error {
+                kind: self.error_kind.unwrap_or_default(),
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// RFC 3339 now.
@@ -237,6 +272,28 @@ pub fn new_job_id() -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Outcomes and records written before failure kinds existed still read, as a failure of
+    /// the run.
+    #[test]
+    fn failures_without_a_kind_read_as_service_failed() {
+        let old: JobOutcome =
+            serde_json::from_str(r#"{"status":"error","message":"boom"}"#).unwrap();
+        assert_eq!(
+            old,
+            JobOutcome::Error {
+                kind: FailureKind::ServiceFailed,
+                message: "boom".into()
+            }
+        );
+        let new = JobOutcome::Error {
+            kind: FailureKind::NoRunner,
+            message: "no runner".into(),
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(text.contains(r#""kind":"no_runner""#), "{text}");
+        assert_eq!(serde_json::from_str::<JobOutcome>(&text).unwrap(), new);
+    }
 
     #[test]
     fn result_keys_round_trip() {

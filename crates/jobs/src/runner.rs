@@ -22,7 +22,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{now_rfc3339, Assignment, Claim, JobOutcome, Keys, RunnerRecord, CHUNK};
+use crate::model::{
+    now_rfc3339, Assignment, Claim, FailureKind, JobOutcome, Keys, RunnerRecord, CHUNK,
+};
 
 /// How a runner runs.
 #[derive(Debug, Clone)]
@@ -179,7 +181,7 @@ pub async fn run(
                     tokio::spawn(async move {
                         let outcome = match automation.run(&a.request, &cancel).await {
                             Ok(result) => JobOutcome::Completed { result },
-                            Err(e) => JobOutcome::Error { message: e.to_string() },
+                            Err(e) => JobOutcome::Error { kind: FailureKind::ServiceFailed, message: e.to_string() },
                         };
                         metrics.ran(match (&outcome, cancel.is_cancelled()) {
                             (_, true) => "cancelled",

@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::model::FailureKind;
+
 /// What the scheduler knows of a runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerInfo {
@@ -68,6 +70,7 @@ pub enum Command {
     Fail {
         job: String,
         attempt: u32,
+        kind: FailureKind,
         reason: String,
     },
 }
@@ -320,6 +323,7 @@ impl Scheduler {
             vec![Command::Fail {
                 job: job.to_owned(),
                 attempt,
+                kind: FailureKind::RunnerLost,
                 reason,
             }]
         }
@@ -357,6 +361,7 @@ impl Scheduler {
                     out.push(Command::Fail {
                         job: id,
                         attempt,
+                        kind: FailureKind::NoRunner,
                         reason: format!("no runner available in cluster {}", self.cluster_id),
                     });
                 } else {
@@ -519,6 +524,7 @@ mod tests {
             [Command::Fail {
                 job: "j1".into(),
                 attempt: 0,
+                kind: FailureKind::NoRunner,
                 reason: "no runner available in cluster c1".into()
             }]
         );
@@ -595,6 +601,7 @@ mod tests {
                 [Command::Fail {
                     job: "once".into(),
                     attempt: 1,
+                    kind: FailureKind::RunnerLost,
                     reason: "runner a lost while running job once".into()
                 }]
             );

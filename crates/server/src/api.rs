@@ -11,6 +11,7 @@
 //! forbidden 403, unavailable 503, configuration and internal failures 500.
 
 use autogate_automation::{AutomationError, ErrorClass, RunRequest};
+use autogate_jobs::model::FailureKind;
 use autogate_resources::model::Kind;
 use autogate_resources::{ImportMode, ImportOutcome};
 use axum::extract::rejection::JsonRejection;
@@ -887,21 +888,22 @@ fn finished_answer(job: &str, outcome: autogate_jobs::JobOutcome) -> ApiResult<J
         autogate_jobs::JobOutcome::Completed { result } => Ok(Json(
             json!({ "status": "completed", "result": result, "job_id": job }),
         )),
-        autogate_jobs::JobOutcome::Error { message } => {
-            // No runner to take it, or the runner died with it: the cluster, not the request,
-            // is at fault, and asking again may succeed.
-            let status = if message.starts_with("no runner available")
-                || message.contains(" lost while running job ")
-            {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
+        autogate_jobs::JobOutcome::Error { kind, message } => {
+            let status = failure_status(kind);
             let mut e = ApiError::new(status, message);
             e.job_id = Some(job.to_owned());
             Err(e)
         }
         autogate_jobs::JobOutcome::Released => Err(moved(job)),
+    }
+}
+
+/// The status of a job's failure: no runner to take it, or the runner died with it, is the
+/// cluster's fault, not the request's, and asking again may succeed.
+fn failure_status(kind: FailureKind) -> StatusCode {
+    match kind {
+        FailureKind::NoRunner | FailureKind::RunnerLost => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::ServiceFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -996,7 +998,7 @@ async fn job_view(s: &ApiState, id: &str, wait: bool) -> ApiResult<Value> {
             Some(autogate_jobs::JobOutcome::Completed { result }) => {
                 m.insert("result".into(), json!(result));
             }
-            Some(autogate_jobs::JobOutcome::Error { message }) => {
+            Some(autogate_jobs::JobOutcome::Error { message, .. }) => {
                 m.insert("error".into(), json!(message));
             }
             _ => {}

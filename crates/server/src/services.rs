@@ -370,10 +370,10 @@ pub fn job_reply(done: &autogate_jobs::Finished, limit: usize) -> Option<String>
             let value = serde_json::to_value(result).unwrap_or(Value::Null);
             fit_run_result(id, value, limit)
         }
-        autogate_jobs::JobOutcome::Error { message } => {
+        autogate_jobs::JobOutcome::Error { kind, message } => {
             // Nothing could take or finish the job: the cluster is short of runners, not the
             // request at fault.
-            let code = if message.starts_with("no runner available") {
+            let code = if *kind == autogate_jobs::model::FailureKind::NoRunner {
                 UNAVAILABLE
             } else {
                 RUN_FAILED
