@@ -112,13 +112,31 @@ pub struct Checkout {
 /// A per-run copy of a checkout (or an empty directory), removed when dropped.
 #[derive(Debug)]
 pub struct Workspace {
-    dir: tempfile::TempDir,
+    // Always `Some` until dropped; taken by `Drop` to remove the tree off the runtime threads.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Workspace {
     /// The workspace root.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        match &self.dir {
+            Some(d) => d.path(),
+            None => Path::new(""),
+        }
+    }
+}
+
+impl Drop for Workspace {
+    /// Removing a checkout's copy is a recursive delete: on a runtime thread it would stall every
+    /// task on that thread, so it goes to the blocking pool when there is one.
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || drop(dir));
+            }
+            Err(_) => drop(dir),
+        }
     }
 }
 
@@ -324,18 +342,28 @@ impl CheckoutCache {
     }
 
     /// A fresh copy of `checkout` under `runs_dir`, removed when the [`Workspace`] is dropped.
-    pub fn workspace(checkout: Option<&Checkout>, runs_dir: &Path) -> Result<Workspace, ExecError> {
-        std::fs::create_dir_all(runs_dir)
-            .map_err(|e| ExecError::io(format!("creating {}", runs_dir.display()), e))?;
-        let dir = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(runs_dir)
-            .map_err(|e| ExecError::io("creating the run workspace", e))?;
-        if let Some(c) = checkout {
-            copy_tree(&c.path, dir.path())
-                .map_err(|e| ExecError::io("copying the checkout into the workspace", e))?;
-        }
-        Ok(Workspace { dir })
+    /// The copy walks the whole tree, so it runs on the blocking pool, not a runtime thread.
+    pub async fn workspace(
+        checkout: Option<&Checkout>,
+        runs_dir: &Path,
+    ) -> Result<Workspace, ExecError> {
+        let source = checkout.map(|c| c.path.clone());
+        let runs_dir = runs_dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&runs_dir)
+                .map_err(|e| ExecError::io(format!("creating {}", runs_dir.display()), e))?;
+            let dir = tempfile::Builder::new()
+                .prefix("run-")
+                .tempdir_in(&runs_dir)
+                .map_err(|e| ExecError::io("creating the run workspace", e))?;
+            if let Some(source) = source {
+                copy_tree(&source, dir.path())
+                    .map_err(|e| ExecError::io("copying the checkout into the workspace", e))?;
+            }
+            Ok(Workspace { dir: Some(dir) })
+        })
+        .await
+        .map_err(|e| ExecError::io("workspace task", std::io::Error::other(e.to_string())))?
     }
 }
 

@@ -278,7 +278,8 @@ impl Engine {
             Some(r) => Some(self.checkouts.checkout(r, cancel).await?),
             None => None,
         };
-        let ws = CheckoutCache::workspace(checkout.as_ref(), &self.cfg.work_dir.join("runs"))?;
+        let ws =
+            CheckoutCache::workspace(checkout.as_ref(), &self.cfg.work_dir.join("runs")).await?;
         let root = ws.path();
         let wd = service
             .working_dir

@@ -261,7 +261,16 @@ impl VenvCache {
         cancel: &CancellationToken,
     ) -> Result<Venv, ExecError> {
         let interp = self.interpreter(python, cancel).await?;
-        let key = Self::key_with(&interp, requirements, index)?;
+        // With a pyproject.toml the key hashes the whole project tree: off the runtime threads.
+        let key = {
+            let (interp, requirements, index) =
+                (interp.clone(), requirements.to_owned(), index.cloned());
+            tokio::task::spawn_blocking(move || {
+                Self::key_with(&interp, &requirements, index.as_ref())
+            })
+            .await
+            .map_err(|e| ExecError::io("venv key task", std::io::Error::other(e.to_string())))??
+        };
         let link = self.root.join(&key);
         if let Some(v) = ready(&key, &link) {
             return Ok(v);

@@ -90,12 +90,19 @@ async fn branches_tags_commits_and_the_cache() {
     assert!(offline.reused);
 
     // Workspaces are private copies, removed on drop.
-    let ws = CheckoutCache::workspace(Some(&again), &t.path().join("work/runs")).unwrap();
+    let ws = CheckoutCache::workspace(Some(&again), &t.path().join("work/runs"))
+        .await
+        .unwrap();
     let wp = ws.path().to_owned();
     std::fs::write(wp.join("a.txt"), "scribbled").unwrap();
     assert_eq!(read(&again), "three\n");
     drop(ws);
-    assert!(!wp.exists());
+    // Removal happens on the blocking pool: poll for it with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wp.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!wp.exists(), "the workspace was not removed after drop");
 }
 
 #[tokio::test]

@@ -116,13 +116,14 @@ async fn python_script_from_git_with_venv_inputs_and_secrets() {
         second * 3 < first,
         "second run must reuse checkout and venv: {second:?} vs {first:?}"
     );
-    // Workspaces are gone after the runs.
-    assert_eq!(
-        std::fs::read_dir(t.path().join("work/runs"))
-            .unwrap()
-            .count(),
-        0
-    );
+    // Workspaces are gone after the runs (removed on the blocking pool: polled with a deadline).
+    let runs = t.path().join("work/runs");
+    let left = || std::fs::read_dir(&runs).unwrap().count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(left(), 0, "run workspaces left behind");
 }
 
 #[tokio::test]
