@@ -53,7 +53,7 @@ pub fn options(config: &Config, node_id: &NodeId) -> RunnerOptions {
     RunnerOptions {
         cluster_id: config.application.cluster_id.clone(),
         node_id: node_id.as_str().to_owned(),
-        host: hostname(),
+        host: autogate_runtime::hostname(),
         capacity,
         labels: config
             .runner
@@ -153,10 +153,4 @@ fn probe_routes(
                 }
             }),
         )
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
 }
