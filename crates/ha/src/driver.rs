@@ -36,10 +36,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::machine::{
-    Candidate, Command, Event, Leadership, LogLevel, Machine, MachineConfig, Millis, NodeRecord,
-    ProbeResult, Role,
+    Candidate, Command, Event, Leadership, LocalCommand, LogLevel, Machine, MachineConfig, Millis,
+    NodeRecord, ProbeResult, Role, StoreCommand,
 };
 
 /// `/autogate/<cluster_id>/election` (candidate keys live below it, after a `/`).
@@ -364,7 +365,7 @@ enum Input {
 
 /// Store commands for the worker.
 enum StoreCmd {
-    Do(Command),
+    Do(StoreCommand),
     Drain(oneshot::Sender<()>),
 }
 
@@ -384,6 +385,9 @@ pub struct HaHandle {
     leadership: watch::Receiver<Leadership>,
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
+    /// Every task of this election (machine loop, store worker, keep-alive loop, watchers,
+    /// probes); closed at start, so waiting on it ends once they all have.
+    tasks: TaskTracker,
 }
 
 impl fmt::Debug for HaHandle {
@@ -400,13 +404,22 @@ impl fmt::Debug for HaHandle {
 pub struct HaDriver;
 
 impl HaDriver {
-    /// Starts campaigning on the current Tokio runtime with the default [`HttpProber`].
+    /// Starts campaigning on the current Tokio runtime with the default [`HttpProber`]. The
+    /// election's tasks are tracked by `tracker` (the process's), which sees them all end after
+    /// [`HaHandle::shutdown`].
     pub fn start(
         store: Arc<dyn Store>,
         options: HaOptions,
         metrics: Option<&autogate_runtime::Metrics>,
+        tracker: &TaskTracker,
     ) -> Result<HaHandle, HaError> {
-        Self::start_with_prober(store, options, metrics, Arc::new(HttpProber::default()))
+        Self::start_with_prober(
+            store,
+            options,
+            metrics,
+            Arc::new(HttpProber::default()),
+            tracker,
+        )
     }
 
     /// Like [`start`](Self::start) with another way of probing the active node.
@@ -415,6 +428,7 @@ impl HaDriver {
         options: HaOptions,
         metrics: Option<&autogate_runtime::Metrics>,
         prober: Arc<dyn Prober>,
+        tracker: &TaskTracker,
     ) -> Result<HaHandle, HaError> {
         if options.cluster_id.is_empty() || options.cluster_id.contains('/') {
             return Err(HaError::InvalidOptions(format!(
@@ -451,16 +465,20 @@ impl HaDriver {
         let (lease_tx, lease_rx) = watch::channel(None::<LeaseId>);
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
         let options = Arc::new(options);
+        // The election's own tracker, so that its shutdown can wait for exactly its tasks; the
+        // caller's tracker holds one task that ends when they all have.
+        let tasks = TaskTracker::new();
 
-        tokio::spawn(worker(
+        tasks.spawn(worker(
             store.clone(),
             options.clone(),
             worker_rx,
             input_tx.clone(),
             lease_rx.clone(),
             origin,
+            tasks.clone(),
         ));
-        tokio::spawn(keep_alive_loop(
+        tasks.spawn(keep_alive_loop(
             store.clone(),
             machine.config().keepalive_interval_ms(),
             lease_rx,
@@ -468,7 +486,7 @@ impl HaDriver {
             origin,
         ));
         let election = format!("{}/", shared.election_prefix);
-        tokio::spawn(watch_prefix(
+        tasks.spawn(watch_prefix(
             store.clone(),
             election,
             input_tx.clone(),
@@ -489,7 +507,7 @@ impl HaDriver {
             },
         ));
         let nodes = nodes_prefix(&options.cluster_id);
-        tokio::spawn(watch_prefix(
+        tasks.spawn(watch_prefix(
             store.clone(),
             nodes.clone(),
             input_tx.clone(),
@@ -525,14 +543,21 @@ impl HaDriver {
             prober,
             replies: VecDeque::new(),
             timer: None,
+            tasks: tasks.clone(),
         };
-        tokio::spawn(loop_state.run(input_rx));
+        tasks.spawn(loop_state.run(input_rx));
+        // Probes are spawned later by the machine loop; a closed tracker still takes them, and
+        // its `wait` cannot end before the loop that spawns them has.
+        tasks.close();
+        let all_done = tasks.clone();
+        tracker.spawn(async move { all_done.wait().await });
         let _ = input_tx.send(Input::Event(Event::Start));
         Ok(HaHandle {
             input: input_tx,
             leadership: leader_rx,
             shared,
             store,
+            tasks,
         })
     }
 }
@@ -615,11 +640,13 @@ impl HaHandle {
     }
 
     /// Resign (delete the key), stop leader work, revoke the lease, and stop every task. Returns
-    /// when the store calls were made (each bounded by the store's request timeout).
+    /// when the store calls were made (each bounded by the store's request timeout) and every
+    /// task of the election has ended.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.input.send(Input::Shutdown(tx)).is_ok() {
             let _ = rx.await;
+            self.tasks.wait().await;
         }
     }
 
@@ -707,6 +734,7 @@ struct MachineLoop {
     prober: Arc<dyn Prober>,
     replies: VecDeque<oneshot::Sender<Result<(), String>>>,
     timer: Option<Instant>,
+    tasks: TaskTracker,
 }
 
 impl MachineLoop {
@@ -788,58 +816,64 @@ impl MachineLoop {
         // The worker drops store commands for a lease that is not current, so the current lease
         // must be visible to it before the commands are.
         self.sync_lease();
-        let metrics = &self.shared.metrics;
         for command in commands {
             match command {
-                Command::GrantLease
-                | Command::Campaign { .. }
-                | Command::Resign { .. }
-                | Command::RevokeLease { .. }
-                | Command::RevokePeerLease { .. }
-                | Command::PublishRecord { .. } => {
+                Command::Store(command) => {
                     let _ = self.worker_tx.send(StoreCmd::Do(command));
                 }
-                Command::StartLeaderWork { term, waited_ms } => {
-                    metrics.is_active.set(1);
-                    metrics.term.set(i64::try_from(term).unwrap_or(i64::MAX));
-                    metrics.transitions.inc();
-                    if let Some(ms) = waited_ms {
-                        #[allow(clippy::cast_precision_loss)]
-                        metrics.failover.observe(ms as f64 / 1000.0);
-                    }
-                }
-                Command::StopLeaderWork { .. } => {
-                    metrics.is_active.set(0);
-                    metrics.term.set(0);
-                    metrics.transitions.inc();
-                }
-                Command::Probe { node_id, address } => {
-                    let prober = self.prober.clone();
-                    let input = self.input_tx.clone();
-                    tokio::spawn(async move {
-                        let result = prober.probe(&address).await;
-                        let _ = input.send(Input::Event(Event::ProbeResult {
-                            node_id,
-                            address,
-                            result,
-                        }));
-                    });
-                }
-                Command::Log { level, text } => match level {
-                    LogLevel::Debug => tracing::debug!("{text}"),
-                    LogLevel::Info => tracing::info!("{text}"),
-                    LogLevel::Warn => tracing::warn!("{text}"),
-                },
-                Command::SetTimer { at } => {
-                    self.timer = Some(self.origin + Duration::from_millis(at.0));
-                }
-                Command::SwitchoverOutcome(outcome) => {
-                    if let Some(reply) = self.replies.pop_front() {
-                        let _ = reply.send(outcome);
-                    }
-                }
-                Command::Finished => {}
+                Command::Local(command) => self.carry_out(command),
             }
+        }
+    }
+
+    /// Carries out one local command (nothing here waits on the store).
+    fn carry_out(&mut self, command: LocalCommand) {
+        let metrics = &self.shared.metrics;
+        match command {
+            LocalCommand::StartLeaderWork { term, waited_ms } => {
+                metrics.is_active.set(1);
+                metrics.term.set(i64::try_from(term).unwrap_or(i64::MAX));
+                metrics.transitions.inc();
+                if let Some(ms) = waited_ms {
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics.failover.observe(ms as f64 / 1000.0);
+                }
+            }
+            LocalCommand::StopLeaderWork { .. } => {
+                metrics.is_active.set(0);
+                metrics.term.set(0);
+                metrics.transitions.inc();
+            }
+            LocalCommand::Probe { node_id, address } => {
+                let prober = self.prober.clone();
+                let input = self.input_tx.clone();
+                self.tasks.spawn(async move {
+                    // A probe still in flight when the election stops has nobody to tell.
+                    let result = tokio::select! {
+                        result = prober.probe(&address) => result,
+                        () = input.closed() => return,
+                    };
+                    let _ = input.send(Input::Event(Event::ProbeResult {
+                        node_id,
+                        address,
+                        result,
+                    }));
+                });
+            }
+            LocalCommand::Log { level, text } => match level {
+                LogLevel::Debug => tracing::debug!("{text}"),
+                LogLevel::Info => tracing::info!("{text}"),
+                LogLevel::Warn => tracing::warn!("{text}"),
+            },
+            LocalCommand::SetTimer { at } => {
+                self.timer = Some(self.origin + Duration::from_millis(at.0));
+            }
+            LocalCommand::SwitchoverOutcome(outcome) => {
+                if let Some(reply) = self.replies.pop_front() {
+                    let _ = reply.send(outcome);
+                }
+            }
+            LocalCommand::Finished => {}
         }
     }
 }
@@ -865,6 +899,7 @@ async fn worker(
     input: mpsc::UnboundedSender<Input>,
     lease: watch::Receiver<Option<LeaseId>>,
     origin: Instant,
+    tasks: TaskTracker,
 ) {
     let prefix = election_prefix(&options.cluster_id);
     let record_key = format!("{}{}", nodes_prefix(&options.cluster_id), options.node_id);
@@ -881,7 +916,7 @@ async fn worker(
             }
         };
         match command {
-            Command::GrantLease => {
+            StoreCommand::GrantLease => {
                 let mut backoff = Backoff::new();
                 loop {
                     let sent = Instant::now();
@@ -903,7 +938,7 @@ async fn worker(
                     }
                 }
             }
-            Command::Campaign { lease: id, attempt } => {
+            StoreCommand::Campaign { lease: id, attempt } => {
                 let key = format!("{prefix}/{id:x}");
                 let txn = Txn::new()
                     .when([autogate_store::Compare::missing(&key)])
@@ -949,23 +984,23 @@ async fn worker(
                     }
                 }
             }
-            Command::Resign { lease: id } => {
+            StoreCommand::Resign { lease: id } => {
                 let key = format!("{prefix}/{id:x}");
                 if let Err(e) = store.delete(&key).await {
                     tracing::warn!("cannot delete election key {key}: {e}");
                 }
             }
-            Command::RevokeLease { lease: id } => match store.revoke(id).await {
+            StoreCommand::RevokeLease { lease: id } => match store.revoke(id).await {
                 Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
                 Err(e) => tracing::debug!("cannot revoke lease {id:x}: {e}"),
             },
-            Command::RevokePeerLease { node_id, lease: id } => match store.revoke(id).await {
+            StoreCommand::RevokePeerLease { node_id, lease: id } => match store.revoke(id).await {
                 Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!("cannot revoke lease {id:x} of core node '{node_id}': {e}")
                 }
             },
-            Command::PublishRecord { lease: id, record } => {
+            StoreCommand::PublishRecord { lease: id, record } => {
                 if *lease.borrow() != Some(id) {
                     continue;
                 }
@@ -994,14 +1029,17 @@ async fn worker(
                     Err(e) => {
                         tracing::debug!("cannot publish node record: {e}");
                         let input = input.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            let _ = input.send(Input::Republish);
+                        tasks.spawn(async move {
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                                    let _ = input.send(Input::Republish);
+                                }
+                                () = input.closed() => {}
+                            }
                         });
                     }
                 }
             }
-            _ => {}
         }
     }
 }
@@ -1086,9 +1124,11 @@ async fn watch_prefix<F>(
 {
     let mut backoff = Backoff::new();
     while !input.is_closed() {
-        let listed = store
-            .txn(Txn::new().and_then([TxnOp::get_prefix(&prefix)]))
-            .await;
+        // Every wait also ends when the machine loop has (shutdown then waits for this task).
+        let listed = tokio::select! {
+            listed = store.txn(Txn::new().and_then([TxnOp::get_prefix(&prefix)])) => listed,
+            () = input.closed() => return,
+        };
         let (revision, kvs) = match listed {
             Ok(r) => {
                 let kvs = match r.responses.into_iter().next() {
@@ -1099,7 +1139,10 @@ async fn watch_prefix<F>(
             }
             Err(e) => {
                 tracing::debug!("cannot list {prefix}: {e}");
-                backoff.wait().await;
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    () = input.closed() => return,
+                }
                 continue;
             }
         };
@@ -1114,11 +1157,18 @@ async fn watch_prefix<F>(
         {
             return;
         }
-        let mut stream = match store.watch(&prefix, Some(revision + 1)).await {
+        let watched = tokio::select! {
+            watched = store.watch(&prefix, Some(revision + 1)) => watched,
+            () = input.closed() => return,
+        };
+        let mut stream = match watched {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("cannot watch {prefix}: {e}");
-                backoff.wait().await;
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    () = input.closed() => return,
+                }
                 continue;
             }
         };

@@ -268,7 +268,7 @@ pub enum Event {
     Tick,
     Pause,
     Resume,
-    /// Operator switchover; answered with [`Command::SwitchoverOutcome`].
+    /// Operator switchover; answered with [`LocalCommand::SwitchoverOutcome`].
     Switchover {
         to: Option<String>,
     },
@@ -281,9 +281,18 @@ pub enum Event {
     },
 }
 
-/// Everything the machine asks the driver to do.
+/// Everything the machine asks the driver to do, in the order it must happen: store calls go
+/// to the store worker, which makes them one at a time in that order; local commands are
+/// carried out by the machine's owner at once (they never wait on the store).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
+    Store(StoreCommand),
+    Local(LocalCommand),
+}
+
+/// Calls the store worker makes for the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreCommand {
     /// Grant a new lease (retrying until the store answers) and report [`Event::LeaseGranted`].
     GrantLease,
     /// Create `<prefix>/<lease hex>` = node id if absent; report [`Event::OwnKeyCreated`] with the
@@ -305,6 +314,15 @@ pub enum Command {
         node_id: String,
         lease: LeaseId,
     },
+    PublishRecord {
+        lease: LeaseId,
+        record: NodeRecord,
+    },
+}
+
+/// What the machine's owner does itself: follow the role, probe, log, set the timer, answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalCommand {
     /// Act as the active node with this fencing term (open the manager link).
     StartLeaderWork {
         term: u64,
@@ -314,10 +332,6 @@ pub enum Command {
     StopLeaderWork {
         term: u64,
         reason: StopReason,
-    },
-    PublishRecord {
-        lease: LeaseId,
-        record: NodeRecord,
     },
     Probe {
         node_id: String,
@@ -335,6 +349,18 @@ pub enum Command {
     SwitchoverOutcome(Result<(), String>),
     /// Shutdown done: nothing more will be emitted.
     Finished,
+}
+
+impl From<StoreCommand> for Command {
+    fn from(c: StoreCommand) -> Self {
+        Command::Store(c)
+    }
+}
+
+impl From<LocalCommand> for Command {
+    fn from(c: LocalCommand) -> Self {
+        Command::Local(c)
+    }
 }
 
 /// The node's view of its role, for the server.
@@ -563,9 +589,9 @@ impl Machine {
         let mut out = Vec::new();
         if self.finished {
             if let Event::Switchover { .. } = event {
-                out.push(Command::SwitchoverOutcome(Err(
-                    "node is shutting down".into()
-                )));
+                out.push(Command::Local(LocalCommand::SwitchoverOutcome(Err(
+                    "node is shutting down".into(),
+                ))));
             }
             return out;
         }
@@ -580,7 +606,7 @@ impl Machine {
     }
 
     fn log(out: &mut Vec<Command>, level: LogLevel, text: String) {
-        out.push(Command::Log { level, text });
+        out.push(Command::Local(LocalCommand::Log { level, text }));
     }
 
     fn apply(&mut self, now: Millis, event: Event, out: &mut Vec<Command>) {
@@ -588,7 +614,7 @@ impl Machine {
             Event::Start => {
                 if self.lease == Lease::None {
                     self.lease = Lease::Granting;
-                    out.push(Command::GrantLease);
+                    out.push(Command::Store(StoreCommand::GrantLease));
                 }
             }
             Event::LeaseGranted { lease, sent_at } => {
@@ -603,7 +629,7 @@ impl Machine {
                     self.keepalive_failing = false;
                 } else {
                     // Not asked for (any more): do not leave it running.
-                    out.push(Command::RevokeLease { lease });
+                    out.push(Command::Store(StoreCommand::RevokeLease { lease }));
                 }
             }
             Event::KeepAliveAcked { lease, sent_at } => {
@@ -653,7 +679,7 @@ impl Machine {
                         self.key = Key::Created(create_revision);
                     } else if self.key != Key::Created(create_revision) {
                         // Paused or re-queued meanwhile: that key must not stand in the queue.
-                        out.push(Command::Resign { lease });
+                        out.push(Command::Store(StoreCommand::Resign { lease }));
                     }
                 }
             }
@@ -731,7 +757,7 @@ impl Machine {
                     } else if let (Key::Created(_) | Key::Creating(_), Some(lease)) =
                         (self.key, self.current_lease())
                     {
-                        out.push(Command::Resign { lease });
+                        out.push(Command::Store(StoreCommand::Resign { lease }));
                         self.key = Key::Absent;
                     }
                 }
@@ -744,7 +770,7 @@ impl Machine {
             }
             Event::Switchover { to } => {
                 let outcome = self.switchover(now, to, out);
-                out.push(Command::SwitchoverOutcome(outcome));
+                out.push(Command::Local(LocalCommand::SwitchoverOutcome(outcome)));
             }
             Event::Resign => {
                 if self.acting.is_some() {
@@ -755,17 +781,17 @@ impl Machine {
                 let lease = self.current_lease();
                 if let Some(lease) = lease {
                     if self.key != Key::Absent {
-                        out.push(Command::Resign { lease });
+                        out.push(Command::Store(StoreCommand::Resign { lease }));
                     }
                 }
                 self.stop_acting(StopReason::Shutdown, out);
                 if let Some(lease) = lease {
-                    out.push(Command::RevokeLease { lease });
+                    out.push(Command::Store(StoreCommand::RevokeLease { lease }));
                 }
                 self.key = Key::Absent;
                 self.lease = Lease::None;
                 self.finished = true;
-                out.push(Command::Finished);
+                out.push(Command::Local(LocalCommand::Finished));
             }
             Event::FencedWriteRejected { term } => {
                 if self.acting == Some(term) {
@@ -847,7 +873,10 @@ impl Machine {
         if let Some(term) = self.acting.take() {
             self.active_since = None;
             self.handover = None;
-            out.push(Command::StopLeaderWork { term, reason });
+            out.push(Command::Local(LocalCommand::StopLeaderWork {
+                term,
+                reason,
+            }));
             Self::log(
                 out,
                 LogLevel::Info,
@@ -864,7 +893,7 @@ impl Machine {
     fn requeue(&mut self, reason: StopReason, out: &mut Vec<Command>) {
         if let Some(lease) = self.current_lease() {
             if self.key != Key::Absent {
-                out.push(Command::Resign { lease });
+                out.push(Command::Store(StoreCommand::Resign { lease }));
             }
         }
         self.key = Key::Absent;
@@ -875,12 +904,12 @@ impl Machine {
     fn drop_lease(&mut self, reason: StopReason, revoke: bool, out: &mut Vec<Command>) {
         self.stop_acting(reason, out);
         if let (true, Some(lease)) = (revoke, self.current_lease()) {
-            out.push(Command::RevokeLease { lease });
+            out.push(Command::Store(StoreCommand::RevokeLease { lease }));
         }
         self.key = Key::Absent;
         self.published = None;
         self.lease = Lease::Granting;
-        out.push(Command::GrantLease);
+        out.push(Command::Store(StoreCommand::GrantLease));
     }
 
     fn check_deadline(&mut self, now: Millis, out: &mut Vec<Command>) {
@@ -941,10 +970,10 @@ impl Machine {
                             now.since(since)
                         ),
                     );
-                    out.push(Command::RevokePeerLease {
+                    out.push(Command::Store(StoreCommand::RevokePeerLease {
                         node_id: node,
                         lease,
-                    });
+                    }));
                 }
             }
         }
@@ -996,7 +1025,7 @@ impl Machine {
                 LogLevel::Debug,
                 format!("election key of given-up lease {lease:x} is still queued: revoking it"),
             );
-            out.push(Command::RevokeLease { lease });
+            out.push(Command::Store(StoreCommand::RevokeLease { lease }));
         }
     }
 
@@ -1005,10 +1034,10 @@ impl Machine {
             if self.key == Key::Absent && !self.paused {
                 self.attempts += 1;
                 self.key = Key::Creating(self.attempts);
-                out.push(Command::Campaign {
+                out.push(Command::Store(StoreCommand::Campaign {
                     lease,
                     attempt: self.attempts,
-                });
+                }));
             }
         }
     }
@@ -1046,7 +1075,7 @@ impl Machine {
                 LogLevel::Debug,
                 format!("re-queueing behind '{target}', to whom the active node hands over"),
             );
-            out.push(Command::Resign { lease });
+            out.push(Command::Store(StoreCommand::Resign { lease }));
             self.key = Key::Absent;
         }
     }
@@ -1081,7 +1110,10 @@ impl Machine {
                         self.cfg.node_id
                     ),
                 );
-                out.push(Command::StartLeaderWork { term, waited_ms });
+                out.push(Command::Local(LocalCommand::StartLeaderWork {
+                    term,
+                    waited_ms,
+                }));
             }
             (false, Some(_)) => {
                 let reason = if own.is_none() {
@@ -1288,10 +1320,10 @@ impl Machine {
         if let Some(track) = &self.probe {
             if self.probe_in_flight.is_none() && now >= track.next_at && !track.revoked {
                 self.probe_in_flight = Some(now);
-                out.push(Command::Probe {
+                out.push(Command::Local(LocalCommand::Probe {
                     node_id: track.node_id.clone(),
                     address: track.address.clone(),
-                });
+                }));
             }
         }
     }
@@ -1329,7 +1361,10 @@ impl Machine {
             return;
         }
         self.published = Some((lease, record.clone()));
-        out.push(Command::PublishRecord { lease, record });
+        out.push(Command::Store(StoreCommand::PublishRecord {
+            lease,
+            record,
+        }));
     }
 
     /// Forget what was published so it is sent again (after a failed write).
@@ -1371,7 +1406,7 @@ impl Machine {
         if let Some(at) = next {
             if self.timer != Some(at) || self.timer.is_some_and(|t| t <= now) {
                 self.timer = Some(at);
-                out.push(Command::SetTimer { at });
+                out.push(Command::Local(LocalCommand::SetTimer { at }));
             }
         }
     }

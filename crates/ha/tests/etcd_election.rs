@@ -20,6 +20,7 @@ use autogate_store::{
 use autogate_testkit::etcd::{EtcdCluster, EtcdServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// A store whose keep-alives can be frozen (they hang, like a node whose renewals stop).
 #[derive(Debug)]
@@ -177,7 +178,7 @@ async fn start(endpoints: Vec<String>, mut opts: HaOptions) -> Node {
     let (address, api) = health_server(opts.node_id.clone()).await;
     opts.advertise_address = Some(address);
     let id = opts.node_id.clone();
-    let handle = HaDriver::start(store.clone(), opts, None).unwrap();
+    let handle = HaDriver::start(store.clone(), opts, None, &TaskTracker::new()).unwrap();
     handle.set_manager_reachable(true);
     let changes: Changes = Arc::default();
     let mut rx = handle.leadership();

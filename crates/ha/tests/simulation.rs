@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use autogate_ha::machine::{
-    Candidate, Command, Event, Leadership, Machine, MachineConfig, Millis, NodeRecord, ProbeResult,
+    Candidate, Command, Event, Leadership, LocalCommand, Machine, MachineConfig, Millis,
+    NodeRecord, ProbeResult, StoreCommand,
 };
 
 const TTL: u64 = 3_000;
@@ -357,13 +358,15 @@ impl Sim {
         let partitioned = self.nodes[i].partitioned;
         let store = &mut self.store;
         match c {
-            Command::GrantLease | Command::Campaign { .. } | Command::PublishRecord { .. }
-                if partitioned =>
-            {
+            Command::Store(
+                StoreCommand::GrantLease
+                | StoreCommand::Campaign { .. }
+                | StoreCommand::PublishRecord { .. },
+            ) if partitioned => {
                 // Retried by the driver until the store answers.
                 self.nodes[i].pending.push(c);
             }
-            Command::GrantLease => {
+            Command::Store(StoreCommand::GrantLease) => {
                 store.next_lease += 1;
                 let lease = store.next_lease;
                 store.leases.insert(lease, now + TTL);
@@ -375,7 +378,7 @@ impl Sim {
                     sent_at: Millis(now),
                 });
             }
-            Command::Campaign { lease, attempt } => {
+            Command::Store(StoreCommand::Campaign { lease, attempt }) => {
                 if self.nodes[i].machine.current_lease() != Some(lease) {
                     return;
                 }
@@ -404,24 +407,24 @@ impl Sim {
                     create_revision: rev,
                 });
             }
-            Command::PublishRecord { lease, record } => {
+            Command::Store(StoreCommand::PublishRecord { lease, record }) => {
                 if store.leases.contains_key(&lease) {
                     store
                         .records
                         .insert(record.node_id.clone(), (record, lease));
                 }
             }
-            Command::Resign { lease } => {
+            Command::Store(StoreCommand::Resign { lease }) => {
                 if !partitioned && store.keys.remove(&lease).is_some() {
                     store.revision += 1;
                 }
             }
-            Command::RevokeLease { lease } => {
+            Command::Store(StoreCommand::RevokeLease { lease }) => {
                 if !partitioned {
                     store.revoke(lease);
                 }
             }
-            Command::RevokePeerLease { node_id, lease } => {
+            Command::Store(StoreCommand::RevokePeerLease { node_id, lease }) => {
                 let victim = self.nodes.iter().find(|n| n.id == node_id);
                 assert!(
                     victim.is_none_or(|n| n.crashed),
@@ -432,10 +435,10 @@ impl Sim {
                     self.store.revoke(lease);
                 }
             }
-            Command::Probe {
+            Command::Local(LocalCommand::Probe {
                 node_id,
                 address: addr,
-            } => {
+            }) => {
                 let target = self
                     .nodes
                     .iter()
@@ -453,12 +456,14 @@ impl Sim {
                     result,
                 });
             }
-            Command::SetTimer { at } => self.nodes[i].timer = Some(at.0),
-            Command::StartLeaderWork { .. }
-            | Command::StopLeaderWork { .. }
-            | Command::Log { .. }
-            | Command::SwitchoverOutcome(_)
-            | Command::Finished => {}
+            Command::Local(LocalCommand::SetTimer { at }) => self.nodes[i].timer = Some(at.0),
+            Command::Local(
+                LocalCommand::StartLeaderWork { .. }
+                | LocalCommand::StopLeaderWork { .. }
+                | LocalCommand::Log { .. }
+                | LocalCommand::SwitchoverOutcome(_)
+                | LocalCommand::Finished,
+            ) => {}
         }
     }
 

@@ -145,8 +145,14 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
                 options,
                 Some(&metrics),
                 Arc::new(autogate_ha::TlsProber::new(tls.clone())),
+                shutdown.tracker(),
             )?,
-            None => autogate_ha::HaDriver::start(store.clone(), options, Some(&metrics))?,
+            None => autogate_ha::HaDriver::start(
+                store.clone(),
+                options,
+                Some(&metrics),
+                shutdown.tracker(),
+            )?,
         })
     } else {
         None

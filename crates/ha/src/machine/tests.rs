@@ -45,7 +45,10 @@ fn view(rev: i64, c: Vec<Candidate>) -> Event {
 /// A machine holding lease `lease` (granted at t=0) with its key at create revision `rev`.
 fn booted(c: MachineConfig, lease: LeaseId, rev: i64) -> Machine {
     let mut m = Machine::new(c);
-    assert_eq!(m.handle(Millis(0), Event::Start), vec![Command::GrantLease]);
+    assert_eq!(
+        m.handle(Millis(0), Event::Start),
+        vec![Command::Store(StoreCommand::GrantLease)]
+    );
     let out = m.handle(
         Millis(0),
         Event::LeaseGranted {
@@ -54,7 +57,10 @@ fn booted(c: MachineConfig, lease: LeaseId, rev: i64) -> Machine {
         },
     );
     assert!(
-        out.contains(&Command::Campaign { lease, attempt: 1 }),
+        out.contains(&Command::Store(StoreCommand::Campaign {
+            lease,
+            attempt: 1
+        })),
         "{out:?}"
     );
     m.handle(
@@ -79,12 +85,14 @@ fn pos(out: &[Command], f: impl Fn(&Command) -> bool) -> usize {
 }
 
 fn starts(out: &[Command]) -> bool {
-    has(out, |c| matches!(c, Command::StartLeaderWork { .. }))
+    has(out, |c| {
+        matches!(c, Command::Local(LocalCommand::StartLeaderWork { .. }))
+    })
 }
 
 fn stops(out: &[Command]) -> Option<StopReason> {
     out.iter().find_map(|c| match c {
-        Command::StopLeaderWork { reason, .. } => Some(*reason),
+        Command::Local(LocalCommand::StopLeaderWork { reason, .. }) => Some(*reason),
         _ => None,
     })
 }
@@ -92,7 +100,7 @@ fn stops(out: &[Command]) -> Option<StopReason> {
 fn logs(out: &[Command]) -> Vec<(LogLevel, String)> {
     out.iter()
         .filter_map(|c| match c {
-            Command::Log { level, text } => Some((*level, text.clone())),
+            Command::Local(LocalCommand::Log { level, text }) => Some((*level, text.clone())),
             _ => None,
         })
         .collect()
@@ -138,7 +146,7 @@ fn lowest_create_revision_leads_with_its_term_and_log_line() {
     );
     assert!(has(&out, |c| matches!(
         c,
-        Command::StartLeaderWork { term: 10, .. }
+        Command::Local(LocalCommand::StartLeaderWork { term: 10, .. })
     )));
     assert!(logs(&out).contains(&(
         LogLevel::Info,
@@ -189,7 +197,7 @@ fn not_lowest_or_stale_lease_never_acts() {
     // Lease stale: the deadline (6667) passed before the view arrives.
     let out = m.handle(Millis(7_000), view(10, vec![cand(ME, 10, 0xa)]));
     assert!(!starts(&out), "{out:?}");
-    assert!(out.contains(&Command::GrantLease));
+    assert!(out.contains(&Command::Store(StoreCommand::GrantLease)));
 }
 
 #[test]
@@ -215,8 +223,8 @@ fn step_down_at_send_time_of_last_ack_plus_window() {
     assert!(stops(&out).is_none(), "{out:?}");
     let out = m.handle(Millis(7_567), Event::Tick);
     assert_eq!(stops(&out), Some(StopReason::LeaseExpiring));
-    assert!(out.contains(&Command::RevokeLease { lease: 0xa }));
-    assert!(out.contains(&Command::GrantLease));
+    assert!(out.contains(&Command::Store(StoreCommand::RevokeLease { lease: 0xa })));
+    assert!(out.contains(&Command::Store(StoreCommand::GrantLease)));
     // Rejoins with a new lease and a new key.
     let out = m.handle(
         Millis(9_000),
@@ -225,10 +233,10 @@ fn step_down_at_send_time_of_last_ack_plus_window() {
             sent_at: Millis(8_000),
         },
     );
-    assert!(out.contains(&Command::Campaign {
+    assert!(out.contains(&Command::Store(StoreCommand::Campaign {
         lease: 0xd,
         attempt: 2
-    }));
+    })));
 }
 
 #[test]
@@ -242,7 +250,9 @@ fn the_deadline_is_a_timer() {
         },
     );
     assert!(
-        out.contains(&Command::SetTimer { at: Millis(6_767) }),
+        out.contains(&Command::Local(LocalCommand::SetTimer {
+            at: Millis(6_767)
+        })),
         "{out:?}"
     );
 }
@@ -266,19 +276,23 @@ fn a_late_event_after_a_freeze_steps_down_first() {
 fn graceful_shutdown_resigns_before_stopping() {
     let mut m = active_three();
     let out = m.handle(Millis(100), Event::Shutdown);
-    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let resign = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::Resign { lease: 0xa })
+    });
     let stop = pos(&out, |c| {
         matches!(
             c,
-            Command::StopLeaderWork {
+            Command::Local(LocalCommand::StopLeaderWork {
                 reason: StopReason::Shutdown,
                 ..
-            }
+            })
         )
     });
-    let revoke = pos(&out, |c| *c == Command::RevokeLease { lease: 0xa });
+    let revoke = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::RevokeLease { lease: 0xa })
+    });
     assert!(resign < stop && stop < revoke, "{out:?}");
-    assert_eq!(out.last(), Some(&Command::Finished));
+    assert_eq!(out.last(), Some(&Command::Local(LocalCommand::Finished)));
     assert!(m.handle(Millis(200), Event::Tick).is_empty());
 }
 
@@ -286,29 +300,37 @@ fn graceful_shutdown_resigns_before_stopping() {
 fn pause_hands_over_and_resume_campaigns_again() {
     let mut m = active_three();
     let out = m.handle(Millis(100), Event::Pause);
-    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let resign = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::Resign { lease: 0xa })
+    });
     let stop = pos(&out, |c| {
         matches!(
             c,
-            Command::StopLeaderWork {
+            Command::Local(LocalCommand::StopLeaderWork {
                 reason: StopReason::Paused,
                 ..
-            }
+            })
         )
     });
     assert!(resign < stop);
-    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::Campaign { .. })
+    )));
     assert_eq!(m.leadership(), Leadership::Paused);
     let out = m.handle(
         Millis(200),
         view(14, vec![cand(B, 11, 0xb), cand(C, 12, 0xc)]),
     );
-    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::Campaign { .. })
+    )));
     let out = m.handle(Millis(300), Event::Resume);
-    assert!(out.contains(&Command::Campaign {
+    assert!(out.contains(&Command::Store(StoreCommand::Campaign {
         lease: 0xa,
         attempt: 2
-    }));
+    })));
 }
 
 #[test]
@@ -320,7 +342,10 @@ fn switchover_checks_the_target_and_hands_over_when_it_is_next() {
     m.handle(Millis(10), Event::NodeRecords(vec![rec(B), sick]));
     let out = m.handle(Millis(11), Event::Switchover { to: Some(C.into()) });
     assert!(
-        matches!(out.last(), Some(Command::SwitchoverOutcome(Err(_)))),
+        matches!(
+            out.last(),
+            Some(Command::Local(LocalCommand::SwitchoverOutcome(Err(_))))
+        ),
         "{out:?}"
     );
     let out = m.handle(
@@ -331,15 +356,15 @@ fn switchover_checks_the_target_and_hands_over_when_it_is_next() {
     );
     assert!(matches!(
         out.last(),
-        Some(Command::SwitchoverOutcome(Err(_)))
+        Some(Command::Local(LocalCommand::SwitchoverOutcome(Err(_))))
     ));
     m.handle(Millis(13), Event::NodeRecords(vec![rec(B), rec(C)]));
     let out = m.handle(Millis(14), Event::Switchover { to: Some(C.into()) });
-    assert!(out.contains(&Command::SwitchoverOutcome(Ok(()))));
+    assert!(out.contains(&Command::Local(LocalCommand::SwitchoverOutcome(Ok(())))));
     // B is still ahead of C: the record names C, nothing is resigned yet.
     assert!(has(
         &out,
-        |c| matches!(c, Command::PublishRecord { record, .. } if record.handover_to.as_deref() == Some(C))
+        |c| matches!(c, Command::Store(StoreCommand::PublishRecord { record, .. }) if record.handover_to.as_deref() == Some(C))
     ));
     assert!(stops(&out).is_none());
     // B re-queued behind C.
@@ -350,17 +375,21 @@ fn switchover_checks_the_target_and_hands_over_when_it_is_next() {
             vec![cand(ME, 10, 0xa), cand(C, 12, 0xc), cand(B, 13, 0xb)],
         ),
     );
-    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let resign = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::Resign { lease: 0xa })
+    });
     let stop = pos(&out, |c| {
         matches!(
             c,
-            Command::StopLeaderWork {
+            Command::Local(LocalCommand::StopLeaderWork {
                 reason: StopReason::Switchover,
                 ..
-            }
+            })
         )
     });
-    let campaign = pos(&out, |c| matches!(c, Command::Campaign { lease: 0xa, .. }));
+    let campaign = pos(&out, |c| {
+        matches!(c, Command::Store(StoreCommand::Campaign { lease: 0xa, .. }))
+    });
     assert!(resign < stop && stop < campaign, "{out:?}");
 }
 
@@ -371,7 +400,7 @@ fn switchover_without_target_needs_a_healthy_standby_and_standbys_refuse() {
     let out = m.handle(Millis(3), Event::Switchover { to: None });
     assert!(matches!(
         out.last(),
-        Some(Command::SwitchoverOutcome(Err(_)))
+        Some(Command::Local(LocalCommand::SwitchoverOutcome(Err(_))))
     ));
     let mut s = booted(cfg(ME), 0xa, 12);
     s.handle(
@@ -381,8 +410,8 @@ fn switchover_without_target_needs_a_healthy_standby_and_standbys_refuse() {
     let out = s.handle(Millis(3), Event::Switchover { to: None });
     assert_eq!(
         out.last(),
-        Some(&Command::SwitchoverOutcome(Err(format!(
-            "not the active node; the active node is '{B}'"
+        Some(&Command::Local(LocalCommand::SwitchoverOutcome(Err(
+            format!("not the active node; the active node is '{B}'")
         ))))
     );
     let mut m = active_three();
@@ -404,8 +433,12 @@ fn standby_ahead_of_the_handover_target_requeues() {
             vec![cand(B, 10, 0xb), cand(ME, 11, 0xa), cand(C, 12, 0xc)],
         ),
     );
-    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
-    let campaign = pos(&out, |c| matches!(c, Command::Campaign { lease: 0xa, .. }));
+    let resign = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::Resign { lease: 0xa })
+    });
+    let campaign = pos(&out, |c| {
+        matches!(c, Command::Store(StoreCommand::Campaign { lease: 0xa, .. }))
+    });
     assert!(resign < campaign);
     // Once behind the target: stays.
     m.handle(
@@ -424,7 +457,10 @@ fn standby_ahead_of_the_handover_target_requeues() {
         ),
     );
     assert!(
-        !has(&out, |c| matches!(c, Command::Resign { .. })),
+        !has(&out, |c| matches!(
+            c,
+            Command::Store(StoreCommand::Resign { .. })
+        )),
         "{out:?}"
     );
 }
@@ -456,42 +492,54 @@ fn refusals_across_the_window_after_an_answer_prove_the_active_dead() {
         Millis(10),
         view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
     );
-    assert!(out.contains(&Command::Probe {
+    assert!(out.contains(&Command::Local(LocalCommand::Probe {
         node_id: B.into(),
         address: addr.into()
-    }));
+    })));
     m.handle(
         Millis(20),
         probe_result(B, addr, ProbeResult::Answered { node_id: B.into() }),
     );
     let mut t = 1_020;
     let out = m.handle(Millis(t), Event::Tick);
-    assert!(has(&out, |c| matches!(c, Command::Probe { .. })));
+    assert!(has(&out, |c| matches!(
+        c,
+        Command::Local(LocalCommand::Probe { .. })
+    )));
     // Refused at 1020, 1120, 1220: not yet across 300 ms.
     for _ in 0..3 {
         let out = m.handle(Millis(t), probe_result(B, addr, ProbeResult::Refused));
         assert!(
-            !has(&out, |c| matches!(c, Command::RevokePeerLease { .. })),
+            !has(&out, |c| matches!(
+                c,
+                Command::Store(StoreCommand::RevokePeerLease { .. })
+            )),
             "{out:?}"
         );
         t += 100;
         let out = m.handle(Millis(t), Event::Tick);
         assert!(
-            has(&out, |c| matches!(c, Command::Probe { .. })),
+            has(&out, |c| matches!(
+                c,
+                Command::Local(LocalCommand::Probe { .. })
+            )),
             "t={t} {out:?}"
         );
     }
     let out = m.handle(Millis(t), probe_result(B, addr, ProbeResult::Refused));
     assert!(
-        out.contains(&Command::RevokePeerLease {
+        out.contains(&Command::Store(StoreCommand::RevokePeerLease {
             node_id: B.into(),
             lease: 0xb
-        }),
+        })),
         "{out:?}"
     );
     // Only once.
     let out = m.handle(Millis(t + 500), probe_result(B, addr, ProbeResult::Refused));
-    assert!(!has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::RevokePeerLease { .. })
+    )));
 }
 
 #[test]
@@ -516,7 +564,10 @@ fn timeouts_wrong_ids_and_never_answered_addresses_prove_nothing() {
                 probe_result(B, addr, ProbeResult::Refused),
             );
             assert!(
-                !has(&out, |c| matches!(c, Command::RevokePeerLease { .. })),
+                !has(&out, |c| matches!(
+                    c,
+                    Command::Store(StoreCommand::RevokePeerLease { .. })
+                )),
                 "{first:?}"
             );
         }
@@ -534,9 +585,15 @@ fn timeouts_wrong_ids_and_never_answered_addresses_prove_nothing() {
     m.handle(Millis(100), probe_result(B, addr, ProbeResult::Refused));
     m.handle(Millis(300), probe_result(B, addr, ProbeResult::Timeout));
     let out = m.handle(Millis(450), probe_result(B, addr, ProbeResult::Refused));
-    assert!(!has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::RevokePeerLease { .. })
+    )));
     let out = m.handle(Millis(750), probe_result(B, addr, ProbeResult::Refused));
-    assert!(has(&out, |c| matches!(c, Command::RevokePeerLease { .. })));
+    assert!(has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::RevokePeerLease { .. })
+    )));
 }
 
 #[test]
@@ -547,7 +604,10 @@ fn loopback_addresses_are_probed_only_from_the_same_host() {
         view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
     );
     assert!(
-        !has(&out, |c| matches!(c, Command::Probe { .. })),
+        !has(&out, |c| matches!(
+            c,
+            Command::Local(LocalCommand::Probe { .. })
+        )),
         "{out:?}"
     );
     let same_host = "hosta_0009";
@@ -556,14 +616,20 @@ fn loopback_addresses_are_probed_only_from_the_same_host() {
         Millis(10),
         view(12, vec![cand(same_host, 10, 0xb), cand(ME, 12, 0xa)]),
     );
-    assert!(has(&out, |c| matches!(c, Command::Probe { .. })));
+    assert!(has(&out, |c| matches!(
+        c,
+        Command::Local(LocalCommand::Probe { .. })
+    )));
     // Zero window: no probing at all.
     let mut m = standby_probing(0, B, "10.0.0.2:8080");
     let out = m.handle(
         Millis(10),
         view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
     );
-    assert!(!has(&out, |c| matches!(c, Command::Probe { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Local(LocalCommand::Probe { .. })
+    )));
     assert!(is_loopback("[::1]:80") && is_loopback("localhost:1") && !is_loopback("10.1.1.1:80"));
 }
 
@@ -580,14 +646,16 @@ fn active_without_manager_resigns_only_if_a_standby_reaches_it() {
     assert!(stops(&out).is_none(), "{out:?}");
     c.manager_reachable = true;
     let out = m.handle(Millis(16_200), Event::NodeRecords(vec![rec(B), c]));
-    let resign = pos(&out, |c| *c == Command::Resign { lease: 0xa });
+    let resign = pos(&out, |c| {
+        *c == Command::Store(StoreCommand::Resign { lease: 0xa })
+    });
     let stop = pos(&out, |c| {
         matches!(
             c,
-            Command::StopLeaderWork {
+            Command::Local(LocalCommand::StopLeaderWork {
                 reason: StopReason::ManagerUnreachable,
                 ..
-            }
+            })
         )
     });
     assert!(resign < stop);
@@ -652,8 +720,12 @@ fn a_healthy_primary_takes_over_after_the_preempt_delay() {
     // B is directly behind: hand over at once.
     assert_eq!(stops(&out), Some(StopReason::Preempted), "{out:?}");
     assert!(
-        pos(&out, |c| *c == Command::Resign { lease: 0xa })
-            < pos(&out, |c| matches!(c, Command::StopLeaderWork { .. }))
+        pos(&out, |c| *c
+            == Command::Store(StoreCommand::Resign { lease: 0xa }))
+            < pos(&out, |c| matches!(
+                c,
+                Command::Local(LocalCommand::StopLeaderWork { .. })
+            ))
     );
 }
 
@@ -745,11 +817,11 @@ fn fenced_rejection_and_lost_lease_step_down_and_rejoin() {
     assert!(stops(&out).is_none(), "stale term ignored");
     let out = m.handle(Millis(100), Event::FencedWriteRejected { term: 10 });
     assert_eq!(stops(&out), Some(StopReason::FencedWriteRejected));
-    assert!(out.contains(&Command::GrantLease));
+    assert!(out.contains(&Command::Store(StoreCommand::GrantLease)));
     let mut m = active_three();
     let out = m.handle(Millis(100), Event::LeaseLost { lease: 0xa });
     assert_eq!(stops(&out), Some(StopReason::LeaseLost));
-    assert!(out.contains(&Command::GrantLease));
+    assert!(out.contains(&Command::Store(StoreCommand::GrantLease)));
 }
 
 #[test]
@@ -760,16 +832,18 @@ fn a_stale_key_of_a_given_up_lease_is_revoked_again_on_each_fresh_view() {
     assert_eq!(stops(&out), Some(StopReason::LeaseExpiring));
     let revokes = |out: &[Command]| {
         out.iter()
-            .filter(|c| matches!(c, Command::RevokeLease { lease: 0xa }))
+            .filter(|c| matches!(c, Command::Store(StoreCommand::RevokeLease { lease: 0xa })))
             .count()
     };
     // Revoked once by the step-down, once more because the view still shows the key: that
     // second revoke is queued behind the new grant, i.e. runs once the store answers again.
     assert_eq!(revokes(&out), 2, "{out:?}");
-    let g = pos(&out, |c| matches!(c, Command::GrantLease));
+    let g = pos(&out, |c| {
+        matches!(c, Command::Store(StoreCommand::GrantLease))
+    });
     let last = out
         .iter()
-        .rposition(|c| matches!(c, Command::RevokeLease { lease: 0xa }))
+        .rposition(|c| matches!(c, Command::Store(StoreCommand::RevokeLease { lease: 0xa })))
         .unwrap();
     assert!(g < last, "{out:?}");
     // Nothing new from the store: no repeated revokes.
@@ -799,7 +873,10 @@ fn a_stale_key_of_a_given_up_lease_is_revoked_again_on_each_fresh_view() {
         ),
     );
     assert!(
-        !has(&out, |c| matches!(c, Command::RevokeLease { .. })),
+        !has(&out, |c| matches!(
+            c,
+            Command::Store(StoreCommand::RevokeLease { .. })
+        )),
         "{out:?}"
     );
 }
@@ -814,12 +891,15 @@ fn a_deleted_own_key_is_noticed_and_recreated() {
     assert_eq!(stops(&out), Some(StopReason::KeyDeleted));
     assert!(has(&out, |c| matches!(
         c,
-        Command::Campaign { lease: 0xa, .. }
+        Command::Store(StoreCommand::Campaign { lease: 0xa, .. })
     )));
     // A view older than our key does not count.
     let mut m = booted(cfg(ME), 0xa, 10);
     let out = m.handle(Millis(5), view(9, vec![cand(B, 9, 0xb)]));
-    assert!(!has(&out, |c| matches!(c, Command::Campaign { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::Campaign { .. })
+    )));
 }
 
 #[test]
@@ -827,14 +907,17 @@ fn records_are_published_on_change_only() {
     let mut m = booted(cfg(ME), 0xa, 10);
     let out = m.handle(Millis(5), Event::ManagerReachable(true));
     let record = out.iter().find_map(|c| match c {
-        Command::PublishRecord { record, .. } => Some(record.clone()),
+        Command::Store(StoreCommand::PublishRecord { record, .. }) => Some(record.clone()),
         _ => None,
     });
     let record = record.unwrap();
     assert!(record.healthy && record.manager_reachable && !record.is_primary);
     assert_eq!(record.address.as_deref(), Some("hosta_0001.example:8080"));
     let out = m.handle(Millis(6), Event::Tick);
-    assert!(!has(&out, |c| matches!(c, Command::PublishRecord { .. })));
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Store(StoreCommand::PublishRecord { .. })
+    )));
 }
 
 #[test]
@@ -851,7 +934,7 @@ fn a_stale_campaign_answer_is_not_taken_for_the_current_one() {
             create_revision: 10,
         },
     );
-    assert!(out.contains(&Command::Resign { lease: 0xa }));
+    assert!(out.contains(&Command::Store(StoreCommand::Resign { lease: 0xa })));
     m.handle(
         Millis(5),
         Event::OwnKeyCreated {
@@ -864,7 +947,7 @@ fn a_stale_campaign_answer_is_not_taken_for_the_current_one() {
     assert!(
         has(&out, |c| matches!(
             c,
-            Command::StartLeaderWork { term: 13, .. }
+            Command::Local(LocalCommand::StartLeaderWork { term: 13, .. })
         )),
         "{out:?}"
     );
