@@ -6,6 +6,13 @@
 //! the key, the value and where it came from; [`Config::validate_for`] adds the rules of the role
 //! about to start. Everything is decided before any port is bound. The reference
 //! (`docs/configuration.md`) is generated from the same schema table by [`render_markdown`].
+//!
+//! Modules:
+//! * `schema` — the table of every key (section, name, variable, kind, default, doc), once;
+//! * `source`, `ini`, `load` — where values come from, the family's INI dialect, and loading with
+//!   aliases and precedence;
+//! * `value`, `model` — parsing one value by kind, and the typed [`Config`];
+//! * `validate` — rules across keys; `error` — [`ConfigError`]; `docs` — the generated reference.
 #![forbid(unsafe_code)]
 
 mod docs;

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use autogate_config::{env_name, keys, DefaultValue, SECTIONS};
 
-/// Every key of the family's variable table (product-family.md §1.4), so family files load.
+/// Every key of the family's variable table (listed with its `GATEWAY_*` variable in
+/// docs/configuration.md), so family files load.
 const FAMILY_KEYS: &[&str] = &[
     "application.ca_certificate_file",
     "application.cluster_id",

@@ -6,6 +6,13 @@
 //! program in its own process group with a timeout, and return its output as a [`RunResult`].
 //! The resource model, the operator API and the manager link call [`Engine::run`]; nothing here
 //! knows about stores or users.
+//!
+//! Modules:
+//! * [`checkout`] — git checkouts cached by commit, and per-run workspaces;
+//! * [`venv`] — Python venvs cached by requirement set and interpreter;
+//! * [`inputs`] — decorator validation, `--set` coercion, inputs rendered as arguments or vars;
+//! * [`runner`] — one program in its own process group, bounded capture, timeout, cancellation;
+//! * `engine` — one run from inputs to [`RunResult`]; `error` — [`ExecError`].
 #![forbid(unsafe_code)]
 
 pub mod checkout;

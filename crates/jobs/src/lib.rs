@@ -1,5 +1,6 @@
-//! Distributed execution (design §7): runner nodes take jobs from the active core node through
-//! the cluster's etcd, and no job is lost when a runner or the active core node dies.
+//! Distributed execution (described for operators in docs/runners.md): runner nodes take jobs
+//! from the active core node through the cluster's etcd, and no job is lost when a runner or the
+//! active core node dies.
 //!
 //! - [`model`]: the records and their keys;
 //! - [`scheduler`]: the dispatch rules as a pure state machine;

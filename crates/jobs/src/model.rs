@@ -1,5 +1,5 @@
-//! Job and runner records and their place in the store (design §7). Everything is JSON under
-//! the cluster prefix `/autogate/<cluster_id>/`:
+//! Job and runner records and their place in the store (the layout is also in docs/runners.md).
+//! Everything is JSON under the cluster prefix `/autogate/<cluster_id>/`:
 //!
 //! | key | value | written by | lifetime |
 //! |---|---|---|---|

@@ -16,6 +16,10 @@
 //! [`SESSION_REFUSED`] (session rules) or [`NOT_ALLOWED`] (certificate / cluster state) whose
 //! message is the reason. Service runs and the service catalog are in [`ServiceRun`],
 //! [`run_completed`] / [`run_failed`] (the family's `status` member) and [`ServicesUpdate`].
+//!
+//! Modules: `jsonrpc` (frames, decoding with limits, error codes), `hello` (method names, the
+//! handshake, node membership), `services` (`service.run` and the catalog), `session` (the
+//! manager's session rules as a pure state machine).
 #![forbid(unsafe_code)]
 
 mod hello;

@@ -1,6 +1,10 @@
 //! Process runtime shared by every role: log output in the product family's format, the node
 //! identity, the shutdown choreography (signals, root cancellation token, task tracker, grace
 //! deadline) and the Prometheus registry.
+//!
+//! Modules: [`identity`] (node ids, host name), [`logging`] (the family's log line and JSON
+//! lines), [`shutdown`] (signals, root token, task tracker, grace), [`metrics`] (the registry and
+//! process figures).
 #![forbid(unsafe_code)]
 
 pub mod identity;

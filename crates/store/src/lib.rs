@@ -9,6 +9,10 @@
 //! revisions for fencing, leases, prefix watches, compare-and-swap transactions) so that code written
 //! against the embedded backends behaves the same on etcd. Callers open a store with [`open`] and
 //! keep all their keys under [`cluster_prefix`].
+//!
+//! Modules: `engine` (the embedded MVCC-lite state machine), `embedded` (the `memory` and `local`
+//! backends around it, with lease expiry), `persist` (the `local` backend's redb file), `etcd` (the
+//! etcd backend).
 #![forbid(unsafe_code)]
 
 mod embedded;
