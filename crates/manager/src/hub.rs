@@ -42,7 +42,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::ManagerMetrics;
+use crate::metrics::{ManagerMetrics, RefusalCategory};
 use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState, SessionRecord};
 use crate::registry::Registry;
 use crate::web::{EventKind, Events};
@@ -172,8 +172,8 @@ pub struct Refusal {
     pub code: i64,
     /// The reason, sent to the gateway and logged.
     pub reason: String,
-    /// Metric label.
-    pub category: &'static str,
+    /// Its category (metric label, log field).
+    pub category: RefusalCategory,
 }
 
 /// Why a request could not be answered by the gateway.
@@ -472,7 +472,7 @@ impl Hub {
         requests: mpsc::Sender<Outgoing>,
     ) -> Result<Accepted, Refusal> {
         let cluster = hello.cluster_id.as_str();
-        let refuse = |code, reason: String, category| Refusal {
+        let refuse = |code, reason: String, category: RefusalCategory| Refusal {
             code,
             reason,
             category,
@@ -483,7 +483,7 @@ impl Hub {
             return Err(refuse(
                 NOT_ALLOWED,
                 format!("cluster {cluster} is not registered"),
-                "unknown_cluster",
+                RefusalCategory::UnknownCluster,
             ));
         }
         let lock = self.cluster_lock(cluster);
@@ -492,14 +492,14 @@ impl Hub {
             return Err(refuse(
                 NOT_ALLOWED,
                 format!("cluster {cluster} is not registered"),
-                "unknown_cluster",
+                RefusalCategory::UnknownCluster,
             ));
         };
         if rec.state == ClusterState::Disabled {
             return Err(refuse(
                 NOT_ALLOWED,
                 format!("cluster {cluster} is disabled"),
-                "cluster_disabled",
+                RefusalCategory::ClusterDisabled,
             ));
         }
         let fp = &cert.fingerprint;
@@ -507,7 +507,7 @@ impl Hub {
             return Err(refuse(
                 NOT_ALLOWED,
                 format!("certificate {fp} is not registered for cluster {cluster}"),
-                "certificate_not_registered",
+                RefusalCategory::CertificateNotRegistered,
             ));
         }
         // The TLS layer already refuses expired certificates; checked again because a
@@ -517,7 +517,7 @@ impl Hub {
                 return Err(refuse(
                     NOT_ALLOWED,
                     format!("certificate {fp} expired at {}", format_rfc3339(not_after)),
-                    "certificate_expired",
+                    RefusalCategory::CertificateExpired,
                 ));
             }
         }
@@ -533,7 +533,11 @@ impl Hub {
                     .on_hello(cluster, &hello.node_id, hello.term, conn, SystemTime::now());
             let replace = match decision {
                 HelloDecision::Refuse { reason } => {
-                    return Err(refuse(SESSION_REFUSED, reason, "session_rule"));
+                    return Err(refuse(
+                        SESSION_REFUSED,
+                        reason,
+                        RefusalCategory::SessionRule,
+                    ));
                 }
                 HelloDecision::Accept { replace } => replace,
             };
@@ -585,7 +589,7 @@ impl Hub {
             return Err(refuse(
                 autogate_proto::INTERNAL_ERROR,
                 format!("the manager cannot record the session: {e}"),
-                "store_error",
+                RefusalCategory::StoreError,
             ));
         }
         self.registry.cache_put(rec);
@@ -631,8 +635,10 @@ impl Hub {
         })
     }
 
-    /// A session task ended with `reason`. Records it unless the hub closed it first.
-    pub async fn closed(&self, conn: ConnId, reason: &str) {
+    /// A session task ended with `reason`. Records it unless the hub closed it first. `detail`
+    /// (the library's error behind a lost connection) goes to the log only: the history keeps
+    /// the operator's words.
+    pub async fn closed(&self, conn: ConnId, reason: &str, detail: Option<&str>) {
         let Some(cluster) = self.state().table.cluster_of(conn).map(str::to_owned) else {
             return;
         };
@@ -646,8 +652,9 @@ impl Hub {
             self.take_live(&mut state, conn)
         };
         let Some(info) = info else { return };
+        let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
         tracing::info!(
-            "session {} of gateway cluster {cluster} (node {}) closed: {reason}",
+            "session {} of gateway cluster {cluster} (node {}) closed: {reason}{detail}",
             info.session_id,
             info.node_id
         );

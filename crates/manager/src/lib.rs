@@ -7,7 +7,8 @@
 //! — lives in an embedded crash-safe store in `manager.data_dir`.
 //!
 //! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
-//! sessions and the session rules), [`api`] (REST), [`web`] (the web page and its live event
+//! sessions and the session rules), [`disconnect`] (why a connection was lost, in plain
+//! words), [`api`] (REST), [`web`] (the web page and its live event
 //! stream), [`registry`] (storage), [`bootstrap`] (certificate and admin token on first start),
 //! [`client`] (the admin client the CLI uses).
 //!
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod client;
+pub mod disconnect;
 pub mod error;
 pub mod hub;
 pub mod listener;

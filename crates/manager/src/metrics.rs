@@ -13,6 +13,66 @@ use prometheus_client::metrics::gauge::Gauge;
 
 type Labels = Vec<(String, String)>;
 
+/// Why a gateway connection was refused: the `reason` label of
+/// `manager_sessions_refused` and the `refusal` field of the log line that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCategory {
+    /// `/ws` without a client certificate.
+    NoCertificate,
+    /// No `hello` within the deadline.
+    HelloTimeout,
+    /// The first frame was not a valid `hello`.
+    BadHello,
+    /// The `hello` names a cluster that is not registered.
+    UnknownCluster,
+    /// The cluster is disabled.
+    ClusterDisabled,
+    /// The certificate is not registered for the cluster.
+    CertificateNotRegistered,
+    /// The certificate expired (checked again at `hello`).
+    CertificateExpired,
+    /// The session rules refused it (a second session for a cluster, a stale term).
+    SessionRule,
+    /// The manager could not record the session.
+    StoreError,
+}
+
+impl RefusalCategory {
+    /// Every category, for documentation and tests.
+    pub const ALL: [RefusalCategory; 9] = [
+        RefusalCategory::NoCertificate,
+        RefusalCategory::HelloTimeout,
+        RefusalCategory::BadHello,
+        RefusalCategory::UnknownCluster,
+        RefusalCategory::ClusterDisabled,
+        RefusalCategory::CertificateNotRegistered,
+        RefusalCategory::CertificateExpired,
+        RefusalCategory::SessionRule,
+        RefusalCategory::StoreError,
+    ];
+
+    /// The label value (stable: dashboards and alerts select on it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalCategory::NoCertificate => "no_certificate",
+            RefusalCategory::HelloTimeout => "hello_timeout",
+            RefusalCategory::BadHello => "bad_hello",
+            RefusalCategory::UnknownCluster => "unknown_cluster",
+            RefusalCategory::ClusterDisabled => "cluster_disabled",
+            RefusalCategory::CertificateNotRegistered => "certificate_not_registered",
+            RefusalCategory::CertificateExpired => "certificate_expired",
+            RefusalCategory::SessionRule => "session_rule",
+            RefusalCategory::StoreError => "store_error",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Counters and gauges of the manager.
 #[derive(Debug, Clone)]
 pub struct ManagerMetrics {
@@ -77,10 +137,10 @@ impl ManagerMetrics {
         self.sessions_live.dec();
     }
 
-    /// A connection was refused; `reason` is one of a fixed set of categories.
-    pub fn refused(&self, reason: &'static str) {
+    /// A connection was refused.
+    pub fn refused(&self, category: RefusalCategory) {
         self.refused
-            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .get_or_create(&vec![("reason".to_owned(), category.as_str().to_owned())])
             .inc();
     }
 
@@ -108,5 +168,20 @@ impl ManagerMetrics {
 impl Default for ManagerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_labels_are_distinct_snake_case() {
+        let labels: std::collections::HashSet<&str> =
+            RefusalCategory::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), RefusalCategory::ALL.len());
+        for l in labels {
+            assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
+        }
     }
 }

@@ -17,6 +17,9 @@
 //! [`FRAMES_PER_SECOND`] frames per second on average (bursts of [`FRAME_BURST`]) close it
 //! with 1008 `rate limit exceeded`; the manager pings every [`PING_INTERVAL`] and closes a
 //! session it has heard nothing from for [`SILENCE_LIMIT`].
+//!
+//! A connection lost without a close frame is recorded in the session history in plain words
+//! ([`ConnectionLoss`]); the library's own error goes to the log beside it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,11 +45,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::api::AppState;
+use crate::disconnect::ConnectionLoss;
 use crate::hub::{
     Hub, Outgoing, PeerCert, Reply, SessionControl, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
     CLOSE_POLICY,
 };
 use crate::listener::Peer;
+use crate::metrics::RefusalCategory;
 use crate::model::{now_rfc3339, truncate, Catalog};
 use crate::ratelimit::{suppressed_note, TokenBucket};
 pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
@@ -92,9 +97,11 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
         );
     };
     let Some(cert) = peer.cert.clone() else {
-        app.hub.metrics().refused("no_certificate");
+        let category = RefusalCategory::NoCertificate;
+        app.hub.metrics().refused(category);
         if let Some(n) = app.refusal_log.allow() {
             tracing::warn!(
+                refusal = category.as_str(),
                 "refused /ws from {}: no client certificate presented (a gateway must present the certificate registered for its cluster){}",
                 peer.addr,
                 suppressed_note(n)
@@ -180,8 +187,67 @@ enum End {
     /// The connection is gone (or must be dropped without a close frame); the reason is
     /// recorded.
     Gone(String),
+    /// The connection was lost: the plain words are recorded, the library's error (when there
+    /// is one) is logged.
+    Lost(ConnectionLoss, Option<String>),
     /// A frame above the limit: close 1009 and drain what the gateway is still sending.
     TooBig(String),
+}
+
+impl End {
+    /// What the history records and the gateway is told.
+    fn reason(&self) -> String {
+        match self {
+            End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
+            End::Lost(loss, _) => loss.to_string(),
+        }
+    }
+
+    /// The raw error behind a lost connection, for the log.
+    fn detail(&self) -> Option<&str> {
+        match self {
+            End::Lost(_, detail) => detail.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A failed read or write of the WebSocket stream.
+    fn lost(e: &WsError) -> End {
+        let loss = ConnectionLoss::of_ws(e);
+        // A WebSocket that is simply closed has nothing more to tell the log.
+        let detail = (loss != ConnectionLoss::Closed).then(|| e.to_string());
+        End::Lost(loss, detail)
+    }
+}
+
+/// How waiting for `hello` ended without one; `category` when it counts as a refusal.
+struct NoHello {
+    end: End,
+    category: Option<RefusalCategory>,
+}
+
+impl From<End> for NoHello {
+    fn from(end: End) -> Self {
+        NoHello {
+            end,
+            category: None,
+        }
+    }
+}
+
+impl End {
+    /// This end, counted as a refusal of `category`.
+    fn refusal(self, category: RefusalCategory) -> NoHello {
+        NoHello {
+            end: self,
+            category: Some(category),
+        }
+    }
+}
+
+/// `" (detail)"` or nothing.
+fn detail_note(detail: Option<&str>) -> String {
+    detail.map(|d| format!(" ({d})")).unwrap_or_default()
 }
 
 struct Session {
@@ -205,20 +271,21 @@ fn close_message(code: u16, reason: &str) -> Message {
 }
 
 impl Session {
-    async fn send(&mut self, msg: Message) -> Result<(), String> {
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
         match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(msg)).await {
             Ok(Ok(())) => {
                 self.hub.metrics().frame("out");
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("connection lost: {e}")),
-            Err(_) => Err(format!(
-                "the gateway did not read for {SEND_TIMEOUT:?} (send timed out)"
+            Ok(Err(e)) => Err(End::lost(&e)),
+            Err(_) => Err(End::Lost(
+                ConnectionLoss::NotReading(SEND_TIMEOUT.as_secs()),
+                None,
             )),
         }
     }
 
-    async fn send_frame(&mut self, frame: Frame) -> Result<(), String> {
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), End> {
         self.send(Message::Text(encode(&frame).into())).await
     }
 
@@ -248,7 +315,7 @@ impl Session {
                 })
                 .await;
             }
-            End::Gone(_) => {}
+            End::Gone(_) | End::Lost(..) => {}
         }
     }
 
@@ -267,10 +334,7 @@ impl Session {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => End::TooBig(
                 format!("frame of {size} bytes exceeds the limit of {max_size} bytes"),
             ),
-            WsError::ConnectionClosed | WsError::AlreadyClosed => {
-                End::Gone("connection closed by the gateway".to_owned())
-            }
-            other => End::Gone(format!("connection lost: {other}")),
+            other => End::lost(&other),
         }
     }
 
@@ -278,15 +342,18 @@ impl Session {
         let conn = self.hub.new_conn();
         let (id, hello) = match self.wait_for_hello().await {
             Ok(h) => h,
-            Err(end) => {
-                let reason = match &end {
-                    End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
-                };
+            Err(NoHello { end, category }) => {
+                if let Some(category) = category {
+                    self.hub.metrics().refused(category);
+                }
                 if let Some(n) = self.log.allow() {
                     tracing::warn!(
-                        "refused gateway connection from {} (certificate {}): {reason}{}",
+                        refusal = category.map(RefusalCategory::as_str),
+                        "refused gateway connection from {} (certificate {}): {}{}{}",
                         self.addr,
                         self.cert.fingerprint,
+                        end.reason(),
+                        detail_note(end.detail()),
                         suppressed_note(n)
                     );
                 }
@@ -306,6 +373,7 @@ impl Session {
                 self.hub.metrics().refused(refusal.category);
                 if let Some(n) = self.log.allow() {
                     tracing::warn!(
+                        refusal = refusal.category.as_str(),
                         "refused gateway cluster {} node {} from {}: {}{}",
                         hello.cluster_id,
                         hello.node_id,
@@ -355,35 +423,32 @@ impl Session {
         };
         let end = match self.send_frame(Response::success(id, ok).into()).await {
             Ok(()) => self.live(conn, &me, &control, &mut rx).await,
-            Err(reason) => End::Gone(reason),
-        };
-        let reason = match &end {
-            End::Close(_, r) | End::Gone(r) | End::TooBig(r) => r.clone(),
+            Err(end) => end,
         };
         // Record first (a no-op when the hub closed the session itself), then say goodbye.
-        self.hub.closed(conn, &reason).await;
+        self.hub.closed(conn, &end.reason(), end.detail()).await;
         self.hub.session_ended(&me.cluster_id, conn);
         self.finish(&end).await;
     }
 
-    async fn wait_for_hello(&mut self) -> Result<(Id, Hello), End> {
+    async fn wait_for_hello(&mut self) -> Result<(Id, Hello), NoHello> {
         let deadline = tokio::time::sleep(HELLO_TIMEOUT);
         tokio::pin!(deadline);
         let token = self.token.clone();
         loop {
             let msg = tokio::select! {
                 _ = &mut deadline => {
-                    self.hub.metrics().refused("hello_timeout");
-                    return Err(End::Close(CLOSE_POLICY, format!("no hello within {} s", HELLO_TIMEOUT.as_secs())));
+                    let end = End::Close(CLOSE_POLICY, format!("no hello within {} s", HELLO_TIMEOUT.as_secs()));
+                    return Err(end.refusal(RefusalCategory::HelloTimeout));
                 }
                 _ = token.cancelled() => {
-                    return Err(End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned()));
+                    return Err(End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned()).into());
                 }
                 msg = self.ws.next() => msg,
             };
             let msg = match msg {
-                None => return Err(End::Gone("connection closed before hello".to_owned())),
-                Some(Err(e)) => return Err(self.read_error(e)),
+                None => return Err(End::Gone("connection closed before hello".to_owned()).into()),
+                Some(Err(e)) => return Err(self.read_error(e).into()),
                 Some(Ok(m)) => m,
             };
             self.rate_check()?;
@@ -393,7 +458,7 @@ impl Session {
                 // (they still count against the rate limit).
                 Message::Binary(_) => continue,
                 Message::Close(_) => {
-                    return Err(End::Gone("connection closed before hello".to_owned()))
+                    return Err(End::Gone("connection closed before hello".to_owned()).into())
                 }
                 // Pings are answered by the WebSocket layer.
                 _ => continue,
@@ -402,8 +467,8 @@ impl Session {
             let frame = match decode(&text, self.max) {
                 Ok(f) => f,
                 Err(e) => {
-                    self.hub.metrics().refused("bad_hello");
-                    return Err(self.answer_decode_error(e, expected).await);
+                    let end = self.answer_decode_error(e, expected).await;
+                    return Err(end.refusal(RefusalCategory::BadHello));
                 }
             };
             match frame {
@@ -411,17 +476,17 @@ impl Session {
                     match Hello::from_params(req.params.as_ref()) {
                         Ok(h) => return Ok((req.id, h)),
                         Err(err) => {
-                            self.hub.metrics().refused("bad_hello");
                             let reason = format!("bad hello: {}", err.message);
                             let _ = self
                                 .send_frame(Response::error(Some(req.id), err).into())
                                 .await;
-                            return Err(End::Close(CLOSE_POLICY, reason));
+                            return Err(
+                                End::Close(CLOSE_POLICY, reason).refusal(RefusalCategory::BadHello)
+                            );
                         }
                     }
                 }
                 other => {
-                    self.hub.metrics().refused("bad_hello");
                     let (id, what) = match &other {
                         Frame::Request(r) => {
                             (Some(r.id.clone()), format!("request {:?}", r.method))
@@ -431,7 +496,8 @@ impl Session {
                     };
                     let err = RpcError::invalid_request(format!("{expected}, got {what}"));
                     let _ = self.send_frame(Response::error(id, err).into()).await;
-                    return Err(End::Close(CLOSE_POLICY, format!("{expected}, got {what}")));
+                    let end = End::Close(CLOSE_POLICY, format!("{expected}, got {what}"));
+                    return Err(end.refusal(RefusalCategory::BadHello));
                 }
             }
         }
@@ -473,11 +539,11 @@ impl Session {
                     if last_heard.elapsed() >= SILENCE_LIMIT {
                         return End::Close(
                             CLOSE_GOING_AWAY,
-                            format!("no frame from the gateway for {} s", SILENCE_LIMIT.as_secs()),
+                            ConnectionLoss::Silent(SILENCE_LIMIT.as_secs()).to_string(),
                         );
                     }
-                    if let Err(r) = self.send(Message::Ping(Vec::new().into())).await {
-                        return End::Gone(r);
+                    if let Err(end) = self.send(Message::Ping(Vec::new().into())).await {
+                        return end;
                     }
                 }
                 out = rx.recv() => {
@@ -497,14 +563,14 @@ impl Session {
                         }
                     };
                     let req = Request::new(id, out.method, out.params);
-                    if let Err(r) = self.send_frame(req.into()).await {
-                        return End::Gone(r);
+                    if let Err(end) = self.send_frame(req.into()).await {
+                        return end;
                     }
                 }
                 msg = self.ws.next() => {
                     last_heard = Instant::now();
                     let msg = match msg {
-                        None => return End::Gone("connection closed by the gateway".to_owned()),
+                        None => return End::Lost(ConnectionLoss::Closed, None),
                         Some(Err(e)) => return self.read_error(e),
                         Some(Ok(m)) => m,
                     };
@@ -532,8 +598,8 @@ impl Session {
                         _ => None,
                     };
                     if let Some(resp) = reply {
-                        if let Err(r) = self.send_frame(resp.into()).await {
-                            return End::Gone(r);
+                        if let Err(end) = self.send_frame(resp.into()).await {
+                            return end;
                         }
                     }
                 }
