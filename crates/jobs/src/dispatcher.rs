@@ -34,8 +34,31 @@ pub type Writer = Arc<dyn Fn(Txn) -> BoxFuture<'static, Result<bool, String>> + 
 
 /// Largest number of operations in one transaction (etcd's default `--max-txn-ops` is 128).
 const MAX_OPS: usize = 120;
-const TICK: Duration = Duration::from_millis(250);
-const SWEEP: Duration = Duration::from_secs(30);
+
+/// The dispatcher's periodic inputs.
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    /// Queue timeouts: the scheduler is told the time.
+    Tick,
+    /// Finished jobs past their retention are removed.
+    Sweep,
+}
+
+impl Timer {
+    fn period(self) -> Duration {
+        match self {
+            Timer::Tick => Duration::from_millis(250),
+            Timer::Sweep => Duration::from_secs(30),
+        }
+    }
+
+    fn input(self) -> Input {
+        match self {
+            Timer::Tick => Input::Tick,
+            Timer::Sweep => Input::Sweep,
+        }
+    }
+}
 
 /// Settings of a dispatcher.
 #[derive(Debug, Clone)]
@@ -349,22 +372,17 @@ pub async fn start_metered(
             }
         });
     }
-    for (every, input) in [(TICK, 0u8), (SWEEP, 1u8)] {
+    for timer in [Timer::Tick, Timer::Sweep] {
         let (tx, token) = (tx.clone(), token.clone());
         tokio::spawn(async move {
-            let mut iv = tokio::time::interval(every);
+            let mut iv = tokio::time::interval(timer.period());
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = iv.tick() => {}
                 }
-                let msg = if input == 0 {
-                    Input::Tick
-                } else {
-                    Input::Sweep
-                };
-                if tx.send(msg).is_err() {
+                if tx.send(timer.input()).is_err() {
                     return;
                 }
             }
