@@ -30,8 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use api::{
-    health_body, openapi_document, plural, route_specs, router, Access, ApiState, RouteSpec,
-    Standby,
+    health_body, openapi_document, route_specs, router, Access, ApiState, Body, RouteSpec, Standby,
 };
 pub use storeopts::{open_store, store_options};
 

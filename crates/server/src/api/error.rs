@@ -1,0 +1,114 @@
+//! Error answers: `{"error": "<message>", "detail": {...}?, "job_id": "..."?}` with the status of
+//! the failure's class, and the conversions from the errors of the layers below.
+
+use autogate_automation::{AutomationError, ErrorClass};
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth::AuthError;
+
+/// An error answer: status plus `{"error", "detail"?, "job_id"?}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    detail: Option<Value>,
+    /// The job a distributed run's error is about (its caller can ask for it again).
+    job_id: Option<String>,
+}
+
+/// What every handler returns.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            detail: None,
+            job_id: None,
+        }
+    }
+
+    /// The same error, about job `job`.
+    pub fn with_job(mut self, job: &str) -> Self {
+        self.job_id = Some(job.to_owned());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(d) = self.detail {
+            body["detail"] = d;
+        }
+        if let Some(job) = self.job_id {
+            body["job_id"] = json!(job);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn class_status(class: ErrorClass) -> StatusCode {
+    match class {
+        ErrorClass::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorClass::NotFound => StatusCode::NOT_FOUND,
+        ErrorClass::Conflict => StatusCode::CONFLICT,
+        ErrorClass::Forbidden => StatusCode::FORBIDDEN,
+        ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Config | ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<AutomationError> for ApiError {
+    fn from(e: AutomationError) -> Self {
+        let status = class_status(e.class());
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("request failed: {e}");
+        }
+        ApiError {
+            status,
+            message: e.to_string(),
+            detail: e.detail(),
+            job_id: None,
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match &e {
+            AuthError::BadCredentials | AuthError::MissingKey | AuthError::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::Exists(_) | AuthError::LastUser(_) => StatusCode::CONFLICT,
+            AuthError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("request failed: {e}");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// A JSON body the handler could not take: not JSON at all is 400, JSON of the wrong shape 422.
+fn body_error(what: &str, e: JsonRejection) -> ApiError {
+    let status = match &e {
+        JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, format!("{what}: {}", e.body_text()))
+}
+
+/// The body of a handler that takes `Result<Json<T>, JsonRejection>`, or its error answer.
+pub fn json_body<T>(what: &str, body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(b)| b).map_err(|e| body_error(what, e))
+}

@@ -1,0 +1,385 @@
+//! The route table: every route of the API once, with its method, path, handler, who may call
+//! it, what a standby does with it and what the OpenAPI document says about it. The router
+//! ([`super::router`]) and the document ([`super::openapi_document`]) are both built from it, so
+//! neither can have a route the other lacks.
+
+use autogate_resources::model::Kind;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
+use axum::routing::{self, MethodRouter};
+use axum::Json;
+use serde_json::Value;
+
+use super::{cluster, db, ha, jobs, node, openapi, resources, runs, users, ApiState};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No API key (health, the OpenAPI document, login, probes).
+    Open,
+    /// `Authorization: Bearer <key>`.
+    Key,
+}
+
+/// What a route does with a standby's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// Answered by whichever node receives it (reads from the shared store, node-local state).
+    Local,
+    /// Sent on to the active node (writes and runs).
+    Forward,
+}
+
+/// What a request or an answer carries, as the document describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Nothing.
+    Empty,
+    /// `text/plain`.
+    Text,
+    /// `application/yaml`.
+    Yaml,
+    /// A JSON object of no documented shape.
+    Object,
+    /// JSON, with the name of a schema in `components.schemas`.
+    Json(&'static str),
+}
+
+/// One route as the document and the tests see it (the handler aside).
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// axum/OpenAPI path template (`/api/v1/services/{name}`).
+    pub path: String,
+    pub access: Access,
+    pub standby: Standby,
+    pub tag: &'static str,
+    pub summary: String,
+    /// The request body.
+    pub body: Body,
+    /// Success status and what it returns.
+    pub ok: (StatusCode, Body),
+    /// The error statuses worth documenting.
+    pub errors: &'static [StatusCode],
+}
+
+/// One route: its handler and its spec. Built with [`Route::get`], [`Route::post`] or
+/// [`Route::delete`]; a route needs an API key and is answered locally unless it says
+/// otherwise ([`Route::open`], [`Route::forwarded`]).
+pub(super) struct Route {
+    pub(super) spec: RouteSpec,
+    pub(super) handler: MethodRouter<ApiState>,
+}
+
+impl Route {
+    fn new(method: Method, path: impl Into<String>, handler: MethodRouter<ApiState>) -> Self {
+        Route {
+            spec: RouteSpec {
+                method,
+                path: path.into(),
+                access: Access::Key,
+                standby: Standby::Local,
+                tag: "",
+                summary: String::new(),
+                body: Body::Empty,
+                ok: (StatusCode::OK, Body::Object),
+                errors: &[],
+            },
+            handler,
+        }
+    }
+
+    fn get<H: Handler<T, ApiState>, T: 'static>(path: impl Into<String>, handler: H) -> Self {
+        Self::new(Method::GET, path, routing::get(handler))
+    }
+
+    fn post<H: Handler<T, ApiState>, T: 'static>(path: impl Into<String>, handler: H) -> Self {
+        Self::new(Method::POST, path, routing::post(handler))
+    }
+
+    fn delete<H: Handler<T, ApiState>, T: 'static>(path: impl Into<String>, handler: H) -> Self {
+        Self::new(Method::DELETE, path, routing::delete(handler))
+    }
+
+    /// Callable without an API key.
+    fn open(mut self) -> Self {
+        self.spec.access = Access::Open;
+        self
+    }
+
+    /// A standby sends it on to the active node.
+    fn forwarded(mut self) -> Self {
+        self.spec.standby = Standby::Forward;
+        self
+    }
+
+    /// Its group in the document and what it does.
+    fn doc(mut self, tag: &'static str, summary: impl Into<String>) -> Self {
+        self.spec.tag = tag;
+        self.spec.summary = summary.into();
+        self
+    }
+
+    fn takes(mut self, body: Body) -> Self {
+        self.spec.body = body;
+        self
+    }
+
+    fn returns(mut self, status: StatusCode, body: Body) -> Self {
+        self.spec.ok = (status, body);
+        self
+    }
+
+    fn errors(mut self, errors: &'static [StatusCode]) -> Self {
+        self.spec.errors = errors;
+        self
+    }
+}
+
+use StatusCode as S;
+
+const READ_ERRORS: &[StatusCode] = &[S::UNAUTHORIZED, S::NOT_FOUND, S::SERVICE_UNAVAILABLE];
+const WRITE_ERRORS: &[StatusCode] = &[
+    S::BAD_REQUEST,
+    S::UNAUTHORIZED,
+    S::FORBIDDEN,
+    S::CONFLICT,
+    S::UNPROCESSABLE_ENTITY,
+    S::SERVICE_UNAVAILABLE,
+];
+
+/// Every route of the API, in the order the document lists them.
+pub(super) fn table() -> Vec<Route> {
+    use Body::{Empty, Json, Object, Text, Yaml};
+    let mut t = vec![
+        Route::get("/api/v1/health", node::health)
+            .open()
+            .doc(
+                "node",
+                "Who this node is: id, cluster, store, manager link and HA role",
+            )
+            .returns(S::OK, Json("Health")),
+        Route::get("/healthz", node::healthz)
+            .open()
+            .doc("node", "Liveness: the process answers")
+            .returns(S::OK, Text),
+        Route::get("/readyz", node::readyz)
+            .open()
+            .doc("node", "Readiness: the store answers")
+            .returns(S::OK, Text)
+            .errors(&[S::SERVICE_UNAVAILABLE]),
+        Route::get("/metrics", node::metrics)
+            .open()
+            .doc("node", "Prometheus metrics (OpenMetrics text)")
+            .returns(S::OK, Text),
+        Route::get("/api/v1/openapi.json", openapi::serve)
+            .open()
+            .doc("node", "This document")
+            .returns(S::OK, Object),
+        Route::post("/api/v1/login", users::login)
+            .open()
+            .forwarded()
+            .doc("users", "Exchange a user name and password for an API key")
+            .takes(Json("Login"))
+            .returns(S::OK, Json("ApiKey"))
+            .errors(&[
+                S::BAD_REQUEST,
+                S::UNAUTHORIZED,
+                S::UNPROCESSABLE_ENTITY,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+        Route::get("/api/v1/users", users::list)
+            .doc("users", "List users")
+            .returns(S::OK, Json("UserList"))
+            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
+        Route::post("/api/v1/users", users::create)
+            .forwarded()
+            .doc("users", "Create a user")
+            .takes(Json("NewUser"))
+            .returns(S::CREATED, Json("User"))
+            .errors(&[
+                S::BAD_REQUEST,
+                S::UNAUTHORIZED,
+                S::CONFLICT,
+                S::UNPROCESSABLE_ENTITY,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+        Route::get("/api/v1/users/{name}", users::get)
+            .doc("users", "One user")
+            .returns(S::OK, Json("User"))
+            .errors(READ_ERRORS),
+        Route::delete("/api/v1/users/{name}", users::delete)
+            .forwarded()
+            .doc("users", "Delete a user and revoke its API keys")
+            .returns(S::NO_CONTENT, Empty)
+            .errors(&[
+                S::UNAUTHORIZED,
+                S::NOT_FOUND,
+                S::CONFLICT,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+        Route::post("/api/v1/users/{name}/password", users::password)
+            .forwarded()
+            .doc(
+                "users",
+                "Set a user's password; revokes every API key of that user",
+            )
+            .takes(Json("Password"))
+            .returns(S::OK, Json("PasswordChanged"))
+            .errors(&[
+                S::BAD_REQUEST,
+                S::UNAUTHORIZED,
+                S::NOT_FOUND,
+                S::UNPROCESSABLE_ENTITY,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+    ];
+    for kind in Kind::ALL {
+        t.extend(resource_routes(kind));
+    }
+    t.extend([
+        Route::post("/api/v1/services/{name}/run", runs::run)
+            .forwarded()
+            .doc("services", "Run a service and wait for its result")
+            .takes(Json("RunRequest"))
+            .returns(S::OK, Json("RunResponse"))
+            .errors(&[
+                S::BAD_REQUEST,
+                S::UNAUTHORIZED,
+                S::FORBIDDEN,
+                S::NOT_FOUND,
+                S::UNPROCESSABLE_ENTITY,
+                S::INTERNAL_SERVER_ERROR,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+        Route::get("/api/v1/jobs/{id}", jobs::job)
+            .doc(
+                "services",
+                "A job (distributed execution): its record, and its result or error once it ended; with wait=true, waits for the end",
+            )
+            .returns(S::OK, Object)
+            .errors(&[S::UNAUTHORIZED, S::NOT_FOUND, S::SERVICE_UNAVAILABLE]),
+        Route::get("/api/v1/services/{name}/inputs", runs::inputs)
+            .doc(
+                "services",
+                "The inputs a service expects: its catalog entry with the decorator's schema",
+            )
+            .returns(S::OK, Json("ServiceInfo"))
+            .errors(READ_ERRORS),
+        Route::get("/api/v1/db/export", db::export)
+            .doc("db", "Every resource as the import YAML (secrets sealed)")
+            .returns(S::OK, Yaml)
+            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
+        Route::post("/api/v1/db/import", db::import)
+            .forwarded()
+            .doc(
+                "db",
+                "Import a YAML resource file, all or nothing (query: check, force)",
+            )
+            .takes(Yaml)
+            .returns(S::OK, Json("ImportReport"))
+            .errors(&[
+                S::BAD_REQUEST,
+                S::UNAUTHORIZED,
+                S::FORBIDDEN,
+                S::CONFLICT,
+                S::UNPROCESSABLE_ENTITY,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+        Route::get("/api/v1/runners", cluster::runners)
+            .doc("cluster", "Registered runners with their load and status")
+            .returns(S::OK, Object)
+            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
+        Route::get("/api/v1/cluster/activity", cluster::activity)
+            .doc("cluster", "Retained jobs of the cluster, newest first")
+            .returns(S::OK, Object)
+            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
+        Route::get("/api/v1/cluster/health", cluster::health)
+            .doc(
+                "cluster",
+                "Health of the cluster: store, core nodes, runners, manager link",
+            )
+            .returns(S::OK, Object)
+            .errors(&[S::UNAUTHORIZED]),
+        Route::get("/api/v1/ha/status", ha::status)
+            .doc("ha", "This node's view of the election")
+            .returns(S::OK, Object)
+            .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
+        Route::post("/api/v1/ha/switchover", ha::switchover)
+            .doc("ha", "Planned hand-over by the active node")
+            .takes(Json("Switchover"))
+            .returns(S::ACCEPTED, Object)
+            .errors(&[S::UNAUTHORIZED, S::CONFLICT, S::SERVICE_UNAVAILABLE]),
+        Route::post("/api/v1/ha/pause", ha::pause)
+            .doc(
+                "ha",
+                "Stop standing for election (an active node hands over first)",
+            )
+            .returns(S::ACCEPTED, Object)
+            .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
+        Route::post("/api/v1/ha/resume", ha::resume)
+            .doc("ha", "Stand for election again")
+            .returns(S::ACCEPTED, Object)
+            .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
+    ]);
+    t
+}
+
+/// List, create, get and delete of one resource kind.
+fn resource_routes(kind: Kind) -> [Route; 4] {
+    let p = kind.plural();
+    let base = format!("/api/v1/{p}");
+    let one = format!("{base}/{{name}}");
+    let create_body = if kind == Kind::Secret {
+        "SecretInput"
+    } else {
+        "Resource"
+    };
+    [
+        Route::get(base.clone(), move |s: State<ApiState>| {
+            resources::list(s, kind)
+        })
+        .doc("resources", format!("List {p}"))
+        .returns(S::OK, Body::Json("ResourceList"))
+        .errors(&[S::UNAUTHORIZED, S::FORBIDDEN, S::SERVICE_UNAVAILABLE]),
+        Route::post(
+            base,
+            move |s: State<ApiState>, b: Result<Json<Value>, JsonRejection>| {
+                resources::create(s, b, kind)
+            },
+        )
+        .forwarded()
+        .doc("resources", format!("Create a {kind}"))
+        .takes(Body::Json(create_body))
+        .returns(S::CREATED, Body::Json("Resource"))
+        .errors(WRITE_ERRORS),
+        Route::get(one.clone(), move |s: State<ApiState>, n: Path<String>| {
+            resources::get(s, n, kind)
+        })
+        .doc("resources", format!("One {kind}"))
+        .returns(S::OK, Body::Json("Resource"))
+        .errors(READ_ERRORS),
+        Route::delete(one, move |s: State<ApiState>, n: Path<String>| {
+            resources::delete(s, n, kind)
+        })
+        .forwarded()
+        .doc(
+            "resources",
+            format!("Delete a {kind} (refused while others name it)"),
+        )
+        .returns(S::NO_CONTENT, Body::Empty)
+        .errors(&[
+            S::UNAUTHORIZED,
+            S::NOT_FOUND,
+            S::CONFLICT,
+            S::SERVICE_UNAVAILABLE,
+        ]),
+    ]
+}
+
+/// The route table without handlers (the OpenAPI document and tests read it).
+pub fn route_specs() -> Vec<RouteSpec> {
+    table().into_iter().map(|r| r.spec).collect()
+}
