@@ -13,13 +13,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autogate_automation::{Automation, AutomationError, RunRequest};
 use autogate_store::{EventKind, Store, StoreError, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::JobMetrics;

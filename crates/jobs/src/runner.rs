@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autogate_automation::Automation;
 use autogate_store::{
@@ -20,6 +20,7 @@ use autogate_store::{
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
@@ -227,7 +228,7 @@ pub async fn run(
             running.len()
         );
     }
-    let deadline = tokio::time::Instant::now() + opts.drain_grace;
+    let deadline = Instant::now() + opts.drain_grace;
     while !running.is_empty() {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,

@@ -1,7 +1,8 @@
 //! The dispatch rules as a pure state machine: events in, commands out, no I/O and no clock of
 //! its own (time arrives in the events). The dispatcher on the active core node feeds it what
 //! it sees in the store and carries out its commands with fenced transactions; a new active
-//! node rebuilds it from the store (see [`Scheduler::adopt`]).
+//! node rebuilds it from the store (see [`Scheduler::adopt`]). Times are Tokio instants, so a
+//! dispatcher under a paused Tokio clock (tests) times jobs out on that clock.
 //!
 //! Rules:
 //! - A queued job goes to the least-loaded eligible runner (alive, not draining, carrying the
@@ -16,7 +17,9 @@
 //!   eligible but busy runners waits without limit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::model::FailureKind;
 
@@ -460,8 +463,8 @@ mod tests {
 
     #[test]
     fn least_loaded_then_round_robin() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         s.handle(runner("a", 4));
         s.handle(runner("b", 4));
         let mut to = Vec::new();
@@ -481,8 +484,8 @@ mod tests {
 
     #[test]
     fn full_runners_make_jobs_wait_without_timeout() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(1), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(1), now);
         s.handle(runner("a", 1));
         assert_eq!(assigned_to(&submit(&mut s, "j1", 0, now)), ["a"]);
         assert!(submit(&mut s, "j2", 0, now).is_empty());
@@ -508,8 +511,8 @@ mod tests {
 
     #[test]
     fn no_eligible_runner_fails_after_the_timeout() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         assert!(submit(&mut s, "j1", 0, now).is_empty());
         assert!(s
             .handle(Event::Tick {
@@ -533,8 +536,8 @@ mod tests {
 
     #[test]
     fn labels_select_runners() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         s.handle(runner("plain", 8));
         s.handle(Event::RunnerUp(RunnerInfo {
             id: "gpu".into(),
@@ -553,8 +556,8 @@ mod tests {
 
     #[test]
     fn lost_runner_requeues_retryable_and_fails_the_rest() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         s.handle(runner("a", 1));
         s.handle(runner("b", 1));
         let first = submit(&mut s, "retry", 1, now);
@@ -611,8 +614,8 @@ mod tests {
 
     #[test]
     fn drained_jobs_go_back_first_without_using_a_retry() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         s.handle(runner("a", 1));
         submit(&mut s, "j1", 0, now);
         submit(&mut s, "j2", 0, now);
@@ -647,8 +650,8 @@ mod tests {
 
     #[test]
     fn adopted_jobs_keep_their_runner_or_are_lost_with_it() {
-        let mut s = Scheduler::new("c1", Duration::from_secs(60), Instant::now());
         let now = Instant::now();
+        let mut s = Scheduler::new("c1", Duration::from_secs(60), now);
         s.handle(runner("a", 2));
         assert!(s.adopt("j1", BTreeMap::new(), 0, 1, "a", now).is_empty());
         assert_eq!(s.load()["a"], (1, 2));

@@ -1,6 +1,8 @@
 //! The dispatcher and runners against a real etcd: many jobs over two runners, a runner lost
 //! mid-job (retryable and not), a drained runner handing work back, a new dispatcher adopting
 //! jobs in flight. Runners run here as tasks; the process-level tests live with the binary.
+//! The queue timeout is tested on the memory store under Tokio's paused clock, so it costs no
+//! real waiting.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +25,12 @@ async fn setup(etcd: &EtcdServer, dir: &std::path::Path) -> (Arc<dyn Store>, Aut
     let store = autogate_store::open(StoreOptions::Etcd(EtcdOptions::new(etcd.endpoints())))
         .await
         .unwrap();
+    let automation = automation(&store, dir).await;
+    (store, automation)
+}
+
+/// The facade over `store` with the `sh` executable object every test service uses.
+async fn automation(store: &Arc<dyn Store>, dir: &std::path::Path) -> Automation {
     let automation = Automation::new(
         store.clone(),
         CLUSTER,
@@ -40,7 +48,7 @@ async fn setup(etcd: &EtcdServer, dir: &std::path::Path) -> (Arc<dyn Store>, Aut
         )
         .await
         .unwrap();
-    (store, automation)
+    automation
 }
 
 async fn service(a: &Automation, name: &str, script: &str, retries: u32) {
@@ -237,16 +245,18 @@ async fn lost_runner_retries_or_fails_and_records_attempts() {
     token.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn drained_runner_hands_back_and_no_runner_times_out() {
-    let etcd = EtcdServer::start();
+#[tokio::test(start_paused = true)]
+async fn no_runner_times_out_after_the_queue_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, a) = setup(&etcd, dir.path()).await;
+    let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+    let a = automation(&store, dir.path()).await;
     service(&a, "slow", "x", 0).await;
     let token = CancellationToken::new();
     let d = dispatcher(&store, &token).await;
 
-    // Nobody to run it: it fails after the queue timeout, with the documented message.
+    // Nobody to run it: it fails after the queue timeout (3 s, on the paused clock), with the
+    // documented message.
+    let submitted = tokio::time::Instant::now();
     let (_, done) = d
         .submit(&a, run_req("slow", "echo never"), Origin::Api)
         .await
@@ -255,10 +265,27 @@ async fn drained_runner_hands_back_and_no_runner_times_out() {
         .await
         .unwrap()
         .unwrap();
+    let waited = submitted.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_millis(3_600),
+        "failed after {waited:?}, not at the queue timeout"
+    );
+    assert_eq!(f.record.state, JobState::Failed);
     assert_eq!(
         f.record.error.as_deref(),
         Some(format!("no runner available in cluster {CLUSTER}").as_str())
     );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drained_runner_hands_back() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, a) = setup(&etcd, dir.path()).await;
+    service(&a, "slow", "x", 0).await;
+    let token = CancellationToken::new();
+    let d = dispatcher(&store, &token).await;
 
     let (t1, h1) = runner(&store, &a, "leaving", 1);
     wait_runners(&store, 1).await;
