@@ -3,13 +3,11 @@
 //! the REST API's authentication and input validation.
 #![allow(clippy::unwrap_used)]
 
-mod manager_support;
-
 use std::os::unix::fs::PermissionsExt;
 
+use crate::support::manager::*;
 use autogate_manager::AdminClient;
 use autogate_testkit::{free_port, Autogate};
-use manager_support::*;
 use serde_json::{json, Value};
 
 #[test]

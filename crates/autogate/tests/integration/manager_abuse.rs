@@ -3,13 +3,11 @@
 //! long run of bad-certificate connections while a good session stays up and memory stays flat.
 #![allow(clippy::unwrap_used)]
 
-mod manager_support;
-
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use crate::support::manager::*;
 use futures::SinkExt;
-use manager_support::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -4,13 +4,11 @@
 //! The gateway side is a scripted WebSocket client over real mutual TLS.
 #![allow(clippy::unwrap_used)]
 
-mod manager_support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::manager::*;
 use futures::StreamExt;
 use helpers::status;
-use manager_support::*;
 use serde_json::json;
 
 /// Small helpers over the admin client that keep the tests readable.

@@ -1,0 +1,34 @@
+//! Black-box and end-to-end tests of the `autogate` binary, one test target: each module was
+//! its own test binary before, and [`support`] holds what they share (git repositories, node
+//! set-up, the scripted gateway of the manager tests).
+//!
+//! Everything runs in one process, with tests in parallel: a test must not change the
+//! process's environment or current directory (children get their own through
+//! `autogate_testkit::Autogate`).
+
+mod support;
+
+mod api_auth;
+mod api_cancel;
+mod api_resources;
+mod api_standby;
+mod api_tls;
+mod cli_client;
+mod cli_db;
+mod cli_resources;
+mod cli_run;
+mod config_cli;
+mod ha_e2e;
+mod ha_faults;
+mod link_e2e;
+mod manager_abuse;
+mod manager_cli;
+mod manager_page;
+mod manager_services;
+mod manager_sessions;
+mod metrics_doc;
+mod packaging;
+mod readiness;
+mod runners_e2e;
+mod server_lifecycle;
+mod services_e2e;

@@ -1,0 +1,3 @@
+//! Set-up shared by the test modules.
+
+pub mod manager;
