@@ -1,0 +1,173 @@
+//! `autogate create|get|describe|delete <noun>`: the automation resources (repositories,
+//! services, decorators, secrets, executable-objects, registries) and, against a core node,
+//! users — with the family's flags, tables and `Label:  value` layouts. Every command works the
+//! same in local mode (in-process) and client mode (through the API): see [`Backend`].
+//!
+//! The grammar is in `args`, the request bodies the flags make in `request`, and what is
+//! printed in `render`; this module runs the commands.
+
+mod args;
+mod render;
+mod request;
+
+use autogate_resources::model::Kind;
+use reqwest::Method;
+use serde_json::json;
+
+use super::backend::{self, Backend};
+use super::term::{self, out, outln};
+use crate::cli::Global;
+use crate::exit::{Failure, USAGE};
+
+pub use args::{CreateArgs, GetArgs, NamedArgs};
+pub use render::print_json;
+pub use request::json_arg;
+
+use args::{CreateNoun, CreateUser, Plural, Target};
+
+/// Opens the backend of the configured mode and runs `f` on it.
+fn with_backend<T>(
+    global: &Global,
+    f: impl AsyncFnOnce(&Backend, &autogate_config::Config) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let config = backend::load(global)?;
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let backend = Backend::open(&config, global).await?;
+        f(&backend, &config).await
+    })
+}
+
+pub fn create(global: &Global, args: CreateArgs) -> Result<(), Failure> {
+    // Values typed at a prompt are read before anything else happens, so that a mistake in the
+    // configuration does not surface after the operator typed a password.
+    let (kind, body) = match args.noun {
+        CreateNoun::User(u) => return create_user(global, u),
+        CreateNoun::Repository(r) => (Kind::Repository, request::repository_body(r)),
+        CreateNoun::Service(s) => (Kind::Service, request::service_body(s.kind)?),
+        CreateNoun::Decorator(d) => (Kind::Decorator, request::decorator_body(d)?),
+        CreateNoun::Secret(s) => (Kind::Secret, request::secret_body(s)?),
+        CreateNoun::ExecutableObject(e) => (Kind::ExecutableObject, request::exec_object_body(e)),
+        CreateNoun::Registry(r) => (Kind::Registry, request::registry_body(r)),
+    };
+    let created = with_backend(global, async |b, _| b.create(kind, body).await)?;
+    if global.raw {
+        print_json(&created);
+    } else {
+        outln!("Successfully created {kind}");
+        outln!("Name:   {}", term::text(&created["name"]));
+    }
+    Ok(())
+}
+
+pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
+    if matches!(args.noun, Plural::Runners) {
+        return super::cluster::get_runners(global);
+    }
+    let target = Target::from(args.noun);
+    let key = match target {
+        Target::Kind(k) => k.plural(),
+        Target::User => "users",
+    };
+    let items = with_backend(global, async |b, _| match target {
+        Target::Kind(k) => b.list(k).await,
+        Target::User => {
+            let c = b.remote("get users")?;
+            backend::list_of(c.call(Method::GET, "/api/v1/users", None).await?, "users")
+        }
+    })?;
+    if global.raw {
+        print_json(&json!({ key: items }));
+        return Ok(());
+    }
+    out!("{}", render::list_table(target, &items));
+    Ok(())
+}
+
+pub fn describe(global: &Global, args: NamedArgs) -> Result<(), Failure> {
+    let target = Target::from(args.noun);
+    let name = args.name;
+    let (item, tz) = with_backend(global, async |b, config| {
+        let item = match target {
+            Target::Kind(k) => b.get(k, &name).await?,
+            Target::User => {
+                let c = b.remote("describe user")?;
+                c.call(
+                    Method::GET,
+                    &format!("/api/v1/users/{}", backend::segment(&name)),
+                    None,
+                )
+                .await?
+            }
+        };
+        Ok((item, term::time_zone(config)?))
+    })?;
+    if global.raw {
+        let out = match target {
+            Target::Kind(Kind::Service) => render::with_metadata(item),
+            _ => item,
+        };
+        print_json(&out);
+        return Ok(());
+    }
+    out!("{}", render::describe_text(target, &item, &tz));
+    Ok(())
+}
+
+pub fn delete(global: &Global, args: NamedArgs) -> Result<(), Failure> {
+    let target = Target::from(args.noun);
+    let name = args.name;
+    with_backend(global, async |b, _| match target {
+        Target::Kind(k) => b.delete(k, &name).await,
+        Target::User => {
+            let c = b.remote("delete user")?;
+            c.call(
+                Method::DELETE,
+                &format!("/api/v1/users/{}", backend::segment(&name)),
+                None,
+            )
+            .await
+            .map(|_| ())
+        }
+    })?;
+    let kind = match target {
+        Target::Kind(k) => k.as_str(),
+        Target::User => "user",
+    };
+    if global.raw {
+        print_json(&json!({ "kind": kind, "name": name, "deleted": true }));
+    } else {
+        outln!("Successfully deleted {kind} {name}");
+    }
+    Ok(())
+}
+
+/// `create user`: the family's prompts (twice, compared) unless `--password-stdin`.
+fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
+    let config = backend::load(global)?;
+    if backend::is_local(&config) {
+        return Err(backend::local_has_no_users("create user"));
+    }
+    let password = if u.password_stdin {
+        term::read_secret("", true)?
+    } else {
+        let first = term::read_secret("Enter your password: ", false)?;
+        let again = term::read_secret("Re-enter your password for verification: ", false)?;
+        if first != again {
+            return Err(Failure::new(USAGE, "the passwords do not match"));
+        }
+        eprintln!("Password verified successfully!");
+        first
+    };
+    let client = crate::api::ApiClient::from_config(&config, global)?;
+    let rt = super::runtime()?;
+    let body = request::user_body(&u.name, &password);
+    let created = rt.block_on(client.call(Method::POST, "/api/v1/users", Some(&body)))?;
+    if global.raw {
+        print_json(&render::without_secrets(created));
+    } else {
+        outln!("Successfully created user");
+        outln!("Name:   {}", u.name);
+    }
+    Ok(())
+}

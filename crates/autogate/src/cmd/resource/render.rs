@@ -1,0 +1,253 @@
+//! What `create|get|describe|delete` print: the family's tables for `get`, its
+//! `Label:  value` layouts for `describe`, and the JSON of `--raw`.
+
+use autogate_resources::model::Kind;
+use serde_json::{json, Value};
+
+use super::args::Target;
+use crate::cmd::term::{self, outln};
+
+/// A JSON document as `--raw` prints it: indented, on standard output.
+pub fn print_json(v: &Value) {
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// A user as the API returns it, minus anything credential-like it might carry.
+pub(super) fn without_secrets(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.retain(|k, _| !matches!(k.as_str(), "password" | "password_hash" | "api_key"));
+    }
+    v
+}
+
+/// The first of several field spellings that is present (users' fields come from the API).
+fn field<'a>(v: &'a Value, names: &[&str]) -> &'a Value {
+    names
+        .iter()
+        .map(|n| &v[*n])
+        .find(|x| !x.is_null())
+        .unwrap_or(&Value::Null)
+}
+
+pub(super) fn list_table(target: Target, items: &[Value]) -> String {
+    let s = |v: &Value, k: &str| term::text(&v[k]);
+    let (headers, rows): (&[&str], Vec<Vec<String>>) = match target {
+        Target::Kind(Kind::Service) => (
+            &["NAME", "TYPE", "CREATED"],
+            items
+                .iter()
+                .map(|v| vec![s(v, "name"), s(v, "type"), term::utc(&v["created"])])
+                .collect(),
+        ),
+        Target::Kind(Kind::Repository) => (
+            &["NAME", "URL", "REFERENCE", "CREATED"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "name"),
+                        s(v, "url"),
+                        or_dash(s(v, "reference")),
+                        term::utc(&v["created"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Target::Kind(Kind::ExecutableObject) => (
+            &["NAME", "EXEC COMMAND", "CREATED"],
+            items
+                .iter()
+                .map(|v| vec![s(v, "name"), s(v, "exec-command"), term::utc(&v["created"])])
+                .collect(),
+        ),
+        Target::Kind(Kind::Registry) => (
+            &["NAME", "TYPE", "URL", "DEFAULT", "CREATED"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "name"),
+                        s(v, "type"),
+                        s(v, "url"),
+                        s(v, "default"),
+                        term::utc(&v["created"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Target::Kind(Kind::Decorator | Kind::Secret) => (
+            &["NAME", "DESCRIPTION", "CREATED"],
+            items
+                .iter()
+                .map(|v| vec![s(v, "name"), s(v, "description"), term::utc(&v["created"])])
+                .collect(),
+        ),
+        Target::User => (
+            &["NAME", "CREATED", "LAST LOGIN"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        term::text(field(v, &["name", "username"])),
+                        term::utc(field(v, &["created", "created_at"])),
+                        term::utc(field(v, &["last_login", "last-login", "last_login_at"])),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    term::table(headers, &rows)
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s
+    }
+}
+
+pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) -> String {
+    let s = |k: &str| term::text(&v[k]);
+    let time = |k: &str| match v[k].as_str() {
+        Some(t) => term::show_time(t, tz),
+        None => String::new(),
+    };
+    let mut lines: Vec<(&str, String)> = vec![("Name", s("name"))];
+    let optional = |lines: &mut Vec<(&'static str, String)>, label: &'static str, k: &str| {
+        let t = term::text(&v[k]);
+        if !t.is_empty() {
+            lines.push((label, t));
+        }
+    };
+    match target {
+        Target::Kind(Kind::Service) => {
+            // The family's lines first, in its order; then what the type adds, when set.
+            lines.push(("Repo Name", s("repository")));
+            lines.push(("Working Dir", s("working-directory")));
+            lines.push(("Vars", s("vars")));
+            lines.push(("Var Files", s("var-files")));
+            lines.push(("Decorator", s("decorator")));
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+            lines.push(("Type", s("type")));
+            optional(&mut lines, "Filename", "filename");
+            optional(&mut lines, "Req File", "req-file");
+            optional(&mut lines, "Playbooks", "playbooks");
+            optional(&mut lines, "Inventory", "inventory");
+            optional(&mut lines, "Extra Vars", "extra-vars");
+            optional(&mut lines, "Extra Vars File", "extra-vars-file");
+            optional(&mut lines, "Backend Config", "backend-config");
+            optional(&mut lines, "Arg Format", "arg-format");
+            optional(&mut lines, "Executable Object", "executable-object");
+            optional(&mut lines, "Registry", "registry");
+            optional(&mut lines, "Env", "env");
+            if let Some(refs) = v["secrets"].as_array() {
+                let t: Vec<String> = refs
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "name={},type={},target={}",
+                            term::text(&r["name"]),
+                            term::text(&r["type"]),
+                            term::text(&r["target"])
+                        )
+                    })
+                    .collect();
+                lines.push(("Secrets", t.join(", ")));
+            }
+            optional(&mut lines, "Timeout", "timeout");
+            optional(&mut lines, "Retries", "retries");
+            optional(&mut lines, "Runner Labels", "runner-labels");
+        }
+        Target::Kind(Kind::Repository) => {
+            lines.push(("URL", s("url")));
+            lines.push(("Reference", s("reference")));
+            optional(&mut lines, "Private Key Name", "private-key-name");
+            optional(&mut lines, "Username", "username");
+            optional(&mut lines, "Password Name", "password-name");
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+        }
+        Target::Kind(Kind::Decorator) => {
+            // The schema last, as an indented JSON document under its label.
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+            lines.push(("Created", time("created")));
+            lines.push(("Updated", time("updated")));
+            lines.push(("Schema", String::new()));
+            let mut out = term::block(&lines);
+            let schema = serde_json::to_string_pretty(&v["schema"]).unwrap_or_default();
+            for l in schema.lines() {
+                out.push_str("  ");
+                out.push_str(l);
+                out.push('\n');
+            }
+            return out;
+        }
+        Target::Kind(Kind::Secret) => {
+            // Metadata only: the value never leaves the node.
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+        }
+        Target::Kind(Kind::ExecutableObject) => {
+            lines.push(("Exec Command", s("exec-command")));
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+        }
+        Target::Kind(Kind::Registry) => {
+            lines.push(("Type", s("type")));
+            lines.push(("URL", s("url")));
+            lines.push(("Default", s("default")));
+            lines.push(("Insecure", s("insecure")));
+            optional(&mut lines, "Username", "username");
+            optional(&mut lines, "Password Name", "password-name");
+            optional(&mut lines, "Token Name", "token-name");
+            lines.push(("Description", s("description")));
+            lines.push(("Tags", s("tags")));
+        }
+        Target::User => {
+            lines[0] = ("Name", term::text(field(v, &["name", "username"])));
+            let at = |names: &[&str]| match field(v, names).as_str() {
+                Some(t) => term::show_time(t, tz),
+                None => String::new(),
+            };
+            lines.push(("Created", at(&["created", "created_at"])));
+            lines.push((
+                "Last Login",
+                at(&["last_login", "last-login", "last_login_at"]),
+            ));
+            return term::block(&lines);
+        }
+    }
+    lines.push(("Created", time("created")));
+    lines.push(("Updated", time("updated")));
+    term::block(&lines)
+}
+
+/// `describe service --raw` also carries the family's `metadata` object (scripts read
+/// `.metadata.repository.name`), next to the resource's own fields.
+pub(super) fn with_metadata(mut v: Value) -> Value {
+    let repo = match v["repository"].as_str() {
+        Some(r) => json!({ "name": r }),
+        None => Value::Null,
+    };
+    let metadata = json!({
+        "name": v["name"],
+        "type": v["type"],
+        "description": v.get("description").cloned().unwrap_or(json!("")),
+        "tags": v.get("tags").cloned().unwrap_or(json!([])),
+        "created": v["created"],
+        "updated": v["updated"],
+        "working_directory": v["working-directory"],
+        "decorator": v["decorator"],
+        "repository": repo,
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert("metadata".into(), metadata);
+    }
+    v
+}
