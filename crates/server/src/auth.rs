@@ -61,7 +61,8 @@ pub enum AuthError {
 }
 
 /// A user as the API shows it (never the hash).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     pub name: String,
     pub created: String,
@@ -70,9 +71,11 @@ pub struct UserView {
 }
 
 /// A freshly issued API key: shown once to whoever logged in.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ApiKey)]
 pub struct IssuedKey {
     pub api_key: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -122,6 +125,10 @@ pub struct Auth {
     keys: String,
     key_ttl: Duration,
     checked: Arc<Mutex<HashMap<String, Checked>>>,
+    /// Held for writing while the first user is being created (see
+    /// [`hold_logins`](Self::hold_logins)); logins read it, so they wait for the bootstrap instead
+    /// of failing in the window between the port opening and `admin` existing.
+    bootstrap: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -263,7 +270,15 @@ impl Auth {
             keys: format!("{prefix}api-keys/"),
             key_ttl,
             checked: Arc::default(),
+            bootstrap: Arc::default(),
         }
+    }
+
+    /// Makes logins wait until the returned guard is dropped: the core node takes it before it
+    /// starts serving and drops it once [`bootstrap_admin`](Self::bootstrap_admin) has run, so the
+    /// API can answer health checks while the first password is still being hashed.
+    pub async fn hold_logins(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.bootstrap.clone().write_owned().await
     }
 
     fn user_key(&self, name: &str) -> String {
@@ -313,6 +328,7 @@ impl Auth {
 
     /// Checks a password and issues a key valid for the configured lifetime.
     pub async fn login(&self, username: &str, password: &str) -> Result<IssuedKey, AuthError> {
+        drop(self.bootstrap.read().await);
         let mut found = if check_name(username).is_ok() {
             self.user(username).await?
         } else {

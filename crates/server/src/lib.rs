@@ -125,7 +125,9 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         &config.application.cluster_id,
         config.server.api_key_expiration,
     );
-    bootstrap_admin(&auth, admin_password).await?;
+    // The port is bound before anything created once (the first user and its printed password)
+    // is created, so a failed bind loses nothing; logins wait for that creation.
+    let logins_held = auth.hold_logins().await;
     let addr = format!("{}:{}", config.server.listen_address, config.server.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -183,14 +185,9 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     } else {
         "http"
     };
-    tracing::info!(
-        node_id = %node.id,
-        cluster_id = %config.application.cluster_id,
-        store = node.store.backend(),
-        "core node listening on {scheme}://{local}"
-    );
 
     let token = shutdown.token();
+    let bootstrap_auth = auth.clone();
     let app = router(ApiState::new(node.clone(), auth, forwarder, token.clone()));
     // Stop accepting happens when the token fires: axum stops its accept loop and lets in-flight
     // requests finish; the grace deadline bounds how long we wait for them.
@@ -201,7 +198,8 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     };
     let server = match tls_config {
         Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls).map_err(ServerError::Serve)?;
+            let listener = tls::TlsListener::new(listener, tls, &token, shutdown.tracker())
+                .map_err(ServerError::Serve)?;
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
             shutdown
                 .tracker()
@@ -214,6 +212,24 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
                 .spawn(std::future::IntoFuture::into_future(serve))
         }
     };
+    // Hashing the first password (argon2, tens of milliseconds) runs while the API already
+    // answers: start-up is the time to the first answer, not to the first login.
+    let bootstrapped = bootstrap_admin(&bootstrap_auth, admin_password).await;
+    drop(logins_held);
+    if let Err(e) = bootstrapped {
+        token.cancel();
+        if let Some(ha) = &node.ha {
+            ha.shutdown().await;
+        }
+        return Err(e);
+    }
+    // Said once the first user exists, so the bootstrap's lines come before it.
+    tracing::info!(
+        node_id = %node.id,
+        cluster_id = %config.application.cluster_id,
+        store = node.store.backend(),
+        "core node listening on {scheme}://{local}"
+    );
     shutdown
         .tracker()
         .spawn(builtins(node.clone(), token.clone()));
@@ -223,14 +239,14 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     let solo_jobs = (node.ha.is_none() && node.jobs.enabled()).then(|| {
         let node = node.clone();
         let token = lead_token.clone();
-        tokio::spawn(async move {
+        shutdown.tracker().spawn(async move {
             let writer = dispatch::writer(&node);
             node.jobs.serve_term(node.clone(), writer, token).await
         })
     });
     let lead = match &node.ha {
         // With HA the link follows leadership, under the term of each leadership.
-        Some(ha) => Some(tokio::spawn(leader::follow(
+        Some(ha) => Some(shutdown.tracker().spawn(leader::follow(
             node.clone(),
             ha.clone(),
             link_settings,
@@ -239,7 +255,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         // Without HA this node is the cluster's only core node, so it holds the manager link
         // for as long as it runs (term null).
         None => link_settings.map(|settings| {
-            tokio::spawn(link::run(
+            shutdown.tracker().spawn(link::run(
                 node.clone(),
                 settings,
                 None,

@@ -380,12 +380,35 @@ async fn serve(
     token: &CancellationToken,
     limit: usize,
 ) -> Result<Ended, String> {
-    // Runs and the catalog watch of this session stop when it ends, however it ends.
+    // Runs and the catalog watch of this session stop when it ends, however it ends, and the
+    // session waits for their tasks before the link dials again or steps down.
     let session = token.child_token();
     let _session_end = session.clone().drop_guard();
     let (out_tx, mut outbox) = mpsc::channel::<String>(OUTBOX);
     let services = SessionServices::new(node.clone(), limit, out_tx, session);
     services.start_announcing();
+    let ended = serve_session(node, ws, announced, token, limit, &services, &mut outbox).await;
+    if !services.finish(SESSION_TASKS_GRACE).await {
+        tracing::warn!(
+            "service runs of the ended session still running after {SESSION_TASKS_GRACE:?}; not waiting for them"
+        );
+    }
+    ended
+}
+
+/// How long an ended session waits for its cancelled runs to stop.
+const SESSION_TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// The read/write loop of [`serve`].
+async fn serve_session(
+    node: &Node,
+    ws: &mut Ws,
+    announced: &mut Vec<NodeInfo>,
+    token: &CancellationToken,
+    limit: usize,
+    services: &SessionServices,
+    outbox: &mut mpsc::Receiver<String>,
+) -> Result<Ended, String> {
     // Outcomes of jobs that ended while no session was up (or that a new active node adopted)
     // go first, right after hello.
     if let Err(e) = deliver_jobs(node, ws, limit).await {
@@ -457,7 +480,7 @@ async fn serve(
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
-                        if let Some(reply) = answer(node, &services, text.as_str()).await {
+                        if let Some(reply) = answer(node, services, text.as_str()).await {
                             if let Err(e) = ws.send(Message::text(reply)).await {
                                 return Ok(Ended::Lost(format!("sending a response: {e}")));
                             }

@@ -31,6 +31,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Node;
 
@@ -57,6 +58,9 @@ pub struct SessionServices {
     /// Cancelled when the session ends: stops runs and the catalog watch.
     session: CancellationToken,
     runs: Arc<Semaphore>,
+    /// Every task of the session (runs, catalog announcements, replies): the session waits for
+    /// them in [`finish`](Self::finish) once it has cancelled them.
+    tasks: TaskTracker,
 }
 
 impl SessionServices {
@@ -68,13 +72,23 @@ impl SessionServices {
             out,
             session,
             runs: Arc::new(Semaphore::new(MAX_CONCURRENT_RUNS)),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Ends the session's service side: cancels its runs and its catalog watch, and waits for
+    /// their tasks, at most `grace` (a run's process is killed on cancellation, so this is
+    /// quick unless a process ignores it). `false` when tasks were still running at the deadline.
+    pub async fn finish(&self, grace: Duration) -> bool {
+        self.session.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
     /// Starts announcing the catalog: once now, then after every change.
     pub fn start_announcing(&self) {
         let this = self.clone();
-        tokio::spawn(async move { this.announce().await });
+        self.tasks.spawn(async move { this.announce().await });
     }
 
     /// Handles `service.run` and `services.list` off the read loop; their answers arrive
@@ -94,7 +108,7 @@ impl SessionServices {
                 };
                 let this = self.clone();
                 let (id, params) = (req.id.clone(), req.params.clone());
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let reply = if this.node.jobs.enabled() {
                         this.submit(id, params.as_ref()).await
                     } else {
@@ -110,7 +124,7 @@ impl SessionServices {
             autogate_proto::method::SERVICES_LIST => {
                 let this = self.clone();
                 let id = req.id.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let reply = match this.node.automation.catalog().await {
                         Ok(c) => Response::success(id, fit_catalog(entries(c), this.limit)),
                         Err(e) => Response::error(Some(id), rpc_error(&e)),
@@ -125,7 +139,7 @@ impl SessionServices {
 
     fn send_later(&self, text: String) {
         let out = self.out.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _ = out.send(text).await;
         });
     }
