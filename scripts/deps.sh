@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install what building, testing and the demo need, only when it is missing (idempotent, quiet
-# when everything is there). Debian packages: etcd (server and etcdctl), git and python3-venv for
-# service execution, ansible for ansible-playbook services, chromium and its WebDriver for the
-# manager page's browser test. The build itself needs only the Rust toolchain: protoc and its
-# includes come from the protoc-bin-vendored crate (see .cargo/config.toml).
+# Install what building, testing and the demo need, only when it is missing (idempotent; one
+# line when everything is there). Debian packages: etcd (server and etcdctl), git and
+# python3-venv for service execution, ansible for ansible-playbook services, chromium and its
+# WebDriver for the manager page's browser test; cargo-deny from crates.io for `make lint`. The
+# build itself needs only the Rust toolchain: protoc and its includes come from the
+# protoc-bin-vendored crate (see .cargo/config.toml).
 set -euo pipefail
 
 need=()
@@ -19,7 +20,9 @@ have_cmd ansible-playbook || need+=(ansible)
 have_cmd chromium || need+=(chromium)
 have_cmd chromedriver || need+=(chromium-driver)
 
+installed=0
 if [ ${#need[@]} -gt 0 ]; then
+  installed=1
   echo "deps: installing ${need[*]}"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -36,6 +39,11 @@ fi
 # cargo-deny for `make lint`'s dependency policy (deny.toml); built from crates.io, pinned.
 CARGO_DENY_VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  installed=1
   echo "deps: installing cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
   cargo install --locked --quiet "cargo-deny@$CARGO_DENY_VERSION"
+fi
+
+if [ "$installed" -eq 0 ]; then
+  echo "deps: all dependencies present"
 fi
