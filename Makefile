@@ -43,9 +43,10 @@ demo: deps release
 ## fail-over.
 bench: bench-startup bench-failover bench-manager bench-services bench-dispatch
 
+## BASELINE=path/to/an/earlier/release/autogate adds its start-up rows, measured alternately.
 bench-startup: deps release
 	$(CARGO) build --release -p autogate-bench
-	./target/release/autogate-bench foundation
+	AUTOGATE_BASELINE_BIN="$(BASELINE)" ./target/release/autogate-bench foundation
 
 ## Fail-over: graceful and kill -9 hand-overs of a real two-node cluster, seen by the manager,
 ## against `etcdctl elect` on the same etcd (about 90 s).
