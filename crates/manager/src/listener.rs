@@ -1,14 +1,16 @@
-//! The manager's one HTTPS port: a TCP accept loop, the TLS handshake (any presented client
-//! certificate is accepted at this layer, none is required), then HTTP/1.1 with upgrades served
-//! by the API router, with the peer's address and certificate attached to every request as a
-//! [`Peer`] extension.
+//! The manager's one HTTPS port: the accept loop of `autogate-tls` ([`autogate_tls::accept_loop`])
+//! with the TLS handshake (any presented client certificate is accepted at this layer, none is
+//! required), then HTTP/1.1 with upgrades served by the API router, with the peer's address and
+//! certificate attached to every request as a [`Peer`] extension (pinning by fingerprint happens
+//! per request, on `/ws`, against the cluster the gateway names).
 //!
 //! Defences, because this port faces whatever the network sends:
 //! - each handshake runs in its own task under [`HANDSHAKE_TIMEOUT`], so a client that opens a
 //!   connection and sends nothing (slow-loris) costs one idle task until the timeout and blocks
 //!   nobody; HTTP headers must then arrive within [`HEADER_TIMEOUT`];
-//! - at most [`MAX_CONNECTIONS`] connections are open at once; beyond that new ones are closed
-//!   at once (and counted), so a flood cannot exhaust memory or file descriptors;
+//! - at most [`MAX_CONNECTIONS`] connections are open at once (each keeps its slot for its whole
+//!   life); beyond that new ones are closed at once (and counted), so a flood cannot exhaust
+//!   memory or file descriptors;
 //! - failed handshakes are logged with their reason (WRN for certificate problems, which an
 //!   operator must hear about; DBG for the rest, e.g. port scanners), rate-limited so a flood
 //!   of bad attempts does not become a flood of log lines.
@@ -18,11 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autogate_tls::rustls::ServerConfig;
+use autogate_tls::{AcceptHandler, AcceptOptions, Accepted, HandshakeFailure};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -72,69 +74,52 @@ pub async fn serve(
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let log_limit = Arc::new(LogLimiter::new(10.0, 50.0));
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = token.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.handshake_failed("overload");
-            if let Some(n) = log_limit.allow() {
-                tracing::warn!(
-                    "dropping connection from {addr}: {MAX_CONNECTIONS} connections already open{}",
-                    suppressed_note(n)
-                );
-            }
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let metrics = metrics.clone();
-        let token = token.clone();
-        let log_limit = log_limit.clone();
-        tracker.spawn(async move {
-            connection(tcp, addr, acceptor, router, metrics, token, &log_limit).await;
-            drop(slot);
-        });
-    }
+    let options = AcceptOptions {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+    };
+    let port = Arc::new(Port {
+        router,
+        metrics,
+        token: token.clone(),
+        log_limit: LogLimiter::new(10.0, 50.0),
+    });
+    autogate_tls::accept_loop(listener, tls, options, port, token, tracker).await;
 }
 
-async fn connection(
-    tcp: TcpStream,
-    addr: SocketAddr,
-    acceptor: TlsAcceptor,
+/// What the manager's port does with a connection: HTTP with upgrades, the peer attached to
+/// every request; failed handshakes counted and logged (rate-limited).
+#[derive(Debug)]
+struct Port {
     router: axum::Router,
     metrics: ManagerMetrics,
     token: CancellationToken,
-    log_limit: &LogLimiter,
-) {
-    let tls = tokio::select! {
-        _ = token.cancelled() => return,
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
-    };
-    let tls = match tls {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            metrics.handshake_failed("error");
-            let reason = e.to_string();
-            // Certificate problems are what an operator needs to see; the rest (scanners,
-            // clients that give up) is noise at INF level.
-            let about_cert = reason.contains("certificate") || reason.contains("Certificate");
-            if let Some(n) = log_limit.allow() {
-                if about_cert {
+    log_limit: LogLimiter,
+}
+
+impl AcceptHandler for Port {
+    async fn accepted(&self, conn: Accepted) {
+        // The slot is kept until the connection ends: the cap is on open connections.
+        let Accepted { stream, addr, slot } = conn;
+        self.connection(stream, addr).await;
+        drop(slot);
+    }
+
+    fn failed(&self, addr: SocketAddr, failure: HandshakeFailure) {
+        self.metrics.handshake_failed(failure.as_str());
+        let Some(n) = self.log_limit.allow() else {
+            return;
+        };
+        match failure {
+            HandshakeFailure::Overload => tracing::warn!(
+                "dropping connection from {addr}: {MAX_CONNECTIONS} connections already open{}",
+                suppressed_note(n)
+            ),
+            HandshakeFailure::Error(e) => {
+                let reason = e.to_string();
+                // Certificate problems are what an operator needs to see; the rest (scanners,
+                // clients that give up) is noise at INF level.
+                if reason.contains("certificate") || reason.contains("Certificate") {
                     tracing::warn!(
                         "TLS handshake with {addr} failed: {reason}{}",
                         suppressed_note(n)
@@ -146,46 +131,45 @@ async fn connection(
                     );
                 }
             }
-            return;
+            HandshakeFailure::Timeout => tracing::debug!(
+                "TLS handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}; closed{}",
+                suppressed_note(n)
+            ),
         }
-        Err(_) => {
-            metrics.handshake_failed("timeout");
-            if let Some(n) = log_limit.allow() {
-                tracing::debug!(
-                    "TLS handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}; closed{}",
-                    suppressed_note(n)
-                );
+    }
+}
+
+impl Port {
+    async fn connection(&self, tls: TlsStream<TcpStream>, addr: SocketAddr) {
+        let peer = Peer {
+            addr,
+            cert: peer_cert(tls.get_ref().1),
+        };
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            router.clone().oneshot(req)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let conn = builder
+            .serve_connection(TokioIo::new(tls), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection from {addr} ended: {e}");
+                }
             }
-            return;
-        }
-    };
-    let peer = Peer {
-        addr,
-        cert: peer_cert(tls.get_ref().1),
-    };
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        router.clone().oneshot(req)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!("connection from {addr} ended: {e}");
+            _ = self.token.cancelled() => {
+                // Finish the request in flight, then close; upgraded WebSocket sessions are no
+                // longer part of this future and close themselves.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
             }
-        }
-        _ = token.cancelled() => {
-            // Finish the request in flight, then close; upgraded WebSocket sessions are no
-            // longer part of this future and close themselves.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
     }
 }

@@ -2,8 +2,9 @@
 //! of the HA crash probe and of standby forwarding, and an [`axum::serve::Listener`] that
 //! completes TLS handshakes before axum sees a connection.
 //!
-//! Handshakes run in their own tasks under a timeout, so a client that connects and sends
-//! nothing holds one idle task, not the accept loop. Client certificates: with
+//! The accept loop is `autogate-tls`'s ([`autogate_tls::accept_loop`]): handshakes run in
+//! their own tasks under a timeout, so a client that connects and sends nothing holds one idle
+//! task, not the accept loop, and at most [`MAX_HANDSHAKES`] are in progress at once. Client certificates: with
 //! `client_cert_auth = true` one chaining to `[application] ca_certificate_file` is required;
 //! otherwise a presented one must chain to that CA when one is configured, and none is asked
 //! for when none is. Nodes talk to each other (probe, forwarding) trusting the same CA and,
@@ -15,12 +16,14 @@ use std::time::Duration;
 
 use autogate_config::Config;
 use autogate_tls::rustls::{ClientConfig, ServerConfig};
-use autogate_tls::{ClientAuth, Roots, TlsError};
+use autogate_tls::{
+    AcceptHandler, AcceptOptions, Accepted, ClientAuth, HandshakeFailure, Roots, TlsError,
+};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,69 +81,79 @@ pub fn peer_client_config(config: &Config) -> Result<Arc<ClientConfig>, TlsError
     autogate_tls::client_config(roots, identity, false)
 }
 
-/// A TCP listener whose connections arrive with their TLS handshake done.
+/// A TCP listener whose connections arrive with their TLS handshake done: the accept loop of
+/// `autogate-tls` runs on the node's task tracker and hands each connection over a channel.
+/// Dropping the listener stops the loop, which closes the port.
 #[derive(Debug)]
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
-    accept_loop: JoinHandle<()>,
+    _stop: DropGuard,
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, tls: Arc<ServerConfig>) -> std::io::Result<Self> {
+    /// Starts accepting on `listener` until `token` is cancelled or the listener is dropped.
+    pub fn new(
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        token: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
-        let accept_loop = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), tx));
+        let stop = token.child_token();
+        let options = AcceptOptions {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_connections: MAX_HANDSHAKES,
+        };
+        let handoff = Arc::new(Handoff {
+            tx,
+            token: stop.clone(),
+        });
+        tracker.spawn(autogate_tls::accept_loop(
+            listener,
+            tls,
+            options,
+            handoff,
+            stop.clone(),
+            tracker.clone(),
+        ));
         Ok(TlsListener {
             rx,
             local,
-            accept_loop,
+            _stop: stop.drop_guard(),
         })
     }
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // The TCP listener lives in the accept loop: ending it closes the port.
-        self.accept_loop.abort();
-    }
+/// Hands each connection to axum; failed handshakes are only worth a debug line here.
+#[derive(Debug)]
+struct Handoff {
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    token: CancellationToken,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(
+impl AcceptHandler for Handoff {
+    async fn accepted(&self, conn: Accepted) {
+        // The cap is on handshakes: once done, the connection is axum's.
+        drop(conn.slot);
+        tokio::select! {
+            _ = self.tx.send((conn.stream, conn.addr)) => {}
+            // axum no longer accepts: the connection is dropped.
+            _ = self.token.cancelled() => {}
+        }
+    }
+
+    fn failed(&self, addr: SocketAddr, failure: HandshakeFailure) {
+        match failure {
+            HandshakeFailure::Overload => tracing::debug!(
                 "dropping connection from {addr}: {MAX_HANDSHAKES} handshakes in progress"
-            );
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    drop(slot);
-                    let _ = tx.send((tls, addr)).await;
-                }
-                Ok(Err(e)) => tracing::debug!("TLS handshake with {addr} failed: {e}"),
-                Err(_) => tracing::debug!("TLS handshake with {addr} timed out"),
+            ),
+            HandshakeFailure::Error(e) => {
+                tracing::debug!("TLS handshake with {addr} failed: {e}")
             }
-        });
+            HandshakeFailure::Timeout => tracing::debug!("TLS handshake with {addr} timed out"),
+        }
     }
 }
 
@@ -151,7 +164,7 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
             Some(conn) => conn,
-            // The accept loop only ends when aborted by drop; nothing more will come.
+            // The accept loop has stopped (shutdown); nothing more will come.
             None => std::future::pending().await,
         }
     }

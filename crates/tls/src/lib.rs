@@ -1,5 +1,12 @@
-//! TLS in one place: certificate minting, loading PEM material, rustls configurations and the
-//! verifiers the manager needs to pin certificates by fingerprint.
+//! TLS in one place: certificate minting, loading PEM material, rustls configurations, the
+//! verifiers the manager needs to pin certificates by fingerprint, and the accept loop of a TLS
+//! port.
+//!
+//! Modules: `mint` (CA and certificates), `certgen` (the `cert-gen` command's files), `load`
+//! (PEM, keys, fingerprints, certificate details), `config` (rustls client and server
+//! configurations), `verify` (the verifiers behind [`ClientAuth`] and insecure clients),
+//! `accept` ([`accept_loop`]: handshake timeout, connection cap, an [`AcceptHandler`] per port),
+//! `error` ([`TlsError`]).
 //!
 //! Every rustls configuration built here uses the `ring` crypto provider explicitly (never a
 //! process-wide default), so the binary behaves the same whatever other crates install.
@@ -14,8 +21,11 @@
 //! - [`Roots::System`] reads the operating system's trust store through `rustls-native-certs`.
 //! - Both sides offer ALPN `http/1.1` ([`ALPN_HTTP1`]).
 //! - [`TlsError::is_usage`] tells operator mistakes (exit 64) from internal failures.
+//! - [`accept_loop`] runs its tasks on the caller's task tracker and stops on its cancellation
+//!   token; what a port does with a connection (or a failed handshake) is its handler's business.
 #![forbid(unsafe_code)]
 
+mod accept;
 mod certgen;
 mod config;
 mod error;
@@ -23,6 +33,9 @@ mod load;
 mod mint;
 mod verify;
 
+pub use accept::{
+    accept_loop, AcceptHandler, AcceptOptions, Accepted, ConnectionSlot, HandshakeFailure,
+};
 pub use certgen::{
     cert_gen, load_ca, write_new_file, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME,
 };
