@@ -1,6 +1,7 @@
 //! Black-box tests of gateway sessions on a real `autogate manager`: certificates pinned per
 //! cluster, refusals with their reasons, cluster states, the term rules, closing a session
-//! when its certificate or cluster goes away, and the session history across restarts.
+//! when its certificate or cluster goes away, the session history across restarts, and how a
+//! connection lost without a close reads there.
 //! The gateway side is a scripted WebSocket client over real mutual TLS.
 #![allow(clippy::unwrap_used)]
 
@@ -585,4 +586,59 @@ async fn a_real_core_node_answers_ping_and_run_through_the_manager() {
         "{s:#}"
     );
     drop(core);
+}
+
+/// Waits for the newest session of `cluster` to be recorded closed; returns it.
+async fn newest_closed(admin: &autogate_manager::AdminClient, cluster: &str) -> serde_json::Value {
+    eventually("the session's end to be recorded", STEP, || async {
+        let s = admin.sessions(cluster).await.unwrap();
+        s[0]["disconnected_at"].is_string().then(|| s[0].clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_without_a_close_is_recorded_in_plain_words() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let m = Manager::start(data.path());
+    let admin = m.admin();
+    let core1 = pki.node("core-1");
+    register(&admin, "gw", "enabled", &[&core1]).await;
+
+    // What the kernel does for a killed node: the TCP connection ends (FIN) with neither a
+    // WebSocket close frame nor a TLS close_notify.
+    let gw = connected(&m, &core1, "gw", "n-1", Some(1)).await;
+    let (tcp, _tls) = gw.ws.into_inner().into_inner();
+    drop(tcp);
+    let s = newest_closed(&admin, "gw").await;
+    assert_eq!(
+        s["close_reason"], "connection lost: the node stopped without closing the session",
+        "{s:#}"
+    );
+    // The library's own words, documentation link included, are in the manager's log.
+    let line = m.proc.wait_for_line("close_notify", STEP);
+    assert!(
+        line.text
+            .contains("closed: connection lost: the node stopped without closing the session"),
+        "{line:?}"
+    );
+
+    // A reset (RST) instead of an orderly end.
+    let gw = connected(&m, &core1, "gw", "n-1", Some(2)).await;
+    let (tcp, _tls) = gw.ws.into_inner().into_inner();
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let s = newest_closed(&admin, "gw").await;
+    assert_eq!(s["close_reason"], "connection reset by the node", "{s:#}");
+
+    // Neither the history nor the page's timeline (which shows the same records) carries a
+    // library's error text.
+    let (code, all) = status(&admin, "GET", "/api/v1/clusters/gw/sessions", None).await;
+    assert_eq!(code, 200);
+    let text = all.to_string();
+    assert!(
+        !text.contains("https://") && !text.contains("docs.rs") && !text.contains("IO error"),
+        "{all:#}"
+    );
 }
