@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::JobMetrics;
 use crate::model::{
@@ -300,13 +301,17 @@ impl Assembler {
 
 /// Starts dispatching for as long as `token` lives (the node's leadership). Adopts what the
 /// store holds first. Returns the handle and a receiver of manager-origin outcomes to deliver.
+///
+/// The dispatcher's tasks (its loop, two watches, two timers) are spawned on `tracker`; they
+/// all end soon after `token` is cancelled, so the caller can wait for them there.
 pub async fn start(
     store: Arc<dyn Store>,
     opts: DispatcherOptions,
     writer: Writer,
     token: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<Finished>), StoreError> {
-    start_metered(store, opts, writer, JobMetrics::new(), token).await
+    start_metered(store, opts, writer, JobMetrics::new(), token, tracker).await
 }
 
 /// [`start`], counting into `metrics` (registered by the caller).
@@ -316,6 +321,7 @@ pub async fn start_metered(
     writer: Writer,
     metrics: JobMetrics,
     token: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<Finished>), StoreError> {
     let keys = Keys::new(&opts.cluster_id);
     let snap = store
@@ -339,7 +345,7 @@ pub async fn start_metered(
     for (prefix, is_runner) in [(keys.runners(), true), (keys.results(), false)] {
         let mut stream = store.watch(&prefix, watch_from).await?;
         let (tx, token, keys) = (tx.clone(), token.clone(), keys.clone());
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             loop {
                 let ev = tokio::select! {
                     _ = token.cancelled() => return,
@@ -375,7 +381,7 @@ pub async fn start_metered(
     }
     for timer in [Timer::Tick, Timer::Sweep] {
         let (tx, token) = (tx.clone(), token.clone());
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let mut iv = tokio::time::interval(timer.period());
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -405,7 +411,7 @@ pub async fn start_metered(
     };
     core.adopt(&lists).await;
     let handle = Dispatcher { tx, store, keys };
-    tokio::spawn(core.run(rx, token));
+    tracker.spawn(core.run(rx, token));
     Ok((handle, deliver_rx))
 }
 

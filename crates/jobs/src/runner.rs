@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::model::{
     now_rfc3339, Assignment, Claim, FailureKind, JobOutcome, Keys, RunnerRecord, CHUNK,
@@ -62,13 +63,30 @@ struct Running {
     claim: Vec<u8>,
 }
 
-/// Runs until `token` is cancelled, then drains.
+/// Closes a tracker when dropped, so that whoever waits on it is released on every way out.
+struct CloseOnDrop(TaskTracker);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Runs until `token` is cancelled, then drains; returns once the runner's tasks (the
+/// assignment watch, one task per job) have ended. `tracker` (the process's) holds a task that
+/// ends with them.
 pub async fn run(
     store: Arc<dyn Store>,
     automation: Automation,
     opts: RunnerOptions,
     token: CancellationToken,
+    tracker: &TaskTracker,
 ) -> Result<(), RunnerError> {
+    // The runner's own tracker, so that stopping waits for exactly its tasks.
+    let tasks = TaskTracker::new();
+    let closer = CloseOnDrop(tasks.clone());
+    let all_done = tasks.clone();
+    tracker.spawn(async move { all_done.wait().await });
     let keys = Keys::new(&opts.cluster_id);
     let started_at = now_rfc3339();
     let mut lease = register(&*store, &keys, &opts, &started_at, 0, false).await?;
@@ -86,6 +104,7 @@ pub async fn run(
         opts.node_id.clone(),
         tx.clone(),
         watch_token.clone(),
+        &tasks,
     )
     .await?;
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -121,7 +140,7 @@ pub async fn run(
                         };
                         last_ack = Instant::now();
                         watch_token = token.child_token();
-                        if let Err(e) = spawn_watch(store.clone(), keys.clone(), opts.node_id.clone(), tx.clone(), watch_token.clone()).await {
+                        if let Err(e) = spawn_watch(store.clone(), keys.clone(), opts.node_id.clone(), tx.clone(), watch_token.clone(), &tasks).await {
                             tracing::warn!("watching assignments failed: {e}");
                         }
                     }
@@ -179,7 +198,7 @@ pub async fn run(
                     opts.metrics.set_running(running.len());
                     dirty = true;
                     let (store, keys, automation, tx, metrics) = (store.clone(), keys.clone(), automation.clone(), tx.clone(), opts.metrics.clone());
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let outcome = match automation.run(&a.request, &cancel).await {
                             Ok(result) => JobOutcome::Completed { result },
                             Err(e) => JobOutcome::Error { kind: FailureKind::ServiceFailed, message: e.to_string() },
@@ -259,6 +278,9 @@ pub async fn run(
         }
     }
     let _ = store.revoke(lease).await;
+    // The jobs left were cancelled above: their tasks end once their processes are gone.
+    drop(closer);
+    tasks.wait().await;
     tracing::info!("runner stopped");
     Ok(())
 }
@@ -310,6 +332,7 @@ async fn spawn_watch(
     node_id: String,
     tx: mpsc::UnboundedSender<Msg>,
     token: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<(), StoreError> {
     let prefix = keys.assignments_of(&node_id);
     let snap = store
@@ -323,7 +346,7 @@ async fn spawn_watch(
         }
     }
     let mut stream = store.watch(&prefix, Some(snap.revision + 1)).await?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,

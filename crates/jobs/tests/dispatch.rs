@@ -18,6 +18,7 @@ use autogate_store::{EtcdOptions, Store, StoreOptions};
 use autogate_testkit::etcd::EtcdServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const CLUSTER: &str = "jobs-test";
 
@@ -81,7 +82,9 @@ fn runner(
     };
     let (store, a, t) = (store.clone(), a.clone(), token.clone());
     let h = tokio::spawn(async move {
-        autogate_jobs::runner::run(store, a, opts, t).await.unwrap();
+        autogate_jobs::runner::run(store, a, opts, t, &TaskTracker::new())
+            .await
+            .unwrap();
     });
     (token, h)
 }
@@ -107,6 +110,7 @@ async fn dispatcher(
         },
         plain_writer(store.clone()),
         token.clone(),
+        &TaskTracker::new(),
     )
     .await
     .unwrap();

@@ -19,6 +19,7 @@ use std::time::Duration;
 use autogate_jobs::{Dispatcher, DispatcherOptions, Finished, JobMetrics, Writer};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Node;
 
@@ -102,6 +103,9 @@ impl Jobs {
             queue_timeout: node.config.server.job_queue_timeout,
             retention: node.config.server.job_retention,
         };
+        // The tasks of this term's dispatchers: each ends with its dispatcher's token, and the
+        // term's work is over only once they all have.
+        let tasks = TaskTracker::new();
         while !token.is_cancelled() {
             // Its own token: a dispatcher whose watch fails cancels it, which must not look
             // like the end of the leadership.
@@ -112,6 +116,7 @@ impl Jobs {
                 writer.clone(),
                 self.metrics.clone(),
                 instance.clone(),
+                &tasks,
             )
             .await;
             match started {
@@ -147,6 +152,8 @@ impl Jobs {
             }
         }
         self.current.send_replace(None);
+        tasks.close();
+        tasks.wait().await;
         // The next active node re-sends from the store what this one could not.
         let mut u = self.lock();
         u.queue.clear();

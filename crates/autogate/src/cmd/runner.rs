@@ -110,7 +110,7 @@ async fn run_role(
         opts.labels
     );
     let token = shutdown.token();
-    autogate_jobs::runner::run(store, automation, opts, token).await?;
+    autogate_jobs::runner::run(store, automation, opts, token, shutdown.tracker()).await?;
     Ok(())
 }
 
