@@ -102,7 +102,7 @@ pub struct RunRequest {
 }
 
 /// What the manager is told about one service (discovery) and what `--use` prints from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceInfo {
     pub name: String,
     #[serde(rename = "type")]

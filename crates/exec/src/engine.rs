@@ -24,7 +24,7 @@ use crate::venv::{PipIndex, VenvCache, VenvOptions};
 pub type Secrets = BTreeMap<String, String>;
 
 /// The four service types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceType {
     /// `python <filename> --k=v …` in a venv built from the requirement file.
@@ -141,7 +141,7 @@ impl Service {
 }
 
 /// OpenTofu action of one run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TofuAction {
     /// `tofu apply`.

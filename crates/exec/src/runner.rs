@@ -40,7 +40,7 @@ const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// signal `N` (the Python `subprocess` convention): a timeout therefore shows `-9` together with
 /// `timed_out: true`. Times are RFC 3339 UTC; `elapsed_time` is seconds with microsecond
 /// precision and an `s` suffix (`2.276147s`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunResult {
     /// Captured standard output (masked, possibly truncated).
     pub stdout: String,

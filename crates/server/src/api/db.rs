@@ -6,8 +6,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiResult, ApiState};
 
@@ -23,18 +23,60 @@ pub(super) async fn export(State(s): State<ApiState>) -> ApiResult<Response> {
         .into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ImportQuery {
+    /// Only check: report what would happen, write nothing.
+    #[param(default = false)]
     check: bool,
+    /// Overwrite resources that exist (keeping their creation time).
+    #[param(default = false)]
     force: bool,
+}
+
+/// What an import did (or would do, with `check`), item by item in file order.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ImportReport {
+    items: Vec<ImportedItem>,
+    /// False in check mode and when every item was a conflict.
+    written: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ImportedItem {
+    kind: &'static str,
+    name: String,
+    outcome: Imported,
+}
+
+/// What became of one item.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Imported {
+    /// New; created.
+    Add,
+    /// Exists; skipped (no `force`).
+    Conflict,
+    /// Exists; overwritten (`force`).
+    Replacement,
+}
+
+impl From<ImportOutcome> for Imported {
+    fn from(o: ImportOutcome) -> Self {
+        match o {
+            ImportOutcome::Add => Imported::Add,
+            ImportOutcome::Conflict => Imported::Conflict,
+            ImportOutcome::Replacement => Imported::Replacement,
+        }
+    }
 }
 
 pub(super) async fn import(
     State(s): State<ApiState>,
     query: Result<Query<ImportQuery>, QueryRejection>,
     body: String,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ImportReport>> {
     let Query(q) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -52,20 +94,20 @@ pub(super) async fn import(
         force: q.force,
     };
     let report = s.node.automation.import(&body, mode).await?;
-    let items: Vec<Value> = report
+    let items: Vec<ImportedItem> = report
         .items
-        .iter()
-        .map(|i| {
-            let outcome = match i.outcome {
-                ImportOutcome::Add => "add",
-                ImportOutcome::Conflict => "conflict",
-                ImportOutcome::Replacement => "replacement",
-            };
-            json!({ "kind": i.kind.as_str(), "name": i.name, "outcome": outcome })
+        .into_iter()
+        .map(|i| ImportedItem {
+            kind: i.kind.as_str(),
+            name: i.name,
+            outcome: i.outcome.into(),
         })
         .collect();
     if report.written {
         tracing::info!(items = items.len(), "resources imported");
     }
-    Ok(Json(json!({ "items": items, "written": report.written })))
+    Ok(Json(ImportReport {
+        items,
+        written: report.written,
+    }))
 }

@@ -6,17 +6,31 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::auth::AuthError;
 
-/// An error answer: status plus `{"error", "detail"?, "job_id"?}`.
+/// An error answer: its status and its body.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    body: ErrorBody,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong, in words.
+    error: String,
+    /// What a structured check found, e.g. the violations of the decorator's schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     detail: Option<Value>,
     /// The job a distributed run's error is about (its caller can ask for it again).
+    #[serde(skip_serializing_if = "Option::is_none")]
     job_id: Option<String>,
 }
 
@@ -27,29 +41,24 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            message: message.into(),
-            detail: None,
-            job_id: None,
+            body: ErrorBody {
+                error: message.into(),
+                detail: None,
+                job_id: None,
+            },
         }
     }
 
     /// The same error, about job `job`.
     pub fn with_job(mut self, job: &str) -> Self {
-        self.job_id = Some(job.to_owned());
+        self.body.job_id = Some(job.to_owned());
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if let Some(d) = self.detail {
-            body["detail"] = d;
-        }
-        if let Some(job) = self.job_id {
-            body["job_id"] = json!(job);
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -72,9 +81,11 @@ impl From<AutomationError> for ApiError {
         }
         ApiError {
             status,
-            message: e.to_string(),
-            detail: e.detail(),
-            job_id: None,
+            body: ErrorBody {
+                error: e.to_string(),
+                detail: e.detail(),
+                job_id: None,
+            },
         }
     }
 }

@@ -3,78 +3,84 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::ApiState;
+use super::{ApiError, ApiResult, ApiState};
 
-fn ha_disabled() -> (StatusCode, Json<Value>) {
-    (
+fn ha_disabled() -> ApiError {
+    ApiError::new(
         StatusCode::CONFLICT,
-        Json(json!({
-            "error": "high availability is not enabled on this node (connect.server_ha_enabled = false)"
-        })),
+        "high availability is not enabled on this node (connect.server_ha_enabled = false)",
     )
 }
 
 /// `GET /api/v1/ha/status`: this node's view of the election.
-pub(super) async fn status(State(s): State<ApiState>) -> impl IntoResponse {
-    match &s.node.ha {
-        Some(ha) => (StatusCode::OK, Json(json!(ha.status()))),
-        None => ha_disabled(),
-    }
+pub(super) async fn status(State(s): State<ApiState>) -> ApiResult<Response> {
+    let ha = s.node.ha.as_ref().ok_or_else(ha_disabled)?;
+    Ok(Json(ha.status()).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /api/v1/ha/switchover`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct SwitchoverBody {
+pub(super) struct Switchover {
+    /// The node to hand over to; by default the next candidate in election order.
+    to: Option<String>,
+}
+
+/// A switchover the active node accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SwitchoverAccepted {
+    accepted: bool,
+    from: String,
     to: Option<String>,
 }
 
 /// `POST /api/v1/ha/switchover {"to"?}`: planned hand-over by the active node.
 pub(super) async fn switchover(
     State(s): State<ApiState>,
-    body: Option<Json<SwitchoverBody>>,
-) -> impl IntoResponse {
-    let Some(ha) = &s.node.ha else {
-        return ha_disabled();
-    };
+    body: Option<Json<Switchover>>,
+) -> ApiResult<(StatusCode, Json<SwitchoverAccepted>)> {
+    let ha = s.node.ha.as_ref().ok_or_else(ha_disabled)?;
     let to = body.and_then(|Json(b)| b.to);
     match ha.switchover(to.clone()).await {
-        Ok(()) => (
+        Ok(()) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "accepted": true, "from": s.node.id.as_str(), "to": to })),
-        ),
+            Json(SwitchoverAccepted {
+                accepted: true,
+                from: s.node.id.as_str().to_owned(),
+                to,
+            }),
+        )),
         Err(autogate_ha::SwitchoverError::Refused(reason)) => {
-            (StatusCode::CONFLICT, Json(json!({ "error": reason })))
+            Err(ApiError::new(StatusCode::CONFLICT, reason))
         }
-        Err(e) => (
+        Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": e.to_string() })),
-        ),
+            e.to_string(),
+        )),
     }
+}
+
+/// Whether the node stands for election.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Paused {
+    paused: bool,
 }
 
 /// `POST /api/v1/ha/pause`: maintenance; an active node hands over first.
-pub(super) async fn pause(State(s): State<ApiState>) -> impl IntoResponse {
-    match &s.node.ha {
-        Some(ha) => {
-            ha.pause();
-            (StatusCode::ACCEPTED, Json(json!({ "paused": true })))
-        }
-        None => ha_disabled(),
-    }
+pub(super) async fn pause(State(s): State<ApiState>) -> ApiResult<(StatusCode, Json<Paused>)> {
+    let ha = s.node.ha.as_ref().ok_or_else(ha_disabled)?;
+    ha.pause();
+    Ok((StatusCode::ACCEPTED, Json(Paused { paused: true })))
 }
 
 /// `POST /api/v1/ha/resume`: stand for election again.
-pub(super) async fn resume(State(s): State<ApiState>) -> impl IntoResponse {
-    match &s.node.ha {
-        Some(ha) => {
-            ha.resume();
-            (StatusCode::ACCEPTED, Json(json!({ "paused": false })))
-        }
-        None => ha_disabled(),
-    }
+pub(super) async fn resume(State(s): State<ApiState>) -> ApiResult<(StatusCode, Json<Paused>)> {
+    let ha = s.node.ha.as_ref().ok_or_else(ha_disabled)?;
+    ha.resume();
+    Ok((StatusCode::ACCEPTED, Json(Paused { paused: false })))
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::IntoParams;
 
 use super::{ApiError, ApiResult, ApiState};
 
@@ -35,9 +36,12 @@ pub(super) fn jobs_error(e: JobsError) -> ApiError {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct JobQuery {
+    /// Wait for the job's end (on the active node: a standby forwards the request).
+    #[param(default = false)]
     wait: bool,
 }
 

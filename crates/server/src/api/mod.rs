@@ -164,6 +164,60 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
     }
 
+    /// Every `$ref` of the document names one of its schemas, and the schemas are the types':
+    /// every field of `ServiceInfo` is there, and the run body has no `service` (the path names
+    /// it).
+    #[test]
+    fn openapi_schemas_are_complete() {
+        fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                        out.push(r);
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = openapi_document();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 50, "{}", all.len());
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").expect(r);
+            assert!(
+                schemas.contains_key(name),
+                "{r} is not in components.schemas"
+            );
+        }
+        let info = autogate_automation::ServiceInfo {
+            name: "s".into(),
+            service_type: autogate_exec::ServiceType::Executable,
+            description: String::new(),
+            tags: Vec::new(),
+            repository: Some("r".into()),
+            working_directory: Some("w".into()),
+            decorator: Some("d".into()),
+            schema: Some(serde_json::json!({})),
+            created: Some("c".into()),
+            updated: Some("u".into()),
+        };
+        let fields = serde_json::to_value(info).expect("json");
+        let properties = schemas["ServiceInfo"]["properties"]
+            .as_object()
+            .expect("properties");
+        for field in fields.as_object().expect("object").keys() {
+            assert!(properties.contains_key(field), "ServiceInfo lacks {field}");
+        }
+        let run = &schemas["RunRequest"];
+        assert_eq!(run["additionalProperties"], false, "{run}");
+        assert!(run["properties"].get("service").is_none(), "{run}");
+        assert!(run["properties"].get("inputs").is_some(), "{run}");
+    }
+
     /// Every route of the table is served by the router (no fallback, no 405), and a path
     /// outside the table is not.
     #[tokio::test]

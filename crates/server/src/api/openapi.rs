@@ -1,24 +1,165 @@
-//! The OpenAPI 3.1 document of the route table (`GET /api/v1/openapi.json`).
+//! The OpenAPI 3.1 document of the route table (`GET /api/v1/openapi.json`), built with
+//! `utoipa`: the operations come from the table, their schemas are derived from the types the
+//! handlers take and return, and every schema those refer to is collected into
+//! `components.schemas`.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, Content, InfoBuilder, ObjectBuilder, OpenApiBuilder, Paths, Ref, RefOr,
+    Required, ResponseBuilder, Schema, Type,
+};
 
-use super::routes::{route_specs, Access, Body, Standby};
+use super::error::ErrorBody;
+use super::routes::{route_specs, Access, Body, RouteSpec, Standby};
+
+/// The security scheme every route needs unless it is open.
+const API_KEY: &str = "apiKey";
 
 pub(super) async fn serve() -> Json<Value> {
     Json(openapi_document())
 }
 
-fn content(body: &Body) -> Option<Value> {
+/// The OpenAPI 3.1 document of the route table.
+pub fn openapi_document() -> Value {
+    let mut paths = Paths::new();
+    let mut schemas = Vec::new();
+    let error = Body::json::<ErrorBody>();
+    collect(&error, &mut schemas);
+    for spec in route_specs() {
+        let Some(method) = http_method(&spec.method) else {
+            // Not a method OpenAPI knows: the document and the router would differ, which the
+            // tests catch.
+            continue;
+        };
+        collect(&spec.body, &mut schemas);
+        collect(&spec.ok.1, &mut schemas);
+        paths.add_path_operation(&spec.path, vec![method], operation(&spec, &error));
+    }
+    let components = ComponentsBuilder::new()
+        .schemas_from_iter(schemas)
+        .security_scheme(
+            API_KEY,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        )
+        .build();
+    let doc = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("autogate core node API")
+                .version(autogate_runtime::VERSION)
+                .description(Some(
+                    "Operator API of an autogate core node. Every /api/v1 route except health, openapi.json and login needs `Authorization: Bearer <API key>` from POST /api/v1/login.",
+                )),
+        )
+        .paths(paths)
+        .components(Some(components))
+        .security(Some([SecurityRequirement::new(API_KEY, Vec::<String>::new())]))
+        .build();
+    serde_json::to_value(&doc).unwrap_or(Value::Null)
+}
+
+fn operation(spec: &RouteSpec, error: &Body) -> Operation {
+    let method = spec.method.as_str().to_ascii_lowercase();
+    let path_params = spec
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build()
+        });
+    let params: Vec<_> = path_params.chain((spec.query)()).collect();
+    let mut op = OperationBuilder::new()
+        .summary(Some(spec.summary.clone()))
+        .tag(spec.tag)
+        .operation_id(Some(format!(
+            "{method}{}",
+            spec.path
+                .replace(['/', '-', '.'], "_")
+                .replace(['{', '}'], "")
+        )));
+    if !params.is_empty() {
+        op = op.parameters(Some(params));
+    }
+    if let Some((content_type, content)) = content(&spec.body) {
+        op = op.request_body(Some(
+            RequestBodyBuilder::new()
+                .content(content_type, content)
+                .required(Some(Required::True))
+                .build(),
+        ));
+    }
+    let (code, body) = &spec.ok;
+    let mut ok = ResponseBuilder::new().description(status_text(*code));
+    if let Some((content_type, content)) = content(body) {
+        ok = ok.content(content_type, content);
+    }
+    op = op.response(code.as_u16().to_string(), ok.build());
+    for e in spec.errors {
+        let mut answer = ResponseBuilder::new().description(status_text(*e));
+        if let Some((content_type, content)) = content(error) {
+            answer = answer.content(content_type, content);
+        }
+        op = op.response(e.as_u16().to_string(), answer.build());
+    }
+    if spec.access == Access::Open {
+        op = op.securities(Some(Vec::<SecurityRequirement>::new()));
+    }
+    if spec.standby == Standby::Forward {
+        op = op.description(Some(
+            "On a standby core node this request is forwarded to the active node.",
+        ));
+    }
+    op.build()
+}
+
+fn http_method(method: &Method) -> Option<HttpMethod> {
+    Some(match *method {
+        Method::GET => HttpMethod::Get,
+        Method::POST => HttpMethod::Post,
+        Method::PUT => HttpMethod::Put,
+        Method::DELETE => HttpMethod::Delete,
+        Method::PATCH => HttpMethod::Patch,
+        Method::HEAD => HttpMethod::Head,
+        Method::OPTIONS => HttpMethod::Options,
+        Method::TRACE => HttpMethod::Trace,
+        _ => return None,
+    })
+}
+
+/// The schemas a body refers to.
+fn collect(body: &Body, schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    if let Body::Json(schema) = body {
+        (schema.collect)(schemas);
+    }
+}
+
+/// The content type and content of a body (`None`: no body).
+fn content(body: &Body) -> Option<(&'static str, Content)> {
+    let string = || ObjectBuilder::new().schema_type(Type::String).build();
     Some(match body {
         Body::Empty => return None,
-        Body::Text => json!({ "text/plain": { "schema": { "type": "string" } } }),
-        Body::Yaml => json!({ "application/yaml": { "schema": { "type": "string" } } }),
-        Body::Object => json!({ "application/json": { "schema": { "type": "object" } } }),
-        Body::Json(name) => json!({
-            "application/json": { "schema": { "$ref": format!("#/components/schemas/{name}") } }
-        }),
+        Body::Text => ("text/plain", Content::new(Some(string()))),
+        Body::Yaml => ("application/yaml", Content::new(Some(string()))),
+        Body::Object => (
+            "application/json",
+            Content::new(Some(ObjectBuilder::new().schema_type(Type::Object).build())),
+        ),
+        Body::Json(schema) => (
+            "application/json",
+            Content::new(Some(Ref::from_schema_name(schema.name.clone()))),
+        ),
     })
 }
 
@@ -39,146 +180,4 @@ fn status_text(code: StatusCode) -> &'static str {
         503 => "Not this node's to do now: no active node, store unavailable, fenced",
         _ => "",
     }
-}
-
-/// The OpenAPI 3.1 document of the route table.
-pub fn openapi_document() -> Value {
-    let mut paths = Map::new();
-    for spec in route_specs() {
-        let method = spec.method.as_str().to_ascii_lowercase();
-        let mut op = Map::new();
-        op.insert("summary".into(), json!(spec.summary));
-        op.insert("tags".into(), json!([spec.tag]));
-        op.insert(
-            "operationId".into(),
-            json!(format!(
-                "{method}{}",
-                spec.path
-                    .replace(['/', '-', '.'], "_")
-                    .replace(['{', '}'], "")
-            )),
-        );
-        let params: Vec<Value> = spec
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
-            .chain(
-                (spec.path == "/api/v1/db/import")
-                    .then(|| {
-                        ["check", "force"].map(|q| {
-                            json!({ "name": q, "in": "query", "required": false, "schema": { "type": "boolean", "default": false } })
-                        })
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
-            .collect();
-        if !params.is_empty() {
-            op.insert("parameters".into(), Value::Array(params));
-        }
-        if let Some(body) = content(&spec.body) {
-            op.insert(
-                "requestBody".into(),
-                json!({ "required": true, "content": body }),
-            );
-        }
-        let mut responses = Map::new();
-        let (code, what) = &spec.ok;
-        let mut ok = json!({ "description": status_text(*code) });
-        if let Some(body) = content(what) {
-            ok["content"] = body;
-        }
-        responses.insert(code.as_u16().to_string(), ok);
-        for e in spec.errors {
-            responses.insert(
-                e.as_u16().to_string(),
-                json!({ "description": status_text(*e), "content": content(&Body::Json("Error")) }),
-            );
-        }
-        op.insert("responses".into(), Value::Object(responses));
-        if spec.access == Access::Open {
-            op.insert("security".into(), json!([]));
-        }
-        if spec.standby == Standby::Forward {
-            op.insert(
-                "description".into(),
-                json!("On a standby core node this request is forwarded to the active node."),
-            );
-        }
-        let entry = paths
-            .entry(spec.path.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(m) = entry {
-            m.insert(method, Value::Object(op));
-        }
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "autogate core node API",
-            "version": autogate_runtime::VERSION,
-            "description": "Operator API of an autogate core node. Every /api/v1 route except health, openapi.json and login needs `Authorization: Bearer <API key>` from POST /api/v1/login."
-        },
-        "paths": paths,
-        "security": [{ "apiKey": [] }],
-        "components": {
-            "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
-            "schemas": schemas(),
-        }
-    })
-}
-
-fn schemas() -> Value {
-    let str_ = json!({ "type": "string" });
-    json!({
-        "Error": {
-            "type": "object", "required": ["error"],
-            "properties": { "error": str_, "detail": { "type": "object" } }
-        },
-        "Health": { "type": "object", "properties": {
-            "node_id": str_, "cluster_id": str_, "mode": str_, "store": str_, "version": str_,
-            "manager": { "type": "object" }, "ha": { "type": ["object", "null"] } } },
-        "Login": { "type": "object", "required": ["username", "password"],
-            "properties": { "username": str_, "password": str_ }, "additionalProperties": false },
-        "ApiKey": { "type": "object", "properties": {
-            "api_key": str_, "expires_at": { "type": "string", "format": "date-time" } } },
-        "NewUser": { "type": "object", "required": ["name", "password"],
-            "properties": { "name": str_, "password": { "type": "string", "minLength": crate::auth::MIN_PASSWORD_LEN } },
-            "additionalProperties": false },
-        "Password": { "type": "object", "required": ["password"],
-            "properties": { "password": { "type": "string", "minLength": crate::auth::MIN_PASSWORD_LEN } },
-            "additionalProperties": false },
-        "PasswordChanged": { "type": "object", "properties": { "name": str_, "revoked_keys": { "type": "integer" } } },
-        "User": { "type": "object", "properties": {
-            "name": str_, "created": str_, "last_login": { "type": ["string", "null"] },
-            "password_changed": { "type": ["string", "null"] } } },
-        "UserList": { "type": "object", "properties": { "users": { "type": "array", "items": { "$ref": "#/components/schemas/User" } } } },
-        "Resource": { "type": "object", "required": ["name"], "description": "A resource in the family's kebab-case shape, as in the import file",
-            "properties": { "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } },
-        "SecretInput": { "type": "object", "required": ["name", "value"], "additionalProperties": false,
-            "properties": { "name": str_, "value": { "type": "string", "description": "plaintext; sealed by the node, never returned" },
-                "description": str_, "tags": { "type": "array", "items": str_ } } },
-        "ResourceList": { "type": "object", "description": "{\"<plural>\": [resources]}", "additionalProperties": { "type": "array", "items": { "$ref": "#/components/schemas/Resource" } } },
-        "RunRequest": { "type": "object", "additionalProperties": false, "properties": {
-            "type": { "type": "string", "enum": ["python-script", "ansible-playbook", "opentofu-plan", "executable"] },
-            "inputs": { "type": "object" },
-            "set": { "type": "array", "items": { "type": "string", "description": "k=v" } },
-            "action": { "type": "string", "enum": ["apply", "destroy"] },
-            "state": {} } },
-        "RunResponse": { "type": "object", "properties": {
-            "status": { "const": "completed" },
-            "result": { "type": "object", "properties": {
-                "stdout": str_, "stderr": str_, "return_code": { "type": "integer" },
-                "start_time": str_, "end_time": str_, "elapsed_time": str_,
-                "stdout_json": {}, "timed_out": { "type": "boolean" }, "state": {} } } } },
-        "ServiceInfo": { "type": "object", "properties": {
-            "name": str_, "type": str_, "description": str_, "tags": { "type": "array", "items": str_ },
-            "repository": str_, "working_directory": str_, "decorator": str_, "schema": { "type": "object" } } },
-        "ImportReport": { "type": "object", "properties": {
-            "items": { "type": "array", "items": { "type": "object", "properties": {
-                "kind": str_, "name": str_, "outcome": { "type": "string", "enum": ["add", "conflict", "replacement"] } } } },
-            "written": { "type": "boolean" } } },
-        "Switchover": { "type": "object", "properties": { "to": str_ }, "additionalProperties": false },
-    })
 }

@@ -1,7 +1,8 @@
 //! The route table: every route of the API once, with its method, path, handler, who may call
-//! it, what a standby does with it and what the OpenAPI document says about it. The router
+//! it, what a standby does with it and the types of what it takes and returns. The router
 //! ([`super::router`]) and the document ([`super::openapi_document`]) are both built from it, so
-//! neither can have a route the other lacks.
+//! neither can have a route the other lacks, and the document's schemas are derived from the
+//! same types the handlers take and return.
 
 use autogate_resources::model::Kind;
 use axum::extract::rejection::JsonRejection;
@@ -11,8 +12,13 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{self, MethodRouter};
 use axum::Json;
 use serde_json::Value;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{cluster, db, ha, jobs, node, openapi, resources, runs, users, ApiState};
+use crate::auth::{IssuedKey, UserView};
+use autogate_automation::ServiceInfo;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +39,7 @@ pub enum Standby {
 }
 
 /// What a request or an answer carries, as the document describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Body {
     /// Nothing.
     Empty,
@@ -43,8 +49,39 @@ pub enum Body {
     Yaml,
     /// A JSON object of no documented shape.
     Object,
-    /// JSON, with the name of a schema in `components.schemas`.
-    Json(&'static str),
+    /// JSON of a type's derived schema (see [`Body::json`]).
+    Json(SchemaRef),
+}
+
+impl Body {
+    /// JSON of type `T`: the document refers to `T`'s schema, derived from `T` itself.
+    pub fn json<T: ToSchema>() -> Self {
+        Body::Json(SchemaRef {
+            name: T::name().into_owned(),
+            collect: collect::<T>,
+        })
+    }
+}
+
+/// A schema of `components.schemas`.
+#[derive(Debug, Clone)]
+pub struct SchemaRef {
+    pub name: String,
+    /// Adds the schema and every schema it refers to.
+    pub collect: fn(&mut Vec<(String, RefOr<Schema>)>),
+}
+
+fn collect<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(schemas);
+}
+
+fn no_params() -> Vec<Parameter> {
+    Vec::new()
+}
+
+fn query_params<Q: IntoParams>() -> Vec<Parameter> {
+    Q::into_params(|| Some(ParameterIn::Query))
 }
 
 /// One route as the document and the tests see it (the handler aside).
@@ -57,6 +94,8 @@ pub struct RouteSpec {
     pub standby: Standby,
     pub tag: &'static str,
     pub summary: String,
+    /// The query parameters, derived from the type the handler reads them into.
+    pub query: fn() -> Vec<Parameter>,
     /// The request body.
     pub body: Body,
     /// Success status and what it returns.
@@ -83,6 +122,7 @@ impl Route {
                 standby: Standby::Local,
                 tag: "",
                 summary: String::new(),
+                query: no_params,
                 body: Body::Empty,
                 ok: (StatusCode::OK, Body::Object),
                 errors: &[],
@@ -122,6 +162,12 @@ impl Route {
         self
     }
 
+    /// Reads its query into `Q`.
+    fn query<Q: IntoParams>(mut self) -> Self {
+        self.spec.query = query_params::<Q>;
+        self
+    }
+
     fn takes(mut self, body: Body) -> Self {
         self.spec.body = body;
         self
@@ -152,7 +198,7 @@ const WRITE_ERRORS: &[StatusCode] = &[
 
 /// Every route of the API, in the order the document lists them.
 pub(super) fn table() -> Vec<Route> {
-    use Body::{Empty, Json, Object, Text, Yaml};
+    use Body::{Empty, Object, Text, Yaml};
     let mut t = vec![
         Route::get("/api/v1/health", node::health)
             .open()
@@ -160,7 +206,7 @@ pub(super) fn table() -> Vec<Route> {
                 "node",
                 "Who this node is: id, cluster, store, manager link and HA role",
             )
-            .returns(S::OK, Json("Health")),
+            .returns(S::OK, Body::json::<node::Health>()),
         Route::get("/healthz", node::healthz)
             .open()
             .doc("node", "Liveness: the process answers")
@@ -182,8 +228,8 @@ pub(super) fn table() -> Vec<Route> {
             .open()
             .forwarded()
             .doc("users", "Exchange a user name and password for an API key")
-            .takes(Json("Login"))
-            .returns(S::OK, Json("ApiKey"))
+            .takes(Body::json::<users::Login>())
+            .returns(S::OK, Body::json::<IssuedKey>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -192,13 +238,13 @@ pub(super) fn table() -> Vec<Route> {
             ]),
         Route::get("/api/v1/users", users::list)
             .doc("users", "List users")
-            .returns(S::OK, Json("UserList"))
+            .returns(S::OK, Body::json::<users::UserList>())
             .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::post("/api/v1/users", users::create)
             .forwarded()
             .doc("users", "Create a user")
-            .takes(Json("NewUser"))
-            .returns(S::CREATED, Json("User"))
+            .takes(Body::json::<users::NewUser>())
+            .returns(S::CREATED, Body::json::<UserView>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -208,7 +254,7 @@ pub(super) fn table() -> Vec<Route> {
             ]),
         Route::get("/api/v1/users/{name}", users::get)
             .doc("users", "One user")
-            .returns(S::OK, Json("User"))
+            .returns(S::OK, Body::json::<UserView>())
             .errors(READ_ERRORS),
         Route::delete("/api/v1/users/{name}", users::delete)
             .forwarded()
@@ -226,8 +272,8 @@ pub(super) fn table() -> Vec<Route> {
                 "users",
                 "Set a user's password; revokes every API key of that user",
             )
-            .takes(Json("Password"))
-            .returns(S::OK, Json("PasswordChanged"))
+            .takes(Body::json::<users::Password>())
+            .returns(S::OK, Body::json::<users::PasswordChanged>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -243,8 +289,8 @@ pub(super) fn table() -> Vec<Route> {
         Route::post("/api/v1/services/{name}/run", runs::run)
             .forwarded()
             .doc("services", "Run a service and wait for its result")
-            .takes(Json("RunRequest"))
-            .returns(S::OK, Json("RunResponse"))
+            .takes(Body::json::<runs::RunBody>())
+            .returns(S::OK, Body::json::<runs::RunResponse>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -259,6 +305,7 @@ pub(super) fn table() -> Vec<Route> {
                 "services",
                 "A job (distributed execution): its record, and its result or error once it ended; with wait=true, waits for the end",
             )
+            .query::<jobs::JobQuery>()
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED, S::NOT_FOUND, S::SERVICE_UNAVAILABLE]),
         Route::get("/api/v1/services/{name}/inputs", runs::inputs)
@@ -266,7 +313,7 @@ pub(super) fn table() -> Vec<Route> {
                 "services",
                 "The inputs a service expects: its catalog entry with the decorator's schema",
             )
-            .returns(S::OK, Json("ServiceInfo"))
+            .returns(S::OK, Body::json::<ServiceInfo>())
             .errors(READ_ERRORS),
         Route::get("/api/v1/db/export", db::export)
             .doc("db", "Every resource as the import YAML (secrets sealed)")
@@ -278,8 +325,9 @@ pub(super) fn table() -> Vec<Route> {
                 "db",
                 "Import a YAML resource file, all or nothing (query: check, force)",
             )
+            .query::<db::ImportQuery>()
             .takes(Yaml)
-            .returns(S::OK, Json("ImportReport"))
+            .returns(S::OK, Body::json::<db::ImportReport>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -309,19 +357,19 @@ pub(super) fn table() -> Vec<Route> {
             .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
         Route::post("/api/v1/ha/switchover", ha::switchover)
             .doc("ha", "Planned hand-over by the active node")
-            .takes(Json("Switchover"))
-            .returns(S::ACCEPTED, Object)
+            .takes(Body::json::<ha::Switchover>())
+            .returns(S::ACCEPTED, Body::json::<ha::SwitchoverAccepted>())
             .errors(&[S::UNAUTHORIZED, S::CONFLICT, S::SERVICE_UNAVAILABLE]),
         Route::post("/api/v1/ha/pause", ha::pause)
             .doc(
                 "ha",
                 "Stop standing for election (an active node hands over first)",
             )
-            .returns(S::ACCEPTED, Object)
+            .returns(S::ACCEPTED, Body::json::<ha::Paused>())
             .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
         Route::post("/api/v1/ha/resume", ha::resume)
             .doc("ha", "Stand for election again")
-            .returns(S::ACCEPTED, Object)
+            .returns(S::ACCEPTED, Body::json::<ha::Paused>())
             .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
     ]);
     t
@@ -333,16 +381,16 @@ fn resource_routes(kind: Kind) -> [Route; 4] {
     let base = format!("/api/v1/{p}");
     let one = format!("{base}/{{name}}");
     let create_body = if kind == Kind::Secret {
-        "SecretInput"
+        Body::json::<resources::SecretInput>()
     } else {
-        "Resource"
+        Body::json::<resources::Resource>()
     };
     [
         Route::get(base.clone(), move |s: State<ApiState>| {
             resources::list(s, kind)
         })
         .doc("resources", format!("List {p}"))
-        .returns(S::OK, Body::Json("ResourceList"))
+        .returns(S::OK, Body::json::<resources::ResourceList>())
         .errors(&[S::UNAUTHORIZED, S::FORBIDDEN, S::SERVICE_UNAVAILABLE]),
         Route::post(
             base,
@@ -352,14 +400,14 @@ fn resource_routes(kind: Kind) -> [Route; 4] {
         )
         .forwarded()
         .doc("resources", format!("Create a {kind}"))
-        .takes(Body::Json(create_body))
-        .returns(S::CREATED, Body::Json("Resource"))
+        .takes(create_body)
+        .returns(S::CREATED, Body::json::<resources::Resource>())
         .errors(WRITE_ERRORS),
         Route::get(one.clone(), move |s: State<ApiState>, n: Path<String>| {
             resources::get(s, n, kind)
         })
         .doc("resources", format!("One {kind}"))
-        .returns(S::OK, Body::Json("Resource"))
+        .returns(S::OK, Body::json::<resources::Resource>())
         .errors(READ_ERRORS),
         Route::delete(one, move |s: State<ApiState>, n: Path<String>| {
             resources::delete(s, n, kind)

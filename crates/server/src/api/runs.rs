@@ -1,23 +1,77 @@
 //! Service runs: `POST /api/v1/services/{name}/run` (in-process, or as a job with distributed
 //! execution) and the inputs a service expects.
 
-use autogate_automation::RunRequest;
+use autogate_automation::{RunRequest, ServiceInfo};
+use autogate_exec::{Inputs, RunResult, ServiceType, TofuAction};
 use autogate_jobs::model::FailureKind;
 use autogate_jobs::JobOutcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::jobs::{jobs_error, moved, DISPATCHER_WAIT};
 use super::{ApiError, ApiResult, ApiState};
+
+/// The body of a run: a run request without the service, which the path names.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schema(as = RunRequest)]
+pub(super) struct RunBody {
+    /// When given, the service must be of this type.
+    #[serde(rename = "type")]
+    service_type: Option<ServiceType>,
+    /// The inputs, checked against the service's decorator.
+    #[schema(value_type = Object)]
+    inputs: Inputs,
+    /// `k=v` strings, coerced to the decorator's types and laid over `inputs`.
+    set: Vec<String>,
+    /// opentofu-plan: apply (default) or destroy.
+    action: Option<TofuAction>,
+    /// opentofu-plan: the state to start from.
+    state: Option<Value>,
+}
+
+impl RunBody {
+    fn into_request(self, service: String) -> RunRequest {
+        // Every field named, so a field added to RunRequest fails here until the body (and with
+        // it the document) has it too.
+        RunRequest {
+            service,
+            service_type: self.service_type,
+            inputs: self.inputs,
+            set: self.set,
+            action: self.action,
+            state: self.state,
+        }
+    }
+}
+
+/// A run's answer: it ran (whatever the program's exit code) and this is its result.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunResponse {
+    status: RunStatus,
+    result: RunResult,
+    /// The job that ran it (distributed execution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_id: Option<String>,
+}
+
+/// Failures are error answers, so a run's answer has one status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RunStatus {
+    Completed,
+}
 
 pub(super) async fn run(
     State(s): State<ApiState>,
     Path(name): Path<String>,
     body: Option<Json<Value>>,
-) -> ApiResult<Json<Value>> {
-    let mut body = match body {
+) -> ApiResult<Json<RunResponse>> {
+    let body = match body {
         Some(Json(Value::Object(m))) => m,
         Some(Json(Value::Null)) | None => Map::new(),
         Some(Json(other)) => {
@@ -33,9 +87,9 @@ pub(super) async fn run(
             "run body: unknown field `service` (the service is named in the path)",
         ));
     }
-    body.insert("service".into(), Value::String(name.clone()));
-    let req: RunRequest = serde_json::from_value(Value::Object(body))
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("run body: {e}")))?;
+    let req = serde_json::from_value::<RunBody>(Value::Object(body))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("run body: {e}")))?
+        .into_request(name);
     if s.node.jobs.enabled() {
         return run_job(&s, req).await;
     }
@@ -44,12 +98,16 @@ pub(super) async fn run(
     let cancel = s.shutdown.child_token();
     let _guard = cancel.clone().drop_guard();
     let result = s.node.automation.run(&req, &cancel).await?;
-    Ok(Json(json!({ "status": "completed", "result": result })))
+    Ok(Json(RunResponse {
+        status: RunStatus::Completed,
+        result,
+        job_id: None,
+    }))
 }
 
 /// A run with distributed execution: queued as a job, answered when it ends. The job does not
 /// stop when the caller goes away; the caller can come back with its id.
-async fn run_job(s: &ApiState, req: RunRequest) -> ApiResult<Json<Value>> {
+async fn run_job(s: &ApiState, req: RunRequest) -> ApiResult<Json<RunResponse>> {
     let dispatcher = s
         .node
         .jobs
@@ -72,11 +130,13 @@ async fn run_job(s: &ApiState, req: RunRequest) -> ApiResult<Json<Value>> {
 }
 
 /// The answer for a job that ended: the run's result, or its failure with the job id.
-fn finished_answer(job: &str, outcome: JobOutcome) -> ApiResult<Json<Value>> {
+fn finished_answer(job: &str, outcome: JobOutcome) -> ApiResult<Json<RunResponse>> {
     match outcome {
-        JobOutcome::Completed { result } => Ok(Json(
-            json!({ "status": "completed", "result": result, "job_id": job }),
-        )),
+        JobOutcome::Completed { result } => Ok(Json(RunResponse {
+            status: RunStatus::Completed,
+            result,
+            job_id: Some(job.to_owned()),
+        })),
         JobOutcome::Error { kind, message } => {
             Err(ApiError::new(failure_status(kind), message).with_job(job))
         }
@@ -96,7 +156,6 @@ fn failure_status(kind: FailureKind) -> StatusCode {
 pub(super) async fn inputs(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let info: autogate_automation::ServiceInfo = s.node.automation.describe_inputs(&name).await?;
-    Ok(Json(json!(info)))
+) -> ApiResult<Json<ServiceInfo>> {
+    Ok(Json(s.node.automation.describe_inputs(&name).await?))
 }

@@ -4,57 +4,75 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::{Object, ObjectBuilder, Type};
+use utoipa::ToSchema;
 
 use super::error::json_body;
 use super::{ApiResult, ApiState};
+use crate::auth::{IssuedKey, UserView, MIN_PASSWORD_LEN};
 
-#[derive(Deserialize)]
+/// A new password: the schema carries the length the node enforces.
+fn new_password() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(MIN_PASSWORD_LEN))
+        .build()
+}
+
+/// `POST /api/v1/login`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct LoginBody {
+pub(super) struct Login {
     username: String,
     password: String,
 }
 
 pub(super) async fn login(
     State(s): State<ApiState>,
-    body: Result<Json<LoginBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<Login>, JsonRejection>,
+) -> ApiResult<Json<IssuedKey>> {
     let b = json_body("login body", body)?;
-    let issued: crate::auth::IssuedKey = s.auth.login(&b.username, &b.password).await?;
+    let issued = s.auth.login(&b.username, &b.password).await?;
     tracing::info!(user = %b.username, "user logged in");
-    Ok(Json(json!(issued)))
+    Ok(Json(issued))
 }
 
-pub(super) async fn list(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
-    let users: Vec<crate::auth::UserView> = s.auth.list_users().await?;
-    Ok(Json(json!({ "users": users })))
+/// `GET /api/v1/users`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct UserList {
+    users: Vec<UserView>,
 }
 
-#[derive(Deserialize)]
+pub(super) async fn list(State(s): State<ApiState>) -> ApiResult<Json<UserList>> {
+    let users = s.auth.list_users().await?;
+    Ok(Json(UserList { users }))
+}
+
+/// `POST /api/v1/users`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewUser {
     name: String,
+    #[schema(schema_with = new_password)]
     password: String,
 }
 
 pub(super) async fn create(
     State(s): State<ApiState>,
     body: Result<Json<NewUser>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<UserView>)> {
     let b = json_body("user body", body)?;
-    let user: crate::auth::UserView = s.auth.create_user(&b.name, &b.password).await?;
+    let user = s.auth.create_user(&b.name, &b.password).await?;
     tracing::info!(user = %b.name, "user created");
-    Ok((StatusCode::CREATED, Json(json!(user))))
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
 pub(super) async fn get(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let user: crate::auth::UserView = s.auth.get_user(&name).await?;
-    Ok(Json(json!(user)))
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(s.auth.get_user(&name).await?))
 }
 
 pub(super) async fn delete(
@@ -66,19 +84,32 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// `POST /api/v1/users/{name}/password`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PasswordBody {
+pub(super) struct Password {
+    #[schema(schema_with = new_password)]
     password: String,
+}
+
+/// The answer to a password change.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PasswordChanged {
+    name: String,
+    /// The user's API keys revoked with the change (all of them).
+    revoked_keys: usize,
 }
 
 pub(super) async fn password(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    body: Result<Json<PasswordBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<Password>, JsonRejection>,
+) -> ApiResult<Json<PasswordChanged>> {
     let b = json_body("password body", body)?;
-    let revoked: usize = s.auth.set_password(&name, &b.password).await?;
+    let revoked = s.auth.set_password(&name, &b.password).await?;
     tracing::info!(user = %name, revoked_keys = revoked, "password changed");
-    Ok(Json(json!({ "name": name, "revoked_keys": revoked })))
+    Ok(Json(PasswordChanged {
+        name,
+        revoked_keys: revoked,
+    }))
 }
