@@ -1,18 +1,20 @@
 //! High availability of core nodes: one active node per cluster, elected through the cluster
 //! store (etcd) with the standard etcd election recipe, fenced by the leader key's create revision.
 //!
-//! [`machine`] holds every decision as a pure state machine; [`driver`] runs it against a
-//! [`Store`](autogate_store::Store), publishes the node's record, probes the active node, and
-//! hands the server a [`Leadership`] watch, a status snapshot and [`fenced_txn`].
+//! Layout: [`machine`] holds every decision as a pure state machine (events in, commands out,
+//! time as an input), with its rule-by-rule tests beside it. [`driver`] runs it against a
+//! [`Store`](autogate_store::Store), one module per task or concern: the machine loop, the store
+//! worker, the keep-alive loop and the watchers; the [`HaHandle`] the server holds (a
+//! [`Leadership`] watch, a status snapshot, operator requests, shutdown); [`fenced_txn`]; the
+//! crash [`Prober`] of the active node (HTTP or HTTPS); the options, the keys in the store and
+//! the metrics.
 #![forbid(unsafe_code)]
 
 pub mod driver;
 pub mod machine;
-mod tlsprobe;
 
 pub use driver::{
     election_prefix, fenced_txn, nodes_prefix, CandidateStatus, FencedError, HaDriver, HaError,
-    HaHandle, HaOptions, HaStatus, HttpProber, Prober, SwitchoverError,
+    HaHandle, HaOptions, HaStatus, ProbeProtocol, Prober, SwitchoverError,
 };
 pub use machine::{CrashProbe, Leadership, Millis, NodeRecord, ProbeResult, Role, StopReason};
-pub use tlsprobe::TlsProber;

@@ -145,7 +145,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
                 store.clone(),
                 options,
                 Some(&metrics),
-                Arc::new(autogate_ha::TlsProber::new(tls.clone())),
+                autogate_ha::Prober::new(autogate_ha::ProbeProtocol::Tls(tls.clone())),
                 shutdown.tracker(),
             )?,
             None => autogate_ha::HaDriver::start(
