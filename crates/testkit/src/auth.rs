@@ -3,12 +3,11 @@
 //! with [`ADMIN_PASSWORD`] (through `GATEWAY_SERVER_ADMIN_PASSWORD_FILE`, as an operator
 //! would), and [`admin_key`] logs in over HTTP.
 //!
-//! [`get_with_key`] and [`request`] are plain-HTTP clients like [`crate::http_get`];
+//! [`get_with_key`] and [`request`] are plain-HTTP requests like [`crate::http_get`];
 //! [`authed_get`] remembers one key per port so that polling loops log in once, not on every
 //! poll (argon2 is deliberately slow).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,8 +28,9 @@ pub fn with_admin_password(cmd: Autogate) -> Autogate {
     )
 }
 
-/// One HTTP/1.1 request on loopback without TLS: (status, body). `key` goes in
-/// `Authorization: Bearer`; a body is sent as `content_type`.
+/// One HTTP request on loopback without TLS: (status, body). `key` goes in
+/// `Authorization: Bearer`; a body is sent as `content_type`. An error when nothing answers
+/// within 60 s.
 pub fn request(
     addr: &str,
     method: &str,
@@ -38,54 +38,7 @@ pub fn request(
     key: Option<&str>,
     body: Option<(&str, &[u8])>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        head.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    let (ct, bytes) = body.unwrap_or(("", b""));
-    if body.is_some() {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
-    s.write_all(head.as_bytes())?;
-    s.write_all(bytes)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
-    let body = match text.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked") =>
-        {
-            dechunk(body)
-        }
-        Some((_, body)) => body.to_owned(),
-        None => String::new(),
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    crate::http::plain_request(addr, method, path, key, body, Duration::from_secs(60))
 }
 
 /// `POST /api/v1/login`: (status, body).
@@ -185,40 +138,16 @@ pub fn https_request(
     let tls =
         autogate_tls::client_config(autogate_tls::Roots::File(ca.to_path_buf()), identity, false)
             .map_err(|e| e.to_string())?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls((*tls).clone())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-    let mut req = client.request(method, format!("https://{addr}{path}"));
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    if let Some((ct, bytes)) = body {
-        req = req
-            .header(reqwest::header::CONTENT_TYPE, ct)
-            .body(bytes.to_vec());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async move {
-        let resp = req.send().await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
-        Ok((status, text))
-    })
+    let client = crate::http::build(crate::http::builder().use_preconfigured_tls((*tls).clone()))
+        .map_err(|e| crate::http::error_text(&e))?;
+    crate::http::send(
+        client,
+        method,
+        format!("https://{addr}{path}"),
+        key,
+        body,
+        Duration::from_secs(60),
+    )
 }
 
 /// Logs in as `admin` over HTTPS (see [`https_request`]), retrying until `deadline`.

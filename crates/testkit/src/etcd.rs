@@ -1,6 +1,7 @@
 //! Real etcd servers for tests: a single member ([`EtcdServer`], plain or TLS) or a 3-member
-//! cluster ([`EtcdCluster`]) on free loopback ports, each with its data directory and log file in a
-//! temporary directory.
+//! cluster ([`EtcdCluster`]) on free loopback ports, each with its data directory and log file in
+//! a temporary directory. The ports come from [`crate::free_port`]: a member must be told its
+//! ports and its peers' URLs before it starts, so it cannot bind port 0 and report back.
 //!
 //! Starting waits (polling with a deadline, no fixed sleeps) until every member reports healthy on
 //! its plain-HTTP metrics port, which also works when the client port needs TLS. Members can be
@@ -11,8 +12,6 @@
 //! The binary is `$ETCD_BIN`, else `/usr/bin/etcd`, else `etcd` on `PATH`.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::certs::TestPki;
+use crate::process::free_port;
 
 /// How long a member may take to become healthy.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -61,27 +61,12 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| panic!("etcd not installed: run `make deps`"))
 }
 
-/// A free loopback port (bound to port 0, then released; the race is acceptable in tests).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free loopback port")
-}
-
-/// One plain HTTP/1.0 GET; `None` on any failure (the caller polls).
+/// One GET of etcd's plain-HTTP metrics port: the body, `None` on any failure (the caller polls).
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let timeout = Duration::from_millis(500);
-    let addr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
+    let addr = format!("127.0.0.1:{port}");
+    crate::http::plain_request(&addr, "GET", path, None, None, Duration::from_millis(500))
+        .ok()
+        .map(|(_, body)| body)
 }
 
 #[derive(Clone, Debug)]

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod certs;
 pub mod etcd;
+mod http;
 pub mod process;
 pub mod proxy;
 pub mod scenario;

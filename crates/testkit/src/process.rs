@@ -355,13 +355,100 @@ impl Drop for Process {
     }
 }
 
-/// A free TCP port on loopback (bind to port 0 and release it).
+/// A loopback port nobody listens on, for a process that must be told its port before it
+/// starts and cannot report one it bound itself: the `autogate` binary refuses port 0, and etcd's
+/// members must know each other's URLs in advance. Where the code under test can say what it
+/// bound (chromedriver's log, a listener made in the test, the [`crate::proxy`]), bind port 0
+/// instead and read the address: no race at all.
+///
+/// Here the port is released before the child binds it, so another socket could take it in
+/// between. To make that as unlikely as it can be:
+///
+/// * ports come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a bind
+///   to port 0 or an outgoing connection, in this process or another, is never given one of
+///   them meanwhile;
+/// * a port is handed out at most once per process: every integration test of a crate shares
+///   one process, and a port whose first node has just stopped is not given to the next;
+/// * the candidates are random, so two test processes on one machine seldom try the same one;
+///   each is checked free by binding it (the children bind with `SO_REUSEADDR` as this does, so
+///   a port left in `TIME_WAIT` counts as free for both).
+///
+/// When the range below the ephemeral ports is too small (a tuned kernel), the kernel picks the
+/// port as for port 0, still never handing out the same port twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port")
+    let mut state = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    if state.rng == 0 {
+        state.rng = seed();
+    }
+    let (lo, hi) = reserved_range();
+    if hi - lo >= 1_000 {
+        for _ in 0..10_000 {
+            let port = lo + (state.next_random() % u64::from(hi - lo)) as u16;
+            if !state.handed_out.contains(&port) && bindable(port) {
+                state.handed_out.insert(port);
+                return port;
+            }
+        }
+    }
+    for _ in 0..1_000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind a free port");
+        if state.handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port left that this process has not used yet");
 }
+
+/// Ports [`free_port`] draws from: up to 12 000 ports just below the ephemeral range, none below
+/// 1024.
+fn reserved_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (
+        ephemeral_low.saturating_sub(12_000).max(1_024),
+        ephemeral_low.max(1_024),
+    )
+}
+
+/// Differs between processes started at the same moment (pid) and runs of one (time).
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    ((u64::from(std::process::id()) << 32) ^ nanos) | 1
+}
+
+fn bindable(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+struct Ports {
+    handed_out: std::collections::BTreeSet<u16>,
+    rng: u64,
+}
+
+impl Ports {
+    /// xorshift64*: plenty for spreading candidates, and no dependency.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+static PORTS: Mutex<Ports> = Mutex::new(Ports {
+    handed_out: std::collections::BTreeSet::new(),
+    rng: 0,
+});
 
 /// Poll `f` until it returns `Some`, at most `deadline`; panics with `what` otherwise.
 pub fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -377,49 +464,28 @@ pub fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
-/// A blocking HTTP GET on loopback returning (status, body), without TLS. Kept dependency-free
-/// so that tests measure our server, not a client library's start-up.
+/// A blocking HTTP GET on loopback returning (status, body), without TLS; an error when nothing
+/// answers within 5 s. Usable from async tests too: the request runs on the harness's own
+/// runtime while the calling thread waits.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
-    let body = match text.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked") =>
-        {
-            dechunk(body)
-        }
-        Some((_, body)) => body.to_owned(),
-        None => String::new(),
-    };
-    Ok((status, body))
+    crate::http::plain_request(addr, "GET", path, None, None, Duration::from_secs(5))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+#[cfg(test)]
+mod tests {
+    use super::{free_port, reserved_range};
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let (lo, hi) = reserved_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        for p in ports {
+            if hi - lo >= 1_000 {
+                assert!((lo..hi).contains(&p), "{p} outside {lo}..{hi}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("free port is bindable");
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
     }
-    out
 }

@@ -4,8 +4,8 @@
 //! page.
 //!
 //! [`Browser::start`] finds both programs (or panics telling to run `make deps`: a browser test
-//! must not pass by doing nothing), starts `chromedriver` on a free port with its own log file,
-//! and opens one session with a throw-away profile. Helpers find elements by CSS selector,
+//! must not pass by doing nothing), starts `chromedriver` with its own log file on a port it
+//! binds itself (port 0, read back from that log), and opens one session with a throw-away profile. Helpers find elements by CSS selector,
 //! click, type, run a script, take screenshots, and poll the DOM for an expected text up to a
 //! deadline. Dropping the [`Browser`] ends the session and stops `chromedriver`, also when the
 //! test panics.
@@ -146,9 +146,9 @@ impl Browser {
     pub fn start() -> Browser {
         let tools = require_tools();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = crate::free_port();
+        // Port 0: chromedriver binds a port of the kernel's choosing and logs which.
         let driver = Command::new(&tools.chromedriver)
-            .arg(format!("--port={port}"))
+            .arg("--port=0")
             .arg(format!(
                 "--log-path={}",
                 dir.path().join("chromedriver.log").display()
@@ -176,14 +176,41 @@ impl Browser {
         let mut browser = Browser {
             rt,
             http,
-            driver_url: format!("http://127.0.0.1:{port}"),
+            driver_url: String::new(),
             session: String::new(),
             driver,
             dir,
         };
+        let port = browser.wait_driver_port();
+        browser.driver_url = format!("http://127.0.0.1:{port}");
         browser.wait_driver_ready();
         browser.session = browser.new_session(&tools.chromium);
         browser
+    }
+
+    /// The port chromedriver bound, from its log line `ChromeDriver was started successfully on
+    /// port <port>`.
+    fn wait_driver_port(&mut self) -> u16 {
+        const STARTED: &str = "started successfully on port ";
+        let end = Instant::now() + START_DEADLINE;
+        loop {
+            let log = self.driver_log();
+            if let Some(port) = log.split(STARTED).nth(1).and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            }) {
+                return port;
+            }
+            if let Ok(Some(status)) = self.driver.try_wait() {
+                panic!("chromedriver exited at start ({status}); its log:\n{log}");
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "chromedriver did not say which port it bound within {START_DEADLINE:?}; its log:\n{log}"
+                );
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
     }
 
     fn wait_driver_ready(&mut self) {
@@ -501,37 +528,16 @@ impl Drop for Browser {
     }
 }
 
-/// Standard base64 (the encoding of WebDriver screenshots).
+/// Standard base64 (the encoding of WebDriver screenshots), padded or not, line breaks ignored.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+    use base64::Engine as _;
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let clean: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    ENGINE.decode(clean).ok()
 }
 
 #[cfg(test)]
