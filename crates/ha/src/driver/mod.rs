@@ -2,18 +2,18 @@
 //! clock and the probes say, and carries out its commands.
 //!
 //! Four kinds of tasks run per node, so that no slow store call can delay a decision that is due:
-//! * the *machine loop* ([`machine_loop`]) owns the [`Machine`], its timer and every local
+//! * the *machine loop* (`machine_loop`) owns the [`Machine`], its timer and every local
 //!   command (leadership watch, metrics, logs, probes); it never awaits the store;
-//! * the *store worker* ([`worker`]) executes store commands one at a time in the order the
+//! * the *store worker* (`worker`) executes store commands one at a time in the order the
 //!   machine emitted them;
-//! * the *keep-alive loop* ([`keepalive`]) renews the lease and reports each acknowledgement with
+//! * the *keep-alive loop* (`keepalive`) renews the lease and reports each acknowledgement with
 //!   the send time of its request;
-//! * two *watchers* ([`watchers`]: election prefix, node records) hand the machine full snapshots.
+//! * two *watchers* (`watchers`: election prefix, node records) hand the machine full snapshots.
 //!
 //! They all run on the election's own task tracker, which the caller's tracker waits on. The
-//! rest is what the server uses: [`handle`] (leadership, status, operator requests, shutdown),
-//! [`fence`] (writes fenced by the term), [`options`], [`probe`] (the crash probe of the active
-//! node over HTTP or HTTPS), [`keys`] (the layout in the store) and [`metrics`]. This module
+//! rest is what the server uses: `handle` (leadership, status, operator requests, shutdown),
+//! `fence` (writes fenced by the term), `options`, `probe` (the crash probe of the active
+//! node over HTTP or HTTPS), `keys` (the layout in the store) and `metrics`. This module
 //! starts it all and holds what the tasks share: their messages and the published snapshot.
 
 mod fence;
