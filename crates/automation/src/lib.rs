@@ -10,6 +10,7 @@
 //! environment.
 #![forbid(unsafe_code)]
 
+pub mod api_types;
 mod error;
 mod keys;
 

@@ -60,24 +60,8 @@ pub enum AuthError {
     Internal(String),
 }
 
-/// A user as the API shows it (never the hash).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(as = User)]
-pub struct UserView {
-    pub name: String,
-    pub created: String,
-    pub last_login: Option<String>,
-    pub password_changed: Option<String>,
-}
-
-/// A freshly issued API key: shown once to whoever logged in.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(as = ApiKey)]
-pub struct IssuedKey {
-    pub api_key: String,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-}
+/// The API's answers about users, shared with the CLI.
+pub use autogate_automation::api_types::{IssuedKey, UserView};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct UserRecord {

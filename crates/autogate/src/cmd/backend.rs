@@ -11,11 +11,12 @@
 
 use std::path::Path;
 
+use autogate_automation::api_types::{ImportReport, RunResponse};
 use autogate_automation::{Automation, AutomationError, ErrorClass, RunRequest, ServiceInfo};
 use autogate_config::{Config, Mode, Role};
 use autogate_exec::{ExecError, RunResult};
 use autogate_resources::model::Kind;
-use autogate_resources::{ImportMode, ImportOutcome, ImportReport};
+use autogate_resources::ImportMode;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -147,12 +148,7 @@ impl Backend {
                         None,
                     )
                     .await?;
-                serde_json::from_value(v).map_err(|e| {
-                    Failure::new(
-                        FAILURE,
-                        format!("unexpected answer from the core node: {e}"),
-                    )
-                })
+                serde_json::from_value(v).map_err(unexpected)
             }
         }
     }
@@ -199,19 +195,14 @@ impl Backend {
                         Some(&Value::Object(body)),
                     )
                     .await?;
-                if v["status"] != "completed" {
-                    let msg = v["error"]["data"]
-                        .as_str()
-                        .or_else(|| v["error"].as_str())
-                        .unwrap_or("the core node did not complete the run");
-                    return Err(Failure::new(FAILURE, msg));
-                }
-                serde_json::from_value(v["result"].clone()).map_err(|e| {
+                // A run that failed is an error answer, which `call` has turned into a Failure.
+                let answer: RunResponse = serde_json::from_value(v).map_err(|e| {
                     Failure::new(
                         FAILURE,
                         format!("unexpected run result from the core node: {e}"),
                     )
-                })
+                })?;
+                Ok(answer.result)
             }
         }
     }
@@ -224,14 +215,13 @@ impl Backend {
         }
     }
 
-    /// Imports a YAML file all-or-nothing; the report as JSON `{"items":[{kind,name,outcome}],
-    /// "written"}` (the API's shape, also printed by `--raw`).
-    pub async fn import(&self, yaml: String, mode: ImportMode) -> Result<Value, Failure> {
+    /// Imports a YAML file all-or-nothing; the report as the API answers it.
+    pub async fn import(&self, yaml: String, mode: ImportMode) -> Result<ImportReport, Failure> {
         match self {
             Backend::Local(a) => a
                 .import(&yaml, mode)
                 .await
-                .map(|r| report_json(&r))
+                .map(ImportReport::from)
                 .map_err(failure),
             Backend::Remote(c) => {
                 let path = format!(
@@ -239,12 +229,7 @@ impl Backend {
                     mode.check, mode.force
                 );
                 let text = c.call_text(Method::POST, &path, Some(yaml)).await?;
-                serde_json::from_str(&text).map_err(|e| {
-                    Failure::new(
-                        FAILURE,
-                        format!("unexpected answer from the core node: {e}"),
-                    )
-                })
+                serde_json::from_str(&text).map_err(unexpected)
             }
         }
     }
@@ -305,28 +290,13 @@ pub fn list_of(v: Value, key: &str) -> Result<Vec<Value>, Failure> {
     }
 }
 
-/// The import report as the API returns it.
-pub fn report_json(r: &ImportReport) -> Value {
-    let items: Vec<Value> = r
-        .items
-        .iter()
-        .map(|i| {
-            json!({
-                "kind": i.kind.as_str(),
-                "name": i.name,
-                "outcome": outcome_str(i.outcome),
-            })
-        })
-        .collect();
-    json!({ "items": items, "written": r.written })
-}
-
-fn outcome_str(o: ImportOutcome) -> &'static str {
-    match o {
-        ImportOutcome::Add => "add",
-        ImportOutcome::Conflict => "conflict",
-        ImportOutcome::Replacement => "replacement",
-    }
+/// An answer of the core node that does not parse as the type both sides share (a node of
+/// another version, say).
+pub fn unexpected(e: serde_json::Error) -> Failure {
+    Failure::new(
+        FAILURE,
+        format!("unexpected answer from the core node: {e}"),
+    )
 }
 
 /// The store could not be opened: a held lock or bad path is the operator's to fix (64), a

@@ -6,9 +6,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use autogate_automation::api_types::{ImportReport, Imported};
 use autogate_resources::ImportMode;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::backend::{self, Backend};
 use super::resource::print_json;
@@ -133,7 +134,7 @@ fn import(global: &Global, file: &Path, mode: ImportMode) -> Result<(), Failure>
             )
         })?;
     if global.raw {
-        print_json(&report);
+        print_json(&json!(report));
         return Ok(());
     }
     out!("{}", report_text(&report, mode));
@@ -141,31 +142,28 @@ fn import(global: &Global, file: &Path, mode: ImportMode) -> Result<(), Failure>
 }
 
 /// `Add  <kind>  <name>` per item, then one summary line.
-fn report_text(report: &Value, mode: ImportMode) -> String {
-    let items = report["items"].as_array().cloned().unwrap_or_default();
-    let label = |o: &str| match o {
-        "add" => "Add",
-        "conflict" => "Conflict",
-        "replacement" => "Replacement",
-        _ => "?",
+fn report_text(report: &ImportReport, mode: ImportMode) -> String {
+    let items = &report.items;
+    let label = |o: Imported| match o {
+        Imported::Add => "Add",
+        Imported::Conflict => "Conflict",
+        Imported::Replacement => "Replacement",
     };
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|i| {
-            vec![
-                label(i["outcome"].as_str().unwrap_or_default()).to_owned(),
-                term::text(&i["kind"]),
-                term::text(&i["name"]),
-            ]
-        })
+        .map(|i| vec![label(i.outcome).to_owned(), i.kind.clone(), i.name.clone()])
         .collect();
-    let count = |o: &str| items.iter().filter(|i| i["outcome"] == o).count();
-    let (add, conflict, replace) = (count("add"), count("conflict"), count("replacement"));
+    let count = |o: Imported| items.iter().filter(|i| i.outcome == o).count();
+    let (add, conflict, replace) = (
+        count(Imported::Add),
+        count(Imported::Conflict),
+        count(Imported::Replacement),
+    );
     let mut out = String::new();
     if !rows.is_empty() {
         out.push_str(&term::table(&[], &rows));
     }
-    let written = report["written"] == true;
+    let written = report.written;
     let summary = if mode.check {
         format!(
             "Check only, nothing written: {add} to add, {conflict} conflicting (skipped without --force), {replace} to replace."
@@ -192,10 +190,11 @@ mod tests {
 
     #[test]
     fn report_lines() {
-        let r = json!({"items": [
+        let r: ImportReport = serde_json::from_value(json!({"items": [
             {"kind": "repository", "name": "r", "outcome": "add"},
             {"kind": "service", "name": "s", "outcome": "conflict"}
-        ], "written": true});
+        ], "written": true}))
+        .unwrap();
         let t = report_text(
             &r,
             ImportMode {

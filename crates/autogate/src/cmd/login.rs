@@ -2,6 +2,7 @@
 //! core node and keeps the key in `<working_dir>/api.key` (mode 0600, replaced atomically), where
 //! every later client-mode command finds it. Local mode needs no login.
 
+use autogate_automation::api_types::IssuedKey;
 use clap::Args;
 use reqwest::Method;
 use serde_json::json;
@@ -37,15 +38,14 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
     let rt = super::runtime()?;
     let body = json!({ "username": args.user, "password": password });
     let answer = rt.block_on(client.call(Method::POST, "/api/v1/login", Some(&body)))?;
-    let key = answer["api_key"]
-        .as_str()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                FAILURE,
-                "the core node answered the login without an api_key",
-            )
-        })?;
+    let issued: IssuedKey = serde_json::from_value(answer).map_err(backend::unexpected)?;
+    let key = issued.api_key;
+    if key.is_empty() {
+        return Err(Failure::new(
+            FAILURE,
+            "the core node answered the login without an api_key",
+        ));
+    }
     let path = key_path(&config);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)

@@ -1,13 +1,14 @@
 //! Import and export of every resource as the family's YAML file (`autogate db export|import`).
 
-use autogate_resources::{ImportMode, ImportOutcome};
+use autogate_automation::api_types::ImportReport;
+use autogate_resources::ImportMode;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{ApiError, ApiResult, ApiState};
 
@@ -35,43 +36,6 @@ pub(super) struct ImportQuery {
     force: bool,
 }
 
-/// What an import did (or would do, with `check`), item by item in file order.
-#[derive(Serialize, ToSchema)]
-pub(super) struct ImportReport {
-    items: Vec<ImportedItem>,
-    /// False in check mode and when every item was a conflict.
-    written: bool,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(super) struct ImportedItem {
-    kind: &'static str,
-    name: String,
-    outcome: Imported,
-}
-
-/// What became of one item.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum Imported {
-    /// New; created.
-    Add,
-    /// Exists; skipped (no `force`).
-    Conflict,
-    /// Exists; overwritten (`force`).
-    Replacement,
-}
-
-impl From<ImportOutcome> for Imported {
-    fn from(o: ImportOutcome) -> Self {
-        match o {
-            ImportOutcome::Add => Imported::Add,
-            ImportOutcome::Conflict => Imported::Conflict,
-            ImportOutcome::Replacement => Imported::Replacement,
-        }
-    }
-}
-
 pub(super) async fn import(
     State(s): State<ApiState>,
     query: Result<Query<ImportQuery>, QueryRejection>,
@@ -93,21 +57,9 @@ pub(super) async fn import(
         check: q.check,
         force: q.force,
     };
-    let report = s.node.automation.import(&body, mode).await?;
-    let items: Vec<ImportedItem> = report
-        .items
-        .into_iter()
-        .map(|i| ImportedItem {
-            kind: i.kind.as_str(),
-            name: i.name,
-            outcome: i.outcome.into(),
-        })
-        .collect();
+    let report = ImportReport::from(s.node.automation.import(&body, mode).await?);
     if report.written {
-        tracing::info!(items = items.len(), "resources imported");
+        tracing::info!(items = report.items.len(), "resources imported");
     }
-    Ok(Json(ImportReport {
-        items,
-        written: report.written,
-    }))
+    Ok(Json(report))
 }

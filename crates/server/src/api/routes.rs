@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{cluster, db, ha, jobs, node, openapi, resources, runs, users, ApiState};
 use crate::auth::{IssuedKey, UserView};
+use autogate_automation::api_types::{ImportReport, RunResponse, UserList};
 use autogate_automation::ServiceInfo;
 
 /// Who may call a route.
@@ -238,7 +239,7 @@ pub(super) fn table() -> Vec<Route> {
             ]),
         Route::get("/api/v1/users", users::list)
             .doc("users", "List users")
-            .returns(S::OK, Body::json::<users::UserList>())
+            .returns(S::OK, Body::json::<UserList>())
             .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::post("/api/v1/users", users::create)
             .forwarded()
@@ -290,7 +291,7 @@ pub(super) fn table() -> Vec<Route> {
             .forwarded()
             .doc("services", "Run a service and wait for its result")
             .takes(Body::json::<runs::RunBody>())
-            .returns(S::OK, Body::json::<runs::RunResponse>())
+            .returns(S::OK, Body::json::<RunResponse>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
@@ -327,7 +328,7 @@ pub(super) fn table() -> Vec<Route> {
             )
             .query::<db::ImportQuery>()
             .takes(Yaml)
-            .returns(S::OK, Body::json::<db::ImportReport>())
+            .returns(S::OK, Body::json::<ImportReport>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,

@@ -1,14 +1,15 @@
 //! Service runs: `POST /api/v1/services/{name}/run` (in-process, or as a job with distributed
 //! execution) and the inputs a service expects.
 
+use autogate_automation::api_types::{RunResponse, RunStatus};
 use autogate_automation::{RunRequest, ServiceInfo};
-use autogate_exec::{Inputs, RunResult, ServiceType, TofuAction};
+use autogate_exec::{Inputs, ServiceType, TofuAction};
 use autogate_jobs::model::FailureKind;
 use autogate_jobs::JobOutcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -47,23 +48,6 @@ impl RunBody {
             state: self.state,
         }
     }
-}
-
-/// A run's answer: it ran (whatever the program's exit code) and this is its result.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct RunResponse {
-    status: RunStatus,
-    result: RunResult,
-    /// The job that ran it (distributed execution).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    job_id: Option<String>,
-}
-
-/// Failures are error answers, so a run's answer has one status.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum RunStatus {
-    Completed,
 }
 
 pub(super) async fn run(

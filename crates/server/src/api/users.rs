@@ -1,5 +1,6 @@
 //! Users and API keys: login, and the users' list, creation, deletion and password change.
 
+use autogate_automation::api_types::UserList;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -36,12 +37,6 @@ pub(super) async fn login(
     let issued = s.auth.login(&b.username, &b.password).await?;
     tracing::info!(user = %b.username, "user logged in");
     Ok(Json(issued))
-}
-
-/// `GET /api/v1/users`.
-#[derive(Serialize, ToSchema)]
-pub(super) struct UserList {
-    users: Vec<UserView>,
 }
 
 pub(super) async fn list(State(s): State<ApiState>) -> ApiResult<Json<UserList>> {

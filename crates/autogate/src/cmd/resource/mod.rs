@@ -10,6 +10,7 @@ mod args;
 mod render;
 mod request;
 
+use autogate_automation::api_types::{UserList, UserView};
 use autogate_resources::model::Kind;
 use reqwest::Method;
 use serde_json::json;
@@ -64,53 +65,65 @@ pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
     if matches!(args.noun, Plural::Runners) {
         return super::cluster::get_runners(global);
     }
-    let target = Target::from(args.noun);
-    let key = match target {
-        Target::Kind(k) => k.plural(),
-        Target::User => "users",
+    let Target::Kind(kind) = Target::from(args.noun) else {
+        return get_users(global);
     };
-    let items = with_backend(global, async |b, _| match target {
-        Target::Kind(k) => b.list(k).await,
-        Target::User => {
-            let c = b.remote("get users")?;
-            backend::list_of(c.call(Method::GET, "/api/v1/users", None).await?, "users")
-        }
-    })?;
+    let items = with_backend(global, async |b, _| b.list(kind).await)?;
     if global.raw {
-        print_json(&json!({ key: items }));
+        print_json(&json!({ kind.plural(): items }));
         return Ok(());
     }
-    out!("{}", render::list_table(target, &items));
+    out!("{}", render::list_table(kind, &items));
+    Ok(())
+}
+
+fn get_users(global: &Global) -> Result<(), Failure> {
+    let list = with_backend(global, async |b, _| {
+        let c = b.remote("get users")?;
+        let v = c.call(Method::GET, "/api/v1/users", None).await?;
+        serde_json::from_value::<UserList>(v).map_err(backend::unexpected)
+    })?;
+    if global.raw {
+        print_json(&json!(list));
+        return Ok(());
+    }
+    out!("{}", render::user_table(&list.users));
     Ok(())
 }
 
 pub fn describe(global: &Global, args: NamedArgs) -> Result<(), Failure> {
-    let target = Target::from(args.noun);
     let name = args.name;
+    let Target::Kind(kind) = Target::from(args.noun) else {
+        return describe_user(global, &name);
+    };
     let (item, tz) = with_backend(global, async |b, config| {
-        let item = match target {
-            Target::Kind(k) => b.get(k, &name).await?,
-            Target::User => {
-                let c = b.remote("describe user")?;
-                c.call(
-                    Method::GET,
-                    &format!("/api/v1/users/{}", backend::segment(&name)),
-                    None,
-                )
-                .await?
-            }
-        };
-        Ok((item, term::time_zone(config)?))
+        Ok((b.get(kind, &name).await?, term::time_zone(config)?))
     })?;
     if global.raw {
-        let out = match target {
-            Target::Kind(Kind::Service) => render::with_metadata(item),
+        let out = match kind {
+            Kind::Service => render::with_metadata(item),
             _ => item,
         };
         print_json(&out);
         return Ok(());
     }
-    out!("{}", render::describe_text(target, &item, &tz));
+    out!("{}", render::describe_text(kind, &item, &tz));
+    Ok(())
+}
+
+fn describe_user(global: &Global, name: &str) -> Result<(), Failure> {
+    let (user, tz) = with_backend(global, async |b, config| {
+        let c = b.remote("describe user")?;
+        let path = format!("/api/v1/users/{}", backend::segment(name));
+        let v = c.call(Method::GET, &path, None).await?;
+        let user = serde_json::from_value::<UserView>(v).map_err(backend::unexpected)?;
+        Ok((user, term::time_zone(config)?))
+    })?;
+    if global.raw {
+        print_json(&json!(user));
+        return Ok(());
+    }
+    out!("{}", render::user_text(&user, &tz));
     Ok(())
 }
 
@@ -162,9 +175,10 @@ fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
     let client = crate::api::ApiClient::from_config(&config, global)?;
     let rt = super::runtime()?;
     let body = request::user_body(&u.name, &password);
-    let created = rt.block_on(client.call(Method::POST, "/api/v1/users", Some(&body)))?;
+    let v = rt.block_on(client.call(Method::POST, "/api/v1/users", Some(&body)))?;
+    let created: UserView = serde_json::from_value(v).map_err(backend::unexpected)?;
     if global.raw {
-        print_json(&render::without_secrets(created));
+        print_json(&json!(created));
     } else {
         outln!("Successfully created user");
         outln!("Name:   {}", u.name);

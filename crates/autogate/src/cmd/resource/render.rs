@@ -1,10 +1,11 @@
 //! What `create|get|describe|delete` print: the family's tables for `get`, its
 //! `Label:  value` layouts for `describe`, and the JSON of `--raw`.
 
+use autogate_automation::api_types::UserView;
 use autogate_resources::model::Kind;
+use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 
-use super::args::Target;
 use crate::cmd::term::{self, outln};
 
 /// A JSON document as `--raw` prints it: indented, on standard output.
@@ -15,34 +16,18 @@ pub fn print_json(v: &Value) {
     );
 }
 
-/// A user as the API returns it, minus anything credential-like it might carry.
-pub(super) fn without_secrets(mut v: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        m.retain(|k, _| !matches!(k.as_str(), "password" | "password_hash" | "api_key"));
-    }
-    v
-}
-
-/// The first of several field spellings that is present (users' fields come from the API).
-fn field<'a>(v: &'a Value, names: &[&str]) -> &'a Value {
-    names
-        .iter()
-        .map(|n| &v[*n])
-        .find(|x| !x.is_null())
-        .unwrap_or(&Value::Null)
-}
-
-pub(super) fn list_table(target: Target, items: &[Value]) -> String {
+/// `get <resources>`: the family's columns for the kind.
+pub(super) fn list_table(kind: Kind, items: &[Value]) -> String {
     let s = |v: &Value, k: &str| term::text(&v[k]);
-    let (headers, rows): (&[&str], Vec<Vec<String>>) = match target {
-        Target::Kind(Kind::Service) => (
+    let (headers, rows): (&[&str], Vec<Vec<String>>) = match kind {
+        Kind::Service => (
             &["NAME", "TYPE", "CREATED"],
             items
                 .iter()
                 .map(|v| vec![s(v, "name"), s(v, "type"), term::utc(&v["created"])])
                 .collect(),
         ),
-        Target::Kind(Kind::Repository) => (
+        Kind::Repository => (
             &["NAME", "URL", "REFERENCE", "CREATED"],
             items
                 .iter()
@@ -56,14 +41,14 @@ pub(super) fn list_table(target: Target, items: &[Value]) -> String {
                 })
                 .collect(),
         ),
-        Target::Kind(Kind::ExecutableObject) => (
+        Kind::ExecutableObject => (
             &["NAME", "EXEC COMMAND", "CREATED"],
             items
                 .iter()
                 .map(|v| vec![s(v, "name"), s(v, "exec-command"), term::utc(&v["created"])])
                 .collect(),
         ),
-        Target::Kind(Kind::Registry) => (
+        Kind::Registry => (
             &["NAME", "TYPE", "URL", "DEFAULT", "CREATED"],
             items
                 .iter()
@@ -78,24 +63,11 @@ pub(super) fn list_table(target: Target, items: &[Value]) -> String {
                 })
                 .collect(),
         ),
-        Target::Kind(Kind::Decorator | Kind::Secret) => (
+        Kind::Decorator | Kind::Secret => (
             &["NAME", "DESCRIPTION", "CREATED"],
             items
                 .iter()
                 .map(|v| vec![s(v, "name"), s(v, "description"), term::utc(&v["created"])])
-                .collect(),
-        ),
-        Target::User => (
-            &["NAME", "CREATED", "LAST LOGIN"],
-            items
-                .iter()
-                .map(|v| {
-                    vec![
-                        term::text(field(v, &["name", "username"])),
-                        term::utc(field(v, &["created", "created_at"])),
-                        term::utc(field(v, &["last_login", "last-login", "last_login_at"])),
-                    ]
-                })
                 .collect(),
         ),
     };
@@ -110,7 +82,7 @@ fn or_dash(s: String) -> String {
     }
 }
 
-pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) -> String {
+pub(super) fn describe_text(kind: Kind, v: &Value, tz: &TimeZone) -> String {
     let s = |k: &str| term::text(&v[k]);
     let time = |k: &str| match v[k].as_str() {
         Some(t) => term::show_time(t, tz),
@@ -123,8 +95,8 @@ pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) 
             lines.push((label, t));
         }
     };
-    match target {
-        Target::Kind(Kind::Service) => {
+    match kind {
+        Kind::Service => {
             // The family's lines first, in its order; then what the type adds, when set.
             lines.push(("Repo Name", s("repository")));
             lines.push(("Working Dir", s("working-directory")));
@@ -163,7 +135,7 @@ pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) 
             optional(&mut lines, "Retries", "retries");
             optional(&mut lines, "Runner Labels", "runner-labels");
         }
-        Target::Kind(Kind::Repository) => {
+        Kind::Repository => {
             lines.push(("URL", s("url")));
             lines.push(("Reference", s("reference")));
             optional(&mut lines, "Private Key Name", "private-key-name");
@@ -172,7 +144,7 @@ pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) 
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
         }
-        Target::Kind(Kind::Decorator) => {
+        Kind::Decorator => {
             // The schema last, as an indented JSON document under its label.
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
@@ -188,17 +160,17 @@ pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) 
             }
             return out;
         }
-        Target::Kind(Kind::Secret) => {
+        Kind::Secret => {
             // Metadata only: the value never leaves the node.
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
         }
-        Target::Kind(Kind::ExecutableObject) => {
+        Kind::ExecutableObject => {
             lines.push(("Exec Command", s("exec-command")));
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
         }
-        Target::Kind(Kind::Registry) => {
+        Kind::Registry => {
             lines.push(("Type", s("type")));
             lines.push(("URL", s("url")));
             lines.push(("Default", s("default")));
@@ -209,23 +181,37 @@ pub(super) fn describe_text(target: Target, v: &Value, tz: &jiff::tz::TimeZone) 
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
         }
-        Target::User => {
-            lines[0] = ("Name", term::text(field(v, &["name", "username"])));
-            let at = |names: &[&str]| match field(v, names).as_str() {
-                Some(t) => term::show_time(t, tz),
-                None => String::new(),
-            };
-            lines.push(("Created", at(&["created", "created_at"])));
-            lines.push((
-                "Last Login",
-                at(&["last_login", "last-login", "last_login_at"]),
-            ));
-            return term::block(&lines);
-        }
     }
     lines.push(("Created", time("created")));
     lines.push(("Updated", time("updated")));
     term::block(&lines)
+}
+
+/// `get users`: the family's columns.
+pub(super) fn user_table(users: &[UserView]) -> String {
+    let utc = |t: &str| term::show_time(t, &TimeZone::UTC);
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                utc(&u.created),
+                u.last_login.as_deref().map_or_else(|| "-".to_owned(), utc),
+            ]
+        })
+        .collect();
+    term::table(&["NAME", "CREATED", "LAST LOGIN"], &rows)
+}
+
+/// `describe user`: times in `[terminal] timestamp_timezone`, an empty last login before the
+/// first one.
+pub(super) fn user_text(u: &UserView, tz: &TimeZone) -> String {
+    let last_login = u.last_login.as_deref().map(|t| term::show_time(t, tz));
+    term::block(&[
+        ("Name", u.name.clone()),
+        ("Created", term::show_time(&u.created, tz)),
+        ("Last Login", last_login.unwrap_or_default()),
+    ])
 }
 
 /// `describe service --raw` also carries the family's `metadata` object (scripts read
