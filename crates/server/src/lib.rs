@@ -3,9 +3,21 @@
 //! connection to the manager.
 //!
 //! Start-up order: the configuration has been validated by the caller; here the store is opened,
-//! then the listener is bound, then the node announces itself. Shutdown order (written once, in
+//! then the listener is bound, then what is created once (the first user) is created while the
+//! API already answers, then the node announces itself. Shutdown order (written once, in
 //! [`run`]): stop accepting → stop leader work → resign → drain in-flight requests → release the
 //! store (revoking the node's lease).
+//!
+//! Modules:
+//! * `api` — the operator API: route table, handlers by area, errors, the OpenAPI document;
+//! * [`auth`] — users, password hashes and API keys;
+//! * `forward` — a standby's forwarding of writes, runs and logins to the active node;
+//! * `leader` — leader work under HA: the manager link and the dispatcher follow the election;
+//! * [`link`] — the one connection of the cluster to its manager; [`services`] — its service
+//!   runs and catalog;
+//! * [`dispatch`] — distributed execution on the active node;
+//! * `metered` — store latency and error metrics; `storeopts` — `[store]` onto the store's
+//!   options; `tls` — the API over TLS.
 #![forbid(unsafe_code)]
 
 mod api;
