@@ -5,14 +5,13 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use autogate_testkit::auth::{admin_key, login, request, with_admin_password, ADMIN_PASSWORD};
 use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::scenario::START;
 use autogate_testkit::{free_port, http_get, poll_until, Autogate};
 use serde_json::{json, Value};
 
-const START: Duration = Duration::from_secs(30);
 const MISSING: &str = "missing or invalid API key: run autogate login";
 const EXPIRED: &str = "api key has expired. please login";
 

@@ -6,10 +6,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use autogate_testkit::auth::{admin_key, request, with_admin_password};
+use autogate_testkit::scenario::START;
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use serde_json::json;
-
-const START: Duration = Duration::from_secs(30);
 
 /// Whether a process with exactly this command line runs (from `/proc`).
 fn running(cmdline: &[&str]) -> bool {

@@ -7,6 +7,8 @@ use autogate_testkit::auth::{admin_key, request, with_admin_password};
 use autogate_testkit::{free_port, Autogate, Process};
 use serde_json::{json, Value};
 
+use crate::support::call;
+
 const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-leak";
 
 struct Node {
@@ -38,21 +40,8 @@ impl Node {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let text = body.map(|b| b.to_string());
-        let (status, body) = request(
-            &self.addr,
-            method,
-            path,
-            Some(&self.key),
-            text.as_deref().map(|t| ("application/json", t.as_bytes())),
-        )
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.proc.dump()));
-        let v = if body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).unwrap_or(Value::String(body))
-        };
-        (status, v)
+        call(&self.addr, &self.key, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.proc.dump()))
     }
 }
 

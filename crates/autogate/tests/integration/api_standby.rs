@@ -2,45 +2,24 @@
 //! locally from the shared store, writes and logins are forwarded to the active node with the
 //! caller's key, and without an active node a write is refused with 503 naming why.
 
-use std::time::Duration;
-
-use autogate_testkit::auth::{authed_get, login, request, with_admin_password, ADMIN_PASSWORD};
+use autogate_testkit::auth::{login, request, with_admin_password, ADMIN_PASSWORD};
 use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::scenario::START;
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use serde_json::{json, Value};
 
-const START: Duration = Duration::from_secs(30);
+use crate::support::{call, ha_status, ha_without_manager};
 
 fn node(etcd: &EtcdServer, name: &str, port: u16) -> Process {
-    with_admin_password(
-        Autogate::new(["server"])
-            .name(name)
-            .env("GATEWAY_SERVER_PORT", port.to_string())
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_CONNECT_ENABLED", "false")
-            .env("GATEWAY_LOG_LEVEL", "DEBUG"),
-    )
-    .spawn()
-}
-
-fn role(port: u16) -> Option<Value> {
-    let (status, body) = authed_get(port, "/api/v1/ha/status")?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+    let cmd = Autogate::new(["server"])
+        .name(name)
+        .env("GATEWAY_SERVER_PORT", port.to_string());
+    with_admin_password(ha_without_manager(cmd, &etcd.endpoint()).env("GATEWAY_LOG_LEVEL", "DEBUG"))
+        .spawn()
 }
 
 fn post(port: u16, path: &str, key: &str, body: &Value) -> (u16, Value) {
-    let text = body.to_string();
-    let (s, b) = request(
-        &format!("127.0.0.1:{port}"),
-        "POST",
-        path,
-        Some(key),
-        Some(("application/json", text.as_bytes())),
-    )
-    .expect("request");
-    (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    call(&format!("127.0.0.1:{port}"), key, "POST", path, Some(body)).expect("request")
 }
 
 #[test]
@@ -49,11 +28,11 @@ fn a_standby_forwards_writes_and_logins_and_serves_reads() {
     let (p1, p2) = (free_port(), free_port());
     let mut n1 = node(&etcd, "core-1", p1);
     poll_until("core-1 to be active", START, || {
-        (role(p1)?["role"] == "active").then_some(())
+        (ha_status(p1)?["role"] == "active").then_some(())
     });
     let n2 = node(&etcd, "core-2", p2);
     poll_until("core-2 to be a standby", START, || {
-        (role(p2)?["role"] == "standby").then_some(())
+        (ha_status(p2)?["role"] == "standby").then_some(())
     });
 
     // Login on the standby: forwarded; the key works on both nodes (shared store).
@@ -140,7 +119,7 @@ fn a_standby_forwards_writes_and_logins_and_serves_reads() {
     let (s, v) = post(p2, "/api/v1/ha/resume", &key, &json!({}));
     assert_eq!(s, 202, "{v}");
     poll_until("core-2 to be active", START, || {
-        (role(p2)?["role"] == "active").then_some(())
+        (ha_status(p2)?["role"] == "active").then_some(())
     });
     let (s, v) = post(
         p2,
@@ -160,14 +139,10 @@ fn two_nodes_starting_together_create_one_admin() {
     let etcd = EtcdServer::start();
     let (p1, p2) = (free_port(), free_port());
     let spawn = |name: &str, port: u16| {
-        Autogate::new(["server"])
+        let cmd = Autogate::new(["server"])
             .name(name)
-            .env("GATEWAY_SERVER_PORT", port.to_string())
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_CONNECT_ENABLED", "false")
-            .spawn()
+            .env("GATEWAY_SERVER_PORT", port.to_string());
+        ha_without_manager(cmd, &etcd.endpoint()).spawn()
     };
     let (n1, n2) = std::thread::scope(|s| {
         let a = s.spawn(|| spawn("core-1", p1));

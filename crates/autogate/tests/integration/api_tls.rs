@@ -5,15 +5,15 @@
 //! files before anything is bound.
 
 use std::path::Path;
-use std::time::Duration;
 
 use autogate_testkit::auth::{admin_key_tls, https_request, with_admin_password};
 use autogate_testkit::certs::TestPki;
 use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::scenario::START;
 use autogate_testkit::{free_port, http_get, poll_until, Autogate};
 use serde_json::{json, Value};
 
-const START: Duration = Duration::from_secs(30);
+use crate::support::ha_without_manager;
 
 fn tls_node(pki: &TestPki, port: u16) -> Autogate {
     with_admin_password(
@@ -36,11 +36,7 @@ fn tls_node(pki: &TestPki, port: u16) -> Autogate {
 }
 
 fn ha(cmd: Autogate, etcd: &EtcdServer) -> Autogate {
-    cmd.env("GATEWAY_STORE_BACKEND", "etcd")
-        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-        .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-        .env("GATEWAY_CONNECT_ENABLED", "false")
-        .env("GATEWAY_LOG_LEVEL", "DEBUG")
+    ha_without_manager(cmd, &etcd.endpoint()).env("GATEWAY_LOG_LEVEL", "DEBUG")
 }
 
 fn get(addr: &str, path: &str, key: &str, ca: &Path) -> Option<Value> {

@@ -3,18 +3,21 @@
 //! with its secret masked, decorator violations (exit 64), users created and deleted (their
 //! keys stop working), and db export/import against the node.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
-use autogate_testkit::{autogate_bin, free_port, poll_until, Autogate, Output, Process};
+use autogate_testkit::{free_port, poll_until, Autogate, Output, Process};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::{expect_code, git_repo, raw_json, with_stdin};
+
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The program of the service the tests run.
+const RUN_SH: &str = "#!/bin/sh\necho \"args:$* token=[$TOKEN]\"\nexit 4\n";
 
 /// One CLI user: a client-mode working directory (where `login` keeps its key).
 struct Client {
@@ -41,15 +44,7 @@ impl Client {
     }
 
     fn expect(&self, args: &[&str], code: i32) -> Output {
-        let out = self.cmd(args).output(DEADLINE);
-        assert_eq!(
-            out.code(),
-            Some(code),
-            "autogate {args:?}\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        out
+        expect_code(self.cmd(args).output(DEADLINE), args, code)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -59,31 +54,22 @@ impl Client {
     fn raw(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--raw");
-        serde_json::from_str(&self.ok(&a)).expect("raw JSON")
+        raw_json(&a, &self.ok(&a))
     }
 
     /// With one line on standard input (`--password-stdin`).
     fn with_stdin(&self, args: &[&str], line: &str) -> std::process::Output {
-        let mut child = Command::new(autogate_bin())
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &self.work)
-            .env("GATEWAY_APPLICATION_MODE", "client")
-            .env("GATEWAY_CLIENT_PORT", self.port.to_string())
-            .env("GATEWAY_APPLICATION_WORKING_DIR", &self.work)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn autogate");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("wait")
+        let port = self.port.to_string();
+        with_stdin(
+            args,
+            &[
+                ("HOME", self.work.as_os_str()),
+                ("GATEWAY_APPLICATION_MODE", "client".as_ref()),
+                ("GATEWAY_CLIENT_PORT", port.as_ref()),
+                ("GATEWAY_APPLICATION_WORKING_DIR", self.work.as_os_str()),
+            ],
+            &format!("{line}\n"),
+        )
     }
 
     fn login(&self, user: &str, password: &str) -> std::process::Output {
@@ -115,37 +101,6 @@ fn start_server_with(root: &Path, env: &[(&str, &str)]) -> (Process, u16) {
     (proc, port)
 }
 
-fn git_repo(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join("run.sh"),
-        "#!/bin/sh\necho \"args:$* token=[$TOKEN]\"\nexit 4\n",
-    )
-    .expect("write");
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "."],
-        vec![
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    ] {
-        let st = Command::new("git")
-            .args(&args)
-            .current_dir(dir)
-            .status()
-            .expect("git");
-        assert!(st.success(), "git {args:?}");
-    }
-    format!("file://{}", dir.display())
-}
-
 #[test]
 fn login_create_and_run_through_a_real_server() {
     let root = TempDir::new().expect("tmp");
@@ -173,7 +128,7 @@ fn login_create_and_run_through_a_real_server() {
     assert_eq!(mode & 0o777, 0o600);
 
     // Resources through the API.
-    let url = git_repo(&root.path().join("repo"));
+    let url = git_repo(&root.path().join("repo"), &[("run.sh", RUN_SH)]);
     admin.ok(&["create", "repository", "repo", "--url", &url]);
     admin.ok(&["create", "secret", "tok", "--value", "PLAIN-client-secret"]);
     admin.ok(&[

@@ -5,14 +5,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use autogate_testkit::{Autogate, Output};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::{expect_code, git_repo, raw_json};
+
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The program of the service the tests export and import.
+const RUN_SH: &str = "#!/bin/sh\necho \"tok=[$TOKEN] $*\"\n";
 
 /// A local-mode working directory; every node of the test shares one secrets key file.
 struct Local {
@@ -47,15 +51,7 @@ impl Local {
     }
 
     fn expect(&self, args: &[&str], code: i32) -> Output {
-        let out = self.run(args);
-        assert_eq!(
-            out.code(),
-            Some(code),
-            "autogate {args:?}\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        out
+        expect_code(self.run(args), args, code)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -65,7 +61,7 @@ impl Local {
     fn raw(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--raw");
-        serde_json::from_str(&self.ok(&a)).expect("raw JSON")
+        raw_json(&a, &self.ok(&a))
     }
 
     /// Every resource, without the store's timestamps.
@@ -92,33 +88,6 @@ impl Local {
         }
         Value::Object(all)
     }
-}
-
-fn git_repo(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho \"tok=[$TOKEN] $*\"\n").expect("write");
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "."],
-        vec![
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    ] {
-        let st = Command::new("git")
-            .args(&args)
-            .current_dir(dir)
-            .status()
-            .expect("git");
-        assert!(st.success(), "git {args:?}");
-    }
-    format!("file://{}", dir.display())
 }
 
 fn populate(l: &Local, url: &str) {
@@ -189,7 +158,7 @@ fn outcome_lines(text: &str) -> Vec<Vec<String>> {
 fn export_then_import_into_a_fresh_working_dir() {
     let root = TempDir::new().expect("tmp");
     let a = Local::new(root.path(), "a");
-    let url = git_repo(&root.path().join("repo"));
+    let url = git_repo(&root.path().join("repo"), &[("run.sh", RUN_SH)]);
     populate(&a, &url);
 
     let yaml = a.ok(&["db", "export"]);

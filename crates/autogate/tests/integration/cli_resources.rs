@@ -3,16 +3,19 @@
 //! text layouts, the `--raw` JSON shapes, and the errors an operator meets (duplicates, missing
 //! references, resources still in use, bad flags) with their exit codes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use autogate_testkit::{autogate_bin, Autogate, Output};
+use autogate_testkit::{Autogate, Output};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::{expect_code, git_repo, raw_json, with_stdin};
+
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The program of the repository the tests create.
+const RUN_SH: &str = "#!/bin/sh\necho hello\n";
 
 /// One local-mode working directory shared by a series of commands.
 struct Local {
@@ -43,85 +46,31 @@ impl Local {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.code(),
-            Some(0),
-            "autogate {args:?}\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        out.stdout
+        expect_code(self.run(args), args, 0).stdout
     }
 
     fn raw(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--raw");
-        let text = self.ok(&a);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} --raw: {e}\n{text}"))
+        raw_json(&a, &self.ok(&a))
     }
 
     fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.code(),
-            Some(code),
-            "autogate {args:?}\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        out.stderr
+        expect_code(self.run(args), args, code).stderr
     }
 
     /// With `stdin` fed to the process (prompts read one line of a non-terminal stdin).
     fn with_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
-        let mut child = Command::new(autogate_bin())
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("GATEWAY_APPLICATION_WORKING_DIR", self.work())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn autogate");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("wait")
+        let work = self.work();
+        with_stdin(
+            args,
+            &[
+                ("HOME", self.dir.path().as_os_str()),
+                ("GATEWAY_APPLICATION_WORKING_DIR", work.as_os_str()),
+            ],
+            stdin,
+        )
     }
-}
-
-/// A real git repository with one commit on `main`.
-fn git_repo(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho hello\n").expect("write");
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "."],
-        vec![
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    ] {
-        let st = Command::new("git")
-            .args(&args)
-            .current_dir(dir)
-            .status()
-            .expect("git");
-        assert!(st.success(), "git {args:?}");
-    }
-    format!("file://{}", dir.display())
 }
 
 fn names(list: &Value, key: &str) -> Vec<String> {
@@ -144,7 +93,7 @@ fn is_utc_second(s: &str) -> bool {
 #[test]
 fn every_noun_created_listed_described_and_deleted() {
     let l = Local::new();
-    let url = git_repo(&l.dir.path().join("repo"));
+    let url = git_repo(&l.dir.path().join("repo"), &[("run.sh", RUN_SH)]);
 
     // secret: the value never comes back.
     let out = l.ok(&[
@@ -465,7 +414,7 @@ fn every_noun_created_listed_described_and_deleted() {
 #[test]
 fn operator_mistakes_are_named_with_their_exit_codes() {
     let l = Local::new();
-    let url = git_repo(&l.dir.path().join("repo"));
+    let url = git_repo(&l.dir.path().join("repo"), &[("run.sh", RUN_SH)]);
     l.ok(&["create", "repository", "repo", "--url", &url]);
     l.ok(&[
         "create",

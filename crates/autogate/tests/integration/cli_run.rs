@@ -4,13 +4,14 @@
 //! nothing ran: the program would have created a file), a secret masked in the output, the
 //! terminal time zone, and Ctrl-C killing the program's process group.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use autogate_testkit::{poll_until, Autogate, Output};
 use serde_json::Value;
 use tempfile::TempDir;
+
+use crate::support::{expect_code, git_repo};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -60,49 +61,12 @@ impl Local {
     }
 
     fn expect(&self, args: &[&str], code: i32) -> Output {
-        let out = self.cmd(args).output(DEADLINE);
-        assert_eq!(
-            out.code(),
-            Some(code),
-            "autogate {args:?}\nstdout: {}\nstderr: {}",
-            out.stdout,
-            out.stderr
-        );
-        out
+        expect_code(self.cmd(args).output(DEADLINE), args, code)
     }
 
     fn ok(&self, args: &[&str]) -> String {
         self.expect(args, 0).stdout
     }
-}
-
-fn git_repo(dir: &Path, files: &[(&str, &str)]) -> String {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).expect("write");
-    }
-    for args in [
-        vec!["init", "-q", "-b", "main"],
-        vec!["add", "."],
-        vec![
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    ] {
-        let st = Command::new("git")
-            .args(&args)
-            .current_dir(dir)
-            .status()
-            .expect("git");
-        assert!(st.success(), "git {args:?}");
-    }
-    format!("file://{}", dir.display())
 }
 
 /// Repository, decorator, secret, `/bin/sh` executable-object and the service `exe`.

@@ -4,11 +4,13 @@
 use std::time::{Duration, Instant};
 
 use autogate_testkit::etcd::EtcdServer;
-use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
+use autogate_testkit::scenario::{node_id, Manager, Pki, START};
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::support::{ha_core_node, wait_connected};
 
 struct Cluster {
     etcd: EtcdServer,
@@ -33,14 +35,7 @@ impl Cluster {
     }
 
     fn node(&self, name: &str) -> (Autogate, u16) {
-        let (cmd, port) = core_node(&self.pki, name, self.manager.port);
-        let cmd = cmd
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_LOG_LEVEL", "DEBUG");
-        // Every node bootstraps the same admin password; the API needs a key from it.
-        (autogate_testkit::auth::with_admin_password(cmd), port)
+        ha_core_node(&self.pki, name, self.manager.port, &self.etcd.endpoint())
     }
 
     fn sessions(&self) -> Vec<Value> {
@@ -76,10 +71,6 @@ fn handover_gap_ms(sessions: &[Value], old_id: &str, new_id: &str) -> f64 {
         "{sessions:?}"
     );
     gap
-}
-
-fn wait_connected(p: &Process) -> autogate_testkit::LogLine {
-    p.wait_for_line("INF connected to commander at", START)
 }
 
 fn side_by_side(a: &Process, b: &Process) -> String {

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autogate_testkit::etcd::{EtcdCluster, EtcdServer};
 use autogate_testkit::proxy::TcpProxy;
-use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
+use autogate_testkit::scenario::{node_id, Manager, Pki, START};
 use autogate_testkit::{free_port, poll_until, Autogate, LogLine, Process};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::support::{ha_core_node, ha_status, wait_connected};
 
 const CLUSTER: &str = "cluster_1";
 
@@ -44,14 +46,7 @@ impl Env {
 
     /// A core node with HA on, its store at `etcd_hosts` (space-separated), DEBUG logs.
     fn node(&self, name: &str, etcd_hosts: &str) -> (Autogate, u16) {
-        let (cmd, port) = core_node(&self.pki, name, self.manager.port);
-        let cmd = cmd
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", etcd_hosts)
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_LOG_LEVEL", "DEBUG");
-        // Every node bootstraps the same admin password; the API needs a key from it.
-        (autogate_testkit::auth::with_admin_password(cmd), port)
+        ha_core_node(&self.pki, name, self.manager.port, etcd_hosts)
     }
 
     /// The manager's session history of the cluster, newest first.
@@ -60,17 +55,8 @@ impl Env {
     }
 }
 
-/// `GET /api/v1/ha/status` of the node on `port`, if it answers (logged in as admin).
-fn status(port: u16) -> Option<Value> {
-    let (code, body) = autogate_testkit::auth::authed_get(port, "/api/v1/ha/status")?;
-    if code != 200 {
-        return None;
-    }
-    serde_json::from_str(&body).ok()
-}
-
 fn role(port: u16) -> Option<String> {
-    status(port).and_then(|s| s["role"].as_str().map(str::to_owned))
+    ha_status(port).and_then(|s| s["role"].as_str().map(str::to_owned))
 }
 
 fn candidate_ids(s: &Value) -> Vec<String> {
@@ -174,10 +160,6 @@ fn lease_floor(s: &Value) -> Duration {
     )
 }
 
-fn connected(p: &Process) -> LogLine {
-    p.wait_for_line("INF connected to commander at", START)
-}
-
 const ELECTED: &str = "is elected as the leader";
 const STOPS: &str = "stops acting as the active node";
 
@@ -188,7 +170,7 @@ fn ms(d: Duration) -> u128 {
 /// Standby `port` sees `id` as the active node and has armed crash probing against it.
 fn wait_probe_verified(port: u16, id: &str) {
     poll_until("the standby to verify the active's address", START, || {
-        let s = status(port)?;
+        let s = ha_status(port)?;
         (s["crash_probe"]["verified"] == true && s["crash_probe"]["node_id"] == id).then_some(())
     });
 }
@@ -209,7 +191,7 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
         .name("old-active")
         .env("GATEWAY_CONNECT_SERVER_HA_LEASE_TTL", "2s")
         .spawn();
-    connected(&old);
+    wait_connected(&old);
     let id1 = node_id(p1);
     let (cmd, p2) = env.node("core-2", &etcd.endpoint());
     let standby = cmd
@@ -220,13 +202,13 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
     standby.wait_for_line("is not the active node", START);
     wait_probe_verified(p2, &id1);
     let asked = Instant::now();
-    let s1 = status(p1).expect("status");
+    let s1 = ha_status(p1).expect("status");
     let old_term = s1["term"].as_u64().expect("active has a term");
     let floor = asked + lease_floor(&s1);
 
     let stopped = Instant::now();
     old.signal("STOP");
-    let took_over = connected(&standby);
+    let took_over = wait_connected(&standby);
     let takeover = took_over.at.saturating_duration_since(stopped);
     eprintln!(
         "SIGSTOP (TTL {ttl:?}, probing on) → standby connected after {} ms",
@@ -264,7 +246,7 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
 
     // The old node rejoins as a standby behind the new active node.
     let s1 = poll_until("the old node to rejoin as a standby", START, || {
-        let s = status(p1)?;
+        let s = ha_status(p1)?;
         (s["role"] == "standby"
             && s["active_node_id"] == id2.as_str()
             && candidate_ids(&s).contains(&id1))
@@ -303,7 +285,7 @@ fn sigstop_of_the_active_beyond_the_ttl_then_sigcont() {
         "old node connected to the manager after SIGCONT:\n{}",
         old.dump()
     );
-    let s2 = status(p2).expect("status");
+    let s2 = ha_status(p2).expect("status");
     assert_eq!(s2["role"], "active", "{s2}");
     eprintln!(
         "manager history checked {polls} times over 3 s after SIGCONT: old node never live again; \
@@ -328,7 +310,7 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
     };
     let (cmd, p1) = env.node("core-1", &proxy.endpoint());
     let old = with_timing(cmd).name("cut-active").spawn();
-    connected(&old);
+    wait_connected(&old);
     let id1 = node_id(p1);
     let (cmd, p2) = env.node("core-2", &etcd.endpoint());
     let standby = with_timing(cmd).name("standby").spawn();
@@ -337,11 +319,11 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
     assert!(proxy.accepted() > 0, "core-1 does not use the proxy");
     // A few keep-alives through the proxy.
     poll_until("the standby to list both candidates", START, || {
-        (candidate_ids(&status(p2)?).len() == 2).then_some(())
+        (candidate_ids(&ha_status(p2)?).len() == 2).then_some(())
     });
 
     let asked_wall = now_unix_ms();
-    let floor = lease_floor(&status(p1).expect("status"));
+    let floor = lease_floor(&ha_status(p1).expect("status"));
     let cut_wall = now_unix_ms();
     let cut = Instant::now();
     proxy.cut_blackhole();
@@ -377,7 +359,7 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
         "manager session closed {dropped_after} ms after the cut, not before the lease could expire ({earliest_expiry_ms} ms): {old_session}"
     );
 
-    let took_over = connected(&standby);
+    let took_over = wait_connected(&standby);
     let takeover = took_over.at.saturating_duration_since(cut);
     eprintln!("etcd cut → standby connected after {} ms", ms(takeover));
     assert!(
@@ -394,7 +376,7 @@ fn active_cut_from_etcd_steps_down_before_its_lease_expires() {
     let restored = Instant::now();
     proxy.restore();
     poll_until("the old node to rejoin as a standby", START, || {
-        let s = status(p1)?;
+        let s = ha_status(p1)?;
         (s["role"] == "standby"
             && s["active_node_id"] == id2.as_str()
             && candidate_ids(&s) == vec![id2.clone(), id1.clone()])
@@ -436,7 +418,7 @@ fn primary_returns_and_takes_over_gracefully_after_the_preempt_delay() {
         .name("secondary")
         .env("GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY", "1s")
         .spawn();
-    connected(&b);
+    wait_connected(&b);
     let id_b = node_id(pb);
     let (cmd, pa) = env.node("core-1", &etcd.endpoint());
     let spawned = Instant::now();
@@ -447,7 +429,7 @@ fn primary_returns_and_takes_over_gracefully_after_the_preempt_delay() {
         .spawn();
     let standby_line = a.wait_for_line("is not the active node", START);
     let id_a = node_id(pa);
-    let active_line = connected(&a);
+    let active_line = wait_connected(&a);
     let after_spawn = active_line.at.saturating_duration_since(spawned);
     let after_standby = active_line.at.saturating_duration_since(standby_line.at);
     eprintln!(
@@ -489,7 +471,7 @@ fn primary_returns_and_takes_over_gracefully_after_the_preempt_delay() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0]["node_id"], id_a.as_str());
     let sb = poll_until("the secondary to be standby", START, || {
-        let s = status(pb)?;
+        let s = ha_status(pb)?;
         (s["role"] == "standby" && s["active_node_id"] == id_a.as_str()).then_some(s)
     });
     assert_eq!(candidate_ids(&sb), vec![id_a.clone(), id_b.clone()], "{sb}");
@@ -517,7 +499,7 @@ fn active_that_cannot_reach_the_manager_hands_over_to_a_standby_that_can() {
         .env("GATEWAY_CONNECT_HOSTS", to_manager.endpoint())
         .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
         .spawn();
-    connected(&old);
+    wait_connected(&old);
     let id1 = node_id(p1);
     let (cmd, p2) = env.node("core-2", &etcd.endpoint());
     let standby = cmd
@@ -531,7 +513,7 @@ fn active_that_cannot_reach_the_manager_hands_over_to_a_standby_that_can() {
         "the standby's reachability in the active's view",
         START,
         || {
-            let s = status(p1)?;
+            let s = ha_status(p1)?;
             s["candidates"]
                 .as_array()?
                 .iter()
@@ -542,7 +524,7 @@ fn active_that_cannot_reach_the_manager_hands_over_to_a_standby_that_can() {
 
     let cut = Instant::now();
     to_manager.cut_refuse();
-    let took_over = connected(&standby);
+    let took_over = wait_connected(&standby);
     let moved = took_over.at.saturating_duration_since(cut);
     let resign = old.wait_for_line("cannot reach the manager for", START);
     eprintln!(
@@ -595,7 +577,7 @@ fn no_thrashing_when_no_node_can_reach_the_manager() {
         .env("GATEWAY_CONNECT_HOSTS", via1.endpoint())
         .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
         .spawn();
-    connected(&n1);
+    wait_connected(&n1);
     let (cmd, p2) = env.node("core-2", &etcd.endpoint());
     let n2 = cmd
         .name("core-2")
@@ -608,7 +590,7 @@ fn no_thrashing_when_no_node_can_reach_the_manager() {
         "the standby's reachability in the active's view",
         START,
         || {
-            let s = status(p1)?;
+            let s = ha_status(p1)?;
             s["candidates"]
                 .as_array()?
                 .iter()
@@ -677,15 +659,17 @@ fn etcd_member_loss_quorum_loss_and_recovery() {
     };
     let (cmd, p1) = env.node("core-1", &hosts);
     let n1 = with_timing(cmd).name("core-1").spawn();
-    connected(&n1);
+    wait_connected(&n1);
     let id1 = node_id(p1);
     let (cmd, p2) = env.node("core-2", &hosts);
     let n2 = with_timing(cmd).name("core-2").spawn();
     n2.wait_for_line("is not the active node", START);
-    let term = status(p1).expect("status")["term"].as_u64().expect("term");
+    let term = ha_status(p1).expect("status")["term"]
+        .as_u64()
+        .expect("term");
     // Both nodes check the test's API key once while etcd is whole: a node accepts a key it
     // checked recently while its store cannot answer, not one it never saw.
-    poll_until("core-2 to answer", START, || status(p2));
+    poll_until("core-2 to answer", START, || ha_status(p2));
 
     // One member down — the raft leader, the harder case.
     let leader = raft_leader(&etcd);
@@ -694,8 +678,8 @@ fn etcd_member_loss_quorum_loss_and_recovery() {
     let hold = Instant::now() + Duration::from_secs(8);
     let mut samples = 0;
     while Instant::now() < hold {
-        let s1 = status(p1).expect("core-1 answers");
-        let s2 = status(p2).expect("core-2 answers");
+        let s1 = ha_status(p1).expect("core-1 answers");
+        let s2 = ha_status(p2).expect("core-2 answers");
         assert_eq!(s1["role"], "active", "core-1 lost the active role: {s1}");
         assert_eq!(s1["term"].as_u64(), Some(term), "{s1}");
         assert_eq!(s2["role"], "standby", "{s2}");

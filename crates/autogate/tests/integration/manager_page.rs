@@ -13,10 +13,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use autogate_testkit::etcd::EtcdServer;
-use autogate_testkit::scenario::{core_node, node_id, Manager, Pki, START};
+use autogate_testkit::scenario::{node_id, Manager, Pki, START};
 use autogate_testkit::webdriver::{self, Browser};
-use autogate_testkit::{free_port, poll_until, Autogate, LogLine, Process};
+use autogate_testkit::{free_port, poll_until};
 use serde_json::{json, Value};
+
+use crate::support::{ha_core_node, wait_connected};
 
 /// How long a page condition that needs no process to start may take.
 const PAGE: Duration = Duration::from_secs(20);
@@ -186,21 +188,6 @@ fn import_resources(etcd: &EtcdServer) {
     });
 }
 
-fn ha_node(pki: &Pki, etcd: &EtcdServer, name: &str, manager_port: u16) -> (Autogate, u16) {
-    let (cmd, port) = core_node(pki, name, manager_port);
-    let cmd = cmd
-        .env("GATEWAY_STORE_BACKEND", "etcd")
-        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-        .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-        .env("GATEWAY_LOG_LEVEL", "DEBUG");
-    // The nodes' API needs a key; every node bootstraps the same admin.
-    (autogate_testkit::auth::with_admin_password(cmd), port)
-}
-
-fn wait_connected(p: &Process) -> LogLine {
-    p.wait_for_line("INF connected to commander at", START)
-}
-
 /// What is left of `budget` counted from `since`.
 fn left(since: Instant, budget: Duration) -> Duration {
     (since + budget).saturating_duration_since(Instant::now())
@@ -298,7 +285,7 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     });
 
     // The first core node connects: the list shows it without a reload, within LIVE.
-    let (cmd, p1) = ha_node(&pki, &etcd, "core-1", manager.port);
+    let (cmd, p1) = ha_core_node(&pki, "core-1", manager.port, &etcd.endpoint());
     let mut active = cmd.name("core-1").spawn();
     let connected = wait_connected(&active);
     b.wait_until(
@@ -312,7 +299,7 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     // The cluster's page: one gateway, its core nodes, each node's own certificate.
     b.click(&format!("{row} a.cluster-link"));
     b.wait_for_text("#active-node", &id1, PAGE);
-    let (cmd, p2) = ha_node(&pki, &etcd, "core-2", manager.port);
+    let (cmd, p2) = ha_core_node(&pki, "core-2", manager.port, &etcd.endpoint());
     let standby = cmd.name("core-2").spawn();
     let id2 = node_id(p2);
     standby.wait_for_line("is not the active node", START);

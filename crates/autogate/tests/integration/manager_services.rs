@@ -24,6 +24,8 @@ use autogate_testkit::free_port;
 use autogate_testkit::scenario::{core_node, Manager, Pki, START};
 use serde_json::{json, Value};
 
+use crate::support::eventually;
+
 /// Deadline for what the manager should see after a change.
 const SEEN: Duration = Duration::from_secs(10);
 
@@ -69,22 +71,6 @@ async fn seed(a: &Automation) {
     )
     .await
     .unwrap();
-}
-
-/// Polls an async condition until it yields `Some`, with a deadline.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn post_run(admin: &AdminClient, cluster: &str, name: &str, body: Value) -> (u16, Value) {

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autogate_testkit::etcd::EtcdServer;
@@ -13,13 +12,12 @@ use autogate_testkit::scenario::{self, Manager, Pki, START};
 use autogate_testkit::{free_port, http_get, poll_until};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::support::workspace_root;
 
 /// Metric names per `## ` section of docs/metrics.md, with their type.
 fn documented() -> BTreeMap<String, BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(repo().join("docs/metrics.md")).expect("docs/metrics.md");
+    let text =
+        std::fs::read_to_string(workspace_root().join("docs/metrics.md")).expect("docs/metrics.md");
     let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut current = String::new();
     for line in text.lines() {
@@ -246,7 +244,7 @@ fn grafana_dashboard_queries_only_documented_metrics() {
             }
         }
     }
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/autogate.json"))
+    let text = std::fs::read_to_string(workspace_root().join("deploy/grafana/autogate.json"))
         .expect("deploy/grafana/autogate.json");
     let dash: Value = serde_json::from_str(&text).expect("dashboard is JSON");
     assert!(

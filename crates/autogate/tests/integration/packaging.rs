@@ -1,18 +1,15 @@
 //! What ships next to the binary: shell completion scripts, the systemd units in
 //! `deploy/systemd/` and the example cluster configuration in `deploy/examples/`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use autogate_testkit::{autogate_bin, Autogate};
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+use crate::support::workspace_root;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn has(program: &str) -> bool {
     Command::new(program)
@@ -56,9 +53,10 @@ fn completion_scripts_for_each_shell() {
 fn systemd_units_are_hardened_and_verify() {
     let units = ["server", "runner", "manager"];
     for role in units {
-        let text =
-            std::fs::read_to_string(repo().join(format!("deploy/systemd/autogate-{role}.service")))
-                .expect("unit file");
+        let text = std::fs::read_to_string(
+            workspace_root().join(format!("deploy/systemd/autogate-{role}.service")),
+        )
+        .expect("unit file");
         for line in [
             "User=gateway".to_owned(),
             "ProtectSystem=strict".to_owned(),
@@ -90,8 +88,8 @@ fn systemd_units_are_hardened_and_verify() {
     let mut paths = Vec::new();
     for role in units {
         let name = format!("autogate-{role}.service");
-        let text =
-            std::fs::read_to_string(repo().join("deploy/systemd").join(&name)).expect("unit file");
+        let text = std::fs::read_to_string(workspace_root().join("deploy/systemd").join(&name))
+            .expect("unit file");
         let text = text.replace("/usr/local/bin/autogate", &bin.display().to_string());
         let path = dir.path().join(&name);
         std::fs::write(&path, text).expect("write unit");
@@ -114,8 +112,8 @@ fn systemd_units_are_hardened_and_verify() {
 /// files of every path the example names there: a TLS-enabled etcd needs its CA file to
 /// exist when the configuration loads.
 fn show_example(name: &str) -> Value {
-    let text =
-        std::fs::read_to_string(repo().join("deploy/examples").join(name)).expect("example config");
+    let text = std::fs::read_to_string(workspace_root().join("deploy/examples").join(name))
+        .expect("example config");
     let dir = tempfile::tempdir().expect("temp dir");
     let etc = format!("{}/", dir.path().display());
     let rewritten = text.replace("/etc/gateway/", &etc);

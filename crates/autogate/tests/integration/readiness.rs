@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::{free_port, http_get, poll_until, Autogate};
 
+use crate::support::ha_without_manager;
+
 /// The node's bound on one etcd request; `/readyz` must answer within about this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long etcd's absence or return may take to show in `/readyz`.
@@ -23,16 +25,12 @@ fn status(addr: &str, path: &str) -> Option<u16> {
 fn readyz_follows_a_frozen_and_a_killed_etcd_and_healthz_stays_up() {
     let mut etcd = EtcdServer::start();
     let port = free_port();
-    let mut node = Autogate::new(["server"])
+    let cmd = Autogate::new(["server"])
         .env("GATEWAY_SERVER_PORT", port.to_string())
-        .env("GATEWAY_STORE_BACKEND", "etcd")
-        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
         .env("GATEWAY_STORE_ETCD_REQUEST_TIMEOUT", "2s")
-        .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-        // No manager in this test: the node stands for election without dialling one.
-        .env("GATEWAY_CONNECT_ENABLED", "false")
-        .name("core-1")
-        .spawn();
+        .name("core-1");
+    // No manager in this test: the node stands for election without dialling one.
+    let mut node = ha_without_manager(cmd, &etcd.endpoint()).spawn();
     node.wait_for_line("core node listening", Duration::from_secs(20));
     let addr = format!("127.0.0.1:{port}");
     poll_until("readyz 200 with etcd up", FOLLOW, || {

@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use autogate_testkit::auth::{admin_key, request, with_admin_password};
+use autogate_testkit::auth::{admin_key, with_admin_password};
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::proxy::TcpProxy;
-use autogate_testkit::scenario::{core_node, Manager, Pki, START};
+use autogate_testkit::scenario::{Manager, Pki, START};
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use serde_json::{json, Value};
+
+use crate::support::{self, ha_core_node, ha_without_manager};
 
 /// Long enough for a job, a lost runner's lease and a re-dispatch.
 const DONE: Duration = Duration::from_secs(60);
@@ -34,17 +36,8 @@ impl Core {
 }
 
 fn call(addr: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let text = body.map(|b| b.to_string());
-    let (status, body) = request(
-        addr,
-        method,
-        path,
-        Some(key),
-        text.as_deref().map(|t| ("application/json", t.as_bytes())),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, v)
+    support::call(addr, key, method, path, body.as_ref())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// A core node with distributed execution on the etcd at `etcd` (no HA, no manager).
@@ -507,14 +500,9 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
     let manager = Manager::start(&pki, free_port(), data.path());
     manager.register(&pki, "cluster_1", &["core-1", "core-2"]);
     let node = |name: &str| {
-        let (cmd, port) = core_node(&pki, name, manager.port);
-        let cmd = cmd
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true")
-            .env("GATEWAY_LOG_LEVEL", "DEBUG");
-        (with_admin_password(cmd).spawn(), port)
+        let (cmd, port) = ha_core_node(&pki, name, manager.port, &etcd.endpoint());
+        let cmd = cmd.env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true");
+        (cmd.spawn(), port)
     };
     let (first, p1) = node("core-1");
     first.wait_for_line("connected to commander at", START);
@@ -627,12 +615,9 @@ fn an_api_caller_told_the_active_node_changed_gets_the_result_by_job_id() {
         let cmd = Autogate::new(["server"])
             .name(name)
             .env("GATEWAY_SERVER_PORT", port.to_string())
-            .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
-            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
-            .env("GATEWAY_CONNECT_ENABLED", "false")
             .env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true")
             .env("GATEWAY_LOG_LEVEL", "DEBUG");
+        let cmd = ha_without_manager(cmd, &etcd.endpoint());
         let proc = with_admin_password(cmd).spawn();
         let key = admin_key(port);
         Core { proc, port, key }

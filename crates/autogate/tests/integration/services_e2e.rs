@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::{Autogate, Output};
 use serde_json::Value;
+
+use crate::support::git_repo;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// A venv build downloads from the package registry.
@@ -47,42 +48,6 @@ fn ok(out: &Output, what: &str) {
         out.stdout,
         out.stderr
     );
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .status()
-        .expect("git runs");
-    assert!(st.success(), "git {args:?}");
-}
-
-/// A git repository with `files`, one commit.
-fn repo(dir: &Path, files: &[(&str, &str)]) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    git(dir, &["init", "-q", "-b", "main"]);
-    for (name, text) in files {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    git(dir, &["add", "-A"]);
-    git(
-        dir,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@e",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    );
-    format!("file://{}", dir.display())
 }
 
 fn raw_result(out: &Output) -> Value {
@@ -134,7 +99,7 @@ const SCHEMA: &str = r#"{"$schema":"http://json-schema.org/draft-07/schema#","ty
 fn python_script_with_registry_and_local_requirements() {
     let t = tempfile::tempdir().unwrap();
     let work = t.path().join("work");
-    let url = repo(
+    let url = git_repo(
         &t.path().join("src"),
         &[
             ("app/main.py", SCRIPT),
@@ -281,7 +246,7 @@ fn ansible_playbook_against_localhost_with_set_extra_vars() {
     );
     let t = tempfile::tempdir().unwrap();
     let work = t.path().join("work");
-    let url = repo(
+    let url = git_repo(
         &t.path().join("src"),
         &[
             (
@@ -350,7 +315,7 @@ fn ansible_playbook_against_localhost_with_set_extra_vars() {
 fn opentofu_plan_runs_or_names_the_missing_binary() {
     let t = tempfile::tempdir().unwrap();
     let work = t.path().join("work");
-    let url = repo(
+    let url = git_repo(
         &t.path().join("src"),
         &[(
             "main.tf",

@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+pub use super::eventually;
+
 pub const START: Duration = Duration::from_secs(30);
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -402,25 +404,6 @@ impl Responder {
             assert!(Instant::now() < end, "session not closed within {within:?}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-    }
-}
-
-/// Polls an async condition until it yields `Some`, with a deadline.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
