@@ -4,7 +4,13 @@
 //!
 //! Everything runs in one process, with tests in parallel: a test must not change the
 //! process's environment or current directory (children get their own through
-//! `autogate_testkit::Autogate`).
+//! `autogate_testkit::Autogate`), and takes its ports from `autogate_testkit::free_port`, which
+//! never hands out the same port twice in one process, or binds port 0 where the program can say
+//! what it bound.
+
+// clippy.toml's allow-unwrap-in-tests covers `#[test]` functions only, not the helpers next to
+// them; a helper's unwrap is a failed test with its message just the same.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

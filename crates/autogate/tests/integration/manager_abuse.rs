@@ -1,7 +1,6 @@
 //! Black-box tests of the manager against bad input and hostile peers: malformed frames,
 //! a missing or late `hello`, oversized frames, frame floods, a slow-loris TLS handshake, and a
 //! long run of bad-certificate connections while a good session stays up and memory stays flat.
-#![allow(clippy::unwrap_used)]
 
 use std::io::Read;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Black-box tests of the manager's administration: first-start material (certificate, admin
 //! token), the `autogate manager cluster …` commands with their defaults and exit codes, and
 //! the REST API's authentication and input validation.
-#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 

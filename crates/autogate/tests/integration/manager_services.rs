@@ -9,7 +9,6 @@
 //! violation; the manager's deadline cancels a run on the gateway, and so does the end of the
 //! session (its process is killed); the CLI prints the catalog and the family's run layout; a
 //! disabled cluster refuses runs, and a read-only one is discovered but refuses them too (409).
-#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::sync::Arc;

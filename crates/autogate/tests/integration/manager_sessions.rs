@@ -3,7 +3,6 @@
 //! when its certificate or cluster goes away, the session history across restarts, and how a
 //! connection lost without a close reads there.
 //! The gateway side is a scripted WebSocket client over real mutual TLS.
-#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,6 @@
 //! local path, real Ansible against localhost, OpenTofu when installed; and secrets at rest in
 //! the raw local and etcd stores.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Shared pieces of the manager's black-box tests: certificates minted per test, a real
 //! `autogate manager` process, the admin CLI and REST client, and a scripted gateway that
 //! speaks the link protocol over real mutual TLS (tokio-rustls + tokio-tungstenite).
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
