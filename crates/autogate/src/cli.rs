@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cmd;
 use crate::exit::{Failure, USAGE};
+use crate::output;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,7 +95,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            let _ = e.print();
+            // Help goes to standard output: `autogate help server | head` must end quietly.
+            if let Err(io) = e.print() {
+                if output::is_closed_pipe(&io) {
+                    return ExitCode::from(output::CLOSED_PIPE);
+                }
+            }
             return match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(USAGE),
@@ -105,7 +111,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            output::stderr(&format!("error: {}\n", f.message));
             ExitCode::from(f.code)
         }
     }

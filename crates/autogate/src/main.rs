@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod cmd;
 mod exit;
+mod output;
 
 fn main() -> std::process::ExitCode {
     cli::run(std::env::args_os())

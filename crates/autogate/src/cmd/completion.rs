@@ -1,7 +1,5 @@
 //! `autogate completion <shell>`: print a shell completion script for the whole command line.
 
-use std::io::Write;
-
 use clap::{CommandFactory, ValueEnum};
 use clap_complete::Shell as Target;
 
@@ -26,8 +24,6 @@ pub fn run(shell: Shell) -> Result<(), Failure> {
     let mut cmd = Cli::command();
     let mut script = Vec::new();
     clap_complete::generate(target, &mut cmd, "autogate", &mut script);
-    let mut out = std::io::stdout().lock();
-    out.write_all(&script)
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(74, format!("cannot write the completion script: {e}")))
+    crate::output::stdout_bytes(&script);
+    Ok(())
 }

@@ -4,15 +4,16 @@
 use autogate_runtime::VERSION;
 use serde_json::json;
 
+use super::term::outln;
 use crate::cli::Global;
 use crate::exit::Failure;
 
 pub fn run(global: &Global, show_config: bool) -> Result<(), Failure> {
     if !show_config {
         if global.raw {
-            println!("{}", json!({ "version": VERSION }));
+            outln!("{}", json!({ "version": VERSION }));
         } else {
-            println!("autogate: {VERSION}");
+            outln!("autogate: {VERSION}");
         }
         return Ok(());
     }
@@ -24,13 +25,13 @@ pub fn run(global: &Global, show_config: bool) -> Result<(), Failure> {
             "config_file": config.file().map(|p| p.display().to_string()),
             "entries": entries,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
-    println!("autogate: {VERSION}");
+    outln!("autogate: {VERSION}");
     match config.file() {
-        Some(p) => println!("config file: {}", p.display()),
-        None => println!("config file: none (defaults and environment)"),
+        Some(p) => outln!("config file: {}", p.display()),
+        None => outln!("config file: none (defaults and environment)"),
     }
     let width = entries
         .iter()
@@ -41,11 +42,11 @@ pub fn run(global: &Global, show_config: bool) -> Result<(), Failure> {
     for e in &entries {
         if e.section != section {
             section.clone_from(&e.section);
-            println!("\n[{section}]");
+            outln!("\n[{section}]");
         }
         let name = format!("{}.{}", e.section, e.key);
         let value = if e.value.is_empty() { "-" } else { &e.value };
-        println!("  {name:<width$}  {value}  ({})", e.source);
+        outln!("  {name:<width$}  {value}  ({})", e.source);
     }
     Ok(())
 }
