@@ -13,11 +13,10 @@ use serde_json::Value;
 
 use crate::exit::{Failure, USAGE};
 
-/// Writes to standard output, ignoring a closed pipe (`autogate get services | head -1`): the
-/// reader has what it wanted, and `print!` would panic there.
+/// Writes to standard output; a closed pipe (`autogate get services | head -1`) ends the process
+/// quietly (see [`crate::output`]), where `print!` would panic.
 pub fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    crate::output::stdout(text);
 }
 
 /// `print!` through [`emit`].
