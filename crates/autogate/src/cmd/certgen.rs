@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use super::term::outln;
 use crate::cli::Global;
 use crate::exit::Failure;
 
@@ -62,10 +63,10 @@ pub fn run(global: &Global, args: CertGenArgs) -> Result<(), Failure> {
     .map_err(|e| Failure::new(if e.is_usage() { 64 } else { 1 }, e))?;
     if global.raw {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-        println!("{}", json!({ "files": files }));
+        outln!("{}", json!({ "files": files }));
     } else {
         for p in written {
-            println!("wrote {}", p.display());
+            outln!("wrote {}", p.display());
         }
     }
     Ok(())

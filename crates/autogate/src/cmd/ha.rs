@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use reqwest::Method;
 
+use super::term::outln;
 use crate::api::ApiClient;
 use crate::cli::Global;
 use crate::exit::Failure;
@@ -48,14 +49,14 @@ pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
     let rt = super::runtime()?;
     let value = rt.block_on(client.call(method, path, body.as_ref()))?;
     if global.raw {
-        println!("{value}");
+        outln!("{value}");
         return Ok(());
     }
     match args.command {
         HaCommand::Status => print_status(&value),
-        HaCommand::Switchover { .. } => println!("switchover accepted"),
-        HaCommand::Pause => println!("paused: this node no longer stands for election"),
-        HaCommand::Resume => println!("resumed: this node stands for election"),
+        HaCommand::Switchover { .. } => outln!("switchover accepted"),
+        HaCommand::Pause => outln!("paused: this node no longer stands for election"),
+        HaCommand::Resume => outln!("resumed: this node stands for election"),
     }
     Ok(())
 }
@@ -66,20 +67,24 @@ fn print_status(v: &Value) {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!("Node:        {}", s("node_id"));
-    println!("Role:        {}", s("role"));
-    println!("Term:        {}", s("term"));
-    println!("Active node: {}", s("active_node_id"));
-    println!("Primary:     {}", s("is_primary"));
-    println!(
+    outln!("Node:        {}", s("node_id"));
+    outln!("Role:        {}", s("role"));
+    outln!("Term:        {}", s("term"));
+    outln!("Active node: {}", s("active_node_id"));
+    outln!("Primary:     {}", s("is_primary"));
+    outln!(
         "Lease TTL:   {} ms (remaining {} ms)",
         s("lease_ttl_ms"),
         s("lease_ttl_remaining_ms")
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<4} {:<52} {:<8} {:<8} {:<10}",
-        "#", "CANDIDATE", "PRIMARY", "MANAGER", "ADDRESS"
+        "#",
+        "CANDIDATE",
+        "PRIMARY",
+        "MANAGER",
+        "ADDRESS"
     );
     if let Some(cands) = v["candidates"].as_array() {
         for (i, c) in cands.iter().enumerate() {
@@ -88,7 +93,7 @@ fn print_status(v: &Value) {
                 Some(false) => "no",
                 None => "?",
             };
-            println!(
+            outln!(
                 "{:<4} {:<52} {:<8} {:<8} {:<10}",
                 i + 1,
                 c["node_id"].as_str().unwrap_or("-"),

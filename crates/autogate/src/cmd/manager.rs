@@ -18,6 +18,7 @@ use autogate_manager::{AdminClient, ClientError};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use super::term::{out, outln};
 use crate::cli::Global;
 use crate::exit::{Failure, USAGE};
 
@@ -272,7 +273,7 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ClusterAction::List => {
                 let v = client.list().await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
                     print_list(&v);
                 }
@@ -280,7 +281,7 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ClusterAction::Show { id } => {
                 let v = client.show(&id).await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
                     print_show(&v);
                 }
@@ -313,15 +314,15 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ClusterAction::Rm { id } => {
                 client.delete(&id).await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", json!({ "deleted": id }));
+                    outln!("{}", json!({ "deleted": id }));
                 } else {
-                    println!("cluster {id} removed");
+                    outln!("cluster {id} removed");
                 }
             }
             ClusterAction::Sessions { id } => {
                 let v = client.sessions(&id).await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
                     print_sessions(&v);
                 }
@@ -329,9 +330,9 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ClusterAction::Ping { id } => {
                 let v = client.ping(&id).await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
-                    println!(
+                    outln!(
                         "cluster {id}: node {} (term {}) answered in {:.1} ms",
                         text(&v["node_id"]),
                         text(&v["term"]),
@@ -342,7 +343,7 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
             ClusterAction::Services { id } => {
                 let v = client.services(&id).await.map_err(client_failure)?;
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
                     print_services(&v);
                 }
@@ -443,9 +444,9 @@ fn service(global: &Global, args: ServiceArgs) -> Result<(), Failure> {
         match client.run_with(&cluster, &name, &body).await {
             Ok(v) => {
                 if raw {
-                    println!("{}", pretty(&v));
+                    outln!("{}", pretty(&v));
                 } else {
-                    print!("{}", run_text(&v["result"]));
+                    out!("{}", run_text(&v["result"]));
                 }
                 Ok(())
             }
@@ -455,7 +456,7 @@ fn service(global: &Global, args: ServiceArgs) -> Result<(), Failure> {
                 body,
             }) => {
                 if raw {
-                    println!("{}", pretty(&body));
+                    outln!("{}", pretty(&body));
                 }
                 let code = match status {
                     400 | 422 => USAGE,
@@ -522,18 +523,18 @@ fn print_services(v: &Value) {
         .collect();
     if rows.is_empty() {
         if v["updated_at"].is_null() {
-            println!(
+            outln!(
                 "cluster {} has not announced any services",
                 text(&v["cluster_id"])
             );
         } else {
-            println!("cluster {} has no services", text(&v["cluster_id"]));
+            outln!("cluster {} has no services", text(&v["cluster_id"]));
         }
         return;
     }
     table(&["NAME", "TYPE", "DESCRIPTION"], &rows);
     if v["truncated"].as_bool() == Some(true) {
-        println!(
+        outln!(
             "(first {} of {} services: the catalog exceeds the manager's frame limit)",
             rows.len(),
             text(&v["total"])
@@ -547,9 +548,9 @@ fn pretty(v: &Value) -> String {
 
 fn print_cluster_or(raw: bool, v: &Value, message: &str) {
     if raw {
-        println!("{}", pretty(v));
+        outln!("{}", pretty(v));
     } else {
-        println!("{message}");
+        outln!("{message}");
     }
 }
 
@@ -579,7 +580,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
@@ -610,7 +611,7 @@ fn print_list(v: &Value) {
         })
         .collect();
     if rows.is_empty() {
-        println!("no clusters registered");
+        outln!("no clusters registered");
         return;
     }
     table(
@@ -628,10 +629,10 @@ fn print_list(v: &Value) {
 }
 
 fn print_show(c: &Value) {
-    println!("cluster:     {}", text(&c["cluster_id"]));
-    println!("name:        {}", text(&c["name"]));
-    println!("state:       {}", text(&c["state"]));
-    println!(
+    outln!("cluster:     {}", text(&c["cluster_id"]));
+    outln!("name:        {}", text(&c["name"]));
+    outln!("state:       {}", text(&c["state"]));
+    outln!(
         "connected:   {}",
         if c["connected"].as_bool() == Some(true) {
             "yes"
@@ -641,7 +642,7 @@ fn print_show(c: &Value) {
     );
     if !c["active"].is_null() {
         let a = &c["active"];
-        println!(
+        outln!(
             "active:      node {} term {} from {} since {}",
             text(&a["node_id"]),
             text(&a["term"]),
@@ -668,7 +669,7 @@ fn print_show(c: &Value) {
         })
         .collect();
     if !nodes.is_empty() {
-        println!();
+        outln!();
         table(&["NODE", "ROLE", "PRIMARY", "ADDRESS"], &nodes);
     }
     let certs: Vec<Vec<String>> = c["certificates"]
@@ -689,9 +690,9 @@ fn print_show(c: &Value) {
             ]
         })
         .collect();
-    println!();
+    outln!();
     if certs.is_empty() {
-        println!("no certificates registered");
+        outln!("no certificates registered");
     } else {
         table(
             &[
@@ -727,7 +728,7 @@ fn print_sessions(v: &Value) {
         })
         .collect();
     if rows.is_empty() {
-        println!("no sessions yet");
+        outln!("no sessions yet");
         return;
     }
     table(
