@@ -2,10 +2,16 @@
 //! of the cluster. In local mode it is read from the store directly; in client mode from the
 //! core node's API (which reads the same store).
 
-use autogate_jobs::view::{self, ManagerLink};
+use std::collections::BTreeMap;
+
+use autogate_config::Config;
+use autogate_jobs::view::{
+    self, ActivityList, ClusterHealth, JobActivity, ManagerLink, ManagerStatus, RunnerList,
+    RunnerStatus, RunnerView, Status,
+};
 use clap::{Args, Subcommand, ValueEnum};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::json;
 
 use super::backend::{self, Backend};
 use super::term;
@@ -35,86 +41,106 @@ pub enum ClusterView {
     Activity,
 }
 
-fn fetch(global: &Global, local: ViewKind) -> Result<(Value, jiff::tz::TimeZone), Failure> {
+/// Opens the backend of the configured mode and reads one view with `f`; with the time zone
+/// timestamps are shown in.
+fn fetch<T>(
+    global: &Global,
+    f: impl AsyncFnOnce(&Backend, &Config) -> Result<T, Failure>,
+) -> Result<(T, jiff::tz::TimeZone), Failure> {
     let config = backend::load(global)?;
     let rt = super::runtime()?;
     rt.block_on(async {
         let tz = term::time_zone(&config)?;
         let backend = Backend::open(&config, global).await?;
-        let v = match &backend {
-            Backend::Local(a) => {
-                let store = a.resources().store().clone();
-                let cid = &config.application.cluster_id;
-                match local {
-                    ViewKind::Runners => Value::from(
-                        view::runners(&*store, cid)
-                            .await
-                            .map_err(|e| Failure::new(69, format!("store: {e}")))?,
-                    ),
-                    ViewKind::Activity => Value::from(
-                        view::activity(&*store, cid)
-                            .await
-                            .map_err(|e| Failure::new(69, format!("store: {e}")))?,
-                    ),
-                    ViewKind::Health => {
-                        // No manager configured is no manager link, not a broken one.
-                        let link = if config.connect.enabled && !config.connect.hosts.is_empty() {
-                            ManagerLink::FromRecords
-                        } else {
-                            ManagerLink::Disabled
-                        };
-                        view::health(&*store, cid, config.server.distributed_execution, link).await
-                    }
-                }
-            }
-            Backend::Remote(c) => {
-                let (path, key) = match local {
-                    ViewKind::Runners => ("/api/v1/runners", Some("runners")),
-                    ViewKind::Activity => ("/api/v1/cluster/activity", Some("jobs")),
-                    ViewKind::Health => ("/api/v1/cluster/health", None),
-                };
-                let v = c.call(Method::GET, path, None).await?;
-                match key {
-                    Some(k) => v[k].clone(),
-                    None => v,
-                }
-            }
-        };
-        Ok((v, tz))
+        Ok((f(&backend, &config).await?, tz))
     })
 }
 
-#[derive(Clone, Copy)]
-enum ViewKind {
-    Runners,
-    Activity,
-    Health,
+/// A cluster view the store could not give.
+fn store_failure(e: String) -> Failure {
+    Failure::new(69, format!("store: {e}"))
+}
+
+async fn runners(b: &Backend, config: &Config) -> Result<Vec<RunnerView>, Failure> {
+    match b {
+        Backend::Local(a) => {
+            let store = a.resources().store().clone();
+            view::runners(&*store, &config.application.cluster_id)
+                .await
+                .map_err(store_failure)
+        }
+        Backend::Remote(c) => {
+            let v = c.call(Method::GET, "/api/v1/runners", None).await?;
+            let list: RunnerList = serde_json::from_value(v).map_err(backend::unexpected)?;
+            Ok(list.runners)
+        }
+    }
+}
+
+async fn jobs(b: &Backend, config: &Config) -> Result<Vec<JobActivity>, Failure> {
+    match b {
+        Backend::Local(a) => {
+            let store = a.resources().store().clone();
+            view::activity(&*store, &config.application.cluster_id)
+                .await
+                .map_err(store_failure)
+        }
+        Backend::Remote(c) => {
+            let v = c
+                .call(Method::GET, "/api/v1/cluster/activity", None)
+                .await?;
+            let list: ActivityList = serde_json::from_value(v).map_err(backend::unexpected)?;
+            Ok(list.jobs)
+        }
+    }
+}
+
+async fn cluster_health(b: &Backend, config: &Config) -> Result<ClusterHealth, Failure> {
+    match b {
+        Backend::Local(a) => {
+            let store = a.resources().store().clone();
+            // No manager configured is no manager link, not a broken one.
+            let link = if config.connect.enabled && !config.connect.hosts.is_empty() {
+                ManagerLink::FromRecords
+            } else {
+                ManagerLink::Disabled
+            };
+            Ok(view::health(
+                &*store,
+                &config.application.cluster_id,
+                config.server.distributed_execution,
+                link,
+            )
+            .await)
+        }
+        Backend::Remote(c) => {
+            let v = c.call(Method::GET, "/api/v1/cluster/health", None).await?;
+            serde_json::from_value(v).map_err(backend::unexpected)
+        }
+    }
 }
 
 /// `get runners`.
 pub fn get_runners(global: &Global) -> Result<(), Failure> {
-    let (v, tz) = fetch(global, ViewKind::Runners)?;
+    let (runners, tz) = fetch(global, runners)?;
     if global.raw {
-        println!("{}", serde_json::json!({ "runners": v }));
+        println!("{}", json!({ "runners": runners }));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = runners
         .iter()
         .map(|r| {
+            let status = match r.status {
+                RunnerStatus::Online => "online",
+                RunnerStatus::Draining => "draining",
+            };
             vec![
-                term::text(&r["node_id"]),
-                term::text(&r["host"]),
-                term::text(&r["status"]),
-                format!(
-                    "{}/{}",
-                    term::text(&r["running"]),
-                    term::text(&r["capacity"])
-                ),
-                labels(&r["labels"]),
-                term::show_time(r["last_seen"].as_str().unwrap_or("-"), &tz),
+                r.record.node_id.clone(),
+                r.record.host.clone(),
+                status.to_owned(),
+                format!("{}/{}", r.record.running, r.record.capacity),
+                labels(&r.record.labels),
+                term::show_time(&r.record.last_seen, &tz),
             ]
         })
         .collect();
@@ -135,15 +161,15 @@ pub fn get_runners(global: &Global) -> Result<(), Failure> {
     Ok(())
 }
 
-fn labels(v: &Value) -> String {
-    match v.as_object() {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", term::text(v)))
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => "-".to_owned(),
+fn labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
     }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn inspect(global: &Global, args: InspectArgs) -> Result<(), Failure> {
@@ -155,48 +181,43 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<(), Failure> {
 }
 
 fn health(global: &Global) -> Result<(), Failure> {
-    let (v, _) = fetch(global, ViewKind::Health)?;
-    let healthy = v["healthy"].as_bool().unwrap_or(false);
+    let (h, _) = fetch(global, cluster_health)?;
     if global.raw {
-        println!("{v}");
+        println!("{}", json!(h));
     } else {
-        println!("Cluster: {}", term::text(&v["cluster_id"]));
-        println!(
-            "Store: {} ({})",
-            term::text(&v["store"]["backend"]),
-            term::text(&v["store"]["status"])
-        );
+        let store_status = status_text(h.store.status);
+        let manager_status = match h.manager.status {
+            ManagerStatus::Disabled => "disabled",
+            ManagerStatus::Connected => "connected",
+            ManagerStatus::Disconnected => "disconnected",
+        };
+        println!("Cluster: {}", h.cluster_id);
+        println!("Store: {} ({store_status})", h.store.backend);
         println!(
             "Runners: {} registered, {} available",
-            term::text(&v["runners"]["registered"]),
-            term::text(&v["runners"]["available"])
+            h.runners.registered, h.runners.available
         );
-        println!("Gateway Manager: {}", term::text(&v["manager"]["status"]));
+        println!("Gateway Manager: {manager_status}");
         println!();
         let mut rows = vec![vec![
             "store".to_owned(),
-            term::text(&v["store"]["backend"]),
+            h.store.backend.clone(),
             "-".to_owned(),
-            term::text(&v["store"]["status"]),
+            store_status.to_owned(),
         ]];
-        for c in v["controllers"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for c in &h.controllers {
             rows.push(vec![
                 "controller".to_owned(),
-                if c["primary"] == true { "primary" } else { "-" }.to_owned(),
+                if c.primary { "primary" } else { "-" }.to_owned(),
                 format!(
                     "{} ({})",
-                    term::text(&c["node_id"]),
-                    term::text(&c["address"])
+                    c.node_id,
+                    c.address.as_deref().unwrap_or_default()
                 ),
-                term::text(&c["role"]),
+                c.role.to_string(),
             ]);
         }
-        let distributed = v["runners"]["distributed_execution"] == true;
-        if !distributed {
+        if !h.runners.distributed_execution {
             rows.push(vec![
                 "runner".to_owned(),
                 "embedded".to_owned(),
@@ -204,19 +225,14 @@ fn health(global: &Global) -> Result<(), Failure> {
                 "reachable".to_owned(),
             ]);
         }
-        for r in v["runners"]["nodes"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for r in &h.runners.nodes {
             rows.push(vec![
                 "runner".to_owned(),
                 "remote".to_owned(),
-                format!("{} ({})", term::text(&r["node_id"]), term::text(&r["host"])),
-                if r["status"] == "online" {
-                    "reachable"
-                } else {
-                    "draining"
+                format!("{} ({})", r.record.node_id, r.record.host),
+                match r.status {
+                    RunnerStatus::Online => "reachable",
+                    RunnerStatus::Draining => "draining",
                 }
                 .to_owned(),
             ]);
@@ -224,43 +240,47 @@ fn health(global: &Global) -> Result<(), Failure> {
         rows.push(vec![
             "gateway-manager".to_owned(),
             "-".to_owned(),
-            term::text(&v["manager"]["via"]),
-            term::text(&v["manager"]["status"]),
+            h.manager.via.clone().unwrap_or_default(),
+            manager_status.to_owned(),
         ]);
         print!(
             "{}",
             term::table(&["COMPONENT", "TYPE", "ADDRESS", "STATUS"], &rows)
         );
     }
-    if healthy {
+    if h.healthy {
         Ok(())
     } else {
         Err(Failure::new(FAILURE, "the cluster is unhealthy"))
     }
 }
 
+fn status_text(s: Status) -> &'static str {
+    match s {
+        Status::Healthy => "healthy",
+        Status::Unhealthy => "unhealthy",
+    }
+}
+
 fn activity(global: &Global) -> Result<(), Failure> {
-    let (v, tz) = fetch(global, ViewKind::Activity)?;
+    let (jobs, tz) = fetch(global, jobs)?;
     if global.raw {
-        println!("{}", serde_json::json!({ "jobs": v }));
+        println!("{}", json!({ "jobs": jobs }));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
-            let started = j["started"].as_str();
-            let completed = j["completed"].as_str();
+            let started = j.started.as_deref();
+            let completed = j.completed.as_deref();
             vec![
-                term::text(&j["name"]),
-                term::text(&j["type"]),
-                term::text(&j["node"]),
+                j.name.clone(),
+                j.service_type.clone(),
+                j.node.clone().unwrap_or_default(),
                 started.map_or("-".to_owned(), |t| term::show_time(t, &tz)),
                 completed.map_or("-".to_owned(), |t| term::show_time(t, &tz)),
                 duration(started, completed),
-                term::text(&j["attempts"]),
+                j.attempts.to_string(),
             ]
         })
         .collect();

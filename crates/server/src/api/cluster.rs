@@ -1,30 +1,30 @@
 //! The cluster-wide views, the same as `get runners` and `inspect cluster` in local mode: any
 //! core node answers them from the shared store.
 
+use autogate_jobs::view::{ActivityList, ClusterHealth, RunnerList};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::{ApiError, ApiResult, ApiState};
 
-pub(super) async fn runners(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+pub(super) async fn runners(State(s): State<ApiState>) -> ApiResult<Json<RunnerList>> {
     let cid = &s.node.config.application.cluster_id;
     let runners = autogate_jobs::view::runners(&*s.node.store, cid)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(Json(json!({ "runners": runners })))
+    Ok(Json(RunnerList { runners }))
 }
 
-pub(super) async fn activity(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
+pub(super) async fn activity(State(s): State<ApiState>) -> ApiResult<Json<ActivityList>> {
     let cid = &s.node.config.application.cluster_id;
     let jobs = autogate_jobs::view::activity(&*s.node.store, cid)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(ActivityList { jobs }))
 }
 
-pub(super) async fn health(State(s): State<ApiState>) -> Json<Value> {
+pub(super) async fn health(State(s): State<ApiState>) -> Json<ClusterHealth> {
     use autogate_jobs::view::ManagerLink;
     let node = &s.node;
     // The node holding the manager link knows its state; a standby reads the active node's
