@@ -5,10 +5,10 @@
 //!
 //! [`Browser::start`] finds both programs (or panics telling to run `make deps`: a browser test
 //! must not pass by doing nothing), starts `chromedriver` with its own log file on a port it
-//! binds itself (port 0, read back from that log), and opens one session with a throw-away profile. Helpers find elements by CSS selector,
-//! click, type, run a script, take screenshots, and poll the DOM for an expected text up to a
-//! deadline. Dropping the [`Browser`] ends the session and stops `chromedriver`, also when the
-//! test panics.
+//! binds itself (port 0, read back from that log), and opens one session with a throw-away
+//! profile. Helpers find elements by CSS selector, click, type, run a script, take screenshots,
+//! and poll the DOM for an expected text up to a deadline. Dropping the [`Browser`] ends the
+//! session and stops `chromedriver`, also when the test panics.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
