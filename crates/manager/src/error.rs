@@ -9,7 +9,7 @@ use autogate_tls::TlsError;
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
     Bind {
         /// `host:port`.
         addr: String,
@@ -43,6 +43,22 @@ pub enum ManagerError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What to do about a port that cannot be bound, for the two reasons an operator meets.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there: stop it, or choose another port with manager.port / GATEWAY_MANAGER_PORT); nothing was created"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (no interface of this host has that address: check manager.listen_address / GATEWAY_MANAGER_LISTEN_ADDRESS); nothing was created"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: choose another port with manager.port / GATEWAY_MANAGER_PORT); nothing was created"
+        }
+        _ => "",
+    }
 }
 
 impl ManagerError {

@@ -12,8 +12,9 @@
 //! stream), [`registry`] (storage), [`bootstrap`] (certificate and admin token on first start),
 //! [`client`] (the admin client the CLI uses).
 //!
-//! Start-up order: data directory → store (closing sessions a crash left open) → certificate
-//! and admin token → bind → serve. Shutdown on SIGTERM/SIGINT: stop accepting, close every
+//! Start-up order: bind → data directory → store (closing sessions a crash left open) →
+//! certificate and admin token → serve. Binding first means a taken port fails the start before
+//! anything is written. Shutdown on SIGTERM/SIGINT: stop accepting, close every
 //! session with 1001 `manager shutting down` (recorded in the history), drain, exit 0.
 #![forbid(unsafe_code)]
 
@@ -52,6 +53,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs the manager until the shutdown token is cancelled.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError> {
     let m = &config.manager;
+    // The port first: a manager that cannot listen must leave nothing behind — no data
+    // directory, no store, no certificate and above all no admin token that nobody was told
+    // about. Connections that arrive before the registry is loaded wait in the backlog.
+    let addr = format!("{}:{}", m.listen_address, m.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ManagerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ManagerError::Bind { addr, source })?;
+
     bootstrap::ensure_data_dir(&m.data_dir)?;
     let store = autogate_store::open(StoreOptions::Local {
         path: m.data_dir.join(STORE_FILE),
@@ -65,17 +80,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         key,
         autogate_tls::ClientAuth::AnyPresented { mandatory: false },
     )?;
-
-    let addr = format!("{}:{}", m.listen_address, m.port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ManagerError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ManagerError::Bind { addr, source })?;
 
     let metrics = metrics::ManagerMetrics::new();
     let hub = Arc::new(hub::Hub::new(registry, metrics.clone()));

@@ -337,3 +337,48 @@ async fn rest_requires_the_token_and_names_bad_fields() {
         .unwrap();
     assert_eq!(code, 404);
 }
+
+#[test]
+fn a_taken_port_fails_the_start_before_anything_is_created() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("manager");
+    // Someone else holds the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = manager_cmd(port, &data).output(START);
+    assert_eq!(out.code(), Some(69), "{}\n{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("GATEWAY_MANAGER_PORT") && text.contains("nothing was created"),
+        "the error says what to do: {text}"
+    );
+    assert!(
+        !text.contains("admin token"),
+        "no token was announced: {text}"
+    );
+    assert!(
+        !data.exists(),
+        "nothing is created in the data directory: {:?}",
+        std::fs::read_dir(&data).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    drop(taken);
+
+    // On a free port the same start creates everything once, and says where the token is.
+    let m = Manager::start(&data);
+    for file in [
+        "admin.token",
+        "manager.pem",
+        "manager-key.pem",
+        "manager.db",
+    ] {
+        assert!(data.join(file).exists(), "{file} created");
+    }
+    let token_file = data.join("admin.token");
+    m.proc
+        .wait_for_line(&format!("admin token at {}", token_file.display()), STEP);
+    assert_eq!(m.token().len(), 64);
+}
