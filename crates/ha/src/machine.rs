@@ -438,7 +438,7 @@ pub struct MachineSnapshot {
 }
 
 /// What a standby knows about probing the active node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashProbe {
     pub node_id: String,
     pub address: String,

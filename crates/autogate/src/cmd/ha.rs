@@ -1,11 +1,12 @@
 //! `autogate ha status|switchover|pause|resume`: the HA operator commands, talking to a core
 //! node's API (`[client] host`/`port`, or a `--profile`).
 
+use autogate_ha::HaStatus;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
-
 use reqwest::Method;
+use serde_json::json;
 
+use super::backend;
 use super::term::outln;
 use crate::api::ApiClient;
 use crate::cli::Global;
@@ -53,7 +54,10 @@ pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
         return Ok(());
     }
     match args.command {
-        HaCommand::Status => print_status(&value),
+        HaCommand::Status => {
+            let status: HaStatus = serde_json::from_value(value).map_err(backend::unexpected)?;
+            print_status(&status);
+        }
         HaCommand::Switchover { .. } => outln!("switchover accepted"),
         HaCommand::Pause => outln!("paused: this node no longer stands for election"),
         HaCommand::Resume => outln!("resumed: this node stands for election"),
@@ -61,21 +65,17 @@ pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_status(v: &Value) {
-    let s = |k: &str| match &v[k] {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    outln!("Node:        {}", s("node_id"));
-    outln!("Role:        {}", s("role"));
-    outln!("Term:        {}", s("term"));
-    outln!("Active node: {}", s("active_node_id"));
-    outln!("Primary:     {}", s("is_primary"));
+fn print_status(st: &HaStatus) {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    outln!("Node:        {}", st.node_id);
+    outln!("Role:        {}", st.role);
+    outln!("Term:        {}", or_dash(st.term.map(|t| t.to_string())));
+    outln!("Active node: {}", or_dash(st.active_node_id.clone()));
+    outln!("Primary:     {}", st.is_primary);
     outln!(
         "Lease TTL:   {} ms (remaining {} ms)",
-        s("lease_ttl_ms"),
-        s("lease_ttl_remaining_ms")
+        st.lease_ttl_ms,
+        or_dash(st.lease_ttl_remaining_ms.map(|t| t.to_string()))
     );
     outln!();
     outln!(
@@ -86,21 +86,20 @@ fn print_status(v: &Value) {
         "MANAGER",
         "ADDRESS"
     );
-    if let Some(cands) = v["candidates"].as_array() {
-        for (i, c) in cands.iter().enumerate() {
-            let yn = |b: &Value| match b.as_bool() {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "?",
-            };
-            outln!(
-                "{:<4} {:<52} {:<8} {:<8} {:<10}",
-                i + 1,
-                c["node_id"].as_str().unwrap_or("-"),
-                yn(&c["is_primary"]),
-                yn(&c["manager_reachable"]),
-                c["address"].as_str().unwrap_or("-"),
-            );
-        }
+    // A candidate whose record is not published yet has no flags to show.
+    let yn = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    };
+    for (i, c) in st.candidates.iter().enumerate() {
+        outln!(
+            "{:<4} {:<52} {:<8} {:<8} {:<10}",
+            i + 1,
+            c.node_id,
+            yn(c.is_primary),
+            yn(c.manager_reachable),
+            c.address.as_deref().unwrap_or("-"),
+        );
     }
 }

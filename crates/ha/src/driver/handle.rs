@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use autogate_store::{Store, Txn, TxnResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +25,7 @@ pub enum SwitchoverError {
 }
 
 /// One candidate as `GET /api/v1/ha/status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateStatus {
     pub node_id: String,
     pub key: String,
@@ -39,8 +39,8 @@ pub struct CandidateStatus {
     pub address: Option<String>,
 }
 
-/// `GET /api/v1/ha/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// `GET /api/v1/ha/status`: serialized by the core node, deserialized by `autogate ha status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaStatus {
     pub node_id: String,
     /// `active`, `standby` or `paused`.
