@@ -222,6 +222,40 @@ impl std::fmt::Display for Setting {
 }
 
 impl ConfigError {
+    /// The keys the error is about, as named in its message (`section.key`, or the name a value
+    /// was set under); empty when it is about the file or a name that matches no key.
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            ConfigError::Duplicate {
+                first_key,
+                second_key,
+                ..
+            }
+            | ConfigError::AliasConflict {
+                first_key,
+                second_key,
+                ..
+            } => vec![first_key.clone(), second_key.clone()],
+            ConfigError::InvalidValue { key, .. }
+            | ConfigError::Missing { key, .. }
+            | ConfigError::FileNotFound { key, .. } => vec![key.clone()],
+            ConfigError::Conflict { first, second, .. } => {
+                vec![first.key.clone(), second.key.clone()]
+            }
+            ConfigError::Unsuitable { setting, .. } => vec![setting.key.clone()],
+            ConfigError::ExplicitFileMissing { .. }
+            | ConfigError::EnvFileMissing { .. }
+            | ConfigError::Io { .. }
+            | ConfigError::NotUtf8 { .. }
+            | ConfigError::Syntax { .. }
+            | ConfigError::KeyOutsideSection { .. }
+            | ConfigError::UnknownSection { .. }
+            | ConfigError::UnknownKey { .. }
+            | ConfigError::UnknownEnv { .. }
+            | ConfigError::InvalidProfileName { .. } => Vec::new(),
+        }
+    }
+
     /// The process exit code for this error: 74 (`EX_IOERR`) when an existing file could not
     /// be read, 64 (`EX_USAGE`) for everything else.
     pub fn exit_code(&self) -> i32 {

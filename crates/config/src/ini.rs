@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::error::ConfigError;
 
 /// One meaningful line of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Item {
     /// `[name]`, as written between the brackets (trimmed).
     Section { name: String, line: usize },
@@ -23,10 +23,21 @@ pub(crate) enum Item {
         value: String,
         line: usize,
     },
+    /// A line that cannot be read. Parsing goes on after it so that `version --show-config`
+    /// can show the rest of the file; loading for real stops at the first one.
+    Broken {
+        /// What is wrong, with the line.
+        error: ConfigError,
+        /// The key, when the line is a `key = value` pair with a malformed value.
+        key: Option<String>,
+        /// The line is a malformed section header: the pairs after it belong to no known
+        /// section until the next header.
+        header: bool,
+    },
 }
 
-/// Parses `text` read from `path` (used in messages only).
-pub(crate) fn parse(text: &str, path: &Path) -> Result<Vec<Item>, ConfigError> {
+/// Parses `text` read from `path` (used in messages only), one item per meaningful line.
+pub(crate) fn parse(text: &str, path: &Path) -> Vec<Item> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut items = Vec::new();
     let mut in_section = false;
@@ -37,55 +48,84 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Vec<Item>, ConfigError> {
             line,
             message,
         };
+        let broken = |error: ConfigError, key: Option<&str>, header: bool| Item::Broken {
+            error,
+            key: key.map(str::to_string),
+            header,
+        };
         let trimmed = raw_line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
         }
         if let Some(rest) = trimmed.strip_prefix('[') {
-            let (name, after) = rest.split_once(']').ok_or_else(|| {
-                syntax(format!("section header \"{trimmed}\" has no closing ']'"))
-            })?;
-            let after = after.trim();
-            if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
-                return Err(syntax(format!(
-                    "unexpected text \"{after}\" after section header [{name}]"
-                )));
-            }
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(syntax("empty section name \"[]\"".to_string()));
-            }
-            items.push(Item::Section {
-                name: name.to_string(),
-                line,
-            });
+            // Even a malformed header opens a section: the pairs after it are not "before any
+            // header", they belong to a section that cannot be used.
             in_section = true;
+            items.push(match header(rest, trimmed) {
+                Ok(name) => Item::Section { name, line },
+                Err(message) => broken(syntax(message), None, true),
+            });
             continue;
         }
-        let (key, rest) = trimmed.split_once('=').ok_or_else(|| {
-            syntax(format!(
-                "expected \"key = value\", a [section] header or a # comment, found \"{trimmed}\""
-            ))
-        })?;
+        let Some((key, rest)) = trimmed.split_once('=') else {
+            items.push(broken(
+                syntax(format!(
+                    "expected \"key = value\", a [section] header or a # comment, found \"{trimmed}\""
+                )),
+                None,
+                false,
+            ));
+            continue;
+        };
         let key = key.trim();
         if key.is_empty() {
-            return Err(syntax("missing key before '='".to_string()));
+            items.push(broken(
+                syntax("missing key before '='".to_string()),
+                None,
+                false,
+            ));
+            continue;
         }
         if !in_section {
-            return Err(ConfigError::KeyOutsideSection {
-                path: path.to_path_buf(),
-                line,
-                key: key.to_string(),
-            });
+            items.push(broken(
+                ConfigError::KeyOutsideSection {
+                    path: path.to_path_buf(),
+                    line,
+                    key: key.to_string(),
+                },
+                None,
+                false,
+            ));
+            continue;
         }
-        let value = parse_value(rest).map_err(syntax)?;
-        items.push(Item::Pair {
-            key: key.to_string(),
-            value,
-            line,
+        items.push(match parse_value(rest) {
+            Ok(value) => Item::Pair {
+                key: key.to_string(),
+                value,
+                line,
+            },
+            Err(message) => broken(syntax(message), Some(key), false),
         });
     }
-    Ok(items)
+    items
+}
+
+/// The name of a `[name]` header (`rest` follows the `[`), or what is wrong with it.
+fn header(rest: &str, trimmed: &str) -> Result<String, String> {
+    let (name, after) = rest
+        .split_once(']')
+        .ok_or_else(|| format!("section header \"{trimmed}\" has no closing ']'"))?;
+    let after = after.trim();
+    if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
+        return Err(format!(
+            "unexpected text \"{after}\" after section header [{name}]"
+        ));
+    }
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("empty section name \"[]\"".to_string());
+    }
+    Ok(name.to_string())
 }
 
 /// The value part after `=`: quoted (`'…'` or `"…"`, taken literally) or bare.
@@ -125,13 +165,24 @@ mod tests {
 
     fn pairs(text: &str) -> Vec<(String, String)> {
         parse(text, Path::new("t.conf"))
-            .unwrap()
             .into_iter()
             .filter_map(|i| match i {
                 Item::Pair { key, value, .. } => Some((key, value)),
                 Item::Section { .. } => None,
+                Item::Broken { error, .. } => panic!("{error}"),
             })
             .collect()
+    }
+
+    /// The first broken line's error.
+    fn first_error(text: &str) -> ConfigError {
+        parse(text, Path::new("t.conf"))
+            .into_iter()
+            .find_map(|i| match i {
+                Item::Broken { error, .. } => Some(error),
+                _ => None,
+            })
+            .unwrap()
     }
 
     #[test]
@@ -156,18 +207,41 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let e = parse("[s]\n\nnot a pair\n", Path::new("t.conf")).unwrap_err();
+        let e = first_error("[s]\n\nnot a pair\n");
         assert!(e.to_string().starts_with("t.conf line 3: expected"), "{e}");
-        let e = parse("[s\n", Path::new("t.conf")).unwrap_err();
+        let e = first_error("[s\n");
         assert!(e.to_string().contains("line 1"), "{e}");
-        let e = parse("[s]\na = \"open\n", Path::new("t.conf")).unwrap_err();
+        let e = first_error("[s]\na = \"open\n");
         assert!(e.to_string().contains("no closing"), "{e}");
-        let e = parse("[s]\na = \"x\" y\n", Path::new("t.conf")).unwrap_err();
+        let e = first_error("[s]\na = \"x\" y\n");
         assert!(e.to_string().contains("after the quoted value"), "{e}");
-        let e = parse("a = 1\n[s]\n", Path::new("t.conf")).unwrap_err();
+        let e = first_error("a = 1\n[s]\n");
         assert!(
             matches!(e, ConfigError::KeyOutsideSection { line: 1, .. }),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn parsing_goes_on_after_a_broken_line() {
+        let items = parse("[s\na = 1\n[t]\nb = \"open\nc = 2\n", Path::new("t.conf"));
+        let summary: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                Item::Section { name, line } => format!("{line}:[{name}]"),
+                Item::Pair { key, line, .. } => format!("{line}:{key}"),
+                Item::Broken { key, header, .. } => format!("broken:{key:?}:{header}"),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "broken:None:true",
+                "2:a",
+                "3:[t]",
+                "broken:Some(\"b\"):false",
+                "5:c"
+            ]
         );
     }
 }

@@ -98,9 +98,60 @@ impl fmt::Debug for LoadOptions {
 }
 
 /// Loads the configuration: finds the file, applies the environment, parses and checks every
-/// key and the rules that hold for every role.
+/// key and the rules that hold for every role. The error is the first problem found.
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
     load::load(opts)
+}
+
+/// Reads the configuration as [`load`] does but keeps going past problems, for showing an
+/// invalid configuration: every key with what was read for it, and every problem.
+pub fn inspect(opts: &LoadOptions) -> Inspection {
+    load::inspect(opts)
+}
+
+/// What [`inspect`] read.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The config file that was chosen (also when it could not be read).
+    pub file: Option<PathBuf>,
+    /// Every key as in [`Config::entries`]; a value that does not parse is shown as given
+    /// (secrets redacted).
+    pub entries: Vec<Entry>,
+    /// The problems in the order they were found; the first is [`load`]'s error.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem of a configuration, with the keys it concerns.
+#[derive(Debug)]
+pub struct Problem {
+    /// The keys the problem is about, as `section.key` or the name a value was set under
+    /// (`commander.host`); empty for a problem of the file itself or of a name that matches no
+    /// key (an unknown section, key or variable).
+    pub keys: Vec<String>,
+    /// What is wrong.
+    pub error: ConfigError,
+}
+
+impl Inspection {
+    /// The problems about `entry`'s key.
+    pub fn problems_of<'a>(&'a self, entry: &'a Entry) -> impl Iterator<Item = &'a Problem> + 'a {
+        let id = format!("{}.{}", entry.section, entry.key);
+        self.problems.iter().filter(move |p| {
+            p.keys
+                .iter()
+                .any(|k| *k == id || entry.set_as.as_deref() == Some(k.as_str()))
+        })
+    }
+
+    /// The problems that concern no key listed in `entries`.
+    pub fn general_problems(&self) -> impl Iterator<Item = &Problem> + '_ {
+        self.problems.iter().filter(|p| {
+            !self
+                .entries
+                .iter()
+                .any(|e| self.problems_of(e).any(|q| std::ptr::eq(q, *p)))
+        })
+    }
 }
 
 /// The effective configuration.

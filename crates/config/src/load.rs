@@ -6,6 +6,11 @@
 //! every key of the schema is then parsed once, in schema order, from the winning raw string or
 //! its default; derived defaults are filled; finally cross-field rules run. Nothing here binds,
 //! creates or writes anything.
+//!
+//! Every step records what is wrong in [`Problems`] and goes on with what it could read (a bad
+//! line skipped, a bad value replaced by its default), so that `version --show-config` can show
+//! everything that was read with each problem beside its key. [`load`] refuses the configuration
+//! at the first problem; [`inspect`] returns them all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,7 @@ use crate::model::{
 use crate::schema::{self, env_name, DefaultValue, KeyDef, Kind, KEYS, PROFILE_SETTINGS, SECTIONS};
 use crate::source::Source;
 use crate::value::{parse_value, Value};
-use crate::{Config, LoadOptions, REDACTED};
+use crate::{Config, Inspection, LoadOptions, Problem, REDACTED};
 
 /// Name of the variable that points at the config file; it is not a key.
 pub const CONFIG_ENV: &str = "GATEWAY_CONFIG";
@@ -41,25 +46,74 @@ struct Raw {
 
 type Profiles = BTreeMap<String, BTreeMap<&'static str, Raw>>;
 
+/// The configuration, or its first problem.
 pub(crate) fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let (config, problems) = read_all(opts);
+    match problems.0.into_iter().next() {
+        Some(problem) => Err(problem.error),
+        None => Ok(config),
+    }
+}
+
+/// Everything that was read, and every problem.
+pub(crate) fn inspect(opts: &LoadOptions) -> Inspection {
+    let (config, problems) = read_all(opts);
+    Inspection {
+        file: config.file,
+        entries: config.entries,
+        problems: problems.0,
+    }
+}
+
+/// Problems in the order they were found.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// Records `error` about the keys `keys` (`section.key`; none for a problem of the file or
+    /// of a name that is no key). The same message found twice (a `[commander]` value is read
+    /// for its `[connect]` key too) is one problem about both keys.
+    fn add(&mut self, keys: impl IntoIterator<Item = String>, error: ConfigError) {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let text = error.to_string();
+        if let Some(same) = self.0.iter_mut().find(|p| p.error.to_string() == text) {
+            for key in keys {
+                if !same.keys.contains(&key) {
+                    same.keys.push(key);
+                }
+            }
+            return;
+        }
+        self.0.push(Problem { keys, error });
+    }
+}
+
+/// The whole pipeline. The configuration is built from what could be read, with defaults in
+/// place of what could not; it is only fit for use when there are no problems.
+fn read_all(opts: &LoadOptions) -> (Config, Problems) {
     let home = opts.home.as_deref();
-    let file = find_file(opts)?;
+    let mut problems = Problems::default();
+    let file = find_file(opts).unwrap_or_else(|e| {
+        problems.add([], e);
+        None
+    });
 
     let (mut keys, mut profiles) = match &file {
-        Some(path) => read_file(path)?,
+        Some(path) => read_file(path, &mut problems),
         None => (BTreeMap::new(), Profiles::new()),
     };
-    let (env_keys, env_profiles) = read_env(&opts.env, &profiles)?;
+    let (env_keys, env_profiles) = read_env(&opts.env, &profiles, &mut problems);
     keys.extend(env_keys);
     for (name, settings) in env_profiles {
         profiles.entry(name).or_default().extend(settings);
     }
-    fold_commander(&mut keys)?;
+    fold_commander(&mut keys, &mut problems);
 
     let mut values = Values::default();
     let mut entries = Vec::with_capacity(KEYS.len());
     for def in KEYS {
-        let (value, entry) = resolve_key(def, keys.get(&def.id()), home)?;
+        let raw = keys.get(&def.id());
+        let (value, entry) = resolve_or_default(def, raw, home, &def.id(), &mut problems);
         if let Some(value) = value {
             values.map.insert(def.id(), value);
         }
@@ -68,14 +122,69 @@ pub(crate) fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
     let mut entries = Entries(entries);
 
     let mut config = build(&values, &mut entries);
-    let (clients, profile_entries) = build_profiles(&values, &entries, profiles, home)?;
+    let (clients, profile_entries) =
+        build_profiles(&values, &entries, profiles, home, &mut problems);
     config.profiles = clients;
     config.file = file;
     // Profile entries follow the schema keys, profile by profile.
     config.entries = entries.0;
     config.entries.extend(profile_entries);
-    crate::validate::check_cross_fields(&config)?;
-    Ok(config)
+    // The rules across keys would judge defaults standing in for values that did not parse, so
+    // they only run on a configuration read without a problem.
+    if problems.0.is_empty() {
+        if let Err(e) = crate::validate::check_cross_fields(&config) {
+            problems.add(e.keys(), e);
+        }
+    }
+    (config, problems)
+}
+
+/// [`resolve_key`]; when the value given does not parse, the problem is recorded under `id`,
+/// the entry shows the value as given (a secret stays redacted) and the key's default stands in
+/// for it.
+fn resolve_or_default(
+    def: &KeyDef,
+    raw: Option<&Raw>,
+    home: Option<&Path>,
+    id: &str,
+    problems: &mut Problems,
+) -> (Option<Value>, Entry) {
+    match resolve_key(def, raw, home) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            problems.add([id.to_string()], e);
+            // Every default parses (a test checks it), so only a given value can fail.
+            let value = resolve_key(def, None, home)
+                .ok()
+                .and_then(|(value, _)| value);
+            (value, unparsed(def, raw))
+        }
+    }
+}
+
+/// The entry of a key whose value is shown as given, not parsed.
+fn unparsed(def: &KeyDef, raw: Option<&Raw>) -> Entry {
+    let mut entry = Entry {
+        section: def.section.to_string(),
+        key: def.key.to_string(),
+        env: def.env_name(),
+        value: String::new(),
+        source: Source::Default,
+        set_as: None,
+        secret: def.secret,
+    };
+    if let Some(raw) = raw {
+        entry.value = if def.secret {
+            REDACTED.to_string()
+        } else {
+            raw.value.clone()
+        };
+        entry.source = raw.source.clone();
+        if raw.name != def.id() {
+            entry.set_as = Some(raw.name.clone());
+        }
+    }
+    entry
 }
 
 /// `--config`, then `$GATEWAY_CONFIG` (both must exist), then the home and /etc files if they
@@ -115,29 +224,58 @@ fn find_file(opts: &LoadOptions) -> Result<Option<PathBuf>, ConfigError> {
         .find(|p| p.is_file()))
 }
 
-fn read_file(path: &Path) -> Result<(BTreeMap<String, Raw>, Profiles), ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        ConfigError::NotUtf8 {
-            path: path.to_path_buf(),
-            line: upto.iter().filter(|b| **b == b'\n').count() + 1,
+/// Reads the file's keys and profiles. A line that cannot be used is recorded and skipped; the
+/// keys of a section that cannot be used are skipped with it.
+fn read_file(path: &Path, problems: &mut Problems) -> (BTreeMap<String, Raw>, Profiles) {
+    let mut keys: BTreeMap<String, Raw> = BTreeMap::new();
+    let mut profiles = Profiles::new();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            let path = path.to_path_buf();
+            problems.add([], ConfigError::Io { path, source });
+            return (keys, profiles);
         }
-    })?;
-    let items = ini::parse(&text, path)?;
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+            let path = path.to_path_buf();
+            problems.add([], ConfigError::NotUtf8 { path, line });
+            return (keys, profiles);
+        }
+    };
 
     enum Current {
         Section(&'static str),
         Profile(String),
+        /// A section that is not known or not readable: its keys are skipped.
+        Skipped,
     }
-    let mut keys: BTreeMap<String, Raw> = BTreeMap::new();
-    let mut profiles = Profiles::new();
     let mut current = None;
-    for item in items {
+    for item in ini::parse(&text, path) {
         match item {
+            Item::Broken { error, key, header } => {
+                // A malformed value still names its key, so the problem is shown beside it.
+                let id = match (&current, key) {
+                    (Some(Current::Section(section)), Some(key)) => {
+                        find_in_section(section, &key.to_ascii_lowercase()).map(KeyDef::id)
+                    }
+                    (Some(Current::Profile(profile)), Some(key)) => {
+                        let lower = key.to_ascii_lowercase();
+                        PROFILE_SETTINGS
+                            .contains(&lower.as_str())
+                            .then(|| format!("client:{profile}.{lower}"))
+                    }
+                    _ => None,
+                };
+                problems.add(id, error);
+                if header {
+                    current = Some(Current::Skipped);
+                }
+            }
             Item::Section { name, line } => {
                 let lower = name.to_ascii_lowercase();
                 let source = Source::File {
@@ -146,18 +284,27 @@ fn read_file(path: &Path) -> Result<(BTreeMap<String, Raw>, Profiles), ConfigErr
                 };
                 current = Some(if let Some(profile) = lower.strip_prefix("client:") {
                     let profile = profile.trim().to_string();
-                    check_profile_name(&profile, &source)?;
-                    profiles.entry(profile.clone()).or_default();
-                    Current::Profile(profile)
+                    match check_profile_name(&profile, &source) {
+                        Ok(()) => {
+                            profiles.entry(profile.clone()).or_default();
+                            Current::Profile(profile)
+                        }
+                        Err(e) => {
+                            problems.add([], e);
+                            Current::Skipped
+                        }
+                    }
                 } else if let Some((s, _)) = SECTIONS.iter().find(|(s, _)| *s == lower) {
                     Current::Section(s)
                 } else {
-                    return Err(ConfigError::UnknownSection {
+                    let error = ConfigError::UnknownSection {
                         path: path.to_path_buf(),
                         line,
                         section: name,
                         expected: known_sections(),
-                    });
+                    };
+                    problems.add([], error);
+                    Current::Skipped
                 });
             }
             Item::Pair { key, value, line } => {
@@ -172,41 +319,38 @@ fn read_file(path: &Path) -> Result<(BTreeMap<String, Raw>, Profiles), ConfigErr
                     section,
                     key: key.clone(),
                 };
-                // `ini::parse` refuses pairs before the first header, so `current` is set here.
-                let Some(current) = &current else {
-                    return Err(unknown(String::new()));
-                };
-                match current {
-                    Current::Section(section) => {
-                        let def = KEYS
-                            .iter()
-                            .find(|d| {
-                                d.section == *section
-                                    && (d.key == lower || d.file_aliases.contains(&lower.as_str()))
-                            })
-                            .ok_or_else(|| unknown(section.to_string()))?;
+                match &current {
+                    // `ini::parse` refuses pairs before the first header.
+                    None | Some(Current::Skipped) => {}
+                    Some(Current::Section(section)) => {
+                        let Some(def) = find_in_section(section, &lower) else {
+                            problems.add([], unknown(section.to_string()));
+                            continue;
+                        };
                         let raw = Raw {
                             value,
                             source,
                             name: format!("{section}.{lower}"),
                         };
-                        insert_once(&mut keys, def.id(), raw)?;
+                        insert_once(&mut keys, def.id(), raw, problems);
                     }
-                    Current::Profile(profile) => {
-                        let setting = PROFILE_SETTINGS
-                            .iter()
-                            .find(|s| **s == lower)
-                            .ok_or_else(|| unknown(format!("client:{profile}")))?;
+                    Some(Current::Profile(profile)) => {
+                        let Some(setting) = PROFILE_SETTINGS.iter().find(|s| **s == lower) else {
+                            problems.add([], unknown(format!("client:{profile}")));
+                            continue;
+                        };
                         let raw = Raw {
                             value,
                             source,
                             name: format!("client:{profile}.{lower}"),
                         };
                         let map = profiles.entry(profile.clone()).or_default();
-                        if let Some(first) = map.get(setting) {
-                            return Err(duplicate(first, &raw));
+                        match map.get(setting) {
+                            Some(first) => problems.add([raw.name.clone()], duplicate(first, &raw)),
+                            None => {
+                                map.insert(setting, raw);
+                            }
                         }
-                        map.insert(setting, raw);
                     }
                 }
             }
@@ -218,7 +362,13 @@ fn read_file(path: &Path) -> Result<(BTreeMap<String, Raw>, Profiles), ConfigErr
     for map in profiles.values_mut() {
         map.retain(|_, raw| !raw.value.is_empty());
     }
-    Ok((keys, profiles))
+    (keys, profiles)
+}
+
+/// The key `key` (lower case, or one of its file spellings) of `section`.
+fn find_in_section(section: &str, key: &str) -> Option<&'static KeyDef> {
+    KEYS.iter()
+        .find(|d| d.section == section && (d.key == key || d.file_aliases.contains(&key)))
 }
 
 fn known_sections() -> String {
@@ -241,12 +391,14 @@ fn duplicate(first: &Raw, second: &Raw) -> ConfigError {
     }
 }
 
-fn insert_once(keys: &mut BTreeMap<String, Raw>, id: String, raw: Raw) -> Result<(), ConfigError> {
-    if let Some(first) = keys.get(&id) {
-        return Err(duplicate(first, &raw));
+/// Keeps the first value of a key given twice, and records the second as a problem.
+fn insert_once(keys: &mut BTreeMap<String, Raw>, id: String, raw: Raw, problems: &mut Problems) {
+    match keys.get(&id) {
+        Some(first) => problems.add([id], duplicate(first, &raw)),
+        None => {
+            keys.insert(id, raw);
+        }
     }
-    keys.insert(id, raw);
-    Ok(())
 }
 
 /// Profile names end up in environment variable names, so they are limited to what those can
@@ -273,7 +425,8 @@ fn check_profile_name(name: &str, source: &Source) -> Result<(), ConfigError> {
 fn read_env(
     env: &BTreeMap<String, String>,
     file_profiles: &Profiles,
-) -> Result<(BTreeMap<String, Raw>, Profiles), ConfigError> {
+    problems: &mut Problems,
+) -> (BTreeMap<String, Raw>, Profiles) {
     let by_env: BTreeMap<String, &KeyDef> = KEYS.iter().map(|d| (d.env_name(), d)).collect();
     let mut keys = BTreeMap::new();
     let mut profiles = Profiles::new();
@@ -306,9 +459,13 @@ fn read_env(
             })
         });
         let Some((profile, setting)) = profile_setting else {
-            return Err(ConfigError::UnknownEnv { var: var.clone() });
+            problems.add([], ConfigError::UnknownEnv { var: var.clone() });
+            continue;
         };
-        check_profile_name(&profile, &source)?;
+        if let Err(e) = check_profile_name(&profile, &source) {
+            problems.add([], e);
+            continue;
+        }
         // `[client:my-prod]` is reached by GATEWAY_CLIENT_MY_PROD_*.
         let profile = file_profiles
             .keys()
@@ -325,32 +482,34 @@ fn read_env(
         };
         profiles.entry(profile).or_default().insert(setting, raw);
     }
-    Ok((keys, profiles))
+    (keys, profiles)
 }
 
 /// Folds `[commander]` values onto their `[connect]` keys. Giving one setting under both names
 /// is refused wherever each comes from (file or environment): which one should win is a guess we
-/// do not make. `commander.host`/`port` become `connect.hosts` after parsing.
-fn fold_commander(keys: &mut BTreeMap<String, Raw>) -> Result<(), ConfigError> {
+/// do not make (the `[connect]` value stays in place, the conflict is recorded).
+/// `commander.host`/`port` become `connect.hosts` after parsing.
+fn fold_commander(keys: &mut BTreeMap<String, Raw>, problems: &mut Problems) {
     for def in KEYS.iter().filter(|d| d.section == "commander") {
         let (Some(target), Some(raw)) = (def.alias_of, keys.get(&def.id())) else {
             continue;
         };
         let target_id = format!("connect.{target}");
         if let Some(other) = keys.get(&target_id) {
-            return Err(ConfigError::AliasConflict {
+            let error = ConfigError::AliasConflict {
                 first_key: raw.name.clone(),
                 first_source: raw.source.clone(),
                 second_key: other.name.clone(),
                 second_source: other.source.clone(),
-            });
+            };
+            problems.add([def.id(), target_id], error);
+            continue;
         }
         if target != "hosts" {
             let raw = raw.clone();
             keys.insert(target_id, raw);
         }
     }
-    Ok(())
 }
 
 /// Parses one key from its raw value or default and describes it for `entries()`.
@@ -719,7 +878,8 @@ fn build_profiles(
     entries: &Entries,
     profiles: Profiles,
     home: Option<&Path>,
-) -> Result<(BTreeMap<String, Client>, Vec<Entry>), ConfigError> {
+    problems: &mut Problems,
+) -> (BTreeMap<String, Client>, Vec<Entry>) {
     let mut out = BTreeMap::new();
     let mut new_entries = Vec::new();
     for (name, settings) in profiles {
@@ -731,19 +891,28 @@ fn build_profiles(
             let section = format!("client:{name}");
             let env = env_name(&section, setting);
             let entry = match settings.get(setting) {
-                Some(raw) => {
-                    let (value, mut entry) = resolve_key(def, Some(raw), home)?;
-                    match value {
-                        Some(value) => {
-                            v.map.insert(def.id(), value);
+                Some(raw) => match resolve_key(def, Some(raw), home) {
+                    Ok((value, mut entry)) => {
+                        match value {
+                            Some(value) => {
+                                v.map.insert(def.id(), value);
+                            }
+                            None => {
+                                v.map.remove(&def.id());
+                            }
                         }
-                        None => {
-                            v.map.remove(&def.id());
+                        entry.set_as = None;
+                        entry
+                    }
+                    // The `[client]` value stands in for one that does not parse.
+                    Err(e) => {
+                        problems.add([format!("{section}.{setting}")], e);
+                        Entry {
+                            set_as: None,
+                            ..unparsed(def, Some(raw))
                         }
                     }
-                    entry.set_as = None;
-                    entry
-                }
+                },
                 None => {
                     let inherited = entries.get("client", setting);
                     Entry {
@@ -768,7 +937,7 @@ fn build_profiles(
         }
         out.insert(name, build_client(&v));
     }
-    Ok((out, new_entries))
+    (out, new_entries)
 }
 
 #[cfg(test)]
@@ -798,6 +967,77 @@ mod tests {
                 "invalid value for server.port (from environment variable GATEWAY_SERVER_PORT)"
             ),
             "{msg}"
+        );
+    }
+
+    fn opts(env: &[(&str, &str)], file: Option<&str>, dir: &Path) -> LoadOptions {
+        let explicit_path = file.map(|text| {
+            let path = dir.join("gateway.conf");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        LoadOptions {
+            explicit_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            home: Some(dir.to_path_buf()),
+            etc_dir: Some(dir.join("etc")),
+        }
+    }
+
+    #[test]
+    fn inspect_goes_past_problems_and_load_stops_at_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(
+            &[("GATEWAY_SERVER_PORT", "abc"), ("GATEWAY_NOPE", "1")],
+            Some("[log]\nlevel = debug\n[store]\nbackend = etcdd\n[commander]\nenabled = maybe\n"),
+            dir.path(),
+        );
+        let inspection = crate::inspect(&opts);
+        let summary: Vec<(Vec<String>, String)> = inspection
+            .problems
+            .iter()
+            .map(|p| (p.keys.clone(), p.error.to_string()))
+            .collect();
+        assert_eq!(summary.len(), 4, "{summary:#?}");
+        assert!(summary[0].0.is_empty() && summary[0].1.contains("GATEWAY_NOPE"));
+        // The `[commander]` value is read for its `[connect]` key too: one problem, both keys.
+        assert_eq!(summary[1].0, ["connect.enabled", "commander.enabled"]);
+        assert_eq!(summary[2].0, ["server.port"]);
+        assert_eq!(summary[3].0, ["store.backend"]);
+        let entry = |section: &str, key: &str| {
+            inspection
+                .entries
+                .iter()
+                .find(|e| e.section == section && e.key == key)
+                .unwrap()
+        };
+        assert_eq!(entry("server", "port").value, "abc");
+        assert_eq!(entry("store", "backend").value, "etcdd");
+        assert_eq!(entry("log", "level").value, "DEBUG");
+        assert_eq!(inspection.problems_of(entry("server", "port")).count(), 1);
+        assert_eq!(inspection.problems_of(entry("log", "level")).count(), 0);
+        assert_eq!(inspection.general_problems().count(), 1);
+
+        let first = crate::load(&opts).unwrap_err();
+        assert_eq!(first.to_string(), summary[0].1);
+    }
+
+    #[test]
+    fn rules_across_keys_name_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(
+            &[("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")],
+            None,
+            dir.path(),
+        );
+        let inspection = crate::inspect(&opts);
+        assert_eq!(inspection.problems.len(), 1);
+        assert_eq!(
+            inspection.problems[0].keys,
+            ["connect.server_ha_enabled", "store.backend"]
         );
     }
 

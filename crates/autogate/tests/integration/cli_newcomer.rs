@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use autogate_testkit::autogate_bin;
+use autogate_testkit::{autogate_bin, Autogate, Output};
+use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -130,4 +131,134 @@ fn help_into_a_closed_pipe_exits_quietly() {
     let run = with_stdout_closed_after(&["help", "server"], home.path(), 1);
     assert!(run.stderr.is_empty(), "{}", run.stderr);
     assert!(matches!(run.code, Some(0 | 141)), "{:?}", run.code);
+}
+
+/// `autogate version --show-config [--raw]` with `conf` as its config file and `env` set.
+fn show_config(conf: &str, raw: bool, env: &[(&str, &str)]) -> Output {
+    let cmd = Autogate::new(["version", "--show-config"]);
+    let path = cmd.home().join("gateway.conf");
+    std::fs::write(&path, conf).expect("write config");
+    let mut cmd = cmd.arg("--config").arg(path.display().to_string());
+    for (k, v) in env {
+        cmd = cmd.env(k, *v);
+    }
+    if raw {
+        cmd = cmd.arg("--raw");
+    }
+    cmd.output(DEADLINE)
+}
+
+/// Two bad values (one in the file, one in the environment), a key set twice and an unknown
+/// section, beside good values.
+const BROKEN: &str = "[server]\nlisten_address = 10.9.9.9\nport = abc\n[store]\nbackend = etcd\nbackend = local\n[nonsense]\nx = 1\n";
+const BROKEN_ENV: &[(&str, &str)] = &[
+    ("GATEWAY_LOG_LEVEL", "LOUD"),
+    ("GATEWAY_APPLICATION_CLUSTER_ID", "east"),
+];
+
+#[test]
+fn show_config_lists_an_invalid_configuration_with_its_problems() {
+    let out = show_config(BROKEN, false, BROKEN_ENV);
+    assert_eq!(out.code(), Some(64), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{}", out.stdout))
+    };
+    // What was read, good or bad, with its source.
+    let good = lines[find("  server.listen_address ")];
+    assert!(
+        good.contains("10.9.9.9") && good.contains("line 2"),
+        "{good}"
+    );
+    let cluster = lines[find("  application.cluster_id ")];
+    assert!(
+        cluster.contains("east") && cluster.contains("GATEWAY_APPLICATION_CLUSTER_ID"),
+        "{cluster}"
+    );
+    // Each bad key marked, its value as given and its source, the problem on the next line.
+    for (key, value, source, problem) in [
+        (
+            "server.port",
+            "abc",
+            "line 3",
+            "invalid value \"abc\" for server.port",
+        ),
+        ("store.backend", "etcd", "line 5", "set it only once"),
+        (
+            "log.level",
+            "LOUD",
+            "environment variable GATEWAY_LOG_LEVEL",
+            "invalid value \"LOUD\" for log.level",
+        ),
+    ] {
+        let at = find(&format!("! {key} "));
+        assert!(
+            lines[at].contains(value) && lines[at].contains(source),
+            "{}",
+            lines[at]
+        );
+        assert!(
+            lines[at + 1].trim_start().starts_with("error: ") && lines[at + 1].contains(problem),
+            "{key}: {}",
+            lines[at + 1]
+        );
+    }
+    // A problem that concerns no key is listed above the keys.
+    let section = find("! ");
+    assert!(lines[section].contains("[nonsense]"), "{}", lines[section]);
+    assert!(section < find("[application]"), "{}", out.stdout);
+    // And every problem is an error on stderr, nothing else.
+    let errors: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(errors.len(), 4, "{}", out.stderr);
+    assert!(
+        errors.iter().all(|l| l.starts_with("error: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn show_config_raw_lists_an_invalid_configuration_with_its_problems() {
+    let out = show_config(BROKEN, true, BROKEN_ENV);
+    assert_eq!(out.code(), Some(64), "{}\n{}", out.stdout, out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("raw output is JSON");
+    let entry = |section: &str, key: &str| {
+        v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["section"] == section && e["key"] == key)
+            .unwrap_or_else(|| panic!("no entry {section}.{key}"))
+            .clone()
+    };
+    let port = entry("server", "port");
+    assert_eq!(port["value"], "abc");
+    assert_eq!(port["source"]["kind"], "file");
+    assert_eq!(port["source"]["line"], 3);
+    let problems = port["problems"]
+        .as_array()
+        .expect("problems of server.port");
+    assert!(
+        problems[0].as_str().expect("text").contains("server.port"),
+        "{port}"
+    );
+    assert!(entry("server", "listen_address").get("problems").is_none());
+    assert_eq!(entry("server", "listen_address")["value"], "10.9.9.9");
+    let all = v["problems"].as_array().expect("problems");
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(
+        all.iter().any(|p| p["keys"] == serde_json::json!([])
+            && p["message"].as_str().expect("text").contains("[nonsense]")),
+        "{all:?}"
+    );
+
+    // A valid configuration has no problems and exits 0.
+    let out = show_config("[server]\nport = 6000\n", true, &[]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("raw output is JSON");
+    assert_eq!(v["problems"], serde_json::json!([]));
 }
