@@ -1,5 +1,4 @@
 //! `docs/configuration.md` is generated from the schema; this test keeps it in step.
-#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

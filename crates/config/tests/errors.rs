@@ -1,6 +1,5 @@
 //! Bad input: every error names the key, the value (never a secret) and the source, and maps to
 //! the documented exit code.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

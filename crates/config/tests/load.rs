@@ -1,6 +1,5 @@
 //! Loading behaviour: defaults, precedence, file lookup, file format, family files, aliases and
 //! profiles.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

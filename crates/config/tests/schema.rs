@@ -1,6 +1,5 @@
 //! The schema table: complete for the product family's keys, consistent env names, defaults that
 //! parse.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 

@@ -552,7 +552,6 @@ pub fn resolve_inside(root: &Path, rel: &str, field: &str) -> Result<PathBuf, Ex
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -412,7 +412,6 @@ pub fn tofu_var_args(service_vars: &[String], inputs: &Inputs) -> Vec<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

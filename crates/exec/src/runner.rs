@@ -385,7 +385,6 @@ pub fn mask_str(input: &str, secrets: &[String]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

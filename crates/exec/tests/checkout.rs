@@ -1,6 +1,5 @@
 //! Checkout against real git repositories: references, the commit cache, workspaces, path
 //! safety, SSH key handling.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,5 @@
 //! Process runner against real processes: group kill on timeout and cancellation, output
 //! limits, masking, minimal environment, result shape.
-#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,10 @@
 //! Python venvs with real interpreters and a local package (no network): build, reuse,
 //! concurrent builders, pyproject projects, failures.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "helpers outside #[test] functions unwrap too: a panic there is the test failing"
+)]
 
 mod common;
 

@@ -199,7 +199,6 @@ pub fn to_value<T: Serialize>(v: &T) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

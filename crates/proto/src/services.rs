@@ -208,7 +208,6 @@ fn check_name(field: &str, value: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::{decode, encode, Frame};

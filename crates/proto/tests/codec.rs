@@ -1,5 +1,4 @@
 //! Frame encoding/decoding and the hello messages, as the gateway and the manager use them.
-#![allow(clippy::unwrap_used)]
 
 use autogate_proto::*;
 use serde_json::{json, Value};

@@ -203,7 +203,6 @@ fn decode_sealed(name: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

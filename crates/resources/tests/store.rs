@@ -1,5 +1,4 @@
 //! The resource repository against the memory store and a local store file.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,4 @@
 //! Import/export against the memory store and a local store file.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -310,7 +310,6 @@ impl Store for EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn single_get(mut resp: TxnResponse) -> Vec<KeyValue> {

@@ -831,7 +831,6 @@ impl Store for EtcdStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn opts(endpoints: &[&str], tls: bool) -> EtcdOptions {

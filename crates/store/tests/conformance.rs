@@ -5,7 +5,11 @@
 //!
 //! Nothing sleeps and hopes: waits poll with deadlines, and "no further event" is checked by
 //! writing a sentinel key and expecting it to be the next event.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "helpers outside #[test] functions unwrap too: a panic there is the test failing"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

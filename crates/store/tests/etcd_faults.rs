@@ -2,7 +2,11 @@
 //! calls fail with `Unavailable` within the request timeout (so a leader can step down in time)
 //! and the store recovers when it answers again; a cluster keeps serving with one member down,
 //! and reports `Unavailable` — also on open watches — once the quorum is lost.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "helpers outside #[test] functions unwrap too: a panic there is the test failing"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

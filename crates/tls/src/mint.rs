@@ -414,7 +414,6 @@ fn parse_san(raw: &str) -> Result<SanType, TlsError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::load::cert_info;

@@ -2,7 +2,11 @@
 //! certificate, a silent client is dropped after the handshake timeout without blocking
 //! anyone, the connection cap refuses the one too many until a slot is freed, a failed
 //! handshake is reported, and cancelling the token closes the port and ends every task.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "helpers outside #[test] functions unwrap too: a panic there is the test failing"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,10 @@
 //! End-to-end tests of the TLS crate: real handshakes over loopback TCP with tokio-rustls,
 //! file loading errors, fingerprints and `cert_gen` file handling.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "helpers outside #[test] functions unwrap too: a panic there is the test failing"
+)]
 
 use std::path::Path;
 use std::sync::Arc;
