@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::source::Source;
+use crate::suggest::did_you_mean;
 
 /// `EX_USAGE` from sysexits(3): the configuration is wrong.
 pub const EXIT_USAGE: i32 = 64;
@@ -89,7 +90,7 @@ pub enum ConfigError {
     },
 
     /// A key that the section does not have.
-    #[error("{} line {line}: unknown key \"{key}\" in section [{section}]", path.display())]
+    #[error("{} line {line}: unknown key \"{key}\" in section [{section}]{}", path.display(), did_you_mean(suggestions))]
     UnknownKey {
         /// The file.
         path: PathBuf,
@@ -99,13 +100,17 @@ pub enum ConfigError {
         section: String,
         /// The key as written.
         key: String,
+        /// Keys of the section close enough to be what was meant.
+        suggestions: Vec<String>,
     },
 
     /// A `GATEWAY_*` environment variable that matches no key.
-    #[error("unknown configuration variable {var}: it matches no configuration key (every GATEWAY_* variable except GATEWAY_CONFIG must name a key; see docs/configuration.md)")]
+    #[error("unknown configuration variable {var}: it matches no configuration key{} (every GATEWAY_* variable except GATEWAY_CONFIG must name a key; the configuration reference lists them all)", did_you_mean(suggestions))]
     UnknownEnv {
         /// The variable's name.
         var: String,
+        /// Variables close enough to be what was meant.
+        suggestions: Vec<String>,
     },
 
     /// A client profile name that cannot be used (empty, or characters an environment variable

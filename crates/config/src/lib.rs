@@ -12,7 +12,8 @@
 //! * `source`, `ini`, `load` — where values come from, the family's INI dialect, and loading with
 //!   aliases and precedence;
 //! * `value`, `model` — parsing one value by kind, and the typed [`Config`];
-//! * `validate` — rules across keys; `error` — [`ConfigError`]; `docs` — the generated reference.
+//! * `validate` — rules across keys; `error` — [`ConfigError`]; `suggest` — "did you mean" for
+//!   unknown names; `docs` — the generated reference.
 #![forbid(unsafe_code)]
 
 mod docs;
@@ -22,6 +23,7 @@ mod load;
 mod model;
 mod schema;
 mod source;
+mod suggest;
 mod validate;
 mod value;
 

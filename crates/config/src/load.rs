@@ -25,6 +25,7 @@ use crate::model::{
 };
 use crate::schema::{self, env_name, DefaultValue, KeyDef, Kind, KEYS, PROFILE_SETTINGS, SECTIONS};
 use crate::source::Source;
+use crate::suggest;
 use crate::value::{parse_value, Value};
 use crate::{Config, Inspection, LoadOptions, Problem, REDACTED};
 
@@ -313,18 +314,26 @@ fn read_file(path: &Path, problems: &mut Problems) -> (BTreeMap<String, Raw>, Pr
                     path: path.to_path_buf(),
                     line,
                 };
-                let unknown = |section: String| ConfigError::UnknownKey {
+                let unknown = |section: String, known: Vec<&str>| ConfigError::UnknownKey {
                     path: path.to_path_buf(),
                     line,
                     section,
                     key: key.clone(),
+                    suggestions: suggest::closest(&key, "", known)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
                 };
                 match &current {
                     // `ini::parse` refuses pairs before the first header.
                     None | Some(Current::Skipped) => {}
                     Some(Current::Section(section)) => {
                         let Some(def) = find_in_section(section, &lower) else {
-                            problems.add([], unknown(section.to_string()));
+                            let known =
+                                KEYS.iter().filter(|d| d.section == *section).flat_map(|d| {
+                                    std::iter::once(d.key).chain(d.file_aliases.iter().copied())
+                                });
+                            problems.add([], unknown(section.to_string(), known.collect()));
                             continue;
                         };
                         let raw = Raw {
@@ -336,7 +345,8 @@ fn read_file(path: &Path, problems: &mut Problems) -> (BTreeMap<String, Raw>, Pr
                     }
                     Some(Current::Profile(profile)) => {
                         let Some(setting) = PROFILE_SETTINGS.iter().find(|s| **s == lower) else {
-                            problems.add([], unknown(format!("client:{profile}")));
+                            let known = PROFILE_SETTINGS.to_vec();
+                            problems.add([], unknown(format!("client:{profile}"), known));
                             continue;
                         };
                         let raw = Raw {
@@ -459,7 +469,20 @@ fn read_env(
             })
         });
         let Some((profile, setting)) = profile_setting else {
-            problems.add([], ConfigError::UnknownEnv { var: var.clone() });
+            let known = KEYS
+                .iter()
+                .map(|d| d.env_name())
+                .chain([CONFIG_ENV.to_string()])
+                .collect::<Vec<_>>();
+            let suggestions = suggest::closest(var, "GATEWAY_", known.iter().map(String::as_str))
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            let error = ConfigError::UnknownEnv {
+                var: var.clone(),
+                suggestions,
+            };
+            problems.add([], error);
             continue;
         };
         if let Err(e) = check_profile_name(&profile, &source) {

@@ -262,3 +262,96 @@ fn show_config_raw_lists_an_invalid_configuration_with_its_problems() {
     let v: Value = serde_json::from_str(&out.stdout).expect("raw output is JSON");
     assert_eq!(v["problems"], serde_json::json!([]));
 }
+
+/// `autogate <args>` with `env` set, run to its end.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Autogate::new(args.iter().copied());
+    for (k, v) in env {
+        cmd = cmd.env(k, *v);
+    }
+    cmd.output(DEADLINE)
+}
+
+#[test]
+fn a_mistyped_variable_gets_a_suggestion() {
+    for (args, var, meant) in [
+        (
+            &["version", "--show-config"][..],
+            "GATEWAY_SERVER_PROT",
+            "GATEWAY_SERVER_PORT",
+        ),
+        (
+            &["server"][..],
+            "GATEWAY_STORE_ETCD_HOST",
+            "GATEWAY_STORE_ETCD_HOSTS",
+        ),
+        (&["runner"][..], "GATEWAY_LOG_LEVL", "GATEWAY_LOG_LEVEL"),
+        (
+            &["get", "services"][..],
+            "GATEWAY_client_port",
+            "GATEWAY_CLIENT_PORT",
+        ),
+    ] {
+        let out = run(args, &[(var, "1")]);
+        assert_eq!(out.code(), Some(64), "{args:?} {var}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("unknown configuration variable {var}")),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("did you mean {meant}?")),
+            "{args:?} {var}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("docs/"), "{}", out.stderr);
+    }
+    // Nothing close: no guess.
+    let out = run(&["version", "--show-config"], &[("GATEWAY_NOPE", "1")]);
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("GATEWAY_NOPE"), "{}", out.stderr);
+    assert!(!out.stderr.contains("did you mean"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the configuration reference"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_mistyped_file_key_gets_a_suggestion() {
+    let out = show_config("[server]\nprot = 6000\n", false, &[]);
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("unknown key \"prot\" in section [server]; did you mean port?"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Messages and help name documents by their published names, never by a path in the source.
+#[test]
+fn messages_and_help_do_not_point_into_the_source_tree() {
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let runs: &[(&[&str], Env)] = &[
+        (&["--help"], &[]),
+        (&["help", "server"], &[]),
+        (&["help", "runner"], &[]),
+        (&["help", "manager"], &[]),
+        (&["help", "version"], &[]),
+        (&["help", "run"], &[]),
+        (&["version", "--show-config"], &[("GATEWAY_NOPE", "1")]),
+        (&["server"], &[("GATEWAY_NOPE", "1")]),
+    ];
+    for (args, env) in runs {
+        let out = run(args, env);
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !text.contains("docs/") && !text.contains(".md"),
+                "autogate {args:?}: {text}"
+            );
+        }
+    }
+}
