@@ -276,7 +276,10 @@
   }
 
   function stateSelect(cluster, onChanged) {
-    const sel = el('select', { class: 'compact state-select', 'aria-label': 'State of ' + cluster.cluster_id },
+    const sel = el('select', {
+      class: 'compact state-select ' + cluster.state, 'aria-label': 'State of ' + cluster.cluster_id,
+      dataset: { state: cluster.state },
+    },
       ['enabled', 'read-only', 'disabled'].map((s) => el('option', { value: s, text: s, selected: s === cluster.state })));
     sel.addEventListener('change', async () => {
       sel.disabled = true;
@@ -418,6 +421,9 @@
       this.connected = null;
       this.activeNode = null;
       this.catalog = null;
+      // Service cards by name, each with the definition it was built from.
+      this.cards = new Map();
+      this.servicesSeq = 0;
     }
 
     mount(root) {
@@ -484,7 +490,8 @@
       const a = c.active || {};
       const fact = (label, ...value) => [el('dt', { text: label }), el('dd', {}, ...value)];
       replace(this.facts,
-        fact('State', badge(c.state), ' ', stateSelect(c, () => this.refresh())),
+        // The state once: the control that changes it shows it.
+        fact('State', stateSelect(c, () => this.refresh())),
         fact('Connection', c.connected ? badge('connected') : badge('disconnected', 'disconnected')),
         fact('Active node', el('span', { id: 'active-node', class: 'mono', text: show(a.node_id) })),
         fact('Term', el('span', { id: 'term', text: show(a.term) })),
@@ -605,13 +612,19 @@
       }
     }
 
+    // Reads the catalog and draws one card per service. A card whose service did not change is
+    // kept as it is — the inputs being typed and the last run's result with it — so a catalog
+    // change elsewhere (another service created) wipes nothing.
     async loadServices() {
       const box = this.services;
+      const seq = ++this.servicesSeq;
       let data;
       try {
         data = await api('GET', this.path + '/services');
       } catch (e) {
-        if (!this.alive) return;
+        // A newer read answers instead; an unreachable manager keeps what is shown.
+        if (!this.alive || seq !== this.servicesSeq || e.status === 0) return;
+        this.cards.clear();
         if (e.status === 404 && /no such API endpoint/.test(e.message)) {
           replace(box, el('p', { class: 'muted', text: 'This manager does not list services.' }));
         } else {
@@ -619,15 +632,26 @@
         }
         return;
       }
-      if (!this.alive) return;
+      if (!this.alive || seq !== this.servicesSeq) return;
+      // The catalog now shown: refresh() compares the cluster's services_updated_at with it, so
+      // the same catalog is not read (and drawn) again.
+      this.catalog = (data && data.updated_at) || null;
       const list = (data && Array.isArray(data.services)) ? data.services : [];
       if (!list.length) {
+        this.cards.clear();
         replace(box, el('p', { class: 'muted', text: 'This cluster offers no service.' }));
         return;
       }
+      const cards = new Map();
+      for (const svc of list) {
+        const sig = JSON.stringify(svc);
+        const kept = this.cards.get(svc.name);
+        cards.set(svc.name, kept && kept.sig === sig ? kept : { sig, node: serviceCard(this, svc) });
+      }
+      this.cards = cards;
       replace(box,
         data.updated_at ? el('p', { class: 'hint', text: 'Catalog as of ' + when(data.updated_at) }) : null,
-        list.map((s) => serviceCard(this, s)));
+        Array.from(cards.values(), (c) => c.node));
     }
   }
 
@@ -693,60 +717,127 @@
         if (hasDefault) input.value = JSON.stringify(prop.default);
     }
     input.name = name;
+    const error = el('p', { class: 'error field-error', id: id + '-error', role: 'alert' });
+    input.setAttribute('aria-describedby', error.id);
     const wrap = el('div', { class: 'field', dataset: { field: name, kind } },
       kind === 'boolean' ? el('label', { class: 'inline', for: id }, input, Array.from(label.childNodes)) : [label, input],
+      error,
       prop.description ? el('p', { class: 'hint', text: prop.description }) : null);
-    return { name, kind, prop, required, input, wrap };
+    // A fixed value clears its message as soon as it is edited.
+    input.addEventListener('input', () => setFieldError(field, ''));
+    const field = { name, kind, prop, required, input, wrap, error };
+    return field;
   }
 
-  // The inputs object, or throws a message naming the field at fault.
-  function collect(fields) {
-    const out = {};
-    for (const f of fields) {
-      if (f.kind === 'boolean') {
-        out[f.name] = f.input.checked;
-        continue;
+  // What the form can check before sending, in the decorator's own terms: required inputs,
+  // types, numeric bounds and lengths. The gateway checks everything again (patterns, formats,
+  // the rest of JSON Schema) and its refusals are shown beside the fields the same way.
+  function checkNumber(n, p) {
+    const min = typeof p.minimum === 'number' ? p.minimum : null;
+    const max = typeof p.maximum === 'number' ? p.maximum : null;
+    // draft-04 spells an exclusive bound as a boolean next to minimum/maximum.
+    const xmin = typeof p.exclusiveMinimum === 'number' ? p.exclusiveMinimum : p.exclusiveMinimum === true ? min : null;
+    const xmax = typeof p.exclusiveMaximum === 'number' ? p.exclusiveMaximum : p.exclusiveMaximum === true ? max : null;
+    if (xmin !== null && !(n > xmin)) return 'must be greater than ' + xmin;
+    if (xmax !== null && !(n < xmax)) return 'must be less than ' + xmax;
+    if (min !== null && n < min) return 'must be at least ' + min;
+    if (max !== null && n > max) return 'must be at most ' + max;
+    if (typeof p.multipleOf === 'number' && p.multipleOf > 0 && !Number.isInteger(n / p.multipleOf)) {
+      return 'must be a multiple of ' + p.multipleOf;
+    }
+    return null;
+  }
+
+  function checkLength(count, p, unit) {
+    const [lo, hi] = unit === 'item' ? [p.minItems, p.maxItems] : [p.minLength, p.maxLength];
+    const n = (k) => k + ' ' + unit + (k === 1 ? '' : 's');
+    if (typeof lo === 'number' && count < lo) return 'must have at least ' + n(lo);
+    if (typeof hi === 'number' && count > hi) return 'must have at most ' + n(hi);
+    return null;
+  }
+
+  // One field's value: { value } (undefined when left out) or { error } with the message shown
+  // beside it.
+  function fieldValue(f) {
+    const p = f.prop;
+    if (f.kind === 'boolean') return { value: f.input.checked };
+    // A number field holding something that is not a number reads as ''.
+    if (f.input.validity && f.input.validity.badInput) {
+      return { error: f.kind === 'integer' ? 'expected a whole number' : 'expected a number' };
+    }
+    const raw = f.input.value;
+    if (raw.trim() === '') return f.required ? { error: 'required' } : { value: undefined };
+    switch (f.kind) {
+      case 'enum':
+        return { value: p.enum[Number(raw)] };
+      case 'integer':
+      case 'number': {
+        const n = Number(raw);
+        if (f.kind === 'integer' && !Number.isInteger(n)) return { error: 'expected a whole number, got ' + JSON.stringify(raw) };
+        if (!Number.isFinite(n)) return { error: 'expected a number, got ' + JSON.stringify(raw) };
+        const bad = checkNumber(n, p);
+        return bad ? { error: bad } : { value: n };
       }
-      const raw = f.input.value;
-      if (raw.trim() === '') {
-        if (f.required) throw new Error(f.name + ': required');
-        continue;
+      case 'string': {
+        const bad = checkLength(Array.from(raw).length, p, 'character');
+        return bad ? { error: bad } : { value: raw };
       }
-      switch (f.kind) {
-        case 'enum':
-          out[f.name] = f.prop.enum[Number(raw)];
-          break;
-        case 'integer': {
-          const n = Number(raw);
-          if (!Number.isInteger(n)) throw new Error(f.name + ': expected a whole number, got ' + JSON.stringify(raw));
-          out[f.name] = n;
-          break;
+      default: {
+        let v;
+        try {
+          v = JSON.parse(raw);
+        } catch (e) {
+          return { error: 'not valid JSON (' + e.message + ')' };
         }
-        case 'number': {
-          const n = Number(raw);
-          if (!Number.isFinite(n)) throw new Error(f.name + ': expected a number, got ' + JSON.stringify(raw));
-          out[f.name] = n;
-          break;
+        if (f.kind === 'array' && !Array.isArray(v)) return { error: 'expected a JSON array' };
+        if (f.kind === 'object' && (v === null || typeof v !== 'object' || Array.isArray(v))) {
+          return { error: 'expected a JSON object' };
         }
-        case 'string':
-          out[f.name] = raw;
-          break;
-        default: {
-          let v;
-          try {
-            v = JSON.parse(raw);
-          } catch (e) {
-            throw new Error(f.name + ': not valid JSON (' + e.message + ')');
-          }
-          if (f.kind === 'array' && !Array.isArray(v)) throw new Error(f.name + ': expected a JSON array');
-          if (f.kind === 'object' && (v === null || typeof v !== 'object' || Array.isArray(v))) {
-            throw new Error(f.name + ': expected a JSON object');
-          }
-          out[f.name] = v;
-        }
+        const bad = f.kind === 'array' ? checkLength(v.length, p, 'item') : null;
+        return bad ? { error: bad } : { value: v };
       }
     }
-    return out;
+  }
+
+  // The inputs object, and the fields at fault with what is wrong with each.
+  function collect(fields) {
+    const inputs = {};
+    const errors = [];
+    for (const f of fields) {
+      const r = fieldValue(f);
+      if (r.error) errors.push({ field: f, message: r.error });
+      else if (r.value !== undefined) inputs[f.name] = r.value;
+    }
+    return { inputs, errors };
+  }
+
+  function setFieldError(f, message) {
+    f.error.textContent = message || '';
+    f.wrap.classList.toggle('invalid', !!message);
+    if (message) f.input.setAttribute('aria-invalid', 'true');
+    else f.input.removeAttribute('aria-invalid');
+  }
+
+  // A decorator violation's JSON pointer as a field path: "/times" → times, "/targets/1" →
+  // targets[1], "" → inputs (the whole object).
+  function pointerPath(pointer) {
+    const parts = String(pointer || '').split('/').slice(1)
+      .map((x) => x.replace(/~1/g, '/').replace(/~0/g, '~'));
+    if (!parts.length) return { field: null, label: 'inputs' };
+    const label = parts[0] + parts.slice(1).map((x) => (/^\d+$/.test(x) ? '[' + x + ']' : '.' + x)).join('');
+    return { field: parts[0], label };
+  }
+
+  // The violations of a run the gateway refused for its inputs, as { field, label, message },
+  // or null when the run failed for another reason.
+  function violationsOf(answer) {
+    const data = answer && answer.error && answer.error.data;
+    if (!data || !Array.isArray(data.violations)) return null;
+    return data.violations.map((v) => {
+      if (typeof v === 'string') return { field: null, label: 'inputs', message: v };
+      const { field, label } = pointerPath(v && v.pointer);
+      return { field, label, message: show(v && v.message) };
+    });
   }
 
   function serviceCard(view, svc) {
@@ -768,20 +859,33 @@
       fields.map((f) => f.wrap),
       free ? el('div', { class: 'field' }, el('label', { text: 'Inputs (JSON object)' }), free) : null,
       button, error);
+    const byName = new Map(fields.map((f) => [f.name, f]));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       error.textContent = '';
+      for (const f of fields) setFieldError(f, '');
       let inputs;
-      try {
-        if (free) {
+      if (free) {
+        try {
           inputs = JSON.parse(free.value || '{}');
-          if (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs)) throw new Error('inputs: expected a JSON object');
-        } else {
-          inputs = collect(fields);
+        } catch (e) {
+          error.textContent = 'inputs: not valid JSON (' + e.message + ')';
+          return;
         }
-      } catch (e) {
-        error.textContent = e.message;
-        return;
+        if (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs)) {
+          error.textContent = 'inputs: expected a JSON object';
+          return;
+        }
+      } else {
+        const c = collect(fields);
+        if (c.errors.length) {
+          // Nothing is sent: each message stands beside its field.
+          for (const { field, message } of c.errors) setFieldError(field, message);
+          error.textContent = 'Not sent: check ' + c.errors.map((x) => x.field.name).join(', ') + '.';
+          c.errors[0].field.input.focus();
+          return;
+        }
+        inputs = c.inputs;
       }
       button.disabled = true;
       replace(result, el('p', { class: 'muted', text: 'Running…' }));
@@ -791,13 +895,15 @@
         replace(result, renderRun(answer, performance.now() - started));
       } catch (e) {
         if (e.body && e.body.status === 'error') {
+          // The gateway's refusal of an input stands beside that input too.
+          for (const v of violationsOf(e.body) || []) {
+            const f = v.field !== null ? byName.get(v.field) : null;
+            if (f) setFieldError(f, v.label === f.name ? v.message : v.label + ': ' + v.message);
+          }
           replace(result, renderRun(e.body, performance.now() - started));
           return;
         }
-        const data = e.body && e.body.rpc_error && e.body.rpc_error.data;
-        replace(result, el('div', { class: 'run-failed' },
-          el('p', { class: 'error', text: e.message }),
-          data !== undefined ? el('pre', { class: 'out stderr', text: typeof data === 'string' ? data : JSON.stringify(data, null, 2) }) : null));
+        replace(result, el('div', { class: 'run-failed' }, el('p', { class: 'error', text: e.message })));
       } finally {
         button.disabled = false;
       }
@@ -816,18 +922,26 @@
   function renderRun(answer, tookMs) {
     if (answer && answer.status === 'error') {
       const e = answer.error || {};
-      const data = e.data;
-      // Inputs the decorator refused: {"message", "violations": [...]}, one line each.
-      const violations = data && Array.isArray(data.violations) ? data.violations : null;
+      // Inputs the decorator refused: one line per input, "times: must be at most 5". The
+      // JSON-RPC code and the raw structure are the API's business, not the reader's.
+      const violations = violationsOf(answer);
+      let head;
       let detail = null;
       if (violations) {
+        head = 'The gateway refused the inputs; nothing ran.';
         detail = el('ul', { class: 'violations' }, violations.map((v) =>
-          el('li', { text: typeof v === 'string' ? v : JSON.stringify(v) })));
-      } else if (data !== undefined && data !== null && data !== e.message) {
-        detail = el('pre', { class: 'out stderr', text: typeof data === 'string' ? data : JSON.stringify(data, null, 2) });
+          el('li', { dataset: { field: v.field || '' }, text: v.label + ': ' + v.message })));
+      } else {
+        head = show(e.message);
+        // A gateway's extra words, when they are words and say more than the message.
+        if (typeof e.data === 'string' && e.data !== e.message) {
+          detail = el('pre', { class: 'out stderr', text: e.data });
+        } else if (e.data && typeof e.data.message === 'string' && e.data.message !== e.message) {
+          detail = el('p', { class: 'error', text: e.data.message });
+        }
       }
       return el('div', { class: 'run-failed' },
-        el('p', { class: 'error', text: 'Error' + (e.code !== undefined ? ' ' + e.code : '') + ': ' + show(e.message) }),
+        el('p', { class: 'error', text: head }),
         detail,
         answer.node_id ? el('p', { class: 'muted', text: 'answered by node ' + answer.node_id }) : null);
     }

@@ -3,7 +3,11 @@
 //! nodes' certificates (after a bad upload is refused with the server's reason), watches both
 //! core nodes appear, and sees the page switch the active node without a reload when the active
 //! node's process is killed. When the manager lists services, a service is run from the form the
-//! page builds from its decorator, and its output is read back from the page.
+//! page builds from its decorator: inputs out of bounds or missing are marked beside their field
+//! and not sent, an input the gateway refuses is shown as `field: message`, and the output is read
+//! back from the page. Then the getting-started path: a service created from the CLI while the
+//! page is open is run from the page, and its inputs and result survive another service being
+//! created and the page refreshing.
 //!
 //! Screenshots of every run land in `target/screenshots/manager-page-*.png` (before and after
 //! the fail-over, the timeline, and the service run). Without Chromium or chromedriver the test
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use autogate_testkit::etcd::EtcdServer;
 use autogate_testkit::scenario::{node_id, Manager, Pki, START};
 use autogate_testkit::webdriver::{self, Browser};
-use autogate_testkit::{free_port, poll_until};
+use autogate_testkit::{free_port, poll_until, Autogate};
 use serde_json::{json, Value};
 
 use crate::support::{ha_core_node, wait_connected};
@@ -68,6 +72,21 @@ impl Https {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             (status, headers, resp.text().await.unwrap_or_default())
+        })
+    }
+
+    /// PATCH `path` with a JSON body: the status.
+    fn patch(&self, path: &str, token: &str, body: &Value) -> u16 {
+        self.rt.block_on(async {
+            self.client
+                .patch(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(body)
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16()
         })
     }
 
@@ -150,8 +169,8 @@ decorators:
     schema:
       type: object
       properties:
-        device: { type: string, description: "Device to greet" }
-        count: { type: integer, minimum: 1 }
+        device: { type: string, description: "Device to greet", pattern: "^[a-z][a-z0-9-]*$" }
+        count: { type: integer, minimum: 1, maximum: 5 }
         verbose: { type: boolean }
         mode: { type: string, enum: [fast, safe] }
         targets: { type: array, items: { type: string } }
@@ -383,6 +402,8 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
 
     if services {
         run_service_from_the_page(&b);
+        guide_service_survives_catalog_changes(&b, &api, &token, p2);
+        read_only_refuses_runs(&b);
     }
     let errors = script_errors(&b);
     assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
@@ -392,11 +413,43 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
         !logs.contains(&token),
         "the admin token is in the manager's log"
     );
+
     drop(standby);
 }
 
-/// Fills the form generated from the decorator, first leaving a required field empty (the page
-/// names it and sends nothing), then runs the service and reads its output.
+/// Counts the service runs the page sends from now on (`window.__runs`), so a test can tell a
+/// form that refused to send from one whose request is on its way.
+fn count_runs(b: &Browser) {
+    b.execute(
+        "if (!window.__runs) { window.__runs = { n: 0 }; const f = window.fetch; \
+         window.fetch = function (url, init) { \
+           if (String(url).endsWith('/run')) window.__runs.n += 1; \
+           return f.apply(this, arguments); }; }",
+        vec![],
+    );
+}
+
+fn runs_sent(b: &Browser) -> u64 {
+    b.execute("return window.__runs ? window.__runs.n : 0;", vec![])
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The value of the form control matching `css`.
+fn value_of(b: &Browser, css: &str) -> String {
+    b.execute(
+        "const e = document.querySelector(arguments[0]); return e ? e.value : null;",
+        vec![json!(css)],
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+/// Fills the form generated from the decorator: a missing required input and inputs out of
+/// bounds are marked beside their field and nothing is sent; an input only the gateway can
+/// refuse (a pattern) comes back as `field: message`, with no JSON-RPC code or raw JSON; then the
+/// service runs and its output is read.
 fn run_service_from_the_page(b: &Browser) {
     let card = "#services-list .service[data-service='echo-inputs']";
     b.wait_until("the service form", CATALOG, || b.find(card));
@@ -415,20 +468,75 @@ fn run_service_from_the_page(b: &Browser) {
     assert!(b.find(&format!("{} .req", field("device"))).is_some());
     assert!(b.find(&format!("{} .req", field("count"))).is_some());
     assert!(b.find(&format!("{} .req", field("mode"))).is_none());
+    count_runs(b);
+    let submit = format!("{card} button[type=submit]");
+    let count = format!("{} input", field("count"));
+    let device = format!("{} input", field("device"));
 
-    b.type_into(&format!("{} input", field("device")), "r1");
-    b.click(&format!("{card} button[type=submit]"));
-    b.wait_for_text(&format!("{card} .run-error"), "count: required", PAGE);
+    // Checked in the page, shown beside the field, not sent.
+    b.type_into(&device, "r1");
+    b.click(&submit);
+    b.wait_for_text(
+        &format!("{} .field-error", field("count")),
+        "required",
+        PAGE,
+    );
+    b.wait_for_text(&format!("{card} .run-error"), "Not sent: check count", PAGE);
+    for (typed, message) in [("0", "must be at least 1"), ("9", "must be at most 5")] {
+        b.clear(&count);
+        b.type_into(&count, typed);
+        b.click(&submit);
+        b.wait_for_text(&format!("{} .field-error", field("count")), message, PAGE);
+        assert!(
+            b.find(&format!("{}.invalid", field("count"))).is_some(),
+            "the field is marked"
+        );
+    }
+    assert_eq!(runs_sent(b), 0, "a form the page refused sent nothing");
+    assert_eq!(
+        b.text(&format!("{card} .result")).unwrap_or_default(),
+        "",
+        "no result"
+    );
 
-    b.type_into(&format!("{} input", field("count")), "3");
+    // Refused by the gateway: the field and the message, beside the field and in the result.
+    b.clear(&count);
+    b.type_into(&count, "3");
+    b.clear(&device);
+    b.type_into(&device, "R 1");
+    b.click(&submit);
+    let refused = b.wait_for_text(&format!("{card} .result .violations"), "device: ", PAGE);
+    eprintln!("inputs refused by the gateway, as shown: {refused}");
+    assert!(refused.contains("does not match"), "{refused}");
+    let shown = b.text(&format!("{card} .result")).unwrap_or_default();
+    for raw in ["-32602", "{\"", "pointer", "Error "] {
+        assert!(
+            !shown.contains(raw),
+            "{raw:?} shown to the operator: {shown}"
+        );
+    }
+    b.wait_for_text(
+        &format!("{} .field-error", field("device")),
+        "does not match",
+        PAGE,
+    );
+    assert_eq!(runs_sent(b), 1);
+    b.screenshot("manager-page-inputs-refused");
+
+    b.clear(&device);
+    b.type_into(&device, "r1");
     b.click(&format!("{} input", field("verbose")));
     b.select(&format!("{} select", field("mode")), "1");
     b.type_into(&format!("{} textarea", field("targets")), r#"["a", "b c"]"#);
-    b.click(&format!("{card} button[type=submit]"));
+    b.click(&submit);
     let out = b.wait_for_text(&format!("{card} .result pre.stdout"), "--device=r1", PAGE);
     for needle in ["--count=3", "--mode=safe", "--verbose=true"] {
         assert!(out.contains(needle), "{needle} in {out}");
     }
+    assert!(
+        b.find(&format!("{card} .field.invalid")).is_none(),
+        "no field is marked after a good run"
+    );
     let code = b.wait_for_text(&format!("{card} .result .return-code"), "0", PAGE);
     assert_eq!(code.trim(), "0");
     let result = b.text(&format!("{card} .result")).unwrap_or_default();
@@ -441,15 +549,138 @@ fn run_service_from_the_page(b: &Browser) {
         vec![json!(format!("{card} .result"))],
     );
     b.screenshot("manager-page-service-run");
+}
 
-    // The operator makes the cluster read-only from the page: it stays connected, and a run is
-    // refused with the manager's reason, shown in place of the result.
-    b.select("#gateway-facts select.state-select", "read-only");
-    b.wait_until("the read-only state on the page", PAGE, || {
-        b.find("#gateway-facts .badge.read-only")
+/// `autogate <args…>` in client mode against the core node on `port`, as the guide's terminal
+/// 5 runs it (the API key given directly instead of through `login`).
+fn client_cli(port: u16, key: &str, args: &[&str]) {
+    let out = Autogate::new(args.iter().copied())
+        .env("GATEWAY_APPLICATION_MODE", "client")
+        .env("GATEWAY_CLIENT_PORT", port.to_string())
+        .env("GATEWAY_CLIENT_API_KEY", key)
+        .output(START);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "autogate {args:?}\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The getting-started path: with the cluster's page open, a service is created from the CLI,
+/// run from the page; then the catalog changes (another service) and the page refreshes (the
+/// cluster is renamed): the first service's inputs and result are still shown.
+fn guide_service_survives_catalog_changes(b: &Browser, api: &Https, token: &str, node: u16) {
+    let key = autogate_testkit::auth::admin_key(node);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = dir.path().join("hello.schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object",
+            "properties": {"name": {"type": "string", "description": "Who to greet"},
+                           "times": {"type": "integer", "minimum": 1, "maximum": 5}},
+            "required": ["name"], "additionalProperties": false}"#,
+    )
+    .expect("write schema");
+    let schema_arg = format!("@{}", schema.display());
+    client_cli(
+        node,
+        &key,
+        &[
+            "create",
+            "decorator",
+            "hello-inputs",
+            "--schema",
+            &schema_arg,
+        ],
+    );
+    client_cli(
+        node,
+        &key,
+        &[
+            "create",
+            "service",
+            "executable",
+            "hello",
+            "--executable-object",
+            "echo",
+            "--decorator",
+            "hello-inputs",
+            "--arg-format",
+            "{{.Key}}={{.Value}}",
+            "--description",
+            "Says hello",
+        ],
+    );
+    let card = "#services-list .service[data-service='hello']";
+    b.wait_until("the new service on the page", CATALOG, || b.find(card));
+    let name = format!("{card} .field[data-field='name'] input");
+    let times = format!("{card} .field[data-field='times'] input");
+    b.type_into(&name, "world");
+    b.type_into(&times, "2");
+    b.click(&format!("{card} button[type=submit]"));
+    let stdout = format!("{card} .result pre.stdout");
+    b.wait_for_text(&stdout, "name=world times=2", PAGE);
+
+    let kept = |after: &str| {
+        let out = b.text(&stdout).unwrap_or_default();
+        assert!(
+            out.contains("name=world times=2"),
+            "the result is gone after {after}: {:?}",
+            b.text(card)
+        );
+        assert_eq!(value_of(b, &name), "world", "input after {after}");
+        assert_eq!(value_of(b, &times), "2", "input after {after}");
+    };
+    // The catalog changes: another service. Its card appears; the first one is untouched.
+    client_cli(
+        node,
+        &key,
+        &[
+            "create",
+            "service",
+            "executable",
+            "hello-again",
+            "--executable-object",
+            "echo",
+            "--description",
+            "Says hello again",
+        ],
+    );
+    b.wait_until("the second service on the page", CATALOG, || {
+        b.find("#services-list .service[data-service='hello-again']")
     });
+    kept("another service was created");
+    // The page re-reads the cluster (a rename is one notice): the catalog it already shows is
+    // not drawn again.
+    let status = api.patch(
+        &format!("/api/v1/clusters/{CLUSTER}"),
+        token,
+        &json!({"name": "Guide cluster"}),
+    );
+    assert_eq!(status, 200);
+    b.wait_for_text("#view h1", "Guide cluster", PAGE);
+    kept("the page refreshed");
+}
+
+/// The operator makes the cluster read-only from the page: the state shows once (the control
+/// that changes it), the cluster stays connected, and a run is refused with the manager's
+/// reason, shown in place of the result.
+fn read_only_refuses_runs(b: &Browser) {
+    let card = "#services-list .service[data-service='echo-inputs']";
+    let select = "#gateway-facts select.state-select";
+    b.select(select, "read-only");
+    b.wait_until("the read-only state on the page", PAGE, || {
+        b.find(&format!("{select}.read-only[data-state='read-only']"))
+    });
+    assert!(
+        b.find("#gateway-facts .badge.read-only").is_none(),
+        "the state is shown once, not as a badge beside its control"
+    );
     b.click(&format!("{card} button[type=submit]"));
     let refused = b.wait_for_text(&format!("{card} .result .run-failed"), "read-only", PAGE);
     eprintln!("run on a read-only cluster: {}", refused.trim());
+    assert!(!refused.contains("Error -"), "{refused}");
     assert!(b.find("#gateway-facts .badge.connected").is_some());
 }
