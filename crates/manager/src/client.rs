@@ -2,9 +2,12 @@
 //! `autogate manager cluster …` and by tests and benchmarks.
 //!
 //! TLS goes through `autogate-tls` (ring, explicit roots), so the CLI verifies the manager
-//! against the CA the operator names, or the manager's own self-signed certificate.
+//! against the CA the operator names, or the manager's own self-signed certificate. Each trusted
+//! file is kept with the setting that named it ([`Trust`]): when the manager's certificate does
+//! not verify, the error says what was trusted and which setting to change, instead of a bare
+//! `invalid peer certificate: UnknownIssuer`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -24,6 +27,17 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The manager answered with a certificate this client does not trust (exit 69, as nothing
+    /// was said to it); `hint` names what was trusted and the setting to change.
+    #[error("cannot reach the manager at {url}: {reason}\n{hint}")]
+    Untrusted {
+        /// The base URL.
+        url: String,
+        /// The TLS library's reason.
+        reason: String,
+        /// What was trusted, and what to do.
+        hint: String,
+    },
     /// The manager answered with an error status; `message` is its `error` text.
     #[error("{message}")]
     Api {
@@ -41,10 +55,96 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => 64,
-            ClientError::Unreachable { .. } => 69,
+            ClientError::Unreachable { .. } | ClientError::Untrusted { .. } => 69,
             ClientError::Api { .. } => 1,
         }
     }
+}
+
+/// How the admin client verifies the manager, and what it presents.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// CA certificate files (PEM, one or more certificates each), each with the setting that
+    /// named it (`--ca`, `application.ca_certificate_file`, …), for messages. Empty: the
+    /// system trust store.
+    pub roots: Vec<(PathBuf, String)>,
+    /// A client certificate and its key to present (the manager asks for none on its REST API,
+    /// but a proxy in front of it may).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// What to tell the operator to set when the manager's certificate does not verify, e.g.
+    /// "set GATEWAY_APPLICATION_CA_CERTIFICATE_FILE (application.ca_certificate_file) to the CA
+    /// that signed the manager's certificate, or pass --ca FILE".
+    pub advice: String,
+}
+
+impl Trust {
+    /// Trusts the CA certificates in `ca` (else the system trust store), as `--ca` would.
+    pub fn ca(ca: Option<&Path>) -> Trust {
+        Trust {
+            roots: ca
+                .map(|p| vec![(p.to_path_buf(), "--ca".to_owned())])
+                .unwrap_or_default(),
+            identity: None,
+            advice: "pass the CA that signed the manager's certificate with --ca FILE".to_owned(),
+        }
+    }
+
+    /// What was trusted, for messages: "/pki/ca.pem (application.ca_certificate_file)".
+    pub fn describe(&self) -> String {
+        if self.roots.is_empty() {
+            return "the system trust store (no CA file configured)".to_owned();
+        }
+        self.roots
+            .iter()
+            .map(|(p, from)| format!("{} ({from})", p.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn roots(&self) -> Result<autogate_tls::Roots, ClientError> {
+        if self.roots.is_empty() {
+            return Ok(autogate_tls::Roots::System);
+        }
+        let mut pem = String::new();
+        for (path, from) in &self.roots {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ClientError::Usage(format!("{from}: cannot read {}: {e}", path.display()))
+            })?;
+            autogate_tls::parse_pem_certs(&text)
+                .map_err(|e| ClientError::Usage(format!("{from}: {}: {e}", path.display())))?;
+            pem.push_str(&text);
+            pem.push('\n');
+        }
+        Ok(autogate_tls::Roots::Pem(pem))
+    }
+
+    /// The hint for a certificate the client did not accept, by the TLS library's reason.
+    fn hint(&self, reason: &str, url: &str) -> String {
+        let trusted = self.describe();
+        if reason.contains("NotValidForName") || reason.contains("not valid for name") {
+            return format!(
+                "The manager's certificate does not name the host of {url}: use a --url with a name \
+                 the certificate has (see its subject alternative names), or reissue it with this \
+                 one (autogate cert-gen server --san …). Trusted: {trusted}."
+            );
+        }
+        if reason.contains("Expired") || reason.contains("expired") {
+            return format!(
+                "The manager's certificate has expired: renew it (manager.certificate_file). \
+                 Trusted: {trusted}."
+            );
+        }
+        format!(
+            "The manager's certificate is not signed by a CA this command trusts. Trusted: \
+             {trusted}. To trust the manager, {}.",
+            self.advice
+        )
+    }
+}
+
+/// Whether a connection failed on the manager's certificate (rather than the network).
+fn certificate_refused(reason: &str) -> bool {
+    reason.contains("invalid peer certificate")
 }
 
 /// A client of one manager.
@@ -53,26 +153,37 @@ pub struct AdminClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    trust: Trust,
 }
 
 impl AdminClient {
     /// A client of the manager at `url` (`https://host:port`), authenticating with `token`,
     /// verifying the manager with the CA certificates in `ca` (else the system trust store).
     pub fn new(url: &str, token: &str, ca: Option<&Path>) -> Result<AdminClient, ClientError> {
+        Self::with_trust(url, token, Trust::ca(ca))
+    }
+
+    /// A client of the manager at `url`, verifying it as `trust` says.
+    pub fn with_trust(url: &str, token: &str, trust: Trust) -> Result<AdminClient, ClientError> {
         let base = url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(ClientError::Usage(format!(
                 "--url {url:?}: expected https://host:port"
             )));
         }
-        let roots = match ca {
-            Some(p) => autogate_tls::Roots::File(p.to_path_buf()),
-            None => autogate_tls::Roots::System,
+        let roots = trust.roots()?;
+        let identity = match &trust.identity {
+            Some((cert, key)) => Some(autogate_tls::load_identity(cert, key).map_err(|e| {
+                ClientError::Usage(format!("client certificate {}: {e}", cert.display()))
+            })?),
+            None => None,
         };
-        let tls = autogate_tls::client_config(roots, None, false).map_err(|e| {
-            ClientError::Usage(match ca {
-                Some(_) => format!("--ca: {e}"),
-                None => format!("{e}; pass the manager's certificate with --ca FILE"),
+        let system = matches!(roots, autogate_tls::Roots::System);
+        let tls = autogate_tls::client_config(roots, identity, false).map_err(|e| {
+            ClientError::Usage(if system {
+                format!("{e}; {}", trust.advice)
+            } else {
+                format!("{}: {e}", trust.describe())
             })
         })?;
         let http = reqwest::Client::builder()
@@ -84,7 +195,13 @@ impl AdminClient {
             http,
             base,
             token: token.to_owned(),
+            trust,
         })
+    }
+
+    /// What this client trusts, for messages.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// The base URL.
@@ -107,9 +224,20 @@ impl AdminClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: autogate_runtime::error_chain(&e),
+        let resp = req.send().await.map_err(|e| {
+            let reason = autogate_runtime::error_chain(&e);
+            if certificate_refused(&reason) {
+                ClientError::Untrusted {
+                    hint: self.trust.hint(&reason, &self.base),
+                    url: self.base.clone(),
+                    reason,
+                }
+            } else {
+                ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason,
+                }
+            }
         })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
@@ -238,5 +366,39 @@ impl AdminClient {
             Some(body),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_says_what_was_trusted_and_what_to_set() {
+        let trust = Trust {
+            roots: vec![(
+                PathBuf::from("/pki/ca.pem"),
+                "application.ca_certificate_file".to_owned(),
+            )],
+            identity: None,
+            advice: "set GATEWAY_APPLICATION_CA_CERTIFICATE_FILE".to_owned(),
+        };
+        let url = "https://127.0.0.1:8443";
+        let issuer = trust.hint("invalid peer certificate: UnknownIssuer", url);
+        assert!(
+            issuer.contains("/pki/ca.pem (application.ca_certificate_file)"),
+            "{issuer}"
+        );
+        assert!(
+            issuer.contains("set GATEWAY_APPLICATION_CA_CERTIFICATE_FILE"),
+            "{issuer}"
+        );
+        let name = trust.hint("invalid peer certificate: NotValidForName", url);
+        assert!(name.contains("does not name the host"), "{name}");
+        assert!(Trust::default().describe().contains("system trust store"));
+        assert!(certificate_refused(
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!certificate_refused("Connection refused (os error 111)"));
     }
 }

@@ -3,17 +3,24 @@
 //! `autogate manager service run CLUSTER NAME`).
 //!
 //! The admin commands find the manager and its credentials from the same configuration the
-//! daemon reads: `--url` defaults to `https://<manager.listen_address>:<manager.port>`
-//! (loopback when it listens on every address), `--token-file` to the manager's admin token
-//! file, `--ca` to the certificate the manager minted in its data directory when that file
-//! exists. Output is a table, or the API's JSON with `--raw`. Exit codes: 0, 1 with the
-//! manager's message, 64 for usage mistakes (missing certificate or token file), 69 when the
-//! manager cannot be reached. `service run` prints the family's run layout and exits 0 when the
-//! service ran, whatever its return code (see [`RUN_EXIT_HELP`]).
+//! daemon reads (same file, same `GATEWAY_*` variables), so they look where the manager keeps
+//! them: `--url` defaults to `https://<manager.listen_address>:<manager.port>` (loopback when
+//! it listens on every address), `--token-file` to the manager's admin token file (in
+//! `manager.data_dir`, itself `<application.working_dir>/manager` unless set). Without `--ca`
+//! the manager is verified against `application.ca_certificate_file` (the CA the CLI's TLS
+//! clients use), the manager's own `manager.certificate_file`, and the certificate it minted in
+//! its data directory — whichever exist — else the system trust store; the CLI presents
+//! `client.certificate_file`/`private_key_file` when both are set. A missing token or a refused
+//! certificate is reported with the file that was used and the setting to change. Output is a
+//! table, or the API's JSON with `--raw`. Exit codes: 0, 1 with the manager's message, 64 for
+//! usage mistakes (missing certificate or token file), 69 when the manager cannot be reached
+//! (or not trusted). `service run` prints the family's run layout and exits 0 when the service
+//! ran, whatever its return code (see [`RUN_EXIT_HELP`]).
 
 use std::path::{Path, PathBuf};
 
 use autogate_config::{Config, Role};
+use autogate_manager::client::Trust;
 use autogate_manager::{AdminClient, ClientError};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -45,7 +52,8 @@ pub struct Connection {
     /// Admin token file (default: the manager's admin token file).
     #[arg(long = "token-file", global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// CA certificate(s) to verify the manager (default: <data_dir>/manager.pem if it exists).
+    /// CA certificate(s) to verify the manager (default: application.ca_certificate_file,
+    /// manager.certificate_file and <data_dir>/manager.pem, those that exist).
     #[arg(long, global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
 }
@@ -206,6 +214,16 @@ fn client_failure(e: ClientError) -> Failure {
     Failure::new(e.exit_code(), e)
 }
 
+/// Where a setting's value came from ("environment variable GATEWAY_…", "default", a file
+/// line), for messages.
+fn origin(config: &Config, section: &str, key: &str) -> String {
+    config
+        .entries()
+        .into_iter()
+        .find(|e| e.section == section && e.key == key)
+        .map_or_else(|| "default".to_owned(), |e| e.source.to_string())
+}
+
 /// The admin client for `conn`, from the flags or the configuration.
 fn client(global: &Global, conn: &Connection) -> Result<AdminClient, Failure> {
     let config = super::load_config(global, None)?;
@@ -215,27 +233,121 @@ fn client(global: &Global, conn: &Connection) -> Result<AdminClient, Failure> {
         .clone()
         .unwrap_or_else(|| config.manager.admin_token_path());
     let token = autogate_manager::bootstrap::read_token(&token_path).map_err(|e| {
-        Failure::new(
-            USAGE,
-            format!("{e} (pass the manager's admin token file with --token-file)"),
-        )
+        let advice = if conn.token_file.is_some() {
+            "check the file given with --token-file".to_owned()
+        } else {
+            token_advice(&config)
+        };
+        Failure::new(USAGE, format!("{e}\n{advice}"))
     })?;
-    let ca = conn.ca.clone().or_else(|| {
-        let minted = config
-            .manager
-            .data_dir
-            .join(autogate_manager::bootstrap::CERT_FILE);
-        minted.exists().then_some(minted)
-    });
-    if let Some(ca) = &ca {
+    let trust = trust(global, &config, conn)?;
+    AdminClient::with_trust(&url, &token, trust).map_err(client_failure)
+}
+
+/// Why the CLI looked for the admin token where it did, and how to point it elsewhere.
+fn token_advice(config: &Config) -> String {
+    let m = &config.manager;
+    let whence = if let Some(file) = &m.admin_token_file {
+        format!(
+            "manager.admin_token_file is {} ({})",
+            file.display(),
+            origin(config, "manager", "admin_token_file")
+        )
+    } else {
+        let data = origin(config, "manager", "data_dir");
+        let data_dir = if data == "default" {
+            format!(
+                "{} (<application.working_dir>/manager; application.working_dir is {}, {})",
+                m.data_dir.display(),
+                config.application.working_dir.display(),
+                origin(config, "application", "working_dir")
+            )
+        } else {
+            format!("{} ({data})", m.data_dir.display())
+        };
+        format!("the manager keeps its admin token in manager.data_dir, here {data_dir}")
+    };
+    format!(
+        "With this configuration {whence}. Run this command with the manager's configuration (the \
+         same configuration file, GATEWAY_APPLICATION_WORKING_DIR, GATEWAY_MANAGER_DATA_DIR or \
+         GATEWAY_MANAGER_ADMIN_TOKEN_FILE as the manager), or pass the token file with --token-file."
+    )
+}
+
+/// What the CLI trusts to verify the manager, each file with the setting that named it, and the
+/// client certificate of the `[client]` section (or `--profile`).
+fn trust(global: &Global, config: &Config, conn: &Connection) -> Result<Trust, Failure> {
+    let client = config
+        .client_profile(global.profile.as_deref())
+        .ok_or_else(|| {
+            Failure::new(
+                USAGE,
+                format!(
+                    "unknown client profile {:?}: no [client:<name>] section has that name",
+                    global.profile.as_deref().unwrap_or_default()
+                ),
+            )
+        })?;
+    let identity = match (&client.certificate_file, &client.private_key_file) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        _ => None,
+    };
+    let ca_setting =
+        "set GATEWAY_APPLICATION_CA_CERTIFICATE_FILE (application.ca_certificate_file) \
+                      to the CA that signed the manager's certificate, or pass it with --ca FILE";
+    if let Some(ca) = &conn.ca {
         if !ca.exists() {
             return Err(Failure::new(
                 USAGE,
                 format!("--ca: file not found: {}", ca.display()),
             ));
         }
+        return Ok(Trust {
+            roots: vec![(ca.clone(), "--ca".to_owned())],
+            identity,
+            advice: "pass the CA that signed the manager's certificate with --ca FILE".to_owned(),
+        });
     }
-    AdminClient::new(&url, &token, ca.as_deref()).map_err(client_failure)
+    let mut roots = Vec::new();
+    if let Some(ca) = &config.application.ca_certificate_file {
+        let from = format!(
+            "application.ca_certificate_file, {}",
+            origin(config, "application", "ca_certificate_file")
+        );
+        if !ca.exists() {
+            return Err(Failure::new(
+                USAGE,
+                format!("{from}: file not found: {}", ca.display()),
+            ));
+        }
+        roots.push((ca.clone(), from));
+    }
+    // The certificate the manager presents: a self-signed one (or a file holding its chain)
+    // verifies by itself; a CA-issued leaf alone does not, and then the CA above is needed.
+    match &config.manager.certificate_file {
+        Some(cert) if cert.exists() => roots.push((
+            cert.clone(),
+            "manager.certificate_file, the manager's own certificate".to_owned(),
+        )),
+        Some(_) => {}
+        None => {
+            let minted = config
+                .manager
+                .data_dir
+                .join(autogate_manager::bootstrap::CERT_FILE);
+            if minted.exists() {
+                roots.push((
+                    minted,
+                    "the certificate the manager minted in manager.data_dir".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(Trust {
+        roots,
+        identity,
+        advice: ca_setting.to_owned(),
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

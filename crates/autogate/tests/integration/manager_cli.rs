@@ -3,10 +3,12 @@
 //! the REST API's authentication and input validation.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use crate::support::manager::*;
 use autogate_manager::AdminClient;
 use autogate_testkit::{free_port, Autogate};
+use autogate_tls::{CertKind, Validity};
 use serde_json::{json, Value};
 
 #[test]
@@ -381,4 +383,120 @@ fn a_taken_port_fails_the_start_before_anything_is_created() {
     m.proc
         .wait_for_line(&format!("admin token at {}", token_file.display()), STEP);
     assert_eq!(m.token().len(), 64);
+}
+
+/// The README's short commands (`autogate manager cluster add …` with no --url, --ca or
+/// --token-file) against a manager in a non-default working directory with a CA-issued
+/// certificate: the CLI, given the same settings, finds the token where the manager put it and
+/// verifies the manager with the configured CA; given less, it says what it used and what to set.
+#[test]
+fn cluster_commands_follow_the_managers_configuration() {
+    let pki = Pki::new();
+    let core1 = pki.node("core-1");
+    let server = pki
+        .ca
+        .issue(
+            CertKind::Server,
+            "manager",
+            &["127.0.0.1".to_owned(), "localhost".to_owned()],
+            Validity::days(1),
+        )
+        .unwrap();
+    let cert = pki.write("manager", &server).display().to_string();
+    let key = pki.path("manager-key.pem").display().to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let work = root.path().join("elsewhere").display().to_string();
+    let port = free_port().to_string();
+    let with = |cmd: Autogate, vars: &[(&str, &str)]| {
+        vars.iter()
+            .fold(cmd, |cmd, (k, v)| cmd.env(k, v.to_string()))
+    };
+    let manager_env = [
+        ("GATEWAY_APPLICATION_WORKING_DIR", work.as_str()),
+        ("GATEWAY_MANAGER_PORT", port.as_str()),
+        ("GATEWAY_MANAGER_CERTIFICATE_FILE", cert.as_str()),
+        ("GATEWAY_MANAGER_PRIVATE_KEY_FILE", key.as_str()),
+        ("GATEWAY_APPLICATION_CA_CERTIFICATE_FILE", ca.as_str()),
+    ];
+    let m = with(Autogate::new(["manager"]).name("manager"), &manager_env).spawn();
+    m.wait_for_line("manager listening on", START);
+    let token_file = Path::new(&work).join("manager").join("admin.token");
+    assert!(token_file.exists(), "the token is under the working dir");
+    let cli = |vars: &[(&str, &str)], args: &[&str]| {
+        args.iter()
+            .fold(with(Autogate::new(["manager", "cluster"]), vars), |c, a| {
+                c.arg(*a)
+            })
+            .output(START)
+    };
+    let core = pki.path("core-1.pem").display().to_string();
+
+    // The manager's own settings: the short command works.
+    let out = cli(
+        &manager_env,
+        &["add", "cluster_1", "--state", "enabled", "--cert", &core],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    // The working directory, the port and the CA are enough.
+    let enough = [
+        ("GATEWAY_APPLICATION_WORKING_DIR", work.as_str()),
+        ("GATEWAY_MANAGER_PORT", port.as_str()),
+        ("GATEWAY_APPLICATION_CA_CERTIFICATE_FILE", ca.as_str()),
+    ];
+    let out = cli(&enough, &["list"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("cluster_1"), "{}", out.stdout);
+    let out = cli(&enough, &["show", "cluster_1"]);
+    assert!(out.stdout.contains(&fingerprint(&core1)), "{}", out.stdout);
+
+    // Without the CA: refused, with what was trusted and the setting to set.
+    let out = cli(&enough[..2], &["list"]);
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    for needle in [
+        "not signed by a CA this command trusts",
+        "system trust store",
+        "GATEWAY_APPLICATION_CA_CERTIFICATE_FILE",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    // Another CA: the file used is named, with where that setting came from.
+    let other = Pki::new();
+    let other_ca = other.path("ca.pem").display().to_string();
+    let out = cli(
+        &[
+            enough[0],
+            enough[1],
+            ("GATEWAY_APPLICATION_CA_CERTIFICATE_FILE", other_ca.as_str()),
+        ],
+        &["list"],
+    );
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{other_ca} (application.ca_certificate_file, environment variable GATEWAY_APPLICATION_CA_CERTIFICATE_FILE)"
+        )),
+        "{}",
+        out.stderr
+    );
+    // Another working directory: no token there, and the message says where it looked and why.
+    let wrong = root.path().join("default-like").display().to_string();
+    let out = cli(
+        &[
+            ("GATEWAY_APPLICATION_WORKING_DIR", wrong.as_str()),
+            enough[1],
+            enough[2],
+        ],
+        &["list"],
+    );
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    for needle in [
+        format!("{wrong}/manager/admin.token"),
+        "application.working_dir is".to_owned(),
+        "GATEWAY_APPLICATION_WORKING_DIR".to_owned(),
+        "--token-file".to_owned(),
+    ] {
+        assert!(out.stderr.contains(&needle), "{needle}: {}", out.stderr);
+    }
+    drop(m);
 }
