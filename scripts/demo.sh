@@ -95,7 +95,7 @@ PY
 echo "logged in; the key expires after server.api_key_expiration"
 
 say "autogate ha status (asked of core-2)"
-GATEWAY_CLIENT_API_KEY=$API_KEY GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
+GATEWAY_APPLICATION_MODE=client GATEWAY_CLIENT_API_KEY=$API_KEY GATEWAY_CLIENT_PORT=$P2 HOME="$DEMO" "$BIN" ha status
 say "the manager shows the cluster as one gateway with its nodes"
 for _ in $(seq 1 100); do
   "$BIN" manager cluster show cluster_1 "${MGR[@]}" --raw | python3 -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)["nodes"]) == 2 else 1)' && break

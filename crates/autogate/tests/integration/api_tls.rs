@@ -73,6 +73,7 @@ fn tls_api_with_ha_status_through_the_cli_probe_and_forwarding() {
     );
 
     let out = Autogate::new(["ha", "status", "--raw"])
+        .env("GATEWAY_APPLICATION_MODE", "client")
         .env("GATEWAY_CLIENT_PORT", p2.to_string())
         .env("GATEWAY_CLIENT_USE_TLS", "true")
         .env(
@@ -87,6 +88,7 @@ fn tls_api_with_ha_status_through_the_cli_probe_and_forwarding() {
     assert_eq!(v["active_node_id"], id1.as_str(), "{v}");
     // Without the key the CLI reports the server's words.
     let out = Autogate::new(["ha", "status"])
+        .env("GATEWAY_APPLICATION_MODE", "client")
         .env("GATEWAY_CLIENT_PORT", p2.to_string())
         .env("GATEWAY_CLIENT_USE_TLS", "true")
         .env(

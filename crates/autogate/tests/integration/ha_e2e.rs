@@ -289,6 +289,7 @@ fn ha_status_lists_candidates_in_order() {
     let key = autogate_testkit::auth::admin_key(p2);
     let v = poll_until("both candidates in ha status", START, || {
         let out = Autogate::new(["ha", "status", "--raw"])
+            .env("GATEWAY_APPLICATION_MODE", "client")
             .env("GATEWAY_CLIENT_PORT", p2.to_string())
             .env("GATEWAY_CLIENT_API_KEY", &key)
             .output(START);
