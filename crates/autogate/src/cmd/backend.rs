@@ -67,6 +67,65 @@ pub fn load(global: &Global) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// Loads the configuration of a command that exists only against a core node (`ha`, `login`,
+/// the users commands). Client mode (or a server or runner configuration) names the node in
+/// `[client]`; in local mode a `--profile` names one too, and as these commands have no local
+/// meaning it cannot be mistaken for the local store. Local mode without a profile has no node
+/// to talk to, and saying how to name one is the only useful answer.
+pub fn load_for_node(global: &Global, what: &str) -> Result<Config, Failure> {
+    load_for_node_or(global, || needs_node(what))
+}
+
+/// [`load_for_node`] with the command's own answer in local mode.
+pub fn load_for_node_or(
+    global: &Global,
+    in_local_mode: impl FnOnce() -> Failure,
+) -> Result<Config, Failure> {
+    let config = super::load_config(global, None)?;
+    if is_local(&config) && global.profile.is_none() {
+        return Err(in_local_mode());
+    }
+    config.validate_for(Role::Client)?;
+    if global.verbose {
+        match config.file() {
+            Some(p) => eprintln!("using configuration file {}", p.display()),
+            None => eprintln!("no configuration file: defaults and environment"),
+        }
+    }
+    Ok(config)
+}
+
+/// Runs `f` with a client of the core node a node-only command talks to (see
+/// [`load_for_node`]).
+pub fn with_node<T>(
+    global: &Global,
+    what: &str,
+    f: impl AsyncFnOnce(&ApiClient, &Config) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let config = load_for_node(global, what)?;
+    let client = ApiClient::from_config(&config, global)?;
+    if global.verbose {
+        eprintln!("talking to the core node at {}", client.base());
+    }
+    let rt = super::runtime()?;
+    rt.block_on(f(&client, &config))
+}
+
+/// What a core-node command says in local mode: which settings name a node, and the login
+/// that comes next.
+pub fn needs_node(what: &str) -> Failure {
+    Failure::new(
+        USAGE,
+        format!(
+            "{what} talks to a core node, and in local mode (the default [application] mode) \
+             the CLI works on this machine's store without one. Name a node: set \
+             GATEWAY_APPLICATION_MODE=client (and GATEWAY_CLIENT_HOST/GATEWAY_CLIENT_PORT, \
+             default 127.0.0.1:50051), or pass --profile NAME for a [client:NAME] section; \
+             then log in to it with `autogate login USER`"
+        ),
+    )
+}
+
 impl Backend {
     /// Opens the backend the configuration asks for. Local mode opens the store (and seeds the
     /// built-in registries on first use); client mode only builds the HTTP client.
@@ -233,25 +292,6 @@ impl Backend {
             }
         }
     }
-
-    /// The API client, for commands that exist only against a core node (users).
-    pub fn remote(&self, what: &str) -> Result<&ApiClient, Failure> {
-        match self {
-            Backend::Remote(c) => Ok(c),
-            Backend::Local(_) => Err(local_has_no_users(what)),
-        }
-    }
-}
-
-/// Users live on core nodes: local mode has no login and no users.
-pub fn local_has_no_users(what: &str) -> Failure {
-    Failure::new(
-        USAGE,
-        format!(
-            "{what}: users exist only on core nodes; local mode has no users and needs no login \
-             (set [application] mode = client and [client] host/port to manage a server's users)"
-        ),
-    )
 }
 
 fn item_path(kind: Kind, name: &str) -> String {

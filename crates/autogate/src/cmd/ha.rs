@@ -1,5 +1,6 @@
 //! `autogate ha status|switchover|pause|resume`: the HA operator commands, talking to a core
-//! node's API (`[client] host`/`port`, or a `--profile`).
+//! node's API (`[client] host`/`port` in client mode, or a `--profile`). In local mode without a
+//! profile there is no node to ask, and the command says how to name one.
 
 use autogate_ha::HaStatus;
 use clap::{Args, Subcommand};
@@ -8,7 +9,6 @@ use serde_json::json;
 
 use super::backend;
 use super::term::outln;
-use crate::api::ApiClient;
 use crate::cli::Global;
 use crate::exit::Failure;
 
@@ -35,20 +35,20 @@ pub enum HaCommand {
 }
 
 pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
-    let config = super::load_config(global, None)?;
-    let client = ApiClient::from_config(&config, global)?;
-    let (method, path, body) = match &args.command {
-        HaCommand::Status => (Method::GET, "/api/v1/ha/status", None),
+    let (what, method, path, body) = match &args.command {
+        HaCommand::Status => ("ha status", Method::GET, "/api/v1/ha/status", None),
         HaCommand::Switchover { to } => (
+            "ha switchover",
             Method::POST,
             "/api/v1/ha/switchover",
             Some(json!({ "to": to })),
         ),
-        HaCommand::Pause => (Method::POST, "/api/v1/ha/pause", None),
-        HaCommand::Resume => (Method::POST, "/api/v1/ha/resume", None),
+        HaCommand::Pause => ("ha pause", Method::POST, "/api/v1/ha/pause", None),
+        HaCommand::Resume => ("ha resume", Method::POST, "/api/v1/ha/resume", None),
     };
-    let rt = super::runtime()?;
-    let value = rt.block_on(client.call(method, path, body.as_ref()))?;
+    let value = backend::with_node(global, what, async |client, _| {
+        client.call(method, path, body.as_ref()).await
+    })?;
     if global.raw {
         outln!("{value}");
         return Ok(());

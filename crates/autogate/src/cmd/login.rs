@@ -1,6 +1,7 @@
 //! `autogate login USER [--password-stdin]`: exchanges a user's password for an API key at the
 //! core node and keeps the key in `<working_dir>/api.key` (mode 0600, replaced atomically), where
-//! every later client-mode command finds it. Local mode needs no login.
+//! every later client-mode command finds it. Local mode needs no login, and says how to name a
+//! node to log in to (client mode or `--profile`).
 
 use autogate_automation::api_types::IssuedKey;
 use clap::Args;
@@ -25,14 +26,16 @@ pub struct LoginArgs {
 }
 
 pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
-    let config = backend::load(global)?;
-    if backend::is_local(&config) {
-        return Err(Failure::new(
+    let config = backend::load_for_node_or(global, || {
+        Failure::new(
             USAGE,
-            "local mode needs no login: commands work directly on this machine's store \
-             (set [application] mode = client and [client] host/port to log in to a core node)",
-        ));
-    }
+            "local mode needs no login: the resource, run and db commands work on this \
+             machine's store directly. To log in to a core node, name it: set \
+             GATEWAY_APPLICATION_MODE=client (and GATEWAY_CLIENT_HOST/GATEWAY_CLIENT_PORT, \
+             default 127.0.0.1:50051), or pass --profile NAME for a [client:NAME] section; \
+             then run `autogate login USER` again",
+        )
+    })?;
     let client = ApiClient::from_config(&config, global)?;
     let password = term::read_secret("Enter password for user: ", args.password_stdin)?;
     let rt = super::runtime()?;

@@ -21,6 +21,7 @@ mod api_standby;
 mod api_tls;
 mod cli_client;
 mod cli_db;
+mod cli_first_hour;
 mod cli_newcomer;
 mod cli_resources;
 mod cli_run;

@@ -78,8 +78,7 @@ pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
 }
 
 fn get_users(global: &Global) -> Result<(), Failure> {
-    let list = with_backend(global, async |b, _| {
-        let c = b.remote("get users")?;
+    let list = backend::with_node(global, "get users", async |c, _| {
         let v = c.call(Method::GET, "/api/v1/users", None).await?;
         serde_json::from_value::<UserList>(v).map_err(backend::unexpected)
     })?;
@@ -112,8 +111,7 @@ pub fn describe(global: &Global, args: NamedArgs) -> Result<(), Failure> {
 }
 
 fn describe_user(global: &Global, name: &str) -> Result<(), Failure> {
-    let (user, tz) = with_backend(global, async |b, config| {
-        let c = b.remote("describe user")?;
+    let (user, tz) = backend::with_node(global, "describe user", async |c, config| {
         let path = format!("/api/v1/users/{}", backend::segment(name));
         let v = c.call(Method::GET, &path, None).await?;
         let user = serde_json::from_value::<UserView>(v).map_err(backend::unexpected)?;
@@ -130,19 +128,13 @@ fn describe_user(global: &Global, name: &str) -> Result<(), Failure> {
 pub fn delete(global: &Global, args: NamedArgs) -> Result<(), Failure> {
     let target = Target::from(args.noun);
     let name = args.name;
-    with_backend(global, async |b, _| match target {
-        Target::Kind(k) => b.delete(k, &name).await,
-        Target::User => {
-            let c = b.remote("delete user")?;
-            c.call(
-                Method::DELETE,
-                &format!("/api/v1/users/{}", backend::segment(&name)),
-                None,
-            )
-            .await
-            .map(|_| ())
-        }
-    })?;
+    match target {
+        Target::Kind(k) => with_backend(global, async |b, _| b.delete(k, &name).await)?,
+        Target::User => backend::with_node(global, "delete user", async |c, _| {
+            let path = format!("/api/v1/users/{}", backend::segment(&name));
+            c.call(Method::DELETE, &path, None).await.map(|_| ())
+        })?,
+    }
     let kind = match target {
         Target::Kind(k) => k.as_str(),
         Target::User => "user",
@@ -157,10 +149,8 @@ pub fn delete(global: &Global, args: NamedArgs) -> Result<(), Failure> {
 
 /// `create user`: the family's prompts (twice, compared) unless `--password-stdin`.
 fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
-    let config = backend::load(global)?;
-    if backend::is_local(&config) {
-        return Err(backend::local_has_no_users("create user"));
-    }
+    // Refused in local mode before the prompts: there is no node to create the user on.
+    let config = backend::load_for_node(global, "create user")?;
     let password = if u.password_stdin {
         term::read_secret("", true)?
     } else {
