@@ -5,7 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use autogate_config::Role;
+use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cmd;
 use crate::exit::{Failure, USAGE};
@@ -26,7 +27,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command accepts.
+/// Flags every command accepts. `--raw` and `--profile` only matter to the operator CLI, so the
+/// daemon roles' help does not list them (see [`command`]).
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Configuration file (else $GATEWAY_CONFIG, ~/.gateway.d/gateway.conf, /etc/gateway/gateway.conf).
@@ -54,11 +56,14 @@ pub enum Command {
         #[arg(long)]
         show_config: bool,
     },
-    /// Run a core node.
+    /// Run a core node: resources, the operator API and, when active, the link to the manager.
+    #[command(long_about = SERVER_ABOUT, after_help = role_help(Role::Server))]
     Server,
     /// Run a runner: an execution-only node taking jobs through the cluster's etcd.
+    #[command(long_about = RUNNER_ABOUT, after_help = role_help(Role::Runner))]
     Runner,
     /// Run the manager, or administer it (`autogate manager cluster …`).
+    #[command(long_about = MANAGER_ABOUT, after_help = role_help(Role::Manager))]
     Manager(cmd::manager::ManagerArgs),
     /// High availability: status, switchover, maintenance.
     Ha(cmd::ha::HaArgs),
@@ -89,9 +94,79 @@ pub enum Command {
     },
 }
 
+const SERVER_ABOUT: &str = "\
+Run a core node until SIGTERM or Ctrl-C. A core node keeps the automation resources, serves the \
+operator API (HTTP/JSON) and, when it is its cluster's active node, holds the cluster's one \
+connection to the manager. Core nodes that share an etcd store and a cluster id form a cluster; \
+with high availability one of them is active at a time.";
+
+const RUNNER_ABOUT: &str = "\
+Run a runner until SIGTERM or Ctrl-C. A runner is an execution-only node: it registers in its \
+cluster's etcd store and runs the jobs the active core node hands it when the core nodes run \
+with distributed execution. It needs the store only: no port, no certificate.";
+
+const MANAGER_ABOUT: &str = "\
+Run the manager until SIGTERM or Ctrl-C: the controller side that gateway clusters connect to \
+over mutual-TLS WebSocket, with its REST API and web page on the same port. Its first start \
+creates its data directory and the admin token. With a command (cluster, service), administer \
+a running manager instead.";
+
+/// The help after a daemon role's options: its key settings from the configuration schema, and
+/// where to see or read the rest.
+fn role_help(role: Role) -> String {
+    format!(
+        "{}
+Each setting comes from its environment variable, else from the one config file (--config, \
+$GATEWAY_CONFIG, ~/.gateway.d/gateway.conf, /etc/gateway/gateway.conf), else its default.
+Every setting's effective value and where it came from: autogate version --show-config
+Every setting and what it means: the configuration reference.
+
+Exit status of the running role: 0 after a clean stop (SIGTERM, Ctrl-C); 64 when the
+configuration is not valid (nothing was started); 69 when a port or the store is unavailable;
+130 when a second signal forces the exit.",
+        autogate_config::role_settings(role)
+    )
+}
+
+/// The global options only the operator CLI uses.
+const CLIENT_ONLY: &[&str] = &["raw", "profile"];
+
+/// The command line. The daemon roles get hidden copies of the client-only global options:
+/// clap does not propagate a global option to a command that has its own, so their help does
+/// not list options that do nothing there, while a command line that passes them still parses.
+/// The manager's admin commands print JSON with `--raw`, so they show it again.
+pub fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let client_only: Vec<Arg> = cmd
+        .get_arguments()
+        .filter(|a| CLIENT_ONLY.contains(&a.get_id().as_str()))
+        .cloned()
+        .collect();
+    let raw = client_only.iter().find(|a| a.get_id() == "raw").cloned();
+    let hidden = |c: clap::Command, global: bool| {
+        client_only
+            .iter()
+            .fold(c, |c, a| c.arg(a.clone().hide(true).global(global)))
+    };
+    cmd.mut_subcommand("server", |c| hidden(c, false))
+        .mut_subcommand("runner", |c| hidden(c, false))
+        .mut_subcommand("manager", |m| {
+            let m = hidden(m, true);
+            match raw {
+                Some(raw) => m
+                    .mut_subcommand("cluster", |c| c.arg(raw.clone()))
+                    .mut_subcommand("service", |c| c.arg(raw)),
+                None => m,
+            }
+        })
+}
+
 /// Parse, run, and map the outcome to an exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let parsed = command()
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;

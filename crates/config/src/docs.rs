@@ -4,7 +4,8 @@
 //! reference cannot drift from what the loader accepts. Prose that does not come from the table
 //! lives in `src/doc/*.md` next to this module.
 
-use crate::schema::{DefaultValue, KeyDef, KEYS, SECTIONS};
+use crate::model::Role;
+use crate::schema::{role_keys, DefaultValue, KeyDef, KEYS, SECTIONS};
 
 const INTRO: &str = include_str!("doc/intro.md");
 const RULES: &str = include_str!("doc/rules.md");
@@ -22,6 +23,38 @@ pub fn render_markdown() -> String {
     }
     out.push('\n');
     out.push_str(RULES);
+    out
+}
+
+/// The key settings of a daemon role as `autogate help <role>` lists them: one line per key of
+/// [`crate::schema::ROLE_KEYS`] with its environment variable, file key and default, from the
+/// schema table. Empty for a role without such a list.
+pub fn role_settings(role: Role) -> String {
+    let rows: Vec<[String; 3]> = role_keys(role)
+        .map(|def| {
+            let default = match def.default {
+                DefaultValue::Value(v) => v.to_string(),
+                DefaultValue::Derived(text) => text.replace('`', ""),
+                DefaultValue::None => "unset".to_string(),
+            };
+            [
+                def.env_name(),
+                format!("[{}] {}", def.section, def.key),
+                default,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
+    let (env, key) = (width(0), width(1));
+    let mut out = String::from(
+        "Key settings (environment variable, the same key in the config file, default):\n",
+    );
+    for [var, name, default] in &rows {
+        out.push_str(&format!("  {var:<env$}  {name:<key$}  {default}\n"));
+    }
     out
 }
 
@@ -56,4 +89,42 @@ fn row(def: &KeyDef) -> String {
         default,
         meaning.replace('|', "\\|")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{find, ROLE_KEYS};
+
+    #[test]
+    fn every_role_key_is_in_the_schema() {
+        for (role, ids) in ROLE_KEYS {
+            for id in *ids {
+                let (section, key) = id.split_once('.').unwrap_or_default();
+                assert!(find(section, key).is_some(), "{role:?}: no key {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn role_settings_name_variable_key_and_default() {
+        let text = role_settings(Role::Server);
+        let port = text
+            .lines()
+            .find(|l| l.contains("GATEWAY_SERVER_PORT"))
+            .unwrap_or_default();
+        assert!(
+            port.contains(" [server] port ") && port.trim_end().ends_with("50051"),
+            "{text}"
+        );
+        for role in [Role::Server, Role::Runner, Role::Manager] {
+            let text = role_settings(role);
+            assert!(text.lines().count() > 5, "{role:?}: {text}");
+            // Help is wrapped to the terminal: keep the rows within 90 columns.
+            for line in text.lines() {
+                assert!(line.len() <= 90, "{role:?}: {line}");
+            }
+        }
+        assert_eq!(role_settings(Role::Client), "");
+    }
 }

@@ -33,14 +33,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use docs::render_markdown;
+pub use docs::{render_markdown, role_settings};
 pub use error::{ConfigError, Setting, EXIT_IOERR, EXIT_USAGE};
 pub use load::CONFIG_ENV;
 pub use model::{
     Application, BackendKind, Client, Connect, Entry, Features, HostPort, Log, LogLevel, Manager,
     Mode, PythonScript, Registry, Role, Runner, Secret, Secrets, Server, Store, Terminal,
 };
-pub use schema::{env_name, keys, DefaultValue, KeyDef, Kind, PROFILE_SETTINGS, SECTIONS};
+pub use schema::{
+    env_name, keys, role_keys, DefaultValue, KeyDef, Kind, PROFILE_SETTINGS, ROLE_KEYS, SECTIONS,
+};
 pub use source::Source;
 pub use value::{format_duration, format_size};
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::model::Role;
+
 /// How a key's value is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -405,6 +407,75 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("manager", "max_frame_size", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("1MiB"), "largest WebSocket frame accepted (bytes, or with a unit: `512KiB`, `1MiB`)"),
     KeyDef::new("manager", "session_history", Kind::Int { min: 1, max: 1_000_000 }, V("1000"), "ended sessions kept in the history"),
 ];
+
+/// The settings of each daemon role that `autogate help <role>` names, in the order it lists
+/// them: the ones a first deployment sets (derived ones such as `connect.advertise_address` are
+/// left to the reference and to the message that asks for them). Ids of [`KEYS`] (a test checks
+/// each exists).
+pub const ROLE_KEYS: &[(Role, &[&str])] = &[
+    (
+        Role::Server,
+        &[
+            "application.working_dir",
+            "application.cluster_id",
+            "server.listen_address",
+            "server.port",
+            "server.use_tls",
+            "store.backend",
+            "store.etcd_hosts",
+            "connect.hosts",
+            "connect.certificate_file",
+            "connect.private_key_file",
+            "connect.server_ha_enabled",
+            "connect.server_ha_is_primary",
+            "server.distributed_execution",
+            "secrets.encrypt_key_file",
+            "log.level",
+        ],
+    ),
+    (
+        Role::Runner,
+        &[
+            "application.working_dir",
+            "application.cluster_id",
+            "store.backend",
+            "store.etcd_hosts",
+            "runner.capacity",
+            "runner.labels",
+            "runner.listen_address",
+            "runner.metrics_port",
+            "runner.drain_grace",
+            "runner.lease_ttl",
+            "secrets.encrypt_key_file",
+            "log.level",
+        ],
+    ),
+    (
+        Role::Manager,
+        &[
+            "application.working_dir",
+            "manager.listen_address",
+            "manager.port",
+            "manager.certificate_file",
+            "manager.private_key_file",
+            "manager.data_dir",
+            "manager.admin_token_file",
+            "log.level",
+        ],
+    ),
+];
+
+/// The keys `autogate help <role>` names for `role` (none for the CLI roles).
+pub fn role_keys(role: Role) -> impl Iterator<Item = &'static KeyDef> {
+    ROLE_KEYS
+        .iter()
+        .filter(move |(r, _)| *r == role)
+        .flat_map(|(_, ids)| ids.iter())
+        .filter_map(|id| {
+            let (section, key) = id.split_once('.')?;
+            find(section, key)
+        })
+}
 
 /// The schema table.
 pub fn keys() -> &'static [KeyDef] {

@@ -1,9 +1,8 @@
 //! `autogate completion <shell>`: print a shell completion script for the whole command line.
 
-use clap::{CommandFactory, ValueEnum};
+use clap::ValueEnum;
 use clap_complete::Shell as Target;
 
-use crate::cli::Cli;
 use crate::exit::Failure;
 
 /// Shells a completion script can be printed for.
@@ -21,7 +20,7 @@ pub fn run(shell: Shell) -> Result<(), Failure> {
         Shell::Zsh => Target::Zsh,
         Shell::Fish => Target::Fish,
     };
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     let mut script = Vec::new();
     clap_complete::generate(target, &mut cmd, "autogate", &mut script);
     crate::output::stdout_bytes(&script);

@@ -1,12 +1,14 @@
 //! What a newcomer meets first, through the real binary: output piped into `head` (a closed
 //! pipe ends the process quietly), `version --show-config` on a configuration that does not load,
-//! "did you mean" for a mistyped `GATEWAY_*` variable, and the roles' help naming their settings.
+//! "did you mean" for a mistyped `GATEWAY_*` variable or key, and the roles' help naming their
+//! settings.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use autogate_config::{DefaultValue, Role};
 use autogate_testkit::{autogate_bin, Autogate, Output};
 use serde_json::Value;
 
@@ -354,4 +356,77 @@ fn messages_and_help_do_not_point_into_the_source_tree() {
             );
         }
     }
+}
+
+/// `autogate help <role>` names the role's key settings with their variables and defaults,
+/// straight from the configuration schema, and where to see the rest; it lists no option that
+/// only the operator CLI uses.
+#[test]
+fn each_role_help_names_its_settings() {
+    for (role, name, about) in [
+        (Role::Server, "server", "operator API"),
+        (Role::Runner, "runner", "execution-only node"),
+        (Role::Manager, "manager", "gateway clusters connect to"),
+    ] {
+        for help in [
+            &["help", name][..],
+            &[name, "--help"][..],
+            &[name, "-h"][..],
+        ] {
+            let out = run(help, &[]);
+            assert_eq!(out.code(), Some(0), "{help:?}: {}", out.stderr);
+            let text = &out.stdout;
+            // The full description in the long help (`-h` gives the one-line summary).
+            if help[1] != "-h" {
+                assert!(text.contains(about), "{help:?}:\n{text}");
+            }
+            let mut keys = 0;
+            for def in autogate_config::role_keys(role) {
+                let default = match def.default {
+                    DefaultValue::Value(v) => v.to_owned(),
+                    DefaultValue::Derived(d) => d.replace('`', ""),
+                    DefaultValue::None => "unset".to_owned(),
+                };
+                let line = text
+                    .lines()
+                    .find(|l| l.split_whitespace().next() == Some(def.env_name().as_str()))
+                    .unwrap_or_else(|| panic!("{help:?}: no line for {}:\n{text}", def.env_name()));
+                assert!(
+                    line.contains(&format!("[{}] {}", def.section, def.key))
+                        && line.trim_end().ends_with(&default),
+                    "{help:?}: {line}"
+                );
+                keys += 1;
+            }
+            assert!(keys >= 8, "{help:?}: only {keys} settings");
+            assert!(
+                text.contains("autogate version --show-config"),
+                "{help:?}:\n{text}"
+            );
+            assert!(text.contains("--config"), "{help:?}:\n{text}");
+            for client_only in ["--raw", "--profile"] {
+                assert!(
+                    !text.contains(client_only),
+                    "{help:?} lists {client_only}:\n{text}"
+                );
+            }
+        }
+    }
+    // The operator CLI still lists them, and so do the manager's admin commands for --raw.
+    let out = run(&["get", "services", "--help"], &[]);
+    assert!(
+        out.stdout.contains("--raw") && out.stdout.contains("--profile"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["manager", "cluster", "list", "--help"], &[]);
+    assert!(out.stdout.contains("--raw"), "{}", out.stdout);
+    // A daemon's command line that passes them still parses: here the configuration is what
+    // stops it, before anything starts.
+    let out = run(
+        &["server", "--raw", "--profile", "x"],
+        &[("GATEWAY_SERVER_PORT", "0")],
+    );
+    assert_eq!(out.code(), Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("server.port"), "{}", out.stderr);
 }
