@@ -54,6 +54,19 @@
     return el('span', { class: 'badge ' + (kind || String(text)), text });
   }
 
+  // A badge for something that changes on the gateway's side (connection, a node's role): while
+  // the manager is unreachable these are marked stale, since the page cannot know them.
+  function stateBadge(text, kind) {
+    const b = badge(text, kind);
+    b.classList.add('state');
+    return b;
+  }
+
+  // 14:55:44 UTC, as the rest of the page gives times in UTC.
+  function clock(date) {
+    return date.toISOString().slice(11, 19) + ' UTC';
+  }
+
   const dash = '—';
   const show = (v) => (v === undefined || v === null || v === '' ? dash : String(v));
 
@@ -97,12 +110,16 @@
       init.body = JSON.stringify(body);
     }
     let resp;
+    let text;
     try {
       resp = await fetch('/api/v1' + path, init);
+      text = await resp.text();
     } catch (e) {
+      unreachable();
       throw new ApiError(0, 'cannot reach the manager (' + e.message + ')', null);
     }
-    const text = await resp.text();
+    // Any answer, an error status included, is the manager speaking.
+    reached();
     let data = null;
     if (text) {
       try {
@@ -132,6 +149,81 @@
       }
       throw e;
     }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Reachability. The page shows what the manager said last; when the manager stops answering,
+  // that is history, and the page says so (banner, stale marks) instead of looking live.
+
+  // When the manager last answered (a Date), and whether it has stopped answering.
+  let lastAnswer = null;
+  let down = false;
+  let probeTimer = null;
+  const PROBE_EVERY_MS = 2000;
+
+  function reached() {
+    lastAnswer = new Date();
+    if (!down) return;
+    down = false;
+    clearTimeout(probeTimer);
+    drawReachability();
+    // Whatever is shown dates from before the outage: reopen the stream (unless it is what
+    // just answered) and re-read it all.
+    if (token()) {
+      if (!events || events.readyState !== EventSource.OPEN) startLive();
+      scheduleRefresh();
+    }
+  }
+
+  function unreachable() {
+    if (down) return;
+    down = true;
+    drawReachability();
+    probe();
+  }
+
+  // While the manager is down, ask its probe (no token needed) until it answers again.
+  function probe() {
+    clearTimeout(probeTimer);
+    probeTimer = setTimeout(async () => {
+      if (!down) return;
+      if (await answers()) reached();
+      else probe();
+    }, PROBE_EVERY_MS);
+  }
+
+  async function answers() {
+    try {
+      await fetch('/healthz', { cache: 'no-store', credentials: 'omit' });
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  function drawReachability() {
+    const banner = $('stale');
+    document.body.classList.toggle('stale', down);
+    if (!down) {
+      banner.hidden = true;
+      banner.textContent = '';
+      for (const e of document.querySelectorAll('#view .state')) e.removeAttribute('title');
+      return;
+    }
+    const since = lastAnswer ? clock(lastAnswer) : null;
+    banner.textContent = (since
+      ? 'The manager is unreachable since ' + since + '; states below are as of then.'
+      : 'The manager is unreachable; nothing below has been confirmed by it.') +
+      ' Whether clusters are connected, which node is active, the nodes\u2019 roles, sessions and' +
+      ' services may have changed since, and nothing can be changed from this page until the' +
+      ' manager answers again. The page checks every ' + (PROBE_EVERY_MS / 1000) + ' s.';
+    banner.dataset.since = lastAnswer ? lastAnswer.toISOString() : '';
+    banner.hidden = false;
+    showAppError('');
+    for (const e of document.querySelectorAll('#view .state')) {
+      e.title = 'as of ' + (since || 'the page\u2019s last update') + ': the manager is unreachable';
+    }
+    setLive(false, since ? 'offline since ' + since : 'offline');
   }
 
   function showAppError(message) {
@@ -190,7 +282,8 @@
   function setLive(on, text) {
     const l = $('live');
     l.className = 'live ' + (on ? 'on' : 'off');
-    l.textContent = text || (on ? 'live' : 'offline');
+    const offline = down && lastAnswer ? 'offline since ' + clock(lastAnswer) : 'offline';
+    l.textContent = text || (on ? 'live' : offline);
   }
 
   function startLive() {
@@ -201,12 +294,14 @@
     const es = new EventSource('/api/v1/events?token=' + encodeURIComponent(t));
     events = es;
     es.addEventListener('ready', () => {
+      reached();
       setLive(true);
       // Whatever happened while the stream was down.
       scheduleRefresh();
     });
     es.addEventListener('resync', () => scheduleRefresh());
     es.onmessage = (m) => {
+      reached();
       let ev = null;
       try {
         ev = JSON.parse(m.data);
@@ -219,8 +314,10 @@
       }
       scheduleRefresh();
     };
-    es.onerror = () => {
-      setLive(false, 'reconnecting…');
+    es.onerror = async () => {
+      if (!down) setLive(false, 'reconnecting…');
+      // A dropped stream may be a blip or the manager gone: its probe tells which.
+      if (!down && events === es && !(await answers())) unreachable();
       if (es.readyState === EventSource.CLOSED) {
         // The browser gave up (a refused token, or the manager answered with an error):
         // find out which, then try again.
@@ -361,7 +458,7 @@
       try {
         list = await api('GET', '/clusters');
       } catch (e) {
-        if (this.alive && e.status !== 401) showAppError('Cannot list clusters: ' + e.message);
+        if (this.alive && e.status !== 401 && e.status !== 0) showAppError('Cannot list clusters: ' + e.message);
         return;
       }
       if (!this.alive) return;
@@ -374,7 +471,7 @@
           el('td', {}, el('a', { href: clusterHref(c.cluster_id), class: 'cluster-link', text: c.cluster_id })),
           el('td', { text: show(c.name) }),
           el('td', {}, stateSelect(c, () => this.refresh())),
-          el('td', {}, c.connected ? badge('connected') : badge('disconnected', 'disconnected')),
+          el('td', {}, c.connected ? stateBadge('connected') : stateBadge('disconnected')),
           el('td', { class: 'mono active-node', text: show(active.node_id) }),
           el('td', { class: 'term', text: show(active.term) }),
           el('td', { text: nodeCounts(c.nodes) }),
@@ -464,7 +561,7 @@
           api('GET', this.path + '/sessions'),
         ]);
       } catch (e) {
-        if (this.alive && e.status !== 401) showAppError('Cannot read cluster ' + this.id + ': ' + e.message);
+        if (this.alive && e.status !== 401 && e.status !== 0) showAppError('Cannot read cluster ' + this.id + ': ' + e.message);
         return;
       }
       if (!this.alive) return;
@@ -492,7 +589,7 @@
       replace(this.facts,
         // The state once: the control that changes it shows it.
         fact('State', stateSelect(c, () => this.refresh())),
-        fact('Connection', c.connected ? badge('connected') : badge('disconnected', 'disconnected')),
+        fact('Connection', c.connected ? stateBadge('connected') : stateBadge('disconnected')),
         fact('Active node', el('span', { id: 'active-node', class: 'mono', text: show(a.node_id) })),
         fact('Term', el('span', { id: 'term', text: show(a.term) })),
         fact('Connected since', when(a.connected_at)),
@@ -513,7 +610,7 @@
         replace(this.core, table(['Node', 'Role', 'Primary', 'Reaches manager', 'API address'],
           core.map((n) => el('tr', { class: 'node', dataset: { nodeId: n.node_id, role: n.role } },
             el('td', { class: 'mono', text: n.node_id }),
-            el('td', {}, badge(n.role)),
+            el('td', {}, stateBadge(n.role)),
             el('td', {}, n.is_primary ? badge('primary') : dash),
             el('td', { text: n.manager_reachable === true ? 'yes' : n.manager_reachable === false ? 'no' : dash }),
             el('td', { class: 'mono', text: show(n.address) })))));
@@ -563,7 +660,7 @@
         items.push(el('li', { class: 'session' + (live ? ' live' : ''), dataset: { sessionId: s.session_id } },
           el('strong', { class: 'mono', text: s.node_id }),
           ' term ' + show(s.term) + ', connected ' + when(s.connected_at) + ' from ' + show(s.remote_addr),
-          live ? [' ', badge('live', 'ok')]
+          live ? [' ', stateBadge('live', 'ok')]
             : el('div', { class: 'muted', text: 'closed ' + when(s.disconnected_at) + ': ' + show(s.close_reason) })));
         // The gap between this session and the one before it (the list is newest first).
         const older = list[i + 1];
@@ -622,7 +719,8 @@
       try {
         data = await api('GET', this.path + '/services');
       } catch (e) {
-        // A newer read answers instead; an unreachable manager keeps what is shown.
+        // A newer read answers instead; an unreachable manager keeps what is shown (the banner
+        // says it is stale).
         if (!this.alive || seq !== this.servicesSeq || e.status === 0) return;
         this.cards.clear();
         if (e.status === 404 && /no such API endpoint/.test(e.message)) {

@@ -7,11 +7,13 @@
 //! and not sent, an input the gateway refuses is shown as `field: message`, and the output is read
 //! back from the page. Then the getting-started path: a service created from the CLI while the
 //! page is open is run from the page, and its inputs and result survive another service being
-//! created and the page refreshing.
+//! created and the page refreshing. Last, the manager process is killed with the page open: the
+//! page says since when it has not heard from the manager and marks the states it shows as stale,
+//! and returns to live once the manager is back.
 //!
 //! Screenshots of every run land in `target/screenshots/manager-page-*.png` (before and after
-//! the fail-over, the timeline, and the service run). Without Chromium or chromedriver the test
-//! fails and says to run `make deps`.
+//! the fail-over, the timeline, the service run and the manager outage). Without Chromium or
+//! chromedriver the test fails and says to run `make deps`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -414,6 +416,55 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
         "the admin token is in the manager's log"
     );
 
+    // The manager goes away with the page open: the page must not keep looking live.
+    let port = manager.port;
+    let mut manager = manager;
+    manager.proc.kill();
+    let banner = b.wait_for_text("#stale", "The manager is unreachable since ", PAGE);
+    eprintln!("manager down: {banner}");
+    assert!(
+        banner.contains(" UTC; states below are as of then"),
+        "{banner}"
+    );
+    for what in ["connected", "which node is active", "roles"] {
+        assert!(
+            banner.contains(what),
+            "the banner says {what} is unknown: {banner}"
+        );
+    }
+    assert!(
+        b.find("body.stale #gateway-facts .badge.state.connected")
+            .is_some(),
+        "the cluster's connection is marked stale"
+    );
+    assert!(
+        b.find(&format!(
+            "body.stale #core-nodes tr[data-node-id='{id2}'] .badge.state"
+        ))
+        .is_some(),
+        "the nodes' roles are marked stale"
+    );
+    let live = b.text("#live").unwrap_or_default();
+    assert!(live.starts_with("offline since "), "{live}");
+    b.execute("window.scrollTo(0, 0);", vec![]);
+    b.screenshot("manager-page-manager-down");
+    drop(manager);
+
+    // Back on the same port and data: the banner goes, the page is live and current again.
+    let manager = Manager::start(&pki, port, data.path());
+    b.wait_until("the stale banner to go", PAGE, || b.find("#stale[hidden]"));
+    assert!(
+        b.find("body.stale").is_none(),
+        "nothing marked stale any more"
+    );
+    b.wait_for_text("#live", "live", PAGE);
+    // The active node reconnects by itself (back-off at most 1 s); the page follows.
+    b.wait_until("the cluster connected again on the page", START, || {
+        b.find("#gateway-facts .badge.state.connected")
+    });
+    let errors = script_errors(&b);
+    assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
+    drop(manager);
     drop(standby);
 }
 
