@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::backend::{self, Backend};
-use super::term;
+use super::term::{self, out, outln};
 use crate::cli::Global;
 use crate::exit::{Failure, FAILURE};
 
@@ -124,7 +124,7 @@ async fn cluster_health(b: &Backend, config: &Config) -> Result<ClusterHealth, F
 pub fn get_runners(global: &Global) -> Result<(), Failure> {
     let (runners, tz) = fetch(global, runners)?;
     if global.raw {
-        println!("{}", json!({ "runners": runners }));
+        outln!("{}", json!({ "runners": runners }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = runners
@@ -144,7 +144,7 @@ pub fn get_runners(global: &Global) -> Result<(), Failure> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         term::table(
             &[
@@ -183,7 +183,7 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<(), Failure> {
 fn health(global: &Global) -> Result<(), Failure> {
     let (h, _) = fetch(global, cluster_health)?;
     if global.raw {
-        println!("{}", json!(h));
+        outln!("{}", json!(h));
     } else {
         let store_status = status_text(h.store.status);
         let manager_status = match h.manager.status {
@@ -191,14 +191,15 @@ fn health(global: &Global) -> Result<(), Failure> {
             ManagerStatus::Connected => "connected",
             ManagerStatus::Disconnected => "disconnected",
         };
-        println!("Cluster: {}", h.cluster_id);
-        println!("Store: {} ({store_status})", h.store.backend);
-        println!(
+        outln!("Cluster: {}", h.cluster_id);
+        outln!("Store: {} ({store_status})", h.store.backend);
+        outln!(
             "Runners: {} registered, {} available",
-            h.runners.registered, h.runners.available
+            h.runners.registered,
+            h.runners.available
         );
-        println!("Gateway Manager: {manager_status}");
-        println!();
+        outln!("Gateway Manager: {manager_status}");
+        outln!();
         let mut rows = vec![vec![
             "store".to_owned(),
             h.store.backend.clone(),
@@ -243,7 +244,7 @@ fn health(global: &Global) -> Result<(), Failure> {
             h.manager.via.clone().unwrap_or_default(),
             manager_status.to_owned(),
         ]);
-        print!(
+        out!(
             "{}",
             term::table(&["COMPONENT", "TYPE", "ADDRESS", "STATUS"], &rows)
         );
@@ -265,7 +266,7 @@ fn status_text(s: Status) -> &'static str {
 fn activity(global: &Global) -> Result<(), Failure> {
     let (jobs, tz) = fetch(global, jobs)?;
     if global.raw {
-        println!("{}", json!({ "jobs": jobs }));
+        outln!("{}", json!({ "jobs": jobs }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = jobs
@@ -284,7 +285,7 @@ fn activity(global: &Global) -> Result<(), Failure> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         term::table(
             &[
