@@ -8,6 +8,10 @@
 //! `--raw` output and the import file agree on field names. Secrets leave this module only as
 //! metadata: their sealed value is never returned, their plaintext only reaches a child's
 //! environment.
+//!
+//! Modules: [`api_types`] (the core node's answers the CLI reads, defined once), `error` (errors
+//! classified by what the caller does next), `keys` (where the secrets key comes from); the
+//! facade itself is here.
 #![forbid(unsafe_code)]
 
 pub mod api_types;

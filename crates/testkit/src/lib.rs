@@ -1,6 +1,12 @@
 //! Test harness for autogate's integration and black-box tests: real etcd servers, minted
 //! certificates, and real `autogate` processes. Everything it starts is torn down on drop, also
 //! when a test panics.
+//!
+//! Modules: [`etcd`] (single members and 3-member clusters, kill and pause), [`certs`] (a
+//! throw-away PKI), [`process`] (spawned `autogate` processes with captured logs, ports),
+//! [`auth`] (logging in to a core node), [`proxy`] (a cuttable TCP proxy for network faults),
+//! [`scenario`] (end-to-end set-ups), [`webdriver`] (headless Chromium), `http` (requests through
+//! reqwest).
 #![forbid(unsafe_code)]
 
 pub mod auth;
