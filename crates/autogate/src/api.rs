@@ -1,17 +1,19 @@
-//! The CLI's client of a core node's operator API (`client` mode, and the `ha` commands).
+//! The CLI's client of a core node's operator API (`client` mode, and the `ha`, `login` and
+//! users commands).
 //!
 //! Where to connect comes from `[client]` or the `--profile` section: host, port, `use_tls`,
 //! an optional client certificate, and the CA from `[application] ca_certificate_file` (else
 //! the system trust store). The API key is the profile's `api_key`, else the one `autogate
-//! login` saved at `<working_dir>/api.key`. Every answer that is not a success becomes a
-//! [`Failure`] carrying the server's own message, with an exit code a script can act on:
-//! 77 (sysexits NOPERM) for a missing or expired key, 69 when the node cannot be reached, 64
-//! for a request the node refuses as invalid.
+//! login` kept for that host and port (see [`key_path`]), else the single `api.key` of earlier
+//! versions. Every answer that is not a success becomes a [`Failure`] carrying the server's own
+//! message, with an exit code a script can act on: 77 (sysexits NOPERM) for a missing or
+//! expired key (with where the CLI looked for it), 69 when the node cannot be reached, 64 for a
+//! request the node refuses as invalid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use autogate_config::Config;
+use autogate_config::{Client, Config};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -29,16 +31,77 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
+    /// Where the key was looked for, to say what to do when the node refuses it.
+    origin: KeyOrigin,
+    /// Where `login` keeps this node's key.
+    key_file: PathBuf,
 }
 
-/// Where `autogate login` keeps the API key.
-pub fn key_path(config: &Config) -> PathBuf {
+/// Where the API key sent to the node came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyOrigin {
+    /// `api_key` of `[client]` or of the profile.
+    Config,
+    /// The file `login` kept for this node.
+    NodeFile,
+    /// The single file of earlier versions, whose node is not recorded.
+    Legacy(PathBuf),
+    /// None found.
+    Missing,
+    /// Not looked for: `login` sends none.
+    NotNeeded,
+}
+
+/// Where `autogate login` keeps the API key of the node at `client`'s host and port:
+/// `<working_dir>/api-keys/<host>_<port>.key`. One file per node, so that logging in to a
+/// second node leaves the first one's key in place; two profiles naming the same node share it.
+pub fn key_path(config: &Config, client: &Client) -> PathBuf {
+    // Only characters that are safe in a file name on every system are kept; an IPv6
+    // address's colons become underscores, and the port after the last `_` keeps names apart.
+    let host: String = client
+        .host
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    config
+        .application
+        .working_dir
+        .join("api-keys")
+        .join(format!("{host}_{}.key", client.port))
+}
+
+/// The one key file of earlier versions. It does not say which node it belongs to, so it is
+/// read only for a node that has no key file of its own.
+pub fn legacy_key_path(config: &Config) -> PathBuf {
     config.application.working_dir.join("api.key")
 }
 
+fn read_key(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 impl ApiClient {
-    /// From the configuration and `--profile`; the API key is optional here (login has none).
+    /// From the configuration and `--profile`, with the API key of the node it names.
     pub fn from_config(config: &Config, global: &Global) -> Result<ApiClient, Failure> {
+        Self::build(config, global, true)
+    }
+
+    /// For `login`: the same node, no key sent.
+    pub fn for_login(config: &Config, global: &Global) -> Result<ApiClient, Failure> {
+        Self::build(config, global, false)
+    }
+
+    fn build(config: &Config, global: &Global, with_key: bool) -> Result<ApiClient, Failure> {
         let client = config
             .client_profile(global.profile.as_deref())
             .ok_or_else(|| {
@@ -74,14 +137,32 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| Failure::new(1, format!("HTTP client: {e}")))?;
-        let key = match &client.api_key {
-            Some(k) => Some(k.expose().to_owned()),
-            None => std::fs::read_to_string(key_path(config))
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty()),
+        let key_file = key_path(config, client);
+        let (key, origin) = if !with_key {
+            (None, KeyOrigin::NotNeeded)
+        } else if let Some(k) = &client.api_key {
+            (Some(k.expose().to_owned()), KeyOrigin::Config)
+        } else if let Some(k) = read_key(&key_file) {
+            (Some(k), KeyOrigin::NodeFile)
+        } else {
+            let legacy = legacy_key_path(config);
+            match read_key(&legacy) {
+                Some(k) => (Some(k), KeyOrigin::Legacy(legacy)),
+                None => (None, KeyOrigin::Missing),
+            }
         };
-        Ok(ApiClient { http, base, key })
+        Ok(ApiClient {
+            http,
+            base,
+            key,
+            origin,
+            key_file,
+        })
+    }
+
+    /// Where `login` keeps this node's API key.
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
     }
 
     /// The node's base URL.
@@ -110,7 +191,7 @@ impl ApiClient {
         if (200..300).contains(&status) {
             Ok(value)
         } else {
-            Err(failure(status, &value))
+            Err(self.hint(failure(status, &value)))
         }
     }
 
@@ -132,8 +213,32 @@ impl ApiClient {
             Ok(text)
         } else {
             let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            Err(failure(status, &value))
+            Err(self.hint(failure(status, &value)))
         }
+    }
+
+    /// A refused key, with what the CLI knows about where it came from: the node only knows
+    /// that the key it got (if any) is not valid.
+    fn hint(&self, mut f: Failure) -> Failure {
+        if f.code != NOPERM {
+            return f;
+        }
+        let file = self.key_file.display();
+        match &self.origin {
+            KeyOrigin::Missing => f.message.push_str(&format!(
+                "\n  no API key is kept for {} (looked for {file}): run `autogate login USER` \
+                 with the same [client] host/port or --profile",
+                self.base
+            )),
+            KeyOrigin::Legacy(p) => f.message.push_str(&format!(
+                "\n  the key sent was {}, kept by an earlier version for the last node it logged \
+                 in to; run `autogate login USER` to keep a key for {} in {file}",
+                p.display(),
+                self.base
+            )),
+            KeyOrigin::Config | KeyOrigin::NodeFile | KeyOrigin::NotNeeded => {}
+        }
+        f
     }
 
     async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<(u16, String), Failure> {

@@ -1,6 +1,7 @@
 //! `autogate login USER [--password-stdin]`: exchanges a user's password for an API key at the
-//! core node and keeps the key in `<working_dir>/api.key` (mode 0600, replaced atomically), where
-//! every later client-mode command finds it. Local mode needs no login, and says how to name a
+//! core node and keeps the key in `<working_dir>/api-keys/<host>_<port>.key` (mode 0600,
+//! replaced atomically), where every later command talking to that node finds it; a login to
+//! another node keeps its own file. Local mode needs no login, and says how to name a
 //! node to log in to (client mode or `--profile`).
 
 use autogate_automation::api_types::IssuedKey;
@@ -12,7 +13,7 @@ use super::backend;
 use super::db::write_private;
 use super::resource::print_json;
 use super::term::{self, outln};
-use crate::api::{key_path, ApiClient};
+use crate::api::ApiClient;
 use crate::cli::Global;
 use crate::exit::{Failure, FAILURE, USAGE};
 
@@ -36,7 +37,7 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
              then run `autogate login USER` again",
         )
     })?;
-    let client = ApiClient::from_config(&config, global)?;
+    let client = ApiClient::for_login(&config, global)?;
     let password = term::read_secret("Enter password for user: ", args.password_stdin)?;
     let rt = super::runtime()?;
     let body = json!({ "username": args.user, "password": password });
@@ -49,9 +50,14 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
             "the core node answered the login without an api_key",
         ));
     }
-    let path = key_path(&config);
+    let path = client.key_file().to_path_buf();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        // The directory of keys is the operator's alone, like the keys in it.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| Failure::new(FAILURE, format!("cannot create {}: {e}", dir.display())))?;
     }
     write_private(&path, format!("{key}\n").as_bytes()).map_err(|e| {

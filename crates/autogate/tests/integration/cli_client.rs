@@ -120,9 +120,12 @@ fn login_create_and_run_through_a_real_server() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "Successfully logged in!"
     );
-    let key_file = admin.work.join("api.key");
+    let key_file = admin
+        .work
+        .join("api-keys")
+        .join(format!("127.0.0.1_{port}.key"));
     let mode = std::fs::metadata(&key_file)
-        .expect("api.key")
+        .expect("the node's key file")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -152,3 +152,77 @@ fn login_and_ha_status_work_as_the_readme_shows() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("ha status --raw is JSON");
     assert_eq!(v["role"], "active", "{v}");
 }
+
+#[test]
+fn a_login_to_a_second_node_keeps_the_first_ones_key() {
+    let etcd = EtcdServer::start();
+    // Two clusters: a key of one is worth nothing on the other.
+    let (_first, p1) = ha_node(&etcd, "first");
+    let (_second, p2) = ha_node(&etcd, "second");
+    let home = TempDir::new().expect("tmp");
+    let work = home.path().join(".gateway.d");
+    let (s1, s2) = (p1.to_string(), p2.to_string());
+    let node = |p: &str| {
+        [
+            ("GATEWAY_APPLICATION_MODE", "client".to_owned()),
+            ("GATEWAY_CLIENT_PORT", p.to_owned()),
+        ]
+    };
+    let run = |p: &str, args: &[&str], stdin: &str| {
+        let env = node(p);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        cli(home.path(), &env, args, stdin)
+    };
+    let status = |p: &str, code: i32| {
+        let args = ["ha", "status", "--raw"];
+        expect(run(p, &args, ""), &args, code)
+    };
+    let login = ["login", "admin", "--password-stdin"];
+    expect(run(&s1, &login, ADMIN_PASSWORD), &login, 0);
+    expect(run(&s2, &login, ADMIN_PASSWORD), &login, 0);
+
+    // One file per node, 0600, in a directory only the operator reads.
+    use std::os::unix::fs::PermissionsExt;
+    let keys = work.join("api-keys");
+    let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&keys), 0o700);
+    let (k1, k2) = (
+        keys.join(format!("127.0.0.1_{p1}.key")),
+        keys.join(format!("127.0.0.1_{p2}.key")),
+    );
+    for k in [&k1, &k2] {
+        assert_eq!(mode(k), 0o600, "{}", k.display());
+    }
+    let key1 = std::fs::read_to_string(&k1).expect("key 1");
+    assert_ne!(key1, std::fs::read_to_string(&k2).expect("key 2"));
+    assert!(!work.join("api.key").exists());
+
+    // Both logins hold: each node answers as itself.
+    let id = |out: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(out).expect("ha status --raw is JSON");
+        v["node_id"].as_str().expect("node_id").to_owned()
+    };
+    let id1 = id(&status(&s1, 0).0);
+    let id2 = id(&status(&s2, 0).0);
+    assert_ne!(id1, id2);
+
+    // The single api.key of earlier versions is read for a node without a key of its own...
+    std::fs::remove_file(&k1).expect("rm");
+    std::fs::write(work.join("api.key"), &key1).expect("legacy key");
+    assert_eq!(id(&status(&s1, 0).0), id1);
+    // ...and never instead of a node's own key.
+    assert_eq!(id(&status(&s2, 0).0), id2);
+    // When the node refuses it, the answer says where that key came from.
+    std::fs::remove_file(&k2).expect("rm");
+    let (_, err) = status(&s2, 77);
+    assert!(
+        err.contains("api.key") && err.contains("earlier version"),
+        "{err}"
+    );
+    assert!(err.contains(&k2.display().to_string()), "{err}");
+    // With no key at all: which file was looked for, and the login that writes it.
+    std::fs::remove_file(work.join("api.key")).expect("rm");
+    let (_, err) = status(&s1, 77);
+    assert!(err.contains(&k1.display().to_string()), "{err}");
+    assert!(err.contains("autogate login"), "{err}");
+}
