@@ -14,6 +14,12 @@
 //! INF attempting to connect to wss://manager.example.com:443/ws
 //! INF connected to commander at 10.0.0.5:443
 //! ```
+//!
+//! While attempts fail, each failure is one line that names the next attempt and its delay:
+//!
+//! ```text
+//! WRN connection to commander at manager.example.com:443 failed: TCP connect: Connection refused (os error 111); attempting to connect to wss://manager.example.com:443/ws in 143 ms
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -195,17 +201,21 @@ pub async fn run(
     tracing::info!("creating connection to commander at '{first}'");
     let mut backoff = Backoff::new(FIRST_RETRY, settings.max_backoff);
     let mut index = 0usize;
+    // The family's line opens each series of attempts; while they fail, each failure is one
+    // line that also names the next attempt, so a long outage costs one line per attempt.
+    tracing::info!("attempting to connect to wss://{first}/ws");
     loop {
         let host = &settings.hosts[index % settings.hosts.len()];
-        tracing::info!("attempting to connect to wss://{host}/ws");
         // `session` watches the token itself: once up, it must finish the closing handshake
         // rather than be dropped mid-session.
         let attempt = session(&node, &settings, host, term, &status, &token).await;
         match attempt {
             Ok(Ended::Cancelled) => break,
             Ok(Ended::Lost(reason)) => {
-                // A session that was up: retry the same manager quickly.
-                tracing::warn!("connection to commander at {host} lost: {reason}");
+                // A session that was up: retry the same manager at once.
+                tracing::warn!(
+                    "connection to commander at {host} lost: {reason}; attempting to connect to wss://{host}/ws again"
+                );
                 backoff.reset();
                 status.update(|s| {
                     s.connected = false;
@@ -223,8 +233,9 @@ pub async fn run(
                     s.failing_since.get_or_insert_with(Instant::now);
                 });
                 let delay = backoff.next_delay(rand::random::<f64>());
+                let next = &settings.hosts[index % settings.hosts.len()];
                 tracing::warn!(
-                    "connection to commander at {host} failed: {reason}; next attempt in {} ms",
+                    "connection to commander at {host} failed: {reason}; attempting to connect to wss://{next}/ws in {} ms",
                     delay.as_millis()
                 );
                 tokio::select! {

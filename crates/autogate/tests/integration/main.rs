@@ -28,6 +28,7 @@ mod cli_run;
 mod config_cli;
 mod ha_e2e;
 mod ha_faults;
+mod ha_friction;
 mod link_e2e;
 mod manager_abuse;
 mod manager_cli;
