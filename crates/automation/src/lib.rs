@@ -29,7 +29,9 @@ use autogate_exec::{
 use autogate_resources::model::{
     Decorator, ExecutableObject, Kind, Registry, Repository, Resource, Secret, Service,
 };
-use autogate_resources::{ImportMode, ImportReport, Resources, TxnGuard};
+use autogate_resources::{
+    ImportError, ImportMode, ImportReport, ResourceError, Resources, SecretError, TxnGuard,
+};
 use autogate_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -437,7 +439,7 @@ impl Automation {
             .await
         {
             Ok(ok) => ok,
-            Err(autogate_resources::ResourceError::KeyRequired { .. }) if key_err.is_some() => {
+            Err(ResourceError::KeyRequired { .. }) if key_err.is_some() => {
                 return Err(key_err.unwrap_or(AutomationError::KeyMissing));
             }
             Err(e) => return Err(e.into()),
@@ -510,8 +512,13 @@ impl Automation {
         let report = if doc.secrets.is_empty() {
             self.resources.import(yaml, mode).await?
         } else {
-            let key = self.key.load(false)?;
-            self.resources.import_with_key(yaml, mode, &key).await?
+            let key = self.key.load_for_import()?;
+            match self.resources.import_with_key(yaml, mode, &key).await {
+                Err(ImportError::Resource(ResourceError::Secret(
+                    SecretError::WrongKeyOrCorrupted { name },
+                ))) => return Err(self.key.wrong_key_for_import(&name)),
+                other => other?,
+            }
         };
         Ok(report)
     }

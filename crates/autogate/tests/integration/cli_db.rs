@@ -284,3 +284,85 @@ fn a_bad_file_changes_nothing() {
     assert!(out.stderr.contains("/no/such/file.yaml"), "{}", out.stderr);
     assert_eq!(l.snapshot(), before);
 }
+
+/// `autogate <args…>` in local mode on `work`, with `env` and no key file setting unless given.
+fn run_in(work: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Autogate::new(args.iter().map(|s| s.to_string())).env(
+        "GATEWAY_APPLICATION_WORKING_DIR",
+        work.display().to_string(),
+    );
+    for (k, v) in env {
+        cmd = cmd.env(k, *v);
+    }
+    cmd.output(DEADLINE)
+}
+
+#[test]
+fn an_import_on_a_fresh_machine_asks_for_the_source_key_file() {
+    let root = TempDir::new().expect("tmp");
+    let a = Local::new(root.path(), "a");
+    let url = git_repo(&root.path().join("repo"), &[("run.sh", RUN_SH)]);
+    populate(&a, &url);
+    let file = root.path().join("export.yaml");
+    let f = file.to_str().expect("utf-8");
+    a.ok(&["db", "export", "--output", f]);
+
+    // A fresh machine: no key file at the local-mode default. Refused once, naming the setting,
+    // its variable, the default path and what to copy; nothing imported, no key made up.
+    let fresh = root.path().join("fresh");
+    let default_key = fresh.join("secrets.key");
+    let args = ["db", "import", f];
+    let out = expect_code(run_in(&fresh, &[], &args), &args, 64);
+    let err = out.stderr;
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let path = default_key.display().to_string();
+    assert_eq!(err.matches(&path).count(), 1, "the path once: {err}");
+    for needle in [
+        "sealed with the key file of the cluster that exported it",
+        "copy that cluster's key file",
+        "[secrets] encrypt_key_file",
+        "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+        "<working_dir>/secrets.key",
+        "nothing was imported",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert!(!default_key.exists(), "a new key would never open the file");
+    let out = expect_code(run_in(&fresh, &[], &["get", "secrets"]), &["get"], 0);
+    assert!(!out.stdout.contains("tok"), "{}", out.stdout);
+
+    // A configured key file that is not there: the same advice, with that path.
+    let elsewhere = root.path().join("copied.key");
+    let e = elsewhere.display().to_string();
+    let env = [("GATEWAY_SECRETS_ENCRYPT_KEY_FILE", e.as_str())];
+    let out = expect_code(run_in(&fresh, &env, &args), &args, 64);
+    assert_eq!(out.stderr.matches(&e).count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("copy that cluster's key file there"),
+        "{}",
+        out.stderr
+    );
+
+    // Another cluster's key: the secret that does not open is named, with the same advice.
+    std::fs::write(&elsewhere, "7a".repeat(32)).expect("key");
+    let out = expect_code(run_in(&fresh, &env, &args), &args, 64);
+    assert!(
+        out.stderr
+            .contains("secret tok does not open with the key file")
+            && out.stderr.contains("copy that cluster's key file"),
+        "{}",
+        out.stderr
+    );
+
+    // The source's key copied to the default path: the import goes through and the secret opens.
+    std::fs::copy(&a.key, &default_key).expect("copy the key");
+    let out = expect_code(run_in(&fresh, &[], &args), &args, 0);
+    assert!(out.stdout.contains("Imported"), "{}", out.stdout);
+    let args = ["run", "service", "executable", "exe", "--set", "n=5"];
+    let out = expect_code(run_in(&fresh, &[], &args), &args, 0);
+    assert!(
+        out.stdout.contains("tok=[********] --n 5"),
+        "{}",
+        out.stdout
+    );
+}
