@@ -332,6 +332,8 @@ impl Engine {
             s
         };
 
+        // Set when this run built its Python environment: reported beside the program's time.
+        let mut env_build = None;
         let plan = match service.service_type {
             ServiceType::PythonScript => {
                 let filename = required(service.filename.as_deref(), "filename", service)?;
@@ -342,10 +344,12 @@ impl Engine {
                 };
                 let python = match req {
                     Some(req) => {
-                        self.venvs
+                        let venv = self
+                            .venvs
                             .ensure_with(&binary, &req, service.pip_index.as_ref(), cancel)
-                            .await?
-                            .python
+                            .await?;
+                        env_build = venv.build_time;
+                        venv.python
                     }
                     None => binary,
                 };
@@ -407,7 +411,12 @@ impl Engine {
                     .await;
             }
         };
-        let result = run_process(&spec(plan, timeout), cancel).await;
+        let result = run_process(&spec(plan, timeout), cancel)
+            .await
+            .map(|mut r| {
+                r.environment_build_time = env_build.map(runner::format_elapsed);
+                r
+            });
         drop(ws);
         result
     }

@@ -11,6 +11,7 @@
 //! * [`checkout`] — git checkouts cached by commit, and per-run workspaces;
 //! * [`venv`] — Python venvs cached by requirement set and interpreter;
 //! * [`inputs`] — decorator validation, `--set` coercion, inputs rendered as arguments or vars;
+//! * [`progress`] — what a run reports while it works (an environment build), for front ends;
 //! * [`runner`] — one program in its own process group, bounded capture, timeout, cancellation;
 //! * `engine` — one run from inputs to [`RunResult`]; `error` — [`ExecError`].
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod checkout;
 mod engine;
 mod error;
 pub mod inputs;
+pub mod progress;
 pub mod runner;
 pub mod venv;
 
@@ -26,6 +28,7 @@ pub use checkout::{GitCredentials, HostKeyPolicy, Repository};
 pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction};
 pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};
+pub use progress::{with_progress, Progress, ProgressHook};
 pub use runner::{run_process, ProcessSpec, RunResult};
 pub use venv::PipIndex;
 

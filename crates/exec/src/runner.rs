@@ -63,6 +63,11 @@ pub struct RunResult {
     /// OpenTofu runs only: the state file after the run, when one was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<serde_json::Value>,
+    /// Python runs only, and only when this run built its environment (none was cached for
+    /// its requirements): how long the build took, in the format of `elapsed_time`. The build
+    /// comes before `start_time`, outside `elapsed_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_build_time: Option<String>,
 }
 
 /// One program to run.
@@ -293,6 +298,7 @@ pub async fn run_process(
         stdout_json,
         timed_out,
         state: None,
+        environment_build_time: None,
     })
 }
 

@@ -86,6 +86,9 @@ pub struct Venv {
     pub python: PathBuf,
     /// True when this call built it; false when it was reused.
     pub built: bool,
+    /// How long this call took to build it (venv creation, pip, publication); `None` when it
+    /// was reused.
+    pub build_time: Option<Duration>,
 }
 
 /// The venv cache of one node.
@@ -284,11 +287,42 @@ impl VenvCache {
             return Ok(v);
         }
         remove_leftovers(&store, &key);
+        // From here on the run is silent for seconds to minutes: tell whoever shows progress.
+        let started = std::time::Instant::now();
+        crate::progress::report(crate::progress::Progress::EnvironmentBuildStarted {
+            requirements: requirements.to_owned(),
+        });
+        let built = self
+            .build_and_publish(&key, &link, &store, &interp, requirements, index, cancel)
+            .await;
+        let elapsed = started.elapsed();
+        crate::progress::report(crate::progress::Progress::EnvironmentBuildFinished {
+            elapsed,
+            ok: built.is_ok(),
+        });
+        let mut v = built?;
+        v.built = true;
+        v.build_time = Some(elapsed);
+        Ok(v)
+    }
+
+    /// Builds the venv of `key` in a new store directory and publishes it at `link`.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_and_publish(
+        &self,
+        key: &str,
+        link: &Path,
+        store: &Path,
+        interp: &Interpreter,
+        requirements: &Path,
+        index: Option<&PipIndex>,
+        cancel: &CancellationToken,
+    ) -> Result<Venv, ExecError> {
         let build = tempfile::Builder::new()
             .prefix(&format!("{key}-"))
-            .tempdir_in(&store)
+            .tempdir_in(store)
             .map_err(|e| ExecError::io("creating the venv directory", e))?;
-        self.build(&interp, build.path(), requirements, index, cancel)
+        self.build(interp, build.path(), requirements, index, cancel)
             .await?;
         // Built: keep the directory (it is now the venv) and publish it.
         let dir = build.keep();
@@ -298,7 +332,7 @@ impl VenvCache {
             .unwrap_or_default();
         let tmp_link = self.root.join(format!(".link-{name}"));
         let publish = std::os::unix::fs::symlink(Path::new("store").join(&name), &tmp_link)
-            .and_then(|()| std::fs::rename(&tmp_link, &link));
+            .and_then(|()| std::fs::rename(&tmp_link, link));
         if let Err(e) = publish {
             let _ = std::fs::remove_file(&tmp_link);
             let _ = std::fs::remove_dir_all(&dir);
@@ -307,11 +341,9 @@ impl VenvCache {
                 e,
             ));
         }
-        let mut v = ready(&key, &link).ok_or_else(|| ExecError::Venv {
+        ready(key, link).ok_or_else(|| ExecError::Venv {
             reason: format!("venv {} vanished after it was built", link.display()),
-        })?;
-        v.built = true;
-        Ok(v)
+        })
     }
 
     async fn build(
@@ -390,6 +422,7 @@ fn ready(key: &str, link: &Path) -> Option<Venv> {
         path,
         python,
         built: false,
+        build_time: None,
     })
 }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use autogate_exec::inputs::parse_set_args;
 use autogate_exec::{
-    Decorator, Engine, EngineConfig, ExecError, Inputs, Repository, RunOptions, Secrets, Service,
-    ServiceType, TofuAction,
+    with_progress, Decorator, Engine, EngineConfig, ExecError, Inputs, Progress, ProgressHook,
+    Repository, RunOptions, Secrets, Service, ServiceType, TofuAction,
 };
 use common::*;
 use serde_json::json;
@@ -97,10 +97,45 @@ async fn python_script_from_git_with_venv_inputs_and_secrets() {
     secrets.insert("API_TOKEN".into(), "tok-123456".into());
     let cancel = CancellationToken::new();
 
+    // The front end's hook hears the build start and end; the result carries its time.
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Progress>::new()));
+    let hook: ProgressHook = {
+        let heard = heard.clone();
+        std::sync::Arc::new(move |p: &Progress| heard.lock().unwrap().push(p.clone()))
+    };
     let t0 = Instant::now();
-    let r = eng.run(&svc, &inputs, &secrets, &cancel).await.unwrap();
+    let r = with_progress(hook.clone(), eng.run(&svc, &inputs, &secrets, &cancel))
+        .await
+        .unwrap();
     let first = t0.elapsed();
     assert_eq!(r.return_code, 0, "{}", r.stderr);
+    let build = r
+        .environment_build_time
+        .clone()
+        .expect("the first run built its venv");
+    let secs: f64 = build.strip_suffix('s').unwrap().parse().unwrap();
+    assert!(
+        secs > 0.0 && secs <= first.as_secs_f64(),
+        "{build} vs {first:?}"
+    );
+    {
+        let heard = heard.lock().unwrap();
+        assert_eq!(heard.len(), 2, "{heard:?}");
+        assert!(
+            matches!(&heard[0], Progress::EnvironmentBuildStarted { requirements }
+                if requirements.ends_with("scripts/requirements.txt")),
+            "{heard:?}"
+        );
+        assert!(
+            matches!(heard[1], Progress::EnvironmentBuildFinished { ok: true, elapsed }
+                if elapsed.as_secs_f64() <= first.as_secs_f64()),
+            "{heard:?}"
+        );
+    }
+    assert!(
+        serde_json::to_value(&r).unwrap()["environment_build_time"].is_string(),
+        "serialized with the result"
+    );
     let j = r.stdout_json.clone().unwrap();
     assert_eq!(j["argv"], json!(["--device=r1", "--dry_run", "--port=22"]));
     assert_eq!(j["greeting"], "hi");
@@ -112,9 +147,20 @@ async fn python_script_from_git_with_venv_inputs_and_secrets() {
     assert_eq!(j["region"], "eu-1");
 
     let t1 = Instant::now();
-    let r2 = eng.run(&svc, &inputs, &secrets, &cancel).await.unwrap();
+    let r2 = with_progress(hook, eng.run(&svc, &inputs, &secrets, &cancel))
+        .await
+        .unwrap();
     let second = t1.elapsed();
     assert_eq!(r2.stdout_json, r.stdout_json);
+    assert_eq!(
+        r2.environment_build_time, None,
+        "the cached venv is not built"
+    );
+    assert_eq!(heard.lock().unwrap().len(), 2, "nothing to report");
+    assert!(serde_json::to_value(&r2)
+        .unwrap()
+        .get("environment_build_time")
+        .is_none());
     eprintln!("first run (clone + venv build) {first:?}, second run (cached) {second:?}");
     assert!(
         second * 3 < first,

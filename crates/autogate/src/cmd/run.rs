@@ -1,8 +1,9 @@
 //! `autogate run service <type> [apply|destroy] NAME [--set k=v]… [--use]`: runs a service
 //! (in-process in local mode, on the core node in client mode) and prints the family's layout —
 //! the program's stdout and stderr, its return code, then start, end and elapsed time in
-//! `[terminal] timestamp_timezone` — or, with `--raw`, the result JSON. `--use` prints the
-//! inputs the service's decorator expects instead of running it.
+//! `[terminal] timestamp_timezone`, and the environment build time when the run built one — or,
+//! with `--raw`, the result JSON. `--use` prints the inputs the service's decorator expects
+//! instead of running it. A local run shows on standard error what it is waiting for.
 
 use std::path::PathBuf;
 
@@ -246,11 +247,49 @@ async fn run_local(backend: &Backend, req: &RunRequest) -> Result<RunResult, Fai
             cancel.cancel();
         })
     };
-    let spinner = term::Spinner::start(format!("running service {}", req.service));
-    let out = backend.run(req, &cancel).await;
+    let running = format!("running service {}", req.service);
+    let spinner = term::Spinner::start(running.clone());
+    let out = autogate_exec::with_progress(
+        progress_hook(spinner.status(), running),
+        backend.run(req, &cancel),
+    )
+    .await;
     spinner.finish().await;
     watcher.abort();
     out
+}
+
+/// What the spinner (or, without a terminal, a line on standard error) says while the engine
+/// works on something other than the program: a first run with a requirement file builds its
+/// Python environment, seconds to minutes without output of its own.
+fn progress_hook(status: term::Status, running: String) -> autogate_exec::ProgressHook {
+    use autogate_exec::Progress;
+    std::sync::Arc::new(move |p: &Progress| match p {
+        Progress::EnvironmentBuildStarted { requirements } => {
+            let from = requirements
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if status.is_live() {
+                status.set("building the Python environment…");
+            } else {
+                status.set(&format!(
+                    "building the Python environment from {from} (first run with these requirements)…"
+                ));
+            }
+        }
+        Progress::EnvironmentBuildFinished { elapsed, ok } => {
+            if status.is_live() {
+                status.set(&running);
+            } else if *ok {
+                status.set(&format!(
+                    "built the Python environment in {:.1}s; {running}",
+                    elapsed.as_secs_f64()
+                ));
+            }
+        }
+        _ => {}
+    })
 }
 
 fn write_state(path: &std::path::Path, state: &Value) -> Result<(), Failure> {
@@ -306,6 +345,10 @@ fn result_text(
     lines.push(("Start Time", term::show_time(&r.start_time, tz)));
     lines.push(("End Time", term::show_time(&r.end_time, tz)));
     lines.push(("Elapsed Time", r.elapsed_time.clone()));
+    // Only a run that built its Python environment has one; the build precedes Start Time.
+    if let Some(build) = &r.environment_build_time {
+        lines.push(("Environment Build Time", build.clone()));
+    }
     out.push_str(&term::block(&lines));
     out
 }

@@ -176,11 +176,46 @@ fn read_line() -> Result<String, Failure> {
 }
 
 /// A spinner on standard error while a long step runs, only when standard error is a terminal
-/// (never in pipes, files or `TERM=dumb`), erased when dropped.
+/// (never in pipes, files or `TERM=dumb`), erased when dropped. What it says can change while
+/// it runs ([`Spinner::status`]); where there is no spinner, a change is a plain line instead,
+/// so logs and CI output still say what the CLI is waiting for.
 #[derive(Debug)]
 pub struct Spinner {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    status: Status,
+}
+
+/// What a [`Spinner`] says; cheap to clone into a callback of another layer.
+#[derive(Debug, Clone)]
+pub struct Status {
+    // The text and when it was set (the spinner shows the seconds since), `None` without a
+    // terminal: then [`Status::set`] writes lines.
+    shown: Option<std::sync::Arc<std::sync::Mutex<(String, Instant)>>>,
+}
+
+impl Status {
+    /// From now on the spinner says `what` and counts from zero; without a terminal, `what` is
+    /// written as a line on standard error.
+    pub fn set(&self, what: &str) {
+        match &self.shown {
+            Some(shown) => {
+                if let Ok(mut s) = shown.lock() {
+                    *s = (what.to_owned(), Instant::now());
+                }
+            }
+            None => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{what}");
+                let _ = err.flush();
+            }
+        }
+    }
+
+    /// True when a spinner shows the status (standard error is a terminal).
+    pub fn is_live(&self) -> bool {
+        self.shown.is_some()
+    }
 }
 
 impl Spinner {
@@ -191,35 +226,48 @@ impl Spinner {
             return Spinner {
                 stop: None,
                 task: None,
+                status: Status { shown: None },
             };
         }
+        let shown = std::sync::Arc::new(std::sync::Mutex::new((what, Instant::now())));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-            let started = Instant::now();
-            let mut i = 0usize;
-            loop {
-                let frame = FRAMES[i % FRAMES.len()];
-                let secs = started.elapsed().as_secs_f64();
-                {
-                    let mut err = std::io::stderr().lock();
-                    let _ = write!(err, "\r{frame} {what} {secs:.1}s\x1b[K");
-                    let _ = err.flush();
+        let task = tokio::spawn({
+            let shown = shown.clone();
+            async move {
+                const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+                let mut i = 0usize;
+                loop {
+                    let frame = FRAMES[i % FRAMES.len()];
+                    let (what, secs) = match shown.lock() {
+                        Ok(s) => (s.0.clone(), s.1.elapsed().as_secs_f64()),
+                        Err(_) => break,
+                    };
+                    {
+                        let mut err = std::io::stderr().lock();
+                        let _ = write!(err, "\r{frame} {what} {secs:.1}s\x1b[K");
+                        let _ = err.flush();
+                    }
+                    i += 1;
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        _ = tokio::time::sleep(Duration::from_millis(120)) => {}
+                    }
                 }
-                i += 1;
-                tokio::select! {
-                    _ = &mut rx => break,
-                    _ = tokio::time::sleep(Duration::from_millis(120)) => {}
-                }
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[K");
+                let _ = err.flush();
             }
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[K");
-            let _ = err.flush();
         });
         Spinner {
             stop: Some(tx),
             task: Some(task),
+            status: Status { shown: Some(shown) },
         }
+    }
+
+    /// A handle that changes what the spinner says.
+    pub fn status(&self) -> Status {
+        self.status.clone()
     }
 
     /// Stops and erases the spinner before anything else is printed.

@@ -1,7 +1,7 @@
 //! The four service types end to end through the real binary in local mode: real git
 //! repositories made here, real Python venvs with a package from the registry and one from a
-//! local path, real Ansible against localhost, OpenTofu when installed; and secrets at rest in
-//! the raw local and etcd stores.
+//! local path, real Ansible against localhost, OpenTofu when installed; the progress and time
+//! of an environment build; and secrets at rest in the raw local and etcd stores.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -233,6 +233,171 @@ fn python_script_with_registry_and_local_requirements() {
     for needle in ["/port", "device", "colour"] {
         assert!(bad.stderr.contains(needle), "{needle} in {}", bad.stderr);
     }
+}
+
+/// A PEP 517 backend in the package's own tree that packs `tinypkg/` into a wheel with the
+/// standard library only: installing the package needs neither the network nor setuptools.
+const TINY_BACKEND: &str = r#"
+import base64, hashlib, os, zipfile
+NAME, VERSION = "tinypkg", "0.1.0"
+DIST = f"{NAME}-{VERSION}.dist-info"
+def _line(path, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    files = {}
+    for root, _, names in os.walk(NAME):
+        for n in names:
+            if n.endswith(".py"):
+                p = os.path.join(root, n)
+                with open(p, "rb") as f:
+                    files[p.replace(os.sep, "/")] = f.read()
+    files[f"{DIST}/METADATA"] = f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\n".encode()
+    files[f"{DIST}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tiny\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = [_line(p, d) for p, d in files.items()] + [f"{DIST}/RECORD,,"]
+    files[f"{DIST}/RECORD"] = ("\n".join(record) + "\n").encode()
+    name = f"{NAME}-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for p, d in files.items():
+            z.writestr(p, d)
+    return name
+"#;
+
+/// The first run of a python-script service with a requirements.txt builds its environment:
+/// with standard error not a terminal, a plain line says so while it happens (before the
+/// result), and the result shows the build's time beside Elapsed Time; the second run reuses
+/// the environment and shows neither.
+#[test]
+fn python_environment_build_is_shown_and_timed() {
+    let t = tempfile::tempdir().unwrap();
+    let work = t.path().join("work");
+    let url = git_repo(
+        &t.path().join("src"),
+        &[
+            (
+                "app/main.py",
+                "import tinypkg\nprint(tinypkg.GREETING)\n",
+            ),
+            ("app/requirements.txt", "./pkg\n"),
+            (
+                "app/pkg/pyproject.toml",
+                "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"tinypkg\"\nversion = \"0.1.0\"\n",
+            ),
+            ("app/pkg/backend.py", TINY_BACKEND),
+            ("app/pkg/tinypkg/__init__.py", "GREETING = 'from tinypkg'\n"),
+        ],
+    );
+    for args in [
+        &["create", "repository", "code", "--url", url.as_str()][..],
+        &[
+            "create",
+            "service",
+            "python-script",
+            "greet",
+            "--repository",
+            "code",
+            "--working-dir",
+            "app",
+            "--filename",
+            "main.py",
+        ],
+    ] {
+        ok(&cli(&work, args, DEADLINE), &format!("{args:?}"));
+    }
+    let run = || {
+        let mut p = Autogate::new(["run", "service", "python-script", "greet"])
+            .env(
+                "GATEWAY_APPLICATION_WORKING_DIR",
+                work.display().to_string(),
+            )
+            .spawn();
+        let status = p.wait_exit(BUILD_DEADLINE);
+        assert!(status.success(), "{status:?}\n{}", p.dump());
+        p.lines()
+    };
+    let text = |lines: &[autogate_testkit::LogLine], stream: &str| -> String {
+        lines
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| format!("{}\n", l.text))
+            .collect()
+    };
+
+    let first = run();
+    let (out, err) = (text(&first, "stdout"), text(&first, "stderr"));
+    let said = first
+        .iter()
+        .find(|l| l.stream == "stderr" && l.text.contains("building the Python environment"))
+        .unwrap_or_else(|| panic!("a progress line on stderr:\n{err}"));
+    assert!(
+        said.text.contains("requirements.txt") && !said.text.contains('\r'),
+        "a plain line naming the requirement file: {:?}",
+        said.text
+    );
+    let result = first
+        .iter()
+        .find(|l| l.stream == "stdout" && l.text.starts_with("Stdout:"))
+        .unwrap_or_else(|| panic!("the result on stdout:\n{out}"));
+    assert!(
+        said.at <= result.at,
+        "the line comes while it builds, before the result"
+    );
+    assert!(
+        err.contains("built the Python environment in "),
+        "and when it is done: {err}"
+    );
+    assert!(out.contains("from tinypkg"), "{out}");
+    let labels: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .filter(|k| k.ends_with(" Time"))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Start Time",
+            "End Time",
+            "Elapsed Time",
+            "Environment Build Time"
+        ],
+        "{out}"
+    );
+    let build = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment Build Time:"))
+        .unwrap()
+        .trim();
+    let secs: f64 = build
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("seconds like Elapsed Time: {build:?}"));
+    assert!(secs > 0.0, "{build}");
+
+    let second = run();
+    let (out, err) = (text(&second, "stdout"), text(&second, "stderr"));
+    assert!(out.contains("from tinypkg"), "{out}");
+    assert!(out.contains("Elapsed Time:"), "{out}");
+    assert!(
+        !out.contains("Environment Build Time"),
+        "the cached environment was not built: {out}"
+    );
+    assert!(
+        !err.contains("Python environment"),
+        "nothing to wait for: {err}"
+    );
+
+    // --raw: the field is in the result JSON only when an environment was built.
+    let raw = cli(
+        &work,
+        &["run", "service", "python-script", "greet", "--raw"],
+        DEADLINE,
+    );
+    ok(&raw, "raw run");
+    assert!(
+        raw_result(&raw).get("environment_build_time").is_none(),
+        "{}",
+        raw.stdout
+    );
 }
 
 #[test]
