@@ -20,9 +20,11 @@
 //!   puts them behind it; once the target is directly behind the active node, the active resigns.
 //!   Keys are only ever created at the end of the queue, so "leader = lowest create revision" (what
 //!   `etcdctl elect -l` shows) stays true throughout.
-//! * crash proof: a standby probes the active node's advertised address; only refusals across the
-//!   probe window, from an address that earlier answered with that node's id, prove the process
-//!   gone. Timeouts prove nothing (a frozen process or a partition also time out).
+//! * crash proof: a standby probes the active node's advertised address; once that address has
+//!   answered with the active node's id, refusals across the probe window prove the process gone,
+//!   and so does an answer with another node id of the same host (a new process of a restarted
+//!   node holds the port now). Timeouts prove nothing (a frozen process or a partition also time
+//!   out), nor does an answer from another host (the address moved).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -936,6 +938,7 @@ impl Machine {
         let window = self.cfg.probe_window_ms;
         let fast = self.cfg.fast_probe_ms();
         let interval = self.cfg.probe_interval_ms;
+        let own_id = self.cfg.node_id.clone();
         let Some(track) = self.probe.as_mut() else {
             return;
         };
@@ -943,8 +946,41 @@ impl Machine {
             return;
         }
         match result {
-            ProbeResult::Answered { node_id: answered } => {
-                track.answered = answered == track.node_id;
+            ProbeResult::Answered { node_id: answered } if answered == track.node_id => {
+                track.answered = true;
+                track.refused_since = None;
+                track.next_at = now.plus(interval);
+            }
+            ProbeResult::Answered { node_id: answered }
+                if track.answered
+                    && answered != own_id
+                    && host_part(&answered) == host_part(&track.node_id) =>
+            {
+                // A port is held by one process of a host at a time: another process of the
+                // same host answering where the active node answered before means that node's
+                // process is gone (typically restarted at once by its supervisor). An answer
+                // from another host only says the address moved (a virtual IP, NAT), and one
+                // from this node says the address leads here: neither proves anything.
+                track.refused_since = None;
+                track.next_at = now.plus(interval);
+                if !track.revoked {
+                    track.revoked = true;
+                    let (node, lease) = (track.node_id.clone(), track.lease);
+                    Self::log(
+                        out,
+                        LogLevel::Warn,
+                        format!(
+                            "core node '{answered}' answers at {address}, where active core node '{node}' answered before: its process is gone; revoking its lease"
+                        ),
+                    );
+                    out.push(Command::Store(StoreCommand::RevokePeerLease {
+                        node_id: node,
+                        lease,
+                    }));
+                }
+            }
+            ProbeResult::Answered { .. } => {
+                track.answered = false;
                 track.refused_since = None;
                 track.next_at = now.plus(interval);
             }

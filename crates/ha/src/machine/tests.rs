@@ -596,6 +596,140 @@ fn timeouts_wrong_ids_and_never_answered_addresses_prove_nothing() {
     )));
 }
 
+fn revokes(out: &[Command]) -> Vec<(String, LeaseId)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Store(StoreCommand::RevokePeerLease { node_id, lease }) => {
+                Some((node_id.clone(), *lease))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_identity_of_the_same_host_at_the_verified_address_proves_the_active_dead() {
+    let addr = "10.0.0.2:8080";
+    let restarted = "hostb_0009";
+    // Straight after an answer, and after refusals shorter than the window (the restart took
+    // less than the window): either way the next answer under another id is the proof.
+    for refused_first in [false, true] {
+        let mut m = standby_probing(300, B, addr);
+        m.handle(
+            Millis(10),
+            view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+        );
+        m.handle(
+            Millis(20),
+            probe_result(B, addr, ProbeResult::Answered { node_id: B.into() }),
+        );
+        if refused_first {
+            let out = m.handle(Millis(1_020), probe_result(B, addr, ProbeResult::Refused));
+            assert!(revokes(&out).is_empty(), "{out:?}");
+        }
+        let out = m.handle(
+            Millis(1_100),
+            probe_result(
+                B,
+                addr,
+                ProbeResult::Answered {
+                    node_id: restarted.into(),
+                },
+            ),
+        );
+        assert_eq!(revokes(&out), vec![(B.to_owned(), 0xb)], "{out:?}");
+        let warned = logs(&out);
+        assert!(
+            warned.iter().any(|(level, text)| *level == LogLevel::Warn
+                && text
+                    == &format!(
+                        "core node '{restarted}' answers at {addr}, where active core node '{B}' answered before: its process is gone; revoking its lease"
+                    )),
+            "{warned:?}"
+        );
+        // Once: no more probes of that lease, and a late answer changes nothing.
+        let out = m.handle(Millis(1_400), Event::Tick);
+        assert!(
+            !has(&out, |c| matches!(
+                c,
+                Command::Local(LocalCommand::Probe { .. })
+            )),
+            "{out:?}"
+        );
+        let out = m.handle(
+            Millis(1_500),
+            probe_result(
+                B,
+                addr,
+                ProbeResult::Answered {
+                    node_id: restarted.into(),
+                },
+            ),
+        );
+        assert!(revokes(&out).is_empty(), "{out:?}");
+        // The restarted node's own key is behind ours: once B's lease is gone, ME leads.
+        let out = m.handle(
+            Millis(1_510),
+            view(14, vec![cand(ME, 12, 0xa), cand(restarted, 13, 0x9)]),
+        );
+        assert!(starts(&out), "{out:?}");
+    }
+}
+
+#[test]
+fn other_identities_prove_nothing_unless_the_address_was_verified_and_of_the_same_host() {
+    let addr = "10.0.0.2:8080";
+    let answer = |id: &str| ProbeResult::Answered { node_id: id.into() };
+    // Never verified: another id of B's host proves nothing.
+    let mut m = standby_probing(300, B, addr);
+    m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    let out = m.handle(Millis(20), probe_result(B, addr, answer("hostb_0009")));
+    assert!(revokes(&out).is_empty(), "{out:?}");
+    // Verified, then answered by another host (the address moved) or by this very node (the
+    // address leads here): no proof, and the address is no longer verified, so refusals that
+    // follow prove nothing either.
+    for other in [C, ME] {
+        let mut m = standby_probing(300, B, addr);
+        m.handle(
+            Millis(10),
+            view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+        );
+        m.handle(Millis(20), probe_result(B, addr, answer(B)));
+        let out = m.handle(Millis(220), probe_result(B, addr, answer(other)));
+        assert!(revokes(&out).is_empty(), "{other}: {out:?}");
+        assert_eq!(
+            m.snapshot(Millis(221)).crash_probe.map(|p| p.verified),
+            Some(false)
+        );
+        for i in 0..10u64 {
+            let out = m.handle(
+                Millis(300 + i * 100),
+                probe_result(B, addr, ProbeResult::Refused),
+            );
+            assert!(revokes(&out).is_empty(), "{other}: {out:?}");
+        }
+    }
+    // Timeouts around a restart still prove nothing: verified, timeouts, then B answers again.
+    let mut m = standby_probing(300, B, addr);
+    m.handle(
+        Millis(10),
+        view(12, vec![cand(B, 10, 0xb), cand(ME, 12, 0xa)]),
+    );
+    m.handle(Millis(20), probe_result(B, addr, answer(B)));
+    for i in 0..10u64 {
+        let out = m.handle(
+            Millis(300 + i * 900),
+            probe_result(B, addr, ProbeResult::Timeout),
+        );
+        assert!(revokes(&out).is_empty(), "{out:?}");
+    }
+    let out = m.handle(Millis(9_500), probe_result(B, addr, answer(B)));
+    assert!(revokes(&out).is_empty(), "{out:?}");
+}
+
 #[test]
 fn loopback_addresses_are_probed_only_from_the_same_host() {
     let mut m = standby_probing(300, B, "127.0.0.1:8080");
