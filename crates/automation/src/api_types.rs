@@ -62,7 +62,7 @@ pub enum RunStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportReport {
     pub items: Vec<ImportedItem>,
-    /// False in check mode and when every item was a conflict.
+    /// False in check mode and when every item was unchanged or a conflict.
     pub written: bool,
 }
 
@@ -81,9 +81,11 @@ pub struct ImportedItem {
 pub enum Imported {
     /// New; created.
     Add,
-    /// Exists; skipped (no `force`).
+    /// Exists with the same content (the store's timestamps aside); nothing written.
+    Unchanged,
+    /// Exists with other content; skipped (no `force`).
     Conflict,
-    /// Exists; overwritten (`force`).
+    /// Exists with other content; overwritten (`force`).
     Replacement,
 }
 
@@ -91,6 +93,7 @@ impl From<ImportOutcome> for Imported {
     fn from(o: ImportOutcome) -> Self {
         match o {
             ImportOutcome::Add => Imported::Add,
+            ImportOutcome::Unchanged => Imported::Unchanged,
             ImportOutcome::Conflict => Imported::Conflict,
             ImportOutcome::Replacement => Imported::Replacement,
         }

@@ -8,9 +8,11 @@
 //! per-type fields, decorator schemas, sealed-value format, duplicates, and every reference resolved
 //! against the file or the store); only then is everything written in one store transaction,
 //! guarded like every other resource write. Each item is reported as
-//! [`ImportOutcome::Add`], [`ImportOutcome::Conflict`] (exists; left alone) or
-//! [`ImportOutcome::Replacement`] (exists; overwritten because of `force`). With `check`, the report
-//! is produced and nothing is written.
+//! [`ImportOutcome::Add`], [`ImportOutcome::Unchanged`] (exists with the same content; the store's
+//! timestamps do not count, so an export imported back, or the built-in registries every node
+//! creates, change nothing), [`ImportOutcome::Conflict`] (exists with other content; left alone)
+//! or [`ImportOutcome::Replacement`] (exists with other content; overwritten because of `force`).
+//! With `check`, the report is produced and nothing is written.
 //!
 //! One transaction means one size limit: etcd refuses transactions of more than 128 operations by
 //! default (`--max-txn-ops`), so on etcd a file writing more than [`ETCD_MAX_WRITES`] resources is
@@ -64,7 +66,9 @@ pub struct ImportMode {
 pub enum ImportOutcome {
     /// New; created.
     Add,
-    /// Exists; skipped (no `force`).
+    /// Exists with the same content (times aside); nothing to write, with or without `force`.
+    Unchanged,
+    /// Exists with other content; skipped (no `force`).
     Conflict,
     /// Exists; overwritten (`force`), keeping its creation time.
     Replacement,
@@ -82,7 +86,7 @@ pub struct ImportItem {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
     pub items: Vec<ImportItem>,
-    /// False in check mode and when every item was a conflict.
+    /// False in check mode and when every item was unchanged or a conflict.
     pub written: bool,
 }
 
@@ -157,6 +161,18 @@ impl Document {
     }
 }
 
+/// Whether two records say the same thing. The store's timestamps do not count: an export
+/// carries the source's, and the built-in registries are created at each node's first start.
+fn same_content<R: Resource>(a: &R, b: &R) -> bool {
+    let content = |r: &R| {
+        let mut r = r.clone();
+        r.meta_mut().created = None;
+        r.meta_mut().updated = None;
+        serde_json::to_value(r).ok()
+    };
+    matches!((content(a), content(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Decides the outcome of one item and adds its write to `plan`.
 fn plan_item<R: Resource>(
     resources: &Resources,
@@ -181,6 +197,7 @@ fn plan_item<R: Resource>(
             plan.ops.push(TxnOp::put(key, Resources::encode(&record)?));
             ImportOutcome::Add
         }
+        Some(old) if same_content(&old, item) => ImportOutcome::Unchanged,
         Some(_) if !mode.force => ImportOutcome::Conflict,
         Some(old) => {
             record.meta_mut().created = old.meta().created;

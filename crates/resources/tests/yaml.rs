@@ -151,23 +151,32 @@ async fn check_mode_and_conflicts_and_force() {
             )
             .await
             .unwrap();
-        assert!(report
-            .items
-            .iter()
-            .all(|i| i.outcome == ImportOutcome::Replacement));
+        // Only what differs is replaced; what the last import wrote is unchanged, not rewritten.
+        let o = outcomes(&report);
+        assert_eq!(
+            o[0],
+            (Kind::Decorator, "device-input", ImportOutcome::Replacement)
+        );
+        assert!(o[1..].iter().all(|x| x.2 == ImportOutcome::Unchanged));
         let replaced: Decorator = r.get("device-input").await.unwrap().unwrap();
         assert_eq!(replaced.meta.created, original.meta.created);
         assert_eq!(replaced.meta.description, "");
 
-        // Re-import without force: everything conflicts, nothing written.
+        // Re-import, with or without force: everything is unchanged, nothing written.
         let before = dump(&b.store).await;
-        let report = r.import(&file, ImportMode::default()).await.unwrap();
-        assert!(!report.written);
-        assert!(report
-            .items
-            .iter()
-            .all(|i| i.outcome == ImportOutcome::Conflict));
-        assert_eq!(dump(&b.store).await, before);
+        for force in [false, true] {
+            let mode = ImportMode {
+                check: false,
+                force,
+            };
+            let report = r.import(&file, mode).await.unwrap();
+            assert!(!report.written);
+            assert!(report
+                .items
+                .iter()
+                .all(|i| i.outcome == ImportOutcome::Unchanged));
+            assert_eq!(dump(&b.store).await, before);
+        }
     }
 }
 

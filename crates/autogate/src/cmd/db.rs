@@ -1,7 +1,9 @@
 //! `autogate db export|import`: every resource as the family's kebab-case YAML file (secrets
 //! sealed), and the same file read back all-or-nothing, each item reported as `Add`,
-//! `Conflict` (exists; skipped without `--force`) or `Replacement` (exists; overwritten with
-//! `--force`). A file that cannot be imported changes nothing and exits 64 naming the problem.
+//! `Unchanged` (exists with the same content: not a conflict, nothing to write), `Conflict`
+//! (exists with other content; skipped without `--force`) or `Replacement` (exists with other
+//! content; overwritten with `--force`). A file that cannot be imported changes nothing and
+//! exits 64 naming the problem.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,6 +148,7 @@ fn report_text(report: &ImportReport, mode: ImportMode) -> String {
     let items = &report.items;
     let label = |o: Imported| match o {
         Imported::Add => "Add",
+        Imported::Unchanged => "Unchanged",
         Imported::Conflict => "Conflict",
         Imported::Replacement => "Replacement",
     };
@@ -154,8 +157,9 @@ fn report_text(report: &ImportReport, mode: ImportMode) -> String {
         .map(|i| vec![label(i.outcome).to_owned(), i.kind.clone(), i.name.clone()])
         .collect();
     let count = |o: Imported| items.iter().filter(|i| i.outcome == o).count();
-    let (add, conflict, replace) = (
+    let (add, unchanged, conflict, replace) = (
         count(Imported::Add),
+        count(Imported::Unchanged),
         count(Imported::Conflict),
         count(Imported::Replacement),
     );
@@ -163,20 +167,25 @@ fn report_text(report: &ImportReport, mode: ImportMode) -> String {
     if !rows.is_empty() {
         out.push_str(&term::table(&[], &rows));
     }
-    let written = report.written;
+    // --force is mentioned only when there is something it would replace.
     let summary = if mode.check {
         format!(
-            "Check only, nothing written: {add} to add, {conflict} conflicting (skipped without --force), {replace} to replace."
+            "Check only, nothing written: {add} to add, {replace} to replace, {unchanged} unchanged, {conflict} conflicting (skipped without --force)."
         )
-    } else if written {
-        format!(
-            "Imported: {add} added, {replace} replaced, {conflict} conflicting skipped (use --force to replace them)."
-        )
+    } else if report.written {
+        let skipped = if conflict > 0 {
+            format!(", {conflict} conflicting skipped (use --force to replace them)")
+        } else {
+            String::new()
+        };
+        format!("Imported: {add} added, {replace} replaced, {unchanged} unchanged{skipped}.")
     } else if items.is_empty() {
         "Nothing to import: the file lists no resources.".to_owned()
+    } else if conflict == 0 {
+        format!("Nothing written: all {unchanged} resources are already as in the file.")
     } else {
         format!(
-            "Nothing written: all {conflict} resources exist already (use --force to replace them)."
+            "Nothing written: {conflict} resources exist with other content (use --force to replace them), {unchanged} unchanged."
         )
     };
     out.push_str(&summary);
@@ -192,7 +201,8 @@ mod tests {
     fn report_lines() {
         let r: ImportReport = serde_json::from_value(json!({"items": [
             {"kind": "repository", "name": "r", "outcome": "add"},
-            {"kind": "service", "name": "s", "outcome": "conflict"}
+            {"kind": "service", "name": "s", "outcome": "conflict"},
+            {"kind": "registry", "name": "default-pypi", "outcome": "unchanged"}
         ], "written": true}))
         .unwrap();
         let t = report_text(
@@ -202,8 +212,24 @@ mod tests {
                 force: false,
             },
         );
-        assert!(t.contains("Add       repository  r\n"), "{t}");
-        assert!(t.contains("Conflict  service     s\n"), "{t}");
-        assert!(t.contains("1 added, 0 replaced, 1 conflicting"), "{t}");
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["Add", "repository", "r"], "{t}");
+        assert_eq!(rows[1], ["Conflict", "service", "s"], "{t}");
+        assert_eq!(rows[2], ["Unchanged", "registry", "default-pypi"], "{t}");
+        assert!(
+            t.contains("1 added, 0 replaced, 1 unchanged, 1 conflicting skipped (use --force"),
+            "{t}"
+        );
+        // Nothing differs: no --force advice.
+        let r: ImportReport = serde_json::from_value(json!({"items": [
+            {"kind": "registry", "name": "default-pypi", "outcome": "unchanged"}
+        ], "written": false}))
+        .unwrap();
+        let t = report_text(&r, ImportMode::default());
+        assert!(
+            t.ends_with("Nothing written: all 1 resources are already as in the file.\n"),
+            "{t}"
+        );
+        assert!(!t.contains("--force"), "{t}");
     }
 }

@@ -139,44 +139,56 @@ fn resources_round_trip_with_conflicts_and_missing_references() {
     assert_eq!(v["secrets"][0]["name"], "token", "{v}");
     assert!(!v.to_string().contains(SECRET_VALUE), "{v}");
 
-    // Export, then import the same file: every item is a conflict unless forced.
+    // Export, then import the same file: every item is unchanged, nothing is written.
     let (s, yaml) =
         request(&n.addr, "GET", "/api/v1/db/export", Some(&n.key), None).expect("export");
     assert_eq!(s, 200, "{yaml}");
     assert!(yaml.contains("echo-bin"), "{yaml}");
     assert!(!yaml.contains(SECRET_VALUE), "{yaml}");
-    let (s, report) = request(
-        &n.addr,
-        "POST",
-        "/api/v1/db/import?check=true",
-        Some(&n.key),
-        Some(("application/yaml", yaml.as_bytes())),
-    )
-    .expect("import");
-    assert_eq!(s, 200, "{report}");
-    let report: Value = serde_json::from_str(&report).expect("json");
-    assert_eq!(report["written"], false, "{report}");
-    let items = report["items"].as_array().expect("items");
-    assert!(items.iter().all(|i| i["outcome"] == "conflict"), "{report}");
-    assert!(items
-        .iter()
-        .any(|i| i["kind"] == "service" && i["name"] == "echo"));
-    let (s, report) = request(
-        &n.addr,
-        "POST",
-        "/api/v1/db/import?force=true",
-        Some(&n.key),
-        Some(("application/yaml", yaml.as_bytes())),
-    )
-    .expect("import");
-    assert_eq!(s, 200, "{report}");
-    let report: Value = serde_json::from_str(&report).expect("json");
+    let import = |query: &str, yaml: &str| -> Value {
+        let (s, report) = request(
+            &n.addr,
+            "POST",
+            &format!("/api/v1/db/import?{query}"),
+            Some(&n.key),
+            Some(("application/yaml", yaml.as_bytes())),
+        )
+        .expect("import");
+        assert_eq!(s, 200, "{report}");
+        serde_json::from_str(&report).expect("json")
+    };
+    let outcome = |report: &Value, name: &str| -> String {
+        report["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["name"] == name)
+            .and_then(|i| i["outcome"].as_str())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .to_owned()
+    };
+    for query in ["check=true", "force=true"] {
+        let report = import(query, &yaml);
+        assert_eq!(report["written"], false, "{report}");
+        let items = report["items"].as_array().expect("items");
+        assert!(
+            items.iter().all(|i| i["outcome"] == "unchanged"),
+            "{report}"
+        );
+        assert!(items
+            .iter()
+            .any(|i| i["kind"] == "service" && i["name"] == "echo"));
+    }
+    // One item with other content: a conflict unless forced, then the only replacement.
+    assert!(yaml.contains("exec-command: /bin/echo"), "{yaml}");
+    let changed = yaml.replace("exec-command: /bin/echo", "exec-command: /bin/printf");
+    let report = import("check=true", &changed);
+    assert_eq!(outcome(&report, "echo-bin"), "conflict", "{report}");
+    assert_eq!(outcome(&report, "echo"), "unchanged", "{report}");
+    let report = import("force=true", &changed);
     assert_eq!(report["written"], true, "{report}");
-    assert!(report["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .all(|i| i["outcome"] == "replacement"));
+    assert_eq!(outcome(&report, "echo-bin"), "replacement", "{report}");
+    assert_eq!(outcome(&report, "greet"), "unchanged", "{report}");
 
     let (s, _) = n.call("DELETE", "/api/v1/services/echo", None);
     assert_eq!(s, 204);

@@ -148,7 +148,9 @@ fn populate(l: &Local, url: &str) {
 fn outcome_lines(text: &str) -> Vec<Vec<String>> {
     text.lines()
         .filter(|l| {
-            l.starts_with("Add ") || l.starts_with("Conflict ") || l.starts_with("Replacement ")
+            ["Add ", "Unchanged ", "Conflict ", "Replacement "]
+                .iter()
+                .any(|o| l.starts_with(o))
         })
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
         .collect()
@@ -192,14 +194,13 @@ fn export_then_import_into_a_fresh_working_dir() {
         lines.contains(&vec!["Add".into(), "secret".into(), "tok".into()]),
         "{out}"
     );
-    assert!(
-        lines.contains(&vec![
-            "Conflict".into(),
-            "registry".into(),
-            "default-pypi".into()
-        ]),
-        "the built-ins exist on every node: {out}"
-    );
+    for builtin in ["default-pypi", "default-galaxy"] {
+        assert!(
+            lines.contains(&vec!["Unchanged".into(), "registry".into(), builtin.into()]),
+            "the built-ins exist on every node, the same: {out}"
+        );
+    }
+    assert!(!out.contains("Conflict"), "{out}");
     assert!(out.contains("nothing written"), "{out}");
     assert_eq!(b.snapshot(), before, "--check wrote something");
     let raw = b.raw(&["db", "import", f, "--check"]);
@@ -218,17 +219,53 @@ fn export_then_import_into_a_fresh_working_dir() {
     let out = b.ok(&["run", "service", "executable", "exe", "--set", "n=5"]);
     assert!(out.contains("tok=[********] --n 5"), "{out}");
 
-    // Again: every item conflicts and nothing is written; --force replaces.
+    // Again, with or without --force: every item is unchanged and nothing is written.
+    for force in [&[][..], &["--force"]] {
+        let mut args = vec!["db", "import", f];
+        args.extend_from_slice(force);
+        let out = b.ok(&args);
+        let lines = outcome_lines(&out);
+        assert!(
+            !lines.is_empty() && lines.iter().all(|l| l[0] == "Unchanged"),
+            "{out}"
+        );
+        assert!(out.contains("Nothing written"), "{out}");
+        assert!(!out.contains("--force"), "nothing to force: {out}");
+    }
+
+    // One resource changed here: that one conflicts, and --force replaces only it.
+    b.ok(&["delete", "registry", "galaxy2"]);
+    b.ok(&[
+        "create",
+        "registry",
+        "ansible-galaxy",
+        "galaxy2",
+        "--url",
+        "https://other.example.invalid",
+    ]);
     let out = b.ok(&["db", "import", f]);
-    assert!(
-        outcome_lines(&out).iter().all(|l| l[0] == "Conflict"),
+    let lines = outcome_lines(&out);
+    let conflicts: Vec<&Vec<String>> = lines.iter().filter(|l| l[0] != "Unchanged").collect();
+    assert_eq!(
+        conflicts,
+        [&vec![
+            "Conflict".to_owned(),
+            "registry".into(),
+            "galaxy2".into()
+        ]],
         "{out}"
     );
-    assert!(out.contains("Nothing written"), "{out}");
+    assert!(out.contains("use --force"), "{out}");
     let out = b.ok(&["db", "import", f, "--force"]);
     let lines = outcome_lines(&out);
-    assert!(
-        !lines.is_empty() && lines.iter().all(|l| l[0] == "Replacement"),
+    let replaced: Vec<&Vec<String>> = lines.iter().filter(|l| l[0] != "Unchanged").collect();
+    assert_eq!(
+        replaced,
+        [&vec![
+            "Replacement".to_owned(),
+            "registry".into(),
+            "galaxy2".into()
+        ]],
         "{out}"
     );
     assert_eq!(b.snapshot(), a.snapshot());
@@ -358,6 +395,16 @@ fn an_import_on_a_fresh_machine_asks_for_the_source_key_file() {
     std::fs::copy(&a.key, &default_key).expect("copy the key");
     let out = expect_code(run_in(&fresh, &[], &args), &args, 0);
     assert!(out.stdout.contains("Imported"), "{}", out.stdout);
+    // The built-in registries are the same on both machines: unchanged, not conflicts.
+    let lines = outcome_lines(&out.stdout);
+    for builtin in ["default-pypi", "default-galaxy"] {
+        assert!(
+            lines.contains(&vec!["Unchanged".into(), "registry".into(), builtin.into()]),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains("--force"), "{}", out.stdout);
     let args = ["run", "service", "executable", "exe", "--set", "n=5"];
     let out = expect_code(run_in(&fresh, &[], &args), &args, 0);
     assert!(
