@@ -381,6 +381,49 @@ fn every_noun_created_listed_described_and_deleted() {
     assert_eq!(raw["metadata"]["repository"]["name"], "repo");
     assert_eq!(raw["backend-config"], serde_json::json!(["path=state"]));
 
+    // Vars and Var Files are an OpenTofu plan's: the other types show no empty lines for
+    // them, and do show what they have.
+    let labels_of = |d: &str| -> Vec<String> {
+        d.lines()
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_owned()))
+            .collect()
+    };
+    for (name, theirs) in [
+        ("exe", "Executable Object"),
+        ("py", "Req File"),
+        ("ans", "Playbooks"),
+    ] {
+        let d = l.ok(&["describe", "service", name]);
+        let labels = labels_of(&d);
+        assert!(
+            !labels.iter().any(|l| l == "Vars" || l == "Var Files"),
+            "{d}"
+        );
+        assert!(labels.iter().any(|l| l == theirs), "{d}");
+        assert_eq!(
+            labels[..4],
+            ["Name", "Repo Name", "Working Dir", "Decorator"],
+            "{d}"
+        );
+    }
+    // A plan without vars has no empty Vars line either.
+    l.ok(&[
+        "create",
+        "service",
+        "opentofu-plan",
+        "tf0",
+        "--repository",
+        "repo",
+    ]);
+    let d = l.ok(&["describe", "service", "tf0"]);
+    assert!(
+        !labels_of(&d)
+            .iter()
+            .any(|l| l == "Vars" || l == "Var Files"),
+        "{d}"
+    );
+    l.ok(&["delete", "service", "tf0"]);
+
     // Singular and plural nouns are both accepted.
     assert_eq!(names(&l.raw(&["get", "service"]), "services").len(), 4);
 

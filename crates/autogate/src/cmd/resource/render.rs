@@ -97,11 +97,16 @@ pub(super) fn describe_text(kind: Kind, v: &Value, tz: &TimeZone) -> String {
     };
     match kind {
         Kind::Service => {
-            // The family's lines first, in its order; then what the type adds, when set.
+            // The family's lines first, in its order; then what the type adds, when set. Vars
+            // and Var Files are an OpenTofu plan's, shown in the family's place for that type
+            // only, and only when set: an empty line for a field the type does not have reads
+            // as a setting that is missing.
             lines.push(("Repo Name", s("repository")));
             lines.push(("Working Dir", s("working-directory")));
-            lines.push(("Vars", s("vars")));
-            lines.push(("Var Files", s("var-files")));
+            if v["type"].as_str() == Some("opentofu-plan") {
+                optional(&mut lines, "Vars", "vars");
+                optional(&mut lines, "Var Files", "var-files");
+            }
             lines.push(("Decorator", s("decorator")));
             lines.push(("Description", s("description")));
             lines.push(("Tags", s("tags")));
