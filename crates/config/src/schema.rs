@@ -289,6 +289,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("application", "mode", MODES, V("local"), "node role: `local` (all-in-one), `server` (core node), `runner` or `client`"),
     KeyDef::new("application", "cluster_id", Kind::ClusterId, V("cluster_1"), "cluster identity; nodes sharing a store and this id form one cluster, seen by the manager as one gateway"),
     KeyDef::new("application", "working_dir", PATH, V("~/.gateway.d"), "working directory: local store, API key, logs and manager data by default"),
+    KeyDef::new("application", "node_name", STR, Derived("the CN of `connect.certificate_file`, else the host name"), "stable name of this node, shown next to its id (new at every start) by the manager, the HA status and `get runners`; set it when several nodes share a host and have no certificate of their own"),
     KeyDef::new("application", "ca_certificate_file", PATH, NoDefault, "CA certificate for client, server and runner TLS"),
     KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which a cached Python venv is deleted"),
     KeyDef::new("application", "run_output_limit", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("16MiB"), "largest captured stdout or stderr of one run; beyond it the output is truncated with a marker"),
