@@ -167,6 +167,7 @@ fn options(cluster: &str, name: &str) -> HaOptions {
         probe_interval: Duration::from_millis(500),
         advertise_address: None,
         version: "test".into(),
+        name: None,
     }
 }
 

@@ -31,12 +31,20 @@ pub(super) struct StoredRecord {
     healthy_since: Option<u64>,
     #[serde(default)]
     handover_to: Option<String>,
+    /// The node's stable name; absent from records of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 impl StoredRecord {
     /// What this node publishes: the machine's record, the software version, and since when
     /// (wall clock) it has been healthy. The node id is the key's last segment.
-    pub(super) fn new(record: NodeRecord, version: String, healthy_since: Option<u64>) -> Self {
+    pub(super) fn new(
+        record: NodeRecord,
+        version: String,
+        name: Option<String>,
+        healthy_since: Option<u64>,
+    ) -> Self {
         StoredRecord {
             address: record.address,
             is_primary: record.is_primary,
@@ -47,6 +55,7 @@ impl StoredRecord {
             healthy: record.healthy,
             healthy_since,
             handover_to: record.handover_to,
+            name,
         }
     }
 
@@ -62,5 +71,34 @@ impl StoredRecord {
             healthy: self.healthy,
             handover_to: self.handover_to,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_is_optional_in_stored_records() {
+        let record = NodeRecord {
+            node_id: "gw_1".into(),
+            address: None,
+            is_primary: false,
+            role: Role::Standby,
+            manager_reachable: true,
+            paused: false,
+            healthy: true,
+            handover_to: None,
+        };
+        let named = StoredRecord::new(record.clone(), "v".into(), Some("core-1".into()), None);
+        let v = serde_json::to_value(&named).unwrap();
+        assert_eq!(v["name"], "core-1");
+        // A record of an older node has no name, and one without a name writes none.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("name");
+        let read: StoredRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(read.into_record("gw_1".into()), record);
+        let unnamed = StoredRecord::new(record, "v".into(), None, None);
+        assert!(serde_json::to_value(&unnamed).unwrap().get("name").is_none());
     }
 }

@@ -23,6 +23,9 @@ pub struct HaOptions {
     pub advertise_address: Option<String>,
     /// Software version published in the node record.
     pub version: String,
+    /// The node's stable name (`[application] node_name`), published in the node record so
+    /// the manager and the HA status can show it next to the id, which changes at every start.
+    pub name: Option<String>,
 }
 
 impl HaOptions {
@@ -47,6 +50,7 @@ impl HaOptions {
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             advertise_address: c.advertise_address.as_ref().map(ToString::to_string),
             version: autogate_runtime::VERSION.to_owned(),
+            name: Some(node_id.name().to_owned()),
         }
     }
 

@@ -135,7 +135,12 @@ pub(super) async fn worker(
                 } else {
                     healthy_since = None;
                 }
-                let stored = StoredRecord::new(record, options.version.clone(), healthy_since);
+                let stored = StoredRecord::new(
+                    record,
+                    options.version.clone(),
+                    options.name.clone(),
+                    healthy_since,
+                );
                 let Ok(value) = serde_json::to_vec(&stored) else {
                     continue;
                 };
