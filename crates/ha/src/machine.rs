@@ -52,6 +52,10 @@ impl Millis {
 
 /// One hour: the window of the preemption flap budget.
 const HOUR_MS: u64 = 3_600_000;
+/// How long a switchover asked of the primary keeps it from taking the role back (it ends
+/// earlier when the primary restarts or becomes active again). An hour, like the flap budget's
+/// window: long enough for planned work on the primary's side; `ha pause` holds it longer.
+pub const SWITCHOVER_HOLD_MS: u64 = HOUR_MS;
 /// A probe whose result never came back is forgotten after this long.
 const PROBE_LOST_MS: u64 = 5_000;
 /// Shortest lease TTL the machine accepts (etcd counts whole seconds).
@@ -166,6 +170,10 @@ pub struct NodeRecord {
     /// re-queue behind it.
     #[serde(default)]
     pub handover_to: Option<String>,
+    /// A primary that was switched away from on purpose: no other node hands the role back to
+    /// it while this holds (see [`SWITCHOVER_HOLD_MS`]).
+    #[serde(default)]
+    pub preempt_hold: bool,
 }
 
 /// Result of one probe of the active node's API address.
@@ -434,6 +442,11 @@ pub struct MachineSnapshot {
     pub handover_to: Option<String>,
     pub manager_reachable: bool,
     pub preemptions_last_hour: usize,
+    /// Time until a returning primary takes the active role back: on the primary while it
+    /// counts down, on the active node that will hand over.
+    pub preempt_in_ms: Option<u64>,
+    /// Time left of the hold a switchover on this primary set.
+    pub preempt_hold_ms: Option<u64>,
     /// The active node this standby watches for a crash, and whether its address has answered
     /// with its id (only then can refusals there prove it dead).
     pub crash_probe: Option<CrashProbe>,
@@ -467,6 +480,10 @@ pub struct Machine {
     handover: Option<Handover>,
     preemptions: VecDeque<Millis>,
     primary_healthy_since: BTreeMap<String, Millis>,
+    /// On a primary standby: since when it has been waiting to take the role back.
+    countdown_since: Option<Millis>,
+    /// On a primary: until when a switchover keeps it from taking the role back.
+    preempt_hold_until: Option<Millis>,
     budget_warned: bool,
     two_primaries_warned: bool,
     keepalive_failing: bool,
@@ -501,6 +518,8 @@ impl Machine {
             handover: None,
             preemptions: VecDeque::new(),
             primary_healthy_since: BTreeMap::new(),
+            countdown_since: None,
+            preempt_hold_until: None,
             budget_warned: false,
             two_primaries_warned: false,
             keepalive_failing: false,
@@ -578,6 +597,8 @@ impl Machine {
             handover_to: self.handover.as_ref().map(|h| h.target.clone()),
             manager_reachable: self.manager_reachable,
             preemptions_last_hour: self.preemptions.len(),
+            preempt_in_ms: self.preempt_in(now),
+            preempt_hold_ms: self.preempt_hold_until.map(|t| t.since(now)),
             crash_probe: self.probe.as_ref().map(|t| CrashProbe {
                 node_id: t.node_id.clone(),
                 address: t.address.clone(),
@@ -808,7 +829,30 @@ impl Machine {
         }
     }
 
+    /// An accepted switchover on the primary also holds off its preemption.
     fn switchover(
+        &mut self,
+        now: Millis,
+        to: Option<String>,
+        out: &mut Vec<Command>,
+    ) -> Result<(), String> {
+        let outcome = self.switchover_to(now, to, out);
+        if outcome.is_ok() && self.cfg.is_primary {
+            let until = now.plus(SWITCHOVER_HOLD_MS);
+            self.preempt_hold_until = Some(until);
+            Self::log(
+                out,
+                LogLevel::Info,
+                format!(
+                    "primary: not taking the role back for {} after this switchover (or until this node restarts); `autogate ha pause` holds it away longer",
+                    fmt_ms(SWITCHOVER_HOLD_MS)
+                ),
+            );
+        }
+        outcome
+    }
+
+    fn switchover_to(
         &mut self,
         now: Millis,
         to: Option<String>,
@@ -1026,7 +1070,9 @@ impl Machine {
         self.campaign(out);
         self.update_acting(now, out);
         self.log_leader(out);
-        self.track_primaries(now);
+        self.expire_hold(now, out);
+        self.track_primaries(now, out);
+        self.primary_countdown(now, out);
         if self.acting.is_some() {
             self.active_duties(now, out);
             // A hand-over re-queues: the new key goes in right behind the resignation.
@@ -1136,6 +1182,8 @@ impl Machine {
                 let term = own.map_or(0, |(r, _)| u64::try_from(r).unwrap_or(0));
                 self.acting = Some(term);
                 self.active_since = Some(now);
+                // Active again (asked back, or nobody else left): the hold has done its work.
+                self.preempt_hold_until = None;
                 self.leader_logged = Some(self.cfg.node_id.clone());
                 let waited_ms = self.no_leader_since.map(|t| now.since(t));
                 Self::log(
@@ -1188,18 +1236,114 @@ impl Machine {
 
     /// Remembers since when each other primary has been seen healthy (on our own clock: node
     /// clocks are not comparable).
-    fn track_primaries(&mut self, now: Millis) {
+    fn track_primaries(&mut self, now: Millis, out: &mut Vec<Command>) {
         let healthy: Vec<String> = self
             .records
             .values()
-            .filter(|r| r.is_primary && r.node_id != self.cfg.node_id)
+            .filter(|r| r.is_primary && r.node_id != self.cfg.node_id && !r.preempt_hold)
             .filter(|r| self.is_healthy_candidate(&r.node_id))
             .map(|r| r.node_id.clone())
             .collect();
         self.primary_healthy_since
             .retain(|node, _| healthy.contains(node));
+        let preempts =
+            self.acting.is_some() && !self.cfg.is_primary && self.cfg.max_transitions > 0;
         for node in healthy {
+            if !self.primary_healthy_since.contains_key(&node) && preempts {
+                Self::log(
+                    out,
+                    LogLevel::Info,
+                    format!(
+                        "primary core node '{node}' is healthy: handing the active role over to it in {}",
+                        fmt_ms(self.cfg.preempt_delay_ms)
+                    ),
+                );
+            }
             self.primary_healthy_since.entry(node).or_insert(now);
+        }
+    }
+
+    /// A primary standby says when it will take the role back (the active node decides, after
+    /// `preempt_delay` of this node's health as it sees it), and when it did.
+    fn primary_countdown(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if !self.cfg.is_primary {
+            return;
+        }
+        let leader = self
+            .view
+            .first()
+            .filter(|l| l.node_id != self.cfg.node_id)
+            .filter(|l| self.records.get(&l.node_id).is_some_and(|r| !r.is_primary))
+            .map(|l| l.node_id.clone());
+        let waiting = self.acting.is_none()
+            && !self.paused
+            && self.cfg.max_transitions > 0
+            && self.preempt_hold_until.is_none()
+            && matches!(self.key, Key::Created(_))
+            && self.manager_reachable;
+        match (waiting, leader, self.countdown_since) {
+            (true, Some(leader), None) => {
+                self.countdown_since = Some(now);
+                Self::log(
+                    out,
+                    LogLevel::Info,
+                    format!(
+                        "primary: taking the role back from core node '{leader}' in {} (server_ha_preempt_delay)",
+                        fmt_ms(self.cfg.preempt_delay_ms)
+                    ),
+                );
+            }
+            (true, Some(_), Some(_)) => {}
+            (_, _, Some(since)) => {
+                self.countdown_since = None;
+                if self.acting.is_some() {
+                    Self::log(
+                        out,
+                        LogLevel::Info,
+                        format!(
+                            "primary: took the role back, {} after the countdown began",
+                            fmt_ms(now.since(since))
+                        ),
+                    );
+                } else {
+                    Self::log(
+                        out,
+                        LogLevel::Info,
+                        "primary: not taking the role back for now (this node or the active node changed)".into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Time until the active role goes back to a primary, as this node sees it.
+    fn preempt_in(&self, now: Millis) -> Option<u64> {
+        let delay = self.cfg.preempt_delay_ms;
+        if self.acting.is_some() {
+            if self.cfg.is_primary || self.cfg.max_transitions == 0 || self.handover.is_some() {
+                return None;
+            }
+            self.primary_healthy_since
+                .values()
+                .map(|since| since.plus(delay).since(now))
+                .min()
+        } else {
+            self.countdown_since
+                .map(|since| since.plus(delay).since(now))
+        }
+    }
+
+    /// The hold a switchover on this primary set ends after its time.
+    fn expire_hold(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if self.preempt_hold_until.is_some_and(|t| now >= t) {
+            self.preempt_hold_until = None;
+            Self::log(
+                out,
+                LogLevel::Info,
+                "primary: the hold after the switchover ended; taking the role back when healthy"
+                    .into(),
+            );
         }
     }
 
@@ -1259,7 +1403,10 @@ impl Machine {
                     Self::log(
                         out,
                         LogLevel::Info,
-                        format!("primary core node '{target}' is healthy: handing the active role over to it"),
+                        format!(
+                            "primary core node '{target}' has been healthy for {}: handing the active role over to it",
+                            fmt_ms(delay)
+                        ),
                     );
                     self.handover = Some(Handover {
                         target,
@@ -1381,6 +1528,7 @@ impl Machine {
             paused: self.paused,
             healthy: matches!(self.key, Key::Created(_)) && self.manager_reachable && !self.paused,
             handover_to: self.handover.as_ref().map(|h| h.target.clone()),
+            preempt_hold: self.preempt_hold_until.is_some(),
         }
     }
 
@@ -1426,6 +1574,9 @@ impl Machine {
         if let Some(h) = &self.handover {
             consider(h.deadline);
         }
+        if let Some(until) = self.preempt_hold_until {
+            consider(until);
+        }
         if self.acting.is_some() {
             if let (Some(failing), Some(active)) = (self.manager_failing_since, self.active_since) {
                 if !self.manager_reachable {
@@ -1445,6 +1596,18 @@ impl Machine {
                 out.push(Command::Local(LocalCommand::SetTimer { at }));
             }
         }
+    }
+}
+
+/// A duration for log lines: whole seconds as `10 s`, whole minutes as `60 min`, else
+/// milliseconds.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms >= 60_000 && ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms >= 1_000 && ms % 1_000 == 0 {
+        format!("{} s", ms / 1_000)
+    } else {
+        format!("{ms} ms")
     }
 }
 

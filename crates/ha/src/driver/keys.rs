@@ -31,6 +31,9 @@ pub(super) struct StoredRecord {
     healthy_since: Option<u64>,
     #[serde(default)]
     handover_to: Option<String>,
+    /// A primary held off by a switchover; absent from records of older nodes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    preempt_hold: bool,
     /// The node's stable name; absent from records of older nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -55,6 +58,7 @@ impl StoredRecord {
             healthy: record.healthy,
             healthy_since,
             handover_to: record.handover_to,
+            preempt_hold: record.preempt_hold,
             name,
         }
     }
@@ -70,6 +74,7 @@ impl StoredRecord {
             paused: self.paused,
             healthy: self.healthy,
             handover_to: self.handover_to,
+            preempt_hold: self.preempt_hold,
         }
     }
 }
@@ -89,6 +94,7 @@ mod tests {
             paused: false,
             healthy: true,
             handover_to: None,
+            preempt_hold: false,
         };
         let named = StoredRecord::new(record.clone(), "v".into(), Some("core-1".into()), None);
         let v = serde_json::to_value(&named).unwrap();

@@ -32,6 +32,7 @@ fn rec(node: &str) -> NodeRecord {
         paused: false,
         healthy: true,
         handover_to: None,
+        preempt_hold: false,
     }
 }
 
@@ -1084,5 +1085,159 @@ fn a_stale_campaign_answer_is_not_taken_for_the_current_one() {
             Command::Local(LocalCommand::StartLeaderWork { term: 13, .. })
         )),
         "{out:?}"
+    );
+}
+
+#[test]
+fn a_returning_primary_counts_down_and_says_when_it_took_the_role_back() {
+    let mut c = cfg(ME);
+    c.is_primary = true;
+    let mut m = booted(c, 0xa, 12);
+    m.handle(Millis(2), Event::ManagerReachable(true));
+    let mut active = rec(B);
+    active.role = Role::Active;
+    m.handle(Millis(3), Event::NodeRecords(vec![active, primary(ME)]));
+    let out = m.handle(
+        Millis(4),
+        view(12, vec![cand(B, 11, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(
+        logs(&out).contains(&(
+            LogLevel::Info,
+            format!("primary: taking the role back from core node '{B}' in 10 s (server_ha_preempt_delay)")
+        )),
+        "{out:?}"
+    );
+    assert_eq!(m.snapshot(Millis(4_004)).preempt_in_ms, Some(6_000));
+    // Said once, not at every event.
+    let out = keep(&mut m, 6_000);
+    assert!(
+        logs(&out).iter().all(|(_, t)| !t.contains("primary:")),
+        "{out:?}"
+    );
+    // The active node hands over: this node leads.
+    let out = m.handle(Millis(10_050), view(13, vec![cand(ME, 12, 0xa)]));
+    assert!(starts(&out));
+    assert!(
+        logs(&out).contains(&(
+            LogLevel::Info,
+            "primary: took the role back, 10046 ms after the countdown began".into()
+        )),
+        "{out:?}"
+    );
+    assert_eq!(m.snapshot(Millis(10_051)).preempt_in_ms, None);
+}
+
+#[test]
+fn the_active_node_announces_the_hand_over_to_a_returning_primary() {
+    let mut m = active_three();
+    let out = m.handle(Millis(100), Event::NodeRecords(vec![primary(B), rec(C)]));
+    assert!(
+        logs(&out).contains(&(
+            LogLevel::Info,
+            format!(
+                "primary core node '{B}' is healthy: handing the active role over to it in 10 s"
+            )
+        )),
+        "{out:?}"
+    );
+    assert_eq!(m.snapshot(Millis(2_100)).preempt_in_ms, Some(8_000));
+    let out = keep(&mut m, 10_100);
+    assert_eq!(stops(&out), Some(StopReason::Preempted));
+    assert!(logs(&out).iter().any(|(_, t)| t
+        == &format!(
+            "primary core node '{B}' has been healthy for 10 s: handing the active role over to it"
+        )));
+}
+
+#[test]
+fn a_switchover_on_the_primary_holds_off_its_preemption_for_the_stated_time() {
+    // The primary, active, is switched away from.
+    let mut c = cfg(ME);
+    c.is_primary = true;
+    let mut p = booted(c, 0xa, 10);
+    p.handle(Millis(2), Event::ManagerReachable(true));
+    p.handle(Millis(2), Event::NodeRecords(vec![rec(B)]));
+    let out = p.handle(
+        Millis(3),
+        view(11, vec![cand(ME, 10, 0xa), cand(B, 11, 0xb)]),
+    );
+    assert!(starts(&out));
+    let out = p.handle(Millis(100), Event::Switchover { to: None });
+    assert_eq!(stops(&out), Some(StopReason::Switchover));
+    assert!(
+        logs(&out).contains(&(
+            LogLevel::Info,
+            "primary: not taking the role back for 60 min after this switchover (or until this node restarts); `autogate ha pause` holds it away longer".into()
+        )),
+        "{out:?}"
+    );
+    let held = |out: &[Command]| {
+        out.iter().find_map(|c| match c {
+            Command::Store(StoreCommand::PublishRecord { record, .. }) => Some(record.preempt_hold),
+            _ => None,
+        })
+    };
+    assert_eq!(held(&out), Some(true), "{out:?}");
+    assert_eq!(
+        p.snapshot(Millis(1_100)).preempt_hold_ms,
+        Some(SWITCHOVER_HOLD_MS - 1_000)
+    );
+    p.handle(
+        Millis(120),
+        Event::OwnKeyCreated {
+            lease: 0xa,
+            attempt: 2,
+            create_revision: 12,
+        },
+    );
+    // No countdown while held.
+    let mut active = rec(B);
+    active.role = Role::Active;
+    p.handle(Millis(150), Event::NodeRecords(vec![active]));
+    let out = p.handle(
+        Millis(200),
+        view(12, vec![cand(B, 11, 0xb), cand(ME, 12, 0xa)]),
+    );
+    assert!(
+        logs(&out)
+            .iter()
+            .all(|(_, t)| !t.contains("taking the role back")),
+        "{out:?}"
+    );
+
+    // The new active node does not hand the role back to a held primary.
+    let mut b = active_three();
+    let mut held_primary = primary(B);
+    held_primary.preempt_hold = true;
+    b.handle(Millis(100), Event::NodeRecords(vec![held_primary, rec(C)]));
+    let out = keep(&mut b, 60_000);
+    assert!(stops(&out).is_none(), "{out:?}");
+    assert_eq!(b.snapshot(Millis(60_000)).preempt_in_ms, None);
+
+    // The hold ends after its time (a timer is set for it): the primary says so, publishes it
+    // and counts down.
+    for t in (2_000..=SWITCHOVER_HOLD_MS).step_by(2_000) {
+        let out = p.handle(
+            Millis(t),
+            Event::KeepAliveAcked {
+                lease: 0xa,
+                sent_at: Millis(t),
+            },
+        );
+        assert_eq!(held(&out), None, "{out:?}");
+    }
+    let out = p.handle(Millis(SWITCHOVER_HOLD_MS + 100), Event::Tick);
+    assert_eq!(held(&out), Some(false), "{out:?}");
+    let said: Vec<String> = logs(&out).into_iter().map(|(_, t)| t).collect();
+    assert!(
+        said.iter()
+            .any(|t| t.contains("the hold after the switchover ended")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|t| t.contains("taking the role back from core node")),
+        "{said:?}"
     );
 }
