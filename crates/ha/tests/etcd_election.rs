@@ -168,6 +168,7 @@ fn options(cluster: &str, name: &str) -> HaOptions {
         advertise_address: None,
         version: "test".into(),
         name: None,
+        state_file: None,
     }
 }
 

@@ -2,11 +2,12 @@
 //! cluster's resources in the store and — when it is the active node — holds the cluster's one
 //! connection to the manager.
 //!
-//! Start-up order: the configuration has been validated by the caller; here the store is opened,
-//! then the listener is bound, then what is created once (the first user) is created while the
-//! API already answers, then the node announces itself. Shutdown order (written once, in
-//! [`run`]): stop accepting → stop leader work → resign → drain in-flight requests → release the
-//! store (revoking the node's lease).
+//! Start-up order: the configuration has been validated by the caller; here the working
+//! directory is locked, the store is opened (and a lease the directory's previous process left
+//! is revoked), then the listener is bound, then what is created once (the first user) is
+//! created while the API already answers, then the node announces itself. Shutdown order
+//! (written once, in [`run`]): stop accepting → stop leader work → resign → drain in-flight
+//! requests → release the store (revoking the node's lease).
 //!
 //! Modules:
 //! * `api` — the operator API: route table, handlers by area, errors, the OpenAPI document;
@@ -72,6 +73,9 @@ pub enum ServerError {
     /// Users and API keys could not be set up.
     #[error("users: {0}")]
     Auth(#[from] auth::AuthError),
+    /// The working directory is held by another core node, or unusable.
+    #[error(transparent)]
+    Workdir(#[from] autogate_ha::WorkdirError),
 }
 
 impl ServerError {
@@ -85,6 +89,7 @@ impl ServerError {
             ServerError::Tls(e) if e.is_usage() => 64,
             ServerError::Store(StoreError::Unavailable(_)) => 69,
             ServerError::Bind { .. } => 69,
+            ServerError::Workdir(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -130,8 +135,20 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         .map(auth::read_password_file)
         .transpose()
         .map_err(ServerError::Config)?;
+    // One core node per working directory: a second one stops here (69). Holding the lock also
+    // proves the process its state file names gone, so a lease that process left is cleared.
+    let (workdir, previous) =
+        autogate_ha::WorkdirLock::acquire(&config.application.working_dir, "server").await?;
     let metrics = Arc::new(Metrics::new());
     let store = metered::MeteredStore::wrap(open_store(&config).await?, &metrics);
+    if let Some(previous) = &previous {
+        let cluster = &config.application.cluster_id;
+        if let Err(e) =
+            autogate_ha::revoke_predecessor(&*store, cluster, node_id.as_str(), previous).await
+        {
+            tracing::warn!("cannot clear the lease of this node's previous process: {e}");
+        }
+    }
     let auth = auth::Auth::new(
         store.clone(),
         &config.application.cluster_id,
@@ -148,8 +165,13 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
             source,
         })?;
     let local: SocketAddr = listener.local_addr().map_err(ServerError::Serve)?;
+    // Held until `run` returns (or the process dies); its state file names this process and,
+    // with HA, each lease before the election key is created with it.
+    let workdir = Arc::new(workdir);
+    let state = autogate_ha::ProcessState::new(node_id.as_str(), &config.application.cluster_id);
     let ha = if config.connect.ha_enabled {
-        let options = autogate_ha::HaOptions::from_config(&config, &node_id);
+        let mut options = autogate_ha::HaOptions::from_config(&config, &node_id);
+        options.state_file = Some(autogate_ha::StateFile::new(workdir.clone(), state));
         Some(match &peer_tls {
             // A TLS API is probed over TLS: a plain request would never get the health answer
             // that arms crash detection.
@@ -168,6 +190,9 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
             )?,
         })
     } else {
+        if let Err(e) = workdir.record(&state).await {
+            tracing::warn!("cannot write {}: {e}", workdir.state_path().display());
+        }
         None
     };
     let forwarder = match &peer_tls {
@@ -300,6 +325,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         tracing::warn!("background tasks still running after {grace:?}; exiting anyway");
     }
     tracing::debug!("core node stopped");
+    drop(workdir);
     Ok(())
 }
 

@@ -29,6 +29,7 @@ mod config_cli;
 mod ha_e2e;
 mod ha_faults;
 mod ha_friction;
+mod ha_restart;
 mod link_e2e;
 mod manager_abuse;
 mod manager_cli;

@@ -13,7 +13,8 @@
 //! They all run on the election's own task tracker, which the caller's tracker waits on. The
 //! rest is what the server uses: `handle` (leadership, status, operator requests, shutdown),
 //! `fence` (writes fenced by the term), `options`, `probe` (the crash probe of the active
-//! node over HTTP or HTTPS), `keys` (the layout in the store) and `metrics`. This module
+//! node over HTTP or HTTPS), `predecessor` (at start, the lease a restarted node's previous
+//! process left behind), `keys` (the layout in the store) and `metrics`. This module
 //! starts it all and holds what the tasks share: their messages and the published snapshot.
 
 mod fence;
@@ -23,6 +24,7 @@ mod keys;
 mod machine_loop;
 mod metrics;
 mod options;
+mod predecessor;
 mod probe;
 mod watchers;
 mod worker;
@@ -40,6 +42,7 @@ pub use fence::{fenced_txn, FencedError};
 pub use handle::{CandidateStatus, HaHandle, HaStatus, SwitchoverError};
 pub use keys::{election_prefix, nodes_prefix};
 pub use options::{HaError, HaOptions};
+pub use predecessor::revoke_predecessor;
 pub use probe::{ProbeProtocol, Prober};
 
 use crate::machine::{Event, Machine, MachineSnapshot, Millis, StoreCommand};

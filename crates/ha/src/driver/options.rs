@@ -26,6 +26,9 @@ pub struct HaOptions {
     /// The node's stable name (`[application] node_name`), published in the node record so
     /// the manager and the HA status can show it next to the id, which changes at every start.
     pub name: Option<String>,
+    /// The working directory's state file: each lease is recorded there before a key is
+    /// created with it, so that a restarted process can clear what a crashed one left.
+    pub state_file: Option<crate::workdir::StateFile>,
 }
 
 impl HaOptions {
@@ -51,6 +54,7 @@ impl HaOptions {
             advertise_address: c.advertise_address.as_ref().map(ToString::to_string),
             version: autogate_runtime::VERSION.to_owned(),
             name: Some(node_id.name().to_owned()),
+            state_file: None,
         }
     }
 

@@ -48,6 +48,11 @@ pub(super) async fn worker(
                     let sent = Instant::now();
                     match store.grant(options.lease_ttl).await {
                         Ok(id) => {
+                            // Named in the state file before any key is bound to it: a
+                            // successor of a crashed process finds every lease that matters.
+                            if let Some(state_file) = &options.state_file {
+                                state_file.record_lease(id).await;
+                            }
                             event(Event::LeaseGranted {
                                 lease: id,
                                 sent_at: millis(origin, sent),
