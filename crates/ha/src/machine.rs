@@ -829,30 +829,26 @@ impl Machine {
         }
     }
 
-    /// An accepted switchover on the primary also holds off its preemption.
-    fn switchover(
-        &mut self,
-        now: Millis,
-        to: Option<String>,
-        out: &mut Vec<Command>,
-    ) -> Result<(), String> {
-        let outcome = self.switchover_to(now, to, out);
-        if outcome.is_ok() && self.cfg.is_primary {
-            let until = now.plus(SWITCHOVER_HOLD_MS);
-            self.preempt_hold_until = Some(until);
-            Self::log(
-                out,
-                LogLevel::Info,
-                format!(
-                    "primary: not taking the role back for {} after this switchover (or until this node restarts); `autogate ha pause` holds it away longer",
-                    fmt_ms(SWITCHOVER_HOLD_MS)
-                ),
-            );
+    /// An accepted switchover on the primary also holds off its preemption: otherwise the new
+    /// active node would hand the role straight back after the preemption delay. The hold is
+    /// published before the key is deleted, so the successor knows of it when it is elected.
+    fn hold_preemption(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if !self.cfg.is_primary {
+            return;
         }
-        outcome
+        self.preempt_hold_until = Some(now.plus(SWITCHOVER_HOLD_MS));
+        Self::log(
+            out,
+            LogLevel::Info,
+            format!(
+                "primary: not taking the role back for {} after this switchover (or until this node restarts); `autogate ha pause` holds it away longer",
+                fmt_ms(SWITCHOVER_HOLD_MS)
+            ),
+        );
+        self.publish(out);
     }
 
-    fn switchover_to(
+    fn switchover(
         &mut self,
         now: Millis,
         to: Option<String>,
@@ -884,6 +880,7 @@ impl Machine {
                     kind: HandoverKind::Switchover,
                     deadline: now.plus(self.cfg.handover_timeout_ms()),
                 });
+                self.hold_preemption(now, out);
                 Ok(())
             }
             None => {
@@ -900,6 +897,7 @@ impl Machine {
                     LogLevel::Info,
                     "switchover requested: resigning".into(),
                 );
+                self.hold_preemption(now, out);
                 self.requeue(StopReason::Switchover, out);
                 Ok(())
             }

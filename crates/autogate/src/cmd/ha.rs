@@ -58,11 +58,22 @@ pub fn run(global: &Global, args: HaArgs) -> Result<(), Failure> {
             let status: HaStatus = serde_json::from_value(value).map_err(backend::unexpected)?;
             print_status(&status);
         }
-        HaCommand::Switchover { .. } => outln!("switchover accepted"),
+        HaCommand::Switchover { .. } => print_switchover(&value),
         HaCommand::Pause => outln!("paused: this node no longer stands for election"),
         HaCommand::Resume => outln!("resumed: this node stands for election"),
     }
     Ok(())
+}
+
+/// The answer to a switchover; on the primary it says how long the role stays away.
+fn print_switchover(value: &serde_json::Value) {
+    match value["preemption_hold_ms"].as_u64() {
+        Some(ms) => outln!(
+            "switchover accepted: this node is the primary and will not take the role back for {} (or until it restarts); use `autogate ha pause` to hold it away longer",
+            autogate_ha::machine::fmt_ms(ms)
+        ),
+        None => outln!("switchover accepted"),
+    }
 }
 
 fn print_status(st: &HaStatus) {
@@ -72,6 +83,20 @@ fn print_status(st: &HaStatus) {
     outln!("Term:        {}", or_dash(st.term.map(|t| t.to_string())));
     outln!("Active node: {}", or_dash(st.active_node_id.clone()));
     outln!("Primary:     {}", st.is_primary);
+    if let Some(ms) = st.preempt_in_ms {
+        let who = if st.is_primary {
+            "this node takes the role back"
+        } else {
+            "hands the role to the primary"
+        };
+        outln!("Preemption:  {who} in {}.{} s", ms / 1000, ms % 1000 / 100);
+    }
+    if let Some(ms) = st.preempt_hold_ms {
+        outln!(
+            "Preemption:  held after a switchover, {} min left (`ha pause` holds longer)",
+            ms.div_ceil(60_000)
+        );
+    }
     outln!(
         "Lease TTL:   {} ms (remaining {} ms)",
         st.lease_ttl_ms,

@@ -57,6 +57,13 @@ pub struct HaStatus {
     pub manager_reachable: bool,
     pub handover_to: Option<String>,
     pub preemptions_last_hour: usize,
+    /// Time until a returning primary takes the active role back, on that primary (counting
+    /// down) and on the active node that will hand over.
+    #[serde(default)]
+    pub preempt_in_ms: Option<u64>,
+    /// On a primary: time left of the preemption hold its last switchover set.
+    #[serde(default)]
+    pub preempt_hold_ms: Option<u64>,
     /// Crash detection of the active node (standbys): armed once its address answered with its id.
     pub crash_probe: Option<CrashProbe>,
     /// Candidates in election order (the first one leads).
@@ -230,6 +237,8 @@ impl HaHandle {
             manager_reachable: snap.manager_reachable,
             handover_to: snap.handover_to,
             preemptions_last_hour: snap.preemptions_last_hour,
+            preempt_in_ms: snap.preempt_in_ms.map(|r| r.saturating_sub(elapsed)),
+            preempt_hold_ms: snap.preempt_hold_ms.map(|r| r.saturating_sub(elapsed)),
             crash_probe: snap.crash_probe,
             candidates,
         }

@@ -1165,6 +1165,19 @@ fn a_switchover_on_the_primary_holds_off_its_preemption_for_the_stated_time() {
     assert!(starts(&out));
     let out = p.handle(Millis(100), Event::Switchover { to: None });
     assert_eq!(stops(&out), Some(StopReason::Switchover));
+    // The hold is published before the key goes, so the successor sees it when elected.
+    let published_held = pos(
+        &out,
+        |c| matches!(c, Command::Store(StoreCommand::PublishRecord { record, .. }) if record.preempt_hold),
+    );
+    assert!(
+        published_held
+            < pos(&out, |c| matches!(
+                c,
+                Command::Store(StoreCommand::Resign { .. })
+            )),
+        "{out:?}"
+    );
     assert!(
         logs(&out).contains(&(
             LogLevel::Info,

@@ -37,6 +37,10 @@ pub(super) struct SwitchoverAccepted {
     accepted: bool,
     from: String,
     to: Option<String>,
+    /// When the node that resigned is the primary: how long it will not take the role back
+    /// (it also ends when that node restarts or becomes active again). `ha pause` holds it
+    /// away for longer.
+    preemption_hold_ms: Option<u64>,
 }
 
 /// `POST /api/v1/ha/switchover {"to"?}`: planned hand-over by the active node.
@@ -53,6 +57,12 @@ pub(super) async fn switchover(
                 accepted: true,
                 from: s.node.id.as_str().to_owned(),
                 to,
+                preemption_hold_ms: s
+                    .node
+                    .config
+                    .connect
+                    .is_primary
+                    .then_some(autogate_ha::machine::SWITCHOVER_HOLD_MS),
             }),
         )),
         Err(autogate_ha::SwitchoverError::Refused(reason)) => {
