@@ -232,6 +232,8 @@ pub async fn run_process(
     let keep = spec.output_limit.saturating_add(longest_secret);
     let out = Arc::new(Mutex::new(Capture::default()));
     let err = Arc::new(Mutex::new(Capture::default()));
+    // The readers are per-run tasks joined below before the run returns; they are not
+    // long-lived, so they need no tracker.
     let mut readers = Vec::new();
     if let Some(s) = child.stdout.take() {
         readers.push(tokio::spawn(capture(s, keep, out.clone())));
@@ -241,6 +243,8 @@ pub async fn run_process(
     }
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
         // A program that never reads its input must not block the run: errors (EPIPE) ignored.
+        // Detached on purpose: it ends when the program reads its input or exits (the pipe
+        // closes), which the run waits for anyway.
         tokio::spawn(async move {
             let _ = stdin.write_all(&data).await;
         });

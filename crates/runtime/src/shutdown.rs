@@ -48,7 +48,8 @@ impl Shutdown {
         self.token.clone()
     }
 
-    /// Every long-running task is spawned here so shutdown can wait for it.
+    /// Every long-running task is spawned here (or on a child tracker its component waits for)
+    /// so shutdown can wait for it. The one exception is the signal listener itself.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
@@ -58,6 +59,8 @@ impl Shutdown {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let token = self.token.clone();
+        // Not on the tracker: it must outlive the drain (a second signal forces the exit while
+        // shutdown waits for the tracked tasks), and it ends with the process.
         tokio::spawn(async move {
             let first = tokio::select! {
                 _ = term.recv() => ShutdownSignal::Terminate,
