@@ -149,7 +149,7 @@ fn two_nodes_starting_together_create_one_admin() {
         let b = s.spawn(|| spawn("core-2", p2));
         (a.join().expect("spawn"), b.join().expect("spawn"))
     });
-    // The admin is created before the port is bound: once a node says it listens, its
+    // The admin is created before the node says it listens: once it has said so, its
     // bootstrap lines (same stream, earlier) have been read.
     for n in [&n1, &n2] {
         n.wait_for_line("core node listening on", START);

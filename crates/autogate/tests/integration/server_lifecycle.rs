@@ -135,6 +135,41 @@ fn port_in_use_is_a_clear_error() {
     );
 }
 
+/// The port is bound before the first user is created: a start that cannot bind prints no
+/// one-time password (it would be lost) and creates no user, so the next start prints it.
+#[test]
+fn a_failed_bind_creates_no_admin_and_the_next_start_prints_its_password() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_dir = work.path().join("work").display().to_string();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let out = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env("GATEWAY_APPLICATION_WORKING_DIR", &work_dir)
+        .output(Duration::from_secs(20));
+    assert_eq!(out.code(), Some(69), "{}", out.stderr);
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !printed.contains("CREATED TEMPORARY ADMIN") && !printed.contains("password: "),
+        "a start that could not bind printed a password:\n{printed}"
+    );
+    drop(holder);
+
+    let port = free_port();
+    let node = Autogate::new(["server"])
+        .env("GATEWAY_SERVER_PORT", port.to_string())
+        .env("GATEWAY_APPLICATION_WORKING_DIR", &work_dir)
+        .name("server")
+        .spawn();
+    node.wait_for_line("CREATED TEMPORARY ADMIN", Duration::from_secs(20));
+    let line = node.wait_for_line("password: ", Duration::from_secs(20));
+    assert!(line
+        .text
+        .split("password: ")
+        .nth(1)
+        .is_some_and(|p| !p.trim().is_empty()));
+}
+
 #[test]
 fn server_on_etcd_store_reports_it_and_readiness_follows_etcd() {
     let mut etcd = autogate_testkit::etcd::EtcdServer::start();
