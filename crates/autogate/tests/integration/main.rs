@@ -41,4 +41,5 @@ mod packaging;
 mod readiness;
 mod runners_e2e;
 mod server_lifecycle;
+mod setup_scripts;
 mod services_e2e;
