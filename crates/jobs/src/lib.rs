@@ -22,4 +22,4 @@ pub use dispatcher::{
 };
 pub use metrics::{JobMetrics, RunnerMetrics};
 pub use model::{JobOutcome, JobRecord, JobState, Origin, RunnerRecord};
-pub use runner::{RunnerError, RunnerOptions};
+pub use runner::{RunnerError, RunnerOptions, RunnerWorkdir};

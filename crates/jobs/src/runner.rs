@@ -9,12 +9,20 @@
 //! Stopping (the token) drains: the registration says `draining` so no new work comes, running
 //! jobs get `drain_grace` to finish, what is left is cancelled and handed back (a `released`
 //! outcome) so the active node dispatches it again at once, and the lease is revoked last.
+//!
+//! A runner killed outright leaves its lease behind: its jobs would move only when the lease
+//! expires. With a working directory ([`RunnerWorkdir`]) the runner names each lease in its
+//! state file before registering with it, and a runner restarted there revokes the lease its
+//! previous process left while that lease still holds the predecessor's registration: the
+//! active node sees that runner gone at once and deals with its claimed jobs as with any lost
+//! runner's (dispatched again when retryable, failed as lost otherwise).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use autogate_automation::Automation;
+use autogate_ha::{ProcessState, StateFile};
 use autogate_store::{
     Compare, CompareOp, EventKind, LeaseId, Store, StoreError, Txn, TxnOp, TxnOpResponse,
 };
@@ -41,6 +49,17 @@ pub struct RunnerOptions {
     pub drain_grace: Duration,
     /// Counts into the node's registry when registered there.
     pub metrics: crate::metrics::RunnerMetrics,
+    /// The working directory this process holds, if any.
+    pub workdir: Option<RunnerWorkdir>,
+}
+
+/// A runner process's hold on its working directory (see [`autogate_ha::workdir`]).
+#[derive(Debug, Clone)]
+pub struct RunnerWorkdir {
+    /// Where each lease is named before the runner registers with it.
+    pub state_file: StateFile,
+    /// What the previous runner process of this directory recorded.
+    pub previous: Option<ProcessState>,
 }
 
 /// Why a runner stopped.
@@ -89,6 +108,11 @@ pub async fn run(
     tracker.spawn(async move { all_done.wait().await });
     let keys = Keys::new(&opts.cluster_id);
     let started_at = now_rfc3339();
+    if let Some(previous) = opts.workdir.as_ref().and_then(|w| w.previous.as_ref()) {
+        if let Err(e) = revoke_predecessor(&*store, &keys, &opts, previous).await {
+            tracing::warn!("cannot clear the lease of this node's previous process: {e}");
+        }
+    }
     let mut lease = register(&*store, &keys, &opts, &started_at, 0, false).await?;
     tracing::info!(
         node_id = %opts.node_id,
@@ -294,8 +318,54 @@ async fn register(
     draining: bool,
 ) -> Result<LeaseId, StoreError> {
     let lease = store.grant(opts.lease_ttl).await?;
+    // Named in the state file before anything is bound to it, so that a successor of a
+    // crashed process finds it.
+    if let Some(workdir) = &opts.workdir {
+        workdir.state_file.record_lease(lease).await;
+    }
     put_record(store, keys, opts, started_at, running, draining, lease).await?;
     Ok(lease)
+}
+
+/// Revokes the lease this runner's previous process (same working directory, so gone: the
+/// directory's lock proves it) left, if it still holds that process's registration. The
+/// claims go with it, and the active node sees the runner leave now instead of after the TTL.
+/// Returns the lease revoked, if any.
+async fn revoke_predecessor(
+    store: &dyn Store,
+    keys: &Keys,
+    opts: &RunnerOptions,
+    previous: &ProcessState,
+) -> Result<Option<LeaseId>, StoreError> {
+    let Some(lease) = previous.lease_to_clear(&opts.node_id, &opts.cluster_id) else {
+        return Ok(None);
+    };
+    let registered = store
+        .get(&keys.runner(&previous.node_id))
+        .await?
+        .is_some_and(|kv| kv.lease == lease);
+    if !registered {
+        tracing::debug!(
+            "previous process of this runner (node id {}, lease {lease:x}) left nothing in the store",
+            previous.node_id
+        );
+        return Ok(None);
+    }
+    let claims = store
+        .list(&keys.claims())
+        .await?
+        .iter()
+        .filter(|kv| kv.lease == lease)
+        .count();
+    match store.revoke(lease).await {
+        Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    tracing::warn!(
+        "revoked the lease of this node's previous process (node id {}, lease {lease:x}): it ended without handing back its {claims} claimed job(s), which move now",
+        previous.node_id
+    );
+    Ok(Some(lease))
 }
 
 async fn put_record(

@@ -79,6 +79,7 @@ fn runner(
         lease_ttl: Duration::from_secs(2),
         drain_grace: Duration::from_millis(300),
         metrics: Default::default(),
+        workdir: None,
     };
     let (store, a, t) = (store.clone(), a.clone(), token.clone());
     let h = tokio::spawn(async move {

@@ -1,5 +1,7 @@
 //! `autogate runner`: an execution-only node. It needs no listening port: it registers in the
-//! cluster's etcd, takes the jobs the active core node assigns to it, and drains on SIGTERM.
+//! cluster's etcd, takes the jobs the active core node assigns to it, and drains on SIGTERM. It
+//! holds its working directory (one runner per directory, `runner.lock`), so that a runner
+//! restarted there can clear the lease a crashed predecessor left (`runner.state`).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,9 @@ pub enum RunnerRoleError {
         addr: String,
         source: std::io::Error,
     },
+    /// The working directory is held by another runner, or unusable.
+    #[error(transparent)]
+    Workdir(#[from] autogate_ha::WorkdirError),
 }
 
 impl super::DaemonError for RunnerRoleError {
@@ -31,6 +36,7 @@ impl super::DaemonError for RunnerRoleError {
             RunnerRoleError::Store(autogate_store::StoreError::Config(_)) => 64,
             RunnerRoleError::Store(autogate_store::StoreError::Unavailable(_)) => 69,
             RunnerRoleError::Bind { .. } => 69,
+            RunnerRoleError::Workdir(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -64,6 +70,7 @@ pub fn options(config: &Config, node_id: &NodeId) -> RunnerOptions {
         lease_ttl: config.runner.lease_ttl,
         drain_grace: config.runner.drain_grace,
         metrics: Default::default(),
+        workdir: None,
     }
 }
 
@@ -72,6 +79,10 @@ async fn run_role(
     node_id: NodeId,
     shutdown: Shutdown,
 ) -> Result<(), RunnerRoleError> {
+    // One runner per working directory: a second one stops here (69). Holding the lock also
+    // proves the process its state file names gone, so the runner clears what that one left.
+    let (workdir, previous) =
+        autogate_ha::WorkdirLock::acquire(&config.application.working_dir, "runner").await?;
     let store = autogate_server::open_store(&config).await?;
     let mut automation = Automation::from_config(&config, store.clone());
     if let Some(dir) = &config.runner.runtime_data_dir {
@@ -80,6 +91,13 @@ async fn run_role(
         automation = automation.with_engine(autogate_exec::Engine::new(engine));
     }
     let mut opts = options(&config, &node_id);
+    opts.workdir = Some(autogate_jobs::RunnerWorkdir {
+        state_file: autogate_ha::StateFile::new(
+            std::sync::Arc::new(workdir),
+            autogate_ha::ProcessState::new(node_id.as_str(), &config.application.cluster_id),
+        ),
+        previous,
+    });
     let metrics = std::sync::Arc::new(autogate_runtime::Metrics::new());
     opts.metrics = autogate_jobs::RunnerMetrics::default();
     metrics.register(|r| opts.metrics.register(r));
