@@ -40,6 +40,7 @@ mod metrics_doc;
 mod packaging;
 mod readiness;
 mod runners_e2e;
+mod runners_restart;
 mod server_lifecycle;
 mod setup_scripts;
 mod services_e2e;
