@@ -42,5 +42,5 @@ mod readiness;
 mod runners_e2e;
 mod runners_restart;
 mod server_lifecycle;
-mod setup_scripts;
 mod services_e2e;
+mod setup_scripts;

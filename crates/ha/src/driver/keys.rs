@@ -105,6 +105,9 @@ mod tests {
         let read: StoredRecord = serde_json::from_value(old).unwrap();
         assert_eq!(read.into_record("gw_1".into()), record);
         let unnamed = StoredRecord::new(record, "v".into(), None, None);
-        assert!(serde_json::to_value(&unnamed).unwrap().get("name").is_none());
+        assert!(serde_json::to_value(&unnamed)
+            .unwrap()
+            .get("name")
+            .is_none());
     }
 }
