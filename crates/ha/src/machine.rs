@@ -56,6 +56,15 @@ const HOUR_MS: u64 = 3_600_000;
 /// earlier when the primary restarts or becomes active again). An hour, like the flap budget's
 /// window: long enough for planned work on the primary's side; `ha pause` holds it longer.
 pub const SWITCHOVER_HOLD_MS: u64 = HOUR_MS;
+/// How long an active node waits for the outcome of its last attempt to reach the manager
+/// (connect and hello timeouts, plus an attempt in flight when the retry was asked for) before
+/// it hands over without it.
+const MANAGER_RETRY_WAIT_MS: u64 = 35_000;
+/// A standby's "I can reach the manager" counts against the active node's failure only if it
+/// was said within that failure: it became true after the failure began, or it has stood for
+/// this long since. Standbys check every second while the active node reports that it cannot
+/// reach the manager (the server's leader work), so by then each has checked again.
+pub const FRESH_REACHABILITY_MS: u64 = 2_000;
 /// A probe whose result never came back is forgotten after this long.
 const PROBE_LOST_MS: u64 = 5_000;
 /// Shortest lease TTL the machine accepts (etcd counts whole seconds).
@@ -270,6 +279,11 @@ pub enum Event {
     /// This node can (still) reach the manager, or not: the manager link when active, a
     /// reachability check when standby.
     ManagerReachable(bool),
+    /// An attempt to reach the manager that began after [`LocalCommand::RetryManager`] number
+    /// `retry` was asked for has failed.
+    ManagerRetryFailed {
+        retry: u64,
+    },
     ProbeResult {
         node_id: String,
         address: String,
@@ -350,6 +364,11 @@ pub enum LocalCommand {
     Log {
         level: LogLevel,
         text: String,
+    },
+    /// Dial the manager once more at once (reset the back-off), and report a failure of that
+    /// attempt with [`Event::ManagerRetryFailed`] and the same `retry`.
+    RetryManager {
+        retry: u64,
     },
     /// Deliver [`Event::Tick`] at `at` (replaces the previous timer).
     SetTimer {
@@ -474,6 +493,12 @@ pub struct Machine {
     finished: bool,
     manager_reachable: bool,
     manager_failing_since: Option<Millis>,
+    /// The last attempt asked of the link before resigning for lack of the manager: its number,
+    /// when it was asked for, and whether it failed.
+    manager_retry: Option<(u64, Millis, bool)>,
+    manager_retries: u64,
+    /// Since when (on our clock) each other node's record has said it reaches the manager.
+    reachable_since: BTreeMap<String, Millis>,
     active_since: Option<Millis>,
     leader_logged: Option<String>,
     no_leader_since: Option<Millis>,
@@ -512,6 +537,9 @@ impl Machine {
             finished: false,
             manager_reachable: false,
             manager_failing_since: None,
+            manager_retry: None,
+            manager_retries: 0,
+            reachable_since: BTreeMap::new(),
             active_since: None,
             leader_logged: None,
             no_leader_since: None,
@@ -731,6 +759,12 @@ impl Machine {
                     .into_iter()
                     .map(|r| (r.node_id.clone(), r))
                     .collect();
+                let records = &self.records;
+                self.reachable_since
+                    .retain(|node, _| records.get(node).is_some_and(|r| r.manager_reachable));
+                for r in self.records.values().filter(|r| r.manager_reachable) {
+                    self.reachable_since.entry(r.node_id.clone()).or_insert(now);
+                }
                 if self.cfg.is_primary && !self.two_primaries_warned {
                     if let Some(other) = self
                         .records
@@ -753,9 +787,17 @@ impl Machine {
                 if reachable {
                     self.manager_reachable = true;
                     self.manager_failing_since = None;
+                    self.manager_retry = None;
                 } else if self.manager_reachable || self.manager_failing_since.is_none() {
                     self.manager_reachable = false;
                     self.manager_failing_since = Some(now);
+                }
+            }
+            Event::ManagerRetryFailed { retry } => {
+                if let Some((asked, _, failed)) = &mut self.manager_retry {
+                    if *asked == retry {
+                        *failed = true;
+                    }
                 }
             }
             Event::ProbeResult {
@@ -916,6 +958,7 @@ impl Machine {
     fn stop_acting(&mut self, reason: StopReason, out: &mut Vec<Command>) {
         if let Some(term) = self.acting.take() {
             self.active_since = None;
+            self.manager_retry = None;
             self.handover = None;
             out.push(Command::Local(LocalCommand::StopLeaderWork {
                 term,
@@ -1357,29 +1400,73 @@ impl Machine {
     }
 
     fn active_duties(&mut self, now: Millis, out: &mut Vec<Command>) {
-        // Lost manager: move leadership if another candidate can reach it.
+        // Lost manager: move leadership if another candidate can reach it — and this node
+        // still cannot once it tried again after seeing that. An outage of the manager itself
+        // hits every node alike; the node that happens to be asleep in its back-off when the
+        // manager returns must not lose the role to a standby that checked first.
+        let mut retry = None;
         if !self.manager_reachable {
             if let (Some(failing), Some(active)) = (self.manager_failing_since, self.active_since) {
                 let since = failing.max(active);
                 if now.since(since) >= self.cfg.connect_grace_ms {
-                    let other = self.view.iter().skip(1).find(|c| {
-                        self.records
-                            .get(&c.node_id)
-                            .is_some_and(|r| r.manager_reachable && !r.paused)
-                    });
+                    // Only a standby that reached the manager within this failure proves that
+                    // this node's path is the broken one.
+                    let fresh = |node: &str| {
+                        self.reachable_since.get(node).is_some_and(|t| {
+                            *t >= since || now.since(since) >= FRESH_REACHABILITY_MS
+                        })
+                    };
+                    let other = self
+                        .view
+                        .iter()
+                        .skip(1)
+                        .find(|c| {
+                            self.records
+                                .get(&c.node_id)
+                                .is_some_and(|r| r.manager_reachable && !r.paused)
+                                && fresh(&c.node_id)
+                        })
+                        .map(|c| c.node_id.clone());
                     if let Some(other) = other {
-                        Self::log(
-                            out,
-                            LogLevel::Warn,
-                            format!(
-                                "cannot reach the manager for {} ms while core node '{}' can: resigning",
-                                now.since(since),
-                                other.node_id
-                            ),
-                        );
-                        self.requeue(StopReason::ManagerUnreachable, out);
-                        return;
+                        retry = Some((since, other));
                     }
+                }
+            }
+        }
+        match (retry, self.manager_retry) {
+            (None, _) => self.manager_retry = None,
+            (Some((since, other)), None) => {
+                self.manager_retries += 1;
+                let n = self.manager_retries;
+                self.manager_retry = Some((n, now, false));
+                Self::log(
+                    out,
+                    LogLevel::Warn,
+                    format!(
+                        "cannot reach the manager for {} ms while core node '{other}' can: trying once more at once before handing over",
+                        now.since(since)
+                    ),
+                );
+                out.push(Command::Local(LocalCommand::RetryManager { retry: n }));
+            }
+            (Some((since, other)), Some((_, asked, failed))) => {
+                if failed || now.since(asked) >= MANAGER_RETRY_WAIT_MS {
+                    Self::log(
+                        out,
+                        LogLevel::Warn,
+                        format!(
+                            "cannot reach the manager for {} ms while core node '{other}' can, {}: resigning",
+                            now.since(since),
+                            if failed {
+                                "and the attempt made since failed too"
+                            } else {
+                                "and the attempt made since has not got through"
+                            }
+                        ),
+                    );
+                    self.manager_retry = None;
+                    self.requeue(StopReason::ManagerUnreachable, out);
+                    return;
                 }
             }
         }
@@ -1580,6 +1667,16 @@ impl Machine {
                 if !self.manager_reachable {
                     consider(failing.max(active).plus(self.cfg.connect_grace_ms));
                 }
+            }
+            if let Some((_, asked, false)) = self.manager_retry {
+                consider(asked.plus(MANAGER_RETRY_WAIT_MS));
+            }
+            if let (Some(failing), Some(active), false) = (
+                self.manager_failing_since,
+                self.active_since,
+                self.manager_reachable,
+            ) {
+                consider(failing.max(active).plus(FRESH_REACHABILITY_MS));
             }
             for since in self.primary_healthy_since.values() {
                 consider(since.plus(self.cfg.preempt_delay_ms));

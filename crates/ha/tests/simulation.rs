@@ -493,6 +493,15 @@ impl Sim {
                 });
             }
             Command::Local(LocalCommand::SetTimer { at }) => self.nodes[i].timer = Some(at.0),
+            Command::Local(LocalCommand::RetryManager { retry }) => {
+                // The link dials at once: it gets through exactly when this node's path to
+                // the manager works.
+                answers.push(if self.nodes[i].manager_ok {
+                    Event::ManagerReachable(true)
+                } else {
+                    Event::ManagerRetryFailed { retry }
+                });
+            }
             Command::Local(
                 LocalCommand::StartLeaderWork { .. }
                 | LocalCommand::StopLeaderWork { .. }

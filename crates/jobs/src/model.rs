@@ -100,6 +100,10 @@ impl Keys {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerRecord {
     pub node_id: String,
+    /// The runner's stable name (`[application] node_name`): the id changes at every start,
+    /// the name does not. Absent from records of older runners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub host: String,
     pub version: String,
     pub capacity: u32,

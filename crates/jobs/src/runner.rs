@@ -41,6 +41,8 @@ use crate::model::{
 pub struct RunnerOptions {
     pub cluster_id: String,
     pub node_id: String,
+    /// Its stable name, published in its registration.
+    pub name: Option<String>,
     pub host: String,
     pub capacity: u32,
     pub labels: BTreeMap<String, String>,
@@ -379,6 +381,7 @@ async fn put_record(
 ) -> Result<(), StoreError> {
     let rec = RunnerRecord {
         node_id: opts.node_id.clone(),
+        name: opts.name.clone(),
         host: opts.host.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         capacity: opts.capacity,

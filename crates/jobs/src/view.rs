@@ -269,6 +269,7 @@ mod tests {
         let view = RunnerView {
             record: RunnerRecord {
                 node_id: "r1".into(),
+                name: Some("runner-a".into()),
                 host: "h1".into(),
                 version: "0.1.0".into(),
                 capacity: 2,
@@ -284,12 +285,25 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "node_id": "r1", "host": "h1", "version": "0.1.0", "capacity": 2,
+                "node_id": "r1", "name": "runner-a", "host": "h1", "version": "0.1.0", "capacity": 2,
                 "labels": {"zone": "a"}, "running": 1, "draining": true,
                 "started_at": "2025-01-01T00:00:00Z", "last_seen": "2025-01-01T00:00:05Z",
                 "status": "draining"
             })
         );
-        assert_eq!(serde_json::from_value::<RunnerView>(v).unwrap(), view);
+        assert_eq!(
+            serde_json::from_value::<RunnerView>(v.clone()).unwrap(),
+            view
+        );
+        // A record of a runner older than names reads without one.
+        let mut old = v;
+        old.as_object_mut().unwrap().remove("name");
+        assert_eq!(
+            serde_json::from_value::<RunnerView>(old)
+                .unwrap()
+                .record
+                .name,
+            None
+        );
     }
 }

@@ -73,6 +73,7 @@ fn runner(
     let opts = RunnerOptions {
         cluster_id: CLUSTER.into(),
         node_id: id.into(),
+        name: None,
         host: "localhost".into(),
         capacity,
         labels: BTreeMap::new(),

@@ -85,6 +85,31 @@
 
   const clusterHref = (id) => '#/clusters/' + encodeURIComponent(id);
 
+  // Node names by id, from the last node lists read: a node's id changes at every start, its
+  // name does not, so the name is what people recognise and the id what logs say.
+  const nodeNames = new Map();
+
+  function nameOf(id, name) {
+    return typeof name === 'string' && name ? name : nodeNames.get(id) || null;
+  }
+
+  // A node as "name id": the name in bold, the id beside it in small monospace (the id alone
+  // for nodes of gateways that send no name).
+  function nodeLabel(id, name) {
+    const n = nameOf(id, name);
+    return [
+      n ? el('strong', { class: 'node-name', text: n }) : null,
+      n ? ' ' : null,
+      el('span', { class: n ? 'mono node-id' : 'mono', text: show(id) }),
+    ];
+  }
+
+  // "core-1 (vm_…)" in running text.
+  function nodeText(id, name) {
+    const n = nameOf(id, name);
+    return n ? n + ' (' + show(id) + ')' : show(id);
+  }
+
   // ---------------------------------------------------------------------------------------
   // API
 
@@ -407,10 +432,14 @@
     return { files, texts };
   }
 
-  function nodeCounts(nodes) {
+  function nodeCounts(nodes, absent) {
     const list = Array.isArray(nodes) ? nodes : [];
     const runners = list.filter((n) => n.role === 'runner').length;
-    return (list.length - runners) + ' core, ' + runners + ' runner' + (runners === 1 ? '' : 's');
+    const gone = Array.isArray(absent) ? absent : [];
+    const lost = gone.filter((n) => n.status === 'lost').length;
+    const stopped = gone.length - lost;
+    return (list.length - runners) + ' core, ' + runners + ' runner' + (runners === 1 ? '' : 's') +
+      (lost ? ', ' + lost + ' lost' : '') + (stopped ? ', ' + stopped + ' stopped' : '');
   }
 
   class ClustersView {
@@ -472,9 +501,9 @@
           el('td', { text: show(c.name) }),
           el('td', {}, stateSelect(c, () => this.refresh())),
           el('td', {}, c.connected ? stateBadge('connected') : stateBadge('disconnected')),
-          el('td', { class: 'mono active-node', text: show(active.node_id) }),
+          el('td', { class: 'active-node' }, active.node_id ? nodeLabel(active.node_id, active.node_name) : dash),
           el('td', { class: 'term', text: show(active.term) }),
-          el('td', { text: nodeCounts(c.nodes) }),
+          el('td', { class: 'node-counts', text: nodeCounts(c.nodes, c.absent_nodes) }),
           el('td', { text: String((c.certificates || []).length) }));
       }));
     }
@@ -566,6 +595,10 @@
       }
       if (!this.alive) return;
       showAppError('');
+      for (const n of [].concat(c.nodes || [], c.absent_nodes || [])) {
+        if (n && n.node_id && n.name) nodeNames.set(n.node_id, n.name);
+      }
+      if (c.active && c.active.node_id && c.active.node_name) nodeNames.set(c.active.node_id, c.active.node_name);
       this.drawFacts(c);
       this.drawNodes(c);
       this.drawCerts(c);
@@ -590,7 +623,7 @@
         // The state once: the control that changes it shows it.
         fact('State', stateSelect(c, () => this.refresh())),
         fact('Connection', c.connected ? stateBadge('connected') : stateBadge('disconnected')),
-        fact('Active node', el('span', { id: 'active-node', class: 'mono', text: show(a.node_id) })),
+        fact('Active node', el('span', { id: 'active-node' }, a.node_id ? nodeLabel(a.node_id, a.node_name) : dash)),
         fact('Term', el('span', { id: 'term', text: show(a.term) })),
         fact('Connected since', when(a.connected_at)),
         fact('From', show(a.remote_addr)),
@@ -600,30 +633,74 @@
 
     drawNodes(c) {
       const nodes = Array.isArray(c.nodes) ? c.nodes : [];
+      const absent = Array.isArray(c.absent_nodes) ? c.absent_nodes : [];
       const core = nodes.filter((n) => n.role !== 'runner');
       const runners = nodes.filter((n) => n.role === 'runner');
       const order = { active: 0, standby: 1, paused: 2 };
-      core.sort((x, y) => (order[x.role] ?? 9) - (order[y.role] ?? 9) || String(x.node_id).localeCompare(String(y.node_id)));
-      if (!c.connected) {
-        replace(this.core, el('p', { class: 'muted', text: 'Not connected: the nodes are reported by the cluster\u2019s active node.' }));
-      } else {
-        replace(this.core, table(['Node', 'Role', 'Primary', 'Reaches manager', 'API address'],
-          core.map((n) => el('tr', { class: 'node', dataset: { nodeId: n.node_id, role: n.role } },
-            el('td', { class: 'mono', text: n.node_id }),
-            el('td', {}, stateBadge(n.role)),
-            el('td', {}, n.is_primary ? badge('primary') : dash),
-            el('td', { text: n.manager_reachable === true ? 'yes' : n.manager_reachable === false ? 'no' : dash }),
-            el('td', { class: 'mono', text: show(n.address) })))));
-      }
-      if (!runners.length) {
+      const byName = (x, y) => String(x.name || x.node_id).localeCompare(String(y.name || y.node_id));
+      core.sort((x, y) => (order[x.role] ?? 9) - (order[y.role] ?? 9) || byName(x, y));
+      runners.sort(byName);
+      // A node that left stays listed, marked stopped or lost with when it was last seen,
+      // until it comes back under the same name or is forgotten here.
+      const goneRow = (n, cls, cells) => {
+        const forget = el('button', { type: 'button', class: 'secondary forget', text: 'Forget' });
+        forget.addEventListener('click', () => this.forget(n));
+        return el('tr', { class: cls + ' absent', dataset: { nodeId: n.node_id, status: n.status, name: n.name || '' } },
+          el('td', {}, n.name ? el('strong', { class: 'node-name', text: n.name }) : dash),
+          el('td', { class: 'mono', text: n.node_id }),
+          el('td', {}, stateBadge(n.status), el('div', { class: 'muted last-seen', text: 'last seen ' + when(n.last_seen) }),
+            el('div', { class: 'muted reason', text: show(n.reason) })),
+          cells,
+          el('td', {}, forget));
+      };
+      // A node that came back: from what, since when.
+      const backNote = (n) => n.back
+        ? el('div', { class: 'back-note muted' }, badge('back', 'ok'),
+          ' since ' + when(n.back.back_at) + ' (was ' + n.back.was + ', last seen ' + when(n.back.last_seen) +
+          (n.back.previous_node_id !== n.node_id ? ' as ' + n.back.previous_node_id : '') + ')')
+        : null;
+      const goneCore = absent.filter((n) => n.role !== 'runner');
+      const goneRunners = absent.filter((n) => n.role === 'runner');
+      const coreRows = (c.connected ? core : []).map((n) =>
+        el('tr', { class: 'node' + (n.back ? ' back' : ''), dataset: { nodeId: n.node_id, role: n.role, name: n.name || '' } },
+          el('td', {}, n.name ? el('strong', { class: 'node-name', text: n.name }) : dash),
+          el('td', { class: 'mono', text: n.node_id }),
+          el('td', {}, stateBadge(n.role), backNote(n)),
+          el('td', {}, n.is_primary ? badge('primary') : dash),
+          el('td', { text: n.manager_reachable === true ? 'yes' : n.manager_reachable === false ? 'no' : dash }),
+          el('td', { class: 'mono', text: show(n.address) }),
+          el('td', {})));
+      const coreGone = goneCore.map((n) => goneRow(n, 'node', [el('td', {}, dash), el('td', {}, dash), el('td', {}, dash)]));
+      replace(this.core,
+        c.connected ? null : el('p', { class: 'muted', text: 'Not connected: the nodes are reported by the cluster\u2019s active node.' }),
+        coreRows.length || coreGone.length
+          ? table(['Name', 'Node id', 'Role', 'Primary', 'Reaches manager', 'API address', ''], [coreRows, coreGone])
+          : null);
+      const runnerRows = runners.map((n) =>
+        el('tr', { class: 'runner' + (n.back ? ' back' : ''), dataset: { nodeId: n.node_id, name: n.name || '' } },
+          el('td', {}, n.name ? el('strong', { class: 'node-name', text: n.name }) : dash, backNote(n)),
+          el('td', { class: 'mono', text: n.node_id }),
+          el('td', {}, badge('online', 'ok')),
+          el('td', { text: show(n.running) }),
+          el('td', { text: show(n.capacity) }),
+          el('td', { class: 'mono', text: show(n.address) }),
+          el('td', {})));
+      const runnersGone = goneRunners.map((n) => goneRow(n, 'runner', [el('td', {}, dash), el('td', {}, dash)]));
+      if (!runnerRows.length && !runnersGone.length) {
         replace(this.runners, el('p', { class: 'muted', text: c.connected ? 'No runners reported by this cluster.' : dash }));
       } else {
-        replace(this.runners, table(['Runner', 'Running', 'Capacity', 'Address'],
-          runners.map((n) => el('tr', { class: 'runner', dataset: { nodeId: n.node_id } },
-            el('td', { class: 'mono', text: n.node_id }),
-            el('td', { text: show(n.running) }),
-            el('td', { text: show(n.capacity) }),
-            el('td', { class: 'mono', text: show(n.address) })))));
+        replace(this.runners, table(['Name', 'Runner id', 'Status', 'Running', 'Capacity', 'Address', ''], [runnerRows, runnersGone]));
+      }
+    }
+
+    async forget(n) {
+      const who = n.name ? n.name + ' (' + n.node_id + ')' : n.node_id;
+      if (!window.confirm('Forget ' + who + '? It is no longer listed; a node of that name that joins later is shown as new.')) return;
+      try {
+        await api('DELETE', this.path + '/nodes/' + encodeURIComponent(n.node_id));
+        this.refresh();
+      } catch (e) {
+        showAppError('Cannot forget ' + who + ': ' + e.message);
       }
     }
 
@@ -642,7 +719,7 @@
             el('td', { class: 'fp', text: k.fingerprint_sha256 }),
             el('td', {}, when(k.not_after), k.expired ? [' ', badge('expired')] : null),
             el('td', {},
-              el('span', { class: 'mono', text: show(k.last_presented_by) }),
+              k.last_presented_by ? el('span', { class: 'presented-by' }, nodeLabel(k.last_presented_by)) : dash,
               k.last_presented_at ? el('div', { class: 'muted', text: when(k.last_presented_at) }) : null),
             el('td', {}, rm));
         })));
@@ -657,8 +734,8 @@
       const items = [];
       list.forEach((s, i) => {
         const live = !s.disconnected_at;
-        items.push(el('li', { class: 'session' + (live ? ' live' : ''), dataset: { sessionId: s.session_id } },
-          el('strong', { class: 'mono', text: s.node_id }),
+        items.push(el('li', { class: 'session' + (live ? ' live' : ''), dataset: { sessionId: s.session_id, nodeId: s.node_id } },
+          nodeLabel(s.node_id, s.node_name),
           ' term ' + show(s.term) + ', connected ' + when(s.connected_at) + ' from ' + show(s.remote_addr),
           live ? [' ', stateBadge('live', 'ok')]
             : el('div', { class: 'muted', text: 'closed ' + when(s.disconnected_at) + ': ' + show(s.close_reason) })));
@@ -668,7 +745,7 @@
           const gap = Date.parse(s.connected_at) - Date.parse(older.disconnected_at);
           const ms = Number.isFinite(gap) ? Math.max(0, Math.round(gap)) + ' ms' : dash;
           const text = older.node_id !== s.node_id
-            ? 'fail-over ' + older.node_id + ' \u2192 ' + s.node_id + ': gap ' + ms
+            ? 'fail-over ' + nodeText(older.node_id, older.node_name) + ' \u2192 ' + nodeText(s.node_id, s.node_name) + ': gap ' + ms
             : 'reconnected after ' + ms;
           items.push(el('li', { class: older.node_id !== s.node_id ? 'failover' : 'reconnect', text, dataset: { gapMs: String(gap) } }));
         }
@@ -1041,7 +1118,7 @@
       return el('div', { class: 'run-failed' },
         el('p', { class: 'error', text: head }),
         detail,
-        answer.node_id ? el('p', { class: 'muted', text: 'answered by node ' + answer.node_id }) : null);
+        answer.node_id ? el('p', { class: 'muted', text: 'answered by node ' + nodeText(answer.node_id) }) : null);
     }
     const r = (answer && answer.result) || answer || {};
     const code = r.return_code;
@@ -1050,11 +1127,13 @@
       el('dl', { class: 'facts' },
         fact('Status', badge(show(answer && answer.status), code === 0 ? 'ok' : 'bad')),
         fact('Return code', el('span', { class: 'return-code', text: show(code) })),
-        answer && answer.node_id ? fact('Ran on', el('span', { class: 'mono', text: answer.node_id })) : null,
+        answer && answer.node_id ? fact('Ran on', el('span', { class: 'ran-on' }, nodeLabel(answer.node_id))) : null,
         fact('Started', when(r.start_time)),
         fact('Ended', when(r.end_time)),
         fact('Elapsed', show(r.elapsed_time) + (typeof r.elapsed_time === 'number' ? ' s' : '') +
-          ' (round trip ' + Math.round(tookMs) + ' ms)')),
+          ' (round trip ' + Math.round(tookMs) + ' ms)'),
+        // Only a run that built its Python environment has one.
+        r.environment_build_time ? fact('Environment build', show(r.environment_build_time)) : null),
       el('h3', { text: 'stdout' }),
       el('pre', { class: 'out stdout', text: r.stdout || '' }),
       r.stderr ? [el('h3', { text: 'stderr' }), el('pre', { class: 'out stderr', text: r.stderr })] : null);

@@ -87,6 +87,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_cluster),
         )
         .route("/clusters/{id}/sessions", get(sessions))
+        .route(
+            "/clusters/{id}/nodes/{node_id}",
+            axum::routing::delete(forget_node),
+        )
         .route("/clusters/{id}/ping", post(ping))
         .route("/clusters/{id}/services", get(list_services))
         .route("/clusters/{id}/services/{name}/run", post(run_service))
@@ -443,6 +447,27 @@ async fn sessions(State(app): State<AppState>, Path(id): Path<String>) -> Respon
     match app.hub.registry().sessions(&id, limit).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `DELETE /clusters/{id}/nodes/{node_id}`: forget a node that left the cluster (stopped or
+/// lost), so it is no longer listed; 404 when no node that left has that id, 409 when the node
+/// is present.
+async fn forget_node(
+    State(app): State<AppState>,
+    Path((id, node_id)): Path<(String, String)>,
+) -> Response {
+    if app.hub.registry().get(&id).is_none() {
+        return not_found(&id);
+    }
+    match app.hub.forget_node(&id, &node_id) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ crate::members::ForgetError::Present(_)) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ crate::members::ForgetError::Unknown(_)) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use autogate_proto::{
-    ConnId, Hello, HelloDecision, NodeInfo, Role, RpcError, SessionTable, NOT_ALLOWED,
+    ConnId, Departed, Hello, HelloDecision, NodeInfo, Role, RpcError, SessionTable, NOT_ALLOWED,
     SESSION_REFUSED,
 };
 use autogate_store::{StoreError, Txn, TxnOp};
@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::members::{Absence, ForgetError, Members};
 use crate::metrics::{ManagerMetrics, RefusalCategory};
 use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState, SessionRecord};
 use crate::registry::Registry;
@@ -148,6 +149,8 @@ pub struct LiveInfo {
     pub session_id: String,
     /// The node holding it.
     pub node_id: String,
+    /// Its stable name, when it sent one.
+    pub node_name: Option<String>,
     /// Its term.
     pub term: Option<u64>,
     /// The gateway's version.
@@ -263,6 +266,8 @@ pub struct Hub {
     /// Requests sent to gateways and not answered yet, by JSON-RPC id.
     pending: Mutex<HashMap<i64, Pending>>,
     next_request: std::sync::atomic::AtomicI64,
+    /// Per cluster: the nodes that left and the ones that came back ([`Members`]).
+    members: Mutex<HashMap<String, Members>>,
 }
 
 /// A session accepted by [`Hub::hello`].
@@ -294,6 +299,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             events: Events::new(),
             pending: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
             // Ids from the clock (microseconds, well inside JSON's exact integers): a gateway
             // answering a request of the manager's previous run cannot hit a new request's id.
             next_request: std::sync::atomic::AtomicI64::new(
@@ -307,6 +313,45 @@ impl Hub {
 
     fn pending(&self) -> MutexGuard<'_, HashMap<i64, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn members(&self) -> MutexGuard<'_, HashMap<String, Members>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A membership of `cluster` arrived (with `hello` or `nodes.update`): records who left and
+    /// who came back, and tells the page when that changed.
+    fn observe_members(&self, cluster: &str, nodes: &[NodeInfo], departed: &[Departed]) {
+        let changed = self
+            .members()
+            .entry(cluster.to_owned())
+            .or_default()
+            .observe(nodes, departed, &now_rfc3339());
+        if changed {
+            self.events.send(EventKind::NodesChanged, cluster);
+        }
+    }
+
+    /// Forgets a node that left `cluster` (the operator's "forget"), so the page stops listing
+    /// it.
+    pub fn forget_node(&self, cluster: &str, node_id: &str) -> Result<(), ForgetError> {
+        let forgotten = self
+            .members()
+            .get_mut(cluster)
+            .ok_or_else(|| ForgetError::Unknown(node_id.to_owned()))?
+            .forget(node_id)?;
+        tracing::info!(
+            "forgot node {} ({}) of gateway cluster {cluster}, {} since {}",
+            forgotten.node_id,
+            forgotten.name.as_deref().unwrap_or("no name"),
+            match forgotten.status {
+                Absence::Stopped => "stopped",
+                Absence::Lost => "lost",
+            },
+            forgotten.last_seen
+        );
+        self.events.send(EventKind::NodesChanged, cluster);
+        Ok(())
     }
 
     /// Registers a request going out on session `conn` of `cluster`; returns its id. `resumable`
@@ -451,6 +496,7 @@ impl Hub {
             &SessionRecord {
                 session_id: info.session_id.clone(),
                 node_id: info.node_id.clone(),
+                node_name: info.node_name.clone(),
                 term: info.term,
                 remote_addr: info.remote_addr.clone(),
                 connected_at: info.connected_at.clone(),
@@ -565,11 +611,18 @@ impl Hub {
             c.last_presented_by = Some(hello.node_id.clone());
             c.last_presented_at = Some(now.clone());
         }
+        let node_name = hello
+            .nodes
+            .iter()
+            .find(|n| n.node_id == hello.node_id)
+            .and_then(NodeInfo::shown_name)
+            .map(str::to_owned);
         ops.push(Registry::session_op(
             &history_key,
             &SessionRecord {
                 session_id: session_id.clone(),
                 node_id: hello.node_id.clone(),
+                node_name: node_name.clone(),
                 term: hello.term,
                 remote_addr: remote.to_string(),
                 connected_at: now.clone(),
@@ -599,6 +652,7 @@ impl Hub {
                 0,
                 NodeInfo {
                     node_id: hello.node_id.clone(),
+                    name: None,
                     role: Role::Active,
                     is_primary: false,
                     address: None,
@@ -608,12 +662,14 @@ impl Hub {
                 },
             );
         }
+        self.observe_members(cluster, &nodes, &hello.departed);
         self.state().live.insert(
             conn,
             LiveInfo {
                 cluster_id: cluster.to_owned(),
                 session_id: session_id.clone(),
                 node_id: hello.node_id.clone(),
+                node_name,
                 term: hello.term,
                 version: hello.version.clone(),
                 connected_at: now,
@@ -637,8 +693,15 @@ impl Hub {
 
     /// A session task ended with `reason`. Records it unless the hub closed it first. `detail`
     /// (the library's error behind a lost connection) goes to the log only: the history keeps
-    /// the operator's words.
-    pub async fn closed(&self, conn: ConnId, reason: &str, detail: Option<&str>) {
+    /// the operator's words. `left` says whether the session's node left the membership with
+    /// it, and how (`None` when its fate is unknown: the next session will tell).
+    pub async fn closed(
+        &self,
+        conn: ConnId,
+        reason: &str,
+        detail: Option<&str>,
+        left: Option<Absence>,
+    ) {
         let Some(cluster) = self.state().table.cluster_of(conn).map(str::to_owned) else {
             return;
         };
@@ -658,20 +721,27 @@ impl Hub {
             info.session_id,
             info.node_id
         );
-        let op = Self::closed_record(&info, &now_rfc3339(), reason);
+        let now = now_rfc3339();
+        let op = Self::closed_record(&info, &now, reason);
         if let Err(e) = self.registry.store().txn(Txn::new().and_then([op])).await {
             tracing::warn!("cannot record the end of session {}: {e}", info.session_id);
+        }
+        if let Some(left) = left {
+            if let Some(m) = self.members().get_mut(&cluster) {
+                m.session_ended(&info.node_id, left, reason, &now);
+            }
         }
         self.events.send(EventKind::SessionClosed, &cluster);
     }
 
     /// A `nodes.update` arrived on a live session.
-    pub fn nodes_update(&self, conn: ConnId, nodes: Vec<NodeInfo>) {
+    pub fn nodes_update(&self, conn: ConnId, nodes: Vec<NodeInfo>, departed: &[Departed]) {
         let cluster = self.state().live.get_mut(&conn).map(|info| {
-            info.nodes = nodes;
+            info.nodes.clone_from(&nodes);
             info.cluster_id.clone()
         });
         if let Some(cluster) = cluster {
+            self.observe_members(&cluster, &nodes, departed);
             self.events.send(EventKind::NodesChanged, &cluster);
         }
     }
@@ -853,6 +923,7 @@ impl Hub {
         if !self.registry.delete(id).await? {
             return Err(AdminError::NotFound(id.to_owned()));
         }
+        self.members().remove(id);
         tracing::info!("deleted gateway cluster {id}");
         self.events.send(EventKind::ClusterChanged, id);
         Ok(())
@@ -895,6 +966,7 @@ impl Hub {
         let active = live.as_ref().map(|l| {
             json!({
                 "node_id": l.node_id,
+                "node_name": l.node_name,
                 "term": l.term,
                 "connected_at": l.connected_at,
                 "remote_addr": l.remote_addr,
@@ -902,10 +974,28 @@ impl Hub {
                 "version": l.version,
             })
         });
-        let nodes = live
-            .as_ref()
-            .map(|l| autogate_proto::to_value(&l.nodes))
-            .unwrap_or_else(|| json!([]));
+        let (nodes, absent) = {
+            let mut members = self.members();
+            let m = members.get_mut(&rec.cluster_id);
+            // Each node as the gateway described it, with where it came back from when it did.
+            let nodes: Vec<Value> = live
+                .as_ref()
+                .map(|l| {
+                    l.nodes
+                        .iter()
+                        .map(|n| {
+                            let mut v = autogate_proto::to_value(n);
+                            if let Some(back) = m.as_ref().and_then(|m| m.returned(&n.node_id)) {
+                                v["back"] = json!(back);
+                            }
+                            v
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let absent = m.map(Members::absent).unwrap_or_default();
+            (nodes, absent)
+        };
         json!({
             "cluster_id": rec.cluster_id,
             "name": rec.name,
@@ -913,6 +1003,7 @@ impl Hub {
             "connected": live.is_some(),
             "active": active,
             "nodes": nodes,
+            "absent_nodes": absent,
             "certificates": certificates,
             "created_at": rec.created_at,
             "highest_term": rec.highest_term.as_ref().map(|(t, _)| *t),

@@ -7,7 +7,8 @@
 //! — lives in an embedded crash-safe store in `manager.data_dir`.
 //!
 //! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
-//! sessions and the session rules), [`disconnect`] (why a connection was lost, in plain
+//! sessions and the session rules), [`members`] (the nodes that left a cluster, stopped or
+//! lost, and those that came back), [`disconnect`] (why a connection was lost, in plain
 //! words), [`api`] (REST), [`web`] (the web page and its live event
 //! stream), [`registry`] (storage), [`bootstrap`] (certificate and admin token on first start),
 //! [`client`] (the admin client the CLI uses).
@@ -25,6 +26,7 @@ pub mod disconnect;
 pub mod error;
 pub mod hub;
 pub mod listener;
+pub mod members;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;

@@ -114,6 +114,9 @@ pub struct SessionRecord {
     pub session_id: String,
     /// The node that held it.
     pub node_id: String,
+    /// That node's stable name, when its gateway sent one (absent from older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     /// The term it presented (`null` without HA).
     pub term: Option<u64>,
     /// Where it came from, `ip:port`.

@@ -364,6 +364,7 @@ mod tests {
         SessionRecord {
             session_id: "s".into(),
             node_id: node.into(),
+            node_name: None,
             term: Some(1),
             remote_addr: "127.0.0.1:1".into(),
             connected_at: now_rfc3339(),

@@ -211,6 +211,23 @@ impl End {
         }
     }
 
+    /// Whether the session's node left the cluster with this end, as far as the manager can
+    /// tell: a node that closed its session itself stopped (or stepped down: its next session's
+    /// membership says which), one whose connection was lost or went silent is lost. When the
+    /// manager closed it (replaced, refused, shutting down) the node's fate is unknown.
+    fn left(&self) -> Option<crate::members::Absence> {
+        match self {
+            End::Gone(_) => Some(crate::members::Absence::Stopped),
+            End::Lost(..) => Some(crate::members::Absence::Lost),
+            End::Close(_, reason)
+                if *reason == ConnectionLoss::Silent(SILENCE_LIMIT.as_secs()).to_string() =>
+            {
+                Some(crate::members::Absence::Lost)
+            }
+            End::Close(..) | End::TooBig(_) => None,
+        }
+    }
+
     /// A failed read or write of the WebSocket stream.
     fn lost(e: &WsError) -> End {
         let loss = ConnectionLoss::of_ws(e);
@@ -426,7 +443,9 @@ impl Session {
             Err(end) => end,
         };
         // Record first (a no-op when the hub closed the session itself), then say goodbye.
-        self.hub.closed(conn, &end.reason(), end.detail()).await;
+        self.hub
+            .closed(conn, &end.reason(), end.detail(), end.left())
+            .await;
         self.hub.session_ended(&me.cluster_id, conn);
         self.finish(&end).await;
     }
@@ -630,7 +649,9 @@ impl Session {
             Frame::Notification(n) => {
                 match n.method.as_str() {
                     method::NODES_UPDATE => match n.parse_params::<NodesUpdate>() {
-                        Ok(update) => self.hub.nodes_update(conn, update.nodes),
+                        Ok(update) => {
+                            self.hub.nodes_update(conn, update.nodes, &update.departed);
+                        }
                         Err(e) => tracing::warn!(
                             "ignoring bad nodes.update from {}: {}",
                             self.addr,

@@ -47,8 +47,13 @@ pub enum Role {
 /// One node of a cluster as the manager shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// `<hostname>_<uuid v7>`.
+    /// `<hostname>_<uuid v7>`: new at every start of the node.
     pub node_id: String,
+    /// The node's stable name (`[application] node_name`, by default its certificate's CN or
+    /// its host name): the same after a restart, so the manager can tell a node that came back
+    /// from a new one. Absent from gateways older than the field; see [`NodeInfo::shown_name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Its role.
     pub role: Role,
     /// `SERVER_HA_IS_PRIMARY` of a core node.
@@ -71,6 +76,45 @@ pub struct NodeInfo {
 /// Longest identifier accepted in a hello (cluster and node ids end up in logs and pages).
 pub const MAX_ID_LEN: usize = 256;
 
+/// Longest node name shown; a longer one is shown cut.
+pub const MAX_NAME_LEN: usize = 128;
+
+impl NodeInfo {
+    /// The name to show: the node's name when it sent a usable one (not blank, no control
+    /// characters, cut to [`MAX_NAME_LEN`] bytes), else `None` and the reader shows the id. A
+    /// bad name is not a reason to refuse a session: it is only not shown.
+    pub fn shown_name(&self) -> Option<&str> {
+        shown_name(self.name.as_deref())
+    }
+}
+
+/// [`NodeInfo::shown_name`] of any name a gateway sent.
+pub fn shown_name(name: Option<&str>) -> Option<&str> {
+    let name = name?.trim();
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return None;
+    }
+    let mut end = name.len().min(MAX_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&name[..end])
+}
+
+/// A node that left the cluster cleanly (it said so before it stopped), as the active node
+/// reports it next to the membership it sends: the manager then shows a node that is no longer
+/// listed as *stopped* rather than *lost*. Reported for a few minutes after it left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    /// Its id.
+    pub node_id: String,
+    /// Its name, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When it announced its stop (RFC 3339, the leaving node's clock).
+    pub at: String,
+}
+
 /// Params of the `hello` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -90,6 +134,10 @@ pub struct Hello {
     /// when this one ends first. Absent (false) from gateways that run services themselves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub distributed_execution: bool,
+    /// Nodes that left the cluster cleanly a short while ago (see [`Departed`]). Absent from
+    /// older gateways: the manager then cannot tell a clean stop from a loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<Departed>,
 }
 
 impl Hello {
@@ -182,6 +230,9 @@ impl HelloAccepted {
 pub struct NodesUpdate {
     /// The cluster's nodes, complete (not a delta).
     pub nodes: Vec<NodeInfo>,
+    /// Nodes that left cleanly a short while ago, complete too (see [`Hello::departed`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<Departed>,
 }
 
 impl NodesUpdate {
@@ -201,6 +252,49 @@ pub fn to_value<T: Serialize>(v: &T) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_departures_are_optional_both_ways() {
+        // A node info and an update from a gateway older than the fields.
+        let old: NodeInfo =
+            serde_json::from_value(serde_json::json!({"node_id": "a_1", "role": "standby"}))
+                .unwrap();
+        assert_eq!((old.name.as_deref(), old.shown_name()), (None, None));
+        let update: NodesUpdate =
+            serde_json::from_value(serde_json::json!({"nodes": [to_value(&old)]})).unwrap();
+        assert!(update.departed.is_empty());
+        // Absent fields are not sent, so an older manager sees what it always saw.
+        let v = to_value(&update);
+        assert!(
+            v.get("departed").is_none() && v["nodes"][0].get("name").is_none(),
+            "{v}"
+        );
+
+        let named = NodeInfo {
+            name: Some("core-1".into()),
+            ..old
+        };
+        let update = NodesUpdate {
+            nodes: vec![named],
+            departed: vec![Departed {
+                node_id: "b_2".into(),
+                name: Some("core-2".into()),
+                at: "2026-01-01T00:00:00Z".into(),
+            }],
+        };
+        let back: NodesUpdate = serde_json::from_value(to_value(&update)).unwrap();
+        assert_eq!(back, update);
+        assert_eq!(back.nodes[0].shown_name(), Some("core-1"));
+    }
+
+    #[test]
+    fn only_usable_names_are_shown() {
+        assert_eq!(shown_name(Some(" core-1 ")), Some("core-1"));
+        assert_eq!(shown_name(Some("  ")), None);
+        assert_eq!(shown_name(Some("a\u{1b}[31mb")), None);
+        let long = "x".repeat(300);
+        assert_eq!(shown_name(Some(&long)).map(str::len), Some(MAX_NAME_LEN));
+    }
 
     #[test]
     fn the_frame_limit_is_announced_and_assumed_when_absent() {

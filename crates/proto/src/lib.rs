@@ -28,8 +28,8 @@ mod services;
 mod session;
 
 pub use hello::{
-    method, to_value, Hello, HelloAccepted, NodeInfo, NodesUpdate, Role, ASSUMED_PEER_FRAME_LEN,
-    MAX_ID_LEN,
+    method, shown_name, to_value, Departed, Hello, HelloAccepted, NodeInfo, NodesUpdate, Role,
+    ASSUMED_PEER_FRAME_LEN, MAX_ID_LEN, MAX_NAME_LEN,
 };
 pub use jsonrpc::{
     decode, encode, parse_params, DecodeError, Frame, Id, Notification, Request, Response,

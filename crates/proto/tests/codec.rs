@@ -168,6 +168,7 @@ fn sample_hello() -> Hello {
         nodes: vec![
             NodeInfo {
                 node_id: "host_0190".into(),
+                name: Some("core-1".into()),
                 role: Role::Active,
                 is_primary: true,
                 address: Some("10.0.0.1:50051".into()),
@@ -177,6 +178,7 @@ fn sample_hello() -> Hello {
             },
             NodeInfo {
                 node_id: "runner_1".into(),
+                name: None,
                 role: Role::Runner,
                 is_primary: false,
                 address: None,
@@ -186,6 +188,7 @@ fn sample_hello() -> Hello {
             },
         ],
         distributed_execution: false,
+        departed: Vec::new(),
     }
 }
 
@@ -269,6 +272,7 @@ fn hello_answers_and_nodes_update() {
 
     let update = NodesUpdate {
         nodes: sample_hello().nodes,
+        departed: Vec::new(),
     };
     let text = encode(&update.to_notification().into());
     let Frame::Notification(n) = decode(&text, MAX).unwrap() else {

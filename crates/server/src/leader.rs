@@ -4,7 +4,8 @@
 //!
 //! It also tells the election whether this node can reach the manager — from the live link
 //! while active, from a TLS handshake on a slow timer while standby — so that leadership moves
-//! away from an active node that cannot reach the manager only towards a node that can.
+//! away from an active node that cannot reach the manager only towards a node that can, and
+//! only after an attempt of its own, asked for by the election and made at once, failed too.
 
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ use crate::Node;
 
 /// How often a standby checks that it could reach the manager.
 const STANDBY_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often it checks while the active node reports that it cannot: the election counts a
+/// standby's reachability against the active's failure only once it is fresh
+/// ([`autogate_ha::machine::FRESH_REACHABILITY_MS`]), so it must be said again within that.
+const STANDBY_CHECK_FAST: Duration = Duration::from_secs(1);
 /// How often the active node reports its link state.
 const ACTIVE_REPORT_EVERY: Duration = Duration::from_millis(500);
 
@@ -69,9 +74,11 @@ pub async fn follow(
                         }));
                     }
                     if let Some(settings) = &settings {
+                        let mut settings = settings.clone();
+                        settings.retries = Some(ha.manager_retries());
                         tasks.push(tokio::spawn(link::run(
                             node.clone(),
-                            settings.clone(),
+                            settings,
                             Some(term),
                             node.link.clone(),
                             term_token.clone(),
@@ -114,16 +121,38 @@ async fn report_reachability(
     };
     let mut last_standby_check: Option<tokio::time::Instant> = None;
     let mut last_reported: Option<bool> = None;
+    let mut retry_reported: Option<u64> = None;
     loop {
         let reachable = match ha.current() {
             Leadership::Active { .. } => {
                 let state = link.get();
+                // The attempt the election asked for before handing over has failed.
+                if state.retry_failed.is_some() && state.retry_failed != retry_reported {
+                    retry_reported = state.retry_failed;
+                    if let Some(n) = state.retry_failed {
+                        ha.manager_retry_failed(n);
+                    }
+                }
                 // A link still dialling after a fresh election is not a failure yet; the
                 // machine only acts on a sustained `false` (connect grace).
                 state.connected || state.failing_since.is_none()
             }
-            _ => {
-                let due = last_standby_check.is_none_or(|t| t.elapsed() >= STANDBY_CHECK_EVERY);
+            standby => {
+                let leader = match standby {
+                    Leadership::Standby { leader } => leader,
+                    _ => None,
+                };
+                let active_failing = leader.is_some_and(|id| {
+                    ha.nodes()
+                        .iter()
+                        .any(|r| r.node_id == id && !r.manager_reachable)
+                });
+                let every = if active_failing {
+                    STANDBY_CHECK_FAST
+                } else {
+                    STANDBY_CHECK_EVERY
+                };
+                let due = last_standby_check.is_none_or(|t| t.elapsed() >= every);
                 if due {
                     last_standby_check = Some(tokio::time::Instant::now());
                     link::check_reachable(&settings).await

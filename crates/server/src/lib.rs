@@ -306,6 +306,8 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     // triggered by the token) → resign, so a standby takes over at once → close the manager
     // session → drain in-flight requests → the lease was revoked by the resignation.
     if let Some(ha) = &node.ha {
+        // Said before resigning (its records go with it), so the manager shows it as stopped.
+        link::announce_departure(&*node.store, &config.application.cluster_id, &node.id).await;
         ha.shutdown().await;
     }
     lead_token.cancel();

@@ -15,6 +15,11 @@
 //! INF connected to commander at 10.0.0.5:443
 //! ```
 //!
+//! The membership it sends (`hello`, then `nodes.update` on every change) names each node by
+//! its id and its stable name ([`node_name`]), and lists the nodes that left cleanly a short
+//! while ago ([`announce_departure`]), so the manager can show a node that is gone as *stopped*
+//! rather than *lost*, and recognise it when it comes back under a new id.
+//!
 //! While attempts fail, each failure is one line that names the next attempt and its delay:
 //!
 //! ```text
@@ -27,9 +32,11 @@ use std::time::{Duration, Instant};
 
 use autogate_config::{Config, HostPort};
 use autogate_proto::{
-    decode, encode, method, Frame, Hello, HelloAccepted, NodeInfo, NodesUpdate, Request, Response,
-    RpcError, DEFAULT_MAX_FRAME_LEN,
+    decode, encode, method, Departed, Frame, Hello, HelloAccepted, NodeInfo, NodesUpdate, Request,
+    Response, RpcError, DEFAULT_MAX_FRAME_LEN,
 };
+use autogate_runtime::NodeId;
+use autogate_store::Store;
 use autogate_tls::rustls::pki_types::ServerName;
 use autogate_tls::rustls::ClientConfig;
 use autogate_tls::{client_config, load_identity, Roots, TlsError};
@@ -79,6 +86,9 @@ pub struct LinkSettings {
     pub hosts: Vec<HostPort>,
     pub tls: Arc<ClientConfig>,
     pub max_backoff: Duration,
+    /// With HA: the election's requests to dial at once before it hands over for lack of the
+    /// manager (see [`autogate_ha::HaHandle::manager_retries`]).
+    pub retries: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -115,6 +125,7 @@ impl LinkSettings {
             hosts: c.hosts.clone(),
             tls,
             max_backoff: c.reconnect_max_backoff,
+            retries: None,
         }))
     }
 }
@@ -166,6 +177,10 @@ pub struct LinkState {
     pub last_error: Option<String>,
     #[serde(skip)]
     pub failing_since: Option<Instant>,
+    /// The latest retry request (see [`LinkSettings::retries`]) under which an attempt began
+    /// and failed.
+    #[serde(skip)]
+    pub retry_failed: Option<u64>,
 }
 
 /// Shared, cheaply cloned view of the link state.
@@ -204,8 +219,15 @@ pub async fn run(
     // The family's line opens each series of attempts; while they fail, each failure is one
     // line that also names the next attempt, so a long outage costs one line per attempt.
     tracing::info!("attempting to connect to wss://{first}/ws");
+    let mut retries = settings.retries.clone();
+    if let Some(r) = retries.as_mut() {
+        r.borrow_and_update();
+    }
     loop {
         let host = &settings.hosts[index % settings.hosts.len()];
+        // The retry request this attempt answers: a failure counts against it only if the
+        // attempt began after it was asked for.
+        let under = retries.as_ref().map_or(0, |r| *r.borrow());
         // `session` watches the token itself: once up, it must finish the closing handshake
         // rather than be dropped mid-session.
         let attempt = session(&node, &settings, host, term, &status, &token).await;
@@ -231,9 +253,24 @@ pub async fn run(
                     s.connected = false;
                     s.last_error = Some(reason.clone());
                     s.failing_since.get_or_insert_with(Instant::now);
+                    if under > 0 {
+                        s.retry_failed = Some(under);
+                    }
                 });
-                let delay = backoff.next_delay(rand::random::<f64>());
                 let next = &settings.hosts[index % settings.hosts.len()];
+                // Asked to retry while this attempt was under way: it proves nothing about
+                // now, so dial again at once.
+                if retries
+                    .as_mut()
+                    .is_some_and(|r| *r.borrow_and_update() != under)
+                {
+                    backoff.reset();
+                    tracing::warn!(
+                        "connection to commander at {host} failed: {reason}; attempting to connect to wss://{next}/ws again at once, before handing over"
+                    );
+                    continue;
+                }
+                let delay = backoff.next_delay(rand::random::<f64>());
                 tracing::warn!(
                     "connection to commander at {host} failed: {reason}; attempting to connect to wss://{next}/ws in {} ms",
                     delay.as_millis()
@@ -241,6 +278,14 @@ pub async fn run(
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
+                    () = retry_asked(&mut retries) => {
+                        // Before the election hands the role over for lack of the manager, one
+                        // attempt of our own must have failed since a standby reached it.
+                        backoff.reset();
+                        tracing::info!(
+                            "attempting to connect to wss://{next}/ws at once, before handing over"
+                        );
+                    }
                 }
             }
         }
@@ -250,6 +295,17 @@ pub async fn run(
         s.address = None;
         s.session_id = None;
     });
+}
+
+/// Resolves when the election asks for an attempt at once; never without HA.
+async fn retry_asked(retries: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let asked = match retries {
+        Some(r) => r.changed().await.is_ok(),
+        None => false,
+    };
+    if !asked {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Could this node reach one of the managers right now? A TCP connect and TLS handshake with
@@ -314,15 +370,20 @@ async fn session(
         }
     };
 
+    let membership = tokio::select! {
+        _ = token.cancelled() => return Ok(Ended::Cancelled),
+        m = membership(node) => m,
+    };
     let hello = Hello {
         cluster_id: node.config.application.cluster_id.clone(),
         node_id: node.id.to_string(),
         term,
         version: autogate_runtime::VERSION.to_owned(),
-        nodes: cluster_view(node).await,
+        nodes: membership.nodes.clone(),
         distributed_execution: node.jobs.enabled(),
+        departed: membership.departed.clone(),
     };
-    let mut announced = hello.nodes.clone();
+    let mut announced = membership;
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))
         .await
         .map_err(|e| format!("sending hello: {e}"))?;
@@ -342,6 +403,7 @@ async fn session(
             session_id: Some(accepted.session_id.clone()),
             last_error: None,
             failing_since: None,
+            retry_failed: None,
         }
     });
     let limit = accepted.peer_frame_limit();
@@ -387,7 +449,7 @@ async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
 async fn serve(
     node: &Node,
     ws: &mut Ws,
-    announced: &mut Vec<NodeInfo>,
+    announced: &mut Membership,
     token: &CancellationToken,
     limit: usize,
 ) -> Result<Ended, String> {
@@ -414,7 +476,7 @@ const SESSION_TASKS_GRACE: Duration = Duration::from_secs(5);
 async fn serve_session(
     node: &Node,
     ws: &mut Ws,
-    announced: &mut Vec<NodeInfo>,
+    announced: &mut Membership,
     token: &CancellationToken,
     limit: usize,
     services: &SessionServices,
@@ -459,9 +521,17 @@ async fn serve_session(
                 }
             }
             _ = nodes_tick.tick() => {
-                let now = cluster_view(node).await;
+                // Reading the membership takes store round trips; a store that stopped
+                // answering must not hold up a step-down (the cancelled branch closes).
+                let now = tokio::select! {
+                    m = membership(node) => m,
+                    _ = token.cancelled() => continue,
+                };
                 if now != *announced {
-                    let update = NodesUpdate { nodes: now.clone() };
+                    let update = NodesUpdate {
+                        nodes: now.nodes.clone(),
+                        departed: now.departed.clone(),
+                    };
                     let text = encode(&Frame::Notification(update.to_notification()));
                     if let Err(e) = ws.send(Message::text(text)).await {
                         return Ok(Ended::Lost(format!("sending nodes.update: {e}")));
@@ -586,16 +656,53 @@ async fn deliver_jobs(node: &Node, ws: &mut Ws, limit: usize) -> Result<(), Stri
     Ok(())
 }
 
+/// What the manager is told about the cluster's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The nodes now ([`cluster_view`]).
+    pub nodes: Vec<NodeInfo>,
+    /// Nodes that left cleanly a short while ago and are no longer among `nodes`.
+    pub departed: Vec<Departed>,
+}
+
+/// The cluster's nodes now and the recent clean departures. The departures are read after the
+/// nodes: a node writes its departure before its records go, so a node missing from `nodes`
+/// because it stopped cleanly is in `departed` in the same reading.
+pub async fn membership(node: &Node) -> Membership {
+    let nodes = cluster_view(node).await;
+    let departed = departures(&*node.store, &node.config.application.cluster_id)
+        .await
+        .into_iter()
+        .filter(|d| !nodes.iter().any(|n| n.node_id == d.node_id))
+        .collect();
+    Membership { nodes, departed }
+}
+
 /// The cluster as the manager should show it: the core nodes, then the runners registered in
 /// the store with their load (a store that cannot be read leaves the runners out until it can).
+/// Each node carries its stable name when it published one.
 pub async fn cluster_view(node: &Node) -> Vec<NodeInfo> {
     let mut nodes = cluster_nodes(node);
-    if let Ok(mut runners) =
-        autogate_jobs::list_runners(&*node.store, &node.config.application.cluster_id).await
-    {
+    let cluster = &node.config.application.cluster_id;
+    // The election's snapshot has no names: they are in the same records in the store. Both
+    // reads at once, so a slow store costs one round trip here, not two.
+    let (names, runners) = tokio::join!(
+        async {
+            match node.ha {
+                Some(_) => core_names(&*node.store, cluster).await,
+                None => Default::default(),
+            }
+        },
+        autogate_jobs::list_runners(&*node.store, cluster)
+    );
+    for n in nodes.iter_mut().filter(|n| n.name.is_none()) {
+        n.name = names.get(&n.node_id).cloned();
+    }
+    if let Ok(mut runners) = runners {
         runners.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         nodes.extend(runners.into_iter().map(|r| NodeInfo {
             node_id: r.node_id,
+            name: r.name,
             role: autogate_proto::Role::Runner,
             is_primary: false,
             address: Some(r.host),
@@ -622,6 +729,8 @@ pub fn cluster_nodes(node: &Node) -> Vec<NodeInfo> {
                 autogate_ha::Role::Standby => autogate_proto::Role::Standby,
                 autogate_ha::Role::Paused => autogate_proto::Role::Paused,
             },
+            // This node's own name is known here; the others' come from their records.
+            name: (r.node_id == node.id.as_str()).then(|| node.id.name().to_owned()),
             node_id: r.node_id,
             is_primary: r.is_primary,
             address: r.address,
@@ -647,6 +756,7 @@ pub fn cluster_nodes(node: &Node) -> Vec<NodeInfo> {
 pub fn self_info(node: &Node) -> NodeInfo {
     NodeInfo {
         node_id: node.id.to_string(),
+        name: Some(node.id.name().to_owned()),
         role: autogate_proto::Role::Active,
         is_primary: node.config.connect.is_primary,
         address: node
@@ -661,9 +771,137 @@ pub fn self_info(node: &Node) -> NodeInfo {
     }
 }
 
+/// The names the core nodes of `cluster_id` published in their node records (id → name). A
+/// record without a name (an older node) or that cannot be read is left out: the node is then
+/// shown by its id.
+pub(crate) async fn core_names(
+    store: &dyn Store,
+    cluster_id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    // Only the name is read: the rest of the record is the election's business.
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let prefix = autogate_ha::nodes_prefix(cluster_id);
+    let Ok(records) = store.list(&prefix).await else {
+        return Default::default();
+    };
+    records
+        .into_iter()
+        .filter_map(|kv| {
+            let id = kv.key.strip_prefix(&prefix)?.to_owned();
+            let name = serde_json::from_slice::<Named>(&kv.value).ok()?.name?;
+            Some((id, name))
+        })
+        .collect()
+}
+
+/// How long a clean departure stays announced: long enough for the active node — or the one
+/// that takes over when the active node itself left — to pass it on to the manager.
+pub const DEPARTED_TTL: Duration = Duration::from_secs(120);
+
+/// How long a stopping node tries to write its departure: a store that does not answer must
+/// not hold up the stop (the manager then shows the node as lost).
+const DEPARTURE_WRITE_LIMIT: Duration = Duration::from_secs(1);
+
+/// `/autogate/<cluster>/departed/`: one key per node that stopped cleanly, bound to a lease of
+/// [`DEPARTED_TTL`], so the keys clear themselves.
+fn departed_prefix(cluster_id: &str) -> String {
+    format!("{}departed/", autogate_store::cluster_prefix(cluster_id))
+}
+
+/// Says in the store that `node` is stopping cleanly, before it leaves the cluster (its
+/// election or runner records go when it revokes its lease): the active node reports it to the
+/// manager, which then shows the node as *stopped*, not *lost*. Best effort, bounded by a short
+/// limit.
+pub async fn announce_departure(store: &dyn Store, cluster_id: &str, node: &NodeId) {
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let record = Departed {
+        node_id: node.as_str().to_owned(),
+        name: Some(node.name().to_owned()),
+        at,
+    };
+    let key = format!("{}{}", departed_prefix(cluster_id), node.as_str());
+    let write = async {
+        let lease = store.grant(DEPARTED_TTL).await?;
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        store.put(&key, value, Some(lease)).await
+    };
+    match tokio::time::timeout(DEPARTURE_WRITE_LIMIT, write).await {
+        Ok(Ok(_)) => tracing::debug!("announced this node's departure at {key}"),
+        Ok(Err(e)) => tracing::debug!("cannot announce this node's departure: {e}"),
+        Err(_) => tracing::debug!(
+            "cannot announce this node's departure: no answer within {DEPARTURE_WRITE_LIMIT:?}"
+        ),
+    }
+}
+
+/// The departures announced in the last [`DEPARTED_TTL`] (none when the store cannot be read).
+async fn departures(store: &dyn Store, cluster_id: &str) -> Vec<Departed> {
+    let Ok(kvs) = store.list(&departed_prefix(cluster_id)).await else {
+        return Vec::new();
+    };
+    let mut list: Vec<Departed> = kvs
+        .into_iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    list
+}
+
+/// The node's stable name: `[application] node_name`, else the common name of the certificate
+/// it presents to the manager (`connect.certificate_file`, the name the manager's operator
+/// registered it under), else the host name.
+pub fn node_name(config: &Config) -> String {
+    let configured = config
+        .entries()
+        .into_iter()
+        .find(|e| e.section == "application" && e.key == "node_name")
+        .and_then(|e| autogate_runtime::identity::clean_name(&e.value));
+    if let Some(name) = configured {
+        return name;
+    }
+    let cn = config
+        .connect
+        .certificate_file
+        .as_deref()
+        .and_then(certificate_cn);
+    autogate_runtime::identity::default_name(cn.as_deref())
+}
+
+/// The CN of the first certificate of a PEM file (`None` when unreadable: the start-up checks
+/// of the link report a bad file with its reason).
+fn certificate_cn(path: &std::path::Path) -> Option<String> {
+    let certs = autogate_tls::load_certs(path).ok()?;
+    let info = autogate_tls::cert_info(certs.first()?).ok()?;
+    common_name(&info.subject)
+}
+
+/// The CN of a subject as the certificate parser writes it (`C=US, O=Example, CN=core-1`).
+fn common_name(subject: &str) -> Option<String> {
+    subject
+        .split(", ")
+        .find_map(|part| part.strip_prefix("CN="))
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_name_is_read_from_the_subject() {
+        assert_eq!(common_name("CN=core-1").as_deref(), Some("core-1"));
+        assert_eq!(
+            common_name("C=US, O=Example, CN=gw.example.com").as_deref(),
+            Some("gw.example.com")
+        );
+        assert_eq!(common_name("O=Example"), None);
+    }
 
     #[test]
     fn first_retry_is_quick_and_delays_are_capped() {

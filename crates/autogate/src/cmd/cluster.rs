@@ -135,6 +135,7 @@ pub fn get_runners(global: &Global) -> Result<(), Failure> {
                 RunnerStatus::Draining => "draining",
             };
             vec![
+                r.record.name.clone().unwrap_or_else(|| "-".to_owned()),
                 r.record.node_id.clone(),
                 r.record.host.clone(),
                 status.to_owned(),
@@ -148,6 +149,7 @@ pub fn get_runners(global: &Global) -> Result<(), Failure> {
         "{}",
         term::table(
             &[
+                "NAME",
                 "NODE ID",
                 "HOST",
                 "STATUS",
@@ -230,7 +232,10 @@ fn health(global: &Global) -> Result<(), Failure> {
             rows.push(vec![
                 "runner".to_owned(),
                 "remote".to_owned(),
-                format!("{} ({})", r.record.node_id, r.record.host),
+                match &r.record.name {
+                    Some(name) => format!("{name} {} ({})", r.record.node_id, r.record.host),
+                    None => format!("{} ({})", r.record.node_id, r.record.host),
+                },
                 match r.status {
                     RunnerStatus::Online => "reachable",
                     RunnerStatus::Draining => "draining",

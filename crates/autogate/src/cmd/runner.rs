@@ -44,7 +44,8 @@ impl super::DaemonError for RunnerRoleError {
 
 pub fn run(global: &Global) -> Result<(), Failure> {
     super::daemon(global, Role::Runner, |config, shutdown| {
-        run_role(config, NodeId::generate(), shutdown)
+        let node_id = NodeId::generate().named(&autogate_server::link::node_name(&config));
+        run_role(config, node_id, shutdown)
     })
 }
 
@@ -59,6 +60,7 @@ pub fn options(config: &Config, node_id: &NodeId) -> RunnerOptions {
     RunnerOptions {
         cluster_id: config.application.cluster_id.clone(),
         node_id: node_id.as_str().to_owned(),
+        name: Some(node_id.name().to_owned()),
         host: autogate_runtime::hostname(),
         capacity,
         labels: config
@@ -122,13 +124,35 @@ async fn run_role(
     }
     tracing::info!(
         node_id = %node_id,
+        node_name = node_id.name(),
         cluster_id = %config.application.cluster_id,
         "runner starting: capacity {}, labels {:?}",
         opts.capacity,
         opts.labels
     );
-    let token = shutdown.token();
-    autogate_jobs::runner::run(store, automation, opts, token, shutdown.tracker()).await?;
+    // A stop first says so in the store, then drains: the departure must be written before
+    // the runner's registration goes with its lease, so that the manager shows it as stopped
+    // rather than lost.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let announce = {
+        let (store, cluster, stop) = (
+            store.clone(),
+            config.application.cluster_id.clone(),
+            stop.clone(),
+        );
+        let signalled = shutdown.token();
+        async move {
+            signalled.cancelled().await;
+            autogate_server::link::announce_departure(&*store, &cluster, &node_id).await;
+            stop.cancel();
+        }
+    };
+    let runner = autogate_jobs::runner::run(store, automation, opts, stop, shutdown.tracker());
+    tokio::pin!(runner);
+    tokio::select! {
+        ended = &mut runner => ended?,
+        () = announce => runner.await?,
+    }
     Ok(())
 }
 

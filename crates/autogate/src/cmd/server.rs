@@ -8,7 +8,8 @@ use crate::exit::Failure;
 
 pub fn run(global: &Global) -> Result<(), Failure> {
     super::daemon(global, Role::Server, |config, shutdown| {
-        autogate_server::run(config, NodeId::generate(), shutdown)
+        let node_id = NodeId::generate().named(&autogate_server::link::node_name(&config));
+        autogate_server::run(config, node_id, shutdown)
     })
 }
 

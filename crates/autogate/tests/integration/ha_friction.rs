@@ -238,3 +238,101 @@ fn ha_friction_returning_primary_counts_down_out_loud() {
     );
     assert_eq!(role(pp).as_deref(), Some("active"));
 }
+
+/// The manager is down for longer than the connect grace, for every node alike, then comes
+/// back while the active node sleeps out a long back-off and the standby's check reaches it
+/// first: the active node dials at once instead of resigning, and no role changes.
+#[test]
+fn ha_friction_manager_restart_moves_no_role() {
+    let mut pair = Pair::start();
+    // A long back-off cap on the active node: when the manager returns it is most likely
+    // asleep, and the standby (checking every 5 s) reaches the manager first.
+    let (cmd, pa) = ha_core_node(
+        &pair.pki,
+        "core-1",
+        pair.manager.port,
+        &pair.etcd.endpoint(),
+    );
+    let a = cmd
+        .name("core-1")
+        .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
+        .env("GATEWAY_CONNECT_RECONNECT_MAX_BACKOFF", "30s")
+        .spawn();
+    wait_connected(&a);
+    let (cmd, pb) = ha_core_node(
+        &pair.pki,
+        "core-2",
+        pair.manager.port,
+        &pair.etcd.endpoint(),
+    );
+    let b = cmd
+        .name("core-2")
+        .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
+        .spawn();
+    b.wait_for_line("is not the active node", START);
+    let id_a = autogate_testkit::scenario::node_id(pa);
+    let id_b = autogate_testkit::scenario::node_id(pb);
+    wait_healthy_candidate(pa, &id_b);
+    let term = ha_status(pa).expect("status")["term"]
+        .as_u64()
+        .expect("term");
+
+    pair.manager.proc.kill();
+    let down = Instant::now();
+    // Longer than the grace, and long enough for the active node's back-off to grow.
+    poll_until("the standby to see the manager gone", START, || {
+        let s = ha_status(pa)?;
+        s["candidates"]
+            .as_array()?
+            .iter()
+            .any(|c| c["node_id"] == id_b.as_str() && c["manager_reachable"] == false)
+            .then_some(())
+    });
+    while down.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let connected_before = a.logs().matches("INF connected to commander at").count();
+    let port = pair.manager.port;
+    let data = pair.manager.data.clone();
+    pair.manager = Manager::start(&pair.pki, port, &data);
+    let back = Instant::now();
+    poll_until(
+        "the active node connected again",
+        Duration::from_secs(60),
+        || {
+            (a.logs().matches("INF connected to commander at").count() > connected_before)
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "manager down {:?}; active node connected again {:?} after the restart",
+        back.duration_since(down),
+        back.elapsed()
+    );
+    // Watch a while longer: nothing moves.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let s = ha_status(pa).expect("status");
+        assert_eq!(s["role"], "active", "{s}\n{}\n{}", a.dump(), b.dump());
+        assert_eq!(s["term"].as_u64(), Some(term), "{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for line in a
+        .logs()
+        .lines()
+        .filter(|l| l.contains("cannot reach") || l.contains("at once"))
+    {
+        eprintln!("active: {line}");
+    }
+    assert!(!a.logs().contains(": resigning"), "{}", a.dump());
+    assert!(
+        !b.logs().contains("is elected as the leader"),
+        "{}",
+        b.dump()
+    );
+    let sessions = pair.manager.sessions(&pair.pki, "cluster_1");
+    assert!(
+        sessions.iter().all(|s| s["node_id"] == id_a.as_str()),
+        "{sessions:?}"
+    );
+}

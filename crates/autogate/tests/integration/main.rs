@@ -37,6 +37,7 @@ mod manager_page;
 mod manager_services;
 mod manager_sessions;
 mod metrics_doc;
+mod node_names;
 mod packaging;
 mod readiness;
 mod runners_e2e;

@@ -11,9 +11,14 @@
 //! page says since when it has not heard from the manager and marks the states it shows as stale,
 //! and returns to live once the manager is back.
 //!
+//! A second test follows a node that goes away: two named core nodes (their certificates' CN),
+//! the standby killed with `kill -9` shows as *lost* by its name with when it was last seen,
+//! comes back under a new id and the same name as *back*, then stops cleanly and shows as
+//! *stopped* until the operator forgets it.
+//!
 //! Screenshots of every run land in `target/screenshots/manager-page-*.png` (before and after
-//! the fail-over, the timeline, the service run and the manager outage). Without Chromium or
-//! chromedriver the test fails and says to run `make deps`.
+//! the fail-over, the timeline, the service run, the manager outage, a lost and a returned
+//! node). Without Chromium or chromedriver the test fails and says to run `make deps`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -376,7 +381,12 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
         "active",
         PAGE,
     );
-    let failover = b.wait_for_text("#timeline", &format!("fail-over {id1} → {id2}: gap"), PAGE);
+    // Named by the nodes' names (their certificates' CN), with the ids beside them.
+    let failover = b.wait_for_text(
+        "#timeline",
+        &format!("fail-over core-1 ({id1}) → core-2 ({id2}): gap"),
+        PAGE,
+    );
     let line = failover
         .lines()
         .find(|l| l.starts_with("fail-over"))
@@ -466,6 +476,174 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
     drop(manager);
     drop(standby);
+}
+
+/// The cluster as the manager's API shows it.
+fn cluster_json(api: &Https, token: &str) -> Value {
+    let (status, _, body) = api.get(&format!("/api/v1/clusters/{CLUSTER}"), Some(token));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("cluster JSON")
+}
+
+/// The entries of `absent_nodes` named `name`.
+fn absent_named(cluster: &Value, name: &str) -> Vec<Value> {
+    cluster["absent_nodes"]
+        .as_array()
+        .map(|a| a.iter().filter(|n| n["name"] == name).cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_node_shows_as_lost_by_name_until_it_is_back() {
+    webdriver::require_tools();
+    let etcd = EtcdServer::start();
+    let pki = Pki::new(&["core-1", "core-2"]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let manager = Manager::start(&pki, free_port(), data.path());
+    manager.register(&pki, CLUSTER, &["core-1", "core-2"]);
+    let token = std::fs::read_to_string(manager.token_path())
+        .expect("admin token")
+        .trim()
+        .to_owned();
+    let api = Https::new(&pki, manager.port);
+
+    let (cmd, _) = ha_core_node(&pki, "core-1", manager.port, &etcd.endpoint());
+    let active = cmd.name("core-1").spawn();
+    wait_connected(&active);
+    // The standby's lease is short, so its record goes soon after its process.
+    let standby_cmd = || {
+        let (cmd, port) = ha_core_node(&pki, "core-2", manager.port, &etcd.endpoint());
+        let cmd = cmd
+            .name("core-2")
+            .env("GATEWAY_CONNECT_SERVER_HA_LEASE_TTL", "2s");
+        (cmd, port)
+    };
+    let (cmd, p2) = standby_cmd();
+    let mut standby = cmd.spawn();
+    standby.wait_for_line("is not the active node", START);
+    let id2 = node_id(p2);
+
+    let b = Browser::start();
+    b.goto(&format!("https://127.0.0.1:{}/", manager.port));
+    b.wait_for_text("#signin", "Admin token", PAGE);
+    b.type_into("#token", &token);
+    b.click("#signin-form button[type=submit]");
+    b.wait_for_text("#live", "live", PAGE);
+    b.goto(&format!(
+        "https://127.0.0.1:{}/#/clusters/{CLUSTER}",
+        manager.port
+    ));
+    // Both nodes by name, each with its id beside it.
+    let row = b.wait_for_text(
+        &format!(
+            "#core-nodes tr.node[data-name='core-2'][data-node-id='{id2}'][data-role='standby']"
+        ),
+        "core-2",
+        START,
+    );
+    assert!(row.contains(&id2), "the id beside the name: {row}");
+    b.wait_for_text(
+        "#core-nodes tr.node[data-name='core-1'][data-role='active']",
+        "core-1",
+        PAGE,
+    );
+    b.wait_for_text("#active-node", "core-1", PAGE);
+    b.wait_for_text("#timeline", "core-1", PAGE);
+
+    // kill -9 the standby: its record goes with its lease, and the page shows it lost, by
+    // name, with when it was last seen, without a reload.
+    b.execute("window.__sameDocument = 'before-kill';", vec![]);
+    let killed = Instant::now();
+    standby.kill();
+    let lost_row = "#core-nodes tr.absent[data-name='core-2'][data-status='lost']";
+    let text = b.wait_for_text(lost_row, "last seen ", Duration::from_secs(30));
+    eprintln!("lost after {:?}: {text}", killed.elapsed());
+    assert!(text.contains("core-2") && text.contains(&id2), "{text}");
+    assert!(text.contains("lost"), "{text}");
+    let c = cluster_json(&api, &token);
+    let gone = absent_named(&c, "core-2");
+    assert_eq!(gone.len(), 1, "{c}");
+    assert_eq!(
+        (gone[0]["status"].as_str(), gone[0]["node_id"].as_str()),
+        (Some("lost"), Some(id2.as_str())),
+        "{c}"
+    );
+    let last_seen = gone[0]["last_seen"].as_str().expect("last_seen");
+    assert!(
+        text.contains(&last_seen[..19].replace('T', " ")),
+        "the page shows the time the API gives ({last_seen}): {text}"
+    );
+    assert!(
+        c["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .all(|n| n["node_id"] != id2),
+        "{c}"
+    );
+    b.execute("document.getElementById('core').scrollIntoView();", vec![]);
+    b.screenshot("manager-page-node-lost");
+
+    // Restarted: a new id, the same name; it is back, and no longer listed as lost.
+    let (cmd, p2) = standby_cmd();
+    let mut standby = cmd.spawn();
+    standby.wait_for_line("is not the active node", START);
+    let id2b = node_id(p2);
+    assert_ne!(id2b, id2, "a new process, a new id");
+    let back = b.wait_for_text(
+        &format!("#core-nodes tr.node.back[data-name='core-2'][data-node-id='{id2b}']"),
+        "back",
+        START,
+    );
+    assert!(
+        back.contains("was lost") && back.contains(&id2),
+        "where it came back from: {back}"
+    );
+    b.wait_until("the lost row to go", PAGE, || {
+        b.find(lost_row).is_none().then_some(())
+    });
+    let c = cluster_json(&api, &token);
+    assert!(absent_named(&c, "core-2").is_empty(), "{c}");
+    let node = c["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node_id"] == id2b)
+        .cloned()
+        .unwrap_or_else(|| panic!("core-2 listed again: {c}"));
+    assert_eq!(node["name"], "core-2", "{node}");
+    assert_eq!(
+        (
+            node["back"]["was"].as_str(),
+            node["back"]["previous_node_id"].as_str()
+        ),
+        (Some("lost"), Some(id2.as_str())),
+        "{node}"
+    );
+    b.screenshot("manager-page-node-back");
+
+    // A clean stop says so: stopped, not lost; then the operator forgets it.
+    standby.signal("TERM");
+    standby.wait_exit(START);
+    let stopped_row = "#core-nodes tr.absent[data-name='core-2'][data-status='stopped']";
+    let text = b.wait_for_text(stopped_row, "stopped", PAGE);
+    assert!(text.contains(&id2b), "{text}");
+    assert!(
+        b.find(lost_row).is_none(),
+        "a clean stop is not shown as lost"
+    );
+    b.execute("window.confirm = () => true;", vec![]);
+    b.click(&format!("{stopped_row} button.forget"));
+    b.wait_until("the forgotten node to go", PAGE, || {
+        b.find("#core-nodes tr.absent").is_none().then_some(())
+    });
+    assert!(absent_named(&cluster_json(&api, &token), "core-2").is_empty());
+
+    let same: Value = b.execute("return window.__sameDocument || null;", vec![]);
+    assert_eq!(same, json!("before-kill"), "the page was not reloaded");
+    let errors = script_errors(&b);
+    assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
+    drop(active);
 }
 
 /// Counts the service runs the page sends from now on (`window.__runs`), so a test can tell a

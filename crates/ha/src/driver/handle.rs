@@ -139,6 +139,18 @@ impl HaHandle {
         self.send(Event::ManagerReachable(reachable));
     }
 
+    /// Requests to dial the manager at once, by number: the active node's link resets its
+    /// back-off and dials when this changes, and reports a failure of an attempt it began
+    /// after request `n` with [`manager_retry_failed`](Self::manager_retry_failed)`(n)`.
+    pub fn manager_retries(&self) -> watch::Receiver<u64> {
+        self.shared.manager_retry.subscribe()
+    }
+
+    /// An attempt to reach the manager begun after retry request `retry` failed.
+    pub fn manager_retry_failed(&self, retry: u64) {
+        self.send(Event::ManagerRetryFailed { retry });
+    }
+
     /// Stop campaigning (an active node hands over first).
     pub fn pause(&self) {
         self.send(Event::Pause);

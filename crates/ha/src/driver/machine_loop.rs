@@ -159,6 +159,9 @@ impl MachineLoop {
                 LogLevel::Info => tracing::info!("{text}"),
                 LogLevel::Warn => tracing::warn!("{text}"),
             },
+            LocalCommand::RetryManager { retry } => {
+                self.shared.manager_retry.send_replace(retry);
+            }
             LocalCommand::SetTimer { at } => {
                 self.timer = Some(self.origin + Duration::from_millis(at.0));
             }

@@ -72,6 +72,8 @@ struct Shared {
     /// The latest snapshot and when it was taken.
     snapshot: Mutex<(Instant, MachineSnapshot)>,
     metrics: HaMetrics,
+    /// The number of the machine's last request to dial the manager at once (0: none yet).
+    manager_retry: watch::Sender<u64>,
 }
 
 /// Entry point: [`HaDriver::start`].
@@ -114,6 +116,7 @@ impl HaDriver {
             election_prefix: election_prefix(&options.cluster_id),
             snapshot: Mutex::new((origin, machine.snapshot(Millis(0)))),
             metrics: ha_metrics,
+            manager_retry: watch::Sender::new(0),
         });
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (leader_tx, leader_rx) = watch::channel(machine.leadership());

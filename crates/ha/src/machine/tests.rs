@@ -781,6 +781,10 @@ fn active_without_manager_resigns_only_if_a_standby_reaches_it() {
     assert!(stops(&out).is_none(), "{out:?}");
     c.manager_reachable = true;
     let out = m.handle(Millis(16_200), Event::NodeRecords(vec![rec(B), c]));
+    // First one more attempt of its own, at once.
+    assert!(stops(&out).is_none(), "{out:?}");
+    assert!(out.contains(&Command::Local(LocalCommand::RetryManager { retry: 1 })));
+    let out = m.handle(Millis(16_300), Event::ManagerRetryFailed { retry: 1 });
     let resign = pos(&out, |c| {
         *c == Command::Store(StoreCommand::Resign { lease: 0xa })
     });
@@ -808,7 +812,72 @@ fn manager_grace_counts_from_the_start_of_leadership_and_resets_on_success() {
     let out = keep(&mut m, 29_400);
     assert!(stops(&out).is_none());
     let out = keep(&mut m, 29_500);
+    assert!(out.contains(&Command::Local(LocalCommand::RetryManager { retry: 1 })));
+    let out = m.handle(Millis(29_600), Event::ManagerRetryFailed { retry: 1 });
     assert_eq!(stops(&out), Some(StopReason::ManagerUnreachable));
+}
+
+/// The manager was down for everyone and came back; the standby's check reached it first
+/// while the active node slept in its back-off. The active node dials at once and keeps the
+/// role when that gets through.
+#[test]
+fn a_manager_outage_that_hit_everyone_moves_no_role() {
+    let mut m = active_three();
+    let mut b = rec(B);
+    b.manager_reachable = false;
+    let mut c = rec(C);
+    c.manager_reachable = false;
+    m.handle(Millis(10), Event::NodeRecords(vec![b.clone(), c]));
+    m.handle(Millis(1_000), Event::ManagerReachable(false));
+    let out = keep(&mut m, 66_000);
+    assert!(stops(&out).is_none(), "{out:?}");
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Local(LocalCommand::RetryManager { .. })
+    )));
+    // The manager is back: the standby's check gets there first.
+    let out = m.handle(Millis(66_100), Event::NodeRecords(vec![b.clone(), rec(C)]));
+    assert!(stops(&out).is_none(), "{out:?}");
+    assert!(out.contains(&Command::Local(LocalCommand::RetryManager { retry: 1 })));
+    assert!(
+        logs(&out).contains(&(
+            LogLevel::Warn,
+            format!("cannot reach the manager for 65100 ms while core node '{C}' can: trying once more at once before handing over")
+        )),
+        "{out:?}"
+    );
+    // Asked once, not at every event.
+    let out = m.handle(Millis(66_150), Event::Tick);
+    assert!(!has(&out, |c| matches!(
+        c,
+        Command::Local(LocalCommand::RetryManager { .. })
+    )));
+    // A failure of an attempt begun before the request proves nothing.
+    let out = m.handle(Millis(66_160), Event::ManagerRetryFailed { retry: 0 });
+    assert!(stops(&out).is_none(), "{out:?}");
+    // The fresh attempt gets through.
+    let out = m.handle(Millis(66_200), Event::ManagerReachable(true));
+    assert!(stops(&out).is_none(), "{out:?}");
+    let out = keep(&mut m, 200_000);
+    assert!(stops(&out).is_none(), "{out:?}");
+    assert_eq!(m.term(), Some(10));
+}
+
+/// A retry whose outcome never comes back does not keep the node in place for ever.
+#[test]
+fn a_retry_without_an_outcome_hands_over_after_its_wait() {
+    let mut m = active_three();
+    m.handle(Millis(1_000), Event::ManagerReachable(false));
+    let out = keep(&mut m, 16_000);
+    assert!(out.contains(&Command::Local(LocalCommand::RetryManager { retry: 1 })));
+    assert!(has(
+        &out,
+        |c| matches!(c, Command::Local(LocalCommand::SetTimer { at }) if *at <= Millis(16_000 + MANAGER_RETRY_WAIT_MS))
+    ));
+    let out = keep(&mut m, 16_000 + MANAGER_RETRY_WAIT_MS - 100);
+    assert!(stops(&out).is_none(), "{out:?}");
+    let out = m.handle(Millis(16_000 + MANAGER_RETRY_WAIT_MS), Event::Tick);
+    assert_eq!(stops(&out), Some(StopReason::ManagerUnreachable), "{out:?}");
 }
 
 fn primary(node: &str) -> NodeRecord {
@@ -1252,5 +1321,52 @@ fn a_switchover_on_the_primary_holds_off_its_preemption_for_the_stated_time() {
         said.iter()
             .any(|t| t.contains("taking the role back from core node")),
         "{said:?}"
+    );
+}
+
+/// A standby's reachability said before the active node's failure began is stale: it counts
+/// only once it has stood for FRESH_REACHABILITY_MS of that failure (standbys check every
+/// second meanwhile), or when it became true within it.
+#[test]
+fn only_reachability_said_within_the_failure_counts() {
+    let mut c = cfg(ME);
+    c.connect_grace_ms = 1_000;
+    let mut m = booted(c, 0xa, 10);
+    m.handle(Millis(2), Event::ManagerReachable(true));
+    m.handle(Millis(2), Event::NodeRecords(vec![rec(B)]));
+    let out = m.handle(
+        Millis(3),
+        view(11, vec![cand(ME, 10, 0xa), cand(B, 11, 0xb)]),
+    );
+    assert!(starts(&out));
+    m.handle(Millis(1_000), Event::ManagerReachable(false));
+    // Past the grace, but B's word is from before the failure.
+    let out = keep(&mut m, 2_900);
+    assert!(
+        !has(&out, |c| matches!(
+            c,
+            Command::Local(LocalCommand::RetryManager { .. })
+        )),
+        "{out:?}"
+    );
+    // B checked again and failed too (the manager is down for everyone).
+    let mut b = rec(B);
+    b.manager_reachable = false;
+    b.healthy = false;
+    m.handle(Millis(2_950), Event::NodeRecords(vec![b]));
+    let out = keep(&mut m, 20_000);
+    assert!(
+        !has(&out, |c| matches!(
+            c,
+            Command::Local(LocalCommand::RetryManager { .. })
+        )),
+        "{out:?}"
+    );
+    // The manager is back and B says so first: that is within the failure, so it counts at
+    // once — and this node tries again before anything else.
+    let out = m.handle(Millis(20_100), Event::NodeRecords(vec![rec(B)]));
+    assert!(
+        out.contains(&Command::Local(LocalCommand::RetryManager { retry: 1 })),
+        "{out:?}"
     );
 }

@@ -17,10 +17,33 @@ fn ha_disabled() -> ApiError {
     )
 }
 
-/// `GET /api/v1/ha/status`: this node's view of the election.
+/// `GET /api/v1/ha/status`: this node's view of the election, with the stable names of this
+/// node (`node_name`), of the active node (`active_node_name`) and of each candidate (`name`),
+/// when their node records have one, beside the ids, which change at every start.
 pub(super) async fn status(State(s): State<ApiState>) -> ApiResult<Response> {
     let ha = s.node.ha.as_ref().ok_or_else(ha_disabled)?;
-    Ok(Json(ha.status()).into_response())
+    let mut v = serde_json::to_value(ha.status()).unwrap_or_default();
+    let names =
+        crate::link::core_names(&*s.node.store, &s.node.config.application.cluster_id).await;
+    v["node_name"] = s.node.id.name().into();
+    let name_of = |id: &str| {
+        if id == s.node.id.as_str() {
+            Some(s.node.id.name().to_owned())
+        } else {
+            names.get(id).cloned()
+        }
+    };
+    if let Some(name) = v["active_node_id"].as_str().and_then(name_of) {
+        v["active_node_name"] = name.into();
+    }
+    if let Some(candidates) = v["candidates"].as_array_mut() {
+        for c in candidates {
+            if let Some(name) = c["node_id"].as_str().and_then(name_of) {
+                c["name"] = name.into();
+            }
+        }
+    }
+    Ok(Json(v).into_response())
 }
 
 /// `POST /api/v1/ha/switchover`.
