@@ -15,7 +15,7 @@ pub mod shutdown;
 pub use identity::{hostname, NodeId};
 pub use logging::{init_logging, LogFormat, LogSettings, LoggingGuard};
 pub use metrics::{Metrics, ProcessStats};
-pub use shutdown::{abort_on_panic, Shutdown, ShutdownSignal};
+pub use shutdown::{abort_on_panic, Shutdown, ShutdownSignal, StopClock};
 
 /// Version of this build, as reported by `autogate version` and in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use autogate_config::Config;
-use autogate_runtime::{Metrics, NodeId, Shutdown};
+use autogate_runtime::{Metrics, NodeId, Shutdown, StopClock};
 use autogate_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -302,20 +302,26 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         }),
     };
     token.cancelled().await;
+    // Each phase is timed so the last line says where a slow stop went.
+    let mut clock = StopClock::start(&shutdown);
     // The written shutdown order: the API stops accepting (axum's graceful shutdown, already
     // triggered by the token) → resign, so a standby takes over at once → close the manager
     // session → drain in-flight requests → the lease was revoked by the resignation.
     if let Some(ha) = &node.ha {
         // Said before resigning (its records go with it), so the manager shows it as stopped.
         link::announce_departure(&*node.store, &config.application.cluster_id, &node.id).await;
+        clock.phase("departure notice");
         ha.shutdown().await;
+        clock.phase("resign");
     }
     lead_token.cancel();
     if let Some(lead) = lead {
         let _ = tokio::time::timeout(grace, lead).await;
+        clock.phase("manager session");
     }
     if let Some(jobs) = solo_jobs {
         let _ = tokio::time::timeout(grace, jobs).await;
+        clock.phase("dispatcher");
     }
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -323,11 +329,13 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         Ok(Err(join)) => tracing::error!("API task failed: {join}"),
         Err(_) => tracing::warn!("in-flight API requests still running after {grace:?}; closing"),
     }
+    clock.phase("API requests");
     if !shutdown.drain(grace).await {
         tracing::warn!("background tasks still running after {grace:?}; exiting anyway");
     }
-    tracing::debug!("core node stopped");
+    clock.phase("background tasks");
     drop(workdir);
+    clock.finish("core node");
     Ok(())
 }
 

@@ -140,19 +140,41 @@ async fn run_role(
             config.application.cluster_id.clone(),
             stop.clone(),
         );
-        let signalled = shutdown.token();
+        let shutdown = shutdown.clone();
         async move {
-            signalled.cancelled().await;
+            shutdown.token().cancelled().await;
+            let mut clock = autogate_runtime::StopClock::start(&shutdown);
             autogate_server::link::announce_departure(&*store, &cluster, &node_id).await;
+            clock.phase("departure notice");
             stop.cancel();
+            clock
         }
     };
+    let drain_grace = opts.drain_grace;
     let runner = autogate_jobs::runner::run(store, automation, opts, stop, shutdown.tracker());
     tokio::pin!(runner);
-    tokio::select! {
-        ended = &mut runner => ended?,
-        () = announce => runner.await?,
+    let mut clock = tokio::select! {
+        ended = &mut runner => {
+            // The runner ended on its own (its store went away for good, say): no signal to
+            // name, and an error is the FTL line instead.
+            let clock = autogate_runtime::StopClock::start(&shutdown);
+            ended?;
+            clock
+        }
+        mut clock = announce => {
+            runner.await?;
+            clock.phase("running jobs");
+            clock
+        }
+    };
+    // What is left on the tracker (the probe port) stops with the root token; the bound is
+    // the drain's own, so a stuck task cannot hold the exit longer than jobs could.
+    shutdown.token().cancel();
+    if !shutdown.drain(drain_grace).await {
+        tracing::warn!("background tasks still running after {drain_grace:?}; exiting anyway");
     }
+    clock.phase("background tasks");
+    clock.finish("runner");
     Ok(())
 }
 

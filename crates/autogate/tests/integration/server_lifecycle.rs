@@ -1,5 +1,5 @@
 //! Black-box tests of a core node's life: start with defaults, answer health, stop on a signal
-//! with the HA guide's shutdown lines.
+//! with the HA guide's shutdown lines and one closing line per role (docs/operations.md).
 
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,126 @@ fn sigint_also_shuts_down_cleanly() {
         .logs()
         .contains("INF got signal for shutdown....interrupt"));
     assert!(proc.logs().contains("INF received shutdown signal"));
+    let (total, phases) = stop_line(&proc, "core node", "SIGINT");
+    assert_eq!(
+        phases.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["API requests", "background tasks"],
+        "a node without HA or manager has only these phases"
+    );
+    assert!(total < 5000, "{total} ms");
+}
+
+/// Checks that the last log line of an exited role is `<role> stopped N ms after <signal> (…)`
+/// at INFO and that its phases do not add up to more than the total; returns the total and
+/// the phases in ms.
+fn stop_line(proc: &Process, role: &str, signal: &str) -> (u128, Vec<(String, u128)>) {
+    let logs = proc.logs();
+    let last = logs
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no log lines"));
+    let (_, line) = last
+        .split_once(" INF ")
+        .unwrap_or_else(|| panic!("last line is not at INFO: {last}\n{logs}"));
+    let rest = line
+        .strip_prefix(&format!("{role} stopped "))
+        .unwrap_or_else(|| panic!("last line is not the stop line: {last}\n{logs}"));
+    let (total, rest) = rest
+        .split_once(&format!(" ms after {signal} ("))
+        .unwrap_or_else(|| panic!("no duration and {signal}: {last}"));
+    let total: u128 = total.parse().unwrap_or_else(|_| panic!("{last}"));
+    let phases: Vec<(String, u128)> = rest
+        .strip_suffix(')')
+        .unwrap_or_else(|| panic!("{last}"))
+        .split(", ")
+        .map(|p| {
+            let (name, ms) = p
+                .strip_suffix(" ms")
+                .and_then(|p| p.rsplit_once(' '))
+                .unwrap_or_else(|| panic!("phase {p:?} in {last}"));
+            (
+                name.to_owned(),
+                ms.parse().unwrap_or_else(|_| panic!("{last}")),
+            )
+        })
+        .collect();
+    let sum: u128 = phases.iter().map(|(_, ms)| ms).sum();
+    assert!(sum <= total, "phases add up to more than the total: {last}");
+    assert_eq!(
+        logs.matches(&format!("{role} stopped ")).count(),
+        1,
+        "one stop line:\n{logs}"
+    );
+    (total, phases)
+}
+
+/// Each role ends with its own stop line, naming the signal and the phases of its written
+/// shutdown order: an HA core node connected to a manager (SIGINT), a runner (SIGTERM) and the
+/// manager itself (SIGINT).
+#[test]
+fn every_role_ends_its_log_with_the_stop_its_signal_and_where_the_time_went() {
+    use autogate_testkit::etcd::EtcdServer;
+    use autogate_testkit::scenario::{Manager, Pki, START};
+
+    let etcd = EtcdServer::start();
+    let pki = Pki::new(&["core-1"]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut manager = Manager::start(&pki, free_port(), data.path());
+    manager.register(&pki, "cluster_1", &["core-1"]);
+    let (cmd, _) = crate::support::ha_core_node(&pki, "core-1", manager.port, &etcd.endpoint());
+    let mut core = cmd.spawn();
+    crate::support::wait_connected(&core);
+    let mut runner = Autogate::new(["runner"])
+        .name("runner")
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_RUNNER_LEASE_TTL", "2s")
+        .spawn();
+    runner.wait_for_line("INF runner starting", START);
+
+    let mut took = Vec::new();
+    for (proc, role, sig, phases) in [
+        (
+            &mut core,
+            "core node",
+            "INT",
+            &[
+                "departure notice",
+                "resign",
+                "manager session",
+                "API requests",
+                "background tasks",
+            ][..],
+        ),
+        (
+            &mut runner,
+            "runner",
+            "TERM",
+            &["departure notice", "running jobs", "background tasks"][..],
+        ),
+        (
+            &mut manager.proc,
+            "manager",
+            "INT",
+            &["closing sessions", "connections"][..],
+        ),
+    ] {
+        let sent = Instant::now();
+        proc.signal(sig);
+        let status = proc.wait_exit(Duration::from_secs(15));
+        let wall = sent.elapsed();
+        assert!(status.success(), "{role}: {status:?}\n{}", proc.dump());
+        let (total, got) = stop_line(proc, role, &format!("SIG{sig}"));
+        assert_eq!(
+            got.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            phases,
+            "{role}"
+        );
+        // The line's clock starts at the signal's arrival, after the test sent it.
+        assert!(total <= wall.as_millis(), "{role}: {total} ms, {wall:?}");
+        took.push(proc.logs().lines().last().unwrap_or_default().to_owned());
+    }
+    eprintln!("stop lines:\n{}", took.join("\n"));
 }
 
 #[test]
