@@ -874,6 +874,9 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             admin_token_file: v.path("manager.admin_token_file"),
             max_frame_size: v.size("manager.max_frame_size").unwrap_or(1 << 20),
             session_history: v.u32("manager.session_history"),
+            run_queue_timeout: v.duration("manager.run_queue_timeout"),
+            run_queue_size: v.u32("manager.run_queue_size"),
+            run_retention: v.duration("manager.run_retention"),
         },
         registry: Registry {
             default_overridable: v.bool("registry.default_overridable"),

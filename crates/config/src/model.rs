@@ -461,6 +461,12 @@ pub struct Manager {
     pub max_frame_size: u64,
     /// Sessions kept in the history.
     pub session_history: u32,
+    /// How long a run waits for a session before it is refused.
+    pub run_queue_timeout: Duration,
+    /// Runs of one cluster that may wait for a session at once.
+    pub run_queue_size: u32,
+    /// How long a run's record is kept after its answer.
+    pub run_retention: Duration,
 }
 
 impl Manager {

@@ -407,6 +407,9 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("manager", "admin_token_file", PATH, NoDefault, "admin token for the REST API; unset = `<data_dir>/admin.token`, created by the manager"),
     KeyDef::new("manager", "max_frame_size", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("1MiB"), "largest WebSocket frame accepted (bytes, or with a unit: `512KiB`, `1MiB`)"),
     KeyDef::new("manager", "session_history", Kind::Int { min: 1, max: 1_000_000 }, V("1000"), "ended sessions kept in the history"),
+    KeyDef::new("manager", "run_queue_timeout", DUR, V("30s"), "how long a service run waits for its cluster's next session (a fail-over) before it is refused with 503; it is then never sent"),
+    KeyDef::new("manager", "run_queue_size", Kind::Int { min: 1, max: 1_000_000 }, V("1000"), "service runs of one cluster that may wait for a session at once; more are refused with 503"),
+    KeyDef::new("manager", "run_retention", DUR, V("24h"), "how long a run's record (and its answer, for `GET …/runs/{run_id}` and a repeated `Idempotency-Key`) is kept"),
 ];
 
 /// The settings of each daemon role that `autogate help <role>` names, in the order it lists

@@ -41,6 +41,7 @@ use crate::listener::Peer;
 use crate::model::{
     check_cluster_id, normalize_fingerprint, now_rfc3339, CertRecord, ClusterRecord, ClusterState,
 };
+use crate::runs::{RunError, RunRecord};
 
 /// Deadline of `POST …/ping`.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clusters/{id}/ping", post(ping))
         .route("/clusters/{id}/services", get(list_services))
         .route("/clusters/{id}/services/{name}/run", post(run_service))
+        .route("/clusters/{id}/runs/{run_id}", get(get_run))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API endpoint") })
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -643,12 +645,27 @@ fn run_body(name: &str, body: &Bytes) -> Result<(autogate_proto::ServiceRun, Dur
 async fn run_service(
     State(app): State<AppState>,
     Path((id, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     use autogate_proto as p;
     let (run, timeout) = match run_body(&name, &body) {
         Ok(r) => r,
         Err(m) => return run_error(StatusCode::BAD_REQUEST, p::INVALID_PARAMS, m),
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => match crate::runs::check_key(k) {
+            Ok(()) => Some(k.to_owned()),
+            Err(m) => return run_error(StatusCode::BAD_REQUEST, p::INVALID_PARAMS, m),
+        },
+        Some(Err(_)) => {
+            return run_error(
+                StatusCode::BAD_REQUEST,
+                p::INVALID_PARAMS,
+                "Idempotency-Key: only visible ASCII characters are allowed",
+            )
+        }
     };
     let Some(rec) = app.hub.registry().get(&id) else {
         return run_error(
@@ -674,36 +691,95 @@ async fn run_service(
         }
         ClusterState::Enabled => {}
     }
+    let runs = app.hub.runs();
     let params = autogate_proto::to_value(&run);
-    let answer = app
-        .hub
-        .request(
-            &id,
-            p::method::SERVICE_RUN,
-            Some(params),
-            timeout + (timeout / 10).min(RUN_REPLY_SLACK),
-        )
-        .await;
-    let a = match answer {
+    let (run_id, answer) = match runs.accept(&id, &name, params, key.as_deref()).await {
         Ok(a) => a,
         Err(e) => {
-            let (status, code) = match &e {
-                RequestError::UnknownCluster(_) => (StatusCode::NOT_FOUND, p::NOT_ALLOWED),
-                RequestError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, p::TIMED_OUT),
-                RequestError::NotConnected(_)
-                | RequestError::Busy(_)
-                | RequestError::SessionClosed(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, p::UNAVAILABLE)
+            let status = match &e {
+                RunError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                RunError::QueueFull { .. } | RunError::NoSession { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
                 }
+                RunError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return run_error(status, code, e.to_string());
+            if matches!(e, RunError::KeyReused { .. }) {
+                tracing::warn!("refused a run of {name} on cluster {id}: {e}");
+            }
+            return run_error(status, p::UNAVAILABLE, e.to_string());
         }
     };
-    match a.outcome {
+    let deadline = tokio::time::Instant::now() + timeout + (timeout / 10).min(RUN_REPLY_SLACK);
+    tokio::pin!(answer);
+    let record = loop {
+        // A run nobody sent by the end of its hold is withdrawn (it never ran); once sent, it
+        // waits for its answer until the caller's deadline.
+        let hold = runs.hold_until(&run_id).map(tokio::time::Instant::from_std);
+        tokio::select! {
+            got = &mut answer => match got {
+                Ok(record) => break record,
+                Err(_) => {
+                    return run_error_for(StatusCode::SERVICE_UNAVAILABLE,
+                            p::UNAVAILABLE,
+                            format!("the manager stopped waiting for run {run_id}"), &run_id)
+                }
+            },
+            () = tokio::time::sleep_until(hold.unwrap_or(deadline)), if hold.is_some_and(|h| h < deadline) => {
+                if runs.withdraw_unsent(&id, &run_id).await {
+                    let e = RunError::NoSession {
+                        cluster: id.clone(),
+                        after: runs.limits().queue_timeout,
+                    };
+                    return run_error_for(StatusCode::SERVICE_UNAVAILABLE, p::UNAVAILABLE, e.to_string(), &run_id);
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return run_error_for(StatusCode::GATEWAY_TIMEOUT,
+                        p::TIMED_OUT,
+                        format!(
+                            "no answer from cluster {id} within {timeout:?}; the run goes on: GET /api/v1/clusters/{id}/runs/{run_id} shows its answer when it comes"
+                        ), &run_id);
+            }
+        }
+    };
+    run_reply(&record)
+}
+
+/// A run error that names the run, so its caller can ask for it later.
+fn run_error_for(
+    status: StatusCode,
+    code: i64,
+    message: impl Into<String>,
+    run_id: &str,
+) -> Response {
+    let message = message.into();
+    (
+        status,
+        Json(json!({
+            "status": autogate_proto::STATUS_ERROR,
+            "run_id": run_id,
+            "error": { "code": code, "message": message, "data": message },
+        })),
+    )
+        .into_response()
+}
+
+/// A settled run in the family's reply shape, with its id and the node that answered.
+fn run_reply(record: &RunRecord) -> Response {
+    use autogate_proto as p;
+    let Some(a) = &record.answer else {
+        return run_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            p::INTERNAL_ERROR,
+            "run settled without an answer",
+        );
+    };
+    match a.outcome() {
         Ok(result) => Json(json!({
             "status": p::STATUS_COMPLETED,
-            "cluster_id": id,
-            "service": name,
+            "run_id": record.run_id,
+            "cluster_id": record.cluster_id,
+            "service": record.service,
             "node_id": a.node_id,
             "result": result,
         }))
@@ -717,14 +793,66 @@ async fn run_service(
                 run_failure_status(rpc.code),
                 Json(json!({
                     "status": p::STATUS_ERROR,
-                    "cluster_id": id,
-                    "service": name,
+                    "run_id": record.run_id,
+                    "cluster_id": record.cluster_id,
+                    "service": record.service,
                     "node_id": a.node_id,
                     "error": { "code": rpc.code, "message": rpc.message, "data": data },
                 })),
             )
                 .into_response()
         }
+    }
+}
+
+/// `GET /clusters/{id}/runs/{run_id}`: one run's state, and its answer once it has one.
+async fn get_run(
+    State(app): State<AppState>,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Response {
+    if app.hub.registry().get(&id).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "cluster {} is not registered",
+                crate::model::truncate(&id, 80)
+            ),
+        );
+    }
+    if run_id.len() > 64 || !run_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no run {} on cluster {id}",
+                crate::model::truncate(&run_id, 64)
+            ),
+        );
+    }
+    match app.hub.runs().get(&id, &run_id).await {
+        Ok(Some(record)) => {
+            let mut v = serde_json::to_value(&record).unwrap_or(Value::Null);
+            if let (Some(obj), Some(a)) = (v.as_object_mut(), &record.answer) {
+                // The answer as the run's caller got it.
+                let reply = match a.outcome() {
+                    Ok(result) => {
+                        json!({"status": autogate_proto::STATUS_COMPLETED, "node_id": a.node_id, "result": result})
+                    }
+                    Err(rpc) => {
+                        json!({"status": autogate_proto::STATUS_ERROR, "node_id": a.node_id,
+                        "error": {"code": rpc.code, "message": rpc.message, "data": rpc.data.unwrap_or(Value::Null)}})
+                    }
+                };
+                obj.insert("answer".into(), reply);
+            }
+            Json(v).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no run {run_id} on cluster {id} (unknown, or older than manager.run_retention)"
+            ),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }
 

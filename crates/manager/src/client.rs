@@ -217,10 +217,25 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ClientError> {
+        self.send_keyed(method, path, body, None).await
+    }
+
+    /// [`send`](Self::send) with an `Idempotency-Key` header: the manager runs a request it
+    /// has seen under that key once, and answers a repeat with the same outcome.
+    pub async fn send_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Value), ClientError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -260,7 +275,18 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
-        let (status, value) = self.send(method, path, body).await?;
+        self.call_keyed(method, path, body, None).await
+    }
+
+    /// [`call`](Self::call) with an `Idempotency-Key` header.
+    pub async fn call_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let (status, value) = self.send_keyed(method, path, body, idempotency_key).await?;
         if (200..300).contains(&status) {
             return Ok(value);
         }
@@ -353,21 +379,40 @@ impl AdminClient {
     }
 
     /// `POST /api/v1/clusters/{id}/services/{name}/run` with a whole request body (`inputs`,
-    /// `set`, `type`, `action`, `state`, `timeout_ms`).
+    /// `set`, `type`, `action`, `state`, `timeout_ms`). The request carries a fresh
+    /// `Idempotency-Key` and is sent again under it when the manager cannot be reached (a
+    /// manager restarting): the run happens once, whichever attempt got through.
     pub async fn run_with(
         &self,
         id: &str,
         service: &str,
         body: &Value,
     ) -> Result<Value, ClientError> {
-        self.call(
-            Method::POST,
-            &format!("/api/v1/clusters/{id}/services/{service}/run"),
-            Some(body),
-        )
-        .await
+        let key = uuid::Uuid::now_v7().to_string();
+        let path = format!("/api/v1/clusters/{id}/services/{service}/run");
+        let mut delay = RUN_RETRY_FIRST;
+        let give_up = std::time::Instant::now() + RUN_RETRY_FOR;
+        loop {
+            match self
+                .call_keyed(Method::POST, &path, Some(body), Some(&key))
+                .await
+            {
+                Err(ClientError::Unreachable { .. }) if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RUN_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 }
+
+/// First pause before a run is sent again to a manager that could not be reached.
+const RUN_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest pause between two attempts.
+const RUN_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a run is sent again before the unreachable manager is reported: a restart.
+const RUN_RETRY_FOR: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

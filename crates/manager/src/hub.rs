@@ -15,17 +15,15 @@
 //! (replaced, certificate removed, …) the task's call finds nothing to do, so each session end
 //! is recorded exactly once, by whoever took the session out of the table.
 //!
-//! # Requests that outlive their session
+//! # Requests and runs
 //!
-//! Requests sent to gateways wait for their answers in the hub, not in the session task, under
-//! ids unique across the cluster's sessions (and across restarts of the manager: the counter
-//! starts from the clock). When a session ends, its requests fail at once, except the
-//! `service.run` requests of a cluster with distributed execution (its `hello` says so): the
-//! job runs on, and its answer comes on the cluster's next session with the same id, so those
-//! wait — up to their own deadline — for any session of that cluster to answer them. They fail
-//! at once when the cluster is disabled or deleted, or when its next session comes from a node
-//! that runs services itself (it cannot know them). An answer to an id nobody waits for any more
-//! (a late duplicate) is ignored.
+//! Requests sent to gateways (`ping`, `services.list`) wait for their answers in the hub, not
+//! in the session task, under numeric ids unique across the cluster's sessions (and across
+//! restarts of the manager: the counter starts from the clock); they fail when their session
+//! ends. Service runs are not requests of a session: they belong to the cluster, live in
+//! [`Runs`] from acceptance to answer, and are sent by whichever session is live, under their
+//! run id (see [`crate::runs`]). An answer to an id nobody waits for any more (a late
+//! duplicate) is ignored.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +44,7 @@ use crate::members::{Absence, ForgetError, Members};
 use crate::metrics::{ManagerMetrics, RefusalCategory};
 use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState, SessionRecord};
 use crate::registry::Registry;
+use crate::runs::{Runs, SessionKind};
 use crate::web::{EventKind, Events};
 
 /// WebSocket close code for a normal closure (a session superseded by a newer one).
@@ -128,10 +127,8 @@ pub struct Reply {
 #[derive(Debug)]
 struct Pending {
     cluster: String,
-    /// The session it went out on; `None` once that session ended and it waits for the next.
+    /// The session it went out on.
     conn: Option<ConnId>,
-    /// Survives the end of its session (`service.run` on a cluster with distributed execution).
-    resumable: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -268,6 +265,8 @@ pub struct Hub {
     next_request: std::sync::atomic::AtomicI64,
     /// Per cluster: the nodes that left and the ones that came back ([`Members`]).
     members: Mutex<HashMap<String, Members>>,
+    /// Service runs, from acceptance to answer ([`Runs`]).
+    runs: Runs,
 }
 
 /// A session accepted by [`Hub::hello`].
@@ -281,7 +280,7 @@ pub struct Accepted {
 
 impl Hub {
     /// A hub over the registry; restores each cluster's highest term into the session rules.
-    pub fn new(registry: Registry, metrics: ManagerMetrics) -> Hub {
+    pub fn new(registry: Registry, metrics: ManagerMetrics, runs: Runs) -> Hub {
         let mut table = SessionTable::new();
         for rec in registry.list() {
             if let Some((term, node)) = &rec.highest_term {
@@ -300,6 +299,7 @@ impl Hub {
             events: Events::new(),
             pending: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            runs,
             // Ids from the clock (microseconds, well inside JSON's exact integers): a gateway
             // answering a request of the manager's previous run cannot hit a new request's id.
             next_request: std::sync::atomic::AtomicI64::new(
@@ -354,13 +354,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Registers a request going out on session `conn` of `cluster`; returns its id. `resumable`
-    /// requests wait for the cluster's next session when this one ends.
+    /// Registers a request going out on session `conn` of `cluster`; returns its id.
     pub fn send_pending(
         &self,
         cluster: &str,
         conn: ConnId,
-        resumable: bool,
         reply: oneshot::Sender<Reply>,
         limit: usize,
     ) -> Result<i64, (TooManyInFlight, oneshot::Sender<Reply>)> {
@@ -376,7 +374,6 @@ impl Hub {
             Pending {
                 cluster: cluster.to_owned(),
                 conn: Some(conn),
-                resumable,
                 reply,
             },
         );
@@ -409,45 +406,16 @@ impl Hub {
         true
     }
 
-    /// Session `conn` of `cluster` ended: its requests fail now, except resumable ones while
-    /// the cluster may still answer them (enabled or read-only, not deleted).
-    pub fn session_ended(&self, cluster: &str, conn: ConnId) {
-        // A successor already live that runs services itself cannot answer them.
-        let successor_runs_jobs = self.live(cluster).is_none_or(|l| l.distributed_execution);
-        let keep = successor_runs_jobs
-            && self
-                .registry
-                .get(cluster)
-                .is_some_and(|rec| rec.state != ClusterState::Disabled);
-        let mut waiting = 0usize;
-        let mut pending = self.pending();
-        pending.retain(|_, p| {
-            if p.conn != Some(conn) {
-                return true;
-            }
-            if keep && p.resumable && !p.reply.is_closed() {
-                p.conn = None;
-                waiting += 1;
-                return true;
-            }
-            false
-        });
-        drop(pending);
-        if waiting > 0 {
-            tracing::info!(
-                "{waiting} service run(s) of gateway cluster {cluster} wait for its next session"
-            );
-        }
+    /// Session `conn` of `cluster` ended: its requests fail now (a service run is not one of
+    /// them: runs live in [`Runs`], which decides what becomes of them).
+    pub async fn session_ended(&self, cluster: &str, conn: ConnId, kind: SessionKind) {
+        self.pending().retain(|_, p| p.conn != Some(conn));
+        self.runs.session_ended(cluster, conn, kind).await;
     }
 
-    /// A new session of `cluster` was accepted: requests waiting for it stay only when it can
-    /// answer them (distributed execution), else they fail now.
-    fn session_started(&self, cluster: &str, distributed: bool) {
-        if distributed {
-            return;
-        }
-        self.pending()
-            .retain(|_, p| !(p.cluster == cluster && p.conn.is_none()));
+    /// The service runs.
+    pub fn runs(&self) -> &Runs {
+        &self.runs
     }
 
     /// The registry.
@@ -681,7 +649,11 @@ impl Hub {
                 requests,
             },
         );
-        self.session_started(cluster, hello.distributed_execution);
+        let kind = SessionKind {
+            dedup: hello.run_dedup,
+            distributed: hello.distributed_execution,
+        };
+        self.runs.session_started(cluster, kind).await;
         self.metrics.session_opened();
         self.events.send(EventKind::SessionOpened, cluster);
         self.registry.after_insert(cluster).await;
@@ -751,6 +723,11 @@ impl Hub {
         let state = self.state();
         let conn = state.table.live(cluster)?.conn;
         state.live.get(&conn).cloned()
+    }
+
+    /// The connection of the cluster's live session.
+    pub fn live_conn(&self, cluster: &str) -> Option<ConnId> {
+        self.state().table.live(cluster).map(|l| l.conn)
     }
 
     /// Sends `method` to the cluster's live session and waits for the answer.
@@ -893,6 +870,12 @@ impl Hub {
         if old_state != rec.state {
             tracing::info!("gateway cluster {id} is now {}", rec.state);
         }
+        if rec.state == ClusterState::Disabled && old_state != ClusterState::Disabled {
+            // Nothing will send its runs any more: their callers learn it now.
+            self.runs
+                .fail_cluster(id, &format!("cluster {id} was disabled"))
+                .await;
+        }
         self.registry.cache_put(rec.clone());
         self.events.send(EventKind::ClusterChanged, id);
         Ok(rec)
@@ -924,6 +907,7 @@ impl Hub {
             return Err(AdminError::NotFound(id.to_owned()));
         }
         self.members().remove(id);
+        self.runs.fail_cluster(id, &why).await;
         tracing::info!("deleted gateway cluster {id}");
         self.events.send(EventKind::ClusterChanged, id);
         Ok(())

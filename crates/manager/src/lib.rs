@@ -10,7 +10,8 @@
 //! sessions and the session rules), [`members`] (the nodes that left a cluster, stopped or
 //! lost, and those that came back), [`disconnect`] (why a connection was lost, in plain
 //! words), [`api`] (REST), [`web`] (the web page and its live event
-//! stream), [`registry`] (storage), [`bootstrap`] (certificate and admin token on first start),
+//! stream), [`registry`] (storage), [`runs`] (service runs from
+//! acceptance to answer, kept in the store), [`bootstrap`] (certificate and admin token on first start),
 //! [`client`] (the admin client the CLI uses).
 //!
 //! Start-up order: bind → data directory → store (closing sessions a crash left open) →
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 pub mod registry;
+pub mod runs;
 pub mod web;
 pub mod ws;
 
@@ -51,6 +53,15 @@ pub use model::{ClusterState, SessionRecord};
 pub const STORE_FILE: &str = "manager.db";
 /// How long shutdown waits for sessions to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The `[manager]` settings of a run's wait.
+fn run_limits(m: &autogate_config::Manager) -> runs::RunLimits {
+    runs::RunLimits {
+        queue_timeout: m.run_queue_timeout,
+        queue_size: m.run_queue_size as usize,
+        retention: m.run_retention,
+    }
+}
 
 /// Runs the manager until the shutdown token is cancelled.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError> {
@@ -84,7 +95,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
     )?;
 
     let metrics = metrics::ManagerMetrics::new();
-    let hub = Arc::new(hub::Hub::new(registry, metrics.clone()));
+    let runs = runs::Runs::open(registry.store().clone(), run_limits(m)).await?;
+    let hub = Arc::new(hub::Hub::new(registry, metrics.clone(), runs));
     let state = api::AppState {
         hub: hub.clone(),
         token_digest: Sha256::digest(token.as_bytes()).into(),

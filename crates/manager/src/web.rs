@@ -304,10 +304,16 @@ mod tests {
         let store = autogate_store::open(autogate_store::StoreOptions::Memory)
             .await
             .unwrap();
-        let registry = crate::registry::Registry::open(store, 10).await.unwrap();
+        let registry = crate::registry::Registry::open(store.clone(), 10)
+            .await
+            .unwrap();
+        let runs = crate::runs::Runs::open(store, crate::runs::RunLimits::default())
+            .await
+            .unwrap();
         let hub = std::sync::Arc::new(crate::hub::Hub::new(
             registry,
             crate::metrics::ManagerMetrics::new(),
+            runs,
         ));
         let router = crate::api::router(AppState {
             hub: hub.clone(),

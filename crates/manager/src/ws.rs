@@ -55,6 +55,7 @@ use crate::metrics::RefusalCategory;
 use crate::model::{now_rfc3339, truncate, Catalog};
 use crate::ratelimit::{suppressed_note, TokenBucket};
 pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
+use crate::runs::SessionKind;
 
 /// How long a gateway has to send `hello` after the upgrade.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -436,7 +437,10 @@ impl Session {
             node_id: hello.node_id.clone(),
             session_id: accepted.session_id.clone(),
             term: hello.term,
-            distributed: hello.distributed_execution,
+            runs: SessionKind {
+                dedup: hello.run_dedup,
+                distributed: hello.distributed_execution,
+            },
         };
         let end = match self.send_frame(Response::success(id, ok).into()).await {
             Ok(()) => self.live(conn, &me, &control, &mut rx).await,
@@ -446,7 +450,7 @@ impl Session {
         self.hub
             .closed(conn, &end.reason(), end.detail(), end.left())
             .await;
-        self.hub.session_ended(&me.cluster_id, conn);
+        self.hub.session_ended(&me.cluster_id, conn, me.runs).await;
         self.finish(&end).await;
     }
 
@@ -545,8 +549,27 @@ impl Session {
         ticker.tick().await;
         let mut last_heard = Instant::now();
         let token = self.token.clone();
+        // Runs are sent from the hub's table, not queued per session: what one session did not
+        // get to is there for the next.
+        let mut runs = self.hub.runs().subscribe(&me.cluster_id);
+        runs.mark_changed();
         loop {
             tokio::select! {
+                changed = runs.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    if self.hub.live_conn(&me.cluster_id) != Some(conn) {
+                        // Replaced: the live session sends them.
+                        continue;
+                    }
+                    for (run_id, params) in self.hub.runs().take_unsent(&me.cluster_id, conn) {
+                        let req = Request::new(run_id, method::SERVICE_RUN, Some(params));
+                        if let Err(end) = self.send_frame(req.into()).await {
+                            return end;
+                        }
+                    }
+                }
                 _ = control.closed() => {
                     let (code, reason) = control.reason();
                     return End::Close(code, reason);
@@ -567,10 +590,7 @@ impl Session {
                 }
                 out = rx.recv() => {
                     let Some(out) = out else { continue };
-                    // A run on a cluster with distributed execution is a job that outlives this
-                    // session: its answer may come on the next one.
-                    let resumable = me.distributed && out.method == method::SERVICE_RUN;
-                    let id = match self.hub.send_pending(&me.cluster_id, conn, resumable, out.reply, MAX_IN_FLIGHT) {
+                    let id = match self.hub.send_pending(&me.cluster_id, conn, out.reply, MAX_IN_FLIGHT) {
                         Ok(id) => id,
                         Err((e, reply)) => {
                             let _ = reply.send(Reply {
@@ -597,7 +617,25 @@ impl Session {
                         return end;
                     }
                     let reply = match msg {
-                        Message::Text(text) => self.on_text(conn, me, &text),
+                        Message::Text(text) => match self.on_text(conn, me, &text) {
+                            Handled::Reply(r) => Some(r),
+                            Handled::Done => None,
+                            Handled::RunAnswer(run_id, outcome) => {
+                                // The answer is written to the store before its callers hear it.
+                                let settled = self
+                                    .hub
+                                    .runs()
+                                    .settle(&me.cluster_id, &run_id, outcome, &me.node_id, me.term)
+                                    .await;
+                                if !settled {
+                                    tracing::debug!(
+                                        "answer from {} to run {run_id}, which is answered already (or unknown)",
+                                        self.addr
+                                    );
+                                }
+                                None
+                            }
+                        },
                         Message::Binary(_) => {
                             tracing::debug!("ignoring a binary frame from {}", self.addr);
                             None
@@ -627,18 +665,18 @@ impl Session {
     }
 
     /// Handles one text frame of a live session; returns the response to send, if any.
-    fn on_text(&self, conn: autogate_proto::ConnId, me: &Me, text: &str) -> Option<Response> {
+    fn on_text(&self, conn: autogate_proto::ConnId, me: &Me, text: &str) -> Handled {
         let frame = match decode(text, self.max) {
             Ok(f) => f,
             Err(e) => {
                 if e.to_response().is_none() {
                     tracing::debug!("ignoring malformed frame from {}: {e}", self.addr);
                 }
-                return e.to_response();
+                return e.to_response().map_or(Handled::Done, Handled::Reply);
             }
         };
         match frame {
-            Frame::Request(req) => Some(match req.method.as_str() {
+            Frame::Request(req) => Handled::Reply(match req.method.as_str() {
                 method::PING => Response::success(req.id, req.params.unwrap_or_else(|| json!({}))),
                 method::HELLO => Response::error(
                     Some(req.id),
@@ -661,7 +699,7 @@ impl Session {
                     method::SERVICES_UPDATE => self.on_services_update(me, &n),
                     other => tracing::debug!("ignoring notification {other:?} from {}", self.addr),
                 }
-                None
+                Handled::Done
             }
             Frame::Response(resp) => {
                 match resp.id {
@@ -676,14 +714,25 @@ impl Session {
                             )
                         }
                     }
-                    other => {
-                        tracing::debug!("response from {} with unexpected id {other:?}", self.addr)
+                    Some(Id::String(run_id)) => return Handled::RunAnswer(run_id, resp.outcome),
+                    None => {
+                        tracing::debug!("response from {} without an id", self.addr)
                     }
                 }
-                None
+                Handled::Done
             }
         }
     }
+}
+
+/// What a text frame of a live session calls for.
+enum Handled {
+    /// Send this response.
+    Reply(Response),
+    /// The answer of a run: settle it.
+    RunAnswer(String, Result<serde_json::Value, RpcError>),
+    /// Nothing more.
+    Done,
 }
 
 /// Who a live session is, for what it receives.
@@ -692,8 +741,8 @@ struct Me {
     node_id: String,
     session_id: String,
     term: Option<u64>,
-    /// The cluster runs services as jobs: its runs outlive this session.
-    distributed: bool,
+    /// What its gateway does with runs (from `hello`).
+    runs: SessionKind,
 }
 
 impl Session {

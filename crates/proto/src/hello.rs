@@ -138,6 +138,12 @@ pub struct Hello {
     /// older gateways: the manager then cannot tell a clean stop from a loss.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub departed: Vec<Departed>,
+    /// The gateway keeps a record of every `service.run` by its id (the request's JSON-RPC id,
+    /// also `run_id` in its params) and answers a repeated id from that record instead of
+    /// running it again: the manager may then send every unanswered run again on each new
+    /// session. Absent (false) from older gateways, which the manager never sends a run twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_dedup: bool,
 }
 
 impl Hello {

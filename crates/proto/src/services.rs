@@ -54,6 +54,10 @@ pub struct ServiceRun {
     /// running for a caller that gave up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The manager's id of the run, also the request's JSON-RPC id: the same run sent again
+    /// (after a fail-over, or a manager restart) carries the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl ServiceRun {
@@ -67,6 +71,7 @@ impl ServiceRun {
             action: None,
             state: None,
             timeout_ms: None,
+            run_id: None,
         }
     }
 

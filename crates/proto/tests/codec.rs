@@ -189,6 +189,7 @@ fn sample_hello() -> Hello {
         ],
         distributed_execution: false,
         departed: Vec::new(),
+        run_dedup: true,
     }
 }
 

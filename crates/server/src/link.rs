@@ -382,6 +382,8 @@ async fn session(
         nodes: membership.nodes.clone(),
         distributed_execution: node.jobs.enabled(),
         departed: membership.departed.clone(),
+        // Not yet: this gateway does not keep run records, so a run must never reach it twice.
+        run_dedup: false,
     };
     let mut announced = membership;
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))

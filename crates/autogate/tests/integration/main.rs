@@ -34,6 +34,7 @@ mod link_e2e;
 mod manager_abuse;
 mod manager_cli;
 mod manager_page;
+mod manager_runs;
 mod manager_services;
 mod manager_sessions;
 mod metrics_doc;

@@ -1,0 +1,884 @@
+//! Service runs the manager accepted: each has an id, a record in the manager's store from the
+//! moment it is accepted until it is answered (and for the retention window after), and is
+//! sent to its cluster's sessions until one answers it.
+//!
+//! # Life of a run
+//!
+//! `POST …/services/{name}/run` [`accept`](Runs::accept)s a run: its record is written
+//! (`queued`) before anything is sent, so a manager restart loses neither it nor, later, its
+//! answer. The run id is the JSON-RPC id of every `service.run` it is sent as, so an answer
+//! names its run whichever session, node or manager process it comes through. The cluster's
+//! live session [`take`](Runs::take_unsent)s what it has not sent yet — at once when a run is
+//! accepted, and all of it when a session starts — and an answer [`settle`](Runs::settle)s the
+//! run: the record is rewritten `answered` with the answer, then every caller waiting for it is
+//! told. A late or repeated answer finds nothing to settle and is dropped.
+//!
+//! # Through a gap
+//!
+//! A cluster without a live session (a fail-over in progress) keeps its runs queued, each for
+//! at most `[manager] run_queue_timeout`, and at most `run_queue_size` at once; a run still
+//! unsent at its deadline is withdrawn (its record deleted: it never ran) and refused with a
+//! 503 naming the limit. When a session ends with runs sent on it and unanswered, what happens
+//! depends on what its gateway said in `hello`:
+//!
+//! - `run_dedup` (it keeps a record of each run id and answers a repeat from it): the runs go
+//!   back to unsent and the next session sends them again, with the same ids — at-least-once
+//!   sending, exactly-once execution;
+//! - distributed execution without it: the runs are jobs that outlive the session, and their
+//!   answers come on a later session; they are not sent again (that could run them twice);
+//! - neither: the run died with the session; it is answered "the session closed before
+//!   answering; it may have run".
+//!
+//! # Concurrency
+//!
+//! The table sits behind a plain mutex never held across an `.await`; store writes happen
+//! outside it. A run is settled at most once: whoever removes it from the table writes its
+//! answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use autogate_proto::{ConnId, RpcError};
+use autogate_store::{Compare, Store, StoreError, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, watch};
+
+use crate::model::{format_rfc3339, now_rfc3339};
+
+/// Run records: `/manager/runs/<cluster>/<run id>`.
+const RUNS: &str = "/manager/runs/";
+/// Idempotency keys: `/manager/run-keys/<cluster>/<sha-256 of the key>` → run id.
+const KEYS: &str = "/manager/run-keys/";
+/// "Sent, on no session": a job of an ended session whose answer comes on a later one. Session
+/// ids start at 1.
+const NO_SESSION: ConnId = ConnId(0);
+/// Longest `Idempotency-Key` accepted (the draft sets no limit; a UUID is 36).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The limits of `[manager]` that shape a run's wait.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    /// How long a run may wait for a session before it is refused.
+    pub queue_timeout: Duration,
+    /// Runs of one cluster that may wait unsent at once.
+    pub queue_size: usize,
+    /// How long a record is kept after its answer (and an unanswered one after acceptance).
+    pub retention: Duration,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            queue_timeout: Duration::from_secs(30),
+            queue_size: 1000,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, not sent on any session yet (or to be sent again).
+    Queued,
+    /// Sent on a session, no answer yet.
+    Sent,
+    /// Answered; the answer is in the record.
+    Answered,
+}
+
+/// A gateway's answer to a run, as kept in its record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAnswer {
+    /// The node that answered (after a fail-over, not the one the run was first sent to).
+    pub node_id: String,
+    /// Its term.
+    pub term: Option<u64>,
+    /// The service's result, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The gateway's error, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StoredError>,
+}
+
+/// A JSON-RPC error in a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredError {
+    pub code: i64,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RunAnswer {
+    /// The answer as the gateway gave it.
+    pub fn outcome(&self) -> Result<Value, RpcError> {
+        match (&self.result, &self.error) {
+            (_, Some(e)) => Err(RpcError {
+                code: e.code,
+                message: e.message.clone(),
+                data: e.data.clone(),
+            }),
+            (Some(v), None) => Ok(v.clone()),
+            (None, None) => Ok(Value::Null),
+        }
+    }
+
+    fn new(outcome: Result<Value, RpcError>, node_id: &str, term: Option<u64>) -> Self {
+        let (result, error) = match outcome {
+            Ok(v) => (Some(v), None),
+            Err(e) => (
+                None,
+                Some(StoredError {
+                    code: e.code,
+                    message: e.message,
+                    data: e.data,
+                }),
+            ),
+        };
+        RunAnswer {
+            node_id: node_id.to_owned(),
+            term,
+            result,
+            error,
+        }
+    }
+}
+
+/// One run's record, in the store and in `GET …/runs/{run_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub cluster_id: String,
+    pub service: String,
+    /// The `service.run` params (what is sent, each time with the same id).
+    pub params: Value,
+    /// SHA-256 of the params: a repeated `Idempotency-Key` must come with the same request.
+    pub digest: String,
+    /// RFC 3339, manager's clock.
+    pub accepted_at: String,
+    pub state: RunState,
+    /// Times it was sent (in this manager process; the store keeps the state, not this).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<RunAnswer>,
+}
+
+/// Why a run was not accepted, or was withdrawn unanswered.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The same `Idempotency-Key` came with a different request (422).
+    #[error("Idempotency-Key {key:?} was used for a different request (run {run_id}); use a new key for a new request")]
+    KeyReused { key: String, run_id: String },
+    /// Too many runs already wait for the cluster's next session (503).
+    #[error("{waiting} runs of cluster {cluster} already wait for a session (manager.run_queue_size = {limit}); retry later")]
+    QueueFull {
+        cluster: String,
+        waiting: usize,
+        limit: usize,
+    },
+    /// No session took the run in time (503); it was never sent, so it did not run.
+    #[error("cluster {cluster} had no session for {after:?} (manager.run_queue_timeout); the run was not sent and did not run")]
+    NoSession { cluster: String, after: Duration },
+    /// The store failed (500); nothing was accepted.
+    #[error("the manager cannot record the run: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a session said about runs in its `hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKind {
+    /// The gateway answers a repeated run id from its record.
+    pub dedup: bool,
+    /// Runs are jobs that outlive the session.
+    pub distributed: bool,
+}
+
+/// How a waiting caller hears of its run.
+pub type Settled = Arc<RunRecord>;
+
+#[derive(Debug)]
+struct Entry {
+    record: RunRecord,
+    /// The session it was last sent on; `None` while (again) unsent.
+    sent_on: Option<ConnId>,
+    /// Sent at least once: it may be running somewhere.
+    ever_sent: bool,
+    /// Set when unsent and waiting for a session: the hold's deadline.
+    hold_until: Option<Instant>,
+    waiters: Vec<oneshot::Sender<Settled>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Unanswered runs by id.
+    open: HashMap<String, Entry>,
+    /// Per cluster: bumped whenever it has something new to send.
+    wake: HashMap<String, watch::Sender<u64>>,
+}
+
+/// The manager's runs. Shared by the API and every session task.
+#[derive(Debug)]
+pub struct Runs {
+    store: Arc<dyn Store>,
+    limits: RunLimits,
+    table: Mutex<Table>,
+}
+
+/// The id of a new run: a UUID v7 (time-ordered, so a listing comes out in acceptance order).
+fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn run_key(cluster: &str, run_id: &str) -> String {
+    format!("{RUNS}{cluster}/{run_id}")
+}
+
+fn key_key(cluster: &str, key: &str) -> String {
+    format!(
+        "{KEYS}{cluster}/{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
+}
+
+/// Checks an `Idempotency-Key` value: 1–255 visible ASCII characters.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "Idempotency-Key: must be 1 to {MAX_KEY_LEN} characters, got {}",
+            key.len()
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err("Idempotency-Key: only visible ASCII characters are allowed".to_owned());
+    }
+    Ok(())
+}
+
+impl Runs {
+    /// The runs kept in `store`: unanswered ones are loaded to be sent again (their callers
+    /// are gone; `GET …/runs/{id}` shows their answer once it comes), records past the
+    /// retention window are deleted.
+    pub async fn open(store: Arc<dyn Store>, limits: RunLimits) -> Result<Runs, StoreError> {
+        let runs = Runs {
+            store,
+            limits,
+            table: Mutex::new(Table::default()),
+        };
+        let open = runs.collect().await?;
+        let mut table = runs.table();
+        for record in open {
+            let cluster = record.cluster_id.clone();
+            let ever_sent = record.state == RunState::Sent;
+            table.open.insert(
+                record.run_id.clone(),
+                Entry {
+                    record,
+                    sent_on: None,
+                    ever_sent,
+                    hold_until: None,
+                    waiters: Vec::new(),
+                },
+            );
+            table
+                .wake
+                .entry(cluster)
+                .or_insert_with(|| watch::channel(0).0);
+        }
+        drop(table);
+        Ok(runs)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> RunLimits {
+        self.limits
+    }
+
+    /// Deletes the records past the retention window; returns the unanswered ones kept.
+    pub async fn collect(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let retention =
+            time::Duration::try_from(self.limits.retention).unwrap_or(time::Duration::MAX);
+        let cutoff = time::OffsetDateTime::now_utc()
+            .checked_sub(retention)
+            .map_or_else(String::new, format_rfc3339);
+        let mut open = Vec::new();
+        let mut expired = 0usize;
+        for kv in self.store.list(RUNS).await? {
+            let Ok(record) = serde_json::from_slice::<RunRecord>(&kv.value) else {
+                // Not ours to read (a newer manager's format): leave it.
+                continue;
+            };
+            let since = record.answered_at.as_deref().unwrap_or(&record.accepted_at);
+            if since < cutoff.as_str() {
+                self.store.delete(&kv.key).await?;
+                expired += 1;
+            } else if record.state != RunState::Answered {
+                open.push(record);
+            }
+        }
+        // Keys of runs that are gone (RFC 3339 in one format compares as text).
+        for kv in self.store.list(KEYS).await? {
+            let run_id = String::from_utf8_lossy(&kv.value).into_owned();
+            let cluster = kv
+                .key
+                .strip_prefix(KEYS)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or_default();
+            if self.store.get(&run_key(cluster, &run_id)).await?.is_none() {
+                self.store.delete(&kv.key).await?;
+            }
+        }
+        if expired > 0 {
+            tracing::info!(
+                "deleted {expired} run record(s) older than the retention window ({:?})",
+                self.limits.retention
+            );
+        }
+        Ok(open)
+    }
+
+    /// The wake-up channel of `cluster`'s sessions: it changes whenever the cluster has runs
+    /// to send.
+    pub fn subscribe(&self, cluster: &str) -> watch::Receiver<u64> {
+        self.table()
+            .wake
+            .entry(cluster.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn wake(table: &mut Table, cluster: &str) {
+        if let Some(w) = table.wake.get(cluster) {
+            w.send_modify(|n| *n = n.wrapping_add(1));
+        } else {
+            table.wake.insert(cluster.to_owned(), watch::channel(1).0);
+        }
+    }
+
+    /// Accepts a run of `service` on `cluster` (its record written before anything is sent)
+    /// and returns its id and a receiver for its answer. With an `Idempotency-Key` already
+    /// used for the same request, attaches to that run instead (answered at once when it is
+    /// answered already).
+    pub async fn accept(
+        &self,
+        cluster: &str,
+        service: &str,
+        params: Value,
+        key: Option<&str>,
+    ) -> Result<(String, oneshot::Receiver<Settled>), RunError> {
+        let digest = hex::encode(Sha256::digest(
+            serde_json::to_vec(&params).unwrap_or_default(),
+        ));
+        loop {
+            if let Some(key) = key {
+                if let Some(kv) = self.store.get(&key_key(cluster, key)).await? {
+                    let run_id = String::from_utf8_lossy(&kv.value).into_owned();
+                    match self.attach(cluster, &run_id, &digest, key).await? {
+                        Some(rx) => return Ok((run_id, rx)),
+                        // Its run was collected: the key is free again.
+                        None => {
+                            let _ = self.store.delete(&kv.key).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            {
+                let table = self.table();
+                let waiting = table
+                    .open
+                    .values()
+                    .filter(|e| e.record.cluster_id == cluster && e.sent_on.is_none())
+                    .count();
+                if waiting >= self.limits.queue_size {
+                    return Err(RunError::QueueFull {
+                        cluster: cluster.to_owned(),
+                        waiting,
+                        limit: self.limits.queue_size,
+                    });
+                }
+            }
+            let run_id = new_run_id();
+            let mut params = params.clone();
+            if let Value::Object(m) = &mut params {
+                m.insert("run_id".into(), Value::from(run_id.as_str()));
+            }
+            let record = RunRecord {
+                run_id: run_id.clone(),
+                cluster_id: cluster.to_owned(),
+                service: service.to_owned(),
+                params,
+                digest: digest.clone(),
+                accepted_at: now_rfc3339(),
+                state: RunState::Queued,
+                attempts: 0,
+                answered_at: None,
+                answer: None,
+            };
+            let value = serde_json::to_vec(&record).unwrap_or_default();
+            let mut txn = Txn::new();
+            let mut ops = vec![TxnOp::put(run_key(cluster, &run_id), value)];
+            if let Some(key) = key {
+                // Two callers with one new key: one creates, the other attaches.
+                txn = txn.when([Compare::missing(key_key(cluster, key))]);
+                ops.push(TxnOp::put(
+                    key_key(cluster, key),
+                    run_id.as_bytes().to_vec(),
+                ));
+            }
+            if !self.store.txn(txn.and_then(ops)).await?.succeeded {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let mut table = self.table();
+            table.open.insert(
+                run_id.clone(),
+                Entry {
+                    record,
+                    sent_on: None,
+                    ever_sent: false,
+                    hold_until: Some(Instant::now() + self.limits.queue_timeout),
+                    waiters: vec![tx],
+                },
+            );
+            Self::wake(&mut table, cluster);
+            return Ok((run_id, rx));
+        }
+    }
+
+    /// A second caller of the run an `Idempotency-Key` names; `None` when the run is gone.
+    async fn attach(
+        &self,
+        cluster: &str,
+        run_id: &str,
+        digest: &str,
+        key: &str,
+    ) -> Result<Option<oneshot::Receiver<Settled>>, RunError> {
+        let reused = || RunError::KeyReused {
+            key: crate::model::truncate(key, 80).to_owned(),
+            run_id: run_id.to_owned(),
+        };
+        {
+            let mut table = self.table();
+            if let Some(e) = table.open.get_mut(run_id) {
+                if e.record.digest != digest {
+                    return Err(reused());
+                }
+                let (tx, rx) = oneshot::channel();
+                e.waiters.push(tx);
+                return Ok(Some(rx));
+            }
+        }
+        let Some(record) = self.get(cluster, run_id).await? else {
+            return Ok(None);
+        };
+        if record.digest != digest {
+            return Err(reused());
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Arc::new(record));
+        Ok(Some(rx))
+    }
+
+    /// One run: the table's view while it is open, else its record.
+    pub async fn get(&self, cluster: &str, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        if let Some(e) = self.table().open.get(run_id) {
+            if e.record.cluster_id == cluster {
+                return Ok(Some(e.record.clone()));
+            }
+            return Ok(None);
+        }
+        let Some(kv) = self.store.get(&run_key(cluster, run_id)).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(&kv.value).ok())
+    }
+
+    /// The runs session `conn` of `cluster` should send now: the cluster's unsent runs, marked
+    /// sent on `conn`. The caller is the cluster's live session.
+    pub fn take_unsent(&self, cluster: &str, conn: ConnId) -> Vec<(String, Value)> {
+        let mut table = self.table();
+        let mut out = Vec::new();
+        for e in table.open.values_mut() {
+            if e.record.cluster_id != cluster || e.sent_on.is_some() {
+                continue;
+            }
+            e.sent_on = Some(conn);
+            e.ever_sent = true;
+            e.hold_until = None;
+            e.record.state = RunState::Sent;
+            e.record.attempts += 1;
+            out.push((e.record.run_id.clone(), e.record.params.clone()));
+        }
+        // Oldest first (UUID v7 ids sort by time).
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// A session of `cluster` started. Runs loaded from the store that an earlier manager
+    /// process sent (it may have run them) are failed when the gateway cannot deduplicate
+    /// and does not run them as jobs; the rest are sent.
+    pub async fn session_started(&self, cluster: &str, kind: SessionKind) {
+        if kind.dedup {
+            return;
+        }
+        let lost: Vec<String> = self
+            .table()
+            .open
+            .values()
+            .filter(|e| e.record.cluster_id == cluster && e.sent_on.is_none() && e.ever_sent)
+            .filter(|_| !kind.distributed)
+            .map(|e| e.record.run_id.clone())
+            .collect();
+        for run_id in lost {
+            self.fail_lost(cluster, &run_id).await;
+        }
+        if kind.distributed {
+            // Their answers come as the jobs end; sending them again could run them twice.
+            let mut table = self.table();
+            for e in table.open.values_mut() {
+                if e.record.cluster_id == cluster && e.sent_on.is_none() && e.ever_sent {
+                    e.sent_on = Some(NO_SESSION);
+                }
+            }
+        }
+    }
+
+    /// Session `conn` of `cluster` ended: its unanswered runs go back to unsent (to be sent on
+    /// the next session) when its gateway deduplicates, wait for an answer on a later session
+    /// when they are jobs, and are answered "may have run" otherwise.
+    pub async fn session_ended(&self, cluster: &str, conn: ConnId, kind: SessionKind) {
+        let mut lost = Vec::new();
+        {
+            let mut table = self.table();
+            for e in table.open.values_mut() {
+                if e.sent_on != Some(conn) {
+                    continue;
+                }
+                if kind.dedup {
+                    e.sent_on = None;
+                    e.record.state = RunState::Queued;
+                } else if kind.distributed {
+                    // Still "sent", on no session: the answer comes when the job ends.
+                    e.sent_on = Some(NO_SESSION);
+                } else {
+                    lost.push(e.record.run_id.clone());
+                }
+            }
+            if kind.dedup {
+                Self::wake(&mut table, cluster);
+            }
+        }
+        for run_id in lost {
+            self.fail_lost(cluster, &run_id).await;
+        }
+    }
+
+    async fn fail_lost(&self, cluster: &str, run_id: &str) {
+        let err = RpcError::new(
+            autogate_proto::UNAVAILABLE,
+            format!(
+                "the session of cluster {cluster} closed before answering; the run may have run (this gateway cannot be asked again safely)"
+            ),
+        );
+        self.settle(cluster, run_id, Err(err), "", None).await;
+    }
+
+    /// An answer to run `run_id` from a session of `cluster`. Rewrites the record, then tells
+    /// every waiting caller. `false` when the run is not open (answered already: a duplicate).
+    pub async fn settle(
+        &self,
+        cluster: &str,
+        run_id: &str,
+        outcome: Result<Value, RpcError>,
+        node_id: &str,
+        term: Option<u64>,
+    ) -> bool {
+        let entry = {
+            let mut table = self.table();
+            match table.open.get(run_id) {
+                Some(e) if e.record.cluster_id == cluster => table.open.remove(run_id),
+                _ => None,
+            }
+        };
+        let Some(mut entry) = entry else {
+            return false;
+        };
+        entry.record.state = RunState::Answered;
+        entry.record.answered_at = Some(now_rfc3339());
+        entry.record.answer = Some(RunAnswer::new(outcome, node_id, term));
+        let value = serde_json::to_vec(&entry.record).unwrap_or_default();
+        if let Err(e) = self.store.put(&run_key(cluster, run_id), value, None).await {
+            // The callers still get the answer; only a later GET (or a restarted manager)
+            // would not see it, and would send the run again to a gateway that answers it
+            // from its own record.
+            tracing::warn!("cannot record the answer of run {run_id}: {e}");
+        }
+        let record = Arc::new(entry.record);
+        for w in entry.waiters {
+            let _ = w.send(record.clone());
+        }
+        true
+    }
+
+    /// Withdraws run `run_id` if it was never sent and its hold expired: its record is deleted
+    /// (it did not run). `false` when it was sent meanwhile (its answer is then still to come).
+    pub async fn withdraw_unsent(&self, cluster: &str, run_id: &str) -> bool {
+        let entry = {
+            let mut table = self.table();
+            match table.open.get(run_id) {
+                Some(e)
+                    if e.record.cluster_id == cluster
+                        && !e.ever_sent
+                        && e.hold_until.is_some_and(|t| t <= Instant::now()) =>
+                {
+                    table.open.remove(run_id)
+                }
+                _ => None,
+            }
+        };
+        let Some(entry) = entry else { return false };
+        if let Err(e) = self.store.delete(&run_key(cluster, run_id)).await {
+            tracing::warn!("cannot delete the record of withdrawn run {run_id}: {e}");
+        }
+        drop(entry);
+        true
+    }
+
+    /// When run `run_id`'s hold ends, if it is unsent.
+    pub fn hold_until(&self, run_id: &str) -> Option<Instant> {
+        self.table().open.get(run_id).and_then(|e| e.hold_until)
+    }
+
+    /// A cluster was deleted or disabled: its open runs are answered with `why`.
+    pub async fn fail_cluster(&self, cluster: &str, why: &str) {
+        let ids: Vec<String> = self
+            .table()
+            .open
+            .values()
+            .filter(|e| e.record.cluster_id == cluster)
+            .map(|e| e.record.run_id.clone())
+            .collect();
+        for run_id in ids {
+            let err = RpcError::new(autogate_proto::NOT_ALLOWED, why.to_owned());
+            self.settle(cluster, &run_id, Err(err), "", None).await;
+        }
+    }
+
+    /// Open runs of every cluster (for metrics and tests).
+    pub fn open_count(&self) -> usize {
+        self.table().open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autogate_store::StoreOptions;
+    use serde_json::json;
+
+    async fn runs(limits: RunLimits) -> (Arc<dyn Store>, Runs) {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let runs = Runs::open(store.clone(), limits).await.unwrap();
+        (store, runs)
+    }
+
+    const DEDUP: SessionKind = SessionKind {
+        dedup: true,
+        distributed: false,
+    };
+    const LOCAL: SessionKind = SessionKind {
+        dedup: false,
+        distributed: false,
+    };
+
+    #[tokio::test]
+    async fn a_run_is_recorded_before_it_is_sent_and_answered_once() {
+        let (store, runs) = runs(RunLimits::default()).await;
+        let (id, rx) = runs
+            .accept("c1", "svc", json!({"name": "svc"}), None)
+            .await
+            .unwrap();
+        let rec = runs.get("c1", &id).await.unwrap().unwrap();
+        assert_eq!(rec.state, RunState::Queued);
+        assert!(store.get(&run_key("c1", &id)).await.unwrap().is_some());
+        let sent = runs.take_unsent("c1", ConnId(7));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1["run_id"], id.as_str());
+        assert!(
+            runs.take_unsent("c1", ConnId(7)).is_empty(),
+            "sent once per session"
+        );
+        assert!(
+            runs.settle("c1", &id, Ok(json!({"rc": 0})), "n1", Some(3))
+                .await
+        );
+        assert!(
+            !runs
+                .settle("c1", &id, Ok(json!({"rc": 1})), "n2", Some(4))
+                .await
+        );
+        let got = rx.await.unwrap();
+        assert_eq!(got.answer.as_ref().unwrap().result, Some(json!({"rc": 0})));
+        let stored: RunRecord =
+            serde_json::from_slice(&store.get(&run_key("c1", &id)).await.unwrap().unwrap().value)
+                .unwrap();
+        assert_eq!(stored.state, RunState::Answered);
+        assert_eq!(stored.answer.unwrap().node_id, "n1");
+    }
+
+    #[tokio::test]
+    async fn a_dedup_session_that_ends_gives_its_runs_to_the_next() {
+        let (_, runs) = runs(RunLimits::default()).await;
+        let (id, _rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        assert_eq!(runs.take_unsent("c1", ConnId(1)).len(), 1);
+        runs.session_ended("c1", ConnId(1), DEDUP).await;
+        let again = runs.take_unsent("c1", ConnId(2));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, id);
+        assert_eq!(runs.get("c1", &id).await.unwrap().unwrap().attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn a_local_session_that_ends_answers_may_have_run() {
+        let (_, runs) = runs(RunLimits::default()).await;
+        let (_, rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        runs.take_unsent("c1", ConnId(1));
+        runs.session_ended("c1", ConnId(1), LOCAL).await;
+        let got = rx.await.unwrap();
+        let err = got.answer.as_ref().unwrap().error.clone().unwrap();
+        assert!(err.message.contains("may have run"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_job_outlives_its_session_without_being_sent_again() {
+        let (_, runs) = runs(RunLimits::default()).await;
+        let (id, rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        runs.take_unsent("c1", ConnId(1));
+        let jobs = SessionKind {
+            dedup: false,
+            distributed: true,
+        };
+        runs.session_ended("c1", ConnId(1), jobs).await;
+        runs.session_started("c1", jobs).await;
+        assert!(runs.take_unsent("c1", ConnId(2)).is_empty());
+        assert!(runs.settle("c1", &id, Ok(json!(1)), "n2", None).await);
+        assert!(rx.await.unwrap().answer.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_and_an_unsent_run_is_withdrawn() {
+        let limits = RunLimits {
+            queue_timeout: Duration::ZERO,
+            queue_size: 2,
+            ..RunLimits::default()
+        };
+        let (store, runs) = runs(limits).await;
+        let (a, _) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        let full = runs.accept("c1", "svc", json!({}), None).await.unwrap_err();
+        assert!(
+            matches!(
+                full,
+                RunError::QueueFull {
+                    waiting: 2,
+                    limit: 2,
+                    ..
+                }
+            ),
+            "{full}"
+        );
+        assert!(full.to_string().contains("manager.run_queue_size"));
+        // Another cluster has its own queue.
+        runs.accept("c2", "svc", json!({}), None).await.unwrap();
+        assert!(runs.withdraw_unsent("c1", &a).await);
+        assert!(store.get(&run_key("c1", &a)).await.unwrap().is_none());
+        // A sent run is never withdrawn.
+        let sent = runs.take_unsent("c1", ConnId(1));
+        assert!(!runs.withdraw_unsent("c1", &sent[0].0).await);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_names_one_run() {
+        let (_, runs) = runs(RunLimits::default()).await;
+        let body = json!({"name": "svc", "inputs": {"a": 1}});
+        let (a, rx1) = runs
+            .accept("c1", "svc", body.clone(), Some("k-1"))
+            .await
+            .unwrap();
+        let (b, rx2) = runs
+            .accept("c1", "svc", body.clone(), Some("k-1"))
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            runs.take_unsent("c1", ConnId(1)).len(),
+            1,
+            "one run, sent once"
+        );
+        let other = json!({"name": "svc", "inputs": {"a": 2}});
+        let err = runs
+            .accept("c1", "svc", other, Some("k-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::KeyReused { .. }), "{err}");
+        runs.settle("c1", &a, Ok(json!("done")), "n1", None).await;
+        assert!(rx1.await.is_ok() && rx2.await.is_ok());
+        // After the answer, the same key is answered from the record at once.
+        let (c, rx3) = runs.accept("c1", "svc", body, Some("k-1")).await.unwrap();
+        assert_eq!(c, a);
+        assert_eq!(
+            rx3.await.unwrap().answer.as_ref().unwrap().result,
+            Some(json!("done"))
+        );
+        assert!(check_key("").is_err() && check_key("a\u{7}").is_err());
+        assert!(check_key(&"x".repeat(256)).is_err() && check_key("5f1e-ok").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_manager_keeps_open_runs_and_collects_old_ones() {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let runs = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        let (open, _) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        let (done, _) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        runs.take_unsent("c1", ConnId(1));
+        runs.settle("c1", &done, Ok(json!(0)), "n1", None).await;
+        drop(runs);
+        let again = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(again.open_count(), 1);
+        assert_eq!(again.take_unsent("c1", ConnId(2))[0].0, open);
+        assert!(again
+            .get("c1", &done)
+            .await
+            .unwrap()
+            .unwrap()
+            .answer
+            .is_some());
+        drop(again);
+        let short = RunLimits {
+            retention: Duration::ZERO,
+            ..RunLimits::default()
+        };
+        // Past the window, everything goes (RFC 3339 text to the millisecond: wait one).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let collected = Runs::open(store.clone(), short).await.unwrap();
+        assert_eq!(collected.open_count(), 0);
+        assert!(store.list(RUNS).await.unwrap().is_empty());
+    }
+}
