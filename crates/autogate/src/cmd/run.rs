@@ -3,7 +3,8 @@
 //! the program's stdout and stderr, its return code, then start, end and elapsed time in
 //! `[terminal] timestamp_timezone`, and the environment build time when the run built one — or,
 //! with `--raw`, the result JSON. `--use` prints the inputs the service's decorator expects
-//! instead of running it. A local run shows on standard error what it is waiting for.
+//! instead of running it. A run that takes more than a second shows on standard error what it
+//! is waiting for: a spinner on a terminal, `still running service NAME: N s` lines elsewhere.
 
 use std::path::PathBuf;
 
@@ -205,7 +206,14 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Failure> {
         };
         let result = match &backend {
             Backend::Local(_) => run_local(&backend, &req).await?,
-            Backend::Remote(_) => backend.run(&req, &CancellationToken::new()).await?,
+            Backend::Remote(_) => {
+                // The core node answers when the run is over: the same progress as a local
+                // run, without its steps (the node does not report them).
+                let spinner = term::Spinner::start(format!("running service {}", req.service));
+                let out = backend.run(&req, &CancellationToken::new()).await;
+                spinner.finish().await;
+                out?
+            }
         };
         let written = match (&plan.state_out, &result.state) {
             (Some(path), Some(state)) => {
@@ -224,7 +232,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Failure> {
 }
 
 /// A local run: Ctrl-C or SIGTERM cancels it (the engine kills the program's process group),
-/// and a spinner shows on a terminal while it runs.
+/// and progress shows on standard error while it runs (see [`term::Spinner`]).
 async fn run_local(backend: &Backend, req: &RunRequest) -> Result<RunResult, Failure> {
     let cancel = CancellationToken::new();
     let watcher = {
@@ -270,19 +278,16 @@ fn progress_hook(status: term::Status, running: String) -> autogate_exec::Progre
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if status.is_live() {
-                status.set("building the Python environment…");
-            } else {
-                status.set(&format!(
-                    "building the Python environment from {from} (first run with these requirements)…"
-                ));
-            }
+            status.set("building the Python environment");
+            // Said at once: a build is never quick, and a log should show where it began.
+            status.note(&format!(
+                "building the Python environment from {from} (first run with these requirements)…"
+            ));
         }
         Progress::EnvironmentBuildFinished { elapsed, ok } => {
-            if status.is_live() {
-                status.set(&running);
-            } else if *ok {
-                status.set(&format!(
+            status.set(&running);
+            if *ok {
+                status.note(&format!(
                     "built the Python environment in {:.1}s; {running}",
                     elapsed.as_secs_f64()
                 ));

@@ -1,6 +1,7 @@
 //! Terminal helpers shared by the CLI commands: timestamps in `[terminal] timestamp_timezone`,
 //! aligned tables and `Label:  value` blocks in the family's layouts, secret prompts that do
-//! not echo, and a progress spinner on standard error for long local steps.
+//! not echo, and progress on standard error (a spinner on a terminal, plain lines elsewhere) for
+//! long steps.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::str::FromStr;
@@ -175,10 +176,11 @@ fn read_line() -> Result<String, Failure> {
     Ok(line)
 }
 
-/// A spinner on standard error while a long step runs, only when standard error is a terminal
-/// (never in pipes, files or `TERM=dumb`), erased when dropped. What it says can change while
-/// it runs ([`Spinner::status`]); where there is no spinner, a change is a plain line instead,
-/// so logs and CI output still say what the CLI is waiting for.
+/// Progress on standard error while a long step runs; nothing at all when the step is done
+/// within [`QUIET`]. On a terminal (not `TERM=dumb`) it is a spinner line with the seconds
+/// since the current step began, redrawn in place and erased at the end; elsewhere (pipes,
+/// files, CI logs) it is a plain `still <step>: N s` line at [`FIRST_LINE`], then at most one
+/// every [`LINE_EVERY`]. Standard output is never written, so piped results stay clean.
 #[derive(Debug)]
 pub struct Spinner {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -186,82 +188,131 @@ pub struct Spinner {
     status: Status,
 }
 
+/// Before this, nothing shows: an answer that comes fast needs no progress.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// Without a terminal, the first `still …` line: a line is permanent, so it waits longer than
+/// a spinner, which is erased.
+pub const FIRST_LINE: Duration = Duration::from_secs(2);
+/// Without a terminal, the least time between two lines, so a long wait costs few log lines.
+pub const LINE_EVERY: Duration = Duration::from_secs(5);
+
 /// What a [`Spinner`] says; cheap to clone into a callback of another layer.
 #[derive(Debug, Clone)]
 pub struct Status {
-    // The text and when it was set (the spinner shows the seconds since), `None` without a
-    // terminal: then [`Status::set`] writes lines.
-    shown: Option<std::sync::Arc<std::sync::Mutex<(String, Instant)>>>,
+    shown: std::sync::Arc<std::sync::Mutex<Shown>>,
+    live: bool,
+}
+
+#[derive(Debug)]
+struct Shown {
+    /// The step being waited for (`running service x`) and when it began.
+    what: String,
+    since: Instant,
+    /// Without a terminal: when the last line was written, if one was.
+    last_line: Option<Instant>,
 }
 
 impl Status {
-    /// From now on the spinner says `what` and counts from zero; without a terminal, `what` is
-    /// written as a line on standard error.
+    /// From now on the wait is for `what`, counted from zero.
     pub fn set(&self, what: &str) {
-        match &self.shown {
-            Some(shown) => {
-                if let Ok(mut s) = shown.lock() {
-                    *s = (what.to_owned(), Instant::now());
-                }
-            }
-            None => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{what}");
-                let _ = err.flush();
-            }
+        if let Ok(mut s) = self.shown.lock() {
+            s.what = what.to_owned();
+            s.since = Instant::now();
         }
     }
 
-    /// True when a spinner shows the status (standard error is a terminal).
-    pub fn is_live(&self) -> bool {
-        self.shown.is_some()
+    /// A line for standard error where no spinner shows (on a terminal the spinner's text says
+    /// it); it counts as the last progress line.
+    pub fn note(&self, line: &str) {
+        if self.live {
+            return;
+        }
+        if let Ok(mut s) = self.shown.lock() {
+            s.last_line = Some(Instant::now());
+        }
+        write_err(&format!("{line}\n"));
     }
+}
+
+fn write_err(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
+}
+
+/// The plain line due at `now`, if any, for a wait that began at `started`.
+fn plain_line(shown: &mut Shown, started: Instant, now: Instant) -> Option<String> {
+    if now.duration_since(started) < FIRST_LINE {
+        return None;
+    }
+    if shown
+        .last_line
+        .is_some_and(|t| now.duration_since(t) < LINE_EVERY)
+    {
+        return None;
+    }
+    shown.last_line = Some(now);
+    Some(format!(
+        "still {}: {} s\n",
+        shown.what,
+        now.duration_since(shown.since).as_secs()
+    ))
 }
 
 impl Spinner {
     pub fn start(what: String) -> Spinner {
-        let tty =
+        let live =
             std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
-        if !tty {
-            return Spinner {
-                stop: None,
-                task: None,
-                status: Status { shown: None },
-            };
-        }
-        let shown = std::sync::Arc::new(std::sync::Mutex::new((what, Instant::now())));
+        let started = Instant::now();
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Shown {
+            what,
+            since: started,
+            last_line: None,
+        }));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn({
             let shown = shown.clone();
             async move {
+                // Quiet first: most answers come before anything would show.
+                tokio::select! {
+                    _ = &mut rx => return,
+                    _ = tokio::time::sleep(QUIET) => {}
+                }
                 const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+                let tick = if live {
+                    Duration::from_millis(120)
+                } else {
+                    Duration::from_millis(250)
+                };
                 let mut i = 0usize;
                 loop {
-                    let frame = FRAMES[i % FRAMES.len()];
-                    let (what, secs) = match shown.lock() {
-                        Ok(s) => (s.0.clone(), s.1.elapsed().as_secs_f64()),
+                    let text = match shown.lock() {
+                        Ok(s) if live => {
+                            let secs = s.since.elapsed().as_secs_f64();
+                            let frame = FRAMES[i % FRAMES.len()];
+                            Some(format!("\r{frame} {} {secs:.1}s\x1b[K", s.what))
+                        }
+                        Ok(mut s) => plain_line(&mut s, started, Instant::now()),
                         Err(_) => break,
                     };
-                    {
-                        let mut err = std::io::stderr().lock();
-                        let _ = write!(err, "\r{frame} {what} {secs:.1}s\x1b[K");
-                        let _ = err.flush();
+                    if let Some(text) = text {
+                        write_err(&text);
                     }
                     i += 1;
                     tokio::select! {
                         _ = &mut rx => break,
-                        _ = tokio::time::sleep(Duration::from_millis(120)) => {}
+                        _ = tokio::time::sleep(tick) => {}
                     }
                 }
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r\x1b[K");
-                let _ = err.flush();
+                if live {
+                    write_err("\r\x1b[K");
+                }
             }
         });
         Spinner {
             stop: Some(tx),
             task: Some(task),
-            status: Status { shown: Some(shown) },
+            status: Status { shown, live },
         }
     }
 
@@ -303,5 +354,28 @@ mod tests {
         assert_eq!(t, "NAME  TYPE        CREATED\na     executable  x\n");
         let b = block(&[("Name", "s".into()), ("Working Dir", String::new())]);
         assert_eq!(b, "Name:        s\nWorking Dir:\n");
+    }
+
+    #[test]
+    fn plain_progress_waits_then_says_at_most_one_line_every_few_seconds() {
+        let t0 = Instant::now();
+        let mut shown = Shown {
+            what: "running service slow".into(),
+            since: t0,
+            last_line: None,
+        };
+        assert_eq!(plain_line(&mut shown, t0, t0 + QUIET), None);
+        assert_eq!(
+            plain_line(&mut shown, t0, t0 + FIRST_LINE).as_deref(),
+            Some("still running service slow: 2 s\n")
+        );
+        assert_eq!(
+            plain_line(&mut shown, t0, t0 + Duration::from_secs(6)),
+            None
+        );
+        assert_eq!(
+            plain_line(&mut shown, t0, t0 + Duration::from_secs(7)).as_deref(),
+            Some("still running service slow: 7 s\n")
+        );
     }
 }

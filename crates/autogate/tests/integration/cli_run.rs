@@ -2,7 +2,8 @@
 //! `/bin/sh` script, run in-process by the binary — the family's output layout, `--arg-format`
 //! and `--set` coercion, `--use`, decorator violations (listed with their JSON pointers, and
 //! nothing ran: the program would have created a file), a secret masked in the output, the
-//! terminal time zone, and Ctrl-C killing the program's process group.
+//! terminal time zone, Ctrl-C killing the program's process group, and the progress a slow
+//! run shows on standard error (plain lines here: standard error is a pipe).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -396,4 +397,87 @@ fn ctrl_c_cancels_a_local_run_and_kills_its_process_group() {
             },
         );
     }
+}
+
+/// A run that takes seconds says so on standard error, as plain lines (standard error is a
+/// pipe here, not a terminal), while standard output carries the result alone; a quick run
+/// prints no progress at all.
+#[test]
+fn a_slow_run_says_it_is_still_running_on_stderr_and_a_quick_one_says_nothing() {
+    let l = Local::new();
+    let url = git_repo(
+        &l.path("repo"),
+        &[
+            ("slow.sh", "#!/bin/sh\nsleep 3\necho slept\n"),
+            ("quick.sh", "#!/bin/sh\necho quick\n"),
+        ],
+    );
+    l.ok(&["create", "repository", "repo", "--url", &url]);
+    l.ok(&[
+        "create",
+        "executable-object",
+        "sh",
+        "--exec-command",
+        "/bin/sh",
+    ]);
+    for name in ["slow", "quick"] {
+        l.ok(&[
+            "create",
+            "service",
+            "executable",
+            name,
+            "--repository",
+            "repo",
+            "--executable-object",
+            "sh",
+            "--filename",
+            &format!("{name}.sh"),
+        ]);
+    }
+
+    let mut proc = l.cmd(&["run", "service", "executable", "slow"]).spawn();
+    let status = proc.wait_exit(DEADLINE);
+    assert!(status.success(), "{status:?}\n{}", proc.dump());
+    let lines = proc.lines();
+    let still: Vec<_> = lines
+        .iter()
+        .filter(|l| l.text.starts_with("still running service slow: "))
+        .collect();
+    assert!(!still.is_empty(), "a progress line:\n{}", proc.dump());
+    for line in &still {
+        assert_eq!(line.stream, "stderr", "{:?}", line.text);
+        let secs: u64 = line
+            .text
+            .strip_prefix("still running service slow: ")
+            .and_then(|t| t.strip_suffix(" s"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("seconds in {:?}", line.text));
+        assert!(secs >= 2, "not before two seconds: {:?}", line.text);
+        assert!(!line.text.contains('\r'), "a plain line: {:?}", line.text);
+    }
+    let result = lines
+        .iter()
+        .find(|l| l.stream == "stdout" && l.text.starts_with("Stdout:"))
+        .unwrap_or_else(|| panic!("the result on stdout:\n{}", proc.dump()));
+    assert!(still[0].at < result.at, "the line comes while it runs");
+    let stdout: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.stream == "stdout")
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(
+        &stdout[..4],
+        ["Stdout:", "slept", "", "Stderr:"],
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.iter().all(|l| !l.contains("still running")),
+        "standard output has the result only: {stdout:?}"
+    );
+    let elapsed = field(&stdout.join("\n"), "Elapsed Time").to_owned();
+    assert!(elapsed.ends_with('s'), "{elapsed}");
+
+    let out = l.expect(&["run", "service", "executable", "quick"], 0);
+    assert!(out.stdout.contains("quick"), "{}", out.stdout);
+    assert_eq!(out.stderr, "", "a quick run shows no progress");
 }
