@@ -16,6 +16,9 @@
   // re-read after the burst is enough.
   const DEBOUNCE_MS = 80;
   const TIMELINE_MAX = 50;
+  // Close reasons the manager writes when it stops (crates/manager/src/registry.rs): a
+  // graceful stop, and the sessions a killed manager left open, closed at its next start.
+  const MANAGER_STOP_REASONS = ['manager shutting down', 'manager restarted'];
 
   const $ = (id) => document.getElementById(id);
 
@@ -744,10 +747,17 @@
         if (older && older.disconnected_at) {
           const gap = Date.parse(s.connected_at) - Date.parse(older.disconnected_at);
           const ms = Number.isFinite(gap) ? Math.max(0, Math.round(gap)) + ' ms' : dash;
-          const text = older.node_id !== s.node_id
-            ? 'fail-over ' + nodeText(older.node_id, older.node_name) + ' \u2192 ' + nodeText(s.node_id, s.node_name) + ': gap ' + ms
+          const moved = older.node_id !== s.node_id;
+          // A session the manager's own stop ended is an outage of the manager, not of the
+          // cluster: no fail-over, whichever node dialled first when it was back.
+          const kind = MANAGER_STOP_REASONS.includes(older.close_reason) ? 'restart'
+            : moved ? 'failover' : 'reconnect';
+          const nodes = nodeText(older.node_id, older.node_name) + ' \u2192 ' + nodeText(s.node_id, s.node_name);
+          const text = kind === 'restart'
+            ? 'manager restart' + (moved ? ': ' + nodes + ',' : ':') + ' gap ' + ms
+            : kind === 'failover' ? 'fail-over ' + nodes + ': gap ' + ms
             : 'reconnected after ' + ms;
-          items.push(el('li', { class: older.node_id !== s.node_id ? 'failover' : 'reconnect', text, dataset: { gapMs: String(gap) } }));
+          items.push(el('li', { class: kind, text, dataset: { gapMs: String(gap) } }));
         }
       });
       if (sessions.length > list.length) {

@@ -30,6 +30,16 @@ const SERVICES: &str = "/manager/services/";
 /// them (crash, kill -9).
 pub const RESTART_REASON: &str = "manager restarted";
 
+/// Close reason of the sessions a manager closes when it stops on a signal.
+pub const SHUTDOWN_REASON: &str = "manager shutting down";
+
+/// True when a session ended because the manager stopped (gracefully or not): the gap after it
+/// is an outage of the manager, not a fail-over, whichever node connects next. The page's
+/// timeline (assets/app.js) reads the same two reasons.
+pub fn closed_by_manager_stop(reason: &str) -> bool {
+    reason == SHUTDOWN_REASON || reason == RESTART_REASON
+}
+
 /// Store key of a cluster record.
 pub fn cluster_key(id: &str) -> String {
     format!("{CLUSTERS}{id}")

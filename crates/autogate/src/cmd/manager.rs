@@ -819,12 +819,11 @@ fn print_show(c: &Value) {
 }
 
 fn print_sessions(v: &Value) {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let sessions = v.as_array().map(|a| a.as_slice()).unwrap_or_default();
+    let rows: Vec<Vec<String>> = sessions
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             vec![
                 text(&s["node_id"]),
                 text(&s["term"]),
@@ -835,6 +834,11 @@ fn print_sessions(v: &Value) {
                 } else {
                     text(&s["disconnected_at"])
                 },
+                // Newest first: the session after this one in the list is the one before it.
+                sessions
+                    .get(i + 1)
+                    .and_then(|older| gap_before(s, older))
+                    .unwrap_or_default(),
                 text(&s["close_reason"]),
             ]
         })
@@ -850,8 +854,61 @@ fn print_sessions(v: &Value) {
             "REMOTE",
             "CONNECTED",
             "DISCONNECTED",
+            "GAP BEFORE",
             "CLOSE REASON",
         ],
         &rows,
     );
+}
+
+/// The gap between a session and the one before it, labelled as the manager's page labels it:
+/// `manager restart` when the older one ended because the manager stopped (whichever node came
+/// back), else `fail-over` when the node changed and `reconnected` when it did not.
+fn gap_before(newer: &Value, older: &Value) -> Option<String> {
+    let at = |v: &Value| v.as_str()?.parse::<jiff::Timestamp>().ok();
+    let gap = at(&newer["connected_at"])?.as_millisecond()
+        - at(&older["disconnected_at"])?.as_millisecond();
+    let kind = if older["close_reason"]
+        .as_str()
+        .is_some_and(autogate_manager::registry::closed_by_manager_stop)
+    {
+        "manager restart"
+    } else if older["node_id"] != newer["node_id"] {
+        "fail-over"
+    } else {
+        "reconnected"
+    };
+    Some(format!("{kind} {} ms", gap.max(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_after_the_manager_stopped_is_a_restart_whichever_node_comes_back() {
+        let older = |node: &str, reason: &str| {
+            json!({"node_id": node, "disconnected_at": "2026-01-01T00:00:00Z",
+                   "close_reason": reason})
+        };
+        let newer = json!({"node_id": "b", "connected_at": "2026-01-01T00:01:05.189Z"});
+        let gap = |o: Value| gap_before(&newer, &o);
+        for reason in ["manager shutting down", "manager restarted"] {
+            assert_eq!(
+                gap(older("a", reason)).as_deref(),
+                Some("manager restart 65189 ms")
+            );
+            assert_eq!(
+                gap(older("b", reason)).as_deref(),
+                Some("manager restart 65189 ms")
+            );
+        }
+        let lost = "connection lost: the node stopped without closing the session";
+        assert_eq!(gap(older("a", lost)).as_deref(), Some("fail-over 65189 ms"));
+        assert_eq!(
+            gap(older("b", lost)).as_deref(),
+            Some("reconnected 65189 ms")
+        );
+        assert_eq!(gap(json!({"node_id": "a"})), None, "still live");
+    }
 }

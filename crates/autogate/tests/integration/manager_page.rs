@@ -472,6 +472,22 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     b.wait_until("the cluster connected again on the page", START, || {
         b.find("#gateway-facts .badge.state.connected")
     });
+    // The gap the outage left is the manager's, not a fail-over: the killed manager's next
+    // start closed the old session with `manager restarted`.
+    let timeline = b.wait_for_text("#timeline", "manager restart", PAGE);
+    let newest_gap = timeline
+        .lines()
+        .find(|l| {
+            ["manager restart", "fail-over", "reconnected"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .unwrap_or_default();
+    assert!(
+        newest_gap.starts_with("manager restart") && newest_gap.contains(" gap "),
+        "the newest gap: {newest_gap:?}\n{timeline}"
+    );
+    eprintln!("after the manager restart: {newest_gap}");
     let errors = script_errors(&b);
     assert!(errors.is_empty(), "script errors on the page: {errors:#?}");
     drop(manager);

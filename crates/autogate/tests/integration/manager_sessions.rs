@@ -512,6 +512,79 @@ async fn history_survives_restarts_and_shutdown_closes_sessions() {
     assert_no_overlap(&s);
 }
 
+/// `cluster sessions` labels the gap before each session as the page does: after a session
+/// the manager's own stop ended it is `manager restart`, even when another node dials first;
+/// only a change of node between sessions the manager did not end is a `fail-over`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_cli_labels_a_manager_restart_apart_from_a_fail_over() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let (a, b) = (pki.node("a"), pki.node("b"));
+    let port = autogate_testkit::free_port();
+    let mut m = Manager::start_with(port, data.path(), |c| c);
+    register(&m.admin(), "c", "enabled", &[&a, &b]).await;
+    let first = Responder::spawn(
+        connected(&m, &a, "c", "node-a", Some(1)).await,
+        RunAnswer::Echo,
+    );
+    m.proc.signal("TERM");
+    first.wait_closed(STEP).await;
+    assert!(m.proc.wait_exit(STEP).success(), "{}", m.proc.dump());
+
+    // Back on the same data, and the other node dials first: still no fail-over.
+    let m = Manager::start_with(port, data.path(), |c| c);
+    let admin = m.admin();
+    drop(connected(&m, &b, "c", "node-b", Some(2)).await);
+    eventually("node-b's session closed", STEP, || async {
+        let s = admin.sessions("c").await.ok()?;
+        (!s[0]["disconnected_at"].is_null()).then_some(())
+    })
+    .await;
+    // Node a takes over from node b, which the manager did not stop: a fail-over.
+    let _third = connected(&m, &a, "c", "node-a", Some(3)).await;
+
+    let out = {
+        let cli = m.cli(&["sessions", "c"]);
+        assert_eq!(cli.code(), Some(0), "{}", cli.stderr);
+        cli.stdout
+    };
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    let (from, to) = (
+        header.find("GAP BEFORE").unwrap_or_else(|| panic!("{out}")),
+        header
+            .find("CLOSE REASON")
+            .unwrap_or_else(|| panic!("{out}")),
+    );
+    let rows: Vec<(&str, String)> = lines
+        .map(|l| {
+            let node = l.split_whitespace().next().unwrap();
+            // The live session has no close reason: its line ends after the gap.
+            let gap = l.get(from..to.min(l.len())).unwrap_or("");
+            (node, gap.trim().to_owned())
+        })
+        .collect();
+    let gap = |label: &str| -> u64 {
+        label
+            .strip_suffix(" ms")
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a gap in ms: {label:?}\n{out}"))
+    };
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0].0, "node-a", "{out}");
+    assert!(rows[0].1.starts_with("fail-over "), "{out}");
+    gap(&rows[0].1);
+    assert_eq!(rows[1].0, "node-b", "{out}");
+    assert!(rows[1].1.starts_with("manager restart "), "{out}");
+    gap(&rows[1].1);
+    assert_eq!(
+        rows[2],
+        ("node-a", String::new()),
+        "the oldest has no gap\n{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_core_node_answers_ping_and_run_through_the_manager() {
     let pki = Pki::new();
