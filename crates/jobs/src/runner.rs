@@ -307,7 +307,8 @@ pub async fn run(
     // The jobs left were cancelled above: their tasks end once their processes are gone.
     drop(closer);
     tasks.wait().await;
-    tracing::info!("runner stopped");
+    // The role says it stopped, with its signal and timings; this is the loop's own end.
+    tracing::debug!("runner loop stopped");
     Ok(())
 }
 

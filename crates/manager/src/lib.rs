@@ -126,7 +126,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
     shutdown.tracker().spawn(serve);
     token.cancelled().await;
     let mut clock = autogate_runtime::StopClock::start(&shutdown);
-    hub.close_all(hub::CLOSE_GOING_AWAY, "manager shutting down");
+    hub.close_all(hub::CLOSE_GOING_AWAY, registry::SHUTDOWN_REASON);
     clock.phase("closing sessions");
     if !shutdown.drain(SHUTDOWN_GRACE).await {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");

@@ -465,7 +465,7 @@ impl Session {
                     return Err(end.refusal(RefusalCategory::HelloTimeout));
                 }
                 _ = token.cancelled() => {
-                    return Err(End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned()).into());
+                    return Err(End::Close(CLOSE_GOING_AWAY, crate::registry::SHUTDOWN_REASON.to_owned()).into());
                 }
                 msg = self.ws.next() => msg,
             };
@@ -575,7 +575,7 @@ impl Session {
                     return End::Close(code, reason);
                 }
                 _ = token.cancelled() => {
-                    return End::Close(CLOSE_GOING_AWAY, "manager shutting down".to_owned());
+                    return End::Close(CLOSE_GOING_AWAY, crate::registry::SHUTDOWN_REASON.to_owned());
                 }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() >= SILENCE_LIMIT {
