@@ -788,6 +788,8 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             lease_ttl: v.duration("connect.server_ha_lease_ttl"),
             preempt_delay: v.duration("connect.server_ha_preempt_delay"),
             connect_grace: v.duration("connect.server_ha_connect_grace"),
+            drain_timeout: v.duration("connect.server_ha_drain_timeout"),
+            run_retention: v.duration("connect.run_retention"),
             max_transitions: v.u32("connect.server_ha_max_transitions"),
             probe_window: v.duration("connect.server_ha_probe_window"),
             reconnect_max_backoff: v.duration("connect.reconnect_max_backoff"),

@@ -249,6 +249,12 @@ pub struct Connect {
     /// How long the active node may fail to reach the manager before leadership moves.
     #[serde(serialize_with = "ser_duration")]
     pub connect_grace: Duration,
+    /// On a stop: how long running manager runs may finish before the node resigns.
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    /// How long a manager run's record is kept.
+    #[serde(serialize_with = "ser_duration")]
+    pub run_retention: Duration,
     /// Preemption hand-overs allowed per hour (flap budget); 0 disables preemption.
     pub max_transitions: u32,
     /// Time allowed to prove a crashed active node dead; zero disables crash probing.

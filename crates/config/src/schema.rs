@@ -273,6 +273,7 @@ const D_HA: &str =
 const D_PRIMARY: &str = "preferred active node: takes the active role when online and healthy for `server_ha_preempt_delay`; set on at most one node";
 const D_TTL: &str = "lease time-to-live of the election key; a crashed active node is replaced after about this long";
 const D_PREEMPT: &str = "how long a primary node must be healthy before it takes the active role back (graceful hand-over)";
+const D_DRAIN: &str = "on a stop (SIGTERM, Ctrl-C), how long the node lets the manager's runs it is executing finish and answers them before it resigns; new runs wait for the next active node; what is still running then is killed and answered interrupted";
 const D_GRACE: &str = "how long the active node may fail to reach the manager, while a standby can, before leadership moves";
 const D_TRANSITIONS: &str =
     "flap budget: preemption hand-overs allowed per hour; `0` disables preemption";
@@ -311,6 +312,8 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("connect", "server_ha_connect_grace", DUR, V("15s"), D_GRACE),
     KeyDef::new("connect", "server_ha_max_transitions", MAX_TRANSITIONS, V("6"), D_TRANSITIONS),
     KeyDef::new("connect", "server_ha_probe_window", DUR, V("300ms"), D_PROBE),
+    KeyDef::new("connect", "server_ha_drain_timeout", DUR, V("60s"), D_DRAIN),
+    KeyDef::new("connect", "run_retention", DUR, V("24h"), "how long the record of a manager's run is kept, so a copy of the run sent again is answered from it instead of running twice"),
     KeyDef::new("connect", "reconnect_max_backoff", BACKOFF, V("10s"), D_BACKOFF),
     KeyDef::new("connect", "advertise_address", Kind::HostPort, Derived("`server.listen_address:server.port`"), D_ADVERTISE),
     // [commander]: older name of [connect]
@@ -327,6 +330,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("commander", "server_ha_connect_grace", DUR, NoDefault, D_GRACE).alias_of("server_ha_connect_grace"),
     KeyDef::new("commander", "server_ha_max_transitions", MAX_TRANSITIONS, NoDefault, D_TRANSITIONS).alias_of("server_ha_max_transitions"),
     KeyDef::new("commander", "server_ha_probe_window", DUR, NoDefault, D_PROBE).alias_of("server_ha_probe_window"),
+    KeyDef::new("commander", "server_ha_drain_timeout", DUR, NoDefault, D_DRAIN).alias_of("server_ha_drain_timeout"),
     KeyDef::new("commander", "reconnect_max_backoff", BACKOFF, NoDefault, D_BACKOFF).alias_of("reconnect_max_backoff"),
     KeyDef::new("commander", "advertise_address", Kind::HostPort, NoDefault, D_ADVERTISE).alias_of("advertise_address"),
     // [server]

@@ -672,7 +672,10 @@ impl Runs {
             .map(|e| e.record.run_id.clone())
             .collect();
         for run_id in ids {
-            let err = RpcError::new(autogate_proto::NOT_ALLOWED, why.to_owned());
+            let err = RpcError::new(
+                autogate_proto::UNAVAILABLE,
+                format!("{why} while the run waited for its answer; it may have run"),
+            );
             self.settle(cluster, &run_id, Err(err), "", None).await;
         }
     }

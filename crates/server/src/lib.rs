@@ -16,6 +16,8 @@
 //! * `leader` — leader work under HA: the manager link and the dispatcher follow the election;
 //! * [`link`] — the one connection of the cluster to its manager; [`services`] — its service
 //!   runs and catalog;
+//! * [`run_records`] — the record of each manager run this node executes, so that a copy
+//!   sent again is answered from it instead of running twice;
 //! * [`dispatch`] — distributed execution on the active node;
 //! * `metered` — store latency and error metrics; `storeopts` — `[store]` onto the store's
 //!   options; `tls` — the API over TLS.
@@ -28,6 +30,7 @@ mod forward;
 mod leader;
 pub mod link;
 mod metered;
+pub mod run_records;
 pub mod services;
 mod storeopts;
 mod tls;
@@ -111,6 +114,8 @@ pub struct Node {
     /// Distributed execution: the dispatcher while this node is active, and the outcomes
     /// still to send to the manager.
     pub jobs: dispatch::Jobs,
+    /// The manager's runs this node executes itself, and their records.
+    pub runs: run_records::RunRecords,
 }
 
 /// Run a core node until the shutdown token is cancelled.
@@ -210,11 +215,17 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         automation,
         id: node_id,
         config: config.clone(),
-        store,
+        store: store.clone(),
         metrics,
         started: Instant::now(),
         link: link::LinkStatus::default(),
         jobs,
+        runs: run_records::RunRecords::new(
+            store.clone(),
+            &config.application.cluster_id,
+            config.connect.run_retention,
+            shutdown.tracker().clone(),
+        ),
         ha,
     };
     let scheme = if tls_config.is_some() {
@@ -305,8 +316,15 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     // Each phase is timed so the last line says where a slow stop went.
     let mut clock = StopClock::start(&shutdown);
     // The written shutdown order: the API stops accepting (axum's graceful shutdown, already
-    // triggered by the token) → resign, so a standby takes over at once → close the manager
-    // session → drain in-flight requests → the lease was revoked by the resignation.
+    // triggered by the token) → let the manager's runs in progress finish and answer them on
+    // the session still up (new ones are left to the next active node), up to
+    // connect.server_ha_drain_timeout → resign, so a standby takes over at once → close the
+    // manager session → drain in-flight requests → the lease was revoked by the resignation.
+    let had_runs = node.runs.running() > 0;
+    node.runs.drain(config.connect.drain_timeout).await;
+    if had_runs {
+        clock.phase("manager runs");
+    }
     if let Some(ha) = &node.ha {
         // Said before resigning (its records go with it), so the manager shows it as stopped.
         link::announce_departure(&*node.store, &config.application.cluster_id, &node.id).await;

@@ -382,8 +382,10 @@ async fn session(
         nodes: membership.nodes.clone(),
         distributed_execution: node.jobs.enabled(),
         departed: membership.departed.clone(),
-        // Not yet: this gateway does not keep run records, so a run must never reach it twice.
-        run_dedup: false,
+        // Runs this node executes itself are kept by run id (`run_records`): a copy sent again
+        // is answered from its record. Jobs are not yet, so with distributed execution a run
+        // must never reach the cluster twice.
+        run_dedup: !node.jobs.enabled(),
     };
     let mut announced = membership;
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))

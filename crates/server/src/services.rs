@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::run_records::{answer_as, Begin};
 use crate::Node;
 
 /// Runs one session executes at once; more are answered "busy" rather than queued without
@@ -112,7 +113,7 @@ impl SessionServices {
                     let reply = if this.node.jobs.enabled() {
                         this.submit(id, params.as_ref()).await
                     } else {
-                        Some(this.run(id, params.as_ref()).await)
+                        this.run(id, params.as_ref()).await
                     };
                     drop(permit);
                     if let Some(reply) = reply {
@@ -144,65 +145,65 @@ impl SessionServices {
         });
     }
 
-    /// One run, start to reply frame.
-    async fn run(&self, id: Id, params: Option<&Value>) -> String {
+    /// One run, start to reply frame; `None` when this node leaves the request unanswered
+    /// (it is stopping, or no longer active: the manager sends it again on the next session).
+    ///
+    /// A run with a `run_id` (every run of a current manager) goes through the node's run
+    /// records: it executes once whatever copies of it arrive, outlives this session, and its
+    /// answer is kept (see [`crate::run_records`]). One without (an older manager) runs as part
+    /// of this session and is killed when the session ends.
+    async fn run(&self, id: Id, params: Option<&Value>) -> Option<String> {
         let run = match ServiceRun::from_params(params) {
             Ok(r) => r,
-            Err(e) => return encode(&Frame::Response(run_failed(id, e))),
+            Err(e) => return Some(encode(&Frame::Response(run_failed(id, e)))),
         };
         let req = match run_request(&run) {
             Ok(r) => r,
-            Err(e) => return encode(&Frame::Response(run_failed(id, e))),
+            Err(e) => return Some(encode(&Frame::Response(run_failed(id, e)))),
         };
-        tracing::info!(service = %run.name, "running service {} for the manager", run.name);
-        let cancel = self.session.child_token();
-        let deadline = run.timeout_ms.map(Duration::from_millis);
-        let automation = &self.node.automation;
-        let fut = automation.run(&req, &cancel);
-        tokio::pin!(fut);
-        let mut timed_out = false;
-        let outcome = match deadline {
-            None => fut.await,
-            Some(d) => tokio::select! {
-                r = &mut fut => r,
-                _ = tokio::time::sleep(d) => {
-                    // The manager stops waiting now: stop the program too, and let the engine
-                    // clean up before answering.
-                    timed_out = true;
-                    cancel.cancel();
-                    fut.await
-                }
-            },
+        let Some(run_id) = run.run_id.clone() else {
+            let cancel = self.session.child_token();
+            return Some(execute(&self.node, id, &run, &req, &cancel, self.limit).await);
         };
-        match outcome {
-            Ok(result) => {
-                let value = serde_json::to_value(&result).unwrap_or(Value::Null);
-                tracing::info!(
-                    service = %run.name,
-                    "service {} completed with return code {} in {}",
-                    run.name,
-                    value["return_code"],
-                    value["elapsed_time"].as_str().unwrap_or("?")
-                );
-                fit_run_result(id, value, self.limit)
+        let records = &self.node.runs;
+        if records.draining() {
+            tracing::info!(service = %run.name, "not starting run {run_id} of {}: this node is stopping; the next active node runs it", run.name);
+            return None;
+        }
+        let digest = crate::run_records::digest(params.unwrap_or(&Value::Null));
+        let writer = crate::run_records::Writer {
+            node_id: self.node.id.to_string(),
+            ha: self.node.ha.clone(),
+        };
+        let rx = match records.begin(&run_id, &digest, &writer).await {
+            Err(e @ crate::run_records::RecordError::Mismatch(_)) => {
+                tracing::warn!("{e}");
+                let err = RpcError::new(INVALID_PARAMS, e.to_string());
+                return Some(encode(&Frame::Response(run_failed(id, err))));
             }
             Err(e) => {
-                let err = if timed_out {
-                    RpcError::new(
-                        TIMED_OUT,
-                        format!(
-                            "service {} did not finish within {} ms; the run was cancelled",
-                            run.name,
-                            deadline.map_or(0, |d| d.as_millis())
-                        ),
-                    )
-                } else {
-                    rpc_error(&e)
-                };
-                tracing::warn!(service = %run.name, "service {} did not run: {}", run.name, err.message);
-                encode(&Frame::Response(run_failed(id, err)))
+                // Nothing ran: saying so is true, and the caller may try again.
+                let err = RpcError::new(UNAVAILABLE, e.to_string());
+                return Some(encode(&Frame::Response(run_failed(id, err))));
             }
-        }
+            Ok(Begin::NotNow) => return None,
+            Ok(Begin::Answered(frame)) => return Some(answer_as(&frame, &id)),
+            Ok(Begin::Wait(rx)) => rx,
+            Ok(Begin::Start(started)) => {
+                let rx = started.answer();
+                let node = self.node.clone();
+                let limit = self.limit.min(crate::run_records::RECORD_FRAME_LIMIT);
+                let stop = records.stop_token();
+                records.spawn(async move {
+                    let own = Id::String(started.run_id.clone());
+                    let frame = execute(&node, own, &run, &req, &stop, limit).await;
+                    node.runs.finish(started, frame).await;
+                });
+                rx
+            }
+        };
+        let frame = crate::run_records::wait_answer(rx, &self.session).await?;
+        Some(answer_as(&frame, &id))
     }
 
     /// Queues a run as a job (distributed execution). The reply frame when it could not be
@@ -353,6 +354,76 @@ impl SessionServices {
         tokio::select! {
             _ = self.session.cancelled() => false,
             _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Executes one run on this node: the reply frame for request `id`, under `limit` bytes.
+/// `cancel` kills the program (the run's own `timeout_ms` does too, answered as a timeout);
+/// a cancellation that is not the run's deadline is answered interrupted.
+async fn execute(
+    node: &Node,
+    id: Id,
+    run: &ServiceRun,
+    req: &RunRequest,
+    cancel: &CancellationToken,
+    limit: usize,
+) -> String {
+    tracing::info!(service = %run.name, "running service {} for the manager", run.name);
+    let own = cancel.child_token();
+    let deadline = run.timeout_ms.map(Duration::from_millis);
+    let fut = node.automation.run(req, &own);
+    tokio::pin!(fut);
+    let mut timed_out = false;
+    let outcome = match deadline {
+        None => fut.await,
+        Some(d) => tokio::select! {
+            r = &mut fut => r,
+            _ = tokio::time::sleep(d) => {
+                // The manager stops waiting now: stop the program too, and let the engine
+                // clean up before answering.
+                timed_out = true;
+                own.cancel();
+                fut.await
+            }
+        },
+    };
+    match outcome {
+        Ok(result) => {
+            let value = serde_json::to_value(&result).unwrap_or(Value::Null);
+            tracing::info!(
+                service = %run.name,
+                "service {} completed with return code {} in {}",
+                run.name,
+                value["return_code"],
+                value["elapsed_time"].as_str().unwrap_or("?")
+            );
+            fit_run_result(id, value, limit)
+        }
+        Err(e) => {
+            let err = if timed_out {
+                RpcError::new(
+                    TIMED_OUT,
+                    format!(
+                        "service {} did not finish within {} ms; the run was cancelled",
+                        run.name,
+                        deadline.map_or(0, |d| d.as_millis())
+                    ),
+                )
+            } else if cancel.is_cancelled() {
+                RpcError::new(
+                    crate::run_records::INTERRUPTED,
+                    format!(
+                        "interrupted: the node running service {} stopped before it finished; it may have partially run",
+                        run.name
+                    ),
+                )
+                .with_data(json!({"reason": "interrupted"}))
+            } else {
+                rpc_error(&e)
+            };
+            tracing::warn!(service = %run.name, "service {} did not run: {}", run.name, err.message);
+            encode(&Frame::Response(run_failed(id, err)))
         }
     }
 }

@@ -43,6 +43,7 @@ mod packaging;
 mod readiness;
 mod runners_e2e;
 mod runners_restart;
+mod runs_failover;
 mod server_lifecycle;
 mod services_e2e;
 mod setup_scripts;

@@ -283,7 +283,9 @@ async fn the_manager_knows_a_clusters_services_and_runs_them() {
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["status"], "error", "{v}");
 
-    // A run in progress when the session ends is killed: nobody could receive its answer.
+    // A run in progress when the session ends goes on: it belongs to the node, and its answer
+    // is kept in the cluster's run record for a session that asks again. A cluster disabled
+    // meanwhile answers its waiting caller at once.
     let pid_file = work.path().join("sleeper.pid");
     let cmd = format!("echo $$ > {}; sleep 30", pid_file.display());
     let pending = {
@@ -315,10 +317,20 @@ async fn the_manager_knows_a_clusters_services_and_runs_them() {
     let (code, body) = pending.await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["status"], "error", "{body}");
-    eventually("the run's process to be killed", SEEN, || async {
-        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
-    })
-    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("was disabled"),
+        "{body}"
+    );
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the run was killed with the session"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
     // Disabled: refused by the manager.
     let (code, body) = post_run(&admin, "cluster_1", "shell", json!({})).await;
     assert_eq!(code, 409, "{body}");

@@ -19,18 +19,18 @@ use crate::support::{self, ha_core_node, ha_without_manager};
 /// Long enough for a job, a lost runner's lease and a re-dispatch.
 const DONE: Duration = Duration::from_secs(60);
 
-struct Core {
-    proc: Process,
-    port: u16,
-    key: String,
+pub(crate) struct Core {
+    pub(crate) proc: Process,
+    pub(crate) port: u16,
+    pub(crate) key: String,
 }
 
 impl Core {
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         call(&self.addr(), &self.key, method, path, body)
     }
 }
@@ -70,7 +70,7 @@ fn runner(name: &str, etcd: &str, capacity: u32, drain_grace: &str) -> Process {
 
 /// The `sh -c` executable object, a one-command decorator, and `shell` (no retries) and
 /// `shell-retry` (one retry) services.
-fn seed(core: &Core) {
+pub(crate) fn seed(core: &Core) {
     let posts = [
         (
             "/api/v1/executable-objects",
@@ -129,7 +129,7 @@ fn run_body(cmd: &str) -> Value {
 }
 
 /// Lines of a file, counted.
-fn lines(path: &Path) -> BTreeMap<String, usize> {
+pub(crate) fn lines(path: &Path) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
         *out.entry(l.to_owned()).or_default() += 1;

@@ -121,6 +121,17 @@ impl HaHandle {
         }
     }
 
+    /// This node's lease, while it has one: keys bound to it go when this node stops, or when
+    /// a standby proves it dead and revokes it.
+    pub fn lease(&self) -> Option<autogate_store::LeaseId> {
+        let guard = self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        guard.1.lease
+    }
+
     /// Runs `txn` fenced by this node's current term. A rejection counts in
     /// `autogate_ha_fenced_writes_rejected_total` and makes this node step down.
     pub async fn fenced_txn(&self, txn: Txn) -> Result<TxnResponse, FencedError> {

@@ -136,6 +136,12 @@ mod tests {
             started: std::time::Instant::now(),
             link: crate::link::LinkStatus::default(),
             jobs: crate::dispatch::Jobs::new(false, &autogate_runtime::Metrics::new()),
+            runs: crate::run_records::RunRecords::new(
+                store.clone(),
+                "cluster_1",
+                std::time::Duration::from_secs(3600),
+                tokio_util::task::TaskTracker::new(),
+            ),
             ha: None,
         };
         let auth = Auth::new(store, "cluster_1", std::time::Duration::from_secs(60));
