@@ -94,8 +94,19 @@ pub struct Finished {
     pub outcome: JobOutcome,
 }
 
+/// What [`Dispatcher::submit_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The job is new: it was queued.
+    Queued,
+    /// A job with that id exists (running, or finished): nothing was queued.
+    Exists,
+}
+
 enum Input {
     Submit(Box<JobRecord>, oneshot::Sender<Result<(), String>>),
+    /// Like `Submit`, unless a job with the record's id exists (in memory or in the store).
+    SubmitOnce(Box<JobRecord>, oneshot::Sender<Result<Submitted, String>>),
     Wait(String, oneshot::Sender<Finished>),
     Delivered(String),
     RunnerPut(RunnerRecord),
@@ -163,6 +174,55 @@ impl Dispatcher {
         }
         match ack_rx.await {
             Ok(Ok(())) => Ok((id, done_rx)),
+            Ok(Err(e)) => Err(JobsError::Store(StoreError::Unavailable(e))),
+            Err(_) => Err(JobsError::Stopped(id)),
+        }
+    }
+
+    /// Submits a run as job `id` unless a job with that id exists already (a manager's run sent
+    /// again after a fail-over: its id is the run's). The receiver gets the job's end either
+    /// way — at once when it has ended already.
+    pub async fn submit_once(
+        &self,
+        automation: &Automation,
+        req: RunRequest,
+        origin: Origin,
+        id: String,
+    ) -> Result<(Submitted, oneshot::Receiver<Finished>), JobsError> {
+        let service = automation.requested_service(&req).await?;
+        automation.check_inputs(&req).await?;
+        let record = JobRecord {
+            id: id.clone(),
+            service: req.service.clone(),
+            service_type: service.service_type.as_str().to_owned(),
+            request: req,
+            labels: service.runner_labels.clone(),
+            retries: service.retries.unwrap_or(0),
+            state: JobState::Queued,
+            attempt: 0,
+            runner: None,
+            attempts: Vec::new(),
+            created_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            error_kind: None,
+            origin,
+            delivered: false,
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let (ack_tx, ack_rx) = oneshot::channel();
+        // The wait first: for a job that ended already it is answered from the store.
+        let sent = self.tx.send(Input::Wait(id.clone(), done_tx)).is_ok()
+            && self
+                .tx
+                .send(Input::SubmitOnce(Box::new(record), ack_tx))
+                .is_ok();
+        if !sent {
+            return Err(JobsError::Stopped(id));
+        }
+        match ack_rx.await {
+            Ok(Ok(submitted)) => Ok((submitted, done_rx)),
             Ok(Err(e)) => Err(JobsError::Store(StoreError::Unavailable(e))),
             Err(_) => Err(JobsError::Stopped(id)),
         }
@@ -558,26 +618,50 @@ impl Core {
         self.waiters.clear();
     }
 
+    /// Queues a new job; `queued` runs once its record is written (with the batch).
+    fn queue(&mut self, rec: JobRecord, queued: impl FnOnce() + Send + 'static) {
+        let job = rec.id.clone();
+        self.batch.put(&job, self.keys.job(&job), encode(&rec));
+        let labels = rec.labels.clone();
+        let retries = rec.retries;
+        self.records.insert(job.clone(), rec);
+        self.submitted_at.insert(job.clone(), Instant::now());
+        let cmds = self.sched.handle(Event::Submitted {
+            job,
+            labels,
+            retries,
+            now: Instant::now(),
+        });
+        self.apply(cmds);
+        self.batch.after.push(Box::new(move |core: &mut Core| {
+            core.metrics.submitted();
+            queued();
+        }));
+    }
+
     async fn input(&mut self, m: Input) {
         match m {
-            Input::Submit(rec, ack) => {
+            Input::Submit(rec, ack) => self.queue(*rec, move || {
+                let _ = ack.send(Ok(()));
+            }),
+            Input::SubmitOnce(rec, ack) => {
                 let job = rec.id.clone();
-                self.batch.put(&job, self.keys.job(&job), encode(&rec));
-                let labels = rec.labels.clone();
-                let retries = rec.retries;
-                self.records.insert(job.clone(), *rec);
-                self.submitted_at.insert(job.clone(), Instant::now());
-                let cmds = self.sched.handle(Event::Submitted {
-                    job,
-                    labels,
-                    retries,
-                    now: Instant::now(),
+                let known = self.records.contains_key(&job)
+                    || self.batch.groups.contains_key(&job)
+                    || match get_record(&*self.store, &self.keys, &job).await {
+                        Ok(found) => found.is_some(),
+                        Err(e) => {
+                            let _ = ack.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                if known {
+                    let _ = ack.send(Ok(Submitted::Exists));
+                    return;
+                }
+                self.queue(*rec, move || {
+                    let _ = ack.send(Ok(Submitted::Queued));
                 });
-                self.apply(cmds);
-                self.batch.after.push(Box::new(move |core: &mut Core| {
-                    core.metrics.submitted();
-                    let _ = ack.send(Ok(()));
-                }));
             }
             Input::Wait(job, reply) => {
                 if self.records.contains_key(&job)

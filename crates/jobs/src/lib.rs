@@ -18,7 +18,7 @@ pub mod view;
 
 pub use dispatcher::{
     list_jobs, list_runners, lookup, plain_writer, start, start_metered, Dispatcher,
-    DispatcherOptions, Finished, JobsError, Writer,
+    DispatcherOptions, Finished, JobsError, Submitted, Writer,
 };
 pub use metrics::{JobMetrics, RunnerMetrics};
 pub use model::{JobOutcome, JobRecord, JobState, Origin, RunnerRecord};

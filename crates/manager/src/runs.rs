@@ -561,6 +561,7 @@ impl Runs {
     /// when they are jobs, and are answered "may have run" otherwise.
     pub async fn session_ended(&self, cluster: &str, conn: ConnId, kind: SessionKind) {
         let mut lost = Vec::new();
+        let mut again = 0usize;
         {
             let mut table = self.table();
             for e in table.open.values_mut() {
@@ -570,6 +571,7 @@ impl Runs {
                 if kind.dedup {
                     e.sent_on = None;
                     e.record.state = RunState::Queued;
+                    again += 1;
                 } else if kind.distributed {
                     // Still "sent", on no session: the answer comes when the job ends.
                     e.sent_on = Some(NO_SESSION);
@@ -580,6 +582,11 @@ impl Runs {
             if kind.dedup {
                 Self::wake(&mut table, cluster);
             }
+        }
+        if again > 0 {
+            tracing::info!(
+                "{again} unanswered run(s) of gateway cluster {cluster} will be sent again, with the same ids, on its next session"
+            );
         }
         for run_id in lost {
             self.fail_lost(cluster, &run_id).await;

@@ -237,16 +237,20 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     let token = shutdown.token();
     let bootstrap_auth = auth.clone();
     let app = router(ApiState::new(node.clone(), auth, forwarder, token.clone()));
-    // Stop accepting happens when the token fires: axum stops its accept loop and lets in-flight
-    // requests finish; the grace deadline bounds how long we wait for them.
+    // Stop accepting happens when `api_stop` fires, just after the shutdown token unless the
+    // manager's runs must drain first: axum stops its accept loop and lets in-flight requests
+    // finish; the grace deadline bounds how long we wait for them. While runs drain the port
+    // keeps answering, as a live node's does: a standby's crash probe that found it refusing
+    // would take the node for dead and revoke its lease, runs and all.
     let grace = config.server.shutdown_grace;
+    let api_stop = CancellationToken::new();
     let stop = {
-        let token = token.clone();
+        let token = api_stop.clone();
         async move { token.cancelled().await }
     };
     let server = match tls_config {
         Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls, &token, shutdown.tracker())
+            let listener = tls::TlsListener::new(listener, tls, &api_stop, shutdown.tracker())
                 .map_err(ServerError::Serve)?;
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
             shutdown
@@ -266,6 +270,7 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     drop(logins_held);
     if let Err(e) = bootstrapped {
         token.cancel();
+        api_stop.cancel();
         if let Some(ha) = &node.ha {
             ha.shutdown().await;
         }
@@ -315,16 +320,17 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     token.cancelled().await;
     // Each phase is timed so the last line says where a slow stop went.
     let mut clock = StopClock::start(&shutdown);
-    // The written shutdown order: the API stops accepting (axum's graceful shutdown, already
-    // triggered by the token) → let the manager's runs in progress finish and answer them on
+    // The written shutdown order: let the manager's runs in progress finish and answer them on
     // the session still up (new ones are left to the next active node), up to
-    // connect.server_ha_drain_timeout → resign, so a standby takes over at once → close the
+    // connect.server_ha_drain_timeout → the API stops accepting (axum's graceful shutdown) →
+    // resign, so a standby takes over at once → close the
     // manager session → drain in-flight requests → the lease was revoked by the resignation.
     let had_runs = node.runs.running() > 0;
     node.runs.drain(config.connect.drain_timeout).await;
     if had_runs {
         clock.phase("manager runs");
     }
+    api_stop.cancel();
     if let Some(ha) = &node.ha {
         // Said before resigning (its records go with it), so the manager shows it as stopped.
         link::announce_departure(&*node.store, &config.application.cluster_id, &node.id).await;

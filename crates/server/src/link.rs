@@ -382,10 +382,10 @@ async fn session(
         nodes: membership.nodes.clone(),
         distributed_execution: node.jobs.enabled(),
         departed: membership.departed.clone(),
-        // Runs this node executes itself are kept by run id (`run_records`): a copy sent again
-        // is answered from its record. Jobs are not yet, so with distributed execution a run
-        // must never reach the cluster twice.
-        run_dedup: !node.jobs.enabled(),
+        // A copy of a run sent again is answered from what happened: from its record when this
+        // node runs services itself (`run_records`), from its job (whose id is the run's) with
+        // distributed execution.
+        run_dedup: true,
     };
     let mut announced = membership;
     ws.send(Message::text(encode(&Frame::Request(hello.to_request(0)))))

@@ -97,6 +97,7 @@ impl SessionServices {
     pub fn dispatch(&self, req: &Request) -> bool {
         match req.method.as_str() {
             autogate_proto::method::SERVICE_RUN => {
+                tracing::debug!(id = ?req.id, "service.run from the manager");
                 let Ok(permit) = self.runs.clone().try_acquire_owned() else {
                     let busy = RpcError::new(
                         UNAVAILABLE,
@@ -230,6 +231,37 @@ impl SessionServices {
         let origin = autogate_jobs::Origin::Manager {
             request_id: id_value(&id),
         };
+        if let Some(run_id) = &run.run_id {
+            // The job's id is the run's: a copy of the run sent again (a fail-over, a manager
+            // restart) finds the job instead of queuing another.
+            let Ok(uuid) = uuid::Uuid::parse_str(run_id) else {
+                return fail(
+                    id,
+                    RpcError::invalid_params(format!("run_id {run_id:?} is not a UUID")),
+                );
+            };
+            let job = uuid.simple().to_string();
+            return match dispatcher
+                .submit_once(&self.node.automation, req, origin, job.clone())
+                .await
+            {
+                Ok((autogate_jobs::Submitted::Queued, _done)) => {
+                    tracing::info!(service = %run.name, job = %job, "queued service {} for the manager as job {job}", run.name);
+                    None
+                }
+                Ok((autogate_jobs::Submitted::Exists, mut done)) => {
+                    // Ended already: answer now (the manager may have lost the first answer;
+                    // a repeat of one it has is ignored). Still running: its answer comes
+                    // when it ends, with the run's id.
+                    tracing::info!(job = %job, "run {run_id} is job {job} already; not queuing it again");
+                    done.try_recv()
+                        .ok()
+                        .and_then(|finished| job_reply(&finished, self.limit))
+                }
+                Err(autogate_jobs::JobsError::Automation(e)) => fail(id, rpc_error(&e)),
+                Err(e) => fail(id, RpcError::new(UNAVAILABLE, e.to_string())),
+            };
+        }
         match dispatcher.submit(&self.node.automation, req, origin).await {
             Ok((job, _done)) => {
                 // The outcome comes through the dispatcher's deliveries, whichever session is

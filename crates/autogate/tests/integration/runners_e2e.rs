@@ -570,6 +570,11 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
         seen.insert(v["result"]["stdout"].as_str().expect("stdout").to_owned());
     }
     assert_eq!(seen.len(), 50, "{seen:?}");
+    // The manager sent the 50 runs again to the new active node (same run ids), which found
+    // their jobs instead of queuing them twice.
+    poll_until("the 50 runs sent again found as jobs", START, || {
+        (standby.proc.logs().matches("not queuing it again").count() == 50).then_some(())
+    });
     // Every job is recorded delivered, and the new active node answers for them.
     let (_, v) = standby.call("GET", "/api/v1/cluster/activity", None);
     let ids: Vec<String> = v["jobs"]
