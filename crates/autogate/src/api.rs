@@ -183,6 +183,29 @@ impl ApiClient {
             req = req.json(b);
         }
         let (status, text) = self.send(req).await?;
+        self.answer(status, text)
+    }
+
+    /// [`call`](Self::call) with an `Idempotency-Key` header. The outer error is a request that
+    /// got no answer (the node could not be reached, or the connection broke before the answer
+    /// came): the caller may send it again under the same key. The inner result is the answer.
+    pub async fn call_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        idempotency_key: &str,
+    ) -> Result<Result<Value, Failure>, Failure> {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("idempotency-key", idempotency_key)
+            .json(body);
+        let (status, text) = self.send(req).await?;
+        Ok(self.answer(status, text))
+    }
+
+    fn answer(&self, status: u16, text: String) -> Result<Value, Failure> {
         let value: Value = if text.trim().is_empty() {
             Value::Null
         } else {

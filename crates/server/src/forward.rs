@@ -22,6 +22,8 @@ use crate::Node;
 
 /// Marks a request a standby forwarded; its value is the standby's node id.
 pub const FORWARDED_BY: &str = "x-autogate-forwarded-by";
+/// The header naming one run across repeats (see `api::keyed`).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Largest body a standby forwards (import files are the biggest).
 const MAX_BODY: usize = 32 << 20;
 /// Bound on reaching the active node; the answer itself may take as long as the run does.
@@ -130,9 +132,17 @@ impl Forwarder {
             .request(parts.method.clone(), url)
             .header(FORWARDED_BY, node.id.as_str())
             .body(bytes);
-        for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
-            if let Some(v) = parts.headers.get(&name) {
-                out = out.header(name, v.clone());
+        // The `Idempotency-Key` of a run is what makes the active node answer a repeat from
+        // the run it already made; every value is passed, so the active node sees what a
+        // direct caller would (and refuses more than one key).
+        for name in [
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static(IDEMPOTENCY_KEY),
+        ] {
+            for v in parts.headers.get_all(&name) {
+                out = out.header(name.clone(), v.clone());
             }
         }
         tracing::debug!(method = %parts.method, path = parts.uri.path(), %active, "forwarding to the active node");

@@ -1,6 +1,13 @@
-//! The core node's record of each manager run it executes itself (local execution), so that a
-//! run sent again — after a fail-over, a lost session or a manager restart — is answered from
-//! what happened instead of running twice.
+//! The core node's record of each run it must not execute twice: a manager's run it executes
+//! itself (local execution), and an operator API run sent with an `Idempotency-Key`
+//! ([`RecordKind::Api`]). A run sent again — after a fail-over, a lost session, a manager
+//! restart or a client's lost connection — is answered from what happened instead of running
+//! twice.
+//!
+//! Manager runs are recorded under their run id, API runs under `api-<SHA-256 of the key>`, so
+//! the two cannot meet; an API record's answer is the serialized HTTP answer ([`HttpAnswer`])
+//! instead of a JSON-RPC frame. An API run queued as a job (distributed execution) records the
+//! job's id: from then on the job, which outlives its node, is what a repeat waits for.
 //!
 //! # Keys
 //!
@@ -23,6 +30,8 @@
 //!   with the error `interrupted` ("the node running it was lost; it may have partially run"),
 //!   never run again; a transaction on the record's revision makes this lose against a late
 //!   `done` from the node, if it was only frozen.
+//! - `running` with a job id (an API run queued as a job): the caller waits for that job, which
+//!   any active node can follow; never interrupted, since the job outlives the node.
 //!
 //! The answer frame is stored as it is sent: the request's JSON-RPC id is the run id, so the
 //! record's frame answers every copy of the request.
@@ -53,6 +62,52 @@ pub enum RecordState {
     Done,
 }
 
+/// Whom a record answers, which decides the shape of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A manager's run: the answer is a JSON-RPC frame (records of earlier versions have no
+    /// kind and are these).
+    #[default]
+    Manager,
+    /// An operator API run with an `Idempotency-Key`: the answer is an [`HttpAnswer`].
+    Api,
+}
+
+impl RecordKind {
+    fn is_manager(&self) -> bool {
+        *self == RecordKind::Manager
+    }
+}
+
+/// The answer an API run's record keeps: the HTTP status and the JSON body, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl HttpAnswer {
+    /// As kept in a record.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// From a record; a record that cannot be read is the node's failure, said as such.
+    pub fn decode(text: &str) -> HttpAnswer {
+        serde_json::from_str(text).unwrap_or_else(|e| HttpAnswer {
+            status: 500,
+            body: serde_json::json!({"error": format!("the kept answer of this request cannot be read: {e}")}),
+        })
+    }
+}
+
+/// The record id of an API run with `Idempotency-Key` `key`: only its digest is stored, as
+/// with API keys, and the prefix keeps it apart from manager run ids.
+pub fn api_run_id(key: &str) -> String {
+    format!("api-{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
 /// One run's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -71,6 +126,11 @@ pub struct RunRecord {
     pub answer: Option<String>,
     /// The retention lease the record is bound to (rewrites keep it).
     pub lease: Option<LeaseId>,
+    #[serde(default, skip_serializing_if = "RecordKind::is_manager")]
+    pub kind: RecordKind,
+    /// The job an API run was queued as (distributed execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// What to do with a run id.
@@ -87,12 +147,44 @@ pub enum Begin {
     NotNow,
 }
 
+/// What to do with an API run's key ([`RunRecords::begin_api`]).
+#[derive(Debug)]
+pub enum Keyed {
+    /// New: this node runs (or queues) it, and must [`finish`](RunRecords::finish),
+    /// [`queued`](RunRecords::queued) or [`abandon`](RunRecords::abandon) it.
+    Start(Started),
+    /// It runs (here or on a live node): wait for its answer. The sender may go without one
+    /// (the run was queued as a job, or abandoned): then look again.
+    Wait(watch::Receiver<Option<String>>),
+    /// Answered already (or just found interrupted): the encoded [`HttpAnswer`].
+    Answered(String),
+    /// It was queued as this job: its answer is the job's.
+    Job(String),
+    /// A live node is queuing it as a job right now: look again shortly.
+    Queuing,
+    /// This node may not start runs now (not active, or fenced).
+    NotNow,
+}
+
+/// What the store says about a run id (the part shared by manager and API runs).
+enum Look {
+    Start(Started),
+    /// Running on this node.
+    Here(watch::Receiver<Option<String>>),
+    Answered(String),
+    /// Running on another node that is alive.
+    Live,
+    Job(String),
+    NotNow,
+}
+
 /// A run this node started.
 #[derive(Debug)]
 pub struct Started {
     pub run_id: String,
     revision: i64,
-    record: RunRecord,
+    // Boxed: the other outcomes of a look are small.
+    record: Box<RunRecord>,
     tx: watch::Sender<Option<String>>,
 }
 
@@ -148,6 +240,10 @@ pub struct RunRecords {
     retention: Duration,
     /// Runs started by this node and not finished: run id → its answer when it comes.
     running: Arc<Mutex<HashMap<String, watch::Receiver<Option<String>>>>>,
+    /// One look at a run id at a time on this node: a copy arriving while the first creates
+    /// the record must find it in `running`, not a record without an owner key (which, without
+    /// HA, would read as a run whose node was lost).
+    looking: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     bucket: Arc<Mutex<Option<(Instant, LeaseId)>>>,
     /// The watchers of other nodes' runs (they end when nobody waits any more).
     tasks: tokio_util::task::TaskTracker,
@@ -185,6 +281,7 @@ impl RunRecords {
             prefix: autogate_store::cluster_prefix(cluster_id),
             retention,
             running: Arc::default(),
+            looking: Arc::default(),
             bucket: Arc::default(),
             tasks,
             exec: tokio_util::task::TaskTracker::new(),
@@ -221,7 +318,7 @@ impl RunRecords {
         let running = self.running();
         if running > 0 {
             tracing::info!(
-                "letting {running} manager run(s) finish before handing over (at most {timeout:?}, connect.server_ha_drain_timeout)"
+                "letting {running} run(s) (of the manager, or API runs with an Idempotency-Key) finish before handing over (at most {timeout:?}, connect.server_ha_drain_timeout)"
             );
         }
         if tokio::time::timeout(timeout, self.exec.wait())
@@ -232,7 +329,7 @@ impl RunRecords {
         }
         let killed = self.running();
         tracing::warn!(
-            "{killed} manager run(s) still running after {timeout:?} (connect.server_ha_drain_timeout): killing them; they are answered interrupted"
+            "{killed} run(s) still running after {timeout:?} (connect.server_ha_drain_timeout): killing them; they are answered interrupted"
         );
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.exec.wait()).await;
@@ -272,13 +369,67 @@ impl RunRecords {
         digest: &str,
         w: &Writer,
     ) -> Result<Begin, RecordError> {
+        Ok(
+            match self.look(RecordKind::Manager, run_id, digest, w).await? {
+                Look::Start(s) => Begin::Start(s),
+                Look::Here(rx) => Begin::Wait(rx),
+                Look::Answered(frame) => Begin::Answered(frame),
+                // A manager run never has a job (its jobs are the dispatcher's own).
+                Look::Live | Look::Job(_) => Begin::Wait(self.watch_done(run_id)),
+                Look::NotNow => Begin::NotNow,
+            },
+        )
+    }
+
+    /// [`begin`](Self::begin) for an API run with an `Idempotency-Key` (`run_id` from
+    /// [`api_run_id`], `digest` of the service and the canonical body). `queued`: with
+    /// distributed execution, where a run that is not done is followed through its job.
+    pub async fn begin_api(
+        &self,
+        run_id: &str,
+        digest: &str,
+        w: &Writer,
+        queued: bool,
+    ) -> Result<Keyed, RecordError> {
+        Ok(match self.look(RecordKind::Api, run_id, digest, w).await? {
+            Look::Start(s) => Keyed::Start(s),
+            Look::Here(rx) => Keyed::Wait(rx),
+            Look::Answered(answer) => Keyed::Answered(answer),
+            Look::Job(job) => Keyed::Job(job),
+            // Being queued: its job id comes in a moment, and the record's watch below only
+            // ends with an answer.
+            Look::Live if queued => Keyed::Queuing,
+            Look::Live => Keyed::Wait(self.watch_done(run_id)),
+            Look::NotNow => Keyed::NotNow,
+        })
+    }
+
+    async fn look(
+        &self,
+        kind: RecordKind,
+        run_id: &str,
+        digest: &str,
+        w: &Writer,
+    ) -> Result<Look, RecordError> {
+        let gate = Gate::enter(&self.looking, run_id);
+        let _held = gate.lock.lock().await;
+        self.look_alone(kind, run_id, digest, w).await
+    }
+
+    async fn look_alone(
+        &self,
+        kind: RecordKind,
+        run_id: &str,
+        digest: &str,
+        w: &Writer,
+    ) -> Result<Look, RecordError> {
         if let Some(rx) = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(run_id)
         {
-            return Ok(Begin::Wait(rx.clone()));
+            return Ok(Look::Here(rx.clone()));
         }
         loop {
             let key = self.key(run_id);
@@ -286,25 +437,28 @@ impl RunRecords {
                 let Ok(rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
                     return Err(RecordError::Mismatch(run_id.to_owned()));
                 };
-                if rec.digest != digest {
+                if rec.digest != digest || rec.kind != kind {
                     return Err(RecordError::Mismatch(run_id.to_owned()));
                 }
                 if let (RecordState::Done, Some(frame)) = (rec.state, &rec.answer) {
-                    return Ok(Begin::Answered(frame.clone()));
+                    return Ok(Look::Answered(frame.clone()));
+                }
+                if let Some(job) = &rec.job_id {
+                    return Ok(Look::Job(job.clone()));
                 }
                 if self.store.get(&self.owner_key(run_id)).await?.is_some() {
-                    return Ok(Begin::Wait(self.watch_done(run_id)));
+                    return Ok(Look::Live);
                 }
                 // Its node is gone and so is its answer.
                 match self.interrupt(rec, kv.mod_revision).await? {
-                    Some(frame) => return Ok(Begin::Answered(frame)),
+                    Some(frame) => return Ok(Look::Answered(frame)),
                     None => continue,
                 }
             }
             let fence = w.ha.as_ref().and_then(autogate_ha::HaHandle::fence);
             let own = w.ha.as_ref().and_then(autogate_ha::HaHandle::lease);
             if w.ha.is_some() && (fence.is_none() || own.is_none()) {
-                return Ok(Begin::NotNow);
+                return Ok(Look::NotNow);
             }
             let lease = self.retention_lease().await?;
             let record = RunRecord {
@@ -317,6 +471,8 @@ impl RunRecords {
                 finished_at: None,
                 answer: None,
                 lease: Some(lease),
+                kind,
+                job_id: None,
             };
             let mut ops = vec![TxnOp::put_with_lease(
                 key.clone(),
@@ -338,7 +494,7 @@ impl RunRecords {
                     Ok(r) => r,
                     Err(autogate_ha::FencedError::Store(e)) => return Err(e.into()),
                     // Deposed meanwhile: the next active node answers it.
-                    Err(_) => return Ok(Begin::NotNow),
+                    Err(_) => return Ok(Look::NotNow),
                 },
                 None => self.store.txn(txn).await?,
             };
@@ -352,10 +508,10 @@ impl RunRecords {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(run_id.to_owned(), rx);
-            return Ok(Begin::Start(Started {
+            return Ok(Look::Start(Started {
                 run_id: run_id.to_owned(),
                 revision,
-                record,
+                record: Box::new(record),
                 tx,
             }));
         }
@@ -368,18 +524,27 @@ impl RunRecords {
         mut rec: RunRecord,
         revision: i64,
     ) -> Result<Option<String>, StoreError> {
-        let err = RpcError::new(
-            INTERRUPTED,
-            format!(
-                "interrupted: the node running it ({}) was lost; it may have partially run",
-                rec.node_id
-            ),
-        )
-        .with_data(serde_json::json!({"reason": "interrupted", "node_id": rec.node_id}));
-        let frame = encode(&Frame::Response(run_failed(
-            Id::String(rec.run_id.clone()),
-            err,
-        )));
+        let message = format!(
+            "interrupted: the node running it ({}) was lost; it may have partially run",
+            rec.node_id
+        );
+        let data = serde_json::json!({"reason": "interrupted", "node_id": rec.node_id});
+        let frame = match rec.kind {
+            RecordKind::Manager => encode(&Frame::Response(run_failed(
+                Id::String(rec.run_id.clone()),
+                RpcError::new(INTERRUPTED, message).with_data(data),
+            ))),
+            // Not worth asking again under the same key (it would get this answer again):
+            // the message says what to do instead.
+            RecordKind::Api => HttpAnswer {
+                status: 503,
+                body: serde_json::json!({
+                    "error": format!("{message}; send it with a new Idempotency-Key to run it again"),
+                    "detail": data,
+                }),
+            }
+            .encode(),
+        };
         rec.state = RecordState::Done;
         rec.finished_at = Some(now());
         rec.answer = Some(frame.clone());
@@ -455,6 +620,10 @@ impl RunRecords {
         if let (RecordState::Done, Some(frame)) = (&rec.state, &rec.answer) {
             return Some(frame.clone());
         }
+        if rec.job_id.is_some() {
+            // Its job outlives the node that queued it: not interrupted, just not done yet.
+            return None;
+        }
         if self
             .store
             .get(&self.owner_key(run_id))
@@ -516,6 +685,139 @@ impl RunRecords {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&run_id);
         let _ = tx.send(Some(frame));
+    }
+
+    /// An API run this node started was queued as job `job`: the record names it, so every
+    /// repeat follows the job (which outlives this node); the owner key goes, as the job is
+    /// what is alive now. Callers waiting here are let go to look again.
+    pub async fn queued(&self, started: Started, job: &str) -> Result<(), StoreError> {
+        let Started {
+            run_id,
+            revision,
+            mut record,
+            tx,
+        } = started;
+        record.job_id = Some(job.to_owned());
+        let key = self.key(&run_id);
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let put = match record.lease {
+            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
+            None => TxnOp::put(key.clone(), value),
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([put, TxnOp::delete(self.owner_key(&run_id))]);
+        let result = self.store.txn(txn).await;
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run_id);
+        drop(tx);
+        match result {
+            Ok(r) if !r.succeeded => {
+                tracing::warn!("run {run_id} was queued as job {job} after another node had answered it interrupted");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A run this node started did not start after all, and asking again may succeed (the
+    /// store or the dispatcher was unavailable): its record goes, so the same key runs it then.
+    pub async fn abandon(&self, started: Started) {
+        let Started {
+            run_id,
+            revision,
+            tx,
+            ..
+        } = started;
+        let key = self.key(&run_id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key), TxnOp::delete(self.owner_key(&run_id))]);
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::warn!("cannot remove the record of run {run_id}, which did not start: {e}");
+        }
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run_id);
+        drop(tx);
+    }
+
+    /// Keeps the answer of a run that was queued as a job, by whoever saw the job end first:
+    /// the job is kept for a shorter time than the record, and the record must answer for its
+    /// whole window. A record answered already keeps its answer.
+    pub async fn settle(&self, run_id: &str, answer: String) {
+        let key = self.key(run_id);
+        let Ok(Some(kv)) = self.store.get(&key).await else {
+            return;
+        };
+        let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
+            return;
+        };
+        if rec.state == RecordState::Done || rec.job_id.is_none() {
+            return;
+        }
+        rec.state = RecordState::Done;
+        rec.finished_at = Some(now());
+        rec.answer = Some(answer);
+        let value = serde_json::to_vec(&rec).unwrap_or_default();
+        let put = match rec.lease {
+            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
+            None => TxnOp::put(key.clone(), value),
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision,
+            )])
+            .and_then([put]);
+        // Lost to another caller's settle, or the store failed: a later repeat settles it.
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::debug!("cannot keep the answer of run {run_id}: {e}");
+        }
+    }
+}
+
+/// A turn at looking at one run id; its map entry goes with the last one waiting (also when a
+/// caller goes away mid-look).
+struct Gate<'a> {
+    map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    run_id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Gate<'a> {
+    fn enter(map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, run_id: &str) -> Self {
+        let lock = map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(run_id.to_owned())
+            .or_default()
+            .clone();
+        Gate {
+            map,
+            run_id: run_id.to_owned(),
+            lock,
+        }
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Clones are only taken under this lock: the map's and this one left means nobody
+        // else waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.run_id);
+        }
     }
 }
 
@@ -610,6 +912,126 @@ mod tests {
             panic!("answered");
         };
         assert_eq!(again, f);
+    }
+
+    #[tokio::test]
+    async fn an_api_key_runs_once_and_its_lost_run_is_an_http_answer() {
+        let r = records().await;
+        let id = api_run_id("key-1");
+        assert!(id.starts_with("api-") && !id.contains("key-1"), "{id}");
+        let Keyed::Start(started) = r.begin_api(&id, "d", &writer("n1"), false).await.unwrap()
+        else {
+            panic!("a new key starts");
+        };
+        let other = RunRecords::new(
+            r.store.clone(),
+            "c1",
+            Duration::from_secs(3600),
+            tokio_util::task::TaskTracker::new(),
+        );
+        let Keyed::Answered(a) = other
+            .begin_api(&id, "d", &writer("n2"), false)
+            .await
+            .unwrap()
+        else {
+            panic!("a run of a lost node is answered");
+        };
+        let a = HttpAnswer::decode(&a);
+        assert_eq!(a.status, 503, "{a:?}");
+        let msg = a.body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("interrupted") && msg.contains("new Idempotency-Key"),
+            "{msg}"
+        );
+        // A manager run is never answered from an API record, even under the same id.
+        assert!(matches!(
+            other.begin(&id, "d", &writer("n2")).await,
+            Err(RecordError::Mismatch(_))
+        ));
+        drop(started);
+    }
+
+    #[tokio::test]
+    async fn a_queued_key_follows_its_job_and_keeps_its_answer() {
+        let r = records().await;
+        let id = api_run_id("key-2");
+        let Keyed::Start(started) = r.begin_api(&id, "d", &writer("n1"), true).await.unwrap()
+        else {
+            panic!("a new key starts");
+        };
+        let Keyed::Wait(rx) = r.begin_api(&id, "d", &writer("n1"), true).await.unwrap() else {
+            panic!("a copy on the same node waits");
+        };
+        r.queued(started, "job-1").await.unwrap();
+        // The waiter is let go without an answer, to look again.
+        assert_eq!(
+            wait_answer(rx, &tokio_util::sync::CancellationToken::new()).await,
+            None
+        );
+        // Another process sees the job, not a lost run: the job outlives its node.
+        let other = RunRecords::new(
+            r.store.clone(),
+            "c1",
+            Duration::from_secs(3600),
+            tokio_util::task::TaskTracker::new(),
+        );
+        match other
+            .begin_api(&id, "d", &writer("n2"), true)
+            .await
+            .unwrap()
+        {
+            Keyed::Job(job) => assert_eq!(job, "job-1"),
+            k => panic!("a queued key follows its job: {k:?}"),
+        }
+        let answer = HttpAnswer {
+            status: 200,
+            body: json!({"job_id": "job-1"}),
+        };
+        other.settle(&id, answer.encode()).await;
+        other.settle(&id, "later".into()).await;
+        match r.begin_api(&id, "d", &writer("n1"), true).await.unwrap() {
+            Keyed::Answered(a) => assert_eq!(HttpAnswer::decode(&a), answer),
+            k => panic!("answered from the record: {k:?}"),
+        }
+    }
+
+    /// Copies arriving together on one node (no HA, so no owner key): one starts, the others
+    /// wait for it. (The memory store does not yield between the record's creation and its
+    /// entry in `running`; the race the gate closes shows against the embedded store, in the
+    /// black-box test `api_idempotency`.)
+    #[tokio::test]
+    async fn copies_arriving_together_wait_for_the_one_that_starts() {
+        let r = records().await;
+        let id = api_run_id("key-4");
+        let w = writer("n1");
+        let looks =
+            futures::future::join_all((0..8).map(|_| r.begin_api(&id, "d", &w, false))).await;
+        let starts = looks
+            .iter()
+            .filter(|k| matches!(k, Ok(Keyed::Start(_))))
+            .count();
+        let waits = looks
+            .iter()
+            .filter(|k| matches!(k, Ok(Keyed::Wait(_))))
+            .count();
+        assert_eq!((starts, waits), (1, 7), "{looks:?}");
+        assert!(r.looking.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_key_can_start_again() {
+        let r = records().await;
+        let id = api_run_id("key-3");
+        let Keyed::Start(started) = r.begin_api(&id, "d", &writer("n1"), true).await.unwrap()
+        else {
+            panic!("a new key starts");
+        };
+        r.abandon(started).await;
+        assert_eq!(r.running(), 0);
+        assert!(matches!(
+            r.begin_api(&id, "d", &writer("n1"), true).await.unwrap(),
+            Keyed::Start(_)
+        ));
     }
 
     #[test]

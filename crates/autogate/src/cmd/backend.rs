@@ -10,6 +10,7 @@
 //! every command is written once.
 
 use std::path::Path;
+use std::time::Duration;
 
 use autogate_automation::api_types::{ImportReport, RunResponse};
 use autogate_automation::{Automation, AutomationError, ErrorClass, RunRequest, ServiceInfo};
@@ -213,7 +214,10 @@ impl Backend {
     }
 
     /// Runs a service to completion. Local runs stop (and their process group is killed) when
-    /// `cancel` fires; a remote run goes on on the node when the CLI is interrupted.
+    /// `cancel` fires; a remote run goes on on the node when the CLI is interrupted. A remote
+    /// run carries a fresh `Idempotency-Key` and is sent again under it while the node cannot
+    /// be reached or the connection breaks (a node restarting): the node runs it once,
+    /// whichever attempt got through, and answers a repeat from that run.
     pub async fn run(
         &self,
         req: &RunRequest,
@@ -247,13 +251,13 @@ impl Backend {
                 if let Some(s) = &req.state {
                     body.insert("state".into(), s.clone());
                 }
-                let v = c
-                    .call(
-                        Method::POST,
-                        &format!("/api/v1/services/{}/run", segment(&req.service)),
-                        Some(&Value::Object(body)),
-                    )
-                    .await?;
+                let path = format!("/api/v1/services/{}/run", segment(&req.service));
+                let body = Value::Object(body);
+                // A UUID v7, from the generator job ids use.
+                let key = autogate_jobs::model::new_job_id();
+                let v =
+                    resend_unanswered(RUN_RETRY, || c.call_keyed(Method::POST, &path, &body, &key))
+                        .await?;
                 // A run that failed is an error answer, which `call` has turned into a Failure.
                 let answer: RunResponse = serde_json::from_value(v).map_err(|e| {
                     Failure::new(
@@ -289,6 +293,56 @@ impl Backend {
                 );
                 let text = c.call_text(Method::POST, &path, Some(yaml)).await?;
                 serde_json::from_str(&text).map_err(unexpected)
+            }
+        }
+    }
+}
+
+/// How a keyed request is sent again while it gets no answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Resend {
+    /// The first pause.
+    pub first: Duration,
+    /// The longest pause (they double up to it).
+    pub max: Duration,
+    /// How long after the first attempt the last one may start: a restart, not an outage.
+    pub within: Duration,
+}
+
+/// The runs of `run service`: as the manager's client does (`autogate manager service run`).
+pub const RUN_RETRY: Resend = Resend {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+    within: Duration::from_secs(30),
+};
+
+/// Sends with `attempt` until it gets an answer (outer `Ok`) or `policy.within` has passed;
+/// then the last "no answer" failure, with how long it was tried. Each attempt must carry the
+/// same `Idempotency-Key`, which is what makes sending again safe.
+pub async fn resend_unanswered<F, Fut>(policy: Resend, mut attempt: F) -> Result<Value, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<Value, Failure>, Failure>>,
+{
+    let start = std::time::Instant::now();
+    let mut delay = policy.first;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(answer) => return answer,
+            Err(mut unanswered) => {
+                if start.elapsed() + delay > policy.within {
+                    if tries > 1 {
+                        unanswered.message.push_str(&format!(
+                            " (sent {tries} times over {} s with the same Idempotency-Key)",
+                            start.elapsed().as_secs()
+                        ));
+                    }
+                    return Err(unanswered);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(policy.max);
             }
         }
     }
@@ -379,6 +433,65 @@ pub fn failure(e: AutomationError) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sent again under the same key while unanswered, not after an answer (even an error),
+    /// and not past the bound.
+    #[tokio::test]
+    async fn an_unanswered_run_is_sent_again_with_its_key_within_a_bound() {
+        let quick = Resend {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            within: Duration::from_secs(30),
+        };
+        let key = autogate_jobs::model::new_job_id();
+        let mut seen = Vec::new();
+        let v = resend_unanswered(quick, || {
+            seen.push(key.clone());
+            let n = seen.len();
+            async move {
+                if n < 3 {
+                    Err(Failure::new(UNAVAILABLE, "cannot reach the core node"))
+                } else {
+                    Ok(Ok(json!({"status": "completed"})))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v["status"], "completed");
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|k| *k == key), "{seen:?}");
+
+        let mut answered = 0;
+        let e = resend_unanswered(quick, || {
+            answered += 1;
+            async { Ok(Err(Failure::new(UNAVAILABLE, "no runner (HTTP 503)"))) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((answered, e.message.as_str()), (1, "no runner (HTTP 503)"));
+
+        let bounded = Resend {
+            within: Duration::from_millis(50),
+            ..quick
+        };
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        let e = resend_unanswered(bounded, || {
+            tries += 1;
+            async { Err(Failure::new(UNAVAILABLE, "cannot reach the core node")) }
+        })
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(tries > 1, "{tries}");
+        assert_eq!(e.code, UNAVAILABLE);
+        assert!(
+            e.message.contains("with the same Idempotency-Key"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn segments_escape_what_is_not_a_name() {

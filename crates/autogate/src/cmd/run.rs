@@ -28,7 +28,11 @@ is wrong or the inputs do not satisfy the service's decorator (each violation is
 JSON pointer, and nothing ran); 1 when the service could not be run (unknown service, failed \
 checkout, missing binary); 69 when the store or the core node is unavailable; 77 when the API key \
 is missing or expired (client mode); 130 when interrupted (local mode: the program and its \
-children are killed).";
+children are killed).
+
+In client mode the run carries an Idempotency-Key and is sent again under it for up to 30 s while \
+the core node cannot be reached or the connection breaks before the answer (a node restarting): \
+the node runs it once and answers every attempt with that run's outcome.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

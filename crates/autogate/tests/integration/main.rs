@@ -16,6 +16,7 @@ mod support;
 
 mod api_auth;
 mod api_cancel;
+mod api_idempotency;
 mod api_resources;
 mod api_standby;
 mod api_tls;

@@ -54,6 +54,14 @@ impl ApiError {
         self.body.job_id = Some(job.to_owned());
         self
     }
+
+    /// Its status and body, as a run's record keeps them.
+    pub fn into_answer(self) -> crate::run_records::HttpAnswer {
+        crate::run_records::HttpAnswer {
+            status: self.status.as_u16(),
+            body: serde_json::to_value(&self.body).unwrap_or(Value::Null),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

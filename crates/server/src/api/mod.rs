@@ -8,7 +8,7 @@
 //! - [`openapi`]: the OpenAPI document (`GET /api/v1/openapi.json`), built from the table;
 //! - one module per area of handlers: [`node`] (health, probes, metrics), [`users`] (login,
 //!   users, passwords), [`resources`] (the six resource kinds), [`runs`] (service runs and
-//!   inputs), [`jobs`] (jobs of distributed execution), [`db`] (import and export),
+//!   inputs), [`keyed`] (runs with an `Idempotency-Key`), [`jobs`] (jobs of distributed execution), [`db`] (import and export),
 //!   [`cluster`] (runners, activity, cluster health) and [`ha`] (election status and
 //!   operations).
 //!
@@ -22,6 +22,7 @@ mod db;
 mod error;
 mod ha;
 mod jobs;
+mod keyed;
 mod middleware;
 mod node;
 mod openapi;

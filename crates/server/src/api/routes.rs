@@ -81,6 +81,27 @@ fn no_params() -> Vec<Parameter> {
     Vec::new()
 }
 
+/// The `Idempotency-Key` header of a run.
+fn idempotency_key() -> Vec<Parameter> {
+    vec![utoipa::openapi::path::ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(
+            "1 to 255 visible ASCII characters naming one run: the same key with the same \
+             service and body runs once and every request gets that run's answer (a repeat \
+             while it runs waits for it); with another service or body, 422. Kept for \
+             [connect] run_retention.",
+        ))
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build()]
+}
+
 fn query_params<Q: IntoParams>() -> Vec<Parameter> {
     Q::into_params(|| Some(ParameterIn::Query))
 }
@@ -95,7 +116,8 @@ pub struct RouteSpec {
     pub standby: Standby,
     pub tag: &'static str,
     pub summary: String,
-    /// The query parameters, derived from the type the handler reads them into.
+    /// The query parameters, derived from the type the handler reads them into, and the
+    /// request headers the handler reads (besides `Authorization`).
     pub query: fn() -> Vec<Parameter>,
     /// The request body.
     pub body: Body,
@@ -166,6 +188,12 @@ impl Route {
     /// Reads its query into `Q`.
     fn query<Q: IntoParams>(mut self) -> Self {
         self.spec.query = query_params::<Q>;
+        self
+    }
+
+    /// Reads the parameters `params` gives (headers, which have no type to derive them from).
+    fn params(mut self, params: fn() -> Vec<Parameter>) -> Self {
+        self.spec.query = params;
         self
     }
 
@@ -289,7 +317,11 @@ pub(super) fn table() -> Vec<Route> {
     t.extend([
         Route::post("/api/v1/services/{name}/run", runs::run)
             .forwarded()
-            .doc("services", "Run a service and wait for its result")
+            .doc(
+                "services",
+                "Run a service and wait for its result; once per Idempotency-Key",
+            )
+            .params(idempotency_key)
             .takes(Body::json::<runs::RunBody>())
             .returns(S::OK, Body::json::<RunResponse>())
             .errors(&[

@@ -1,5 +1,6 @@
 //! Service runs: `POST /api/v1/services/{name}/run` (in-process, or as a job with distributed
-//! execution) and the inputs a service expects.
+//! execution; once per `Idempotency-Key`, see [`super::keyed`]) and the inputs a service
+//! expects.
 
 use autogate_automation::api_types::{RunResponse, RunStatus};
 use autogate_automation::{RunRequest, ServiceInfo};
@@ -7,7 +8,8 @@ use autogate_exec::{Inputs, ServiceType, TofuAction};
 use autogate_jobs::model::FailureKind;
 use autogate_jobs::JobOutcome;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -53,8 +55,26 @@ impl RunBody {
 pub(super) async fn run(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<Value>>,
-) -> ApiResult<Json<RunResponse>> {
+) -> Response {
+    let key = match super::keyed::key(&headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let (req, digest) = match request(name, body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(key) = key {
+        return super::keyed::run(&s, &key, req, &digest).await;
+    }
+    run_once(&s, req).await.into_response()
+}
+
+/// The run request from the path's service and the body, and the digest of both that a
+/// repeated `Idempotency-Key` must match.
+fn request(name: String, body: Option<Json<Value>>) -> ApiResult<(RunRequest, String)> {
     let body = match body {
         Some(Json(Value::Object(m))) => m,
         Some(Json(Value::Null)) | None => Map::new(),
@@ -71,11 +91,17 @@ pub(super) async fn run(
             "run body: unknown field `service` (the service is named in the path)",
         ));
     }
+    let digest = super::keyed::digest(&name, &body);
     let req = serde_json::from_value::<RunBody>(Value::Object(body))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("run body: {e}")))?
         .into_request(name);
+    Ok((req, digest))
+}
+
+/// A run without a key: it belongs to this request.
+async fn run_once(s: &ApiState, req: RunRequest) -> ApiResult<Json<RunResponse>> {
     if s.node.jobs.enabled() {
-        return run_job(&s, req).await;
+        return run_job(s, req).await;
     }
     // Cancelled when the node shuts down, and — through the guard, dropped with this future —
     // when the client goes away before the run ends.
@@ -114,7 +140,7 @@ async fn run_job(s: &ApiState, req: RunRequest) -> ApiResult<Json<RunResponse>> 
 }
 
 /// The answer for a job that ended: the run's result, or its failure with the job id.
-fn finished_answer(job: &str, outcome: JobOutcome) -> ApiResult<Json<RunResponse>> {
+pub(super) fn finished_answer(job: &str, outcome: JobOutcome) -> ApiResult<Json<RunResponse>> {
     match outcome {
         JobOutcome::Completed { result } => Ok(Json(RunResponse {
             status: RunStatus::Completed,
