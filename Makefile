@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch docs clean
+.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch soak docs clean
 
 all: build
 
@@ -68,6 +68,13 @@ bench-services: deps release
 bench-dispatch: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench dispatch
+
+## Chaos soak: callers through the manager while the active node is stopped, killed and
+## frozen, runners killed and the manager restarted, in both execution modes (SOAK_FAULTS per
+## mode, default 100; SOAK_SEED); fails when a run was lost, doubled or misreported.
+soak: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench soak
 
 docs:
 	UPDATE_DOCS=1 $(CARGO) test -p autogate-config --quiet docs

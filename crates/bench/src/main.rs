@@ -12,6 +12,12 @@
 //! `autogate-bench dispatch`: a no-op job through manager, active core node and runner with one
 //! and two runners — latency, jobs/s, overhead over a core node running it itself, and the raw
 //! etcd put rate as the ceiling.
+//!
+//! `autogate-bench soak`: the chaos soak (see `autogate_testkit::soak`) in both modes, local
+//! and distributed execution; `SOAK_FAULTS` faults each (default 100), schedule seeded by
+//! `SOAK_SEED` (default 1). Unlike the benchmarks it judges: it exits 1 when anything was
+//! refused, failed, left unanswered, executed twice or executed while its caller was told it
+//! failed, or when two manager sessions overlapped.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -33,9 +39,10 @@ fn main() {
         "foundation" => foundation::run(),
         "manager" => manager::run(),
         "services" => services::run(),
+        "soak" => soak(),
         other => {
             eprintln!(
-                "unknown benchmark {other:?}; available: dispatch, failover, foundation, manager, services"
+                "unknown benchmark {other:?}; available: dispatch, failover, foundation, manager, services, soak"
             );
             std::process::exit(64);
         }
@@ -45,6 +52,62 @@ fn main() {
     if std::fs::write(&out, &report).is_ok() {
         eprintln!("(written to {}, {:?})", out.display(), started.elapsed());
     }
+}
+
+/// Both soaks, one table each; exits 1 (after writing the tables) when either broke the goal.
+fn soak() -> String {
+    let env = |k: &str, default: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let faults = usize::try_from(env("SOAK_FAULTS", 100)).unwrap_or(100);
+    let seed = env("SOAK_SEED", 1);
+    let mut out = table_header("Chaos soak")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    out.push_str("\n\n");
+    let mut violations = 0;
+    for distributed in [false, true] {
+        let report = autogate_testkit::soak::run(autogate_testkit::soak::SoakConfig::new(
+            seed,
+            faults,
+            distributed,
+        ));
+        eprintln!("{}", report.table());
+        violations += report.violations();
+        out.push_str(&report.table());
+        out.push('\n');
+        for (what, list) in [
+            (
+                "refused or failed",
+                report
+                    .failed
+                    .iter()
+                    .map(|(s, m)| format!("{s} {m}"))
+                    .collect::<Vec<_>>(),
+            ),
+            ("unanswered", report.unanswered.clone()),
+            ("executed twice", report.executed_twice.clone()),
+            (
+                "executed while told failed",
+                report.executed_while_failed.clone(),
+            ),
+        ] {
+            for item in list.iter().take(10) {
+                eprintln!("{what}: {item}");
+            }
+        }
+    }
+    if violations > 0 {
+        println!("{out}");
+        eprintln!("soak: {violations} violation(s) of the goal");
+        std::process::exit(1);
+    }
+    out
 }
 
 /// Summary statistics of a set of samples.

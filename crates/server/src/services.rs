@@ -488,17 +488,23 @@ pub fn job_reply(done: &autogate_jobs::Finished, limit: usize) -> Option<String>
             fit_run_result(id, value, limit)
         }
         autogate_jobs::JobOutcome::Error { kind, message } => {
-            // Nothing could take or finish the job: the cluster is short of runners, not the
-            // request at fault.
-            let code = if *kind == autogate_jobs::model::FailureKind::NoRunner {
-                UNAVAILABLE
-            } else {
-                RUN_FAILED
+            use autogate_jobs::model::FailureKind;
+            let err = match kind {
+                // Nothing could take the job: the cluster is short of runners, not the request
+                // at fault.
+                FailureKind::NoRunner => RpcError::new(UNAVAILABLE, message.clone()),
+                // The runner died with the job and no retry was left: like a core node lost
+                // mid-run, the program may have partially run — the same answer.
+                FailureKind::RunnerLost => RpcError::new(
+                    crate::run_records::INTERRUPTED,
+                    format!("interrupted: {message}; it may have partially run"),
+                )
+                .with_data(
+                    json!({"reason": "interrupted", "attempts": done.record.attempts.len()}),
+                ),
+                FailureKind::ServiceFailed => RpcError::new(RUN_FAILED, message.clone()),
             };
-            encode(&Frame::Response(run_failed(
-                id,
-                RpcError::new(code, message.clone()),
-            )))
+            encode(&Frame::Response(run_failed(id, err)))
         }
         autogate_jobs::JobOutcome::Released => return None,
     })

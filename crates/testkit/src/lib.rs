@@ -5,7 +5,7 @@
 //! Modules: [`etcd`] (single members and 3-member clusters, kill and pause), [`certs`] (a
 //! throw-away PKI), [`process`] (spawned `autogate` processes with captured logs, ports),
 //! [`auth`] (logging in to a core node), [`proxy`] (a cuttable TCP proxy for network faults),
-//! [`scenario`] (end-to-end set-ups), [`webdriver`] (headless Chromium), `http` (requests through
+//! [`scenario`] (end-to-end set-ups), [`soak`] (the chaos soak and its checker), [`webdriver`] (headless Chromium), `http` (requests through
 //! reqwest).
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ mod http;
 pub mod process;
 pub mod proxy;
 pub mod scenario;
+pub mod soak;
 pub mod webdriver;
 
 pub use process::{

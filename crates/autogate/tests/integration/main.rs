@@ -48,3 +48,4 @@ mod runs_failover;
 mod server_lifecycle;
 mod services_e2e;
 mod setup_scripts;
+mod soak;

@@ -1,0 +1,701 @@
+//! The chaos soak: callers keep running services through the manager while a seeded schedule
+//! stops, kills and freezes the active core node, kills runners and restarts the manager; a
+//! checker then counts what the callers were told against what actually ran.
+//!
+//! Everything is real: one etcd member, `autogate manager`, three HA core nodes (`core-1` the
+//! configured primary, so it takes the role back), and — with distributed execution — two
+//! runners. Every run's program appends its own tag to a file, so an execution is a line: a run
+//! that ran twice is a repeated tag, a run that ran while its caller was told it failed is a
+//! tag whose caller holds an error. Callers send an `Idempotency-Key` (their tag) and send the
+//! request again under it when the manager cannot be reached (it restarts), as a client of the
+//! manager should.
+//!
+//! What counts against the goal (all must be zero): runs refused or failed (any answer but
+//! `completed`, except `interrupted` — the one answer for a run whose node was lost mid-run),
+//! runs left unanswered, runs executed twice, runs executed while their caller was told they
+//! failed, and overlapping manager sessions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::auth::{admin_key, with_admin_password};
+use crate::etcd::EtcdServer;
+use crate::scenario::{core_node, Manager, Pki, START};
+use crate::{free_port, poll_until, Autogate, Process};
+
+const CLUSTER: &str = "cluster_1";
+const CORES: [&str; 3] = ["core-1", "core-2", "core-3"];
+
+/// What a soak does.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    /// Seed of the fault schedule and of the callers' pacing.
+    pub seed: u64,
+    /// Faults to inject.
+    pub faults: usize,
+    /// Concurrent callers.
+    pub callers: usize,
+    /// Runs execute on runners (two) instead of on the active core node.
+    pub distributed: bool,
+    /// The core nodes' lease TTL (a frozen node is held past it).
+    pub lease_ttl: Duration,
+}
+
+impl SoakConfig {
+    pub fn new(seed: u64, faults: usize, distributed: bool) -> Self {
+        SoakConfig {
+            seed,
+            faults,
+            callers: 8,
+            distributed,
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// SIGTERM of the active core node (it drains, then hands over); restarted after.
+    StopActive,
+    /// kill -9 of the active core node; restarted after.
+    KillActive,
+    /// SIGSTOP of the active core node past its lease TTL, then SIGCONT.
+    FreezeActive,
+    /// kill -9 of a runner; restarted after (distributed execution only).
+    KillRunner,
+    /// The manager stopped (SIGTERM) and started again on its data.
+    RestartManager,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::StopActive => "SIGTERM active",
+            Fault::KillActive => "kill -9 active",
+            Fault::FreezeActive => "SIGSTOP active past TTL",
+            Fault::KillRunner => "kill -9 runner",
+            Fault::RestartManager => "restart manager",
+        }
+    }
+}
+
+/// What one caller was told about one run.
+#[derive(Debug, Clone)]
+enum Told {
+    Completed,
+    Interrupted,
+    Failed(u16, String),
+    Unanswered(String),
+}
+
+#[derive(Debug)]
+struct Call {
+    tag: String,
+    told: Told,
+    latency: Duration,
+}
+
+/// The soak's result.
+#[derive(Debug)]
+pub struct SoakReport {
+    pub config: SoakConfig,
+    pub faults: BTreeMap<Fault, usize>,
+    pub runs: usize,
+    pub completed: usize,
+    pub interrupted: usize,
+    /// Refused or failed: (HTTP status, message) of each.
+    pub failed: Vec<(u16, String)>,
+    pub unanswered: Vec<String>,
+    pub executed_twice: Vec<String>,
+    pub executed_while_failed: Vec<String>,
+    /// Told completed, yet no trace of an execution.
+    pub completed_not_executed: Vec<String>,
+    pub overlapping_sessions: usize,
+    pub sessions: usize,
+    /// Milliseconds, completed runs.
+    pub latencies: Vec<f64>,
+    /// Milliseconds between one session's end and the next one's start.
+    pub gaps: Vec<f64>,
+    pub elapsed: Duration,
+}
+
+impl SoakReport {
+    /// Everything that counts against the goal.
+    pub fn violations(&self) -> usize {
+        self.failed.len()
+            + self.unanswered.len()
+            + self.executed_twice.len()
+            + self.executed_while_failed.len()
+            + self.completed_not_executed.len()
+            + self.overlapping_sessions
+    }
+
+    fn quantile(v: &[f64], q: f64) -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[((s.len() - 1) as f64 * q).round() as usize]
+    }
+
+    /// A Markdown table of the run.
+    pub fn table(&self) -> String {
+        let mode = if self.config.distributed {
+            "distributed execution (3 core nodes, 2 runners)"
+        } else {
+            "local execution (3 core nodes)"
+        };
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(f, n)| format!("{} × {n}", f.name()))
+            .collect();
+        let l = &self.latencies;
+        let g = &self.gaps;
+        let mut out = format!(
+            "#### {mode}, seed {}, {} callers, lease TTL {:?}, {:.0} s\n\n| measure | result |\n|---|---|\n",
+            self.config.seed,
+            self.config.callers,
+            self.config.lease_ttl,
+            self.elapsed.as_secs_f64()
+        );
+        let mut row = |k: &str, v: String| out.push_str(&format!("| {k} | {v} |\n"));
+        row(
+            "faults",
+            format!(
+                "{} ({})",
+                self.faults.values().sum::<usize>(),
+                faults.join(", ")
+            ),
+        );
+        row("runs", self.runs.to_string());
+        row("completed", self.completed.to_string());
+        row(
+            "interrupted (node lost mid-run)",
+            self.interrupted.to_string(),
+        );
+        row("refused or failed", self.failed.len().to_string());
+        row("unanswered", self.unanswered.len().to_string());
+        row("executed twice", self.executed_twice.len().to_string());
+        row(
+            "executed while told failed",
+            self.executed_while_failed.len().to_string(),
+        );
+        row(
+            "told completed, not executed",
+            self.completed_not_executed.len().to_string(),
+        );
+        row(
+            "sessions / overlapping",
+            format!("{} / {}", self.sessions, self.overlapping_sessions),
+        );
+        row(
+            "run latency p50 / p99 / max",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                Self::quantile(l, 0.5),
+                Self::quantile(l, 0.99),
+                Self::quantile(l, 1.0)
+            ),
+        );
+        row(
+            "gap between sessions p50 / p99 / max",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                Self::quantile(g, 0.5),
+                Self::quantile(g, 0.99),
+                Self::quantile(g, 1.0)
+            ),
+        );
+        out
+    }
+}
+
+/// xorshift64*: a seeded schedule needs no more.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+struct Core {
+    name: &'static str,
+    port: u16,
+    workdir: PathBuf,
+    proc: Option<Process>,
+}
+
+struct World {
+    cfg: SoakConfig,
+    etcd: EtcdServer,
+    pki: Pki,
+    data: tempfile::TempDir,
+    dirs: tempfile::TempDir,
+    manager: Option<Manager>,
+    manager_port: u16,
+    cores: Vec<Core>,
+    runners: Vec<(String, Option<Process>)>,
+}
+
+impl World {
+    fn start(cfg: SoakConfig) -> World {
+        let etcd = EtcdServer::start();
+        let pki = Pki::new(&CORES);
+        let data = tempfile::tempdir().expect("tempdir");
+        let dirs = tempfile::tempdir().expect("tempdir");
+        let manager_port = free_port();
+        let manager = Manager::start(&pki, manager_port, data.path());
+        manager.register(&pki, CLUSTER, &CORES);
+        let mut w = World {
+            cfg,
+            etcd,
+            pki,
+            data,
+            dirs,
+            manager: Some(manager),
+            manager_port,
+            cores: Vec::new(),
+            runners: Vec::new(),
+        };
+        for name in CORES {
+            let workdir = w.dirs.path().join(name);
+            w.cores.push(Core {
+                name,
+                port: free_port(),
+                workdir,
+                proc: None,
+            });
+        }
+        for i in 0..w.cores.len() {
+            w.spawn_core(i);
+            if i == 0 {
+                crate::scenario::node_id(w.cores[0].port);
+                w.wait_connected();
+                w.seed();
+            }
+        }
+        if w.cfg.distributed {
+            for name in ["runner-a", "runner-b"] {
+                let p = w.spawn_runner(name);
+                w.runners.push((name.to_owned(), Some(p)));
+            }
+        }
+        w
+    }
+
+    fn spawn_core(&mut self, i: usize) {
+        let (cmd, _) = core_node(&self.pki, self.cores[i].name, self.manager_port);
+        let c = &self.cores[i];
+        let mut cmd = cmd
+            .env("GATEWAY_SERVER_PORT", c.port.to_string())
+            .env(
+                "GATEWAY_APPLICATION_WORKING_DIR",
+                c.workdir.display().to_string(),
+            )
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
+            .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
+            .env(
+                "GATEWAY_CONNECT_SERVER_HA_LEASE_TTL",
+                format!("{}s", self.cfg.lease_ttl.as_secs().max(2)),
+            )
+            .env("GATEWAY_CONNECT_SERVER_HA_PREEMPT_DELAY", "2s")
+            .env("GATEWAY_CONNECT_SERVER_HA_MAX_TRANSITIONS", "1000");
+        if i == 0 {
+            cmd = cmd.env("GATEWAY_CONNECT_SERVER_HA_IS_PRIMARY", "true");
+        }
+        if self.cfg.distributed {
+            cmd = cmd.env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true");
+        }
+        self.cores[i].proc = Some(with_admin_password(cmd).spawn());
+    }
+
+    fn spawn_runner(&self, name: &str) -> Process {
+        Autogate::new(["runner"])
+            .name(name)
+            .env(
+                "GATEWAY_APPLICATION_WORKING_DIR",
+                self.dirs.path().join(name).display().to_string(),
+            )
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
+            .env("GATEWAY_RUNNER_LEASE_TTL", "2s")
+            .env("GATEWAY_RUNNER_CAPACITY", "32")
+            .spawn()
+    }
+
+    /// The `shell` service (no retries): `sh -c <cmd>`.
+    fn seed(&self) {
+        let port = self.cores[0].port;
+        let key = admin_key(port);
+        let addr = format!("127.0.0.1:{port}");
+        for (path, body) in [
+            (
+                "/api/v1/executable-objects",
+                json!({"name": "sh", "exec-command": "/bin/sh"}),
+            ),
+            (
+                "/api/v1/decorators",
+                json!({"name": "one-command", "schema": {
+                    "$id": "root", "type": "object",
+                    "properties": {"cmd": {"type": "string"}},
+                    "required": ["cmd"], "additionalProperties": false}}),
+            ),
+            (
+                "/api/v1/services",
+                json!({"name": "shell", "type": "executable", "executable-object": "sh",
+                       "decorator": "one-command", "arg-format": "-c {{.Value}}"}),
+            ),
+        ] {
+            let text = body.to_string();
+            let (status, v) = crate::auth::request(
+                &addr,
+                "POST",
+                path,
+                Some(&key),
+                Some(("application/json", text.as_bytes())),
+            )
+            .expect("core node reachable");
+            assert_eq!(status, 201, "POST {path}: {v}");
+        }
+    }
+
+    fn manager(&self) -> &Manager {
+        self.manager.as_ref().expect("manager running")
+    }
+
+    /// `GET` of the manager's API, as JSON; `None` while it cannot answer.
+    fn manager_get(&self, path: &str) -> Option<Value> {
+        let token = std::fs::read_to_string(self.manager().token_path()).ok()?;
+        let (status, body) = crate::auth::https_request(
+            &format!("127.0.0.1:{}", self.manager_port),
+            "GET",
+            path,
+            Some(token.trim()),
+            None,
+            Path::new(&self.pki.path("ca.pem")),
+            None,
+        )
+        .ok()?;
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    /// The active node's id, from the manager, once the cluster has a session.
+    fn wait_connected(&self) -> String {
+        poll_until(
+            "a manager session of the cluster",
+            Duration::from_secs(120),
+            || {
+                let v = self.manager_get(&format!("/api/v1/clusters/{CLUSTER}"))?;
+                (v["connected"] == true)
+                    .then(|| v["active"]["node_id"].as_str().map(str::to_owned))
+                    .flatten()
+            },
+        )
+    }
+
+    /// Which of our core processes is `node_id`.
+    fn core_of(&self, node_id: &str) -> Option<usize> {
+        self.cores.iter().position(|c| {
+            crate::auth::authed_get(c.port, "/api/v1/health")
+                .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                .is_some_and(|v| v["node_id"] == node_id)
+        })
+    }
+
+    fn inject(&mut self, fault: Fault, rng: &mut Rng) {
+        match fault {
+            Fault::RestartManager => {
+                let mut m = self.manager.take().expect("manager");
+                m.proc.signal("TERM");
+                m.proc.wait_exit(START);
+                self.manager = Some(Manager::start(
+                    &self.pki,
+                    self.manager_port,
+                    self.data.path(),
+                ));
+            }
+            Fault::KillRunner => {
+                let i = rng.below(self.runners.len() as u64) as usize;
+                if let Some(mut p) = self.runners[i].1.take() {
+                    p.kill();
+                }
+                let name = self.runners[i].0.clone();
+                self.runners[i].1 = Some(self.spawn_runner(&name));
+            }
+            Fault::StopActive | Fault::KillActive | Fault::FreezeActive => {
+                let active = self.wait_connected();
+                let Some(i) = self.core_of(&active) else {
+                    return;
+                };
+                let proc = self.cores[i].proc.as_mut().expect("core running");
+                match fault {
+                    Fault::StopActive => {
+                        proc.signal("TERM");
+                        proc.wait_exit(Duration::from_secs(90));
+                        self.spawn_core(i);
+                    }
+                    Fault::KillActive => {
+                        proc.kill();
+                        self.spawn_core(i);
+                    }
+                    _ => {
+                        proc.signal("STOP");
+                        std::thread::sleep(self.cfg.lease_ttl + Duration::from_secs(1));
+                        proc.signal("CONT");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One run through the manager with an `Idempotency-Key`, sent again under it while the manager
+/// cannot be reached (up to 120 s).
+fn call_once(client: &reqwest::Client, url: &str, token: &str, tag: &str, cmd: &str) -> Told {
+    let body = json!({"inputs": {"cmd": cmd}, "timeout_ms": 90_000}).to_string();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        let req = client
+            .post(url)
+            .bearer_auth(token)
+            .header("idempotency-key", tag)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(Duration::from_secs(100))
+            .body(body.clone());
+        let got = crate::http::block_on(async move {
+            let resp = req.send().await.map_err(|e| crate::http::error_text(&e))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| crate::http::error_text(&e))?;
+            Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+        });
+        match got {
+            Ok((200, _)) => return Told::Completed,
+            Ok((status, text)) => {
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if v["error"]["data"]["reason"] == "interrupted" {
+                    return Told::Interrupted;
+                }
+                let message = v["error"]["message"].as_str().unwrap_or(&text).to_owned();
+                if status == 504 {
+                    return Told::Unanswered(message);
+                }
+                return Told::Failed(status, message);
+            }
+            Err(e) if Instant::now() < give_up => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Told::Unanswered(e),
+        }
+    }
+}
+
+/// Runs a soak and reports it.
+pub fn run(cfg: SoakConfig) -> SoakReport {
+    let started = Instant::now();
+    let mut world = World::start(cfg.clone());
+    let mut rng = Rng(cfg.seed.max(1));
+    let file = world.dirs.path().join("executions");
+    let token = std::fs::read_to_string(world.manager().token_path())
+        .expect("token")
+        .trim()
+        .to_owned();
+    let tls = autogate_tls::client_config(
+        autogate_tls::Roots::File(PathBuf::from(world.pki.path("ca.pem"))),
+        None,
+        false,
+    )
+    .expect("TLS");
+    let client = crate::http::build(crate::http::builder().use_preconfigured_tls((*tls).clone()))
+        .expect("client");
+    let url = format!(
+        "https://127.0.0.1:{}/api/v1/clusters/{CLUSTER}/services/shell/run",
+        world.manager_port
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
+    let callers: Vec<_> = (0..cfg.callers)
+        .map(|c| {
+            let (client, url, token, stop, calls, file) = (
+                client.clone(),
+                url.clone(),
+                token.clone(),
+                stop.clone(),
+                calls.clone(),
+                file.clone(),
+            );
+            let mut pace = Rng(cfg.seed.wrapping_add(c as u64 + 1).max(1));
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let tag = format!("c{c}-{n}");
+                    n += 1;
+                    // 0–300 ms of work, so that runs are in flight when faults hit.
+                    let work = pace.below(300);
+                    let cmd = format!("echo {tag} >> {f}; sleep 0.{work:03}", f = file.display());
+                    let t0 = Instant::now();
+                    let told = call_once(&client, &url, &token, &tag, &cmd);
+                    calls.lock().expect("calls").push(Call {
+                        tag,
+                        told,
+                        latency: t0.elapsed(),
+                    });
+                }
+            })
+        })
+        .collect();
+
+    let mut faults = BTreeMap::new();
+    let kinds: Vec<Fault> = if cfg.distributed {
+        vec![
+            Fault::StopActive,
+            Fault::KillActive,
+            Fault::FreezeActive,
+            Fault::KillRunner,
+            Fault::RestartManager,
+        ]
+    } else {
+        vec![
+            Fault::StopActive,
+            Fault::KillActive,
+            Fault::FreezeActive,
+            Fault::RestartManager,
+        ]
+    };
+    for _ in 0..cfg.faults {
+        // Some calm between faults, so that runs complete and the primary takes the role back.
+        std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+        let fault = kinds[rng.below(kinds.len() as u64) as usize];
+        world.inject(fault, &mut rng);
+        *faults.entry(fault).or_insert(0) += 1;
+        world.wait_connected();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        let _ = c.join();
+    }
+    // Programs of a lost node may still be finishing: let them, before counting.
+    std::thread::sleep(Duration::from_secs(1));
+    let sessions = match world.manager_get(&format!("/api/v1/clusters/{CLUSTER}/sessions")) {
+        Some(Value::Array(a)) => a,
+        Some(Value::Object(mut o)) => match o.remove("sessions") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let calls = std::mem::take(&mut *calls.lock().expect("calls"));
+    let mut report = check(&cfg, &calls, &file, &sessions);
+    report.faults = faults;
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// The checker: what callers were told against the executions in `file`.
+fn check(cfg: &SoakConfig, calls: &[Call], file: &Path, sessions: &[Value]) -> SoakReport {
+    let mut executed: BTreeMap<String, usize> = BTreeMap::new();
+    for l in std::fs::read_to_string(file).unwrap_or_default().lines() {
+        *executed.entry(l.to_owned()).or_default() += 1;
+    }
+    let mut r = SoakReport {
+        config: cfg.clone(),
+        faults: BTreeMap::new(),
+        runs: calls.len(),
+        completed: 0,
+        interrupted: 0,
+        failed: Vec::new(),
+        unanswered: Vec::new(),
+        executed_twice: Vec::new(),
+        executed_while_failed: Vec::new(),
+        completed_not_executed: Vec::new(),
+        overlapping_sessions: 0,
+        sessions: sessions.len(),
+        latencies: Vec::new(),
+        gaps: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for c in calls {
+        let n = executed.get(&c.tag).copied().unwrap_or(0);
+        if n > 1 {
+            r.executed_twice.push(format!("{} ({n} times)", c.tag));
+        }
+        match &c.told {
+            Told::Completed => {
+                r.completed += 1;
+                r.latencies.push(c.latency.as_secs_f64() * 1000.0);
+                if n == 0 {
+                    r.completed_not_executed.push(c.tag.clone());
+                }
+            }
+            Told::Interrupted => r.interrupted += 1,
+            Told::Failed(status, m) => {
+                r.failed.push((*status, format!("{}: {m}", c.tag)));
+                if n > 0 {
+                    r.executed_while_failed.push(c.tag.clone());
+                }
+            }
+            Told::Unanswered(m) => {
+                r.unanswered.push(format!("{}: {m}", c.tag));
+                if n > 0 {
+                    r.executed_while_failed.push(c.tag.clone());
+                }
+            }
+        }
+    }
+    // Sessions: sorted by start, each must end before the next begins; the gaps between them.
+    let ts = |v: &Value| v.as_str().map(str::to_owned);
+    let mut list: Vec<(String, Option<String>)> = sessions
+        .iter()
+        .filter_map(|s| Some((ts(&s["connected_at"])?, ts(&s["disconnected_at"]))))
+        .collect();
+    list.sort();
+    for pair in list.windows(2) {
+        match &pair[0].1 {
+            Some(end) if *end <= pair[1].0 => {
+                if let (Some(a), Some(b)) = (parse_ms(end), parse_ms(&pair[1].0)) {
+                    // A soak across midnight loses that one gap rather than inventing one.
+                    if b >= a {
+                        r.gaps.push(b - a);
+                    }
+                }
+            }
+            _ => r.overlapping_sessions += 1,
+        }
+    }
+    r
+}
+
+/// Milliseconds of an RFC 3339 UTC timestamp with milliseconds (`…T12:34:56.789Z`), since
+/// midnight: enough for gaps within one soak.
+fn parse_ms(t: &str) -> Option<f64> {
+    let time = t.split('T').nth(1)?.trim_end_matches('Z');
+    let mut it = time.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    Some(((h * 60.0 + m) * 60.0 + s) * 1000.0)
+}
