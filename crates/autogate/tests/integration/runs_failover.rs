@@ -114,10 +114,7 @@ fn runs_in_flight_on_a_stopped_active_node_finish_there_and_are_answered_once() 
     wait_running(&s, 10);
     // SIGTERM: the node lets its runs finish before it resigns; the runs are released now.
     s.active.proc.signal("TERM");
-    s.active.proc.wait_for_line(
-        "letting 10 run(s)",
-        START,
-    );
+    s.active.proc.wait_for_line("letting 10 run(s)", START);
     std::fs::write(&go, "go").expect("go file");
     for c in clients {
         let (status, v) = c.join().expect("client");
