@@ -793,6 +793,8 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             max_transitions: v.u32("connect.server_ha_max_transitions"),
             probe_window: v.duration("connect.server_ha_probe_window"),
             reconnect_max_backoff: v.duration("connect.reconnect_max_backoff"),
+            link_ping_interval: v.duration("connect.link_ping_interval"),
+            link_dead_after: v.duration("connect.link_dead_after"),
             advertise_address,
         },
         server: Server {
@@ -879,6 +881,10 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             run_queue_timeout: v.duration("manager.run_queue_timeout"),
             run_queue_size: v.u32("manager.run_queue_size"),
             run_retention: v.duration("manager.run_retention"),
+            ping_interval: v.duration("manager.ping_interval"),
+            silence_limit: v.duration("manager.silence_limit"),
+            session_frame_rate: v.u32("manager.session_frame_rate"),
+            session_frame_burst: v.u32("manager.session_frame_burst"),
         },
         registry: Registry {
             default_overridable: v.bool("registry.default_overridable"),

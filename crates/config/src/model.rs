@@ -263,6 +263,12 @@ pub struct Connect {
     /// Cap of the manager reconnect back-off.
     #[serde(serialize_with = "ser_duration")]
     pub reconnect_max_backoff: Duration,
+    /// How often the link pings the manager.
+    #[serde(serialize_with = "ser_duration")]
+    pub link_ping_interval: Duration,
+    /// A link nothing arrived on for this long is dropped and dialled again.
+    #[serde(serialize_with = "ser_duration")]
+    pub link_dead_after: Duration,
     /// Address other core nodes use to reach this node's API. `None` when neither it nor a
     /// routable `server.listen_address` is configured (listening on `0.0.0.0` or `::`).
     pub advertise_address: Option<HostPort>,
@@ -473,6 +479,14 @@ pub struct Manager {
     pub run_queue_size: u32,
     /// How long a run's record is kept after its answer.
     pub run_retention: Duration,
+    /// How often each session is pinged.
+    pub ping_interval: Duration,
+    /// A session nothing arrived on for this long is closed as lost.
+    pub silence_limit: Duration,
+    /// Frames per second a session may send on average (gateway-initiated frames only).
+    pub session_frame_rate: u32,
+    /// Frames a session may send at once.
+    pub session_frame_burst: u32,
 }
 
 impl Manager {

@@ -243,6 +243,14 @@ const LEASE_TTL: Kind = Kind::Duration {
 const BACKOFF: Kind = Kind::Duration {
     min: Some(Duration::from_millis(100)),
 };
+// Liveness of the manager link: below 100 ms a ping would cost more than the traffic it
+// guards; the dead-after limits count whole seconds in the messages that report them.
+const PING_INTERVAL: Kind = Kind::Duration {
+    min: Some(Duration::from_millis(100)),
+};
+const DEAD_AFTER: Kind = Kind::Duration {
+    min: Some(Duration::from_secs(1)),
+};
 const MAX_TRANSITIONS: Kind = Kind::Int { min: 0, max: 1000 };
 const MODES: Kind = Kind::Enum {
     values: &["local", "server", "runner", "client"],
@@ -280,6 +288,8 @@ const D_TRANSITIONS: &str =
 const D_PROBE: &str = "time allowed to prove a vanished active node dead (its port refuses while its host answers) before its lease expires; `0s` disables crash probing";
 const D_BACKOFF: &str =
     "cap of the exponential back-off (with jitter) between manager reconnect attempts";
+const D_LINK_PING: &str = "how often the active node pings the manager; with `link_dead_after` it bounds how long a silent link goes unnoticed";
+const D_LINK_DEAD: &str = "a manager link nothing arrived on (no frame, no pong) for this long is dropped and dialled again; must exceed `link_ping_interval`";
 const D_ADVERTISE: &str =
     "address other core nodes use to reach this node's API (forwarded writes); must be routable";
 
@@ -316,6 +326,8 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("connect", "run_retention", DUR, V("24h"), "how long the record of a manager's run is kept, so a copy of the run sent again is answered from it instead of running twice"),
     KeyDef::new("connect", "reconnect_max_backoff", BACKOFF, V("10s"), D_BACKOFF),
     KeyDef::new("connect", "advertise_address", Kind::HostPort, Derived("`server.listen_address:server.port`"), D_ADVERTISE),
+    KeyDef::new("connect", "link_ping_interval", PING_INTERVAL, V("1s"), D_LINK_PING),
+    KeyDef::new("connect", "link_dead_after", DEAD_AFTER, V("5s"), D_LINK_DEAD),
     // [commander]: older name of [connect]
     KeyDef::new("commander", "host", HOST, NoDefault, "single manager host, used with `port`").alias_of("hosts"),
     KeyDef::new("commander", "port", PORT, V("443"), "manager port, used with `host`").alias_of("hosts"),
@@ -333,6 +345,8 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("commander", "server_ha_drain_timeout", DUR, NoDefault, D_DRAIN).alias_of("server_ha_drain_timeout"),
     KeyDef::new("commander", "reconnect_max_backoff", BACKOFF, NoDefault, D_BACKOFF).alias_of("reconnect_max_backoff"),
     KeyDef::new("commander", "advertise_address", Kind::HostPort, NoDefault, D_ADVERTISE).alias_of("advertise_address"),
+    KeyDef::new("commander", "link_ping_interval", PING_INTERVAL, NoDefault, D_LINK_PING).alias_of("link_ping_interval"),
+    KeyDef::new("commander", "link_dead_after", DEAD_AFTER, NoDefault, D_LINK_DEAD).alias_of("link_dead_after"),
     // [server]
     KeyDef::new("server", "listen_address", HOST, V("127.0.0.1"), "bind address of the operator API; also the default `connect.advertise_address`, so prefer a routable address to `0.0.0.0`"),
     KeyDef::new("server", "port", PORT, V("50051"), "operator API port (HTTP/JSON, not gRPC)"),
@@ -414,6 +428,10 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("manager", "run_queue_timeout", DUR, V("30s"), "how long a service run waits for its cluster's next session (a fail-over) before it is refused with 503; it is then never sent"),
     KeyDef::new("manager", "run_queue_size", Kind::Int { min: 1, max: 1_000_000 }, V("1000"), "service runs of one cluster that may wait for a session at once; more are refused with 503"),
     KeyDef::new("manager", "run_retention", DUR, V("24h"), "how long a run's record (and its answer, for `GET …/runs/{run_id}` and a repeated `Idempotency-Key`) is kept"),
+    KeyDef::new("manager", "ping_interval", PING_INTERVAL, V("1s"), "how often the manager pings each gateway session; with `silence_limit` it bounds how long a silent session goes unnoticed"),
+    KeyDef::new("manager", "silence_limit", DEAD_AFTER, V("5s"), "a session nothing arrived on (no frame, no pong) for this long is closed as lost (1001), so runs wait for the cluster's next session; must exceed `ping_interval`"),
+    KeyDef::new("manager", "session_frame_rate", Kind::Int { min: 1, max: 1_000_000 }, V("200"), "frames per second a gateway session may send on average, beyond which it is closed with 1008 `rate limit exceeded`; answers to the manager's own requests (runs, pings) do not count"),
+    KeyDef::new("manager", "session_frame_burst", Kind::Int { min: 1, max: 1_000_000 }, V("400"), "frames a gateway session may send at once before `session_frame_rate` applies"),
 ];
 
 /// The settings of each daemon role that `autogate help <role>` names, in the order it lists

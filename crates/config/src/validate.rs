@@ -70,6 +70,33 @@ fn because(o: &Origin) -> String {
 
 /// Rules checked by `load` for every role.
 pub(crate) fn check_cross_fields(cfg: &Config) -> Result<(), ConfigError> {
+    // A link is declared dead when nothing arrived for the dead-after time, and the other end
+    // answers pings: unless at least one ping goes out within that time, a healthy but idle
+    // link would be declared dead.
+    for (section, interval, dead, ok) in [
+        (
+            "connect",
+            "link_ping_interval",
+            "link_dead_after",
+            cfg.connect.link_dead_after > cfg.connect.link_ping_interval,
+        ),
+        (
+            "manager",
+            "ping_interval",
+            "silence_limit",
+            cfg.manager.silence_limit > cfg.manager.ping_interval,
+        ),
+    ] {
+        if !ok {
+            let d = origin(cfg, section, dead);
+            let i = origin(cfg, section, interval);
+            let reason = format!(
+                "{} must be longer than {}: a link is declared dead when nothing arrived for that long, so at least one ping must go out (and its answer come back) within it; e.g. 5s and 1s",
+                d.name, i.name
+            );
+            return Err(conflict(d, i, &reason));
+        }
+    }
     let store = &cfg.store;
     if cfg.connect.ha_enabled && store.backend != BackendKind::Etcd {
         return Err(conflict(

@@ -75,6 +75,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Rate limit of the log lines about refused gateway connections.
     pub refusal_log: Arc<crate::ratelimit::LogLimiter>,
+    /// Liveness and frame-rate limits of gateway sessions (`[manager]`).
+    pub session: crate::ws::SessionLimits,
 }
 
 /// The whole HTTP surface.

@@ -106,6 +106,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         // Every refusal is logged with its reason, up to 20 lines a second (bursts of 100), so
         // a storm of bad connections cannot flood the log; the next line counts the rest.
         refusal_log: Arc::new(ratelimit::LogLimiter::new(20.0, 100.0)),
+        session: ws::SessionLimits::from_config(m),
     };
     let app = api::router(state);
     tracing::info!(

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Frames per second a gateway session may send on average.
+/// Frames per second a gateway session may send on average, unless `manager.session_frame_rate`
+/// says otherwise.
 pub const FRAMES_PER_SECOND: f64 = 200.0;
-/// Frames a gateway session may send in one burst.
+/// Frames a gateway session may send in one burst, unless `manager.session_frame_burst` says
+/// otherwise.
 pub const FRAME_BURST: f64 = 400.0;
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
@@ -32,7 +34,8 @@ impl TokenBucket {
         }
     }
 
-    /// The bucket of a gateway session: [`FRAMES_PER_SECOND`], burst [`FRAME_BURST`].
+    /// The bucket of a gateway session with the default limits: [`FRAMES_PER_SECOND`], burst
+    /// [`FRAME_BURST`].
     pub fn frames(now: Instant) -> Self {
         Self::new(FRAMES_PER_SECOND, FRAME_BURST, now)
     }

@@ -322,6 +322,7 @@ mod tests {
             token: tokio_util::sync::CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
             refusal_log: std::sync::Arc::new(crate::ratelimit::LogLimiter::new(1.0, 1.0)),
+            session: crate::ws::SessionLimits::default(),
         });
         (router, hub)
     }

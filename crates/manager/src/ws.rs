@@ -13,10 +13,14 @@
 //!    the protocol's limits first); malformed frames get −32700/−32600, unknown methods −32601,
 //!    and the session stays up.
 //!
-//! Limits: frames above `max_frame_size` close the session with 1009; more than
-//! [`FRAMES_PER_SECOND`] frames per second on average (bursts of [`FRAME_BURST`]) close it
-//! with 1008 `rate limit exceeded`; the manager pings every [`PING_INTERVAL`] and closes a
-//! session it has heard nothing from for [`SILENCE_LIMIT`].
+//! Limits ([`SessionLimits`], from `[manager]`): frames above `max_frame_size` close the
+//! session with 1009; more than `session_frame_rate` frames per second on average (bursts of
+//! `session_frame_burst`) close it with 1008 `rate limit exceeded` — counting only what the
+//! gateway sends of its own accord: answers to the manager's own requests (runs it sent,
+//! requests of the API, its pings) are bounded by what the manager sent, and a burst of run
+//! answers is the gateway doing its job. The manager pings every `ping_interval` and closes a
+//! session it has heard nothing from (no frame, no pong) for `silence_limit` with 1001, so a
+//! blackholed link is noticed within `silence_limit + ping_interval`.
 //!
 //! A connection lost without a close frame is recorded in the session history in plain words
 //! ([`ConnectionLoss`]); the library's own error goes to the log beside it.
@@ -59,10 +63,53 @@ use crate::runs::SessionKind;
 
 /// How long a gateway has to send `hello` after the upgrade.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the manager sends a WebSocket ping.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-/// A session silent for this long is closed as dead.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// How often the manager sends a WebSocket ping, unless `manager.ping_interval` says otherwise.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A session silent for this long is closed as dead, unless `manager.silence_limit` says
+/// otherwise.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The liveness and rate limits of every gateway session.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    /// How often the manager pings.
+    pub ping_interval: Duration,
+    /// A session nothing arrived on for this long is closed as lost.
+    pub silence_limit: Duration,
+    /// Gateway-initiated frames per second, on average.
+    pub frame_rate: f64,
+    /// Gateway-initiated frames at once.
+    pub frame_burst: f64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            ping_interval: PING_INTERVAL,
+            silence_limit: SILENCE_LIMIT,
+            frame_rate: FRAMES_PER_SECOND,
+            frame_burst: FRAME_BURST,
+        }
+    }
+}
+
+impl SessionLimits {
+    /// The `[manager]` settings (the configuration checked that the silence limit exceeds the
+    /// ping interval).
+    pub fn from_config(m: &autogate_config::Manager) -> Self {
+        SessionLimits {
+            ping_interval: m.ping_interval,
+            silence_limit: m.silence_limit,
+            frame_rate: f64::from(m.session_frame_rate),
+            frame_burst: f64::from(m.session_frame_burst),
+        }
+    }
+
+    /// What the history records for a session closed for silence.
+    fn silent(&self) -> String {
+        ConnectionLoss::Silent(self.silence_limit.as_secs()).to_string()
+    }
+}
 /// Longest a frame write may block (a gateway that stops reading).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer and write batching threshold of a session.
@@ -136,6 +183,7 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
     let max = app.max_frame_size;
+    let limits = app.session;
     let hub = app.hub.clone();
     let token = app.token.clone();
     let log = app.refusal_log.clone();
@@ -165,7 +213,8 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
             cert,
             max,
             token,
-            bucket: TokenBucket::frames(Instant::now()),
+            bucket: TokenBucket::new(limits.frame_rate, limits.frame_burst, Instant::now()),
+            limits,
         }
         .run()
         .await;
@@ -216,13 +265,11 @@ impl End {
     /// tell: a node that closed its session itself stopped (or stepped down: its next session's
     /// membership says which), one whose connection was lost or went silent is lost. When the
     /// manager closed it (replaced, refused, shutting down) the node's fate is unknown.
-    fn left(&self) -> Option<crate::members::Absence> {
+    fn left(&self, limits: &SessionLimits) -> Option<crate::members::Absence> {
         match self {
             End::Gone(_) => Some(crate::members::Absence::Stopped),
             End::Lost(..) => Some(crate::members::Absence::Lost),
-            End::Close(_, reason)
-                if *reason == ConnectionLoss::Silent(SILENCE_LIMIT.as_secs()).to_string() =>
-            {
+            End::Close(_, reason) if *reason == limits.silent() => {
                 Some(crate::members::Absence::Lost)
             }
             End::Close(..) | End::TooBig(_) => None,
@@ -277,6 +324,7 @@ struct Session {
     max: usize,
     token: tokio_util::sync::CancellationToken,
     bucket: TokenBucket,
+    limits: SessionLimits,
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -337,9 +385,15 @@ impl Session {
         }
     }
 
-    /// Takes one frame-rate token; the `End` when the gateway is over the limit.
+    /// Counts a frame received and takes one frame-rate token; the `End` when the gateway is
+    /// over the limit.
     fn rate_check(&mut self) -> Result<(), End> {
         self.hub.metrics().frame("in");
+        self.charge()
+    }
+
+    /// Takes one frame-rate token for a frame the gateway sent of its own accord.
+    fn charge(&mut self) -> Result<(), End> {
         if self.bucket.take(Instant::now()) {
             Ok(())
         } else {
@@ -448,7 +502,7 @@ impl Session {
         };
         // Record first (a no-op when the hub closed the session itself), then say goodbye.
         self.hub
-            .closed(conn, &end.reason(), end.detail(), end.left())
+            .closed(conn, &end.reason(), end.detail(), end.left(&self.limits))
             .await;
         self.hub.session_ended(&me.cluster_id, conn, me.runs).await;
         self.finish(&end).await;
@@ -544,10 +598,12 @@ impl Session {
         control: &SessionControl,
         rx: &mut mpsc::Receiver<Outgoing>,
     ) -> End {
-        let mut ticker = tokio::time::interval(PING_INTERVAL);
+        let mut ticker = tokio::time::interval(self.limits.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let mut last_heard = Instant::now();
+        // Pings sent and not yet answered: that many pongs answer the manager, not the gateway.
+        let mut pings_out: u64 = 0;
         let token = self.token.clone();
         // Runs are sent from the hub's table, not queued per session: what one session did not
         // get to is there for the next.
@@ -578,15 +634,15 @@ impl Session {
                     return End::Close(CLOSE_GOING_AWAY, crate::registry::SHUTDOWN_REASON.to_owned());
                 }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() >= SILENCE_LIMIT {
-                        return End::Close(
-                            CLOSE_GOING_AWAY,
-                            ConnectionLoss::Silent(SILENCE_LIMIT.as_secs()).to_string(),
-                        );
+                    // Any frame counts as a sign of life, pongs included: a gateway busy
+                    // sending run answers is alive even if a pong waits behind them.
+                    if last_heard.elapsed() >= self.limits.silence_limit {
+                        return End::Close(CLOSE_GOING_AWAY, self.limits.silent());
                     }
                     if let Err(end) = self.send(Message::Ping(Vec::new().into())).await {
                         return end;
                     }
+                    pings_out += 1;
                 }
                 out = rx.recv() => {
                     let Some(out) = out else { continue };
@@ -613,13 +669,19 @@ impl Session {
                         Some(Err(e)) => return self.read_error(e),
                         Some(Ok(m)) => m,
                     };
-                    if let Err(end) = self.rate_check() {
-                        return end;
-                    }
+                    self.hub.metrics().frame("in");
+                    // Whether the frame answers a request of the manager's: those are bounded by
+                    // what the manager sent and do not count against the rate limit. Only a
+                    // first answer qualifies, so repeating one does not get round the limit.
+                    let mut answer = false;
                     let reply = match msg {
                         Message::Text(text) => match self.on_text(conn, me, &text) {
                             Handled::Reply(r) => Some(r),
                             Handled::Done => None,
+                            Handled::Answered => {
+                                answer = true;
+                                None
+                            }
                             Handled::RunAnswer(run_id, outcome) => {
                                 // The answer is written to the store before its callers hear it.
                                 let settled = self
@@ -633,9 +695,15 @@ impl Session {
                                         self.addr
                                     );
                                 }
+                                answer = settled;
                                 None
                             }
                         },
+                        Message::Pong(_) if pings_out > 0 => {
+                            pings_out -= 1;
+                            answer = true;
+                            None
+                        }
                         Message::Binary(_) => {
                             tracing::debug!("ignoring a binary frame from {}", self.addr);
                             None
@@ -654,6 +722,11 @@ impl Session {
                         }
                         _ => None,
                     };
+                    if !answer {
+                        if let Err(end) = self.charge() {
+                            return end;
+                        }
+                    }
                     if let Some(resp) = reply {
                         if let Err(end) = self.send_frame(resp.into()).await {
                             return end;
@@ -704,15 +777,16 @@ impl Session {
             Frame::Response(resp) => {
                 match resp.id {
                     Some(Id::Number(n)) => {
-                        if !self
+                        if self
                             .hub
                             .answer(&me.cluster_id, n, resp.outcome, &me.node_id, me.term)
                         {
-                            tracing::debug!(
-                                "response from {} to request id {n}, which nobody waits for (answered already, or past its deadline)",
-                                self.addr
-                            )
+                            return Handled::Answered;
                         }
+                        tracing::debug!(
+                            "response from {} to request id {n}, which nobody waits for (answered already, or past its deadline)",
+                            self.addr
+                        )
                     }
                     Some(Id::String(run_id)) => return Handled::RunAnswer(run_id, resp.outcome),
                     None => {
@@ -731,6 +805,8 @@ enum Handled {
     Reply(Response),
     /// The answer of a run: settle it.
     RunAnswer(String, Result<serde_json::Value, RpcError>),
+    /// The first answer to a request of the API the manager sent.
+    Answered,
     /// Nothing more.
     Done,
 }

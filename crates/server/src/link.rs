@@ -58,9 +58,6 @@ use crate::Node;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time the manager has to answer `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// WebSocket ping period; a connection silent for `DEAD_AFTER` is dropped and re-dialled.
-const PING_EVERY: Duration = Duration::from_secs(10);
-const DEAD_AFTER: Duration = Duration::from_secs(30);
 /// First retry delay (before jitter); the first retry happens within 250 ms.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// How long a closing link waits for the manager to answer its close frame.
@@ -89,6 +86,11 @@ pub struct LinkSettings {
     /// With HA: the election's requests to dial at once before it hands over for lack of the
     /// manager (see [`autogate_ha::HaHandle::manager_retries`]).
     pub retries: Option<tokio::sync::watch::Receiver<u64>>,
+    /// WebSocket ping period (`connect.link_ping_interval`).
+    pub ping_interval: Duration,
+    /// A session nothing arrived on for this long is dropped and re-dialled
+    /// (`connect.link_dead_after`).
+    pub dead_after: Duration,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -96,6 +98,8 @@ impl std::fmt::Debug for LinkSettings {
         f.debug_struct("LinkSettings")
             .field("hosts", &self.hosts)
             .field("max_backoff", &self.max_backoff)
+            .field("ping_interval", &self.ping_interval)
+            .field("dead_after", &self.dead_after)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +130,8 @@ impl LinkSettings {
             tls,
             max_backoff: c.reconnect_max_backoff,
             retries: None,
+            ping_interval: c.link_ping_interval,
+            dead_after: c.link_dead_after,
         }))
     }
 }
@@ -226,11 +232,12 @@ pub async fn run(
     loop {
         let host = &settings.hosts[index % settings.hosts.len()];
         // The retry request this attempt answers: a failure counts against it only if the
-        // attempt began after it was asked for.
-        let under = retries.as_ref().map_or(0, |r| *r.borrow());
+        // attempt began after it was asked for. Seen from here on, so only a later request
+        // interrupts the attempt.
+        let under = retries.as_mut().map_or(0, |r| *r.borrow_and_update());
         // `session` watches the token itself: once up, it must finish the closing handshake
         // rather than be dropped mid-session.
-        let attempt = session(&node, &settings, host, term, &status, &token).await;
+        let attempt = session(&node, &settings, host, term, &status, &token, &mut retries).await;
         match attempt {
             Ok(Ended::Cancelled) => break,
             Ok(Ended::Lost(reason)) => {
@@ -355,6 +362,10 @@ async fn dial(settings: &LinkSettings, host: &HostPort) -> Result<(Ws, SocketAdd
 }
 
 /// One connection: dial, hello, serve. `Err` = it never got up (counts as a failed attempt).
+///
+/// A retry request of the election abandons an attempt that is not up yet: one that hangs on a
+/// silent path would otherwise hold up the hand-over by its whole timeout, and one begun
+/// before the request proves nothing about the manager now anyway.
 async fn session(
     node: &Node,
     settings: &LinkSettings,
@@ -362,9 +373,18 @@ async fn session(
     term: Option<u64>,
     status: &LinkStatus,
     token: &CancellationToken,
+    retries: &mut Option<tokio::sync::watch::Receiver<u64>>,
 ) -> Result<Ended, String> {
+    let started = Instant::now();
+    let abandoned = |started: Instant| {
+        format!(
+            "no answer after {} ms, abandoned",
+            started.elapsed().as_millis()
+        )
+    };
     let (mut ws, peer) = tokio::select! {
         _ = token.cancelled() => return Ok(Ended::Cancelled),
+        () = retry_asked(retries) => return Err(abandoned(started)),
         r = tokio::time::timeout(CONNECT_TIMEOUT, dial(settings, host)) => {
             r.map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))??
         }
@@ -393,6 +413,7 @@ async fn session(
         .map_err(|e| format!("sending hello: {e}"))?;
     let accepted = tokio::select! {
         _ = token.cancelled() => return Ok(Ended::Cancelled),
+        () = retry_asked(retries) => return Err(abandoned(started)),
         r = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut ws)) => {
             r.map_err(|_| format!("the manager did not answer hello within {HELLO_TIMEOUT:?}"))??
         }
@@ -411,7 +432,12 @@ async fn session(
         }
     });
     let limit = accepted.peer_frame_limit();
-    serve(node, &mut ws, &mut announced, token, limit).await
+    let limits = Limits {
+        frame: limit,
+        ping_interval: settings.ping_interval,
+        dead_after: settings.dead_after,
+    };
+    serve(node, &mut ws, &mut announced, token, limits).await
 }
 
 async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
@@ -448,15 +474,27 @@ async fn await_hello(ws: &mut Ws) -> Result<HelloAccepted, String> {
     Err("connection closed before the hello answer".to_owned())
 }
 
-/// Answer the manager until the connection ends or the link is cancelled. `limit` is the
-/// manager's frame limit.
+/// The limits of one session.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// The manager's frame limit.
+    frame: usize,
+    /// How often the link pings.
+    ping_interval: Duration,
+    /// The session is declared dead when nothing (no frame, no pong) arrived for this long,
+    /// checked every `ping_interval`, so a blackholed link is noticed within their sum.
+    dead_after: Duration,
+}
+
+/// Answer the manager until the connection ends or the link is cancelled.
 async fn serve(
     node: &Node,
     ws: &mut Ws,
     announced: &mut Membership,
     token: &CancellationToken,
-    limit: usize,
+    limits: Limits,
 ) -> Result<Ended, String> {
+    let limit = limits.frame;
     // Runs and the catalog watch of this session stop when it ends, however it ends, and the
     // session waits for their tasks before the link dials again or steps down.
     let session = token.child_token();
@@ -464,7 +502,7 @@ async fn serve(
     let (out_tx, mut outbox) = mpsc::channel::<String>(OUTBOX);
     let services = SessionServices::new(node.clone(), limit, out_tx, session);
     services.start_announcing();
-    let ended = serve_session(node, ws, announced, token, limit, &services, &mut outbox).await;
+    let ended = serve_session(node, ws, announced, token, limits, &services, &mut outbox).await;
     if !services.finish(SESSION_TASKS_GRACE).await {
         tracing::warn!(
             "service runs of the ended session still running after {SESSION_TASKS_GRACE:?}; not waiting for them"
@@ -482,10 +520,11 @@ async fn serve_session(
     ws: &mut Ws,
     announced: &mut Membership,
     token: &CancellationToken,
-    limit: usize,
+    limits: Limits,
     services: &SessionServices,
     outbox: &mut mpsc::Receiver<String>,
 ) -> Result<Ended, String> {
+    let limit = limits.frame;
     // Outcomes of jobs that ended while no session was up (or that a new active node adopted)
     // go first, right after hello.
     if let Err(e) = deliver_jobs(node, ws, limit).await {
@@ -495,7 +534,7 @@ async fn serve_session(
     // comparing an in-memory snapshot costs nothing when nothing changed.
     let mut nodes_tick = tokio::time::interval(NODES_EVERY);
     nodes_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut last_seen = Instant::now();
@@ -544,8 +583,13 @@ async fn serve_session(
                 }
             }
             _ = ping.tick() => {
-                if last_seen.elapsed() > DEAD_AFTER {
-                    return Ok(Ended::Lost(format!("no frame from the manager for {DEAD_AFTER:?}")));
+                // Any frame counts, pongs included: the manager answers every ping, so a link
+                // that carried nothing for this long is gone even if TCP has not noticed.
+                if last_seen.elapsed() >= limits.dead_after {
+                    return Ok(Ended::Lost(format!(
+                        "no frame from the manager for {:?}",
+                        limits.dead_after
+                    )));
                 }
                 if let Err(e) = ws.send(Message::Ping(Vec::new().into())).await {
                     return Ok(Ended::Lost(format!("sending ping: {e}")));
