@@ -511,6 +511,35 @@ async fn serve(
     ended
 }
 
+/// Reads the membership every [`NODES_EVERY`] until the returned receiver is dropped or `stop`
+/// is cancelled; the receiver sees each reading (starting from `first`).
+fn watch_membership(
+    node: &Node,
+    first: Membership,
+    stop: CancellationToken,
+) -> tokio::sync::watch::Receiver<Membership> {
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NODES_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = tokio::select! {
+                _ = stop.cancelled() => return,
+                () = tx.closed() => return,
+                m = async {
+                    tick.tick().await;
+                    membership(&node).await
+                } => m,
+            };
+            if tx.send(now).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// How long an ended session waits for its cancelled runs to stop.
 const SESSION_TASKS_GRACE: Duration = Duration::from_secs(5);
 
@@ -531,9 +560,11 @@ async fn serve_session(
         return Ok(Ended::Lost(e));
     }
     // Membership changes (joins, leaves, role changes) reach the manager within this period;
-    // comparing an in-memory snapshot costs nothing when nothing changed.
-    let mut nodes_tick = tokio::time::interval(NODES_EVERY);
-    nodes_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // comparing an in-memory snapshot costs nothing when nothing changed. Reading it takes store
+    // round trips, so it is read beside this loop: a slow store must hold up neither a
+    // step-down nor the pongs this loop's reads send, or the manager would declare a busy link
+    // dead after `silence_limit`.
+    let mut nodes = watch_membership(node, announced.clone(), token.child_token());
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -563,13 +594,8 @@ async fn serve_session(
                     return Ok(Ended::Lost(e));
                 }
             }
-            _ = nodes_tick.tick() => {
-                // Reading the membership takes store round trips; a store that stopped
-                // answering must not hold up a step-down (the cancelled branch closes).
-                let now = tokio::select! {
-                    m = membership(node) => m,
-                    _ = token.cancelled() => continue,
-                };
+            Ok(()) = nodes.changed() => {
+                let now = nodes.borrow_and_update().clone();
                 if now != *announced {
                     let update = NodesUpdate {
                         nodes: now.nodes.clone(),
