@@ -176,7 +176,20 @@ impl SessionServices {
             node_id: self.node.id.to_string(),
             ha: self.node.ha.clone(),
         };
-        let rx = match records.begin(&run_id, &digest, &writer).await {
+        let mut retry = StoreRetry::new();
+        let begun = loop {
+            match records.begin(&run_id, &digest, &writer).await {
+                Err(crate::run_records::RecordError::Store(e)) => {
+                    match retry.again(&self.session, &e).await {
+                        Retry::Again => continue,
+                        Retry::SessionEnded => return None,
+                        Retry::GiveUp => break Err(crate::run_records::RecordError::Store(e)),
+                    }
+                }
+                other => break other,
+            }
+        };
+        let rx = match begun {
             Err(e @ crate::run_records::RecordError::Mismatch(_)) => {
                 tracing::warn!("{e}");
                 let err = RpcError::new(INVALID_PARAMS, e.to_string());
@@ -241,10 +254,28 @@ impl SessionServices {
                 );
             };
             let job = uuid.simple().to_string();
-            return match dispatcher
-                .submit_once(&self.node.automation, req, origin, job.clone())
-                .await
-            {
+            let mut retry = StoreRetry::new();
+            let submitted = loop {
+                match dispatcher
+                    .submit_once(
+                        &self.node.automation,
+                        req.clone(),
+                        origin.clone(),
+                        job.clone(),
+                    )
+                    .await
+                {
+                    Err(autogate_jobs::JobsError::Store(e)) => {
+                        match retry.again(&self.session, &e).await {
+                            Retry::Again => continue,
+                            Retry::SessionEnded => return None,
+                            Retry::GiveUp => break Err(autogate_jobs::JobsError::Store(e)),
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            return match submitted {
                 Ok((autogate_jobs::Submitted::Queued, _done)) => {
                     tracing::info!(service = %run.name, job = %job, "queued service {} for the manager as job {job}", run.name);
                     None
@@ -456,6 +487,53 @@ async fn execute(
             };
             tracing::warn!(service = %run.name, "service {} did not run: {}", run.name, err.message);
             encode(&Frame::Response(run_failed(id, err)))
+        }
+    }
+}
+
+/// How long a run whose record or job cannot be written yet (the store is slow or cut off) is
+/// tried again before it is answered unavailable. A node cut off from the store stops acting
+/// as the active node well within this (its lease TTL), which ends its session: the run is then
+/// left to the next active node, which the manager sends it to.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(10);
+
+enum Retry {
+    Again,
+    SessionEnded,
+    GiveUp,
+}
+
+/// Tries again, every 250 ms, a write of a run that the store failed.
+struct StoreRetry {
+    until: std::time::Instant,
+    logged: bool,
+}
+
+impl StoreRetry {
+    fn new() -> Self {
+        StoreRetry {
+            until: std::time::Instant::now() + STORE_RETRY_FOR,
+            logged: false,
+        }
+    }
+
+    async fn again(
+        &mut self,
+        session: &CancellationToken,
+        e: &(dyn std::fmt::Display + Sync),
+    ) -> Retry {
+        if std::time::Instant::now() >= self.until {
+            return Retry::GiveUp;
+        }
+        if !self.logged {
+            tracing::warn!(
+                "cannot record a run yet: {e}; trying again for up to {STORE_RETRY_FOR:?}"
+            );
+            self.logged = true;
+        }
+        tokio::select! {
+            () = session.cancelled() => Retry::SessionEnded,
+            () = tokio::time::sleep(Duration::from_millis(250)) => Retry::Again,
         }
     }
 }

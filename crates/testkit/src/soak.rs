@@ -1,6 +1,8 @@
 //! The chaos soak: callers keep running services through the manager while a seeded schedule
-//! stops, kills and freezes the active core node, kills runners and restarts the manager; a
-//! checker then counts what the callers were told against what actually ran.
+//! stops, kills and freezes the active core node, cuts it off from the manager or from etcd
+//! (its own proxies drop every packet until another node holds the session), kills runners and
+//! restarts the manager; a checker then counts what the callers were told against what
+//! actually ran.
 //!
 //! Everything is real: one etcd member, `autogate manager`, three HA core nodes (`core-1` the
 //! configured primary, so it takes the role back), and — with distributed execution — two
@@ -25,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{admin_key, with_admin_password};
 use crate::etcd::EtcdServer;
+use crate::proxy::TcpProxy;
 use crate::scenario::{core_node, Manager, Pki, START};
 use crate::{free_port, poll_until, Autogate, Process};
 
@@ -71,6 +74,11 @@ pub enum Fault {
     KillRunner,
     /// The manager stopped (SIGTERM) and started again on its data.
     RestartManager,
+    /// The active node's path to the manager goes silent (packets dropped) until another node
+    /// holds the session.
+    PartitionFromManager,
+    /// The active node's path to etcd goes silent until another node is active.
+    PartitionFromEtcd,
 }
 
 impl Fault {
@@ -81,6 +89,8 @@ impl Fault {
             Fault::FreezeActive => "SIGSTOP active past TTL",
             Fault::KillRunner => "kill -9 runner",
             Fault::RestartManager => "restart manager",
+            Fault::PartitionFromManager => "active cut from the manager",
+            Fault::PartitionFromEtcd => "active cut from etcd",
         }
     }
 }
@@ -240,6 +250,9 @@ struct Core {
     port: u16,
     workdir: PathBuf,
     proc: Option<Process>,
+    /// Its own paths to the manager and to etcd, to cut one node off.
+    to_manager: TcpProxy,
+    to_etcd: TcpProxy,
 }
 
 struct World {
@@ -281,6 +294,8 @@ impl World {
                 port: free_port(),
                 workdir,
                 proc: None,
+                to_manager: TcpProxy::start(&format!("127.0.0.1:{}", w.manager_port)),
+                to_etcd: TcpProxy::start(&w.etcd.endpoint()),
             });
         }
         for i in 0..w.cores.len() {
@@ -309,8 +324,10 @@ impl World {
                 "GATEWAY_APPLICATION_WORKING_DIR",
                 c.workdir.display().to_string(),
             )
+            .env("GATEWAY_CONNECT_HOSTS", c.to_manager.endpoint())
+            .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
             .env("GATEWAY_STORE_BACKEND", "etcd")
-            .env("GATEWAY_STORE_ETCD_HOSTS", self.etcd.endpoint())
+            .env("GATEWAY_STORE_ETCD_HOSTS", c.to_etcd.endpoint())
             .env("GATEWAY_CONNECT_SERVER_HA_ENABLED", "true")
             .env(
                 "GATEWAY_CONNECT_SERVER_HA_LEASE_TTL",
@@ -413,6 +430,14 @@ impl World {
         )
     }
 
+    /// The node holding the cluster's session now, if any.
+    fn active_now(&self) -> Option<String> {
+        let v = self.manager_get(&format!("/api/v1/clusters/{CLUSTER}"))?;
+        (v["connected"] == true)
+            .then(|| v["active"]["node_id"].as_str().map(str::to_owned))
+            .flatten()
+    }
+
     /// Which of our core processes is `node_id`.
     fn core_of(&self, node_id: &str) -> Option<usize> {
         self.cores.iter().position(|c| {
@@ -442,6 +467,67 @@ impl World {
                 let name = self.runners[i].0.clone();
                 self.runners[i].1 = Some(self.spawn_runner(&name));
             }
+            Fault::PartitionFromManager | Fault::PartitionFromEtcd => {
+                let active = self.wait_connected();
+                let Some(i) = self.core_of(&active) else {
+                    return;
+                };
+                let path = if fault == Fault::PartitionFromManager {
+                    &self.cores[i].to_manager
+                } else {
+                    &self.cores[i].to_etcd
+                };
+                path.cut_blackhole();
+                // Until another node holds the session (or, if none can, a minute).
+                let moved = poll_until_within(Duration::from_secs(60), || {
+                    let now = self.active_now()?;
+                    (now != active).then_some(())
+                });
+                let path = if fault == Fault::PartitionFromManager {
+                    &self.cores[i].to_manager
+                } else {
+                    &self.cores[i].to_etcd
+                };
+                path.restore();
+                if moved.is_none() {
+                    eprintln!(
+                        "soak: cut {} ({active}); the manager now shows {:?}",
+                        self.cores[i].name,
+                        self.manager_get(&format!("/api/v1/clusters/{CLUSTER}"))
+                            .map(|v| v["active"].clone())
+                    );
+                    for c in &self.cores {
+                        if let Some(p) = &c.proc {
+                            let logs = p.logs();
+                            let tail: Vec<&str> = logs
+                                .lines()
+                                .filter(|l| !l.contains("service shell") && !l.contains("DBG"))
+                                .rev()
+                                .take(40)
+                                .collect();
+                            eprintln!(
+                                "---- {} (port {}, manager path {}, etcd path {}) ----",
+                                c.name,
+                                c.port,
+                                c.to_manager.endpoint(),
+                                c.to_etcd.endpoint()
+                            );
+                            for l in tail.iter().rev() {
+                                eprintln!("{l}");
+                            }
+                        }
+                    }
+                }
+                eprintln!(
+                    "soak: {} ({active}): {}",
+                    fault.name(),
+                    if moved.is_some() {
+                        "another node took over"
+                    } else {
+                        "no other node took over within 60 s"
+                    }
+                );
+            }
             Fault::StopActive | Fault::KillActive | Fault::FreezeActive => {
                 let active = self.wait_connected();
                 let Some(i) = self.core_of(&active) else {
@@ -466,6 +552,20 @@ impl World {
                 }
             }
         }
+    }
+}
+
+/// Polls `f` every 100 ms until it answers or `within` passes.
+fn poll_until_within<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -576,6 +676,8 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
             Fault::FreezeActive,
             Fault::KillRunner,
             Fault::RestartManager,
+            Fault::PartitionFromManager,
+            Fault::PartitionFromEtcd,
         ]
     } else {
         vec![
@@ -583,13 +685,17 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
             Fault::KillActive,
             Fault::FreezeActive,
             Fault::RestartManager,
+            Fault::PartitionFromManager,
+            Fault::PartitionFromEtcd,
         ]
     };
     for _ in 0..cfg.faults {
         // Some calm between faults, so that runs complete and the primary takes the role back.
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
         let fault = kinds[rng.below(kinds.len() as u64) as usize];
+        let t0 = Instant::now();
         world.inject(fault, &mut rng);
+        eprintln!("soak: {} injected in {:?}", fault.name(), t0.elapsed());
         *faults.entry(fault).or_insert(0) += 1;
         world.wait_connected();
     }
