@@ -239,7 +239,20 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map_or(0, |h| h.revision())
 }
 
+/// Largest response accepted from etcd. The client's default (4 MiB) is below what a whole
+/// prefix read returns once a cluster has a few thousand jobs with their results: a new active
+/// node's dispatcher reads them in one snapshot, and could then never start. etcd is trusted;
+/// the bound only keeps a runaway answer from taking all memory.
+const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
 impl EtcdStore {
+    /// The KV client, with [`MAX_RESPONSE`].
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
+    }
+
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
         let urls = endpoint_urls(&options)?;
         let endpoints = urls.join(",");
@@ -273,7 +286,7 @@ impl EtcdStore {
         };
         // The channel connects lazily; one linearizable read proves the endpoints answer, the TLS
         // setup is accepted and there is a leader, and bounds all that by the dial timeout.
-        let kv = store.client.kv_client();
+        let kv = store.kv();
         let probe = store
             .call_within(options.dial_timeout, "connection check", None, || {
                 let mut kv = kv.clone();
@@ -566,7 +579,7 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let response = self
             .call("get", None, || {
                 let mut kv = kv.clone();
@@ -577,7 +590,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let response = self
             .call("list", None, || {
                 let mut kv = kv.clone();
@@ -593,7 +606,7 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let options = lease
             .filter(|l| *l != 0)
             .map(|l| PutOptions::new().with_lease(l));
@@ -607,7 +620,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let response = self
             .call("delete", None, || {
                 let mut kv = kv.clone();
@@ -618,7 +631,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<i64, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let response = self
             .call("delete", None, || {
                 let mut kv = kv.clone();
@@ -650,7 +663,7 @@ impl Store for EtcdStore {
             )
             .and_then(txn.success.into_iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(convert_op).collect::<Vec<_>>());
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let response = self
             .call("transaction", lease, || {
                 let (mut kv, request) = (kv.clone(), request.clone());
@@ -806,7 +819,7 @@ impl Store for EtcdStore {
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {
-        let kv = self.client.kv_client();
+        let kv = self.kv();
         let read = self
             .call("status", None, || {
                 let mut kv = kv.clone();

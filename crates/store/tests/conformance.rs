@@ -399,6 +399,29 @@ async fn lease_not_renewed(s: &Dyn, p: &str) {
     );
 }
 
+/// A prefix holding more than the etcd client's default response limit (4 MiB) reads whole, in
+/// a list and in a transaction: a new active node's dispatcher reads all jobs and results at
+/// once, which a busy cluster's store can exceed.
+async fn large_prefix(s: &Dyn, p: &str) {
+    let value = vec![b'x'; 1024 * 1024];
+    for i in 0..6 {
+        s.put(&format!("{p}{i}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let listed = s.list(p).await.unwrap();
+    assert_eq!(listed.len(), 6);
+    assert!(listed.iter().all(|kv| kv.value.len() == value.len()));
+    let r = s
+        .txn(Txn::new().and_then([TxnOp::get_prefix(p)]))
+        .await
+        .unwrap();
+    match &r.responses[0] {
+        TxnOpResponse::Get(kvs) => assert_eq!(kvs.len(), 6),
+        other => panic!("not a get: {other:?}"),
+    }
+}
+
 /// Every check, concurrently, each under its own prefix.
 async fn suite(s: Dyn) {
     tokio::join!(
@@ -413,6 +436,7 @@ async fn suite(s: Dyn) {
         lease_not_renewed(&s, "/conformance/lease-unrenewed/"),
     );
     lease_errors(&s, "/conformance/lease-errors/").await;
+    large_prefix(&s, "/conformance/large/").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
