@@ -130,6 +130,37 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// A queued job `id` for `req`. Its service and inputs are checked here, before anything is
+/// queued: a job that cannot run never reaches a runner.
+async fn new_record(
+    automation: &Automation,
+    id: String,
+    req: RunRequest,
+    origin: Origin,
+) -> Result<JobRecord, JobsError> {
+    let service = automation.requested_service(&req).await?;
+    automation.check_inputs(&req).await?;
+    Ok(JobRecord {
+        id,
+        service: req.service.clone(),
+        service_type: service.service_type.as_str().to_owned(),
+        request: req,
+        labels: service.runner_labels.clone(),
+        retries: service.retries.unwrap_or(0),
+        state: JobState::Queued,
+        attempt: 0,
+        runner: None,
+        attempts: Vec::new(),
+        created_at: now_rfc3339(),
+        started_at: None,
+        finished_at: None,
+        error: None,
+        error_kind: None,
+        origin,
+        delivered: false,
+    })
+}
+
 impl Dispatcher {
     /// Submits a run of `req.service`; returns the job id and a receiver of its end.
     pub async fn submit(
@@ -138,30 +169,8 @@ impl Dispatcher {
         req: RunRequest,
         origin: Origin,
     ) -> Result<(String, oneshot::Receiver<Finished>), JobsError> {
-        let service = automation.requested_service(&req).await?;
-        // Inputs are checked here, before anything is queued: a job that cannot run never
-        // reaches a runner.
-        automation.check_inputs(&req).await?;
         let id = new_job_id();
-        let record = JobRecord {
-            id: id.clone(),
-            service: req.service.clone(),
-            service_type: service.service_type.as_str().to_owned(),
-            request: req,
-            labels: service.runner_labels.clone(),
-            retries: service.retries.unwrap_or(0),
-            state: JobState::Queued,
-            attempt: 0,
-            runner: None,
-            attempts: Vec::new(),
-            created_at: now_rfc3339(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            error_kind: None,
-            origin,
-            delivered: false,
-        };
+        let record = new_record(automation, id.clone(), req, origin).await?;
         let (done_tx, done_rx) = oneshot::channel();
         let (ack_tx, ack_rx) = oneshot::channel();
         let sent = self.tx.send(Input::Wait(id.clone(), done_tx)).is_ok()
@@ -189,27 +198,7 @@ impl Dispatcher {
         origin: Origin,
         id: String,
     ) -> Result<(Submitted, oneshot::Receiver<Finished>), JobsError> {
-        let service = automation.requested_service(&req).await?;
-        automation.check_inputs(&req).await?;
-        let record = JobRecord {
-            id: id.clone(),
-            service: req.service.clone(),
-            service_type: service.service_type.as_str().to_owned(),
-            request: req,
-            labels: service.runner_labels.clone(),
-            retries: service.retries.unwrap_or(0),
-            state: JobState::Queued,
-            attempt: 0,
-            runner: None,
-            attempts: Vec::new(),
-            created_at: now_rfc3339(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            error_kind: None,
-            origin,
-            delivered: false,
-        };
+        let record = new_record(automation, id.clone(), req, origin).await?;
         let (done_tx, done_rx) = oneshot::channel();
         let (ack_tx, ack_rx) = oneshot::channel();
         // The wait first: for a job that ended already it is answered from the store.
