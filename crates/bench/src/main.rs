@@ -15,7 +15,7 @@
 //!
 //! `autogate-bench soak`: the chaos soak (see `autogate_testkit::soak`) in both modes, local
 //! and distributed execution; `SOAK_FAULTS` faults each (default 100), schedule seeded by
-//! `SOAK_SEED` (default 1). Unlike the benchmarks it judges: it exits 1 when anything was
+//! `SOAK_SEED` (default 1); `SOAK_MODE=local` or `distributed` runs one. Unlike the benchmarks it judges: it exits 1 when anything was
 //! refused, failed, left unanswered, executed twice or executed while its caller was told it
 //! failed, or when two manager sessions overlapped.
 #![forbid(unsafe_code)]
@@ -71,7 +71,12 @@ fn soak() -> String {
         .to_owned();
     out.push_str("\n\n");
     let mut violations = 0;
-    for distributed in [false, true] {
+    let modes: &[bool] = match std::env::var("SOAK_MODE").as_deref() {
+        Ok("local") => &[false],
+        Ok("distributed") => &[true],
+        _ => &[false, true],
+    };
+    for &distributed in modes {
         let report = autogate_testkit::soak::run(autogate_testkit::soak::SoakConfig::new(
             seed,
             faults,

@@ -718,6 +718,31 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     let mut report = check(&cfg, &calls, &file, &sessions);
     report.faults = faults;
     report.elapsed = started.elapsed();
+    if report.violations() > 0 {
+        // What the nodes said about it: their warnings and errors (the processes of this
+        // world; earlier incarnations of a restarted node are gone with their logs).
+        let procs = world
+            .cores
+            .iter()
+            .filter_map(|c| c.proc.as_ref().map(|p| (c.name.to_owned(), p)))
+            .chain(
+                world
+                    .runners
+                    .iter()
+                    .filter_map(|(n, p)| p.as_ref().map(|p| (n.clone(), p))),
+            );
+        for (name, p) in procs {
+            eprintln!("---- {name}: warnings and errors ----");
+            for l in p
+                .logs()
+                .lines()
+                .filter(|l| l.contains(" WRN ") || l.contains(" ERR ") || l.contains("dispatch"))
+                .take(300)
+            {
+                eprintln!("{l}");
+            }
+        }
+    }
     report
 }
 
