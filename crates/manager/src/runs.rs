@@ -215,6 +215,12 @@ struct Entry {
     /// Set when unsent and waiting for a session: the hold's deadline.
     hold_until: Option<Instant>,
     waiters: Vec<oneshot::Sender<Settled>>,
+    /// Its record is in the store. An entry is in the table from before its record is
+    /// written until after its answer is: a caller that attaches meanwhile waits here rather
+    /// than reading a record in transition. It is sent only once durable.
+    durable: bool,
+    /// Being answered or withdrawn: nothing else may settle, withdraw or send it.
+    closing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -286,6 +292,8 @@ impl Runs {
                     ever_sent,
                     hold_until: None,
                     waiters: Vec::new(),
+                    durable: true,
+                    closing: false,
                 },
             );
             table
@@ -438,12 +446,10 @@ impl Runs {
                     run_id.as_bytes().to_vec(),
                 ));
             }
-            if !self.store.txn(txn.and_then(ops)).await?.succeeded {
-                continue;
-            }
+            // In the table first: a caller that finds the key the moment it is written
+            // attaches here instead of reading the record alone.
             let (tx, rx) = oneshot::channel();
-            let mut table = self.table();
-            table.open.insert(
+            self.table().open.insert(
                 run_id.clone(),
                 Entry {
                     record,
@@ -451,10 +457,29 @@ impl Runs {
                     ever_sent: false,
                     hold_until: Some(Instant::now() + self.limits.queue_timeout),
                     waiters: vec![tx],
+                    durable: false,
+                    closing: false,
                 },
             );
-            Self::wake(&mut table, cluster);
-            return Ok((run_id, rx));
+            let written = self.store.txn(txn.and_then(ops)).await;
+            let mut table = self.table();
+            match written {
+                Ok(r) if r.succeeded => {
+                    if let Some(e) = table.open.get_mut(&run_id) {
+                        e.durable = true;
+                    }
+                    Self::wake(&mut table, cluster);
+                    return Ok((run_id, rx));
+                }
+                // Another caller created the key's run meanwhile: attach to it.
+                Ok(_) => {
+                    table.open.remove(&run_id);
+                }
+                Err(e) => {
+                    table.open.remove(&run_id);
+                    return Err(e.into());
+                }
+            }
         }
     }
 
@@ -512,7 +537,7 @@ impl Runs {
         let mut table = self.table();
         let mut out = Vec::new();
         for e in table.open.values_mut() {
-            if e.record.cluster_id != cluster || e.sent_on.is_some() {
+            if e.record.cluster_id != cluster || e.sent_on.is_some() || !e.durable || e.closing {
                 continue;
             }
             e.sent_on = Some(conn);
@@ -613,28 +638,36 @@ impl Runs {
         node_id: &str,
         term: Option<u64>,
     ) -> bool {
-        let entry = {
+        // Claimed under the lock, written, then taken out: callers attaching meanwhile still
+        // find it open and wait for this answer.
+        let mut record = {
             let mut table = self.table();
-            match table.open.get(run_id) {
-                Some(e) if e.record.cluster_id == cluster => table.open.remove(run_id),
-                _ => None,
+            match table.open.get_mut(run_id) {
+                Some(e) if e.record.cluster_id == cluster && e.durable && !e.closing => {
+                    e.closing = true;
+                    e.record.clone()
+                }
+                _ => return false,
             }
         };
-        let Some(mut entry) = entry else {
-            return false;
-        };
-        entry.record.state = RunState::Answered;
-        entry.record.answered_at = Some(now_rfc3339());
-        entry.record.answer = Some(RunAnswer::new(outcome, node_id, term));
-        let value = serde_json::to_vec(&entry.record).unwrap_or_default();
+        record.state = RunState::Answered;
+        record.answered_at = Some(now_rfc3339());
+        record.answer = Some(RunAnswer::new(outcome, node_id, term));
+        let value = serde_json::to_vec(&record).unwrap_or_default();
         if let Err(e) = self.store.put(&run_key(cluster, run_id), value, None).await {
             // The callers still get the answer; only a later GET (or a restarted manager)
             // would not see it, and would send the run again to a gateway that answers it
             // from its own record.
             tracing::warn!("cannot record the answer of run {run_id}: {e}");
         }
-        let record = Arc::new(entry.record);
-        for w in entry.waiters {
+        let waiters = self
+            .table()
+            .open
+            .remove(run_id)
+            .map(|e| e.waiters)
+            .unwrap_or_default();
+        let record = Arc::new(record);
+        for w in waiters {
             let _ = w.send(record.clone());
         }
         true
@@ -643,24 +676,26 @@ impl Runs {
     /// Withdraws run `run_id` if it was never sent and its hold expired: its record is deleted
     /// (it did not run). `false` when it was sent meanwhile (its answer is then still to come).
     pub async fn withdraw_unsent(&self, cluster: &str, run_id: &str) -> bool {
-        let entry = {
+        // Claimed (so it is not sent meanwhile), deleted, then taken out, as in `settle`.
+        {
             let mut table = self.table();
-            match table.open.get(run_id) {
+            match table.open.get_mut(run_id) {
                 Some(e)
                     if e.record.cluster_id == cluster
+                        && e.durable
+                        && !e.closing
                         && !e.ever_sent
                         && e.hold_until.is_some_and(|t| t <= Instant::now()) =>
                 {
-                    table.open.remove(run_id)
+                    e.closing = true;
                 }
-                _ => None,
+                _ => return false,
             }
-        };
-        let Some(entry) = entry else { return false };
+        }
         if let Err(e) = self.store.delete(&run_key(cluster, run_id)).await {
             tracing::warn!("cannot delete the record of withdrawn run {run_id}: {e}");
         }
-        drop(entry);
+        self.table().open.remove(run_id);
         true
     }
 

@@ -219,9 +219,10 @@ async fn unanswered_runs_survive_a_manager_restart_and_one_key_is_one_run() {
     // The manager restarts before the answer: its callers lose their connection…
     drop(m);
     for c in callers {
+        let got = c.await.unwrap();
         assert!(
-            c.await.unwrap().is_err(),
-            "a caller got an answer from a stopped manager"
+            got.is_err(),
+            "a caller got an answer from a stopped manager: {got:?}"
         );
     }
     drop(gw);
