@@ -104,9 +104,12 @@ pub enum Submitted {
 }
 
 enum Input {
-    Submit(Box<JobRecord>, oneshot::Sender<Result<(), String>>),
-    /// Like `Submit`, unless a job with the record's id exists (in memory or in the store).
-    SubmitOnce(Box<JobRecord>, oneshot::Sender<Result<Submitted, String>>),
+    /// A new job; with `once`, only if no job with its id exists (in memory or in the store).
+    Submit {
+        rec: Box<JobRecord>,
+        once: bool,
+        ack: oneshot::Sender<Result<Submitted, String>>,
+    },
     Wait(String, oneshot::Sender<Finished>),
     Delivered(String),
     RunnerPut(RunnerRecord),
@@ -171,21 +174,8 @@ impl Dispatcher {
     ) -> Result<(String, oneshot::Receiver<Finished>), JobsError> {
         let id = new_job_id();
         let record = new_record(automation, id.clone(), req, origin).await?;
-        let (done_tx, done_rx) = oneshot::channel();
-        let (ack_tx, ack_rx) = oneshot::channel();
-        let sent = self.tx.send(Input::Wait(id.clone(), done_tx)).is_ok()
-            && self
-                .tx
-                .send(Input::Submit(Box::new(record), ack_tx))
-                .is_ok();
-        if !sent {
-            return Err(JobsError::Stopped(id));
-        }
-        match ack_rx.await {
-            Ok(Ok(())) => Ok((id, done_rx)),
-            Ok(Err(e)) => Err(JobsError::Store(StoreError::Unavailable(e))),
-            Err(_) => Err(JobsError::Stopped(id)),
-        }
+        let (_, done) = self.send_submit(record, false).await?;
+        Ok((id, done))
     }
 
     /// Submits a run as job `id` unless a job with that id exists already (a manager's run sent
@@ -198,14 +188,28 @@ impl Dispatcher {
         origin: Origin,
         id: String,
     ) -> Result<(Submitted, oneshot::Receiver<Finished>), JobsError> {
-        let record = new_record(automation, id.clone(), req, origin).await?;
+        let record = new_record(automation, id, req, origin).await?;
+        self.send_submit(record, true).await
+    }
+
+    /// Hands `record` to the loop, behind a wait for its end: for a job that ended already the
+    /// wait is answered from the store.
+    async fn send_submit(
+        &self,
+        record: JobRecord,
+        once: bool,
+    ) -> Result<(Submitted, oneshot::Receiver<Finished>), JobsError> {
+        let id = record.id.clone();
         let (done_tx, done_rx) = oneshot::channel();
-        let (ack_tx, ack_rx) = oneshot::channel();
-        // The wait first: for a job that ended already it is answered from the store.
+        let (ack, ack_rx) = oneshot::channel();
         let sent = self.tx.send(Input::Wait(id.clone(), done_tx)).is_ok()
             && self
                 .tx
-                .send(Input::SubmitOnce(Box::new(record), ack_tx))
+                .send(Input::Submit {
+                    rec: Box::new(record),
+                    once,
+                    ack,
+                })
                 .is_ok();
         if !sent {
             return Err(JobsError::Stopped(id));
@@ -630,20 +634,18 @@ impl Core {
 
     async fn input(&mut self, m: Input) {
         match m {
-            Input::Submit(rec, ack) => self.queue(*rec, move || {
-                let _ = ack.send(Ok(()));
-            }),
-            Input::SubmitOnce(rec, ack) => {
+            Input::Submit { rec, once, ack } => {
                 let job = rec.id.clone();
-                let known = self.records.contains_key(&job)
-                    || self.batch.groups.contains_key(&job)
-                    || match get_record(&*self.store, &self.keys, &job).await {
-                        Ok(found) => found.is_some(),
-                        Err(e) => {
-                            let _ = ack.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
+                let known = once
+                    && (self.records.contains_key(&job)
+                        || self.batch.groups.contains_key(&job)
+                        || match get_record(&*self.store, &self.keys, &job).await {
+                            Ok(found) => found.is_some(),
+                            Err(e) => {
+                                let _ = ack.send(Err(e.to_string()));
+                                return;
+                            }
+                        });
                 if known {
                     let _ = ack.send(Ok(Submitted::Exists));
                     return;

@@ -133,6 +133,15 @@ pub struct RunRecord {
     pub job_id: Option<String>,
 }
 
+impl RunRecord {
+    /// Done, with `answer`, now.
+    fn close(&mut self, answer: String) {
+        self.state = RecordState::Done;
+        self.finished_at = Some(now());
+        self.answer = Some(answer);
+    }
+}
+
 /// What to do with a run id.
 #[derive(Debug)]
 pub enum Begin {
@@ -344,6 +353,24 @@ impl RunRecords {
         format!("{}run-owners/{run_id}", self.prefix)
     }
 
+    /// A transaction that rewrites `rec` only while its record is still at `revision`, on the
+    /// retention lease it was created with (a plain put would detach it); with `release`, its
+    /// owner key goes in the same step.
+    fn rewrite(&self, rec: &RunRecord, revision: i64, release: bool) -> Txn {
+        let key = self.key(&rec.run_id);
+        let value = serde_json::to_vec(rec).unwrap_or_default();
+        let mut ops = vec![match rec.lease {
+            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
+            None => TxnOp::put(key.clone(), value),
+        }];
+        if release {
+            ops.push(TxnOp::delete(self.owner_key(&rec.run_id)));
+        }
+        Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then(ops)
+    }
+
     /// Runs this node started and has not finished.
     pub fn running(&self) -> usize {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -545,19 +572,12 @@ impl RunRecords {
             }
             .encode(),
         };
-        rec.state = RecordState::Done;
-        rec.finished_at = Some(now());
-        rec.answer = Some(frame.clone());
-        let value = serde_json::to_vec(&rec).unwrap_or_default();
-        let key = self.key(&rec.run_id);
-        let put = match rec.lease {
-            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
-            None => TxnOp::put(key.clone(), value),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then([put]);
-        let ok = self.store.txn(txn).await?.succeeded;
+        rec.close(frame.clone());
+        let ok = self
+            .store
+            .txn(self.rewrite(&rec, revision, false))
+            .await?
+            .succeeded;
         if ok {
             tracing::warn!(
                 "run {} was running on node {}, which was lost: answered interrupted",
@@ -646,18 +666,8 @@ impl RunRecords {
             mut record,
             tx,
         } = started;
-        record.state = RecordState::Done;
-        record.finished_at = Some(now());
-        record.answer = Some(frame.clone());
-        let key = self.key(&run_id);
-        let value = serde_json::to_vec(&record).unwrap_or_default();
-        let put = match record.lease {
-            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
-            None => TxnOp::put(key.clone(), value),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then([put, TxnOp::delete(self.owner_key(&run_id))]);
+        record.close(frame.clone());
+        let txn = self.rewrite(&record, revision, true);
         let mut delay = Duration::from_millis(100);
         for attempt in 0..8 {
             match self.store.txn(txn.clone()).await {
@@ -698,16 +708,7 @@ impl RunRecords {
             tx,
         } = started;
         record.job_id = Some(job.to_owned());
-        let key = self.key(&run_id);
-        let value = serde_json::to_vec(&record).unwrap_or_default();
-        let put = match record.lease {
-            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
-            None => TxnOp::put(key.clone(), value),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then([put, TxnOp::delete(self.owner_key(&run_id))]);
-        let result = self.store.txn(txn).await;
+        let result = self.store.txn(self.rewrite(&record, revision, true)).await;
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -764,21 +765,8 @@ impl RunRecords {
         if rec.state == RecordState::Done || rec.job_id.is_none() {
             return;
         }
-        rec.state = RecordState::Done;
-        rec.finished_at = Some(now());
-        rec.answer = Some(answer);
-        let value = serde_json::to_vec(&rec).unwrap_or_default();
-        let put = match rec.lease {
-            Some(l) => TxnOp::put_with_lease(key.clone(), value, l),
-            None => TxnOp::put(key.clone(), value),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key,
-                CompareOp::Equal,
-                kv.mod_revision,
-            )])
-            .and_then([put]);
+        rec.close(answer);
+        let txn = self.rewrite(&rec, kv.mod_revision, false);
         // Lost to another caller's settle, or the store failed: a later repeat settles it.
         if let Err(e) = self.store.txn(txn).await {
             tracing::debug!("cannot keep the answer of run {run_id}: {e}");
