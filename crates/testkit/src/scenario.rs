@@ -208,3 +208,44 @@ pub fn node_id(port: u16) -> String {
         v["node_id"].as_str().map(str::to_owned)
     })
 }
+
+/// Creates, through the API of the core node at `addr` logged in with `key`: the `sh`
+/// executable object, a one-command decorator, and the services `shell` (no retries) and
+/// `shell-retry` (one retry), each running `sh -c <cmd>`. Panics unless each is created.
+pub fn seed_shell(addr: &str, key: &str) {
+    let posts = [
+        (
+            "/api/v1/executable-objects",
+            serde_json::json!({"name": "sh", "exec-command": "/bin/sh"}),
+        ),
+        (
+            "/api/v1/decorators",
+            serde_json::json!({"name": "one-command", "schema": {
+                "$id": "root", "type": "object",
+                "properties": {"cmd": {"type": "string"}},
+                "required": ["cmd"], "additionalProperties": false}}),
+        ),
+        (
+            "/api/v1/services",
+            serde_json::json!({"name": "shell", "type": "executable", "executable-object": "sh",
+                   "decorator": "one-command", "arg-format": "-c {{.Value}}"}),
+        ),
+        (
+            "/api/v1/services",
+            serde_json::json!({"name": "shell-retry", "type": "executable", "executable-object": "sh",
+                   "decorator": "one-command", "arg-format": "-c {{.Value}}", "retries": 1}),
+        ),
+    ];
+    for (path, body) in posts {
+        let text = body.to_string();
+        let (status, v) = crate::auth::request(
+            addr,
+            "POST",
+            path,
+            Some(key),
+            Some(("application/json", text.as_bytes())),
+        )
+        .expect("core node reachable");
+        assert_eq!(status, 201, "POST {path}: {v}");
+    }
+}

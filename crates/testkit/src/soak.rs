@@ -361,37 +361,7 @@ impl World {
     /// The `shell` service (no retries): `sh -c <cmd>`.
     fn seed(&self) {
         let port = self.cores[0].port;
-        let key = admin_key(port);
-        let addr = format!("127.0.0.1:{port}");
-        for (path, body) in [
-            (
-                "/api/v1/executable-objects",
-                json!({"name": "sh", "exec-command": "/bin/sh"}),
-            ),
-            (
-                "/api/v1/decorators",
-                json!({"name": "one-command", "schema": {
-                    "$id": "root", "type": "object",
-                    "properties": {"cmd": {"type": "string"}},
-                    "required": ["cmd"], "additionalProperties": false}}),
-            ),
-            (
-                "/api/v1/services",
-                json!({"name": "shell", "type": "executable", "executable-object": "sh",
-                       "decorator": "one-command", "arg-format": "-c {{.Value}}"}),
-            ),
-        ] {
-            let text = body.to_string();
-            let (status, v) = crate::auth::request(
-                &addr,
-                "POST",
-                path,
-                Some(&key),
-                Some(("application/json", text.as_bytes())),
-            )
-            .expect("core node reachable");
-            assert_eq!(status, 201, "POST {path}: {v}");
-        }
+        crate::scenario::seed_shell(&format!("127.0.0.1:{port}"), &admin_key(port));
     }
 
     fn manager(&self) -> &Manager {

@@ -71,33 +71,7 @@ fn runner(name: &str, etcd: &str, capacity: u32, drain_grace: &str) -> Process {
 /// The `sh -c` executable object, a one-command decorator, and `shell` (no retries) and
 /// `shell-retry` (one retry) services.
 pub(crate) fn seed(core: &Core) {
-    let posts = [
-        (
-            "/api/v1/executable-objects",
-            json!({"name": "sh", "exec-command": "/bin/sh"}),
-        ),
-        (
-            "/api/v1/decorators",
-            json!({"name": "one-command", "schema": {
-                "$id": "root", "type": "object",
-                "properties": {"cmd": {"type": "string"}},
-                "required": ["cmd"], "additionalProperties": false}}),
-        ),
-        (
-            "/api/v1/services",
-            json!({"name": "shell", "type": "executable", "executable-object": "sh",
-                   "decorator": "one-command", "arg-format": "-c {{.Value}}"}),
-        ),
-        (
-            "/api/v1/services",
-            json!({"name": "shell-retry", "type": "executable", "executable-object": "sh",
-                   "decorator": "one-command", "arg-format": "-c {{.Value}}", "retries": 1}),
-        ),
-    ];
-    for (path, body) in posts {
-        let (status, v) = core.call("POST", path, Some(body));
-        assert_eq!(status, 201, "POST {path}: {v}");
-    }
+    autogate_testkit::scenario::seed_shell(&core.addr(), &core.key);
 }
 
 /// Runner node ids registered now, with their record.

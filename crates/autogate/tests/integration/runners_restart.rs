@@ -53,33 +53,7 @@ impl Core {
 
     /// `sh`, a one-command decorator, `shell` (no retries) and `shell-retry` (one retry).
     fn seed(&self) {
-        let posts = [
-            (
-                "/api/v1/executable-objects",
-                json!({"name": "sh", "exec-command": "/bin/sh"}),
-            ),
-            (
-                "/api/v1/decorators",
-                json!({"name": "one-command", "schema": {
-                    "$id": "root", "type": "object",
-                    "properties": {"cmd": {"type": "string"}},
-                    "required": ["cmd"], "additionalProperties": false}}),
-            ),
-            (
-                "/api/v1/services",
-                json!({"name": "shell", "type": "executable", "executable-object": "sh",
-                       "decorator": "one-command", "arg-format": "-c {{.Value}}"}),
-            ),
-            (
-                "/api/v1/services",
-                json!({"name": "shell-retry", "type": "executable", "executable-object": "sh",
-                       "decorator": "one-command", "arg-format": "-c {{.Value}}", "retries": 1}),
-            ),
-        ];
-        for (path, body) in posts {
-            let (status, v) = self.call("POST", path, Some(body));
-            assert_eq!(status, 201, "POST {path}: {v}");
-        }
+        autogate_testkit::scenario::seed_shell(&self.addr, &self.key);
     }
 
     fn runner_ids(&self) -> Vec<String> {
