@@ -79,12 +79,34 @@ impl ServiceRun {
     pub fn from_params(params: Option<&Value>) -> Result<ServiceRun, RpcError> {
         let run: ServiceRun = crate::jsonrpc::parse_params(params)?;
         check_name("name", &run.name).map_err(RpcError::invalid_params)?;
+        if let Some(id) = &run.run_id {
+            check_run_id(id).map_err(RpcError::invalid_params)?;
+        }
         Ok(run)
     }
 
     /// The `service.run` request carrying these params.
     pub fn to_request(&self, id: impl Into<Id>) -> Request {
         Request::new(id, method::SERVICE_RUN, Some(to_value(self)))
+    }
+}
+
+/// A run id is a UUID in its hyphenated form (what the manager mints): it becomes part of store
+/// keys and job ids on the gateway, so nothing else — no slash, no dots, no length of its own —
+/// gets that far.
+pub fn check_run_id(id: &str) -> Result<(), String> {
+    let ok = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "run_id: must be a UUID (8-4-4-4-12 hexadecimal digits), got {} bytes",
+            id.len()
+        ))
     }
 }
 
@@ -216,6 +238,30 @@ fn check_name(field: &str, value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::{decode, encode, Frame};
+
+    #[test]
+    fn a_run_id_is_a_uuid_and_nothing_else() {
+        let ok = json!({"name": "svc", "run_id": "01a245e9-5815-7013-9e52-3584f78096ea"});
+        assert!(ServiceRun::from_params(Some(&ok)).is_ok());
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "01a245e9/5815-7013-9e52-3584f78096ea",
+            "--flag=01a245e9-5815-7013-9e52-3584f78",
+            "{{.Value}}-5815-7013-9e52-3584f78096ea",
+            "01a245e9-5815-7013-9e52-3584f78096ea0",
+            &"a".repeat(100_000),
+        ] {
+            let p = json!({"name": "svc", "run_id": bad});
+            let err = ServiceRun::from_params(Some(&p)).unwrap_err();
+            assert_eq!(err.code, crate::INVALID_PARAMS, "{bad}");
+            assert!(err.message.contains("run_id: must be a UUID"), "{err}");
+            assert!(
+                err.message.len() < 200,
+                "the message does not echo the value"
+            );
+        }
+    }
 
     #[test]
     fn run_params_accept_the_older_spellings() {
