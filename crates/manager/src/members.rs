@@ -116,7 +116,16 @@ impl Members {
                         .to_owned(),
                 ),
             };
-            self.leave(old, status, reason, now, at);
+            let mut old = old.clone();
+            // A stopping node's name may already be gone from the reading that last listed it
+            // (its record goes with its lease); its departure says it again.
+            if old.shown_name().is_none() {
+                old.name = departed
+                    .iter()
+                    .find(|d| &d.node_id == id)
+                    .and_then(|d| d.name.clone());
+            }
+            self.leave(&old, status, reason, now, at);
             changed = true;
         }
         // A departure may be read after the node was already reported gone: it was a clean stop.
@@ -128,10 +137,16 @@ impl Members {
             }
         }
         for n in nodes {
-            if !before.contains_key(&n.node_id) && self.join(n, now, at) {
-                changed = true;
+            let mut n = n.clone();
+            match before.get(&n.node_id) {
+                // The names are read apart from the election's snapshot, so a reading can list
+                // a node whose name it missed (its record was going): a node keeps the name it
+                // was known by.
+                Some(old) if n.shown_name().is_none() => n.name.clone_from(&old.name),
+                Some(_) => {}
+                None => changed |= self.join(&n, now, at),
             }
-            self.present.insert(n.node_id.clone(), n.clone());
+            self.present.insert(n.node_id.clone(), n);
         }
         changed
     }
@@ -307,6 +322,39 @@ mod tests {
         // Nameless nodes come back by id only; forgetting drops them.
         assert_eq!(m.forget("b_1").unwrap().node_id, "b_1");
         assert_eq!(m.forget("b_1"), Err(ForgetError::Unknown("b_1".into())));
+    }
+
+    #[test]
+    fn a_reading_that_missed_a_name_does_not_lose_it() {
+        let mut m = Members::default();
+        let a = node("a_1", Some("core-1"), Role::Active);
+        m.observe(
+            &[a.clone(), node("b_1", Some("core-2"), Role::Standby)],
+            &[],
+            "t0",
+        );
+        // The standby is stopping: its record (and name) went before the election forgot it.
+        m.observe(&[a.clone(), node("b_1", None, Role::Standby)], &[], "t1");
+        m.observe(std::slice::from_ref(&a), &[], "t2");
+        assert_eq!(m.absent()[0].name.as_deref(), Some("core-2"));
+
+        // Known nameless until it left: its departure names it.
+        m.observe(&[a.clone(), node("c_1", None, Role::Standby)], &[], "t3");
+        let departed = Departed {
+            node_id: "c_1".into(),
+            name: Some("core-3".into()),
+            at: "t4".into(),
+        };
+        m.observe(std::slice::from_ref(&a), &[departed], "t4");
+        let gone = m.absent();
+        assert_eq!(
+            (
+                gone[0].node_id.as_str(),
+                gone[0].name.as_deref(),
+                gone[0].status
+            ),
+            ("c_1", Some("core-3"), Absence::Stopped)
+        );
     }
 
     #[test]
