@@ -41,4 +41,6 @@ pub use services::{
     run_completed, run_failed, violations_data, ServiceEntry, ServiceRun, ServicesUpdate,
     MAX_SERVICES, MAX_SERVICE_NAME_LEN, MAX_TAGS, STATUS_COMPLETED, STATUS_ERROR,
 };
-pub use session::{ClosedSession, ConnId, HelloDecision, LiveSession, SessionTable};
+pub use session::{
+    ClosedSession, ConnId, HelloDecision, LiveSession, SessionTable, TermReset, MAX_TERM,
+};

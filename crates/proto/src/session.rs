@@ -28,6 +28,14 @@
 //!   (`superseded by term N`). A null-term hello accepted while no session is live does not
 //!   erase the remembered highest term.
 //!
+//! - **term ceiling**: a term is an etcd revision, which etcd keeps in a signed 64-bit integer,
+//!   so a term above [`MAX_TERM`] cannot come from a real leader: it is refused (`term N is
+//!   above the largest possible term …`) and never becomes the highest term. A pinned node could
+//!   otherwise send `u64::MAX` and lock its cluster for good, since no later term could be newer.
+//! - **reset** ([`SessionTable::reset_term`], the administrator's action): forgets the highest
+//!   term and ends the live session, so the cluster's real leader is accepted with whatever term
+//!   it has. The rules above apply again from its next `hello` on.
+//!
 //! Cluster state (disabled / read-only) and certificate checks are the manager's job *before*
 //! it calls [`SessionTable::on_hello`]; the table only reacts to their changes.
 
@@ -42,6 +50,19 @@ impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "conn-{}", self.0)
     }
+}
+
+/// The largest term a `hello` may carry: etcd revisions are signed 64-bit integers, so a real
+/// leader's term never exceeds `i64::MAX`.
+pub const MAX_TERM: u64 = i64::MAX as u64;
+
+/// What [`SessionTable::reset_term`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermReset {
+    /// The highest term before the reset and the node that held it (`None`: none was known).
+    pub old: Option<(u64, String)>,
+    /// The live connection the reset ended (already out of the table), if there was one.
+    pub closed: Option<ConnId>,
 }
 
 /// What to do with a `hello`.
@@ -121,6 +142,13 @@ impl SessionTable {
             return HelloDecision::Refuse {
                 reason: format!(
                     "a hello was already accepted on this connection (gateway cluster: {existing})"
+                ),
+            };
+        }
+        if let Some(t) = term.filter(|t| *t > MAX_TERM) {
+            return HelloDecision::Refuse {
+                reason: format!(
+                    "term {t} is above the largest possible term {MAX_TERM} (a term is an etcd revision)"
                 ),
             };
         }
@@ -258,6 +286,25 @@ impl SessionTable {
             self.conns.remove(conn);
         }
         closed
+    }
+
+    /// The administrator resets the cluster's term: the highest term is forgotten and the live
+    /// session, if any, ends (its connection is out of the table and must be closed). The next
+    /// termed `hello` sets the highest term again; a `null` term is accepted while no session is
+    /// live, as always.
+    pub fn reset_term(&mut self, cluster_id: &str) -> TermReset {
+        let Some(state) = self.clusters.get_mut(cluster_id) else {
+            return TermReset {
+                old: None,
+                closed: None,
+            };
+        };
+        let old = state.highest.take();
+        let closed = state.live.take().map(|l| l.conn);
+        if let Some(conn) = &closed {
+            self.conns.remove(conn);
+        }
+        TermReset { old, closed }
     }
 
     /// Seeds the highest term of a cluster (e.g. from the manager's store after a restart);
@@ -548,6 +595,63 @@ mod tests {
         assert_eq!(
             t.on_hello("c", "a", Some(1), ConnId(2), now()),
             accept(None)
+        );
+    }
+
+    #[test]
+    fn a_term_above_the_ceiling_is_refused_and_changes_nothing() {
+        let mut t = SessionTable::new();
+        t.on_hello("c", "a", Some(7), ConnId(1), now());
+        for bad in [u64::MAX, MAX_TERM + 1] {
+            let d = t.on_hello("c", "evil", Some(bad), ConnId(2), now());
+            assert!(
+                matches!(&d, HelloDecision::Refuse { reason } if reason.starts_with(&format!("term {bad} is above the largest possible term"))),
+                "{d:?}"
+            );
+        }
+        assert_eq!(t.highest_term("c"), Some((7, "a")));
+        assert_eq!(t.live("c").unwrap().conn, ConnId(1));
+        // The ceiling itself is a term like any other.
+        assert_eq!(
+            t.on_hello("c", "b", Some(MAX_TERM), ConnId(3), now()),
+            accept(Some((1, "superseded by term 9223372036854775807")))
+        );
+    }
+
+    #[test]
+    fn resetting_the_term_lets_the_real_leader_back_in() {
+        let mut t = SessionTable::new();
+        // A node that grabbed the largest term locks out the real leader...
+        t.on_hello("c", "evil", Some(MAX_TERM), ConnId(1), now());
+        assert!(matches!(
+            t.on_hello("c", "leader", Some(42), ConnId(2), now()),
+            HelloDecision::Refuse { .. }
+        ));
+        // ...until the administrator resets the term, which also ends the live session.
+        assert_eq!(
+            t.reset_term("c"),
+            TermReset {
+                old: Some((MAX_TERM, "evil".to_owned())),
+                closed: Some(ConnId(1)),
+            }
+        );
+        assert_eq!(t.on_closed(ConnId(1)), None, "already out of the table");
+        assert_eq!(t.highest_term("c"), None);
+        assert_eq!(
+            t.on_hello("c", "leader", Some(42), ConnId(3), now()),
+            accept(None)
+        );
+        // Fencing applies again from there on.
+        assert!(matches!(
+            t.on_hello("c", "stale", Some(41), ConnId(4), now()),
+            HelloDecision::Refuse { .. }
+        ));
+        assert_eq!(
+            t.reset_term("unknown"),
+            TermReset {
+                old: None,
+                closed: None
+            }
         );
     }
 
