@@ -85,7 +85,7 @@ pub struct Service {
     /// The executable-object: for executable services the program (required); otherwise an
     /// override of the binary (python interpreter, `ansible-playbook`, `tofu`).
     pub executable: Option<PathBuf>,
-    /// executable: Go-template-like argument format (default `--{{.Key}} {{.Value}}`).
+    /// executable: Go-template-like argument format (default `--{{.Key}}={{.Value}}`).
     pub arg_format: Option<String>,
     /// Environment variables for the program.
     pub env: BTreeMap<String, String>,
@@ -250,6 +250,15 @@ impl Engine {
         if let Some(d) = &decorator {
             d.validate(inputs)?;
         }
+        // Input names become option or variable names: never options or expressions of their
+        // own, nor a variable that reconfigures Ansible.
+        let bad_keys =
+            inputs::key_violations(service.service_type == ServiceType::AnsiblePlaybook, inputs);
+        if !bad_keys.is_empty() {
+            return Err(ExecError::InvalidInputs {
+                violations: bad_keys,
+            });
+        }
         let search_path = service
             .env
             .get("PATH")
@@ -257,19 +266,19 @@ impl Engine {
             .or_else(|| runner::minimal_env().remove("PATH"))
             .unwrap_or_default();
         let binary = self.binary(service, &search_path)?;
-        let arg_format = match service.service_type {
-            ServiceType::Executable => Some(ArgFormat::parse(
+        // Rendered now, so that a value refused as an option fails the run before any I/O.
+        let exec_args = match service.service_type {
+            ServiceType::Executable => ArgFormat::parse(
                 service
                     .arg_format
                     .as_deref()
                     .unwrap_or(inputs::DEFAULT_ARG_FORMAT),
-            )?),
-            _ => None,
+            )?
+            .render(inputs)?,
+            _ => Vec::new(),
         };
         let extra_vars = match service.service_type {
-            ServiceType::AnsiblePlaybook => {
-                Some(inputs::ansible_extra_vars(&service.extra_vars, inputs)?)
-            }
+            ServiceType::AnsiblePlaybook => inputs::ansible_vars_file(&service.extra_vars, inputs)?,
             _ => None,
         };
 
@@ -320,6 +329,9 @@ impl Engine {
         {
             mask.extend(c.secret_values());
         }
+        if let Some(index) = &service.pip_index {
+            mask.extend(index.secret_values());
+        }
         let timeout = service.timeout.or(self.cfg.default_timeout);
         let spec = |plan: Plan, timeout: Option<Duration>| {
             let mut s = ProcessSpec::new(plan.program, &cwd);
@@ -334,13 +346,21 @@ impl Engine {
 
         // Set when this run built its Python environment: reported beside the program's time.
         let mut env_build = None;
+        // ansible-playbook: the inputs' vars file, removed when the run is over.
+        let mut vars_file = None;
         let plan = match service.service_type {
             ServiceType::PythonScript => {
                 let filename = required(service.filename.as_deref(), "filename", service)?;
                 let script = inside(filename, "filename")?;
                 let req = match service.req_file.as_deref() {
                     Some(r) => Some(inside(r, "req_file")?),
-                    None => Some(cwd.join("requirements.txt")).filter(|p| p.is_file()),
+                    // The default file is resolved like any other path: a `requirements.txt`
+                    // that is a symlink out of the checkout is refused, not read.
+                    None => match inside("requirements.txt", "req_file") {
+                        Ok(p) => Some(p).filter(|p| p.is_file()),
+                        Err(ExecError::NotFound { .. }) => None,
+                        Err(e) => return Err(e),
+                    },
                 };
                 let python = match req {
                     Some(req) => {
@@ -365,9 +385,7 @@ impl Engine {
                 if let Some(f) = service.filename.as_deref() {
                     args.push(inside(f, "filename")?.to_string_lossy().into_owned());
                 }
-                if let Some(f) = &arg_format {
-                    args.extend(f.render(inputs));
-                }
+                args.extend(exec_args);
                 Plan {
                     program: binary,
                     args,
@@ -394,9 +412,11 @@ impl Engine {
                     args.push("--extra-vars".to_owned());
                     args.push(format!("@{}", inside(f, "extra_vars_file")?.display()));
                 }
-                if let Some(ev) = extra_vars {
+                if let Some(text) = &extra_vars {
+                    let file = write_private(root, ".autogate-inputs-", ".yml", text)?;
                     args.push("--extra-vars".to_owned());
-                    args.push(ev);
+                    args.push(format!("@{}", file.path().display()));
+                    vars_file = Some(file);
                 }
                 Plan {
                     program: binary,
@@ -406,7 +426,7 @@ impl Engine {
             ServiceType::OpentofuPlan => {
                 return self
                     .run_tofu(
-                        service, inputs, opts, binary, &cwd, &inside, timeout, cancel, spec,
+                        service, inputs, opts, binary, &cwd, &inside, timeout, cancel, &mask, spec,
                     )
                     .await;
             }
@@ -417,6 +437,7 @@ impl Engine {
                 r.environment_build_time = env_build.map(runner::format_elapsed);
                 r
             });
+        drop(vars_file);
         drop(ws);
         result
     }
@@ -461,6 +482,7 @@ impl Engine {
         inside: &(dyn Fn(&str, &str) -> Result<PathBuf, ExecError> + Sync),
         timeout: Option<Duration>,
         cancel: &CancellationToken,
+        mask: &[String],
         spec: impl Fn(Plan, Option<Duration>) -> ProcessSpec,
     ) -> Result<RunResult, ExecError> {
         let state_file = cwd.join("terraform.tfstate");
@@ -522,9 +544,15 @@ impl Engine {
             cancel,
         )
         .await?;
+        // The state leaves this node (API answer, manager reply, job record): without the
+        // secrets the run knows and without what OpenTofu itself marks sensitive.
         let state = std::fs::read(&state_file)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .map(|mut s| {
+                mask_tofu_state(&mut s, mask);
+                s
+            });
         let stdout = format!("{}{}", init.stdout, apply.stdout);
         Ok(RunResult {
             stdout_json: None,
@@ -538,6 +566,149 @@ impl Engine {
     }
 }
 
+/// Writes `text` to a new file named `<prefix><random><suffix>` in `dir`, readable by its owner
+/// only (0600, as `tempfile` creates it); the file is removed when the handle is dropped.
+fn write_private(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+    text: &str,
+) -> Result<tempfile::NamedTempFile, ExecError> {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .map_err(|e| ExecError::io(format!("creating a {prefix}{suffix} file"), e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.flush())
+        .map_err(|e| ExecError::io(format!("writing a {prefix}{suffix} file"), e))?;
+    Ok(f)
+}
+
+/// Removes secrets from an OpenTofu state document (format version 4) in place:
+///
+/// * outputs marked `sensitive` keep their type but their value becomes [`runner::MASK`];
+/// * every attribute an instance lists in `sensitive_attributes` is masked — the exact path
+///   when the state holds it, else the whole top-level attribute the path starts with (a
+///   dynamic attribute keeps its value one level down, under `value`); an instance whose
+///   `sensitive_attributes` is not a list of paths has all its attributes masked;
+/// * every string (keys included) that contains a secret value of the run has it masked, as
+///   in the program's output.
+///
+/// Masking keeps the shape of the document: strings, numbers and booleans under a masked
+/// path become [`runner::MASK`], `null` stays `null`.
+pub fn mask_tofu_state(state: &mut serde_json::Value, secrets: &[String]) {
+    use serde_json::Value;
+    if let Some(outputs) = state.get_mut("outputs").and_then(Value::as_object_mut) {
+        for output in outputs.values_mut() {
+            if output.get("sensitive").and_then(Value::as_bool) == Some(true) {
+                if let Some(v) = output.get_mut("value") {
+                    *v = Value::String(runner::MASK.to_owned());
+                }
+            }
+        }
+    }
+    if let Some(resources) = state.get_mut("resources").and_then(Value::as_array_mut) {
+        for instance in resources
+            .iter_mut()
+            .filter_map(|r| r.get_mut("instances").and_then(Value::as_array_mut))
+            .flatten()
+        {
+            mask_sensitive_attributes(instance);
+        }
+    }
+    mask_strings(state, secrets);
+}
+
+/// One resource instance of a state: its `sensitive_attributes` masked in `attributes`.
+fn mask_sensitive_attributes(instance: &mut serde_json::Value) {
+    use serde_json::Value;
+    let paths: Option<Vec<Vec<Value>>> = match instance.get("sensitive_attributes") {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(paths)) => paths
+            .iter()
+            .map(|p| p.as_array().cloned())
+            .collect::<Option<Vec<_>>>(),
+        Some(_) => None,
+    };
+    let Some(attributes) = instance.get_mut("attributes") else {
+        return;
+    };
+    let Some(paths) = paths else {
+        // A format this code does not know: nothing of the instance leaves unmasked.
+        mask_all(attributes);
+        return;
+    };
+    for path in paths {
+        // Each step is {"type": "get_attr", "value": name} or {"type": "index", "value":
+        // {"value": key, "type": …}} (older states: the key itself).
+        let mut at: Option<&mut Value> = Some(&mut *attributes);
+        let mut first_attr: Option<String> = None;
+        for step in &path {
+            let key = step.get("value").map(|v| v.get("value").unwrap_or(v));
+            at = match (at, step.get("type").and_then(Value::as_str), key) {
+                (Some(Value::Object(m)), Some("get_attr"), Some(Value::String(name))) => {
+                    first_attr.get_or_insert_with(|| name.clone());
+                    m.get_mut(name)
+                }
+                (Some(Value::Object(m)), Some("index"), Some(Value::String(k))) => m.get_mut(k),
+                (Some(Value::Array(a)), Some("index"), Some(Value::Number(n))) => n
+                    .as_u64()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| a.get_mut(i)),
+                _ => None,
+            };
+            if at.is_none() {
+                break;
+            }
+        }
+        match (at, first_attr) {
+            (Some(v), _) => mask_all(v),
+            (None, Some(name)) => {
+                if let Some(v) = attributes.get_mut(&name) {
+                    mask_all(v);
+                }
+            }
+            // A path that names no attribute: mask them all rather than guess.
+            (None, None) => mask_all(attributes),
+        }
+    }
+}
+
+/// Every scalar below `v` (strings, numbers, booleans) becomes [`runner::MASK`].
+fn mask_all(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Null => {}
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            *v = Value::String(runner::MASK.to_owned());
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_all),
+        Value::Object(m) => m.values_mut().for_each(mask_all),
+    }
+}
+
+/// Every secret value inside any string below `v` (map keys too) becomes [`runner::MASK`].
+fn mask_strings(v: &mut serde_json::Value, secrets: &[String]) {
+    use serde_json::Value;
+    if secrets.iter().all(String::is_empty) {
+        return;
+    }
+    match v {
+        Value::String(s) => *s = runner::mask_str(s, secrets),
+        Value::Array(a) => a.iter_mut().for_each(|v| mask_strings(v, secrets)),
+        Value::Object(m) => {
+            let entries = std::mem::take(m);
+            for (k, mut item) in entries {
+                mask_strings(&mut item, secrets);
+                m.insert(runner::mask_str(&k, secrets), item);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 fn required<'a>(v: Option<&'a str>, field: &str, service: &Service) -> Result<&'a str, ExecError> {
     v.filter(|s| !s.is_empty())
         .ok_or_else(|| ExecError::InvalidService {
@@ -547,4 +718,95 @@ fn required<'a>(v: Option<&'a str>, field: &str, service: &Service) -> Result<&'
                 service.name
             ),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A state written by `terraform apply` (1.11) for a `terraform_data` resource whose
+    /// input holds a sensitive variable, plus a sensitive output.
+    fn real_state() -> serde_json::Value {
+        json!({
+          "version": 4, "terraform_version": "1.11.4", "serial": 1,
+          "lineage": "6de979b1-fe46-f567-04ce-768f19b733c4",
+          "outputs": {
+            "plain": {"value": "hello", "type": "string"},
+            "pw": {"value": "hunter2xyz", "type": "string", "sensitive": true}
+          },
+          "resources": [{
+            "mode": "managed", "type": "terraform_data", "name": "conn",
+            "provider": "provider[\"terraform.io/builtin/terraform\"]",
+            "instances": [{
+              "schema_version": 0,
+              "attributes": {
+                "id": "2f3cf609-40d4-7aa6-34f1-53121523bb15",
+                "input": {
+                  "value": {"password": "hunter2xyz", "user": "admin"},
+                  "type": ["object", {"password": "string", "user": "string"}]
+                },
+                "output": {
+                  "value": {"password": "hunter2xyz", "user": "admin"},
+                  "type": ["object", {"password": "string", "user": "string"}]
+                },
+                "triggers_replace": null
+              },
+              "sensitive_attributes": [[
+                {"type": "get_attr", "value": "input"},
+                {"type": "get_attr", "value": "password"}
+              ]]
+            }]
+          }],
+          "check_results": null
+        })
+    }
+
+    #[test]
+    fn state_loses_secrets_and_sensitive_values() {
+        // No secret known to the run: what OpenTofu marks sensitive is masked all the same.
+        let mut s = real_state();
+        mask_tofu_state(&mut s, &[]);
+        assert_eq!(s["outputs"]["pw"]["value"], runner::MASK);
+        assert_eq!(s["outputs"]["pw"]["type"], "string");
+        assert_eq!(s["outputs"]["plain"]["value"], "hello");
+        let attrs = &s["resources"][0]["instances"][0]["attributes"];
+        // The path input.password lives under input.value: the whole `input` is masked.
+        assert_eq!(attrs["input"]["value"]["password"], runner::MASK);
+        assert_eq!(attrs["id"], "2f3cf609-40d4-7aa6-34f1-53121523bb15");
+        assert_eq!(attrs["triggers_replace"], serde_json::Value::Null);
+
+        // The run's secrets are masked wherever they appear, here in `output` too.
+        let mut s = real_state();
+        mask_tofu_state(&mut s, &["hunter2xyz".to_owned()]);
+        assert!(!s.to_string().contains("hunter2xyz"), "{s}");
+        let attrs = &s["resources"][0]["instances"][0]["attributes"];
+        assert_eq!(attrs["output"]["value"]["user"], "admin");
+    }
+
+    #[test]
+    fn exact_paths_and_unknown_formats() {
+        let mut s = json!({"resources": [{"instances": [
+            {"attributes": {"a": {"b": "x", "c": "keep"}, "l": ["p", "q"], "m": {"k": "v"}},
+             "sensitive_attributes": [
+                [{"type": "get_attr", "value": "a"}, {"type": "get_attr", "value": "b"}],
+                [{"type": "get_attr", "value": "l"},
+                 {"type": "index", "value": {"value": 1, "type": "number"}}],
+                [{"type": "get_attr", "value": "m"},
+                 {"type": "index", "value": {"value": "k", "type": "string"}}]
+             ]},
+            {"attributes": {"a": "x", "n": 5}, "sensitive_attributes": "a future format"}
+        ]}]});
+        mask_tofu_state(&mut s, &[]);
+        let i = &s["resources"][0]["instances"];
+        assert_eq!(
+            i[0]["attributes"],
+            json!({"a": {"b": runner::MASK, "c": "keep"}, "l": ["p", runner::MASK],
+                   "m": {"k": runner::MASK}})
+        );
+        assert_eq!(
+            i[1]["attributes"],
+            json!({"a": runner::MASK, "n": runner::MASK})
+        );
+    }
 }

@@ -8,6 +8,12 @@
 //!
 //! Rendering order is deterministic: inputs are rendered in sorted key order (not schema
 //! property order, which a schema need not define for every input).
+//!
+//! Inputs come from whoever may run a service (an operator, the manager), not from the
+//! service's author, so nothing here lets them become code or options: keys are names
+//! ([`key_violations`]: identifiers, and no reserved Ansible name for playbooks), a value never
+//! stands alone as an option of an executable ([`ArgFormat::render`]), and values reach Ansible
+//! as data it never templates ([`ansible_vars_file`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -17,8 +23,12 @@ use crate::error::ExecError;
 /// Run inputs: one JSON object.
 pub type Inputs = Map<String, Value>;
 
-/// The default `--arg-format` of executable services.
-pub const DEFAULT_ARG_FORMAT: &str = "--{{.Key}} {{.Value}}";
+/// The default `--arg-format` of executable services: one word per input, so that a value is
+/// always attached to its option and never read as an option of its own.
+pub const DEFAULT_ARG_FORMAT: &str = "--{{.Key}}={{.Value}}";
+
+/// The longest input key accepted.
+pub const MAX_KEY_LEN: usize = 128;
 
 /// One decorator violation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +149,151 @@ impl Decorator {
             Err(ExecError::InvalidInputs { violations })
         }
     }
+}
+
+/// Variable names Ansible gives a meaning of its own (its playbook keywords, which
+/// `ansible.vars.reserved` refuses as variables, and the special variables of its documentation):
+/// an input of such a name would change how or where a play runs, or what it believes about
+/// its inventory. Every `ansible_*` name is refused as well (connection, become, interpreter and
+/// fact variables all live there).
+pub const ANSIBLE_RESERVED_NAMES: &[&str] = &[
+    // Playbook keywords (ansible-core `_RESERVED_NAMES`).
+    "action",
+    "always",
+    "any_errors_fatal",
+    "args",
+    "async",
+    "async_val",
+    "become",
+    "become_exe",
+    "become_flags",
+    "become_method",
+    "become_user",
+    "block",
+    "changed_when",
+    "check_mode",
+    "collections",
+    "connection",
+    "debugger",
+    "delay",
+    "delegate_facts",
+    "delegate_to",
+    "diff",
+    "environment",
+    "fact_path",
+    "failed_when",
+    "force_handlers",
+    "gather_facts",
+    "gather_subset",
+    "gather_timeout",
+    "handlers",
+    "hosts",
+    "ignore_errors",
+    "ignore_unreachable",
+    "local_action",
+    "loop",
+    "loop_control",
+    "loop_with",
+    "max_fail_percentage",
+    "module_defaults",
+    "name",
+    "no_log",
+    "notify",
+    "order",
+    "poll",
+    "port",
+    "post_tasks",
+    "pre_tasks",
+    "register",
+    "remote_user",
+    "rescue",
+    "retries",
+    "roles",
+    "run_once",
+    "serial",
+    "strategy",
+    "tags",
+    "tasks",
+    "throttle",
+    "timeout",
+    "until",
+    "vars",
+    "vars_files",
+    "vars_prompt",
+    "when",
+    "with_",
+    // Special (magic) variables without the `ansible_` prefix.
+    "group_names",
+    "groups",
+    "hostvars",
+    "inventory_dir",
+    "inventory_file",
+    "inventory_hostname",
+    "inventory_hostname_short",
+    "omit",
+    "play_hosts",
+    "playbook_dir",
+    "role_name",
+    "role_names",
+    "role_path",
+];
+
+/// Every input key that may not be used, with its pointer; empty when all are fine.
+///
+/// Every service type: a key is 1 to [`MAX_KEY_LEN`] characters of letters, digits, `_` and
+/// `-`, not starting with `-` (a key becomes an option name or a variable name, never an option
+/// or an expression of its own). Ansible playbooks: a key is an identifier
+/// (`[A-Za-z_][A-Za-z0-9_]*`) and not a reserved name ([`ANSIBLE_RESERVED_NAMES`], `ansible_*`).
+pub fn key_violations(ansible: bool, inputs: &Inputs) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (k, _) in sorted(inputs) {
+        let pointer = format!("/{}", escape_pointer(k));
+        let shown: String = k.chars().take(MAX_KEY_LEN).collect();
+        let mut bad = |message: String| {
+            out.push(Violation {
+                pointer: pointer.clone(),
+                message,
+            })
+        };
+        if k.is_empty() || k.chars().count() > MAX_KEY_LEN {
+            bad(format!(
+                "input name must be 1 to {MAX_KEY_LEN} characters long"
+            ));
+            continue;
+        }
+        if ansible {
+            let mut chars = k.chars();
+            let first_ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bad(format!(
+                    "input name {shown:?} is not an identifier ([A-Za-z_][A-Za-z0-9_]*), which \
+                     an Ansible variable name must be"
+                ));
+            } else if k.to_ascii_lowercase().starts_with("ansible_") {
+                bad(format!(
+                    "input name {shown:?} is reserved: ansible_* variables configure Ansible \
+                     itself (connection, become, facts), so a run's inputs may not set them"
+                ));
+            } else if ANSIBLE_RESERVED_NAMES.contains(&k.as_str()) {
+                bad(format!(
+                    "input name {shown:?} is reserved by Ansible (a playbook keyword or special \
+                     variable), so a run's inputs may not set it"
+                ));
+            }
+        } else if k.starts_with('-')
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bad(format!(
+                "input name {shown:?} may hold only letters, digits, '_' and '-', and may not \
+                 start with '-'"
+            ));
+        }
+    }
+    out
 }
 
 fn escape_pointer(s: &str) -> String {
@@ -335,11 +490,32 @@ impl ArgFormat {
     }
 
     /// argv words for all inputs, in sorted key order.
-    pub fn render(&self, inputs: &Inputs) -> Vec<String> {
+    ///
+    /// A word that *begins* with an input's value is refused when that value starts with `-`
+    /// (a JSON number excepted: `-1` is data): the program would read the value as an option
+    /// of its own (`--output=/tmp/x`), whatever the decorator allowed. Every such input is
+    /// reported with its pointer, as [`ExecError::InvalidInputs`]; nothing has run.
+    pub fn render(&self, inputs: &Inputs) -> Result<Vec<String>, ExecError> {
         let mut out = Vec::new();
+        let mut violations = Vec::new();
         for (k, v) in sorted(inputs) {
             let text = value_text(v);
+            let option_like = text.starts_with('-') && !v.is_number();
+            let mut refused = false;
             for w in &self.words {
+                if option_like && matches!(w.first(), Some(Piece::Value)) && !refused {
+                    refused = true;
+                    violations.push(Violation {
+                        pointer: format!("/{}", escape_pointer(k)),
+                        message: format!(
+                            "the value starts with '-' and the service's arg-format passes it \
+                             as an argument of its own ({}), where the program would take it \
+                             for an option; give a value without the leading '-', or an \
+                             arg-format that attaches it to its option such as {DEFAULT_ARG_FORMAT}",
+                            self.word_template(w)
+                        ),
+                    });
+                }
                 let mut s = String::new();
                 for p in w {
                     match p {
@@ -351,7 +527,22 @@ impl ArgFormat {
                 out.push(s);
             }
         }
-        out
+        if violations.is_empty() {
+            Ok(out)
+        } else {
+            Err(ExecError::InvalidInputs { violations })
+        }
+    }
+
+    /// One word of the template as written, for messages.
+    fn word_template(&self, w: &[Piece]) -> String {
+        w.iter()
+            .map(|p| match p {
+                Piece::Lit(l) => l.clone(),
+                Piece::Key => "{{.Key}}".to_owned(),
+                Piece::Value => "{{.Value}}".to_owned(),
+            })
+            .collect()
     }
 }
 
@@ -380,20 +571,101 @@ pub fn parse_kv_or_json(field: &str, entries: &[String]) -> Result<Inputs, ExecE
     Ok(out)
 }
 
-/// ansible-playbook extra vars: the service's `extra_vars` overlaid with the run inputs.
-pub fn ansible_extra_vars(
+/// ansible-playbook extra vars as the YAML text of a vars file (passed as
+/// `--extra-vars @file`): the service's `extra_vars` overlaid with the run inputs; `None` when
+/// there are none.
+///
+/// Ansible templates every string of its extra vars when a play reads it, so an input
+/// `{{ lookup('pipe','id') }}` would run a command on this node. Every string of an input —
+/// nested ones and mapping keys too — is therefore tagged `!unsafe`, which Ansible keeps as
+/// data and never templates. The service's own `extra_vars` are written untagged: they are the
+/// service author's, who writes the playbook as well, and may template on purpose.
+pub fn ansible_vars_file(
     service_extra_vars: &[String],
     inputs: &Inputs,
-) -> Result<String, ExecError> {
-    let mut vars = parse_kv_or_json("extra_vars", service_extra_vars)?;
-    for (k, v) in sorted(inputs) {
-        vars.insert(k.clone(), v.clone());
+) -> Result<Option<String>, ExecError> {
+    let mut vars: std::collections::BTreeMap<String, (bool, Value)> =
+        parse_kv_or_json("extra_vars", service_extra_vars)?
+            .into_iter()
+            .map(|(k, v)| (k, (false, v)))
+            .collect();
+    for (k, v) in inputs {
+        vars.insert(k.clone(), (true, v.clone()));
     }
-    // Sorted keys for a deterministic command line.
-    let ordered: std::collections::BTreeMap<_, _> = vars.into_iter().collect();
-    serde_json::to_string(&ordered).map_err(|e| ExecError::InvalidService {
-        reason: e.to_string(),
-    })
+    if vars.is_empty() {
+        return Ok(None);
+    }
+    let mut out = String::from("# run inputs are tagged !unsafe: Ansible never templates them\n");
+    for (k, (unsafe_, v)) in &vars {
+        yaml_string(k, false, &mut out);
+        out.push_str(": ");
+        yaml_value(v, *unsafe_, &mut out);
+        out.push('\n');
+    }
+    Ok(Some(out))
+}
+
+/// A JSON value as YAML flow text; strings (and mapping keys) tagged `!unsafe` when `unsafe_`.
+fn yaml_value(v: &Value, unsafe_: bool, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        // YAML 1.1 (PyYAML) reads `1e300` or `1.5e300` as strings: the tag keeps floats floats.
+        Value::Number(n) if n.is_f64() => {
+            out.push_str("!!float \"");
+            out.push_str(&n.to_string());
+            out.push('"');
+        }
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => yaml_string(s, unsafe_, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                yaml_value(item, unsafe_, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                yaml_string(k, unsafe_, out);
+                out.push_str(": ");
+                yaml_value(item, unsafe_, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// A double-quoted YAML scalar. Only printable ASCII is written as it is; everything else is
+/// an escape, so no character can end the scalar early or be refused by the YAML reader
+/// (which rejects some non-printable characters outright).
+fn yaml_string(s: &str, unsafe_: bool, out: &mut String) {
+    use std::fmt::Write as _;
+    if unsafe_ {
+        out.push_str("!unsafe ");
+    }
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xFFFF => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08X}", u32::from(c));
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// opentofu-plan `-var` arguments: the service's `k=v` vars first, then the inputs (later
@@ -524,24 +796,142 @@ mod tests {
         i.insert("device".into(), json!("10.0.0.1; rm -rf / $(x)"));
         let f = ArgFormat::parse(DEFAULT_ARG_FORMAT).unwrap();
         assert_eq!(
-            f.render(&i),
+            f.render(&i).unwrap(),
+            ["--device=10.0.0.1; rm -rf / $(x)", "--port=22"]
+        );
+        let f = ArgFormat::parse("--{{.Key}} {{.Value}}").unwrap();
+        assert_eq!(
+            f.render(&i).unwrap(),
             ["--device", "10.0.0.1; rm -rf / $(x)", "--port", "22"]
         );
         let f = ArgFormat::parse("{{ .Key }}={{.Value}}").unwrap();
-        assert_eq!(f.render(&i), ["device=10.0.0.1; rm -rf / $(x)", "port=22"]);
+        assert_eq!(
+            f.render(&i).unwrap(),
+            ["device=10.0.0.1; rm -rf / $(x)", "port=22"]
+        );
         assert!(ArgFormat::parse("--{{.Nope}}").is_err());
         assert!(ArgFormat::parse("--{{.Key").is_err());
         assert!(ArgFormat::parse("   ").is_err());
     }
 
     #[test]
-    fn ansible_and_tofu_rendering() {
+    fn a_value_never_stands_alone_as_an_option() {
+        let mut i = Inputs::new();
+        i.insert("host".into(), json!("--output=/tmp/x"));
+        i.insert("count".into(), json!(-3));
+        i.insert("name".into(), json!("r1"));
+        // The default attaches the value to its option: harmless.
+        let f = ArgFormat::parse(DEFAULT_ARG_FORMAT).unwrap();
+        assert_eq!(
+            f.render(&i).unwrap(),
+            ["--count=-3", "--host=--output=/tmp/x", "--name=r1"]
+        );
+        // A format that makes the value a word of its own refuses it, naming the input; a
+        // negative number stays data.
+        for t in ["--{{.Key}} {{.Value}}", "{{.Value}}", "{{.Value}}.txt"] {
+            let f = ArgFormat::parse(t).unwrap();
+            let ExecError::InvalidInputs { violations } = f.render(&i).unwrap_err() else {
+                panic!("{t}: not InvalidInputs")
+            };
+            assert_eq!(violations.len(), 1, "{t}: {violations:?}");
+            assert_eq!(violations[0].pointer, "/host");
+            assert!(violations[0].message.contains("option"), "{violations:?}");
+        }
+    }
+
+    #[test]
+    fn input_names_are_names() {
+        let mut i = Inputs::new();
+        for k in [
+            "device",
+            "dry-run",
+            "x_1",
+            "-rf",
+            "a=b",
+            "a b",
+            "",
+            &"k".repeat(129),
+        ] {
+            i.insert(k.into(), json!(1));
+        }
+        let bad: Vec<String> = key_violations(false, &i)
+            .into_iter()
+            .map(|v| v.pointer)
+            .collect();
+        assert_eq!(bad.len(), 5, "{bad:?}");
+        for p in ["/-rf", "/a=b", "/a b", "/"] {
+            assert!(bad.contains(&p.to_owned()), "{p} in {bad:?}");
+        }
+        assert!(!bad.contains(&"/dry-run".to_owned()));
+
+        let mut i = Inputs::new();
+        for k in [
+            "device",
+            "_x",
+            "dry-run",
+            "ansible_connection",
+            "ANSIBLE_become",
+            "hostvars",
+            "environment",
+            "vars",
+            "omit",
+            "1x",
+        ] {
+            i.insert(k.into(), json!("v"));
+        }
+        let bad: Vec<String> = key_violations(true, &i)
+            .into_iter()
+            .map(|v| v.pointer)
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                "/1x",
+                "/ANSIBLE_become",
+                "/ansible_connection",
+                "/dry-run",
+                "/environment",
+                "/hostvars",
+                "/omit",
+                "/vars"
+            ]
+        );
+    }
+
+    #[test]
+    fn ansible_vars_are_unsafe_data() {
+        let mut i = Inputs::new();
+        i.insert("who".into(), json!("{{ lookup('pipe','id') }}"));
+        i.insert("n".into(), json!(2));
+        i.insert("f".into(), json!(0.5));
+        i.insert(
+            "nested".into(),
+            json!({"{{k}}": ["{% x %}", true, null], "q": "a\"b\\c\u{7f}\u{e9}\u{1F600}\n"}),
+        );
+        let y = ansible_vars_file(&["site=lab".into(), "{\"c\":[1]}".into()], &i)
+            .unwrap()
+            .unwrap();
+        let body: Vec<&str> = y.lines().skip(1).collect();
+        assert_eq!(
+            body,
+            [
+                r#""c": [1]"#,
+                r#""f": !!float "0.5""#,
+                r#""n": 2"#,
+                r#""nested": {!unsafe "q": !unsafe "a\"b\\c\u007F\u00E9\U0001F600\u000A", !unsafe "{{k}}": [!unsafe "{% x %}", true, null]}"#,
+                r#""site": "lab""#,
+                r#""who": !unsafe "{{ lookup('pipe','id') }}""#,
+            ]
+        );
+        assert_eq!(ansible_vars_file(&[], &Inputs::new()).unwrap(), None);
+        assert!(ansible_vars_file(&["nokv".into()], &i).is_err());
+    }
+
+    #[test]
+    fn tofu_rendering() {
         let mut i = Inputs::new();
         i.insert("b".into(), json!(2));
         i.insert("a".into(), json!("x y"));
-        let ev = ansible_extra_vars(&["a=base".into(), "{\"c\":[1]}".into()], &i).unwrap();
-        assert_eq!(ev, r#"{"a":"x y","b":2,"c":[1]}"#);
-        assert!(ansible_extra_vars(&["nokv".into()], &i).is_err());
         assert_eq!(
             tofu_var_args(&["region=eu".into()], &i),
             ["-var", "region=eu", "-var", "a=x y", "-var", "b=2"]

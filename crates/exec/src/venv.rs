@@ -63,6 +63,29 @@ impl std::fmt::Debug for PipIndex {
 }
 
 impl PipIndex {
+    /// The credentials this index URL carries, for masking in output and errors: the whole
+    /// URL, its user-info, and the password (or token) both as written in the URL
+    /// (percent-encoded) and decoded — pip prints either. Empty without credentials.
+    pub fn secret_values(&self) -> Vec<String> {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        let Some((userinfo, _)) = authority.rsplit_once('@') else {
+            return Vec::new();
+        };
+        let mut out = vec![self.url.clone(), userinfo.to_owned()];
+        if let Some((_, password)) = userinfo.split_once(':') {
+            out.push(password.to_owned());
+            out.push(percent_decode(password));
+        }
+        out.retain(|s| !s.is_empty());
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn host(&self) -> Option<String> {
         let rest = self
             .url
@@ -136,6 +159,31 @@ pub async fn interpreter(
             ),
         }),
     }
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are); non-UTF-8 results are lossy.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn tail(s: &str, n: usize) -> &str {
@@ -371,6 +419,8 @@ impl VenvCache {
         spec.args = vec!["-m".into(), "pip".into(), "install".into()];
         spec.args.extend(self.opts.pip_args.iter().map(Into::into));
         if let Some(index) = index {
+            // pip's output (and so the error built from it) may quote the URL or its password.
+            spec.mask = index.secret_values();
             env.insert("PIP_INDEX_URL".to_owned(), index.url.clone());
             if index.trusted_host {
                 if let Some(host) = index.host() {
@@ -439,5 +489,37 @@ fn remove_leftovers(store: &Path, key: &str) {
         {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_credentials_are_secret_values() {
+        let i = PipIndex {
+            url: "https://bob:p%40ss%2Fw0rd@pypi.example.com/simple/".into(),
+            trusted_host: false,
+        };
+        let v = i.secret_values();
+        for want in [
+            "p@ss/w0rd",
+            "p%40ss%2Fw0rd",
+            "bob:p%40ss%2Fw0rd",
+            "https://bob:p%40ss%2Fw0rd@pypi.example.com/simple/",
+        ] {
+            assert!(v.contains(&want.to_owned()), "{want} in {v:?}");
+        }
+        let token = PipIndex {
+            url: "https://__token__:tok-123@h/simple".into(),
+            trusted_host: false,
+        };
+        assert!(token.secret_values().contains(&"tok-123".to_owned()));
+        let plain = PipIndex {
+            url: "https://pypi.org/simple".into(),
+            trusted_host: false,
+        };
+        assert!(plain.secret_values().is_empty());
     }
 }
