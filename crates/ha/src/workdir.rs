@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use autogate_runtime::private::DirState;
 use autogate_store::LeaseId;
 use serde::{Deserialize, Serialize};
 
@@ -136,7 +137,7 @@ impl WorkdirLock {
     pub async fn record(&self, state: &ProcessState) -> std::io::Result<()> {
         let path = self.state_path.clone();
         let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        tokio::task::spawn_blocking(move || autogate_runtime::private::write_private(&path, &bytes))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
     }
@@ -149,11 +150,26 @@ fn acquire_blocking(
     use fs4::fs_std::FileExt;
     use std::os::unix::fs::OpenOptionsExt;
 
-    std::fs::create_dir_all(dir).map_err(|source| WorkdirError::Io {
-        what: "cannot create working directory",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    // The working directory holds the store, the log, keys and checkouts: this user's only.
+    match autogate_runtime::private::private_dir(dir) {
+        Ok(DirState::Tightened(old)) => tracing::warn!(
+            "working directory {} was mode {old:o}, readable by other users: it is 0700 now",
+            dir.display()
+        ),
+        Ok(DirState::Shared(mode)) => tracing::warn!(
+            "working directory {} is mode {mode:o} and not this user's to restrict: other local \
+             users may read what the node keeps there; give the node a directory of its own",
+            dir.display()
+        ),
+        Ok(_) => {}
+        Err(source) => {
+            return Err(WorkdirError::Io {
+                what: "cannot create working directory",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    }
     let lock_path = dir.join(format!("{role}.lock"));
     let state_path = dir.join(format!("{role}.state"));
     let io = |what: &'static str, path: &Path| {
@@ -199,34 +215,6 @@ fn acquire_blocking(
         },
         previous,
     ))
-}
-
-/// Writes `bytes` to a temporary file next to `path` (mode 0600), flushes it to disk and renames
-/// it over `path`: a reader sees the old content or the new, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        // The rename itself survives a power cut only once the directory is synced.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// The state file as a driver writes it: this process's record, with the lease it was just

@@ -12,6 +12,7 @@
 
 use std::fmt::{self, Write as _};
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -82,20 +83,26 @@ pub fn init_logging(settings: &LogSettings) -> Result<LoggingGuard, LoggingError
         .with_filter(filter_fn(ours));
     let file_layer = match &settings.file {
         Some((path, format)) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| LoggingError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+            let fail = |source| LoggingError::File {
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // A missing directory is made private; an existing one (say /var/log) is not
+                // this process's to change.
+                if !dir.exists() {
+                    crate::private::private_dir(dir).map_err(fail)?;
+                }
             }
+            // The log names users, source addresses and paths: this user's only. A log an
+            // older version left readable by others is tightened.
+            crate::private::tighten_file(path, 0o600).map_err(fail)?;
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
-                .map_err(|source| LoggingError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(fail)?;
             Some(
                 tracing_subscriber::fmt::layer()
                     .event_format(LineFormat(*format))

@@ -38,12 +38,22 @@ pub fn store_options(config: &Config) -> StoreOptions {
 /// Open the configured store, creating the working directory for the local backend.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     if config.store.backend == BackendKind::Local {
-        std::fs::create_dir_all(&config.application.working_dir).map_err(|e| {
-            StoreError::Config(format!(
-                "cannot create working directory {}: {e}",
-                config.application.working_dir.display()
-            ))
-        })?;
+        // The store file keeps password hashes and sealed secrets: the directory is this
+        // user's only (tightened when an older version left it open).
+        let dir = &config.application.working_dir;
+        match autogate_runtime::private::private_dir(dir) {
+            Ok(autogate_runtime::private::DirState::Tightened(old)) => tracing::warn!(
+                "working directory {} was mode {old:o}, readable by other users: it is 0700 now",
+                dir.display()
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(StoreError::Config(format!(
+                    "cannot create working directory {}: {e}",
+                    dir.display()
+                )))
+            }
+        }
     }
     autogate_store::open(store_options(config)).await
 }

@@ -80,6 +80,14 @@ impl Db {
                 ))
             })?;
         }
+        // Password hashes and sealed secrets live here: the file is this user's only. It is
+        // created empty with mode 0600 before redb opens it (redb starts a new database in an
+        // empty file), and a file an older version left open to others is tightened.
+        private_file(path).map_err(|e| {
+            StoreError::Config(format!(
+                "cannot create store file {shown} with mode 0600: {e}"
+            ))
+        })?;
         // The lock can be held for a moment after a store in this process was dropped (a lease
         // expiry pass may still own it), so a held lock is retried briefly before it is an error.
         let give_up = Instant::now() + LOCK_WAIT;
@@ -216,6 +224,24 @@ impl Db {
     }
 }
 
+/// Creates `path` empty with mode 0600 when it does not exist, or takes group and other access
+/// away from an existing one this user owns. (The store crate keeps to `std`; the node's other
+/// private files go through `autogate_runtime::private`.)
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if meta.mode() & 0o077 != 0 && meta.uid() == std::fs::metadata("/proc/self")?.uid() {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +258,19 @@ mod tests {
         };
         assert_eq!(decode("k", &encode(&kv)).unwrap(), kv);
         assert!(decode("k", &[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn the_store_file_is_this_users_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        drop(Db::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        // A file an older version left readable by others is tightened at the next open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Db::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 }
