@@ -814,6 +814,14 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             grpc_max_recv_msg_size: v.size("server.grpc_max_recv_msg_size"),
             runtime_data_dir: v.path("server.runtime_data_dir"),
             shutdown_grace: v.duration("server.shutdown_grace"),
+            allow_plaintext: v.bool("server.allow_plaintext"),
+            header_read_timeout: v.duration("server.header_read_timeout"),
+            body_read_timeout: v.duration("server.body_read_timeout"),
+            max_connections: usize::try_from(v.int("server.max_connections")).unwrap_or(1),
+            max_connections_per_address: usize::try_from(
+                v.int("server.max_connections_per_address"),
+            )
+            .unwrap_or(1),
         },
         runner: Runner {
             announcement_address: v.text("runner.announcement_address"),

@@ -307,6 +307,18 @@ pub struct Server {
     /// Time given to in-flight work at shutdown.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
+    /// Serve the API without TLS on a non-loopback address.
+    pub allow_plaintext: bool,
+    /// Time a client has to send a request's headers.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    /// Time a request's body has to arrive once its headers are in.
+    #[serde(serialize_with = "ser_duration")]
+    pub body_read_timeout: Duration,
+    /// API connections open at once.
+    pub max_connections: usize,
+    /// API connections open at once from one client address.
+    pub max_connections_per_address: usize,
 }
 
 /// `[runner]`.

@@ -362,6 +362,11 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("server", "grpc_max_recv_msg_size", Kind::Size { min: 1, max: 1 << 30 }, NoDefault, "family 5.5.1+: largest inbound gRPC message").compat(),
     KeyDef::new("server", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
     KeyDef::new("server", "shutdown_grace", DUR, V("10s"), "time given to in-flight work when the node stops"),
+    KeyDef::new("server", "allow_plaintext", BOOL, V("false"), "serve the API without TLS on a `listen_address` that is not loopback (`127.0.0.0/8`, `::1`, `localhost`); refused by default, because passwords and API keys would cross the network readable. Standbys never forward credentials in plaintext to a non-loopback peer, even with this set"),
+    KeyDef::new("server", "header_read_timeout", Kind::Duration { min: Some(Duration::from_secs(1)) }, V("10s"), "time a client has to send a request's headers (also how long an idle kept-alive connection stays open); then the connection is closed"),
+    KeyDef::new("server", "body_read_timeout", Kind::Duration { min: Some(Duration::from_secs(1)) }, V("60s"), "time a request's body has to arrive once its headers are in; a slower body is answered 408 and its connection closed"),
+    KeyDef::new("server", "max_connections", Kind::Int { min: 1, max: 1_000_000 }, V("1024"), "API connections open at once (TLS handshakes included); beyond that new ones are closed at once (plain HTTP ones with a 503 first)"),
+    KeyDef::new("server", "max_connections_per_address", Kind::Int { min: 1, max: 1_000_000 }, V("256"), "API connections open at once from one client address (an IPv6 /64 counts as one address); beyond that as `max_connections`"),
     // [runner]
     KeyDef::new("runner", "announcement_address", HOST, NoDefault, "family: address registered in the store").compat(),
     KeyDef::new("runner", "listen_address", HOST, V("127.0.0.1"), "bind address of the runner's probe port (`metrics_port`); the family's runner gRPC address"),

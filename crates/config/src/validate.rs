@@ -290,9 +290,30 @@ pub(crate) fn validate_for(cfg: &Config, role: Role) -> Result<(), ConfigError> 
     }
 }
 
+/// Whether `host` (a `listen_address`) only accepts connections from this machine. Only
+/// loopback IP literals and `localhost` count: any other name may resolve to anything.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// Rules of a process that serves the operator API and runs jobs (server and local).
 fn serve_api(cfg: &Config) -> Result<(), ConfigError> {
     let s = &cfg.server;
+    // Logins carry passwords and every other request an API key: in plaintext on an address
+    // the network reaches, anyone on the path reads them. Only an explicit choice allows it.
+    if !s.use_tls && !s.allow_plaintext && !is_loopback_host(&s.listen_address) {
+        let listen = origin(cfg, "server", "listen_address");
+        let reason = format!(
+            "the API would take passwords and API keys in plaintext on {}, an address other machines reach; set server.use_tls = true (with server.certificate_file and server.private_key_file), or listen on 127.0.0.1, or set server.allow_plaintext = true ({}) if the network is trusted or a TLS proxy runs in front",
+            listen.value,
+            env_name("server", "allow_plaintext"),
+        );
+        return Err(conflict(listen, origin(cfg, "server", "use_tls"), &reason));
+    }
     if s.use_tls {
         let o = origin(cfg, "server", "use_tls");
         for (key, set) in [

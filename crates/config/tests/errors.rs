@@ -432,7 +432,8 @@ fn validate_for_roles() {
     assert!(e.to_string().contains("connect.hosts"), "{e}");
     sb.env("GATEWAY_CONNECT_HOSTS", "m:8443");
     sb.load().validate_for(Role::Server).unwrap();
-    sb.env("GATEWAY_SERVER_LISTEN_ADDRESS", "0.0.0.0");
+    sb.env("GATEWAY_SERVER_LISTEN_ADDRESS", "0.0.0.0")
+        .env("GATEWAY_SERVER_ALLOW_PLAINTEXT", "true");
     let e = sb.load().validate_for(Role::Server).unwrap_err();
     assert!(e.to_string().contains("connect.advertise_address"), "{e}");
     sb.env("GATEWAY_CONNECT_ENABLED", "false")
@@ -456,4 +457,38 @@ fn validate_for_roles() {
             .contains("GATEWAY_CLIENT_PROD_CERTIFICATE_FILE"),
         "{e}"
     );
+}
+
+/// Passwords and API keys must not cross the network readable by default: a plaintext API on an
+/// address other machines reach is refused for the roles that serve it, naming the option that
+/// allows it; loopback stays allowed.
+#[test]
+fn plaintext_api_on_a_network_address_needs_allow_plaintext() {
+    let mut sb = Sandbox::new();
+    sb.env("GATEWAY_SERVER_LISTEN_ADDRESS", "0.0.0.0");
+    let c = sb.load();
+    for role in [Role::Server, Role::Local] {
+        let e = c.validate_for(role).unwrap_err();
+        let text = e.to_string();
+        for part in [
+            "server.listen_address = 0.0.0.0",
+            "server.use_tls = false",
+            "server.allow_plaintext = true",
+            "GATEWAY_SERVER_ALLOW_PLAINTEXT",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        assert_eq!(e.exit_code(), 64);
+    }
+    c.validate_for(Role::Client).unwrap();
+    sb.env("GATEWAY_SERVER_ALLOW_PLAINTEXT", "true");
+    sb.load().validate_for(Role::Server).unwrap();
+    for loopback in ["127.0.0.1", "127.1.2.3", "::1", "localhost"] {
+        let mut sb = Sandbox::new();
+        sb.env("GATEWAY_SERVER_LISTEN_ADDRESS", loopback);
+        sb.load().validate_for(Role::Server).unwrap();
+    }
+    let mut sb = Sandbox::new();
+    sb.env("GATEWAY_SERVER_LISTEN_ADDRESS", "gateway.example.com");
+    assert!(sb.load().validate_for(Role::Server).is_err());
 }

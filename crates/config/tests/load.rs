@@ -460,6 +460,13 @@ client_cert_auth = false
 "#,
         ca.display()
     ));
+    // The family serves plaintext on a network address without asking; autogate wants it said.
+    let e = sb
+        .load()
+        .validate_for(autogate_config::Role::Server)
+        .unwrap_err();
+    assert!(e.to_string().contains("server.allow_plaintext"), "{e}");
+    sb.env("GATEWAY_SERVER_ALLOW_PLAINTEXT", "true");
     let c = sb.load();
     c.validate_for(autogate_config::Role::Server).unwrap();
     assert_eq!(
