@@ -193,13 +193,16 @@ impl std::fmt::Debug for Automation {
 impl Automation {
     /// Over `store`, for `cluster_id`.
     pub fn new(store: Arc<dyn Store>, cluster_id: &str, opts: AutomationOptions) -> Self {
+        let resources = Resources::new(store, cluster_id);
         Self {
-            resources: Resources::new(store, cluster_id),
             engine: Arc::new(Engine::new({
                 let mut cfg = EngineConfig::new(opts.work_dir);
                 cfg.output_limit = opts.output_limit;
+                // SSH repositories trust the cluster's known hosts, strictly, on every node.
+                cfg.host_keys = autogate_exec::HostKeyPolicy::Cluster(Arc::new(resources.clone()));
                 cfg
             })),
+            resources,
             key: opts.key,
             features: opts.features,
         }

@@ -12,9 +12,23 @@
 //! Credentials never appear on a command line or in a log: an SSH key is written to a 0600
 //! temporary file named in `GIT_SSH_COMMAND` and removed after; an HTTPS password reaches git
 //! through a credential helper reading an environment variable of the git process only.
+//!
+//! A URL or a reference is a word git would read as an option if it started with `-`
+//! (`--upload-pack=<command>` runs a command): both are refused ([`check_url`],
+//! [`check_reference`]) and git always gets `--` (or `--end-of-options`) before them. Every git
+//! process runs with `GIT_ALLOW_PROTOCOL` ([`GIT_ALLOW_PROTOCOL`]), so no URL reaches a transport
+//! that runs a command (`ext::`) or reads a descriptor (`fd::`).
+//!
+//! SSH host keys are checked strictly ([`HostKeyPolicy`]): by default against the cluster's known
+//! hosts, read when a checkout needs them and written to a 0600 file beside the cache for that
+//! checkout only; an unknown or changed key fails the checkout with
+//! [`ExecError::HostKeyRejected`], which names the command that adds the key.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -25,6 +39,185 @@ use crate::runner::{run_process, ProcessSpec};
 
 /// How long one git command may take before it is killed.
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The transports every git process may use (`GIT_ALLOW_PROTOCOL`). `ext::` is left out because
+/// its "address" is a command line git runs, and `fd::` because it talks to inherited
+/// descriptors: neither is a repository location, and a URL must never be a way to run code.
+/// `file` keeps local repositories (and the tests' fixtures) working; `ssh` also covers the
+/// scp-like `user@host:path` form.
+pub const GIT_ALLOW_PROTOCOL: &str = "file:git:http:https:ssh";
+
+/// The URL schemes [`check_url`] accepts (the rest are refused before git sees them).
+const URL_SCHEMES: &[&str] = &["file", "git", "http", "https", "ssh", "git+ssh", "ssh+git"];
+
+/// Checks a repository URL before it is stored or handed to git; `Err` says why it is refused.
+///
+/// Refused: an empty URL, whitespace or control characters, a leading `-` (git would read the
+/// URL as an option: `--upload-pack=<command>` runs it), a `<transport>::<address>` remote-helper
+/// URL (`ext::` runs a command), a scheme other than [`URL_SCHEMES`], and an SSH host starting
+/// with `-` (ssh would read it as an option).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be a git URL without spaces or control characters (file://, https://, ssh:// or user@host:path)".into());
+    }
+    if url.starts_with('-') {
+        return Err(format!(
+            "{:?} starts with '-', which git would read as an option",
+            redact_url(url)
+        ));
+    }
+    if let Some((transport, _)) = url.split_once("::") {
+        if !transport.is_empty()
+            && transport
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(format!(
+                "the {transport}:: transport is not allowed (only {})",
+                URL_SCHEMES.join(", ")
+            ));
+        }
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !URL_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+            return Err(format!(
+                "the {scheme}:// scheme is not allowed (only {})",
+                URL_SCHEMES.join(", ")
+            ));
+        }
+    }
+    if let Some(h) = SshHost::of_url(url) {
+        if h.host.is_empty() || h.host.starts_with('-') {
+            return Err(format!(
+                "{:?} is not an SSH host name (ssh would read a leading '-' as an option)",
+                h.host
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a branch, tag or commit name before it is handed to git; `Err` says why it is refused
+/// (empty, whitespace or control characters, or a leading `-` git would read as an option).
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    if reference.is_empty()
+        || reference.starts_with('-')
+        || reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{reference:?} is not a branch, tag or commit"));
+    }
+    Ok(())
+}
+
+/// The SSH server a repository URL reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    /// The host name or address (IPv6 without brackets).
+    pub host: String,
+    /// The port (22 unless the URL names another).
+    pub port: u16,
+}
+
+impl SshHost {
+    /// The SSH server of `ssh://`, `git+ssh://`, `ssh+git://` and scp-like `[user@]host:path`
+    /// URLs; `None` for every other kind.
+    pub fn of_url(url: &str) -> Option<SshHost> {
+        if let Some((scheme, rest)) = url.split_once("://") {
+            if !["ssh", "git+ssh", "ssh+git"]
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(scheme))
+            {
+                return None;
+            }
+            let authority = rest.split('/').next().unwrap_or_default();
+            let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            return Some(Self::parse(hostport));
+        }
+        // scp-like: `[user@]host:path` or `[user@][host:port]:path`, a ':' before any '/'.
+        if url.starts_with('/') || url.starts_with('.') {
+            return None;
+        }
+        let after_user = match url.find('@') {
+            Some(at) if !url[..at].contains([':', '/']) => &url[at + 1..],
+            _ => url,
+        };
+        if let Some(rest) = after_user.strip_prefix('[') {
+            let (inner, after) = rest.split_once(']')?;
+            if !after.starts_with(':') {
+                return None;
+            }
+            // `[host:port]`, or an IPv6 address (more than one ':').
+            return Some(match inner.split_once(':') {
+                Some((h, p)) if !p.contains(':') => SshHost {
+                    host: h.to_owned(),
+                    port: p.parse().unwrap_or(22),
+                },
+                _ => SshHost {
+                    host: inner.to_owned(),
+                    port: 22,
+                },
+            });
+        }
+        let colon = after_user.find(':')?;
+        if after_user[..colon].contains('/') {
+            return None;
+        }
+        Some(SshHost {
+            host: after_user[..colon].to_owned(),
+            port: 22,
+        })
+    }
+
+    /// A URL authority's `host`, `host:port`, `[v6]` or `[v6]:port`.
+    fn parse(hostport: &str) -> SshHost {
+        if let Some(rest) = hostport.strip_prefix('[') {
+            if let Some((h, after)) = rest.split_once(']') {
+                let port = after
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(22);
+                return SshHost {
+                    host: h.to_owned(),
+                    port,
+                };
+            }
+        }
+        match hostport.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() => SshHost {
+                host: h.to_owned(),
+                port: p.parse().unwrap_or(22),
+            },
+            _ => SshHost {
+                host: hostport.to_owned(),
+                port: 22,
+            },
+        }
+    }
+
+    /// Its name in a known_hosts file: `host`, or `[host]:port` off port 22.
+    pub fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+
+    /// How an operator names it on the command line (`autogate hostkeys add <this> …`):
+    /// `host`, `host:port`, or `[v6]:port`.
+    pub fn display_name(&self) -> String {
+        match (self.port, self.host.contains(':')) {
+            (22, _) => self.host.clone(),
+            (p, false) => format!("{}:{p}", self.host),
+            (p, true) => format!("[{}]:{p}", self.host),
+        }
+    }
+}
 
 /// A git repository to check out.
 #[derive(Clone, Default)]
@@ -140,14 +333,55 @@ impl Drop for Workspace {
     }
 }
 
-/// Where SSH host keys are checked.
+/// Where a checkout finds the known hosts of its cluster, read each time an SSH repository is
+/// fetched so that a key added a moment ago counts.
+pub trait KnownHostsSource: Send + Sync + std::fmt::Debug {
+    /// The known_hosts lines (`<name> <keytype> <base64 key>`); `Err` says why they could not
+    /// be read (the checkout then fails: no reading, no trust).
+    fn known_hosts(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// How SSH host keys are checked. Every policy but [`HostKeyPolicy::AcceptAny`] runs ssh with
+/// `StrictHostKeyChecking=yes` and ignores the machine's own known hosts files, so every node of
+/// a cluster trusts the same keys.
 #[derive(Debug, Clone, Default)]
 pub enum HostKeyPolicy {
-    /// Accept any host key (the family's default with `hostkeys_enabled` off).
+    /// No host is known: every SSH repository is refused (the default until a source is set).
     #[default]
-    AcceptAny,
+    NoneKnown,
+    /// The cluster's known hosts, read at checkout time (what core nodes and runners use).
+    Cluster(Arc<dyn KnownHostsSource>),
     /// Only hosts listed in this known_hosts file.
     KnownHosts(PathBuf),
+    /// Accept any host key: no protection against a server impersonating the git server. Only
+    /// ever set on an explicit, logged opt-out.
+    AcceptAny,
+}
+
+/// What ssh is told about host keys for one checkout; holds the temporary known_hosts file.
+enum HostKeyArgs {
+    AcceptAny,
+    Strict(Option<PathBuf>),
+    StrictTemp(tempfile::NamedTempFile),
+}
+
+impl HostKeyArgs {
+    fn ssh_options(&self) -> String {
+        let strict = |file: &str| {
+            format!(
+                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={file} \
+                 -o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no -o CheckHostIP=no"
+            )
+        };
+        match self {
+            HostKeyArgs::AcceptAny => {
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".to_owned()
+            }
+            HostKeyArgs::Strict(None) => strict("/dev/null"),
+            HostKeyArgs::Strict(Some(p)) => strict(&shell_quote(&p.to_string_lossy())),
+            HostKeyArgs::StrictTemp(f) => strict(&shell_quote(&f.path().to_string_lossy())),
+        }
+    }
 }
 
 /// The checkout cache of one node.
@@ -186,6 +420,53 @@ impl CheckoutCache {
         self
     }
 
+    /// The host-key arguments of one checkout: for an SSH repository under
+    /// [`HostKeyPolicy::Cluster`], the cluster's known hosts in a fresh 0600 file under the
+    /// cache root, removed when the checkout ends.
+    async fn host_key_args(
+        &self,
+        repo: &Repository,
+        is_ssh: bool,
+    ) -> Result<HostKeyArgs, ExecError> {
+        Ok(match &self.host_keys {
+            HostKeyPolicy::AcceptAny => HostKeyArgs::AcceptAny,
+            HostKeyPolicy::NoneKnown => HostKeyArgs::Strict(None),
+            HostKeyPolicy::KnownHosts(p) => HostKeyArgs::Strict(Some(p.clone())),
+            HostKeyPolicy::Cluster(_) if !is_ssh => HostKeyArgs::Strict(None),
+            HostKeyPolicy::Cluster(source) => {
+                use std::io::Write;
+                let lines = source.known_hosts().await.map_err(|e| {
+                    Self::fail(repo, format!("cannot read the cluster's known hosts: {e}"))
+                })?;
+                // NamedTempFile is created 0600 and removed on drop.
+                let mut f = tempfile::Builder::new()
+                    .prefix(".known_hosts-")
+                    .tempfile_in(&self.root)
+                    .map_err(|e| ExecError::io("writing the known hosts file", e))?;
+                f.write_all(lines.as_bytes())
+                    .and_then(|()| f.flush())
+                    .map_err(|e| ExecError::io("writing the known hosts file", e))?;
+                HostKeyArgs::StrictTemp(f)
+            }
+        })
+    }
+
+    /// A failed fetch: a host key ssh refused is its own error (the operator adds the key),
+    /// anything else is git's message.
+    fn fetch_fail(repo: &Repository, host: Option<&SshHost>, stderr: String) -> ExecError {
+        if let Some(h) = host {
+            if stderr.contains("Host key verification failed")
+                || stderr.contains("host key is known for")
+            {
+                return ExecError::HostKeyRejected {
+                    host: h.display_name(),
+                    changed: stderr.contains("HOST IDENTIFICATION HAS CHANGED"),
+                };
+            }
+        }
+        Self::fail(repo, stderr)
+    }
+
     fn fail(repo: &Repository, reason: impl Into<String>) -> ExecError {
         ExecError::Checkout {
             repository: redact_url(&repo.url),
@@ -209,9 +490,13 @@ impl CheckoutCache {
                 path,
             });
         };
-        if repo.url.trim().is_empty() {
-            return Err(Self::fail(repo, "empty repository URL"));
+        // Checked here as well as when the repository is stored: a record written by an older
+        // version, or straight into the store, must not reach git as an option either.
+        check_url(&repo.url).map_err(|e| Self::fail(repo, format!("refused URL: {e}")))?;
+        if let Some(r) = &repo.reference {
+            check_reference(r).map_err(|e| Self::fail(repo, format!("refused reference: {e}")))?;
         }
+        let ssh_host = SshHost::of_url(&repo.url);
         let key = hex::encode(Sha256::digest(repo.url.as_bytes()));
         let dir = self.root.join(&key[..16]);
         let commits = dir.join("commits");
@@ -232,11 +517,12 @@ impl CheckoutCache {
         }
 
         let mirror = dir.join("mirror.git");
+        let host_keys = self.host_key_args(repo, ssh_host.is_some()).await?;
         let creds = CredentialEnv::new(
             repo.credentials.as_ref(),
             &self.root,
             &self.ssh_program,
-            &self.host_keys,
+            host_keys,
         )
         .map_err(|e| ExecError::io("writing the temporary ssh key", e))?;
         let git = GitRunner {
@@ -260,6 +546,7 @@ impl CheckoutCache {
                 "-q",
                 "--prune",
                 "--force",
+                "--",
                 &repo.url,
                 "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*",
@@ -267,7 +554,7 @@ impl CheckoutCache {
             ],
         )
         .await
-        .map_err(|e| Self::fail(repo, e))?;
+        .map_err(|e| Self::fetch_fail(repo, ssh_host.as_ref(), e))?;
 
         let commit = match repo.reference.as_deref() {
             None | Some("HEAD") => git.rev_parse(&dir, &gd, "refs/autogate/remote-head").await,
@@ -286,7 +573,7 @@ impl CheckoutCache {
                 if found.is_none() && r.len() >= 7 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
                     // A commit no branch or tag points at: ask for it by id.
                     if git
-                        .run(&dir, &[&gd, "fetch", "-q", &repo.url, r])
+                        .run(&dir, &[&gd, "fetch", "-q", "--", &repo.url, r])
                         .await
                         .is_ok()
                     {
@@ -413,6 +700,7 @@ struct CredentialEnv {
     env: BTreeMap<String, String>,
     mask: Vec<String>,
     _key: Option<tempfile::NamedTempFile>,
+    _host_keys: HostKeyArgs,
 }
 
 impl CredentialEnv {
@@ -420,20 +708,13 @@ impl CredentialEnv {
         creds: Option<&GitCredentials>,
         tmp_dir: &Path,
         ssh_program: &str,
-        host_keys: &HostKeyPolicy,
+        host_keys: HostKeyArgs,
     ) -> std::io::Result<Self> {
         let mut env = BTreeMap::new();
         env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
         env.insert("LC_ALL".into(), "C".into());
-        let hk = match host_keys {
-            HostKeyPolicy::AcceptAny => {
-                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".to_owned()
-            }
-            HostKeyPolicy::KnownHosts(p) => format!(
-                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
-                shell_quote(&p.to_string_lossy())
-            ),
-        };
+        env.insert("GIT_ALLOW_PROTOCOL".into(), GIT_ALLOW_PROTOCOL.into());
+        let hk = host_keys.ssh_options();
         let mut key = None;
         let mut mask = Vec::new();
         let mut ssh = format!("{ssh_program} -o BatchMode=yes {hk}");
@@ -477,6 +758,7 @@ impl CredentialEnv {
             env,
             mask,
             _key: key,
+            _host_keys: host_keys,
         })
     }
 }
@@ -514,11 +796,14 @@ impl GitRunner<'_> {
 
     async fn rev_parse(&self, cwd: &Path, gd: &str, rev: &str) -> Option<String> {
         let spec = format!("{rev}^{{commit}}");
-        self.run(cwd, &[gd, "rev-parse", "--verify", "-q", &spec])
-            .await
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| is_full_sha(s))
+        self.run(
+            cwd,
+            &[gd, "rev-parse", "--verify", "-q", "--end-of-options", &spec],
+        )
+        .await
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| is_full_sha(s))
     }
 }
 
@@ -563,6 +848,64 @@ mod tests {
         assert_eq!(redact_url("file:///tmp/x"), "file:///tmp/x");
     }
 
+    #[test]
+    fn urls_git_would_read_as_options_or_commands_are_refused() {
+        for bad in [
+            "--upload-pack=touch${IFS}/tmp/pwned;",
+            "-oProxyCommand=x",
+            "ext::sh -c touch% /tmp/pwned",
+            "ext::sh",
+            "fd::3",
+            "git@-oProxyCommand=x:repo.git",
+            "ssh://-oProxyCommand=x/repo.git",
+            "ftp://example.com/r.git",
+            "https://example.com/r\n.git",
+            "",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "file:///srv/r.git",
+            "https://user:pw@git.example.com/r.git",
+            "ssh://git@git.example.com:2222/r.git",
+            "ssh://git@[::1]:2222/r.git",
+            "git@git.example.com:team/r.git",
+            "/srv/r.git",
+        ] {
+            assert_eq!(check_url(good), Ok(()), "{good:?}");
+        }
+        assert!(check_reference("--output=/tmp/x").is_err());
+        assert!(check_reference("main").is_ok());
+    }
+
+    #[test]
+    fn ssh_hosts_of_urls() {
+        let h = |u: &str| SshHost::of_url(u).map(|h| (h.known_hosts_name(), h.display_name()));
+        assert_eq!(
+            h("ssh://git@git.example.com/r.git"),
+            Some(("git.example.com".into(), "git.example.com".into()))
+        );
+        assert_eq!(
+            h("ssh://git@127.0.0.1:2222/srv/r.git"),
+            Some(("[127.0.0.1]:2222".into(), "127.0.0.1:2222".into()))
+        );
+        assert_eq!(
+            h("ssh://[::1]:2222/r"),
+            Some(("[::1]:2222".into(), "[::1]:2222".into()))
+        );
+        assert_eq!(
+            h("git@host.example:team/r.git"),
+            Some(("host.example".into(), "host.example".into()))
+        );
+        assert_eq!(
+            h("git@[host.example:2200]:r.git"),
+            Some(("[host.example]:2200".into(), "host.example:2200".into()))
+        );
+        assert_eq!(h("https://host.example/r.git"), None);
+        assert_eq!(h("file:///srv/r.git"), None);
+        assert_eq!(h("/srv/r.git"), None);
+    }
+
     #[tokio::test]
     async fn https_password_reaches_git_through_the_helper_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -571,7 +914,7 @@ mod tests {
             password: "pa55-w0rd".into(),
         };
         let ce =
-            CredentialEnv::new(Some(&creds), dir.path(), "ssh", &HostKeyPolicy::AcceptAny).unwrap();
+            CredentialEnv::new(Some(&creds), dir.path(), "ssh", HostKeyArgs::Strict(None)).unwrap();
         for (k, v) in &ce.env {
             if k != "AUTOGATE_GIT_PASSWORD" {
                 assert!(!v.contains("pa55-w0rd"), "{k} carries the password");

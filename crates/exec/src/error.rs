@@ -41,6 +41,16 @@ pub enum ExecError {
         /// Git's own message, or ours.
         reason: String,
     },
+    /// The SSH server of a repository offered a host key the cluster's known hosts do not hold
+    /// (`changed`: they hold another key for that host). Nothing was fetched; the operator
+    /// checks the key out of band and adds it.
+    #[error("{}", host_key_message(.host, *.changed))]
+    HostKeyRejected {
+        /// The host as `autogate hostkeys add` takes it (`host`, `host:port`).
+        host: String,
+        /// True when another key is known for the host (a changed key, or an impersonator).
+        changed: bool,
+    },
     /// A binary the service type needs is not installed (or not executable).
     #[error("{binary} not found (looked in PATH: {path})")]
     BinaryNotFound {
@@ -91,6 +101,22 @@ pub enum ExecError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+fn host_key_message(host: &str, changed: bool) -> String {
+    if changed {
+        format!(
+            "host key of {host} has changed: it does not match the cluster's known hosts (the server \
+             may be impersonated); if the change is expected, replace it with \
+             \"autogate hostkeys add {host} <keytype> <key> --replace\" or \
+             \"autogate hostkeys scan {host} --replace\""
+        )
+    } else {
+        format!(
+            "host key of {host} is not known: add it with \"autogate hostkeys add {host} <keytype> <key>\" \
+             or \"autogate hostkeys scan {host}\""
+        )
+    }
 }
 
 impl ExecError {

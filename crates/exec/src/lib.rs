@@ -24,7 +24,7 @@ pub mod progress;
 pub mod runner;
 pub mod venv;
 
-pub use checkout::{GitCredentials, HostKeyPolicy, Repository};
+pub use checkout::{GitCredentials, HostKeyPolicy, KnownHostsSource, Repository};
 pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction};
 pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};

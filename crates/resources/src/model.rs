@@ -329,20 +329,13 @@ impl Resource for Repository {
     }
     fn validate(&self) -> Result<(), ModelError> {
         self.meta.validate()?;
-        let url = self.url.trim();
-        if url.is_empty() || url.chars().any(char::is_whitespace) {
-            return Err(ModelError::new(
-                "url",
-                "must be a git URL without spaces (file://, https://, ssh:// or user@host:path)",
-            ));
-        }
+        // The same checks the checkout makes, so a URL git would read as an option
+        // (`--upload-pack=…`) or a command transport (`ext::`) is refused when it is stored.
+        autogate_exec::checkout::check_url(&self.url)
+            .map_err(|reason| ModelError::new("url", reason))?;
         if let Some(r) = &self.reference {
-            if r.is_empty() || r.starts_with('-') || r.chars().any(char::is_whitespace) {
-                return Err(ModelError::new(
-                    "reference",
-                    format!("{r:?} is not a branch, tag or commit"),
-                ));
-            }
+            autogate_exec::checkout::check_reference(r)
+                .map_err(|reason| ModelError::new("reference", reason))?;
         }
         self.validate_reference_names()?;
         if self.private_key_name.is_some() && self.password_name.is_some() {

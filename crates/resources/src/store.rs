@@ -246,6 +246,19 @@ impl Resources {
         self
     }
 
+    /// Whether writes are wrapped by a guard (a failed compare may then be the guard's).
+    pub(crate) fn is_guarded(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    /// `txn` wrapped by the guard, if any (writes outside the resources, e.g. known hosts).
+    pub(crate) fn guarded(&self, txn: Txn) -> Txn {
+        match &self.guard {
+            Some(guard) => guard(txn),
+            None => txn,
+        }
+    }
+
     /// The store backend's name (`memory`, `local`, `etcd`).
     /// The store itself (for views that read other parts of the cluster's keys).
     pub fn store(&self) -> &Arc<dyn Store> {

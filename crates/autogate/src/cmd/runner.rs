@@ -90,6 +90,9 @@ async fn run_role(
     if let Some(dir) = &config.runner.runtime_data_dir {
         let mut engine = autogate_exec::EngineConfig::new(dir.clone());
         engine.output_limit = automation.engine().config().output_limit;
+        // The same cluster known hosts as the default engine: checkouts on runners check SSH
+        // host keys exactly as core nodes do.
+        engine.host_keys = automation.engine().config().host_keys.clone();
         automation = automation.with_engine(autogate_exec::Engine::new(engine));
     }
     let mut opts = options(&config, &node_id);
