@@ -5,7 +5,8 @@
 //! Modules: `mint` (CA and certificates), `certgen` (the `cert-gen` command's files), `load`
 //! (PEM, keys, fingerprints, certificate details), `config` (rustls client and server
 //! configurations), `verify` (the verifiers behind [`ClientAuth`] and insecure clients),
-//! `accept` ([`accept_loop`]: handshake timeout, connection cap, an [`AcceptHandler`] per port),
+//! `accept` ([`accept_loop`]: handshake timeout, connection caps in total and per client
+//! address ([`ConnectionLimits`]), an [`AcceptHandler`] per port),
 //! `error` ([`TlsError`]).
 //!
 //! Every rustls configuration built here uses the `ring` crypto provider explicitly (never a
@@ -34,7 +35,8 @@ mod mint;
 mod verify;
 
 pub use accept::{
-    accept_loop, AcceptHandler, AcceptOptions, Accepted, ConnectionSlot, HandshakeFailure,
+    accept_loop, accept_loop_with_limits, AcceptHandler, AcceptOptions, Accepted, ConnectionLimits,
+    ConnectionSlot, HandshakeFailure, Refused,
 };
 pub use certgen::{
     cert_gen, load_ca, write_new_file, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME,
