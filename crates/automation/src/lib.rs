@@ -248,7 +248,27 @@ impl Automation {
 
     /// Creates the built-in registries when this cluster never had them.
     pub async fn ensure_builtins(&self) -> Result<Vec<String>, AutomationError> {
-        Ok(self.resources.ensure_builtins().await?)
+        let created = self.resources.ensure_builtins().await?;
+        self.reseal_unbound_secrets().await;
+        Ok(created)
+    }
+
+    /// Seals again, bound to their names, the secret values an earlier version sealed unbound
+    /// (see `autogate_resources::crypto`). Best effort: without the key file there is nothing
+    /// to open them with, and a failure is retried at the next start or election.
+    async fn reseal_unbound_secrets(&self) {
+        let Ok(key) = self.key.load(false) else {
+            return;
+        };
+        match self.resources.reseal_unbound_secrets(&key).await {
+            Ok(names) if !names.is_empty() => tracing::info!(
+                "sealed again, bound to their names: {} secret(s) of an earlier version ({})",
+                names.len(),
+                names.join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot seal the secrets of an earlier version again: {e}"),
+        }
     }
 
     /// Creates a resource from its JSON (kebab-case, as in the import file). A secret takes

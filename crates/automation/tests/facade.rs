@@ -90,7 +90,7 @@ async fn executable_with_secret_runs_and_masks() {
         .await
         .unwrap()
         .to_string()
-        .contains("v1:"));
+        .contains("v2:"));
 
     // Every violation, nothing runs.
     let bad = RunRequest {

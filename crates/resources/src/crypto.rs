@@ -5,15 +5,21 @@
 //! both work. Each secret gets its own random 16-byte salt; PBKDF2-HMAC-SHA256 with
 //! [`PBKDF2_ITERATIONS`] rounds turns key file + salt into an AES-256 key, and AES-256-GCM with a
 //! random 12-byte nonce seals the value. The stored form is
-//! `v1:` + base64(salt ‖ nonce ‖ ciphertext ‖ tag). The GCM tag makes a wrong key file and a damaged
+//! `v2:` + base64(salt ‖ nonce ‖ ciphertext ‖ tag). The GCM tag makes a wrong key file and a damaged
 //! value indistinguishable and both are refused, never decrypted into garbage.
+//!
+//! A `v2` value is bound to its secret's name: the name is the cipher's associated data, so a
+//! value copied under another name (by whoever can write the store) fails to open instead of
+//! handing one secret's plaintext to the services that use the other. `v1` values, sealed by
+//! earlier versions without a name, still open; [`is_unbound`] finds them so the active node
+//! seals them again as `v2` (`ResourceStore::reseal_unbound_secrets`).
 //!
 //! Nothing here ever puts key material or plaintext into an error message or a `Debug` output.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
 use sha2::Sha256;
@@ -24,8 +30,12 @@ use zeroize::{Zeroize, Zeroizing};
 /// salt, so nothing can be cached across secrets). That is negligible for a run that injects a
 /// handful of secrets, and makes brute-forcing a weak key file proportionally expensive.
 pub const PBKDF2_ITERATIONS: u32 = 100_000;
-/// Prefix of the current sealed format.
-pub const VERSION_PREFIX: &str = "v1:";
+/// Prefix of the current sealed format (bound to the secret's name).
+pub const VERSION_PREFIX: &str = "v2:";
+/// Prefix of the earlier format, not bound to a name: opened, and sealed again as `v2`.
+pub const UNBOUND_PREFIX: &str = "v1:";
+/// What the associated data of a `v2` value starts with, before the secret's name.
+const AAD_CONTEXT: &[u8] = b"autogate secret\0";
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -135,13 +145,21 @@ impl KeyFile {
         cipher
     }
 
-    /// Seals `plaintext` with a fresh salt and nonce; two calls never give the same output.
-    pub fn seal(&self, plaintext: &[u8]) -> Result<String, SecretError> {
+    /// Seals `plaintext` as the value of the secret `name`, with a fresh salt and nonce; two
+    /// calls never give the same output, and the value opens under `name` only.
+    pub fn seal(&self, name: &str, plaintext: &[u8]) -> Result<String, SecretError> {
         let salt: [u8; SALT_LEN] = rand::random();
         let nonce: [u8; NONCE_LEN] = rand::random();
+        let aad = aad(name);
         let sealed = self
             .cipher(&salt)
-            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SecretError::Seal)?;
         let mut raw = Vec::with_capacity(SALT_LEN + NONCE_LEN + sealed.len());
         raw.extend_from_slice(&salt);
@@ -153,13 +171,25 @@ impl KeyFile {
         ))
     }
 
-    /// Opens a value sealed by [`seal`](Self::seal); `name` is the secret's name, for errors.
+    /// Opens the value of the secret `name` sealed by [`seal`](Self::seal) (or an unbound `v1`
+    /// value of an earlier version). A value sealed under another name does not open.
     pub fn open(&self, name: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         let raw = decode_sealed(name, sealed)?;
         let (salt, rest) = raw.split_at(SALT_LEN);
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let aad = if is_unbound(sealed) {
+            Vec::new()
+        } else {
+            aad(name)
+        };
         self.cipher(salt)
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| SecretError::WrongKeyOrCorrupted {
                 name: name.to_owned(),
@@ -184,6 +214,15 @@ pub fn check_sealed(name: &str, sealed: &str) -> Result<(), SecretError> {
     decode_sealed(name, sealed).map(|_| ())
 }
 
+/// Whether `sealed` is a `v1` value of an earlier version, not bound to its secret's name.
+pub fn is_unbound(sealed: &str) -> bool {
+    sealed.starts_with(UNBOUND_PREFIX)
+}
+
+fn aad(name: &str) -> Vec<u8> {
+    [AAD_CONTEXT, name.as_bytes()].concat()
+}
+
 fn decode_sealed(name: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
     let malformed = |reason: &str| SecretError::Malformed {
         name: name.to_owned(),
@@ -191,7 +230,8 @@ fn decode_sealed(name: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
     };
     let body = sealed
         .strip_prefix(VERSION_PREFIX)
-        .ok_or_else(|| malformed("missing the \"v1:\" version prefix"))?;
+        .or_else(|| sealed.strip_prefix(UNBOUND_PREFIX))
+        .ok_or_else(|| malformed("missing the \"v2:\" version prefix"))?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(body.trim())
         .map_err(|_| malformed("not base64"))?;
@@ -201,6 +241,21 @@ fn decode_sealed(name: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
     Ok(raw)
 }
 
+/// A value sealed as earlier versions did (unbound, `v1:`), for the tests of what reads them.
+#[cfg(test)]
+pub(crate) fn seal_unbound(key: &KeyFile, plaintext: &[u8]) -> String {
+    let salt: [u8; SALT_LEN] = rand::random();
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    let ct = key
+        .cipher(&salt)
+        .encrypt(Nonce::from_slice(&nonce), plaintext)
+        .unwrap_or_default();
+    format!(
+        "{UNBOUND_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode([&salt[..], &nonce[..], &ct].concat())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,8 +263,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let key = KeyFile::from_bytes("correct horse battery staple\n").unwrap();
-        let sealed = key.seal(b"s3cr3t-value").unwrap();
-        assert!(sealed.starts_with("v1:"));
+        let sealed = key.seal("db", b"s3cr3t-value").unwrap();
+        assert!(sealed.starts_with("v2:"));
         assert_eq!(&*key.open_text("db", &sealed).unwrap(), "s3cr3t-value");
     }
 
@@ -217,7 +272,7 @@ mod tests {
     fn trailing_newline_is_ignored() {
         let a = KeyFile::from_bytes("k3y\n").unwrap();
         let b = KeyFile::from_bytes("k3y").unwrap();
-        let sealed = a.seal(b"x").unwrap();
+        let sealed = a.seal("n", b"x").unwrap();
         assert_eq!(&*b.open_text("n", &sealed).unwrap(), "x");
     }
 
@@ -225,7 +280,7 @@ mod tests {
     fn wrong_key_fails_clearly() {
         let a = KeyFile::from_bytes("key-a").unwrap();
         let b = KeyFile::from_bytes("key-b").unwrap();
-        let sealed = a.seal(b"value").unwrap();
+        let sealed = a.seal("db-password", b"value").unwrap();
         let err = b.open("db-password", &sealed).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -236,14 +291,14 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let key = KeyFile::from_bytes("key").unwrap();
-        let sealed = key.seal(b"value").unwrap();
+        let sealed = key.seal("s", b"value").unwrap();
         let mut raw = base64::engine::general_purpose::STANDARD
             .decode(&sealed[3..])
             .unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
         let tampered = format!(
-            "v1:{}",
+            "v2:{}",
             base64::engine::general_purpose::STANDARD.encode(raw)
         );
         assert!(matches!(
@@ -251,7 +306,7 @@ mod tests {
             Err(SecretError::WrongKeyOrCorrupted { .. })
         ));
         assert!(matches!(
-            key.open("s", "v2:abc"),
+            key.open("s", "v3:abc"),
             Err(SecretError::Malformed { .. })
         ));
         assert!(matches!(
@@ -261,11 +316,37 @@ mod tests {
     }
 
     #[test]
+    fn a_value_copied_under_another_name_does_not_open() {
+        let key = KeyFile::from_bytes("key").unwrap();
+        let sealed = key.seal("prod-db-password", b"the-prod-password").unwrap();
+        assert_eq!(
+            key.open("lab-db-password", &sealed),
+            Err(SecretError::WrongKeyOrCorrupted {
+                name: "lab-db-password".into()
+            })
+        );
+        assert_eq!(
+            &*key.open_text("prod-db-password", &sealed).unwrap(),
+            "the-prod-password"
+        );
+    }
+
+    #[test]
+    fn an_unbound_value_of_an_earlier_version_still_opens() {
+        let key = KeyFile::from_bytes("key").unwrap();
+        // Sealed as earlier versions did: no associated data, `v1:`.
+        let old = seal_unbound(&key, b"old");
+        assert!(is_unbound(&old));
+        assert_eq!(&*key.open_text("any-name", &old).unwrap(), "old");
+        assert!(!is_unbound(&key.seal("n", b"new").unwrap()));
+    }
+
+    #[test]
     fn ciphertext_hides_plaintext_and_differs() {
         let key = KeyFile::from_bytes("key").unwrap();
         let plain = "PLAINTEXT-MARKER-123";
-        let one = key.seal(plain.as_bytes()).unwrap();
-        let two = key.seal(plain.as_bytes()).unwrap();
+        let one = key.seal("s", plain.as_bytes()).unwrap();
+        let two = key.seal("s", plain.as_bytes()).unwrap();
         assert_ne!(one, two);
         for sealed in [&one, &two] {
             assert!(!sealed.contains(plain));

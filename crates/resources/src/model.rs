@@ -784,7 +784,7 @@ impl fmt::Debug for SecretValue {
     }
 }
 
-/// A secret: metadata and the sealed value (`v1:…`, see [`crate::crypto`]).
+/// A secret: metadata and the sealed value (`v2:…`, see [`crate::crypto`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Secret {
@@ -810,10 +810,9 @@ impl Secret {
         plaintext: &str,
         key: &KeyFile,
     ) -> Result<Self, SecretError> {
-        Ok(Self {
-            meta: Meta::new(name),
-            value: key.seal(plaintext.as_bytes())?,
-        })
+        let meta = Meta::new(name);
+        let value = key.seal(&meta.name, plaintext.as_bytes())?;
+        Ok(Self { meta, value })
     }
 
     /// Opens the value with the cluster key.

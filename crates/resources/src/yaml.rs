@@ -1,7 +1,7 @@
 //! The product family's import/export file: YAML with kebab-case keys and one list per kind
 //! (`decorators`, `repositories`, `services`, `secrets`, `executable-objects`, `registries`).
 //!
-//! Secrets travel sealed (`value: v1:…`): an export can be imported by any cluster sharing the
+//! Secrets travel sealed (`value: v2:…`): an export can be imported by any cluster sharing the
 //! key file, and the file never carries plaintext.
 //!
 //! Import is all-or-nothing. The whole file is parsed and every item validated first (names,

@@ -212,7 +212,7 @@ async fn bad_files_change_nothing() {
                 good.replace("exec-command: /bin/bash", "exec-command: bin/bash"),
                 "exec-command",
             ),
-            (good.replace("value: \"v1:", "value: \"v9:"), "value"),
+            (good.replace("value: \"v2:", "value: \"v9:"), "value"),
             (
                 format!("{good}  - name: git-token\n    value: x\n"),
                 "more than once",

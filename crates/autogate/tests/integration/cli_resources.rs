@@ -116,9 +116,9 @@ fn every_noun_created_listed_described_and_deleted() {
     let d = l.ok(&["describe", "secret", "tok"]);
     assert!(d.contains("Name:") && d.contains("tok"), "{d}");
     assert!(d.contains("api token"), "{d}");
-    assert!(!d.contains("S3CRET-plain") && !d.contains("v1:"), "{d}");
+    assert!(!d.contains("S3CRET-plain") && !d.contains("v2:"), "{d}");
     let d = l.raw(&["describe", "secret", "tok"]);
-    assert!(!d.to_string().contains("S3CRET-plain") && !d.to_string().contains("v1:"));
+    assert!(!d.to_string().contains("S3CRET-plain") && !d.to_string().contains("v2:"));
 
     // secret from standard input (not a terminal: one line).
     let out = l.with_stdin(
