@@ -314,12 +314,26 @@
     l.textContent = text || (on ? 'live' : offline);
   }
 
-  function startLive() {
+  // Each (re)connection of the stream asks for a new ticket: EventSource cannot send headers,
+  // and the token must never be part of a URL (logs, history). A ticket opens one stream,
+  // within seconds of being issued, and nothing else.
+  let liveAttempt = 0;
+
+  async function startLive() {
     stopLive();
-    const t = token();
-    if (!t) return;
-    // EventSource cannot send headers: this one endpoint takes the token in the query.
-    const es = new EventSource('/api/v1/events?token=' + encodeURIComponent(t));
+    if (!token()) return;
+    const attempt = ++liveAttempt;
+    setLive(false, 'connecting…');
+    let ticket;
+    try {
+      ticket = (await api('POST', '/events/ticket')).ticket;
+    } catch (_) {
+      // Unreachable or refused: call() and api() already said so; try again while signed in.
+      if (attempt === liveAttempt && token()) reconnectTimer = setTimeout(startLive, 3000);
+      return;
+    }
+    if (attempt !== liveAttempt || !token()) return;
+    const es = new EventSource('/api/v1/events?ticket=' + encodeURIComponent(ticket));
     events = es;
     es.addEventListener('ready', () => {
       reached();
@@ -346,16 +360,12 @@
       if (!down) setLive(false, 'reconnecting…');
       // A dropped stream may be a blip or the manager gone: its probe tells which.
       if (!down && events === es && !(await answers())) unreachable();
-      if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (a refused token, or the manager answered with an error):
-        // find out which, then try again.
-        reconnectTimer = setTimeout(async () => {
-          try {
-            await api('GET', '/clusters');
-            if (events === es) startLive();
-          } catch (_) {
-            if (events === es && token()) reconnectTimer = setTimeout(startLive, 3000);
-          }
+      // The browser retries by itself with the same URL, but a ticket is good once: close
+      // this stream and open a new one with a new ticket (a refused token signs out there).
+      if (events === es) {
+        es.close();
+        reconnectTimer = setTimeout(() => {
+          if (events === es && token()) startLive();
         }, 1000);
       }
     };
@@ -363,6 +373,7 @@
   }
 
   function stopLive() {
+    liveAttempt++;
     if (events) events.close();
     events = null;
     clearInterval(pollTimer);

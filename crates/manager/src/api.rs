@@ -7,7 +7,8 @@
 //! serde's errors do not.
 //!
 //! Status codes: 201 created, 204 deleted, 400 bad input, 401 missing or wrong token, 404
-//! unknown cluster, 409 exists / not connected / read-only, 502 the gateway answered with a
+//! unknown cluster, 409 exists / certificate pinned to another cluster / not connected /
+//! read-only, 502 the gateway answered with a
 //! JSON-RPC error (its error is in `rpc_error`), 503 the session is busy or closed mid-request,
 //! 504 no answer in time.
 //!
@@ -77,6 +78,8 @@ pub struct AppState {
     pub refusal_log: Arc<crate::ratelimit::LogLimiter>,
     /// Liveness and frame-rate limits of gateway sessions (`[manager]`).
     pub session: crate::ws::SessionLimits,
+    /// Tickets that open the page's event stream without the token in its URL.
+    pub tickets: Arc<crate::web::Tickets>,
 }
 
 /// The whole HTTP surface.
@@ -95,6 +98,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(forget_node),
         )
         .route("/clusters/{id}/ping", post(ping))
+        .route("/clusters/{id}/reset-term", post(reset_term))
+        .route("/events/ticket", post(crate::web::ticket))
         .route("/clusters/{id}/services", get(list_services))
         .route("/clusters/{id}/services/{name}/run", post(run_service))
         .route("/clusters/{id}/runs/{run_id}", get(get_run))
@@ -301,6 +306,11 @@ fn admin_error(e: AdminError) -> Response {
         AdminError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         AdminError::Exists(_) => error(StatusCode::CONFLICT, e.to_string()),
         AdminError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        AdminError::Pinned { ref cluster, .. } => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": e.to_string(), "pinned_to": cluster })),
+        )
+            .into_response(),
         AdminError::Store(s) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {s}")),
     }
 }
@@ -432,6 +442,27 @@ async fn patch_cluster(
     }
     match app.hub.patch_cluster(&id, patch).await {
         Ok(rec) => Json(app.hub.view(&rec)).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+/// `POST /clusters/{id}/reset-term`: forgets the cluster's highest term and closes its live
+/// session, so its real leader is accepted again (after a node sent a term no leader can beat).
+/// Answers the old term; the audit line names the client.
+async fn reset_term(State(app): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let by = req
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| "unknown".to_owned(), |p| p.addr.to_string());
+    match app.hub.reset_term(&id, &by).await {
+        Ok(done) => Json(json!({
+            "cluster_id": id,
+            "old_term": done.old.as_ref().map(|(t, _)| *t),
+            "old_term_node": done.old.as_ref().map(|(_, n)| n.clone()),
+            "new_term": null,
+            "closed_session_of": done.closed_node,
+        }))
+        .into_response(),
         Err(e) => admin_error(e),
     }
 }

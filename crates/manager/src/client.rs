@@ -360,6 +360,17 @@ impl AdminClient {
             .await
     }
 
+    /// `POST /api/v1/clusters/{id}/reset-term`: forget the cluster's highest term (and close its
+    /// live session); answers the old term.
+    pub async fn reset_term(&self, id: &str) -> Result<Value, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/clusters/{id}/reset-term"),
+            None,
+        )
+        .await
+    }
+
     /// `GET /api/v1/clusters/{id}/services`.
     pub async fn services(&self, id: &str) -> Result<Value, ClientError> {
         self.call(

@@ -11,6 +11,20 @@
 //! history never shows two overlapping live sessions. The session table and the map of live
 //! sessions sit behind a plain mutex that is never held across an `.await`.
 //!
+//! # Certificates and terms
+//!
+//! A certificate's fingerprint is pinned to one cluster at most: registering a cluster with, or
+//! adding to one, a certificate another cluster pins is refused ([`AdminError::Pinned`]). These
+//! changes run under one more lock (`pins`, taken before any cluster lock), so two of them
+//! cannot pin the same fingerprint to two clusters at once. A store written before this rule
+//! may still hold a fingerprint pinned to several clusters: such a certificate is refused
+//! ([`Hub::pinned_cluster`]) with a reason naming the clusters, until the administrator removes
+//! it from all but one.
+//!
+//! [`Hub::reset_term`] is the administrator's way out of a term no real leader can beat (a
+//! pinned node that sent a huge one): it forgets the cluster's highest term, closes its live
+//! session and writes an audit line.
+//!
 //! A session task that ends by itself calls [`Hub::closed`]; when the hub closed it first
 //! (replaced, certificate removed, …) the task's call finds nothing to do, so each session end
 //! is recorded exactly once, by whoever took the session out of the table.
@@ -226,6 +240,17 @@ pub enum AdminError {
     /// A field of the request is wrong; the message names it.
     #[error("{0}")]
     BadRequest(String),
+    /// A certificate is pinned to another cluster already (a fingerprint belongs to one cluster
+    /// at most).
+    #[error("{field}: certificate {fingerprint} is already pinned to cluster {cluster}; remove it there first (a certificate belongs to one cluster at most)")]
+    Pinned {
+        /// The request field that carried it, e.g. `certificates[0]`.
+        field: String,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// The cluster that pins it.
+        cluster: String,
+    },
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -267,6 +292,46 @@ pub struct Hub {
     members: Mutex<HashMap<String, Members>>,
     /// Service runs, from acceptance to answer ([`Runs`]).
     runs: Runs,
+    /// Serialises the changes that pin certificates (taken before any cluster lock).
+    pins: tokio::sync::Mutex<()>,
+}
+
+/// Which cluster a client certificate may open a session for, decided before the WebSocket
+/// upgrade ([`Hub::pinned_cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinning {
+    /// Pinned to exactly this cluster.
+    One(String),
+    /// Pinned to no cluster: refused before the upgrade.
+    Unpinned,
+    /// Pinned to several clusters (a store from before fingerprints were unique): refused
+    /// until the administrator removes it from all but one.
+    Ambiguous(Vec<String>),
+}
+
+impl Pinning {
+    /// Why a certificate that is not pinned to exactly one cluster is refused.
+    pub fn refusal(&self, fingerprint: &str) -> Option<String> {
+        match self {
+            Pinning::One(_) => None,
+            Pinning::Unpinned => Some(format!(
+                "certificate {fingerprint} is not registered for any cluster"
+            )),
+            Pinning::Ambiguous(ids) => Some(format!(
+                "certificate {fingerprint} is pinned to several clusters ({}); remove it from all but one",
+                ids.join(", ")
+            )),
+        }
+    }
+}
+
+/// What [`Hub::reset_term`] did, for the caller's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermResetDone {
+    /// The highest term before the reset and its node (`None`: none was known).
+    pub old: Option<(u64, String)>,
+    /// The session it closed: its node.
+    pub closed_node: Option<String>,
 }
 
 /// A session accepted by [`Hub::hello`].
@@ -300,6 +365,7 @@ impl Hub {
             pending: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             runs,
+            pins: tokio::sync::Mutex::new(()),
             // Ids from the clock (microseconds, well inside JSON's exact integers): a gateway
             // answering a request of the manager's previous run cannot hit a new request's id.
             next_request: std::sync::atomic::AtomicI64::new(
@@ -521,6 +587,15 @@ impl Hub {
             return Err(refuse(
                 NOT_ALLOWED,
                 format!("certificate {fp} is not registered for cluster {cluster}"),
+                RefusalCategory::CertificateNotRegistered,
+            ));
+        }
+        // Checked before the upgrade too; again here because the registry may have changed
+        // since (and a certificate pinned twice must never choose its cluster itself).
+        if let Some(reason) = self.pinned_cluster(fp).refusal(fp) {
+            return Err(refuse(
+                NOT_ALLOWED,
+                reason,
                 RefusalCategory::CertificateNotRegistered,
             ));
         }
@@ -773,10 +848,51 @@ impl Hub {
         }
     }
 
+    /// Which cluster a client certificate may open a session for.
+    pub fn pinned_cluster(&self, fingerprint: &str) -> Pinning {
+        let mut ids = self.registry.pinned_by(fingerprint);
+        match ids.len() {
+            0 => Pinning::Unpinned,
+            1 => Pinning::One(ids.remove(0)),
+            _ => Pinning::Ambiguous(ids),
+        }
+    }
+
+    /// Refuses certificates that another cluster than `id` pins. `field` names where each came
+    /// from in the request (`certificates`, `add_certificates`).
+    fn check_unpinned(
+        &self,
+        id: &str,
+        field: &str,
+        fingerprints: impl IntoIterator<Item = String>,
+    ) -> Result<(), AdminError> {
+        for (i, fp) in fingerprints.into_iter().enumerate() {
+            if let Some(other) = self.registry.pinned_by(&fp).into_iter().find(|c| c != id) {
+                return Err(AdminError::Pinned {
+                    field: format!("{field}[{i}]"),
+                    fingerprint: fp,
+                    cluster: other,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Registers a cluster.
     pub async fn create_cluster(&self, rec: ClusterRecord) -> Result<ClusterRecord, AdminError> {
+        let _pins = self.pins.lock().await;
         let lock = self.cluster_lock(&rec.cluster_id);
         let _guard = lock.lock().await;
+        if self.registry.get(&rec.cluster_id).is_some() {
+            return Err(AdminError::Exists(rec.cluster_id));
+        }
+        self.check_unpinned(
+            &rec.cluster_id,
+            "certificates",
+            rec.certificates
+                .iter()
+                .map(|c| c.fingerprint_sha256.clone()),
+        )?;
         if !self.registry.create(rec.clone()).await? {
             return Err(AdminError::Exists(rec.cluster_id));
         }
@@ -802,8 +918,19 @@ impl Hub {
         if self.registry.get(id).is_none() {
             return Err(AdminError::NotFound(id.to_owned()));
         }
+        // Only a change that pins certificates needs the registry-wide lock.
+        let _pins = if patch.add.is_empty() {
+            None
+        } else {
+            Some(self.pins.lock().await)
+        };
         let lock = self.cluster_lock(id);
         let _guard = lock.lock().await;
+        self.check_unpinned(
+            id,
+            "add_certificates",
+            patch.add.iter().map(|c| c.fingerprint.clone()),
+        )?;
         let mut rec = self
             .registry
             .get(id)
@@ -879,6 +1006,53 @@ impl Hub {
         self.registry.cache_put(rec.clone());
         self.events.send(EventKind::ClusterChanged, id);
         Ok(rec)
+    }
+
+    /// The administrator resets the term of cluster `id` (from the client at `by`): the highest
+    /// term is forgotten and stored so, the live session is closed, and an audit line says what,
+    /// which cluster, the old and the new term, and from where. The next `hello` with a term
+    /// sets the highest term again.
+    pub async fn reset_term(&self, id: &str, by: &str) -> Result<TermResetDone, AdminError> {
+        let lock = self.cluster_lock(id);
+        let _guard = lock.lock().await;
+        let mut rec = self
+            .registry
+            .get(id)
+            .ok_or_else(|| AdminError::NotFound(id.to_owned()))?;
+        let why = format!("the term of cluster {id} was reset by the administrator");
+        let (reset, closing) = {
+            let mut state = self.state();
+            let reset = state.table.reset_term(id);
+            let closing = reset.closed.and_then(|c| self.take_live(&mut state, c));
+            (reset, closing)
+        };
+        // The table may not know the term yet (no hello since a restart): the store does.
+        let old = reset.old.or_else(|| rec.highest_term.clone());
+        rec.highest_term = None;
+        let now = now_rfc3339();
+        let mut ops = vec![Registry::put_op(&rec)];
+        if let Some(info) = &closing {
+            ops.push(Self::closed_record(info, &now, &why));
+            info.control.close(CLOSE_POLICY, why.clone());
+        }
+        self.registry.store().txn(Txn::new().and_then(ops)).await?;
+        self.registry.cache_put(rec);
+        let old_text = old
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |(t, n)| format!("{t} (node {n})"));
+        tracing::warn!(
+            audit = "reset-term",
+            "audit: reset-term cluster={id} old_term={old_text} new_term=none by={by}{}",
+            closing
+                .as_ref()
+                .map(|i| format!("; closed session {} of node {}", i.session_id, i.node_id))
+                .unwrap_or_default()
+        );
+        self.events.send(EventKind::ClusterChanged, id);
+        Ok(TermResetDone {
+            old,
+            closed_node: closing.map(|i| i.node_id),
+        })
     }
 
     /// Deletes a cluster, its history and its session rules; closes its live session.

@@ -7,7 +7,7 @@
 //! — lives in an embedded crash-safe store in `manager.data_dir`.
 //!
 //! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
-//! sessions and the session rules), [`members`] (the nodes that left a cluster, stopped or
+//! sessions and the session rules), [`prehello`] (the frame limit before `hello`), [`members`] (the nodes that left a cluster, stopped or
 //! lost, and those that came back), [`disconnect`] (why a connection was lost, in plain
 //! words), [`api`] (REST), [`web`] (the web page and its live event
 //! stream), [`registry`] (storage), [`runs`] (service runs from
@@ -30,6 +30,7 @@ pub mod listener;
 pub mod members;
 pub mod metrics;
 pub mod model;
+pub mod prehello;
 pub mod ratelimit;
 pub mod registry;
 pub mod runs;
@@ -107,6 +108,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         // a storm of bad connections cannot flood the log; the next line counts the rest.
         refusal_log: Arc::new(ratelimit::LogLimiter::new(20.0, 100.0)),
         session: ws::SessionLimits::from_config(m),
+        tickets: Arc::new(web::Tickets::new()),
     };
     let app = api::router(state);
     tracing::info!(

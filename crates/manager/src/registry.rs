@@ -172,6 +172,20 @@ impl Registry {
         all
     }
 
+    /// The clusters that pin the certificate with this fingerprint, sorted. One at most for
+    /// every registration made since fingerprints became unique; a store written before may
+    /// still hold a fingerprint pinned to several, which the caller treats as ambiguous.
+    pub fn pinned_by(&self, fingerprint: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .cache()
+            .values()
+            .filter(|r| r.certificate(fingerprint).is_some())
+            .map(|r| r.cluster_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Number of registered clusters.
     pub fn len(&self) -> usize {
         self.cache().len()

@@ -11,18 +11,27 @@
 //! changes on an [`Events`] broadcast channel; `GET /api/v1/events` relays them as server-sent
 //! events. A notice carries only its kind and cluster id; the page re-reads what it shows, so a
 //! browser that falls behind and misses notices loses nothing (it is told to re-read all).
-//! `EventSource` cannot send headers, so this one endpoint also takes the token as the `token`
-//! query parameter; it is compared in constant time like the header and never logged.
+//! `EventSource` cannot send headers, and the admin token must never be part of a URL (URLs end
+//! up in access logs, proxies and browser history). So the page first asks
+//! `POST /api/v1/events/ticket` with the token as a Bearer header for a *ticket*: random,
+//! single-use, valid for [`TICKET_TTL`], good for opening this one stream and nothing else
+//! ([`Tickets`]). It opens `GET /api/v1/events?ticket=…` with it; a reconnect asks for a new
+//! one. A client that can send headers may open the stream with the Bearer header instead. A
+//! `token` query parameter is refused with a message saying what to do.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -50,6 +59,53 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RECONNECT: Duration = Duration::from_secs(1);
 /// Notices buffered per subscriber before a slow one is told to re-read everything.
 const CHANNEL_CAPACITY: usize = 256;
+/// How long an event-stream ticket stays valid: enough to open the stream right after asking.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+/// Most tickets waiting to be used; beyond that the oldest is dropped (a client that asks in a
+/// loop only wastes its own tickets).
+const MAX_TICKETS: usize = 1024;
+
+/// Event-stream tickets: kept as SHA-256 digests (the ticket itself is only in the answer that
+/// hands it out), each good once and for [`TICKET_TTL`].
+#[derive(Debug, Default)]
+pub struct Tickets {
+    open: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Tickets {
+    /// No ticket yet.
+    pub fn new() -> Tickets {
+        Tickets::default()
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new ticket (64 hex digits from 32 random bytes), valid from `now` for [`TICKET_TTL`].
+    pub fn issue(&self, now: Instant) -> String {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let ticket = hex::encode(bytes);
+        let mut open = self.open();
+        open.retain(|_, expires| *expires > now);
+        if open.len() >= MAX_TICKETS {
+            if let Some(oldest) = open.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
+                open.remove(&oldest);
+            }
+        }
+        open.insert(Sha256::digest(ticket.as_bytes()).into(), now + TICKET_TTL);
+        ticket
+    }
+
+    /// Uses a ticket: `true` once for a ticket issued within [`TICKET_TTL`] before `now`.
+    pub fn redeem(&self, ticket: &str, now: Instant) -> bool {
+        let digest: [u8; 32] = Sha256::digest(ticket.as_bytes()).into();
+        self.open()
+            .remove(&digest)
+            .is_some_and(|expires| expires > now)
+    }
+}
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,7 +231,22 @@ async fn icon_svg() -> Response {
 /// The query of `GET /api/v1/events`.
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
+    ticket: Option<String>,
+    /// Only to refuse it with a useful message: the token never goes in a URL.
     token: Option<String>,
+}
+
+/// `POST /api/v1/events/ticket` (behind the API's Bearer check): a ticket for one event stream.
+pub async fn ticket(State(app): State<AppState>) -> Response {
+    let ticket = app.tickets.issue(Instant::now());
+    let mut resp = Json(serde_json::json!({
+        "ticket": ticket,
+        "expires_in_ms": TICKET_TTL.as_millis() as u64,
+    }))
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Whether `presented` is the admin token: both sides hashed, compared in constant time.
@@ -191,31 +262,29 @@ async fn events(State(app): State<AppState>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let query = Query::<EventsQuery>::try_from_uri(req.uri()).ok();
-    let from_query = query.as_ref().and_then(|q| q.token.as_deref());
-    let presented = bearer.or(from_query);
-    if !presented.is_some_and(|t| token_matches(&app, t)) {
-        // The path only: the query holds the token.
+    let ticket = query.as_ref().and_then(|q| q.ticket.as_deref());
+    let token_in_url = query.as_ref().is_some_and(|q| q.token.is_some());
+    let refusal = if token_in_url {
+        // Never compared, so a URL cannot even serve to guess it.
+        Some("the admin token is not accepted in a URL: get a ticket with POST /api/v1/events/ticket (Authorization: Bearer <token>) and open /api/v1/events?ticket=<ticket>")
+    } else if let Some(t) = bearer {
+        (!token_matches(&app, t)).then_some("invalid admin token")
+    } else if let Some(t) = ticket {
+        (!app.tickets.redeem(t, Instant::now())).then_some(
+            "invalid or expired ticket: a ticket opens one stream, within 30 s of POST /api/v1/events/ticket",
+        )
+    } else {
+        Some("missing credentials: open /api/v1/events?ticket=<ticket from POST /api/v1/events/ticket>, or send Authorization: Bearer <token>")
+    };
+    if let Some(why) = refusal {
+        // The path only: the query may hold a ticket or a token.
         let who = req
             .extensions()
             .get::<Peer>()
             .map(|p| p.addr.to_string())
             .unwrap_or_default();
-        tracing::debug!(
-            "refused event stream from {who}: {}",
-            if presented.is_some() {
-                "wrong admin token"
-            } else {
-                "no admin token"
-            }
-        );
-        let mut resp = error(
-            StatusCode::UNAUTHORIZED,
-            if presented.is_some() {
-                "invalid admin token"
-            } else {
-                "missing admin token: send Authorization: Bearer <token> or ?token=<token>"
-            },
-        );
+        tracing::debug!("refused event stream from {who}: {why}");
+        let mut resp = error(StatusCode::UNAUTHORIZED, why);
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
@@ -323,6 +392,7 @@ mod tests {
             tracker: tokio_util::task::TaskTracker::new(),
             refusal_log: std::sync::Arc::new(crate::ratelimit::LogLimiter::new(1.0, 1.0)),
             session: crate::ws::SessionLimits::default(),
+            tickets: std::sync::Arc::new(Tickets::new()),
         });
         (router, hub)
     }
@@ -368,36 +438,92 @@ mod tests {
             get(&app, "/api/v1/nope", Some("s3cret")).await.status(),
             StatusCode::NOT_FOUND
         );
-        // The query token is accepted on the event stream only.
-        assert_eq!(
-            get(&app, "/api/v1/clusters?token=s3cret", None)
-                .await
-                .status(),
-            StatusCode::UNAUTHORIZED
-        );
+        // The token is never accepted in a URL, not even the right one.
+        for uri in [
+            "/api/v1/clusters?token=s3cret",
+            "/api/v1/events?token=s3cret",
+        ] {
+            assert_eq!(
+                get(&app, uri, None).await.status(),
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+        }
         for (uri, bearer) in [
             ("/api/v1/events", None),
-            ("/api/v1/events?token=wrong", None),
+            ("/api/v1/events?ticket=wrong", None),
             ("/api/v1/events", Some("wrong")),
+            ("/api/v1/events?token=s3cret", Some("s3cret")),
         ] {
             let resp = get(&app, uri, bearer).await;
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri} {bearer:?}");
         }
-        for (uri, bearer) in [
-            ("/api/v1/events?token=s3cret", None),
-            ("/api/v1/events", Some("s3cret")),
-        ] {
-            let resp = get(&app, uri, bearer).await;
-            assert_eq!(resp.status(), StatusCode::OK, "{uri} {bearer:?}");
-            assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        // A ticket needs the token, opens one stream, once.
+        assert_eq!(
+            post(&app, "/api/v1/events/ticket", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let ticket = ticket_of(&app).await;
+        let uri = format!("/api/v1/events?ticket={ticket}");
+        let resp = get(&app, &uri, None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        assert_eq!(
+            get(&app, &uri, None).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "a ticket is good once"
+        );
+        let resp = get(&app, "/api/v1/events", Some("s3cret")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    async fn post(app: &Router, uri: &str, bearer: Option<&str>) -> Response {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::post(uri);
+        if let Some(t) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        app.clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn ticket_of(app: &Router) -> String {
+        let resp = post(app, "/api/v1/events/ticket", Some("s3cret")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["ticket"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn tickets_expire_and_are_single_use() {
+        let t = Tickets::new();
+        let t0 = Instant::now();
+        let a = t.issue(t0);
+        let b = t.issue(t0);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(!t.redeem("nope", t0));
+        assert!(t.redeem(&a, t0 + Duration::from_secs(1)));
+        assert!(!t.redeem(&a, t0 + Duration::from_secs(1)), "used");
+        assert!(!t.redeem(&b, t0 + TICKET_TTL), "expired");
+        // A flood of requests keeps the table bounded.
+        for _ in 0..(MAX_TICKETS + 10) {
+            t.issue(t0);
+        }
+        assert!(t.open().len() <= MAX_TICKETS);
     }
 
     #[tokio::test]
     async fn a_change_reaches_an_open_stream() {
         use futures::StreamExt;
-        let (app, hub) = app("t").await;
-        let resp = get(&app, "/api/v1/events?token=t", None).await;
+        let (app, hub) = app("s3cret").await;
+        let ticket = ticket_of(&app).await;
+        let resp = get(&app, &format!("/api/v1/events?ticket={ticket}"), None).await;
         let mut body = resp.into_body().into_data_stream();
         let mut seen = String::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

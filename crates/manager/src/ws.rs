@@ -1,10 +1,14 @@
 //! `/ws`: the gateway session endpoint.
 //!
-//! Before the upgrade the request must carry a client certificate (else 401, logged). After it,
-//! the session task runs three phases:
+//! Before the upgrade the request must carry a client certificate (else 401, logged) that is
+//! pinned to exactly one cluster (else 403, logged: a stranger's certificate never gets a
+//! WebSocket, and a fingerprint a store from before the uniqueness rule pins to several clusters
+//! is refused naming them). After it, the session task runs three phases:
 //!
 //! 1. **hello** — the first frame must be a `hello` request within [`HELLO_TIMEOUT`]; anything
 //!    else is answered with a JSON-RPC error and the connection is closed (1008) with the reason.
+//!    Until `hello` is accepted a message may not exceed [`PRE_HELLO_LIMIT`] bytes (see
+//!    [`crate::prehello`]); a larger one closes the connection with 1009 and the reason.
 //! 2. **decision** — [`Hub::hello`] checks cluster, state, certificate and the session rules;
 //!    a refusal is sent as a JSON-RPC error naming the reason, then close 1008 with it.
 //! 3. **live** — requests from the API go out, answers come back by id; the gateway's `ping`
@@ -57,6 +61,8 @@ use crate::hub::{
 use crate::listener::Peer;
 use crate::metrics::RefusalCategory;
 use crate::model::{now_rfc3339, truncate, Catalog};
+pub use crate::prehello::PRE_HELLO_LIMIT;
+use crate::prehello::{Gate, Guarded};
 use crate::ratelimit::{suppressed_note, TokenBucket};
 pub use crate::ratelimit::{FRAMES_PER_SECOND, FRAME_BURST};
 use crate::runs::SessionKind;
@@ -121,7 +127,7 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// WebSocket close code "message too big".
 const CLOSE_TOO_BIG: u16 = autogate_proto::CLOSE_MESSAGE_TOO_BIG;
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WebSocketStream<Guarded<TokioIo<hyper::upgrade::Upgraded>>>;
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
@@ -160,6 +166,26 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
             "a client certificate is required on /ws: configure the gateway's connect.certificate_file and connect.private_key_file",
         );
     };
+    if let Some(reason) = app
+        .hub
+        .pinned_cluster(&cert.fingerprint)
+        .refusal(&cert.fingerprint)
+    {
+        let category = RefusalCategory::CertificateNotRegistered;
+        app.hub.metrics().refused(category);
+        if let Some(n) = app.refusal_log.allow() {
+            tracing::warn!(
+                refusal = category.as_str(),
+                "refused /ws from {} before the upgrade: {reason}{}",
+                peer.addr,
+                suppressed_note(n)
+            );
+        }
+        return json_error(
+            StatusCode::FORBIDDEN,
+            format!("{reason}: register it for the gateway's cluster (autogate manager cluster add-cert)"),
+        );
+    }
     let headers = req.headers();
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -202,13 +228,14 @@ pub async fn upgrade(State(app): State<AppState>, mut req: HttpRequest) -> HttpR
             .write_buffer_size(SESSION_BUFFER)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let gate = Gate::new(PRE_HELLO_LIMIT.min(max));
+        let io = Guarded::new(TokioIo::new(upgraded), gate.clone());
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         Session {
             hub,
             log,
             ws,
+            gate,
             addr: peer.addr,
             cert,
             max,
@@ -319,6 +346,8 @@ struct Session {
     hub: Arc<Hub>,
     log: Arc<crate::ratelimit::LogLimiter>,
     ws: Ws,
+    /// The limit before `hello` ([`crate::prehello`]).
+    gate: Arc<Gate>,
     addr: SocketAddr,
     cert: Arc<PeerCert>,
     max: usize,
@@ -402,6 +431,9 @@ impl Session {
     }
 
     fn read_error(&self, e: WsError) -> End {
+        if let (WsError::Io(_), Some(reason)) = (&e, self.gate.tripped()) {
+            return End::TooBig(reason);
+        }
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => End::TooBig(
                 format!("frame of {size} bytes exceeds the limit of {max_size} bytes"),
@@ -440,7 +472,11 @@ impl Session {
             .hello(conn, &hello, &self.cert, self.addr, control.clone(), tx)
             .await;
         let accepted = match decision {
-            Ok(a) => a,
+            Ok(a) => {
+                // Who this is is known now: `manager.max_frame_size` applies from here on.
+                self.gate.lift();
+                a
+            }
             Err(refusal) => {
                 self.hub.metrics().refused(refusal.category);
                 if let Some(n) = self.log.allow() {
@@ -525,7 +561,12 @@ impl Session {
             };
             let msg = match msg {
                 None => return Err(End::Gone("connection closed before hello".to_owned()).into()),
-                Some(Err(e)) => return Err(self.read_error(e).into()),
+                Some(Err(e)) => {
+                    return Err(match self.read_error(e) {
+                        end @ End::TooBig(_) => end.refusal(RefusalCategory::BadHello),
+                        end => end.into(),
+                    })
+                }
                 Some(Ok(m)) => m,
             };
             self.rate_check()?;
