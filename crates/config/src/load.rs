@@ -893,6 +893,7 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             silence_limit: v.duration("manager.silence_limit"),
             session_frame_rate: v.u32("manager.session_frame_rate"),
             session_frame_burst: v.u32("manager.session_frame_burst"),
+            max_connections_per_source: v.u32("manager.max_connections_per_source"),
         },
         registry: Registry {
             default_overridable: v.bool("registry.default_overridable"),

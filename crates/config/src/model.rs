@@ -499,6 +499,8 @@ pub struct Manager {
     pub session_frame_rate: u32,
     /// Frames a session may send at once.
     pub session_frame_burst: u32,
+    /// Connections one source address may hold open at once.
+    pub max_connections_per_source: u32,
 }
 
 impl Manager {

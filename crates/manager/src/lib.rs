@@ -123,6 +123,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         tls,
         app,
         metrics,
+        usize::try_from(m.max_connections_per_source)
+            .unwrap_or(listener::MAX_CONNECTIONS_PER_SOURCE),
         token.clone(),
         shutdown.tracker().clone(),
     );

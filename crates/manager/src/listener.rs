@@ -11,7 +11,8 @@
 //! - at most [`MAX_CONNECTIONS`] connections are open at once (each keeps its slot for its whole
 //!   life); beyond that new ones are closed at once (and counted), so a flood cannot exhaust
 //!   memory or file descriptors;
-//! - at most [`MAX_CONNECTIONS_PER_SOURCE`] of them come from one source (an IPv4 address, or
+//! - at most `manager.max_connections_per_source` ([`MAX_CONNECTIONS_PER_SOURCE`] by default)
+//!   of them come from one source (an IPv4 address, or
 //!   an IPv6 /64, which one host usually has whole), so a single host cannot take every slot:
 //!   one more is answered `503` with the reason and closed. This is counted once the TLS
 //!   handshake is done, where the connection reaches this port's handler (the accept loop is
@@ -47,7 +48,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections open at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
-/// Most connections open at once from one source address: enough for a few hundred gateway
+/// Most connections open at once from one source address unless
+/// `manager.max_connections_per_source` says otherwise: enough for a few hundred gateway
 /// clusters and admin clients behind one NAT, far from the global cap.
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
 
@@ -147,6 +149,7 @@ pub async fn serve(
     tls: Arc<ServerConfig>,
     router: axum::Router,
     metrics: ManagerMetrics,
+    per_source: usize,
     token: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -159,7 +162,7 @@ pub async fn serve(
         metrics,
         token: token.clone(),
         log_limit: LogLimiter::new(10.0, 50.0),
-        sources: Sources::new(MAX_CONNECTIONS_PER_SOURCE),
+        sources: Sources::new(per_source),
     });
     autogate_tls::accept_loop(listener, tls, options, port, token, tracker).await;
 }
@@ -227,20 +230,21 @@ impl AcceptHandler for Port {
 }
 
 impl Port {
-    /// Refuses a connection over [`MAX_CONNECTIONS_PER_SOURCE`]: a short `503` naming the limit
+    /// Refuses a connection over the per-source limit: a short `503` naming the limit
     /// (a client learns why instead of seeing a reset), then close.
     async fn too_many_from(&self, stream: &mut TlsStream<TcpStream>, addr: SocketAddr) {
         let source = source_of(addr.ip());
+        let limit = self.sources.limit;
         self.metrics
             .handshake_failed(HandshakeFailure::Overload.as_str());
         if let Some(n) = self.log_limit.allow() {
             tracing::warn!(
-                "refusing connection from {addr}: {MAX_CONNECTIONS_PER_SOURCE} connections from {source} already open{}",
+                "refusing connection from {addr}: {limit} connections from {source} already open (manager.max_connections_per_source){}",
                 suppressed_note(n)
             );
         }
         let body = format!(
-            "{{\"error\":\"too many connections from {source}: at most {MAX_CONNECTIONS_PER_SOURCE} at once\"}}"
+            "{{\"error\":\"too many connections from {source}: at most {limit} at once\"}}"
         );
         let resp = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
