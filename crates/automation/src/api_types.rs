@@ -10,11 +10,60 @@ use autogate_resources::ImportOutcome;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// What a user of the core node API may do. Ordered: each role may do what the ones before it
+/// may.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads resources, runs, jobs, the cluster's and the election's state.
+    Viewer,
+    /// A viewer that also runs services.
+    Operator,
+    /// Everything: users, HA control, creating and deleting every resource, secrets, import
+    /// and export.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown role {s:?}: use admin, operator or viewer"))
+    }
+}
+
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(as = User)]
 pub struct UserView {
     pub name: String,
+    /// What the user may do. A user recorded by an earlier version, which had no roles, shows
+    /// the role it is treated as.
+    pub role: Role,
     /// RFC 3339.
     pub created: String,
     /// RFC 3339; null before the first login.

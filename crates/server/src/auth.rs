@@ -10,8 +10,22 @@
 //! The first core node to start in a cluster without users creates `admin`, with the password
 //! from `[server] admin_password_file` or a random temporary one printed once to the log, in a
 //! create-if-absent transaction so two nodes starting together never both create it.
+//!
+//! Each user has a [`Role`]: `admin` is an admin, users are created as operators unless told
+//! otherwise. A record written by an earlier version has no role (every user was a superuser
+//! then): `admin` stays an admin, every other such user is read as an operator — unless the
+//! cluster would then have no admin at all (its `admin` was deleted), in which case they stay
+//! admins, so an upgrade never leaves a cluster that nobody can manage. Every password check
+//! goes through the [`LoginGuard`] (bounded hashing slots, backoff per user and per address).
+//! Expired keys are collected after successful logins, a bounded number per pass.
+
+mod login_guard;
+
+pub use login_guard::{loggable, Admission, LoginGuard, Refusal, BUSY_RETRY_AFTER};
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +49,11 @@ const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 const STALE_CHECK_LIMIT: Duration = Duration::from_secs(600);
 /// Attempts of a read-check-write on a user record that others keep changing.
 const CONTENDED_ATTEMPTS: usize = 5;
+/// Most expired keys deleted by one collection pass (one pass follows each successful login,
+/// which adds one key, so the store never accumulates them).
+const COLLECT_PER_PASS: usize = 256;
+/// Deletes per transaction (etcd refuses transactions of more than 128 operations by default).
+const DELETES_PER_TXN: usize = 64;
 
 /// Why an account operation failed; messages are what the API returns, never a password or key.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +80,26 @@ pub enum AuthError {
 }
 
 /// The API's answers about users, shared with the CLI.
-pub use autogate_automation::api_types::{IssuedKey, UserView};
+pub use autogate_automation::api_types::{IssuedKey, Role, UserView};
+
+/// Why a login failed: refused before any password check, or failed with one.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Too many hashes in flight (503) or a backoff (429): retry later.
+    #[error("login refused: {0:?}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// Who a request's API key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub role: Role,
+    /// The digest of the key presented (what `logout` revokes).
+    pub key_digest: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct UserRecord {
@@ -72,12 +110,31 @@ struct UserRecord {
     last_login: Option<String>,
     #[serde(default)]
     password_changed: Option<String>,
+    /// `None` in a record of an earlier version (see the module's notes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
 }
 
 impl UserRecord {
-    fn view(&self) -> UserView {
+    /// The role this user has, given whether the cluster has an admin by role or by name
+    /// (`cluster_has_admin`, only read for records without a role).
+    fn role(&self, cluster_has_admin: bool) -> Role {
+        match self.role {
+            Some(r) => r,
+            None if self.name == ADMIN || !cluster_has_admin => Role::Admin,
+            None => Role::Operator,
+        }
+    }
+
+    /// An admin by its role, or the role-less `admin` of an earlier version.
+    fn is_named_admin(&self) -> bool {
+        self.role == Some(Role::Admin) || (self.role.is_none() && self.name == ADMIN)
+    }
+
+    fn view(&self, cluster_has_admin: bool) -> UserView {
         UserView {
             name: self.name.clone(),
+            role: self.role(cluster_has_admin),
             created: self.created.clone(),
             last_login: self.last_login.clone(),
             password_changed: self.password_changed.clone(),
@@ -97,6 +154,7 @@ pub struct KeyRecord {
 #[derive(Debug, Clone)]
 struct Checked {
     user: String,
+    role: Role,
     expires_at: OffsetDateTime,
     at: Instant,
 }
@@ -113,6 +171,9 @@ pub struct Auth {
     /// [`hold_logins`](Self::hold_logins)); logins read it, so they wait for the bootstrap instead
     /// of failing in the window between the port opening and `admin` existing.
     bootstrap: Arc<tokio::sync::RwLock<()>>,
+    guard: LoginGuard,
+    /// Set while a collection of expired keys runs (one at a time).
+    collecting: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -165,9 +226,15 @@ fn check_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Hashes off the async threads: argon2id is deliberately slow.
-async fn hash_password(password: String) -> Result<String, AuthError> {
+/// Hashes off the async threads: argon2id is deliberately slow. The slot bounds how many
+/// hashes (each ~19 MiB) run at once; it is released when the hash is done.
+async fn hash_password(guard: &LoginGuard, password: String) -> Result<String, AuthError> {
+    let slot = guard
+        .slot()
+        .await
+        .ok_or_else(|| AuthError::Internal("the hashing slots are closed".into()))?;
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(e.to_string()))?;
@@ -201,7 +268,8 @@ fn decoy_hash() -> &'static str {
     })
 }
 
-async fn verify_password(password: String, hash: Option<String>) -> bool {
+/// Checks a password; `_slot` (the caller's hashing slot) is held while the hash runs.
+async fn verify_password(_slot: &Admission, password: String, hash: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let real = hash.is_some();
         let hash = hash.unwrap_or_else(|| decoy_hash().to_owned());
@@ -255,7 +323,14 @@ impl Auth {
             key_ttl,
             checked: Arc::default(),
             bootstrap: Arc::default(),
+            guard: LoginGuard::new(),
+            collecting: Arc::default(),
         }
+    }
+
+    /// The hashing slots and backoff tables of this node.
+    pub fn guard(&self) -> &LoginGuard {
+        &self.guard
     }
 
     /// Makes logins wait until the returned guard is dropped: the core node takes it before it
@@ -293,10 +368,11 @@ impl Auth {
         };
         let record = UserRecord {
             name: ADMIN.to_owned(),
-            password_hash: hash_password(password.clone()).await?,
+            password_hash: hash_password(&self.guard, password.clone()).await?,
             created: rfc3339(now()),
             last_login: None,
             password_changed: None,
+            role: Some(Role::Admin),
         };
         let key = self.user_key(ADMIN);
         let txn = Txn::new()
@@ -310,16 +386,47 @@ impl Auth {
         }))
     }
 
-    /// Checks a password and issues a key valid for the configured lifetime.
-    pub async fn login(&self, username: &str, password: &str) -> Result<IssuedKey, AuthError> {
+    /// Checks a password and issues a key valid for the configured lifetime. `source` is the
+    /// caller's address, for the backoff per address and the log of failures.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        source: Option<IpAddr>,
+    ) -> Result<IssuedKey, LoginError> {
         drop(self.bootstrap.read().await);
+        let slot = self
+            .guard
+            .admit(username, source)
+            .map_err(LoginError::Refused)?;
+        match self.login_checked(&slot, username, password).await {
+            Ok(issued) => {
+                drop(slot);
+                self.guard.succeeded(username);
+                self.collect_in_background();
+                Ok(issued)
+            }
+            Err(AuthError::BadCredentials) => {
+                self.guard.failed(username, source);
+                Err(AuthError::BadCredentials.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn login_checked(
+        &self,
+        slot: &Admission,
+        username: &str,
+        password: &str,
+    ) -> Result<IssuedKey, AuthError> {
         let mut found = if check_name(username).is_ok() {
             self.user(username).await?
         } else {
             None
         };
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
-        if !verify_password(password.to_owned(), hash.clone()).await {
+        if !verify_password(slot, password.to_owned(), hash.clone()).await {
             return Err(AuthError::BadCredentials);
         }
         let mut verified = hash;
@@ -333,7 +440,7 @@ impl Auth {
             // password change): check against what is stored now.
             if verified.as_deref() != Some(user.password_hash.as_str()) {
                 let hash = Some(user.password_hash.clone());
-                if !verify_password(password.to_owned(), hash.clone()).await {
+                if !verify_password(slot, password.to_owned(), hash.clone()).await {
                     return Err(AuthError::BadCredentials);
                 }
                 verified = hash;
@@ -374,8 +481,8 @@ impl Auth {
         Err(contended(username))
     }
 
-    /// The user a bearer key belongs to.
-    pub async fn check(&self, key: Option<&str>) -> Result<String, AuthError> {
+    /// The user a bearer key belongs to, and its role.
+    pub async fn check(&self, key: Option<&str>) -> Result<Caller, AuthError> {
         let key = key.map(str::trim).filter(|k| !k.is_empty());
         let Some(key) = key else {
             return Err(AuthError::MissingKey);
@@ -405,18 +512,52 @@ impl Auth {
             self.forget(&digest);
             return Err(AuthError::Expired);
         }
+        let role = match self.role_of(&record.user).await {
+            Ok(Some(role)) => role,
+            // The user was deleted (its keys with it, but this one was read before).
+            Ok(None) => {
+                self.forget(&digest);
+                return Err(AuthError::MissingKey);
+            }
+            Err(e) => return self.stale(&digest, e),
+        };
         self.checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
-                digest,
+                digest.clone(),
                 Checked {
                     user: record.user.clone(),
+                    role,
                     expires_at,
                     at: Instant::now(),
                 },
             );
-        Ok(record.user)
+        Ok(Caller {
+            user: record.user,
+            role,
+            key_digest: digest,
+        })
+    }
+
+    /// The role of user `name` (`None`: no such user).
+    async fn role_of(&self, name: &str) -> Result<Option<Role>, AuthError> {
+        let Some((user, _)) = self.user(name).await? else {
+            return Ok(None);
+        };
+        if let Some(role) = user.role {
+            return Ok(Some(role));
+        }
+        // A record of an earlier version: its role depends on whether the cluster has an
+        // admin (read only for such records).
+        let has_admin = self.cluster_has_admin(&self.store.list(&self.users).await?);
+        Ok(Some(user.role(has_admin)))
+    }
+
+    fn cluster_has_admin(&self, users: &[autogate_store::KeyValue]) -> bool {
+        users.iter().any(|kv| {
+            serde_json::from_slice::<UserRecord>(&kv.value).is_ok_and(|u| u.is_named_admin())
+        })
     }
 
     fn forget(&self, digest: &str) {
@@ -428,7 +569,7 @@ impl Auth {
 
     /// While the store cannot answer, a key this node checked recently still works: otherwise
     /// a node cut off from its store could not even report its own HA state.
-    fn stale(&self, digest: &str, err: AuthError) -> Result<String, AuthError> {
+    fn stale(&self, digest: &str, err: AuthError) -> Result<Caller, AuthError> {
         let checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         match checked.get(digest) {
             Some(c)
@@ -436,7 +577,11 @@ impl Auth {
                     && c.expires_at > OffsetDateTime::now_utc() =>
             {
                 tracing::debug!("store unavailable; accepting an API key checked recently");
-                Ok(c.user.clone())
+                Ok(Caller {
+                    user: c.user.clone(),
+                    role: c.role,
+                    key_digest: digest.to_owned(),
+                })
             }
             _ => Err(err),
         }
@@ -444,31 +589,44 @@ impl Auth {
 
     /// Every user, sorted by name.
     pub async fn list_users(&self) -> Result<Vec<UserView>, AuthError> {
+        let listed = self.store.list(&self.users).await?;
+        let has_admin = self.cluster_has_admin(&listed);
         let mut out = Vec::new();
-        for kv in self.store.list(&self.users).await? {
+        for kv in listed {
             let u: UserRecord = decode(&kv.key, &kv.value)?;
-            out.push(u.view());
+            out.push(u.view(has_admin));
         }
         Ok(out)
     }
 
     pub async fn get_user(&self, name: &str) -> Result<UserView, AuthError> {
         check_name(name)?;
-        self.user(name)
+        let (user, _) = self
+            .user(name)
             .await?
-            .map(|(u, _)| u.view())
-            .ok_or_else(|| AuthError::NotFound(name.to_owned()))
+            .ok_or_else(|| AuthError::NotFound(name.to_owned()))?;
+        let role = self.role_of(name).await?.unwrap_or(Role::Viewer);
+        let mut view = user.view(true);
+        view.role = role;
+        Ok(view)
     }
 
-    pub async fn create_user(&self, name: &str, password: &str) -> Result<UserView, AuthError> {
+    /// Creates a user with `role` (operators by default, see the API layer).
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<UserView, AuthError> {
         check_name(name)?;
         check_password(password)?;
         let record = UserRecord {
             name: name.to_owned(),
-            password_hash: hash_password(password.to_owned()).await?,
+            password_hash: hash_password(&self.guard, password.to_owned()).await?,
             created: rfc3339(now()),
             last_login: None,
             password_changed: None,
+            role: Some(role),
         };
         let key = self.user_key(name);
         let txn = Txn::new()
@@ -477,7 +635,7 @@ impl Auth {
         if !self.store.txn(txn).await?.succeeded {
             return Err(AuthError::Exists(name.to_owned()));
         }
-        Ok(record.view())
+        Ok(record.view(true))
     }
 
     /// Deletes operations for every key of `user`.
@@ -511,6 +669,18 @@ impl Auth {
         if users.len() == 1 {
             return Err(AuthError::LastUser(name.to_owned()));
         }
+        let has_admin = self.cluster_has_admin(&users);
+        let admins = users
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<UserRecord>(&kv.value).ok())
+            .filter(|u| u.role(has_admin) == Role::Admin)
+            .count();
+        let deleted: UserRecord = decode(&kv.key, &kv.value)?;
+        if admins == 1 && deleted.role(has_admin) == Role::Admin {
+            return Err(AuthError::Invalid(format!(
+                "cannot delete user {name}: it is the last admin, nobody could manage users any more"
+            )));
+        }
         let mut ops = vec![TxnOp::delete(key.clone())];
         ops.extend(self.key_deletes(name).await?);
         let txn = Txn::new()
@@ -529,16 +699,60 @@ impl Auth {
         Ok(())
     }
 
+    /// Changes one's own password: `current` must be the password stored now. The check goes
+    /// through the login guard (slots and backoff), so a stolen key cannot be used to guess
+    /// its user's password at the node's expense.
+    pub async fn change_own_password(
+        &self,
+        name: &str,
+        current: &str,
+        password: &str,
+        source: Option<IpAddr>,
+    ) -> Result<usize, LoginError> {
+        check_name(name)?;
+        check_password(password)?;
+        let slot = self
+            .guard
+            .admit(name, source)
+            .map_err(LoginError::Refused)?;
+        let stored = self.user(name).await?.map(|(u, _)| u.password_hash);
+        let Some(stored) = stored else {
+            return Err(AuthError::NotFound(name.to_owned()).into());
+        };
+        if !verify_password(&slot, current.to_owned(), Some(stored.clone())).await {
+            self.guard.failed(name, source);
+            return Err(AuthError::BadCredentials.into());
+        }
+        drop(slot);
+        Ok(self.set_password_if(name, password, Some(stored)).await?)
+    }
+
     /// Sets a new password and revokes every key of the user; returns how many were revoked.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<usize, AuthError> {
         check_name(name)?;
         check_password(password)?;
-        let hash = hash_password(password.to_owned()).await?;
+        self.set_password_if(name, password, None).await
+    }
+
+    /// [`set_password`](Self::set_password), only while the stored hash is still `expected`
+    /// (when given): a concurrent change in between makes the current password checked stale.
+    async fn set_password_if(
+        &self,
+        name: &str,
+        password: &str,
+        expected: Option<String>,
+    ) -> Result<usize, AuthError> {
+        let hash = hash_password(&self.guard, password.to_owned()).await?;
         let key = self.user_key(name);
         for _ in 0..CONTENDED_ATTEMPTS {
             let Some((mut user, revision)) = self.user(name).await? else {
                 return Err(AuthError::NotFound(name.to_owned()));
             };
+            if expected.as_ref().is_some_and(|e| *e != user.password_hash) {
+                return Err(AuthError::Invalid(format!(
+                    "the password of user {name} changed meanwhile; try again with the new current password"
+                )));
+            }
             user.password_hash = hash.clone();
             user.password_changed = Some(rfc3339(now()));
             let revoked = self.key_deletes(name).await?;
@@ -560,6 +774,60 @@ impl Auth {
             }
         }
         Err(contended(name))
+    }
+}
+
+impl Auth {
+    /// Revokes one key (`logout`): the key presented, by its digest.
+    pub async fn revoke(&self, key_digest: &str) -> Result<bool, AuthError> {
+        let removed = self
+            .store
+            .delete(&format!("{}{key_digest}", self.keys))
+            .await?;
+        self.forget(key_digest);
+        Ok(removed)
+    }
+
+    /// Deletes up to `max` expired keys; returns how many. Keys are never rewritten, so an
+    /// expired one can be deleted without a comparison.
+    pub async fn collect_expired(&self, max: usize) -> Result<usize, AuthError> {
+        let now = OffsetDateTime::now_utc();
+        let expired: Vec<String> = self
+            .store
+            .list(&self.keys)
+            .await?
+            .into_iter()
+            .filter(|kv| {
+                serde_json::from_slice::<KeyRecord>(&kv.value)
+                    .ok()
+                    .and_then(|k| OffsetDateTime::parse(&k.expires_at, &Rfc3339).ok())
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|kv| kv.key)
+            .take(max)
+            .collect();
+        for batch in expired.chunks(DELETES_PER_TXN) {
+            let txn = Txn::new().and_then(batch.iter().cloned().map(TxnOp::delete));
+            self.store.txn(txn).await?;
+        }
+        Ok(expired.len())
+    }
+
+    /// One collection pass after a login, unless one runs already; its failure is only logged
+    /// (the next login tries again).
+    fn collect_in_background(&self) {
+        if self.collecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let auth = self.clone();
+        tokio::spawn(async move {
+            match auth.collect_expired(COLLECT_PER_PASS).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(collected = n, "expired API keys deleted"),
+                Err(e) => tracing::warn!("collecting expired API keys: {e}"),
+            }
+            auth.collecting.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -616,15 +884,18 @@ mod tests {
         let pw = b.temporary_password.expect("temporary password");
         assert!(a.bootstrap_admin(None).await.expect("again").is_none());
         assert!(matches!(
-            a.login("admin", "wrong-password").await,
-            Err(AuthError::BadCredentials)
+            a.login("admin", "wrong-password", None).await,
+            Err(LoginError::Auth(AuthError::BadCredentials))
         ));
         assert!(matches!(
-            a.login("nobody", &pw).await,
-            Err(AuthError::BadCredentials)
+            a.login("nobody", &pw, None).await,
+            Err(LoginError::Auth(AuthError::BadCredentials))
         ));
-        let k = a.login("admin", &pw).await.expect("login");
-        assert_eq!(a.check(Some(&k.api_key)).await.expect("check"), "admin");
+        let k = a.login("admin", &pw, None).await.expect("login");
+        assert_eq!(
+            a.check(Some(&k.api_key)).await.expect("check").user,
+            "admin"
+        );
         assert!(matches!(a.check(None).await, Err(AuthError::MissingKey)));
         assert!(matches!(
             a.check(Some("ag_nope")).await,
@@ -643,7 +914,7 @@ mod tests {
             a.check(Some(&k.api_key)).await,
             Err(AuthError::MissingKey)
         ));
-        assert!(a.login("admin", "another-pass").await.is_ok());
+        assert!(a.login("admin", "another-pass", None).await.is_ok());
         assert!(matches!(
             a.delete_user("admin").await,
             Err(AuthError::LastUser(_))
@@ -660,14 +931,14 @@ mod tests {
             .expect("bootstrap");
         let logins = (0..4).map(|_| {
             let a = a.clone();
-            tokio::spawn(async move { a.login("admin", "password-1").await })
+            tokio::spawn(async move { a.login("admin", "password-1", None).await })
         });
         for l in futures::future::join_all(logins).await {
             assert!(l.expect("task").is_ok());
         }
         let racing = {
             let a = a.clone();
-            tokio::spawn(async move { a.login("admin", "password-1").await })
+            tokio::spawn(async move { a.login("admin", "password-1", None).await })
         };
         a.set_password("admin", "password-2").await.expect("set");
         if let Ok(k) = racing.await.expect("task") {
@@ -678,10 +949,10 @@ mod tests {
         }
         // Whatever the order, the new password is the one stored, and no key of the old one
         // is left.
-        assert!(a.login("admin", "password-2").await.is_ok());
+        assert!(a.login("admin", "password-2", None).await.is_ok());
         assert!(matches!(
-            a.login("admin", "password-1").await,
-            Err(AuthError::BadCredentials)
+            a.login("admin", "password-1", None).await,
+            Err(LoginError::Auth(AuthError::BadCredentials))
         ));
     }
 

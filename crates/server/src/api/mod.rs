@@ -2,9 +2,10 @@
 //! `/metrics` for supervisors and Prometheus. Its modules:
 //!
 //! - [`routes`]: the route table — every route once, with its method, path, handler, whether it
-//!   needs an API key, whether a standby forwards it, and what the document says about it;
+//!   needs an API key and which role (`viewer` < `operator` < `admin`), whether a standby
+//!   forwards it, and what the document says about it;
 //! - [`error`]: the error answer ([`ApiError`]) and the status of each failure class;
-//! - [`middleware`]: the API key check and the forwarding of a standby's request;
+//! - [`middleware`]: the API key and role check and the forwarding of a standby's request;
 //! - [`openapi`]: the OpenAPI document (`GET /api/v1/openapi.json`), built from the table;
 //! - one module per area of handlers: [`node`] (health, probes, metrics), [`users`] (login,
 //!   users, passwords), [`resources`] (the six resource kinds), [`runs`] (service runs and
@@ -21,6 +22,7 @@ mod cluster;
 mod db;
 mod error;
 mod ha;
+mod hostkeys;
 mod jobs;
 mod keyed;
 mod middleware;
@@ -67,6 +69,12 @@ impl ApiState {
     }
 }
 
+/// The address of a request's peer, as the request's connection info
+/// (`ConnectInfo<PeerAddr>`, attached by the API's port, `crate::transport`), for plain and
+/// TLS connections alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// All routes of the core node API, each with the checks its table entry asks for.
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new();
@@ -81,8 +89,15 @@ pub fn router(state: ApiState) -> Router {
             ));
         }
         if spec.access == Access::Key {
-            handler =
-                handler.route_layer(from_fn_with_state(state.clone(), middleware::require_key));
+            let need = std::sync::Arc::new(middleware::Need {
+                role: spec.role,
+                own: spec.own,
+                route: format!("{} {}", spec.method, spec.path),
+            });
+            handler = handler.route_layer(from_fn_with_state(
+                (state.clone(), need),
+                middleware::require_key,
+            ));
         }
         router = router.route(&spec.path, handler);
     }

@@ -2,6 +2,10 @@
 //! `utoipa`: the operations come from the table, their schemas are derived from the types the
 //! handlers take and return, and every schema those refer to is collected into
 //! `components.schemas`.
+//!
+//! Each keyed operation's security requirement lists the least role it needs (OpenAPI 3.1 lets
+//! a non-OAuth scheme name the roles an operation requires), and its description says it in
+//! words; `x-autogate-role` carries it for tools.
 
 use axum::http::{Method, StatusCode};
 use axum::Json;
@@ -55,7 +59,7 @@ pub fn openapi_document() -> Value {
                 .title("autogate core node API")
                 .version(autogate_runtime::VERSION)
                 .description(Some(
-                    "Operator API of an autogate core node. Every /api/v1 route except health, openapi.json and login needs `Authorization: Bearer <API key>` from POST /api/v1/login.",
+                    "Operator API of an autogate core node. Every /api/v1 route except health, openapi.json and login needs `Authorization: Bearer <API key>` from POST /api/v1/login, and a user whose role is at least the one the operation names (viewer < operator < admin); a user with a lesser role gets 403 naming the role needed.",
                 )),
         )
         .paths(paths)
@@ -113,15 +117,43 @@ fn operation(spec: &RouteSpec, error: &Body) -> Operation {
         }
         op = op.response(e.as_u16().to_string(), answer.build());
     }
-    if spec.access == Access::Open {
-        op = op.securities(Some(Vec::<SecurityRequirement>::new()));
+    let mut description = Vec::new();
+    match spec.access {
+        Access::Open => {
+            op = op.securities(Some(Vec::<SecurityRequirement>::new()));
+            description.push("Open: no API key.".to_owned());
+        }
+        Access::Key => {
+            op = op.securities(Some([SecurityRequirement::new(
+                API_KEY,
+                [spec.role.as_str()],
+            )]));
+            description.push(if spec.own {
+                format!(
+                    "Role: {} for one's own user, admin for another user's.",
+                    spec.role
+                )
+            } else {
+                format!("Role: {} or above.", spec.role)
+            });
+        }
     }
     if spec.standby == Standby::Forward {
-        op = op.description(Some(
-            "On a standby core node this request is forwarded to the active node.",
-        ));
+        description
+            .push("On a standby core node this request is forwarded to the active node.".into());
     }
-    op.build()
+    op = op.description(Some(description.join(" ")));
+    let mut op = op.build();
+    if spec.access == Access::Key {
+        let mut ext = utoipa::openapi::extensions::Extensions::default();
+        ext.insert("x-autogate-role".to_owned(), spec.role.as_str().into());
+        if spec.own {
+            // A user's own record needs `x-autogate-role`; another user's needs admin.
+            ext.insert("x-autogate-own-user".to_owned(), true.into());
+        }
+        op.extensions = Some(ext);
+    }
+    op
 }
 
 fn http_method(method: &Method) -> Option<HttpMethod> {
@@ -171,13 +203,14 @@ fn status_text(code: StatusCode) -> &'static str {
         204 => "No Content",
         400 => "The body is not JSON/YAML at all",
         401 => "Missing, unknown or expired API key",
-        403 => "Disabled by configuration",
+        403 => "Forbidden: the caller's role is not enough (the message names the role needed), or disabled by configuration",
         404 => "No such resource",
         409 => "Conflict: exists already, still in use, or not possible in this state",
         415 => "Wrong content type",
         422 => "Invalid request: the message names what is wrong",
+        429 => "Too many failed logins from this address or for this user: retry after Retry-After",
         500 => "The node failed or is misconfigured for this request",
-        503 => "Not this node's to do now: no active node, store unavailable, fenced",
+        503 => "Not this node's to do now: no active node, store unavailable, fenced; or every password-hashing slot is busy (Retry-After)",
         _ => "",
     }
 }

@@ -1,5 +1,7 @@
 //! The route table: every route of the API once, with its method, path, handler, who may call
-//! it, what a standby does with it and the types of what it takes and returns. The router
+//! it (open, or the least [`Role`] a key's user needs), what a standby does with it and the
+//! types of what it takes and returns. A keyed route needs `admin` unless its entry says
+//! otherwise, so a route added without thought is closed rather than open. The router
 //! ([`super::router`]) and the document ([`super::openapi_document`]) are both built from it, so
 //! neither can have a route the other lacks, and the document's schemas are derived from the
 //! same types the handlers take and return.
@@ -17,7 +19,7 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{cluster, db, ha, jobs, node, openapi, resources, runs, users, ApiState};
-use crate::auth::{IssuedKey, UserView};
+use crate::auth::{IssuedKey, Role, UserView};
 use autogate_automation::api_types::{ImportReport, RunResponse, UserList};
 use autogate_automation::ServiceInfo;
 
@@ -113,6 +115,11 @@ pub struct RouteSpec {
     /// axum/OpenAPI path template (`/api/v1/services/{name}`).
     pub path: String,
     pub access: Access,
+    /// The least role a caller needs (routes with [`Access::Key`]).
+    pub role: Role,
+    /// The route is about the user its `{name}` names: a user's own record needs only
+    /// [`role`](Self::role), another user's needs `admin`.
+    pub own: bool,
     pub standby: Standby,
     pub tag: &'static str,
     pub summary: String,
@@ -142,6 +149,8 @@ impl Route {
                 method,
                 path: path.into(),
                 access: Access::Key,
+                role: Role::Admin,
+                own: false,
                 standby: Standby::Local,
                 tag: "",
                 summary: String::new(),
@@ -170,6 +179,24 @@ impl Route {
     fn open(mut self) -> Self {
         self.spec.access = Access::Open;
         self
+    }
+
+    /// The least role that may call it (every keyed route is `admin` unless it says this).
+    fn role(mut self, role: Role) -> Self {
+        self.spec.role = role;
+        self
+    }
+
+    /// Readable by every user: `viewer`.
+    fn read(self) -> Self {
+        self.role(Role::Viewer)
+    }
+
+    /// About the user its `{name}` names: callable on one's own user with `role`, on
+    /// another's by an admin only.
+    fn own(mut self, role: Role) -> Self {
+        self.spec.own = true;
+        self.role(role)
     }
 
     /// A standby sends it on to the active node.
@@ -263,15 +290,22 @@ pub(super) fn table() -> Vec<Route> {
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
                 S::UNPROCESSABLE_ENTITY,
+                S::TOO_MANY_REQUESTS,
                 S::SERVICE_UNAVAILABLE,
             ]),
+        Route::post("/api/v1/logout", users::logout)
+            .read()
+            .forwarded()
+            .doc("users", "Revoke the API key of this request")
+            .returns(S::NO_CONTENT, Empty)
+            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::get("/api/v1/users", users::list)
             .doc("users", "List users")
             .returns(S::OK, Body::json::<UserList>())
             .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::post("/api/v1/users", users::create)
             .forwarded()
-            .doc("users", "Create a user")
+            .doc("users", "Create a user (an operator unless a role is given)")
             .takes(Body::json::<users::NewUser>())
             .returns(S::CREATED, Body::json::<UserView>())
             .errors(&[
@@ -282,6 +316,7 @@ pub(super) fn table() -> Vec<Route> {
                 S::SERVICE_UNAVAILABLE,
             ]),
         Route::get("/api/v1/users/{name}", users::get)
+            .own(Role::Viewer)
             .doc("users", "One user")
             .returns(S::OK, Body::json::<UserView>())
             .errors(READ_ERRORS),
@@ -296,18 +331,21 @@ pub(super) fn table() -> Vec<Route> {
                 S::SERVICE_UNAVAILABLE,
             ]),
         Route::post("/api/v1/users/{name}/password", users::password)
+            .own(Role::Viewer)
             .forwarded()
             .doc(
                 "users",
-                "Set a user's password; revokes every API key of that user",
+                "Set a user's password (one's own: with the current one; another's: admins); revokes every API key of that user",
             )
             .takes(Body::json::<users::Password>())
             .returns(S::OK, Body::json::<users::PasswordChanged>())
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
+                S::FORBIDDEN,
                 S::NOT_FOUND,
                 S::UNPROCESSABLE_ENTITY,
+                S::TOO_MANY_REQUESTS,
                 S::SERVICE_UNAVAILABLE,
             ]),
     ];
@@ -316,6 +354,7 @@ pub(super) fn table() -> Vec<Route> {
     }
     t.extend([
         Route::post("/api/v1/services/{name}/run", runs::run)
+            .role(Role::Operator)
             .forwarded()
             .doc(
                 "services",
@@ -334,6 +373,7 @@ pub(super) fn table() -> Vec<Route> {
                 S::SERVICE_UNAVAILABLE,
             ]),
         Route::get("/api/v1/jobs/{id}", jobs::job)
+            .read()
             .doc(
                 "services",
                 "A job (distributed execution): its record, and its result or error once it ended; with wait=true, waits for the end",
@@ -342,6 +382,7 @@ pub(super) fn table() -> Vec<Route> {
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED, S::NOT_FOUND, S::SERVICE_UNAVAILABLE]),
         Route::get("/api/v1/services/{name}/inputs", runs::inputs)
+            .read()
             .doc(
                 "services",
                 "The inputs a service expects: its catalog entry with the decorator's schema",
@@ -370,14 +411,17 @@ pub(super) fn table() -> Vec<Route> {
                 S::SERVICE_UNAVAILABLE,
             ]),
         Route::get("/api/v1/runners", cluster::runners)
+            .read()
             .doc("cluster", "Registered runners with their load and status")
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::get("/api/v1/cluster/activity", cluster::activity)
+            .read()
             .doc("cluster", "Retained jobs of the cluster, newest first")
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::get("/api/v1/cluster/health", cluster::health)
+            .read()
             .doc(
                 "cluster",
                 "Health of the cluster: store, core nodes, runners, manager link",
@@ -385,6 +429,7 @@ pub(super) fn table() -> Vec<Route> {
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED]),
         Route::get("/api/v1/ha/status", ha::status)
+            .read()
             .doc("ha", "This node's view of the election")
             .returns(S::OK, Object)
             .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
@@ -405,7 +450,48 @@ pub(super) fn table() -> Vec<Route> {
             .returns(S::ACCEPTED, Body::json::<ha::Paused>())
             .errors(&[S::UNAUTHORIZED, S::CONFLICT]),
     ]);
+    t.extend(hostkey_routes());
     t
+}
+
+/// The cluster's known SSH hosts. The writes change what every node trusts: forwarded to the
+/// active node, and (like resource writes) left at the table's default role.
+fn hostkey_routes() -> [Route; 4] {
+    use super::hostkeys;
+    [
+        Route::get("/api/v1/hostkeys", hostkeys::list)
+            .doc("hostkeys", "The SSH host keys checkouts trust")
+            .returns(S::OK, Body::json::<hostkeys::HostKeyList>())
+            .errors(&[S::UNAUTHORIZED, S::FORBIDDEN, S::SERVICE_UNAVAILABLE]),
+        Route::post("/api/v1/hostkeys", hostkeys::add)
+            .forwarded()
+            .doc(
+                "hostkeys",
+                "Trust a host key (409 when the host has another key of that type, unless replace)",
+            )
+            .takes(Body::json::<hostkeys::AddHostKey>())
+            .returns(S::CREATED, Body::json::<hostkeys::HostKeysAdded>())
+            .errors(WRITE_ERRORS),
+        Route::post("/api/v1/hostkeys/scan", hostkeys::scan)
+            .forwarded()
+            .doc(
+                "hostkeys",
+                "Ask hosts for their keys (ssh-keyscan from the active node) and trust them",
+            )
+            .takes(Body::json::<hostkeys::ScanHosts>())
+            .returns(S::OK, Body::json::<hostkeys::ScanAnswer>())
+            .errors(WRITE_ERRORS),
+        Route::delete("/api/v1/hostkeys/{host}", hostkeys::delete)
+            .forwarded()
+            .doc("hostkeys", "Forget every key of a host")
+            .returns(S::NO_CONTENT, Body::Empty)
+            .errors(&[
+                S::UNAUTHORIZED,
+                S::FORBIDDEN,
+                S::NOT_FOUND,
+                S::SERVICE_UNAVAILABLE,
+            ]),
+    ]
 }
 
 /// List, create, get and delete of one resource kind.
@@ -422,6 +508,7 @@ fn resource_routes(kind: Kind) -> [Route; 4] {
         Route::get(base.clone(), move |s: State<ApiState>| {
             resources::list(s, kind)
         })
+        .read()
         .doc("resources", format!("List {p}"))
         .returns(S::OK, Body::json::<resources::ResourceList>())
         .errors(&[S::UNAUTHORIZED, S::FORBIDDEN, S::SERVICE_UNAVAILABLE]),
@@ -439,6 +526,7 @@ fn resource_routes(kind: Kind) -> [Route; 4] {
         Route::get(one.clone(), move |s: State<ApiState>, n: Path<String>| {
             resources::get(s, n, kind)
         })
+        .read()
         .doc("resources", format!("One {kind}"))
         .returns(S::OK, Body::json::<resources::Resource>())
         .errors(READ_ERRORS),

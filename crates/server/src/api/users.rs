@@ -1,17 +1,28 @@
-//! Users and API keys: login, and the users' list, creation, deletion and password change.
+//! Users and API keys: login and logout, and the users' list, creation, deletion and password
+//! change.
+//!
+//! A login is checked through the node's [`LoginGuard`](crate::auth::LoginGuard): refused with
+//! 503 and `Retry-After` when every hashing slot is busy, with 429 and `Retry-After` while the
+//! user or the caller's address is in backoff; a failure is logged with the caller's address
+//! and the user name, never the password. Changing one's own password needs the current one;
+//! an admin sets another user's without it (the route's role check lets only admins reach
+//! another user).
+
+use std::time::Duration;
 
 use autogate_automation::api_types::UserList;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::error::json_body;
-use super::{ApiResult, ApiState};
-use crate::auth::{IssuedKey, UserView, MIN_PASSWORD_LEN};
+use super::{ApiError, ApiResult, ApiState, PeerAddr};
+use crate::auth::{loggable, Caller, LoginError, Refusal, Role, UserView, MIN_PASSWORD_LEN};
 
 /// A new password: the schema carries the length the node enforces.
 fn new_password() -> Object {
@@ -19,6 +30,15 @@ fn new_password() -> Object {
         .schema_type(Type::String)
         .min_length(Some(MIN_PASSWORD_LEN))
         .build()
+}
+
+/// The caller's address: the connection's peer (absent when the router is driven without a
+/// connection, as in unit tests).
+type Peer = Option<Extension<ConnectInfo<PeerAddr>>>;
+
+fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+    peer.as_ref()
+        .map(|Extension(ConnectInfo(PeerAddr(a)))| a.ip())
 }
 
 /// `POST /api/v1/login`.
@@ -29,14 +49,69 @@ pub(super) struct Login {
     password: String,
 }
 
+/// An answer with `Retry-After` (whole seconds, at least 1).
+fn retry_after(status: StatusCode, message: String, after: Duration) -> Response {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let mut response = ApiError::new(status, message).into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// The answer to a login refused before its password was checked.
+fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Busy => retry_after(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins in progress on this node; retry shortly".to_owned(),
+            crate::auth::BUSY_RETRY_AFTER,
+        ),
+        Refusal::Backoff(left) => retry_after(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins; retry in {}s",
+                left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            ),
+            left,
+        ),
+    }
+}
+
+fn login_error(e: LoginError) -> Response {
+    match e {
+        LoginError::Refused(r) => refused(r),
+        LoginError::Auth(e) => ApiError::from(e).into_response(),
+    }
+}
+
 pub(super) async fn login(
     State(s): State<ApiState>,
+    peer: Peer,
     body: Result<Json<Login>, JsonRejection>,
-) -> ApiResult<Json<IssuedKey>> {
-    let b = json_body("login body", body)?;
-    let issued = s.auth.login(&b.username, &b.password).await?;
-    tracing::info!(user = %b.username, "user logged in");
-    Ok(Json(issued))
+) -> Response {
+    let b = match json_body("login body", body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let source = peer_ip(&peer);
+    match s.auth.login(&b.username, &b.password, source).await {
+        Ok(issued) => {
+            tracing::info!(user = %loggable(&b.username), source = ?source, "user logged in");
+            Json(issued).into_response()
+        }
+        Err(e) => login_error(e),
+    }
+}
+
+/// `POST /api/v1/logout`: revokes the key the request carries.
+pub(super) async fn logout(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<StatusCode> {
+    s.auth.revoke(&caller.key_digest).await?;
+    tracing::info!(user = %caller.user, "user logged out (API key revoked)");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn list(State(s): State<ApiState>) -> ApiResult<Json<UserList>> {
@@ -51,15 +126,20 @@ pub(super) struct NewUser {
     name: String,
     #[schema(schema_with = new_password)]
     password: String,
+    /// `operator` when absent.
+    #[serde(default)]
+    role: Option<Role>,
 }
 
 pub(super) async fn create(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<NewUser>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let b = json_body("user body", body)?;
-    let user = s.auth.create_user(&b.name, &b.password).await?;
-    tracing::info!(user = %b.name, "user created");
+    let role = b.role.unwrap_or(Role::Operator);
+    let user = s.auth.create_user(&b.name, &b.password, role).await?;
+    tracing::info!(user = %b.name, %role, by = %caller.user, "user created");
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -72,10 +152,11 @@ pub(super) async fn get(
 
 pub(super) async fn delete(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.auth.delete_user(&name).await?;
-    tracing::info!(user = %name, "user deleted");
+    tracing::info!(user = %name, by = %caller.user, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -85,6 +166,10 @@ pub(super) async fn delete(
 pub(super) struct Password {
     #[schema(schema_with = new_password)]
     password: String,
+    /// The password now: required to change one's own (an admin setting another user's
+    /// password gives none).
+    #[serde(default)]
+    current_password: Option<String>,
 }
 
 /// The answer to a password change.
@@ -97,14 +182,62 @@ pub(super) struct PasswordChanged {
 
 pub(super) async fn password(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    peer: Peer,
     Path(name): Path<String>,
     body: Result<Json<Password>, JsonRejection>,
-) -> ApiResult<Json<PasswordChanged>> {
-    let b = json_body("password body", body)?;
-    let revoked = s.auth.set_password(&name, &b.password).await?;
-    tracing::info!(user = %name, revoked_keys = revoked, "password changed");
-    Ok(Json(PasswordChanged {
+) -> Response {
+    let b = match json_body("password body", body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let revoked = if caller.user == name {
+        // One's own password, admins included: a stolen key alone must not be enough to take
+        // the account over.
+        let Some(current) = b.current_password.as_deref() else {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "changing your own password needs your current password (current_password)",
+            )
+            .into_response();
+        };
+        let source = peer_ip(&peer);
+        match s
+            .auth
+            .change_own_password(&name, current, &b.password, source)
+            .await
+        {
+            Ok(n) => n,
+            Err(LoginError::Auth(crate::auth::AuthError::BadCredentials)) => {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "the current password is wrong; the password was not changed",
+                )
+                .into_response()
+            }
+            Err(e) => return login_error(e),
+        }
+    } else {
+        // Another user's: the route's role check let only an admin here.
+        if caller.role != Role::Admin {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "forbidden: setting another user's password needs the role admin; user {} has the role {}",
+                    caller.user, caller.role
+                ),
+            )
+            .into_response();
+        }
+        match s.auth.set_password(&name, &b.password).await {
+            Ok(n) => n,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+    tracing::info!(user = %name, by = %caller.user, revoked_keys = revoked, "password changed");
+    Json(PasswordChanged {
         name,
         revoked_keys: revoked,
-    }))
+    })
+    .into_response()
 }

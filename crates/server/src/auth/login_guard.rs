@@ -1,0 +1,374 @@
+//! What stands between an unauthenticated caller and the password hash: argon2id costs ~19 MiB
+//! and tens of milliseconds per check, so a flood of logins that each got a hash would exhaust
+//! the node's memory (300 parallel bad logins once took 5.8 GB). Three bounds, all decided
+//! before any hash is computed:
+//!
+//! - **Hashing slots.** At most 2 × the available parallelism hashes run at once (every hash of
+//!   the node: logins, new users, password changes). A login that finds no free slot is refused
+//!   at once with 503 and `Retry-After` instead of waiting in an unbounded queue; an
+//!   authenticated admin's hash waits for a slot.
+//! - **Backoff per source address.** After [`FREE_FAILURES`] failed logins from one address (an
+//!   IPv6 address counts by its /64, which one host usually owns whole), its logins are refused
+//!   with 429 and `Retry-After` for a delay that doubles with every further failure, up to
+//!   [`MAX_DELAY`]. Refusals are not failures: hammering a refused address does not lengthen
+//!   its delay, and costs the node no hash.
+//! - **Backoff per user.** The same count per user name. While a user is in backoff, its logins
+//!   are still checked from an address with no recent failure — the rightful user, logging in
+//!   from a clean address, is not locked out by someone else's guesses — and refused from an
+//!   address that has failed before, so each attacking address gets at most one guess at that
+//!   user while it lasts.
+//!
+//! A success clears the user's count (not the address's: one valid account must not buy an
+//! address fresh guesses at the others). Counts are forgotten [`FORGET_AFTER`] after their last
+//! failure, and each table holds at most [`MAX_ENTRIES`]: when full, the forgotten entries go,
+//! then the oldest, so memory stays bounded whatever the number of names or addresses.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Failed logins a user or an address gets before the backoff starts.
+pub const FREE_FAILURES: u32 = 5;
+/// The first delay once a count reaches [`FREE_FAILURES`]; it doubles with each failure.
+const BASE_DELAY: Duration = Duration::from_secs(1);
+/// The longest delay.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long a count is kept after its last failure.
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Entries per table (users, addresses).
+const MAX_ENTRIES: usize = 10_000;
+/// What a login refused for want of a hashing slot is told to wait.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// At most one log line per this interval about logins refused for want of a slot.
+const BUSY_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a login was refused before its password was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every hashing slot is taken: 503, retry after [`BUSY_RETRY_AFTER`].
+    Busy,
+    /// Too many failures from this address, or for this user from an address that failed
+    /// before: 429, retry after the given time.
+    Backoff(Duration),
+}
+
+/// A login allowed to check its password; holds its hashing slot until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+}
+
+impl Entry {
+    /// When the backoff of this entry ends (`None`: not in backoff).
+    fn until(&self) -> Option<Instant> {
+        let over = self.failures.checked_sub(FREE_FAILURES)?;
+        let delay = BASE_DELAY
+            .checked_mul(1u32.checked_shl(over.min(16)).unwrap_or(u32::MAX))
+            .unwrap_or(MAX_DELAY)
+            .min(MAX_DELAY);
+        Some(self.last + delay)
+    }
+
+    fn forgotten(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) >= FORGET_AFTER
+    }
+}
+
+/// Failure counts by key, bounded.
+#[derive(Debug, Default)]
+struct Counts {
+    entries: HashMap<String, Entry>,
+}
+
+impl Counts {
+    fn get(&self, key: &str, now: Instant) -> Option<Entry> {
+        self.entries.get(key).copied().filter(|e| !e.forgotten(now))
+    }
+
+    /// The time left in `key`'s backoff.
+    fn remaining(&self, key: &str, now: Instant) -> Option<Duration> {
+        let until = self.get(key, now)?.until()?;
+        (until > now).then(|| until - now)
+    }
+
+    fn fail(&mut self, key: &str, now: Instant) -> Entry {
+        if !self.entries.contains_key(key) && self.entries.len() >= MAX_ENTRIES {
+            self.entries.retain(|_, e| !e.forgotten(now));
+            if self.entries.len() >= MAX_ENTRIES {
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.last)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+        let entry = self.entries.entry(key.to_owned()).or_insert(Entry {
+            failures: 0,
+            last: now,
+        });
+        if entry.forgotten(now) {
+            entry.failures = 0;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last = now;
+        *entry
+    }
+
+    fn clear(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    users: Counts,
+    addresses: Counts,
+}
+
+/// The hashing slots and the backoff tables of one node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LoginGuard {
+    slots: Arc<Semaphore>,
+    size: usize,
+    tables: Arc<Mutex<Tables>>,
+    started: Instant,
+    /// When (ms since `started`) the last "busy" line was logged.
+    busy_logged: Arc<AtomicU64>,
+}
+
+/// The key of a source address: an IPv6 address by its /64.
+fn address_key(addr: Option<IpAddr>) -> String {
+    match addr.map(|a| a.to_canonical()) {
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        None => "unknown".to_owned(),
+    }
+}
+
+/// A user name as it may appear in a log line: what a caller typed, so at most 64 characters
+/// with control and non-ASCII characters escaped (no forged log lines).
+pub fn loggable(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
+    if name.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+impl LoginGuard {
+    /// Slots for 2 × the available parallelism (at least 2).
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_slots((2 * cores).max(2))
+    }
+
+    pub fn with_slots(size: usize) -> Self {
+        LoginGuard {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            tables: Arc::default(),
+            started: Instant::now(),
+            busy_logged: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many hashes may run at once.
+    pub fn slots(&self) -> usize {
+        self.size
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides whether a login of `user` from `addr` may check its password, and takes its
+    /// hashing slot. Nothing is hashed before this says yes.
+    pub fn admit(&self, user: &str, addr: Option<IpAddr>) -> Result<Admission, Refusal> {
+        let now = Instant::now();
+        let address = address_key(addr);
+        {
+            let t = self.tables();
+            if let Some(left) = t.addresses.remaining(&address, now) {
+                return Err(Refusal::Backoff(left));
+            }
+            if let Some(left) = t.users.remaining(user, now) {
+                // The user is in backoff: heard only from an address without failures.
+                if t.addresses.get(&address, now).is_some() {
+                    return Err(Refusal::Backoff(left));
+                }
+            }
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Admission { _permit: permit }),
+            Err(_) => {
+                self.log_busy(addr);
+                Err(Refusal::Busy)
+            }
+        }
+    }
+
+    /// A hashing slot for an authenticated operation (a new user, a password change): waits
+    /// for one, so the bound on concurrent hashes holds for those too.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    fn log_busy(&self, addr: Option<IpAddr>) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.busy_logged.load(Ordering::Relaxed);
+        let interval = u64::try_from(BUSY_LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if (last == 0 || now.saturating_sub(last) >= interval)
+            && self
+                .busy_logged
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                source = %address_key(addr),
+                slots = self.size,
+                "login refused: every password-hashing slot is busy (503; further refusals are not logged for {}s)",
+                BUSY_LOG_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    /// Counts a failed login (wrong password or unknown user) against the user and the
+    /// address, and logs it with both — never with the password.
+    pub fn failed(&self, user: &str, addr: Option<IpAddr>) {
+        let now = Instant::now();
+        let address = address_key(addr);
+        let (u, a) = {
+            let mut t = self.tables();
+            (t.users.fail(user, now), t.addresses.fail(&address, now))
+        };
+        let backoff = |e: Entry| {
+            e.until()
+                .map(|until| until.saturating_duration_since(now).as_secs())
+        };
+        tracing::warn!(
+            source = %address,
+            user = %loggable(user),
+            user_failures = u.failures,
+            source_failures = a.failures,
+            "login failed: invalid username or password{}",
+            match backoff(u).max(backoff(a)) {
+                Some(s) => format!("; further logins refused for {s}s (backoff)"),
+                None => String::new(),
+            }
+        );
+    }
+
+    /// A successful login: the user's count starts again.
+    pub fn succeeded(&self, user: &str) {
+        self.tables().users.clear(user);
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> (usize, usize) {
+        let t = self.tables();
+        (t.users.entries.len(), t.addresses.entries.len())
+    }
+}
+
+impl Default for LoginGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        s.parse().ok()
+    }
+
+    #[test]
+    fn slots_are_bounded_and_refuse_at_once() {
+        let g = LoginGuard::with_slots(2);
+        let a = g.admit("u", ip("10.0.0.1")).expect("first");
+        let _b = g.admit("u", ip("10.0.0.1")).expect("second");
+        assert_eq!(g.admit("u", ip("10.0.0.1")).map(|_| ()), Err(Refusal::Busy));
+        drop(a);
+        assert!(g.admit("u", ip("10.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn an_address_backs_off_after_its_free_failures() {
+        let g = LoginGuard::with_slots(4);
+        for i in 0..FREE_FAILURES {
+            assert!(g.admit(&format!("u{i}"), ip("10.0.0.1")).is_ok());
+            g.failed(&format!("u{i}"), ip("10.0.0.1"));
+        }
+        match g.admit("other", ip("10.0.0.1")) {
+            Err(Refusal::Backoff(d)) => assert!(d <= BASE_DELAY && d > Duration::ZERO, "{d:?}"),
+            r => panic!("{r:?}"),
+        }
+        // Another address is heard; an IPv6 /64 is one address.
+        assert!(g.admit("other", ip("10.0.0.2")).is_ok());
+        for _ in 0..FREE_FAILURES + 10 {
+            g.failed("x", ip("2001:db8::1"));
+        }
+        match g.admit("x", ip("2001:db8::ffff")) {
+            Err(Refusal::Backoff(d)) => assert!(d <= MAX_DELAY && d > BASE_DELAY, "{d:?}"),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_user_in_backoff_is_still_heard_from_a_clean_address() {
+        let g = LoginGuard::with_slots(4);
+        for i in 0..=FREE_FAILURES {
+            g.failed("admin", ip(&format!("10.0.1.{i}")));
+        }
+        // An address that failed (once) is refused for that user, not for others.
+        assert!(matches!(
+            g.admit("admin", ip("10.0.1.1")),
+            Err(Refusal::Backoff(_))
+        ));
+        assert!(g.admit("bob", ip("10.0.1.1")).is_ok());
+        // A clean address is heard, and a success clears the user's count.
+        assert!(g.admit("admin", ip("192.168.0.9")).is_ok());
+        g.succeeded("admin");
+        assert!(g.admit("admin", ip("10.0.1.1")).is_ok());
+    }
+
+    #[test]
+    fn tables_stay_bounded() {
+        let g = LoginGuard::with_slots(1);
+        for i in 0..(MAX_ENTRIES + 500) {
+            let a = std::net::Ipv4Addr::from(u32::try_from(i).unwrap_or(0));
+            g.failed(&format!("user{i}"), Some(IpAddr::V4(a)));
+        }
+        let (users, addresses) = g.entries();
+        assert!(users <= MAX_ENTRIES && addresses <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn names_in_logs_cannot_forge_lines() {
+        assert_eq!(loggable("bob"), "bob");
+        assert_eq!(loggable("a\nb"), "a\\nb");
+        assert!(loggable(&"x".repeat(500)).chars().count() <= 65);
+    }
+}
