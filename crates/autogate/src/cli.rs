@@ -67,6 +67,8 @@ pub enum Command {
     Manager(cmd::manager::ManagerArgs),
     /// High availability: status, switchover, maintenance.
     Ha(cmd::ha::HaArgs),
+    /// The SSH host keys checkouts trust: add, scan, list, delete.
+    Hostkeys(cmd::hostkeys::HostkeysArgs),
     /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
     CertGen(cmd::certgen::CertGenArgs),
     /// Log in to a core node (client mode) and keep the API key for later commands.
@@ -200,6 +202,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Manager(args) => cmd::manager::run(&cli.global, args),
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),
         Command::Ha(args) => cmd::ha::run(&cli.global, args),
+        Command::Hostkeys(args) => cmd::hostkeys::run(&cli.global, args),
         Command::Completion { shell } => cmd::completion::run(shell),
         Command::Login(args) => cmd::login::run(&cli.global, args),
         Command::Create(args) => cmd::resource::create(&cli.global, args),

@@ -333,6 +333,32 @@ impl Drop for Workspace {
     }
 }
 
+/// Asks an SSH server for its host keys with `ssh-keyscan`; returns its standard output (known
+/// hosts lines) and error, or why it could not run.
+pub async fn keyscan(host: &SshHost, timeout: Duration) -> Result<crate::RunResult, String> {
+    let path = crate::runner::minimal_env()
+        .remove("PATH")
+        .unwrap_or_default();
+    let program = crate::which("ssh-keyscan", &path).ok_or_else(|| {
+        format!("ssh-keyscan not found (looked in PATH: {path}); install openssh-client")
+    })?;
+    let mut spec = ProcessSpec::new(program, std::env::temp_dir());
+    spec.args = vec![
+        "-T".into(),
+        timeout.as_secs().max(1).to_string().into(),
+        "-p".into(),
+        host.port.to_string().into(),
+        // `--` keeps the host an operand even if it started with '-'.
+        "--".into(),
+        host.host.clone().into(),
+    ];
+    spec.timeout = Some(timeout * 3);
+    spec.output_limit = 256 * 1024;
+    run_process(&spec, &CancellationToken::new())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Where a checkout finds the known hosts of its cluster, read each time an SSH repository is
 /// fetched so that a key added a moment ago counts.
 pub trait KnownHostsSource: Send + Sync + std::fmt::Debug {

@@ -68,6 +68,10 @@ pub enum HostKeyError {
     /// Other writers kept changing the host; retry later.
     #[error("the known host kept changing concurrently; gave up after {attempts} attempts")]
     Contended { attempts: usize },
+    /// Asking the host for its keys failed (unreachable, no SSH server, `ssh-keyscan` missing):
+    /// check the host, or add its key by hand.
+    #[error("cannot scan {host} for host keys: {reason}")]
+    Scan { host: String, reason: String },
     /// The store failed; retry later.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -161,6 +165,11 @@ pub struct AddOutcome {
 /// `-`, and a port outside 1–65535. Patterns (`*`, `?`, `!`), lists (`,`), hashed names (`|`)
 /// and markers (`@revoked`) would change what the known_hosts line means, so none can pass.
 pub fn host_name(input: &str) -> Result<String, HostKeyError> {
+    parse_host(input).map(|h| h.known_hosts_name())
+}
+
+/// [`host_name`]'s checks, giving the host and port apart.
+pub fn parse_host(input: &str) -> Result<SshHost, HostKeyError> {
     let invalid = |reason: String| HostKeyError::Invalid {
         field: "host",
         reason,
@@ -210,8 +219,54 @@ pub fn host_name(input: &str) -> Result<String, HostKeyError> {
     Ok(SshHost {
         host: host.to_ascii_lowercase(),
         port,
+    })
+}
+
+/// How long a scan waits for a host's answer.
+const SCAN_TIMEOUT_SECS: u64 = 10;
+
+/// Asks `host` (as [`host_name`] takes it) for its host keys with `ssh-keyscan`. What it
+/// returns is only as trustworthy as the network path at that moment (trust on first use): the
+/// caller shows the fingerprints so an operator can compare them with the server's own.
+pub async fn scan(host: &str) -> Result<Vec<HostKey>, HostKeyError> {
+    let h = parse_host(host)?;
+    let name = h.known_hosts_name();
+    let fail = |reason: String| HostKeyError::Scan {
+        host: h.display_name(),
+        reason,
+    };
+    let out =
+        autogate_exec::checkout::keyscan(&h, std::time::Duration::from_secs(SCAN_TIMEOUT_SECS))
+            .await
+            .map_err(fail)?;
+    let mut keys: Vec<HostKey> = Vec::new();
+    for line in out.stdout.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(n), Some(t), Some(k)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if n.starts_with('#') || !n.eq_ignore_ascii_case(&name) {
+            continue;
+        }
+        // Types this list does not know are skipped; those it knows must be well formed.
+        if let Ok(k) = HostKey::new(t, k) {
+            if !keys.iter().any(|o| o.key_type == k.key_type) {
+                keys.push(k);
+            }
+        }
     }
-    .known_hosts_name())
+    if keys.is_empty() {
+        let why = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .last()
+            .unwrap_or("no SSH server answered")
+            .to_owned();
+        return Err(fail(why));
+    }
+    Ok(keys)
 }
 
 /// A known_hosts name as an operator types it (`host`, `host:port`, `[v6]:port`).

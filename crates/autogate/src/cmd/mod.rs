@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod completion;
 pub mod db;
 pub mod ha;
+pub mod hostkeys;
 pub mod login;
 pub mod manager;
 pub mod resource;
