@@ -454,12 +454,13 @@ pub(super) fn table() -> Vec<Route> {
     t
 }
 
-/// The cluster's known SSH hosts. The writes change what every node trusts: forwarded to the
-/// active node, and (like resource writes) left at the table's default role.
+/// The cluster's known SSH hosts: readable by every user; the writes change what every node
+/// trusts, so they are forwarded to the active node and keep the table's default role, admin.
 fn hostkey_routes() -> [Route; 4] {
     use super::hostkeys;
     [
         Route::get("/api/v1/hostkeys", hostkeys::list)
+            .read()
             .doc("hostkeys", "The SSH host keys checkouts trust")
             .returns(S::OK, Body::json::<hostkeys::HostKeyList>())
             .errors(&[S::UNAUTHORIZED, S::FORBIDDEN, S::SERVICE_UNAVAILABLE]),
