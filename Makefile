@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch soak docs clean
+.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch bench-badinput soak docs clean
 
 all: build
 
@@ -68,6 +68,12 @@ bench-services: deps release
 bench-dispatch: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench dispatch
+
+## Bad input: every route of a core node and of the manager fed malformed and hostile requests
+## (three seeds, 1 MiB values, 40 MiB bodies); fails on any 5xx, unanswered request or crash.
+bench-badinput: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench badinput
 
 ## Chaos soak: callers through the manager while the active node is stopped, killed and
 ## frozen, runners killed and the manager restarted, in both execution modes (SOAK_FAULTS per

@@ -13,6 +13,10 @@
 //! and two runners — latency, jobs/s, overhead over a core node running it itself, and the raw
 //! etcd put rate as the ceiling.
 //!
+//! `autogate-bench badinput`: every route of a core node and of the manager fed malformed and
+//! hostile requests (see `autogate_testkit::badinput`); counts the answers, and exits 1 on a 5xx,
+//! an unanswered request or a crash.
+//!
 //! `autogate-bench soak`: the chaos soak (see `autogate_testkit::soak`) in both modes, local
 //! and distributed execution; `SOAK_FAULTS` faults each (default 100), schedule seeded by
 //! `SOAK_SEED` (default 1); `SOAK_MODE=local` or `distributed` runs one. Unlike the benchmarks it judges: it exits 1 when anything was
@@ -22,6 +26,7 @@
 
 use std::time::{Duration, Instant};
 
+mod badinput;
 mod dispatch;
 mod failover;
 mod foundation;
@@ -34,6 +39,7 @@ fn main() {
         .unwrap_or_else(|| "foundation".to_owned());
     let started = Instant::now();
     let report = match which.as_str() {
+        "badinput" => badinput::run(),
         "dispatch" => dispatch::run(),
         "failover" => failover::run(),
         "foundation" => foundation::run(),
@@ -42,7 +48,7 @@ fn main() {
         "soak" => soak(),
         other => {
             eprintln!(
-                "unknown benchmark {other:?}; available: dispatch, failover, foundation, manager, services, soak"
+                "unknown benchmark {other:?}; available: badinput, dispatch, failover, foundation, manager, services, soak"
             );
             std::process::exit(64);
         }

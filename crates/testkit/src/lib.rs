@@ -4,12 +4,14 @@
 //!
 //! Modules: [`etcd`] (single members and 3-member clusters, kill and pause), [`certs`] (a
 //! throw-away PKI), [`process`] (spawned `autogate` processes with captured logs, ports),
-//! [`auth`] (logging in to a core node), [`proxy`] (a cuttable TCP proxy for network faults),
+//! [`auth`] (logging in to a core node), [`badinput`] (malformed and hostile requests against
+//! every route of an API, counted), [`proxy`] (a cuttable TCP proxy for network faults),
 //! [`scenario`] (end-to-end set-ups), [`soak`] (the chaos soak and its checker), [`webdriver`] (headless Chromium), `http` (requests through
 //! reqwest).
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod badinput;
 pub mod certs;
 pub mod etcd;
 mod http;
