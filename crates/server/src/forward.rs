@@ -7,6 +7,13 @@
 //! The active node's address is the one it published in its node record (`ha.status()`
 //! candidates). A request already forwarded once is never forwarded again, so two nodes that
 //! briefly disagree about who is active cannot bounce a request between them.
+//!
+//! Every forwarded request carries a credential (a password, or the caller's API key), so a
+//! node whose API is plain HTTP forwards only to a loopback address: to any other it answers
+//! 502 naming the fix (`server.use_tls` on the cluster's nodes) instead of sending the
+//! credential readable across the network — the address comes from the store, and whoever
+//! can write there could otherwise point it anywhere. Over TLS the peer's certificate is
+//! verified against the cluster's CA and the address it is reached at (`tls`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +35,10 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_BODY: usize = 32 << 20;
 /// Bound on reaching the active node; the answer itself may take as long as the run does.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection to the active node stays pooled unused: shorter than the
+/// `server.header_read_timeout` the active node closes idle connections after (10 s by
+/// default), so a request is seldom sent on a connection the peer is closing.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// The request, given back to be handled on this node.
 #[derive(Debug)]
@@ -46,6 +57,7 @@ impl Forwarder {
         Forwarder {
             http: reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
+                .pool_idle_timeout(POOL_IDLE)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
@@ -59,6 +71,7 @@ impl Forwarder {
         Ok(Forwarder {
             http: reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
+                .pool_idle_timeout(POOL_IDLE)
                 .redirect(reqwest::redirect::Policy::none())
                 .use_preconfigured_tls((*tls).clone())
                 .build()?,
@@ -108,6 +121,20 @@ impl Forwarder {
                 "the active core node {active} has not published its API address (connect.advertise_address); retry"
             )));
         };
+        if self.scheme == "http" && !is_loopback(&address) {
+            tracing::warn!(
+                %active,
+                %address,
+                "refusing to forward a request with credentials in plaintext to the active node; set server.use_tls = true on every core node of the cluster"
+            );
+            return Ok(error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "this standby core node ({}) will not forward the request to the active node {active} at {address}: its API is plain HTTP and the request carries a password or an API key, which would cross the network readable; enable server.use_tls (with server.certificate_file and server.private_key_file) on every core node of cluster {cluster}",
+                    node.id.as_str()
+                ),
+            ));
+        }
         Ok(self.send(node, &active, &address, req).await)
     }
 
@@ -118,14 +145,17 @@ impl Forwarder {
             .path_and_query()
             .map_or(parts.uri.path(), |p| p.as_str());
         let url = format!("{}://{address}{path}", self.scheme);
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return too_large(MAX_BODY);
+        }
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
             Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                )
-            }
+            Err(e) => return body_error(&e),
         };
         let mut out = self
             .http
@@ -180,10 +210,76 @@ impl Forwarder {
     }
 }
 
+/// Whether `address` (`host:port` from a node record) is this machine's loopback. Only IP
+/// literals and `localhost` count: any other name may resolve to anything.
+fn is_loopback(address: &str) -> bool {
+    if let Ok(addr) = address.parse::<std::net::SocketAddr>() {
+        return addr.ip().to_canonical().is_loopback();
+    }
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The answer to a request body that could not be read: too large (413), too slow (408), or
+/// broken off (400).
+fn body_error(e: &axum::Error) -> Response {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return too_large(MAX_BODY);
+        }
+        if let Some(t) = err.downcast_ref::<crate::transport::BodyTimeout>() {
+            return error(StatusCode::REQUEST_TIMEOUT, t.to_string());
+        }
+        source = err.source();
+    }
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("reading the request body: {e}"),
+    )
+}
+
+fn too_large(limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than this route accepts ({limit} bytes)"),
+    )
+}
+
 fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 fn unavailable(message: String) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_addresses_count_as_local() {
+        for a in [
+            "127.0.0.1:50051",
+            "127.9.9.9:1",
+            "[::1]:50051",
+            "localhost:50051",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "10.0.0.5:50051",
+            "[fd00::2]:50051",
+            "0.0.0.0:50051",
+            "core-1.example.com:50051",
+            "localhost.evil.example:1",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
 }

@@ -20,7 +20,8 @@
 //!   sent again is answered from it instead of running twice;
 //! * [`dispatch`] — distributed execution on the active node;
 //! * `metered` — store latency and error metrics; `storeopts` — `[store]` onto the store's
-//!   options; `tls` — the API over TLS.
+//!   options; `tls` — the rustls configurations of the API; `transport` — the API's port:
+//!   connection caps, header and body timeouts, the body limit of the routes without a key.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -34,6 +35,7 @@ pub mod run_records;
 pub mod services;
 mod storeopts;
 mod tls;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -236,34 +238,28 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
 
     let token = shutdown.token();
     let bootstrap_auth = auth.clone();
-    let app = router(ApiState::new(node.clone(), auth, forwarder, token.clone()));
+    // The body limit of the routes anyone may call runs before every route's own layers, so
+    // before a standby forwards anything.
+    let app = transport::limit_open_bodies(router(ApiState::new(
+        node.clone(),
+        auth,
+        forwarder,
+        token.clone(),
+    )));
     // Stop accepting happens when `api_stop` fires, just after the shutdown token unless the
-    // manager's runs must drain first: axum stops its accept loop and lets in-flight requests
-    // finish; the grace deadline bounds how long we wait for them. While runs drain the port
-    // keeps answering, as a live node's does: a standby's crash probe that found it refusing
-    // would take the node for dead and revoke its lease, runs and all.
+    // manager's runs must drain first: the accept loop stops and in-flight requests finish;
+    // the grace deadline bounds how long we wait for them. While runs drain the port keeps
+    // answering, as a live node's does: a standby's crash probe that found it refusing would
+    // take the node for dead and revoke its lease, runs and all.
     let grace = config.server.shutdown_grace;
     let api_stop = CancellationToken::new();
-    let stop = {
-        let token = api_stop.clone();
-        async move { token.cancelled().await }
-    };
-    let server = match tls_config {
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls, &api_stop, shutdown.tracker())
-                .map_err(ServerError::Serve)?;
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
-            shutdown
-                .tracker()
-                .spawn(std::future::IntoFuture::into_future(serve))
-        }
-        None => {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
-            shutdown
-                .tracker()
-                .spawn(std::future::IntoFuture::into_future(serve))
-        }
-    };
+    let server = shutdown.tracker().spawn(transport::serve(
+        listener,
+        tls_config,
+        app,
+        transport::Limits::from_config(&config),
+        api_stop.clone(),
+    ));
     // Hashing the first password (argon2, tens of milliseconds) runs while the API already
     // answers: start-up is the time to the first answer, not to the first login.
     let bootstrapped = bootstrap_admin(&bootstrap_auth, admin_password).await;
