@@ -484,8 +484,11 @@ impl CheckoutCache {
             if stderr.contains("Host key verification failed")
                 || stderr.contains("host key is known for")
             {
+                let (key_type, offered) = offered_key(&stderr);
                 return ExecError::HostKeyRejected {
                     host: h.display_name(),
+                    key_type,
+                    offered,
                     changed: stderr.contains("HOST IDENTIFICATION HAS CHANGED"),
                 };
             }
@@ -678,6 +681,35 @@ impl CheckoutCache {
         .await
         .map_err(|e| ExecError::io("workspace task", std::io::Error::other(e.to_string())))?
     }
+}
+
+/// The type (as known_hosts names it) and fingerprint of the key ssh says a server offered:
+/// "No ED25519 host key is known for …" (unknown) or "The fingerprint for the ED25519 key sent
+/// by the remote host is\nSHA256:…" (changed).
+fn offered_key(stderr: &str) -> (Option<String>, Option<String>) {
+    let words: Vec<&str> = stderr.split_whitespace().collect();
+    let ssh_name = words
+        .windows(4)
+        .find(|w| w[0] == "No" && w[2] == "host" && w[3] == "key")
+        .or_else(|| {
+            words
+                .windows(4)
+                .find(|w| w[0] == "for" && w[1] == "the" && w[3] == "key")
+        })
+        .map(|w| if w[0] == "No" { w[1] } else { w[2] });
+    let key_type = ssh_name.and_then(|n| match n {
+        "ED25519" => Some("ssh-ed25519"),
+        "RSA" => Some("ssh-rsa"),
+        "ECDSA" => Some("ecdsa-sha2-nistp256"),
+        "ED25519-SK" => Some("sk-ssh-ed25519@openssh.com"),
+        "ECDSA-SK" => Some("sk-ecdsa-sha2-nistp256@openssh.com"),
+        _ => None,
+    });
+    let offered = words
+        .iter()
+        .find(|w| w.starts_with("SHA256:") && w.len() > 20)
+        .map(|w| w.trim_end_matches('.').to_owned());
+    (key_type.map(str::to_owned), offered)
 }
 
 fn is_full_sha(r: &str) -> bool {
@@ -902,6 +934,20 @@ mod tests {
         }
         assert!(check_reference("--output=/tmp/x").is_err());
         assert!(check_reference("main").is_ok());
+    }
+
+    #[test]
+    fn the_offered_key_is_read_from_ssh_messages() {
+        let unknown = "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\r\nHost key verification failed.\r\nfatal: Could not read from remote repository.";
+        assert_eq!(offered_key(unknown), (Some("ssh-ed25519".into()), None));
+        let changed = "@@@@@\r\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\nIT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\r\nThe fingerprint for the ED25519 key sent by the remote host is\nSHA256:pcb5lK7kdvuDOcUnSfQSkuqqAxdHtvCmC0gUlMvqQpc.\r\nHost key verification failed.";
+        assert_eq!(
+            offered_key(changed),
+            (
+                Some("ssh-ed25519".into()),
+                Some("SHA256:pcb5lK7kdvuDOcUnSfQSkuqqAxdHtvCmC0gUlMvqQpc".into())
+            )
+        );
     }
 
     #[test]

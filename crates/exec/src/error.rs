@@ -44,10 +44,14 @@ pub enum ExecError {
     /// The SSH server of a repository offered a host key the cluster's known hosts do not hold
     /// (`changed`: they hold another key for that host). Nothing was fetched; the operator
     /// checks the key out of band and adds it.
-    #[error("{}", host_key_message(.host, *.changed))]
+    #[error("{}", host_key_message(.host, .key_type.as_deref(), .offered.as_deref(), *.changed))]
     HostKeyRejected {
         /// The host as `autogate hostkeys add` takes it (`host`, `host:port`).
         host: String,
+        /// The type of the key the server offered, when ssh said it (`ssh-ed25519`, …).
+        key_type: Option<String>,
+        /// The fingerprint of the key the server offered, when ssh said it (`SHA256:…`).
+        offered: Option<String>,
         /// True when another key is known for the host (a changed key, or an impersonator).
         changed: bool,
     },
@@ -103,17 +107,27 @@ pub enum ExecError {
     },
 }
 
-fn host_key_message(host: &str, changed: bool) -> String {
+fn host_key_message(
+    host: &str,
+    key_type: Option<&str>,
+    offered: Option<&str>,
+    changed: bool,
+) -> String {
+    let ty = key_type.unwrap_or("<keytype>");
+    let offered = match offered {
+        Some(fp) => format!(" (the server offers {ty} key {fp})"),
+        None => String::new(),
+    };
     if changed {
         format!(
-            "host key of {host} has changed: it does not match the cluster's known hosts (the server \
-             may be impersonated); if the change is expected, replace it with \
-             \"autogate hostkeys add {host} <keytype> <key> --replace\" or \
+            "host key of {host} has changed{offered}: it does not match the cluster's known hosts \
+             (the server may be impersonated); if the change is expected, replace it with \
+             \"autogate hostkeys add {host} {ty} <key> --replace\" or \
              \"autogate hostkeys scan {host} --replace\""
         )
     } else {
         format!(
-            "host key of {host} is not known: add it with \"autogate hostkeys add {host} <keytype> <key>\" \
+            "host key of {host} is not known{offered}: add it with \"autogate hostkeys add {host} {ty} <key>\" \
              or \"autogate hostkeys scan {host}\""
         )
     }

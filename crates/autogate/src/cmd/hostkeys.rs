@@ -82,7 +82,15 @@ pub fn run(global: &Global, args: HostkeysArgs) -> Result<(), Failure> {
     let answer = rt.block_on(async {
         let b = Backend::open(&config, global).await?;
         match (&b, &args.command) {
-            (Backend::Local(a), HostkeysCommand::Add { host, keytype, key, replace }) => {
+            (
+                Backend::Local(a),
+                HostkeysCommand::Add {
+                    host,
+                    keytype,
+                    key,
+                    replace,
+                },
+            ) => {
                 let k = HostKey::new(keytype, key).map_err(failure)?;
                 let o = a
                     .resources()
@@ -117,7 +125,8 @@ pub fn run(global: &Global, args: HostkeysArgs) -> Result<(), Failure> {
                             "type": k.key_type,
                             "key": k.key,
                             "fingerprint": k.fingerprint(),
-                            "added": k.added.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                            // The record's own serialization writes the time as RFC 3339.
+                            "added": serde_json::to_value(k).unwrap_or_default()["added"],
                         }));
                     }
                 }
@@ -130,7 +139,15 @@ pub fn run(global: &Global, args: HostkeysArgs) -> Result<(), Failure> {
                     .map_err(failure)?;
                 Ok(Value::Null)
             }
-            (Backend::Remote(c), HostkeysCommand::Add { host, keytype, key, replace }) => {
+            (
+                Backend::Remote(c),
+                HostkeysCommand::Add {
+                    host,
+                    keytype,
+                    key,
+                    replace,
+                },
+            ) => {
                 let body = json!({ "host": host, "type": keytype, "key": key, "replace": replace });
                 c.call(Method::POST, "/api/v1/hostkeys", Some(&body)).await
             }
@@ -144,7 +161,9 @@ pub fn run(global: &Global, args: HostkeysArgs) -> Result<(), Failure> {
             }
             (Backend::Remote(c), HostkeysCommand::Delete { host }) => {
                 let path = format!("/api/v1/hostkeys/{}", backend::segment(host));
-                c.call(Method::DELETE, &path, None).await.map(|_| Value::Null)
+                c.call(Method::DELETE, &path, None)
+                    .await
+                    .map(|_| Value::Null)
             }
         }
     })?;

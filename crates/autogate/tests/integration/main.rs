@@ -47,6 +47,7 @@ mod readiness;
 mod runners_e2e;
 mod runners_restart;
 mod runs_failover;
+mod security_git;
 mod server_lifecycle;
 mod services_e2e;
 mod setup_scripts;
