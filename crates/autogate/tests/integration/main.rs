@@ -20,6 +20,7 @@ mod api_idempotency;
 mod api_resources;
 mod api_standby;
 mod api_tls;
+mod api_transport;
 mod cli_client;
 mod cli_db;
 mod cli_first_hour;
