@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building, testing and the demo need, only when it is missing (idempotent; one
-# line when everything is there). Debian packages: etcd (server and etcdctl), git and
+# line when everything is there). Debian packages: etcd (server and etcdctl), git, the OpenSSH
+# client and server (SSH repositories, host key scans, the sshd test fixture) and
 # python3-venv for service execution, ansible for ansible-playbook services, chromium and its
 # WebDriver for the manager page's browser test; cargo-deny from crates.io for `make lint`. The
 # build itself needs only the Rust toolchain: protoc and its includes come from the
@@ -14,6 +15,10 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 have_cmd etcd || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 have_cmd etcdctl || need+=(etcd-client)
 have_cmd git || need+=(git)
+# ssh and ssh-keyscan for SSH repositories and `autogate hostkeys scan`; sshd (not on PATH for
+# non-root users, hence the path) for the tests that check out from a real SSH server.
+have_cmd ssh-keyscan || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || have_pkg python3-venv || need+=(python3-venv)
 have_cmd curl || need+=(curl)
 have_cmd ansible-playbook || need+=(ansible)
