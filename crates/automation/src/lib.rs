@@ -210,6 +210,14 @@ impl Automation {
 
     /// From the configuration (see [`AutomationOptions::from_config`]).
     pub fn from_config(config: &Config, store: Arc<dyn Store>) -> Self {
+        if !config.features.hostkeys_enabled {
+            // The family turns host key checking off with this; here it stays on, and an
+            // operator relying on the old meaning must learn why SSH checkouts are refused.
+            tracing::warn!(
+                "[features] hostkeys_enabled = false is ignored: SSH host keys are always checked \
+                 against the cluster's known hosts; add them with `autogate hostkeys add|scan`"
+            );
+        }
         Self::new(
             store,
             &config.application.cluster_id,

@@ -405,7 +405,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("features", "python_enabled", BOOL, V("true"), "Python-script services"),
     KeyDef::new("features", "ansible_enabled", BOOL, V("true"), "Ansible-playbook services"),
     KeyDef::new("features", "opentofu_enabled", BOOL, V("true"), "OpenTofu-plan services"),
-    KeyDef::new("features", "hostkeys_enabled", BOOL, V("true"), "family: `hostkeys` commands").compat(),
+    KeyDef::new("features", "hostkeys_enabled", BOOL, V("true"), "family: `hostkeys` commands and host key checking. Here SSH host keys are always checked against the cluster's known hosts (`autogate hostkeys`); `false` only logs a warning").compat(),
     KeyDef::new("features", "mcp_enabled", BOOL, V("true"), "family 5.5+: MCP commands").compat(),
     // [python-script]
     KeyDef::new("python-script", "requirements_file", STR, V("requirements.txt"), "dependency file looked up in the service's working directory (`requirements.txt` or `pyproject.toml`); set it on runners too"),
