@@ -1,5 +1,5 @@
 //! `autogate manager`: run the manager, or administer one over its REST API
-//! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping|services`,
+//! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping|services|reset-term`,
 //! `autogate manager service run CLUSTER NAME`).
 //!
 //! The admin commands find the manager and its credentials from the same configuration the
@@ -173,6 +173,9 @@ pub enum ClusterAction {
     Ping { id: String },
     /// The services the cluster announced (NAME TYPE DESCRIPTION).
     Services { id: String },
+    /// Forget the cluster's highest term and close its live session, so its leader is accepted
+    /// again after a node sent a term no leader can beat (logged as an audit line).
+    ResetTerm { id: String },
 }
 
 pub fn run(global: &Global, args: ManagerArgs) -> Result<(), Failure> {
@@ -449,6 +452,25 @@ fn cluster(global: &Global, args: ClusterArgs) -> Result<(), Failure> {
                         text(&v["node_id"]),
                         text(&v["term"]),
                         v["rtt_ms"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            ClusterAction::ResetTerm { id } => {
+                let v = client.reset_term(&id).await.map_err(client_failure)?;
+                if raw {
+                    outln!("{}", pretty(&v));
+                } else {
+                    let old = match (v["old_term"].as_u64(), v["old_term_node"].as_str()) {
+                        (Some(t), Some(n)) => format!("{t} (node {n})"),
+                        (Some(t), None) => t.to_string(),
+                        _ => "none".to_owned(),
+                    };
+                    let closed = v["closed_session_of"]
+                        .as_str()
+                        .map(|n| format!("; closed the session of node {n}"))
+                        .unwrap_or_default();
+                    outln!(
+                        "cluster {id}: term reset (was {old}){closed}; the next hello with a term sets it again"
                     );
                 }
             }

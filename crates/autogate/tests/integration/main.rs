@@ -39,6 +39,7 @@ mod manager_cli;
 mod manager_frame_limits;
 mod manager_page;
 mod manager_runs;
+mod manager_security;
 mod manager_services;
 mod manager_sessions;
 mod metrics_doc;

@@ -184,22 +184,35 @@ async fn refusals_name_the_reason_and_are_logged() {
     let good = pki.node("good");
     let other = pki.node("other-ca-signed");
     let stranger = self_signed("stranger");
+    let off_cert = pki.node("off");
     register(&admin, "c1", "enabled", &[&good]).await;
-    register(&admin, "off", "disabled", &[&good]).await;
+    register(&admin, "off", "disabled", &[&off_cert]).await;
 
-    // Registered for another cluster only / never registered (self-signed, other issuer).
+    // Registered for another cluster only: refused at hello.
+    let mut gw = Gw::connect(&m, Some(&off_cert))
+        .await
+        .expect("a pinned certificate gets a WebSocket");
+    let r = gw.hello("c1", "n", None).await;
+    let expected = format!(
+        "certificate {} is not registered for cluster c1",
+        fingerprint(&off_cert)
+    );
+    assert_eq!(r["error"]["message"], expected.as_str(), "{r}");
+    assert_eq!(r["error"]["code"], -32002);
+    assert_eq!(gw.expect_close().await, (1008, expected.clone()));
+    m.proc.wait_for_line(&expected, STEP);
+    // Never registered (other issuer, self-signed): refused before the upgrade.
     for (cert, what) in [(&other, "unregistered"), (&stranger, "self-signed")] {
-        let mut gw = Gw::connect(&m, Some(cert))
-            .await
-            .expect("TLS accepts any certificate");
-        let r = gw.hello("c1", "n", None).await;
         let expected = format!(
-            "certificate {} is not registered for cluster c1",
+            "certificate {} is not registered for any cluster",
             fingerprint(cert)
         );
-        assert_eq!(r["error"]["message"], expected.as_str(), "{what}: {r}");
-        assert_eq!(r["error"]["code"], -32002);
-        assert_eq!(gw.expect_close().await, (1008, expected.clone()));
+        match Gw::connect(&m, Some(cert)).await {
+            Err(ConnectError::Http(403, body)) => {
+                assert!(body.contains(&expected), "{what}: {body}")
+            }
+            other => panic!("{what}: expected 403, got {:?}", other.map(|_| "a session")),
+        }
         m.proc.wait_for_line(&expected, STEP);
     }
 
@@ -259,7 +272,7 @@ async fn refusals_name_the_reason_and_are_logged() {
     };
     assert_eq!(code, 200);
     for needle in [
-        "autogate_manager_sessions_refused_total{reason=\"certificate_not_registered\"} 2",
+        "autogate_manager_sessions_refused_total{reason=\"certificate_not_registered\"} 3",
         "autogate_manager_sessions_refused_total{reason=\"cluster_disabled\"} 1",
         "autogate_manager_sessions_refused_total{reason=\"unknown_cluster\"} 1",
         "autogate_manager_sessions_refused_total{reason=\"no_certificate\"} 1",
@@ -340,12 +353,10 @@ async fn removing_the_certificate_or_disabling_closes_the_session_within_a_secon
     assert!(s[0]["disconnected_at"].is_string());
     m.proc.wait_for_line(&why, STEP);
     // The removed certificate no longer connects.
-    let mut gw = Gw::connect(&m, Some(&c1)).await.unwrap();
-    let refused = gw.hello("x", "n-1", None).await;
-    assert!(refused["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("is not registered"));
+    match Gw::connect(&m, Some(&c1)).await {
+        Err(ConnectError::Http(403, body)) => assert!(body.contains("is not registered"), "{body}"),
+        other => panic!("expected 403, got {:?}", other.map(|_| "a session")),
+    }
 
     // Cluster disabled.
     let r = Responder::spawn(connected(&m, &c2, "x", "n-2", None).await, RunAnswer::Echo);
