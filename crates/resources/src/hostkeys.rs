@@ -260,8 +260,7 @@ pub async fn scan(host: &str) -> Result<Vec<HostKey>, HostKeyError> {
             .stderr
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .last()
+            .rfind(|l| !l.is_empty() && !l.starts_with('#'))
             .unwrap_or("no SSH server answered")
             .to_owned();
         return Err(fail(why));
