@@ -1,8 +1,10 @@
 //! The core node's API port under attack, on real processes (and a real etcd where a standby
 //! is involved): a half-sent request (slow-loris), an idle connection and a trickled body are
 //! closed by the server within their timeouts; connections beyond the caps (in total and per
-//! client address) are answered 503 and closed while earlier ones keep working; a standby
-//! refuses a large login body with 413 before it forwards anything; a standby of a plaintext
+//! client address) are answered 503 and closed while earlier ones keep working; on the TLS port
+//! a connection that never starts its handshake is closed by the handshake timeout and one over
+//! the cap at once; a standby refuses a large login body with 413 before it forwards anything,
+//! and a large write with a bad key at its key check, unread; a standby of a plaintext
 //! cluster never forwards credentials in plaintext to a non-loopback address; forwarding over
 //! TLS refuses a peer whose certificate the cluster's CA did not sign; and a node refuses to
 //! start serving plaintext on a non-loopback address unless `server.allow_plaintext` says so.
@@ -280,7 +282,18 @@ fn a_standby_refuses_a_large_login_body_before_forwarding_anything() {
         &chunked,
     );
     assert_eq!(status, 413, "{text}\n{}", n2.dump());
-    // Neither reached the active node: the standby says so for each request it forwards.
+    // A large write with a bad key: refused by the standby's key check before its body is read.
+    let (status, text) = post_raw(
+        &a2,
+        "/api/v1/decorators",
+        &format!(
+            "Authorization: Bearer ag_not_a_key\r\nContent-Length: {}\r\n",
+            big.len()
+        ),
+        &big,
+    );
+    assert_eq!(status, 401, "{text}\n{}", n2.dump());
+    // None reached the active node: the standby says so for each request it forwards.
     assert!(
         !n2.logs().contains("forwarding to the active node"),
         "the standby forwarded a large body:\n{}",
@@ -467,6 +480,54 @@ fn forwarding_over_tls_refuses_an_active_node_the_cluster_ca_did_not_sign() {
     assert!(text.contains("cannot reach the active core node"), "{text}");
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     drop(n1);
+}
+
+#[test]
+fn the_tls_port_closes_silent_handshakes_and_connections_over_the_cap() {
+    let pki = TestPki::new();
+    let port = free_port();
+    let node = started(
+        plain_node(port)
+            .env("GATEWAY_SERVER_USE_TLS", "true")
+            .env(
+                "GATEWAY_SERVER_CERTIFICATE_FILE",
+                pki.server_cert.display().to_string(),
+            )
+            .env(
+                "GATEWAY_SERVER_PRIVATE_KEY_FILE",
+                pki.server_key.display().to_string(),
+            )
+            .env("GATEWAY_SERVER_MAX_CONNECTIONS_PER_ADDRESS", "2"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    // Two connections that never start their handshake hold both of this address's slots.
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| connect(&addr)).collect();
+    let opened = Instant::now();
+    // A third is closed at once, before any handshake work.
+    let mut third = connect(&addr);
+    assert!(
+        closed_within(&mut third, Duration::from_secs(3)).is_some(),
+        "a connection over the cap was kept open\n{}",
+        node.dump()
+    );
+    // The silent ones are closed by the handshake timeout (10 s), not held for ever.
+    for s in &mut silent {
+        let left = Duration::from_secs(20).saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(s, left).is_some(),
+            "a connection that never handshook was still open after 20 s"
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(8),
+        "{:?}",
+        opened.elapsed()
+    );
+    // Their slots are free again: a real client gets its answer.
+    let (status, _) = poll_until("a TLS answer", Duration::from_secs(10), || {
+        https_request(&addr, "GET", "/healthz", None, None, &pki.ca_cert, None).ok()
+    });
+    assert_eq!(status, 200);
 }
 
 #[test]
