@@ -122,11 +122,14 @@ impl Forwarder {
             )));
         };
         if self.scheme == "http" && !is_loopback(&address) {
-            tracing::warn!(
-                %active,
-                %address,
-                "refusing to forward a request with credentials in plaintext to the active node; set server.use_tls = true on every core node of the cluster"
-            );
+            // Anyone can send logins: one line a minute says it, not one per request.
+            if warn_due() {
+                tracing::warn!(
+                    %active,
+                    %address,
+                    "refusing to forward requests with credentials in plaintext to the active node; set server.use_tls = true on every core node of the cluster"
+                );
+            }
             return Ok(error(
                 StatusCode::BAD_GATEWAY,
                 format!(
@@ -208,6 +211,20 @@ impl Forwarder {
         }
         response
     }
+}
+
+/// Whether the warning about plaintext forwarding is due: at most once a minute per process.
+fn warn_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 60)
+        && LAST
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Whether `address` (`host:port` from a node record) is this machine's loopback. Only IP

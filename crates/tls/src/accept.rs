@@ -235,9 +235,9 @@ pub async fn accept_loop<H: AcceptHandler>(
     accept_loop_with_limits(listener, config, options, limits, handler, token, tracker).await
 }
 
-/// [`accept_loop`] under `limits` instead of [`AcceptOptions::max_connections`] alone: a
-/// connection beyond either cap (the port's, or its client address's) is closed at once,
-/// before any handshake work, and reported as [`HandshakeFailure::Overload`].
+/// [`accept_loop`] under `limits`, which replace [`AcceptOptions::max_connections`] (ignored
+/// here): a connection beyond either cap (the port's, or its client address's) is closed at
+/// once, before any handshake work, and reported as [`HandshakeFailure::Overload`].
 pub async fn accept_loop_with_limits<H: AcceptHandler>(
     listener: TcpListener,
     config: Arc<ServerConfig>,
