@@ -241,8 +241,8 @@ async fn executable_services() {
         .await
         .unwrap();
     assert_eq!(
-        r.stdout,
-        "[--device]\n[10.0.0.1; echo pwned]\n[--port]\n[22]\n"
+        r.stdout, "[--device=10.0.0.1; echo pwned]\n[--port=22]\n",
+        "the default arg-format: one argument per input"
     );
     assert_eq!(r.return_code, 4, "non-zero exit is a normal result");
 
@@ -260,7 +260,7 @@ async fn executable_services() {
         .run(&echo, &inputs, &Secrets::new(), &CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(r.stdout, "--device 10.0.0.1; echo pwned --port 22\n");
+    assert_eq!(r.stdout, "--device=10.0.0.1; echo pwned --port=22\n");
 
     echo.executable = Some("/nonexistent/tool".into());
     let e = eng
@@ -488,7 +488,8 @@ async fn ansible_arguments_with_a_stand_in() {
     let fake = fake_bin(
         t.path(),
         "ansible-playbook",
-        "for a in \"$@\"; do echo \"[$a]\"; done",
+        // Each argument, and the vars file the inputs come in (as the run sees it).
+        "for a in \"$@\"; do echo \"[$a]\"; case \"$a\" in @*) stat -c 'mode=%a' \"${a#@}\"; cat \"${a#@}\";; esac; done",
     );
     let mut svc = Service::new("ans", ServiceType::AnsiblePlaybook);
     svc.repository = Some(Repository {
@@ -514,10 +515,23 @@ async fn ansible_arguments_with_a_stand_in() {
             && words[2].ends_with("/pb/site.yml]")
             && words[3].ends_with("/pb/more.yml]")
     );
-    assert_eq!(
-        &words[4..],
-        ["[--extra-vars]", r#"[{"device":"r1","env":"prod"}]"#]
+    assert_eq!(words[4], "[--extra-vars]");
+    assert!(
+        words[5].starts_with("[@") && words[5].ends_with(".yml]"),
+        "{words:?}"
     );
+    assert_eq!(
+        &words[6..],
+        [
+            "mode=600",
+            "# run inputs are tagged !unsafe: Ansible never templates them",
+            r#""device": !unsafe "r1""#,
+            r#""env": "prod""#,
+        ]
+    );
+    // The vars file lives for the run only.
+    let file = words[5].trim_start_matches("[@").trim_end_matches(']');
+    assert!(!std::path::Path::new(file).exists(), "{file} removed");
 }
 
 #[tokio::test]

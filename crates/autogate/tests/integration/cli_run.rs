@@ -335,7 +335,7 @@ fn service_without_decorator_takes_any_input_with_the_default_format() {
         "--set",
         "a=x y",
     ]);
-    assert!(out.contains("--a x y --b 2"), "{out}");
+    assert!(out.contains("--a=x y --b=2"), "{out}");
     assert_eq!(field(&out, "Return Code"), "0");
 }
 

@@ -50,6 +50,7 @@ mod runners_e2e;
 mod runners_restart;
 mod runs_failover;
 mod security_git;
+mod security_inputs;
 mod server_lifecycle;
 mod services_e2e;
 mod setup_scripts;

@@ -414,7 +414,7 @@ fn ansible_playbook_against_localhost_with_set_extra_vars() {
         &[
             (
                 "site.yml",
-                "- hosts: all\n  gather_facts: false\n  tasks:\n    - debug:\n        msg: \"device={{ device }} port={{ port }} site={{ site }}\"\n",
+                "- hosts: all\n  gather_facts: false\n  tasks:\n    - debug:\n        msg: \"device={{ device }} port={{ netconf_port }} site={{ site }}\"\n",
             ),
             ("hosts.ini", "localhost ansible_connection=local\n"),
         ],
@@ -458,7 +458,8 @@ fn ansible_playbook_against_localhost_with_set_extra_vars() {
             "--set",
             "device=r9",
             "--set",
-            "port=830",
+            // `port` is a playbook keyword, which Ansible reserves: not an input name.
+            "netconf_port=830",
             "--raw",
         ],
         BUILD_DEADLINE,

@@ -168,7 +168,8 @@ pub enum ServiceKind {
         /// A file of the repository passed as first argument.
         #[arg(long, value_name = "FILE")]
         filename: Option<String>,
-        /// Template of the arguments per input (default `--{{.Key}} {{.Value}}`).
+        /// Template of the arguments per input (default `--{{.Key}}={{.Value}}`; a value
+        /// starting with `-` may not be an argument of its own).
         #[arg(long, value_name = "TEMPLATE")]
         arg_format: Option<String>,
     },
