@@ -501,6 +501,93 @@ mod tests {
         assert_eq!(display_name("[::1]:2222"), "[::1]:2222");
     }
 
+    /// Add, conflict, replace, delete on a real (in-memory) store, and the file a checkout gets.
+    #[tokio::test]
+    async fn adding_never_silently_changes_trust() {
+        let store = autogate_store::open(autogate_store::StoreOptions::Memory)
+            .await
+            .unwrap();
+        let r = Resources::new(store, "c1");
+        let a = HostKey::new("ssh-ed25519", ED25519).unwrap();
+        // Another ed25519 key: the same blob with its last key byte changed.
+        let mut blob = base64::engine::general_purpose::STANDARD
+            .decode(ED25519)
+            .unwrap();
+        if let Some(b) = blob.last_mut() {
+            *b ^= 1;
+        }
+        let other = base64::engine::general_purpose::STANDARD.encode(&blob);
+        let b = HostKey::new("ssh-ed25519", &other).unwrap();
+
+        let o = r
+            .add_host_keys("git.example.com:2222", vec![a.clone()], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (o.added.len(), o.host.as_str()),
+            (1, "[git.example.com]:2222")
+        );
+        let o = r
+            .add_host_keys("[git.example.com]:2222", vec![a.clone()], false)
+            .await
+            .unwrap();
+        assert_eq!((o.added.len(), o.unchanged.len()), (0, 1));
+        let e = r
+            .add_host_keys("git.example.com:2222", vec![b.clone()], false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HostKeyError::Conflict { .. }), "{e}");
+        assert!(e.to_string().contains("--replace"), "{e}");
+        assert_eq!(
+            r.known_hosts_file().await.unwrap(),
+            format!("[git.example.com]:2222 ssh-ed25519 {ED25519}\n")
+        );
+        let o = r
+            .add_host_keys("git.example.com:2222", vec![b.clone()], true)
+            .await
+            .unwrap();
+        assert_eq!((o.added.len(), o.removed.len()), (1, 1));
+        assert_eq!(
+            r.known_hosts_file().await.unwrap(),
+            format!("[git.example.com]:2222 ssh-ed25519 {other}\n")
+        );
+        r.delete_host_keys("git.example.com:2222").await.unwrap();
+        assert_eq!(r.known_hosts_file().await.unwrap(), "");
+        assert!(matches!(
+            r.delete_host_keys("git.example.com:2222").await,
+            Err(HostKeyError::NotFound { .. })
+        ));
+    }
+
+    /// A document written straight into the store cannot add a pattern or a second line.
+    #[tokio::test]
+    async fn a_forged_document_adds_no_line() {
+        let store = autogate_store::open(autogate_store::StoreOptions::Memory)
+            .await
+            .unwrap();
+        let r = Resources::new(store.clone(), "c1");
+        let doc =
+            serde_json::json!({"host": "*", "keys": [{"type": "ssh-ed25519", "key": ED25519}]});
+        store
+            .put(
+                &format!("{}x", r.known_hosts_prefix()),
+                doc.to_string().into_bytes(),
+                None,
+            )
+            .await
+            .unwrap();
+        let doc = serde_json::json!({"host": "h", "keys": [{"type": "ssh-ed25519", "key": format!("{ED25519}\n* ssh-ed25519 {ED25519}")}]});
+        store
+            .put(
+                &format!("{}h", r.known_hosts_prefix()),
+                doc.to_string().into_bytes(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.known_hosts_file().await.unwrap(), "");
+    }
+
     #[test]
     fn keys_are_checked() {
         let k = HostKey::new("ssh-ed25519", ED25519).unwrap();
