@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use autogate_store::{cluster_prefix, Compare, CompareOp, Store, StoreError, Txn, TxnOp};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -226,25 +226,97 @@ fn check_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Hashes off the async threads: argon2id is deliberately slow. The slot bounds how many
-/// hashes (each ~19 MiB) run at once; it is released when the hash is done.
+thread_local! {
+    /// The argon2 memory (19 MiB) of a hashing thread, allocated by its first hash and reused by
+    /// every later one: a fresh block per hash, freed into whichever malloc arena the thread
+    /// used, left that memory resident in up to one arena per thread (a login flood reached
+    /// 700 MiB with four hashes at a time), while reused blocks keep it at slots × 19 MiB.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// argon2 into `out`, with this thread's reused memory for hashes of the default cost (the
+/// only ones this node writes); a hash of another cost gets memory of its own.
+fn argon2_into(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> bool {
+    let need = argon.params().block_count();
+    if need > Params::default().block_count() {
+        let mut own = vec![argon2::Block::new(); need];
+        return argon
+            .hash_password_into_with_memory(password, salt, out, &mut own[..])
+            .is_ok();
+    }
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < need {
+            blocks.resize(need, argon2::Block::new());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..])
+            .is_ok()
+    })
+}
+
+/// A PHC string of argon2id with the default parameters for `password`.
+fn hash_now(password: &[u8]) -> Result<String, AuthError> {
+    let internal =
+        |e: &dyn std::fmt::Display| AuthError::Internal(format!("hashing the password: {e}"));
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt_string = SaltString::encode_b64(&salt).map_err(|e| internal(&e))?;
+    let params = Params::default();
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    if !argon2_into(&argon, password, &salt, &mut out) {
+        return Err(AuthError::Internal("hashing the password failed".into()));
+    }
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| internal(&e))?,
+        salt: Some(salt_string.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| internal(&e))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (compared in constant time).
+fn matches(password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    argon2_into(&argon, password, salt, &mut out)
+        && Output::new(&out).is_ok_and(|computed| computed == expected)
+}
+
+/// Hashes on the guard's hashing threads (argon2id is deliberately slow and big), in a slot:
+/// the slot bounds how many hashes (each ~19 MiB) run at once.
 async fn hash_password(guard: &LoginGuard, password: String) -> Result<String, AuthError> {
-    let slot = guard
+    let _slot = guard
         .slot()
         .await
         .ok_or_else(|| AuthError::Internal("the hashing slots are closed".into()))?;
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let mut salt = [0u8; 16];
-        rand::rng().fill_bytes(&mut salt);
-        let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(e.to_string()))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AuthError::Internal(format!("hashing the password: {e}")))
-    })
-    .await
-    .map_err(|e| AuthError::Internal(e.to_string()))?
+    guard
+        .run(move || hash_now(password.as_bytes()))
+        .await
+        .ok_or_else(|| AuthError::Internal("no password-hashing thread answered".into()))?
 }
 
 /// A hash nobody's password matches, verified against for unknown users so that a login for a
@@ -252,37 +324,27 @@ async fn hash_password(guard: &LoginGuard, password: String) -> Result<String, A
 fn decoy_hash() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
     DECOY.get_or_init(|| {
-        let mut salt = [0u8; 16];
-        rand::rng().fill_bytes(&mut salt);
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        SaltString::encode_b64(&salt)
-            .ok()
-            .and_then(|s| {
-                Argon2::default()
-                    .hash_password(&secret, &s)
-                    .ok()
-                    .map(|h| h.to_string())
-            })
-            .unwrap_or_default()
+        hash_now(&secret).unwrap_or_default()
     })
 }
 
 /// Checks a password; `_slot` (the caller's hashing slot) is held while the hash runs.
-async fn verify_password(_slot: &Admission, password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let real = hash.is_some();
-        let hash = hash.unwrap_or_else(|| decoy_hash().to_owned());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        ok && real
-    })
-    .await
-    .unwrap_or(false)
+async fn verify_password(
+    guard: &LoginGuard,
+    _slot: &Admission,
+    password: String,
+    hash: Option<String>,
+) -> bool {
+    guard
+        .run(move || {
+            let real = hash.is_some();
+            let hash = hash.unwrap_or_else(|| decoy_hash().to_owned());
+            matches(password.as_bytes(), &hash) && real
+        })
+        .await
+        .unwrap_or(false)
 }
 
 /// A new random key: 32 bytes from the OS generator, hex (URL- and header-safe).
@@ -426,7 +488,7 @@ impl Auth {
             None
         };
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
-        if !verify_password(slot, password.to_owned(), hash.clone()).await {
+        if !verify_password(&self.guard, slot, password.to_owned(), hash.clone()).await {
             return Err(AuthError::BadCredentials);
         }
         let mut verified = hash;
@@ -440,7 +502,7 @@ impl Auth {
             // password change): check against what is stored now.
             if verified.as_deref() != Some(user.password_hash.as_str()) {
                 let hash = Some(user.password_hash.clone());
-                if !verify_password(slot, password.to_owned(), hash.clone()).await {
+                if !verify_password(&self.guard, slot, password.to_owned(), hash.clone()).await {
                     return Err(AuthError::BadCredentials);
                 }
                 verified = hash;
@@ -719,7 +781,7 @@ impl Auth {
         let Some(stored) = stored else {
             return Err(AuthError::NotFound(name.to_owned()).into());
         };
-        if !verify_password(&slot, current.to_owned(), Some(stored.clone())).await {
+        if !verify_password(&self.guard, &slot, current.to_owned(), Some(stored.clone())).await {
             self.guard.failed(name, source);
             return Err(AuthError::BadCredentials.into());
         }
@@ -979,6 +1041,28 @@ mod tests {
             a.check(Some("ag_old")).await,
             Err(AuthError::Expired)
         ));
+    }
+
+    /// The reused-memory hashing writes and reads the same PHC strings as the argon2 crate's
+    /// own hasher, so records of earlier versions still verify and new ones verify elsewhere.
+    #[test]
+    fn hashes_are_standard_phc() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = hash_now(b"s3cret-pass").expect("hash");
+        assert!(ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{ours}");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        assert!(Argon2::default()
+            .verify_password(b"s3cret-pass", &parsed)
+            .is_ok());
+        assert!(matches(b"s3cret-pass", &ours));
+        assert!(!matches(b"s3cret-pasS", &ours));
+        let salt = SaltString::encode_b64(&[7u8; 16]).expect("salt");
+        let theirs = Argon2::default()
+            .hash_password(b"older-pass", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(matches(b"older-pass", &theirs));
+        assert!(!matches(b"older-pass", "not a phc string"));
     }
 
     #[test]

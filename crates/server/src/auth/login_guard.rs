@@ -3,10 +3,10 @@
 //! the node's memory (300 parallel bad logins once took 5.8 GB). Three bounds, all decided
 //! before any hash is computed:
 //!
-//! - **Hashing slots.** At most 2 × the available parallelism hashes run at once (every hash of
-//!   the node: logins, new users, password changes). A login that finds no free slot is refused
-//!   at once with 503 and `Retry-After` instead of waiting in an unbounded queue; an
-//!   authenticated admin's hash waits for a slot.
+//! - **Hashing slots.** At most 2 × the available parallelism hashes run at once, and never more
+//!   than [`MAX_SLOTS`] (every hash of the node: logins, new users, password changes). A login
+//!   that finds no free slot is refused at once with 503 and `Retry-After` instead of waiting in
+//!   an unbounded queue; an authenticated admin's hash waits for a slot.
 //! - **Backoff per source address.** After [`FREE_FAILURES`] failed logins from one address (an
 //!   IPv6 address counts by its /64, which one host usually owns whole), its logins are refused
 //!   with 429 and `Retry-After` for a delay that doubles with every further failure, up to
@@ -17,6 +17,11 @@
 //!   from a clean address, is not locked out by someone else's guesses — and refused from an
 //!   address that has failed before, so each attacking address gets at most one guess at that
 //!   user while it lasts.
+//!
+//! The hashes run on [`LoginGuard::slots`] threads of their own, not on tokio's blocking pool,
+//! and each thread reuses one argon2 memory block (see `auth::argon2_into`): a fresh 19 MiB
+//! block per hash, freed into one malloc arena or another, left hundreds of MiB resident after
+//! a flood even with four hashes at a time; reused blocks keep it at slots × 19 MiB.
 //!
 //! A success clears the user's count (not the address's: one valid account must not buy an
 //! address fresh guesses at the others). Counts are forgotten [`FORGET_AFTER`] after their last
@@ -41,6 +46,10 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Entries per table (users, addresses).
 const MAX_ENTRIES: usize = 10_000;
+/// The most hashes at once whatever the number of cores: each holds 19 MiB, so the memory a
+/// flood can make the node use stays well under 256 MB on any machine (8 logins at a time are
+/// already hundreds of logins a second).
+pub const MAX_SLOTS: usize = 8;
 /// What a login refused for want of a hashing slot is told to wait.
 pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one log line per this interval about logins refused for want of a slot.
@@ -139,14 +148,26 @@ struct Tables {
 }
 
 /// The hashing slots and the backoff tables of one node. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoginGuard {
     slots: Arc<Semaphore>,
+    /// Jobs for the hashing threads (as many as slots; they end when the last guard goes).
+    jobs: std::sync::mpsc::SyncSender<Job>,
     size: usize,
     tables: Arc<Mutex<Tables>>,
     started: Instant,
     /// When (ms since `started`) the last "busy" line was logged.
     busy_logged: Arc<AtomicU64>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for LoginGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginGuard")
+            .field("slots", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The key of a source address: an IPv6 address by its /64.
@@ -176,20 +197,56 @@ pub fn loggable(name: &str) -> String {
 }
 
 impl LoginGuard {
-    /// Slots for 2 × the available parallelism (at least 2).
+    /// Slots for 2 × the available parallelism, from 2 to [`MAX_SLOTS`].
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::with_slots((2 * cores).max(2))
+        Self::with_slots((2 * cores).clamp(2, MAX_SLOTS))
     }
 
     pub fn with_slots(size: usize) -> Self {
+        // Jobs are only sent by holders of a slot, so the queue never holds more than `size`.
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(size);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..size {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a password-hashing thread: {e}");
+            }
+        }
         LoginGuard {
             slots: Arc::new(Semaphore::new(size)),
+            jobs,
             size,
             tables: Arc::default(),
             started: Instant::now(),
             busy_logged: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Runs `f` (a hash) on a hashing thread. The caller holds a slot, which is what bounds
+    /// how many run at once. `None` when no hashing thread could take it.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.try_send(job).ok()?;
+        rx.await.ok()
     }
 
     /// How many hashes may run at once.
