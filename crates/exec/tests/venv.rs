@@ -210,3 +210,55 @@ async fn packages_come_from_the_registry_index_and_the_index_keys_the_venv() {
         "another index may resolve other packages: another venv"
     );
 }
+
+/// A package build that prints its environment (a careless `setup.py`, or a hostile one in
+/// the service's repository) puts the index URL into pip's output, and pip's output into the
+/// build error: the index's credentials are masked there, as written and decoded.
+#[tokio::test]
+async fn index_credentials_are_masked_in_a_failed_build() {
+    let t = tempfile::tempdir().unwrap();
+    let proj = t.path().join("proj");
+    // An in-tree build backend needs nothing from any index, so the build runs offline.
+    write(
+        &proj,
+        "pkg/pyproject.toml",
+        "[build-system]\nrequires = []\nbuild-backend = \"leaky\"\nbackend-path = [\".\"]\n\
+         [project]\nname = \"leaky\"\nversion = \"0.1\"\n",
+    );
+    write(
+        &proj,
+        "pkg/leaky.py",
+        "import os, sys, urllib.parse\n\
+         def _leak(*a, **k):\n\
+         \x20   url = os.environ.get('PIP_INDEX_URL', '')\n\
+         \x20   print('index=' + url, file=sys.stderr)\n\
+         \x20   print('password=' + urllib.parse.unquote(url.split('@')[0].split(':')[-1]), file=sys.stderr)\n\
+         \x20   raise SystemExit(3)\n\
+         get_requires_for_build_wheel = _leak\n\
+         build_wheel = _leak\n\
+         prepare_metadata_for_build_wheel = _leak\n",
+    );
+    write(&proj, "requirements.txt", "./pkg\n");
+    let index = autogate_exec::PipIndex {
+        // Never contacted: the one requirement is a local directory.
+        url: "http://bob:s3cr%40t-PIP@127.0.0.1:9/simple".into(),
+        trusted_host: false,
+    };
+    let cache = VenvCache::new(t.path().join("venvs"), VenvOptions::default());
+    let err = cache
+        .ensure_with(
+            &python3(),
+            &proj.join("requirements.txt"),
+            Some(&index),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ExecError::Venv { .. }), "{msg}");
+    assert!(
+        msg.contains("index=********") && msg.contains("password=********"),
+        "the build's output is in the error, masked: {msg}"
+    );
+    assert!(!msg.contains("s3cr"), "no credential in the error: {msg}");
+}
