@@ -629,3 +629,116 @@ fn ssh_checkouts_trust_only_the_clusters_known_hosts_through_the_api() {
     assert_ne!(s, 200, "{v}");
     assert_unknown(v["error"].as_str().unwrap_or_default(), &host);
 }
+
+/// Runners check out through the same cluster known hosts as core nodes: a core node with
+/// distributed execution on a real etcd hands the run to a runner (with its own
+/// `runtime_data_dir`), which refuses the unknown host, then checks out once the key is added
+/// through the core node, then refuses the changed key.
+#[test]
+fn runners_check_host_keys_against_the_clusters_known_hosts() {
+    let f = SshFixture::new();
+    let sshd = f.sshd(&f.key_a);
+    let host = f.host();
+    let etcd = autogate_testkit::etcd::EtcdServer::start();
+    let key_file = f.dir.path().join("secrets.key");
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").expect("key file");
+    let port = free_port();
+    let core = with_admin_password(
+        Autogate::new(["server"])
+            .name("core")
+            .env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true")
+            .env("GATEWAY_CONNECT_ENABLED", "false")
+            .env(
+                "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+                key_file.display().to_string(),
+            ),
+    )
+    .spawn();
+    let key = admin_key(port);
+    let addr = format!("127.0.0.1:{port}");
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        call(&addr, &key, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", core.dump()))
+    };
+    let runner = Autogate::new(["runner"])
+        .name("runner")
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_RUNNER_LEASE_TTL", "2s")
+        .env(
+            "GATEWAY_RUNNER_RUNTIME_DATA_DIR",
+            f.dir.path().join("runner-data").display().to_string(),
+        )
+        .env(
+            "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+            key_file.display().to_string(),
+        )
+        .spawn();
+    let runner_id = autogate_testkit::poll_until("the runner registers", DEADLINE, || {
+        let (s, v) = api("GET", "/api/v1/runners", None);
+        (s == 200)
+            .then(|| v["runners"][0]["node_id"].as_str().map(str::to_owned))
+            .flatten()
+    });
+    for (path, body) in [
+        (
+            "/api/v1/secrets",
+            json!({"name": "deploy-key", "value": f.client_private}),
+        ),
+        (
+            "/api/v1/repositories",
+            json!({"name": "r", "url": f.url, "private-key-name": "deploy-key"}),
+        ),
+        (
+            "/api/v1/executable-objects",
+            json!({"name": "sh", "exec-command": "/bin/sh"}),
+        ),
+        (
+            "/api/v1/services",
+            json!({"name": "exe", "type": "executable", "repository": "r",
+                   "executable-object": "sh", "filename": "run.sh"}),
+        ),
+    ] {
+        let (s, v) = api("POST", path, Some(body));
+        assert_eq!(s, 201, "{path}: {v}");
+    }
+    let run = || api("POST", "/api/v1/services/exe/run", Some(json!({})));
+
+    let (s, v) = run();
+    assert_ne!(s, 200, "{v}\n{}", runner.dump());
+    assert_unknown(&v.to_string(), &host);
+
+    let (ty, k) = f.public(&f.key_a);
+    let (s, v) = api(
+        "POST",
+        "/api/v1/hostkeys",
+        Some(json!({"host": host, "type": ty, "key": k})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = run();
+    assert_eq!(s, 200, "{v}\n{}\n{}", runner.dump(), sshd.log());
+    assert!(v.to_string().contains("hello-over-ssh"), "{v}");
+    let (_, job) = api(
+        "GET",
+        &format!("/api/v1/jobs/{}", v["job_id"].as_str().expect("job_id")),
+        None,
+    );
+    assert_eq!(
+        job["runner"],
+        runner_id.as_str(),
+        "it ran on the runner: {job}"
+    );
+
+    sshd.stop();
+    let _sshd = f.sshd(&f.key_b);
+    let (s, v) = run();
+    assert_ne!(s, 200, "{v}");
+    assert!(
+        v.to_string()
+            .contains(&format!("host key of {host} has changed")),
+        "{v}"
+    );
+}
