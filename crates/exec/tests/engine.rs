@@ -531,7 +531,7 @@ async fn ansible_arguments_with_a_stand_in() {
     );
     // The vars file lives for the run only.
     let file = words[5].trim_start_matches("[@").trim_end_matches(']');
-    assert!(!std::path::Path::new(file).exists(), "{file} removed");
+    assert!(!Path::new(file).exists(), "{file} removed");
 }
 
 #[tokio::test]
