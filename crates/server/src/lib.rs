@@ -262,7 +262,12 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     ));
     // Hashing the first password (argon2, tens of milliseconds) runs while the API already
     // answers: start-up is the time to the first answer, not to the first login.
-    let bootstrapped = bootstrap_admin(&bootstrap_auth, admin_password).await;
+    let bootstrapped = bootstrap_admin(
+        &bootstrap_auth,
+        admin_password,
+        &config.application.working_dir,
+    )
+    .await;
     drop(logins_held);
     if let Err(e) = bootstrapped {
         token.cancel();
@@ -359,17 +364,56 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     Ok(())
 }
 
-/// Creates `admin` when the cluster has no user yet, printing a generated password once.
-async fn bootstrap_admin(auth: &auth::Auth, password: Option<String>) -> Result<(), ServerError> {
+/// Where the first core node of a cluster leaves the generated password of `admin`.
+pub const TEMPORARY_PASSWORD_FILE: &str = "temporary-admin-password";
+
+/// Creates `admin` when the cluster has no user yet. A generated password goes to
+/// [`TEMPORARY_PASSWORD_FILE`] in the working directory (mode 0600, in a 0700 directory), never
+/// to the log: logs are shipped, kept and read by more people than the node's user.
+async fn bootstrap_admin(
+    auth: &auth::Auth,
+    password: Option<String>,
+    working_dir: &std::path::Path,
+) -> Result<(), ServerError> {
     let from_file = password.is_some();
     match auth.bootstrap_admin(password).await? {
         Some(auth::Bootstrap {
             temporary_password: Some(password),
         }) => {
-            // The family's words: operators and scripts look for these three lines.
+            let path = working_dir.join(TEMPORARY_PASSWORD_FILE);
+            let written = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    autogate_runtime::private::write_private(
+                        &path,
+                        format!("{password}\n").as_bytes(),
+                    )
+                })
+                .await
+            };
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(ServerError::Config(format!(
+                        "cannot write the temporary admin password to {}: {e}",
+                        path.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(ServerError::Config(format!(
+                        "cannot write {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+            // The family's words: operators and scripts look for these three lines; the third
+            // says where the password is instead of what it is.
             tracing::info!("CREATED TEMPORARY ADMIN");
             tracing::info!("username: {}", auth::ADMIN);
-            tracing::info!("password: {password}");
+            tracing::info!(
+                "password: in {} (readable by this user only; log in, change it, delete the file)",
+                path.display()
+            );
         }
         Some(_) => tracing::info!(
             "created user {} with the password of server.admin_password_file",

@@ -28,6 +28,42 @@ pub fn with_admin_password(cmd: Autogate) -> Autogate {
     )
 }
 
+/// The temporary password of `admin` that `node` generated on its first start: its log names the
+/// file (never the password), and the file and the working directory holding it are this user's
+/// only — asserted here, so every test that reads the password checks where it was left.
+pub fn temporary_password(node: &crate::process::Process, deadline: Duration) -> String {
+    use std::os::unix::fs::MetadataExt;
+    node.wait_for_line("CREATED TEMPORARY ADMIN", deadline);
+    node.wait_for_line("username: admin", deadline);
+    let line = node.wait_for_line("password: in ", deadline);
+    let path = line
+        .text
+        .split("password: in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no file named in {:?}", line.text));
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&path), 0o600, "{}", path.display());
+    let dir = path.parent().expect("the working directory");
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let password = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 12, "{password:?}");
+    assert!(
+        !node.logs().contains(&password),
+        "the password reached the log"
+    );
+    password
+}
+
 /// One HTTP request on loopback without TLS: (status, body). `key` goes in
 /// `Authorization: Bearer`; a body is sent as `content_type`. An error when nothing answers
 /// within 60 s.

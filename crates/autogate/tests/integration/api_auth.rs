@@ -29,17 +29,7 @@ fn first_start_prints_a_temporary_admin_and_keys_guard_the_api() {
     let node = Autogate::new(["server"])
         .env("GATEWAY_SERVER_PORT", port.to_string())
         .spawn();
-    node.wait_for_line("CREATED TEMPORARY ADMIN", START);
-    node.wait_for_line("username: admin", START);
-    let line = node.wait_for_line("password: ", START);
-    let password = line
-        .text
-        .split("password: ")
-        .nth(1)
-        .expect("password value")
-        .trim()
-        .to_owned();
-    assert!(password.len() >= 12, "{password:?}");
+    let password = autogate_testkit::auth::temporary_password(&node, START);
     poll_until("the API", START, || http_get(&addr, "/healthz").ok());
 
     // Open routes.
@@ -256,7 +246,7 @@ fn expired_and_revoked_keys_are_refused_with_the_family_words() {
         "POST",
         "/api/v1/users/bob/password",
         &bob,
-        json!({"password": "bob-password-2"}),
+        json!({"password": "bob-password-2", "current_password": "bob-password"}),
     );
     assert_eq!(s, 200, "{body}");
     assert_eq!(

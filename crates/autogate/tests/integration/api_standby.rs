@@ -159,14 +159,7 @@ fn two_nodes_starting_together_create_one_admin() {
         .filter(|n| n.logs().contains("CREATED TEMPORARY ADMIN"))
         .collect();
     assert_eq!(created.len(), 1, "{}\n{}", n1.dump(), n2.dump());
-    let line = created[0].wait_for_line("password: ", START);
-    let password = line
-        .text
-        .split("password: ")
-        .nth(1)
-        .expect("password")
-        .trim()
-        .to_owned();
+    let password = autogate_testkit::auth::temporary_password(created[0], START);
     let mut key = String::new();
     for p in [p1, p2] {
         let body = poll_until("login", START, || {

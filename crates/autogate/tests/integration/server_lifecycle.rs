@@ -281,13 +281,7 @@ fn a_failed_bind_creates_no_admin_and_the_next_start_prints_its_password() {
         .env("GATEWAY_APPLICATION_WORKING_DIR", &work_dir)
         .name("server")
         .spawn();
-    node.wait_for_line("CREATED TEMPORARY ADMIN", Duration::from_secs(20));
-    let line = node.wait_for_line("password: ", Duration::from_secs(20));
-    assert!(line
-        .text
-        .split("password: ")
-        .nth(1)
-        .is_some_and(|p| !p.trim().is_empty()));
+    autogate_testkit::auth::temporary_password(&node, Duration::from_secs(20));
 }
 
 #[test]

@@ -77,7 +77,11 @@ fn class_status(class: ErrorClass) -> StatusCode {
         ErrorClass::Conflict => StatusCode::CONFLICT,
         ErrorClass::Forbidden => StatusCode::FORBIDDEN,
         ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorClass::Config | ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // The node is not set up for the request (no secrets key file, another cluster's key):
+        // the caller can do nothing but tell the operator, whom the message names the fix for.
+        // Not a 5xx: the node works as configured.
+        ErrorClass::Config => StatusCode::CONFLICT,
+        ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
