@@ -73,6 +73,8 @@ pub enum Command {
     CertGen(cmd::certgen::CertGenArgs),
     /// Log in to a core node (client mode) and keep the API key for later commands.
     Login(cmd::login::LoginArgs),
+    /// Log out of a core node: revoke the API key in use and remove its file.
+    Logout,
     /// Create a resource: repository, service, decorator, secret, executable-object, registry, user.
     Create(cmd::resource::CreateArgs),
     /// List resources of one kind.
@@ -205,6 +207,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Hostkeys(args) => cmd::hostkeys::run(&cli.global, args),
         Command::Completion { shell } => cmd::completion::run(shell),
         Command::Login(args) => cmd::login::run(&cli.global, args),
+        Command::Logout => cmd::login::logout(&cli.global),
         Command::Create(args) => cmd::resource::create(&cli.global, args),
         Command::Get(args) => cmd::resource::get(&cli.global, args),
         Command::Describe(args) => cmd::resource::describe(&cli.global, args),

@@ -3,6 +3,10 @@
 //! replaced atomically), where every later command talking to that node finds it; a login to
 //! another node keeps its own file. Local mode needs no login, and says how to name a
 //! node to log in to (client mode or `--profile`).
+//!
+//! `autogate logout` revokes the key in use at the node (`POST /api/v1/logout`) and removes the
+//! file that kept it; a key the node no longer knows (expired, revoked) is removed all the
+//! same.
 
 use autogate_automation::api_types::IssuedKey;
 use clap::Args;
@@ -13,7 +17,7 @@ use super::backend;
 use super::db::write_private;
 use super::resource::print_json;
 use super::term::{self, outln};
-use crate::api::ApiClient;
+use crate::api::{legacy_key_path, ApiClient, NOPERM};
 use crate::cli::Global;
 use crate::exit::{Failure, FAILURE, USAGE};
 
@@ -73,6 +77,73 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
         print_json(&json!({ "api_key": key }));
     } else {
         outln!("Successfully logged in!");
+    }
+    Ok(())
+}
+
+fn local_mode_logout() -> Failure {
+    Failure::new(
+        USAGE,
+        "local mode has no login to end: the commands work on this machine's store as the \
+         local OS user. To log out of a core node, name it: GATEWAY_APPLICATION_MODE=client \
+         or --profile NAME",
+    )
+}
+
+/// `autogate logout`.
+pub fn logout(global: &Global) -> Result<(), Failure> {
+    let config = backend::load_for_node_or(global, local_mode_logout)?;
+    let client = ApiClient::from_config(&config, global)?;
+    let in_config = config
+        .client_profile(global.profile.as_deref())
+        .is_some_and(|c| c.api_key.is_some());
+    // The file the key sent came from (as `ApiClient` looks: the node's own, else the single
+    // file of earlier versions).
+    let file = [client.key_file().to_path_buf(), legacy_key_path(&config)]
+        .into_iter()
+        .find(|p| p.exists());
+    if !in_config && file.is_none() {
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "not logged in to {}: no API key is kept in {}",
+                client.base(),
+                client.key_file().display()
+            ),
+        ));
+    }
+    let rt = super::runtime()?;
+    let revoked = match rt.block_on(client.call(Method::POST, "/api/v1/logout", None)) {
+        Ok(_) => true,
+        // Expired or revoked already: nothing left to revoke, the file goes all the same.
+        Err(f) if f.code == NOPERM => false,
+        Err(f) => return Err(f),
+    };
+    if in_config {
+        outln!(
+            "The API key was revoked{}; it is set in the configuration ([client] api_key): \
+             remove it there",
+            if revoked { "" } else { " already" }
+        );
+        return Ok(());
+    }
+    if let Some(file) = &file {
+        std::fs::remove_file(file).map_err(|e| {
+            Failure::new(
+                FAILURE,
+                format!(
+                    "the API key was revoked, but {} could not be removed: {e}",
+                    file.display()
+                ),
+            )
+        })?;
+    }
+    if global.raw {
+        print_json(&json!({ "revoked": revoked }));
+    } else if revoked {
+        outln!("Successfully logged out!");
+    } else {
+        outln!("The API key was no longer valid; removed it. Logged out.");
     }
     Ok(())
 }

@@ -254,6 +254,10 @@ pub struct CreateUser {
     /// Read the password as one line of standard input instead of prompting.
     #[arg(long)]
     pub password_stdin: bool,
+    /// What the user may do: admin (users, HA control, every resource, secrets), operator
+    /// (run services, read everything but secrets' values) or viewer (read). Default: operator.
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<autogate_automation::api_types::Role>,
 }
 
 /// The nouns of `get`.

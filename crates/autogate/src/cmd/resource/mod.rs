@@ -164,7 +164,7 @@ fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
     };
     let client = crate::api::ApiClient::from_config(&config, global)?;
     let rt = super::runtime()?;
-    let body = request::user_body(&u.name, &password);
+    let body = request::user_body(&u.name, &password, u.role);
     let v = rt.block_on(client.call(Method::POST, "/api/v1/users", Some(&body)))?;
     let created: UserView = serde_json::from_value(v).map_err(backend::unexpected)?;
     if global.raw {
@@ -172,6 +172,7 @@ fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
     } else {
         outln!("Successfully created user");
         outln!("Name:   {}", u.name);
+        outln!("Role:   {}", created.role);
     }
     Ok(())
 }

@@ -200,12 +200,13 @@ pub(super) fn user_table(users: &[UserView]) -> String {
         .map(|u| {
             vec![
                 u.name.clone(),
+                u.role.to_string(),
                 utc(&u.created),
                 u.last_login.as_deref().map_or_else(|| "-".to_owned(), utc),
             ]
         })
         .collect();
-    term::table(&["NAME", "CREATED", "LAST LOGIN"], &rows)
+    term::table(&["NAME", "ROLE", "CREATED", "LAST LOGIN"], &rows)
 }
 
 /// `describe user`: times in `[terminal] timestamp_timezone`, an empty last login before the
@@ -214,6 +215,7 @@ pub(super) fn user_text(u: &UserView, tz: &TimeZone) -> String {
     let last_login = u.last_login.as_deref().map(|t| term::show_time(t, tz));
     term::block(&[
         ("Name", u.name.clone()),
+        ("Role", u.role.to_string()),
         ("Created", term::show_time(&u.created, tz)),
         ("Last Login", last_login.unwrap_or_default()),
     ])

@@ -224,8 +224,16 @@ pub(super) fn registry_body(r: CreateRegistry) -> Value {
 }
 
 /// `create user`: the name and the password typed at the prompts.
-pub(super) fn user_body(name: &str, password: &str) -> Value {
-    json!({ "name": name, "password": password })
+/// The body of `POST /api/v1/users`; without a role the node makes an operator.
+pub(super) fn user_body(
+    name: &str,
+    password: &str,
+    role: Option<autogate_automation::api_types::Role>,
+) -> Value {
+    match role {
+        Some(role) => json!({ "name": name, "password": password, "role": role }),
+        None => json!({ "name": name, "password": password }),
+    }
 }
 
 #[cfg(test)]
