@@ -1043,13 +1043,126 @@ mod tests {
         ));
     }
 
+    async fn put_record(a: &Auth, name: &str, role: Option<Role>) {
+        let record = UserRecord {
+            name: name.to_owned(),
+            password_hash: hash_now(b"password-1").expect("hash"),
+            created: "2024-01-01T00:00:00Z".into(),
+            last_login: None,
+            password_changed: None,
+            role,
+        };
+        a.store
+            .put(&a.user_key(name), encode(&record).expect("json"), None)
+            .await
+            .expect("put");
+    }
+
+    async fn role(a: &Auth, name: &str) -> Role {
+        let k = a.login(name, "password-1", None).await.expect("login");
+        a.check(Some(&k.api_key)).await.expect("check").role
+    }
+
+    /// Records of earlier versions have no role: `admin` stays an admin, the others become
+    /// operators — unless nobody would be an admin, then they stay admins.
+    #[tokio::test]
+    async fn records_without_a_role() {
+        let a = auth(Duration::from_secs(60)).await;
+        put_record(&a, "admin", None).await;
+        put_record(&a, "bob", None).await;
+        assert_eq!(role(&a, "admin").await, Role::Admin);
+        assert_eq!(role(&a, "bob").await, Role::Operator);
+        let listed = a.list_users().await.expect("list");
+        assert_eq!(
+            listed.iter().map(|u| u.role).collect::<Vec<_>>(),
+            [Role::Admin, Role::Operator]
+        );
+        let b = auth(Duration::from_secs(60)).await;
+        put_record(&b, "ops", None).await;
+        put_record(&b, "bob", None).await;
+        assert_eq!(role(&b, "bob").await, Role::Admin, "no admin otherwise");
+        put_record(&b, "chief", Some(Role::Admin)).await;
+        assert_eq!(role(&b, "bob").await, Role::Operator);
+        assert_eq!(b.get_user("ops").await.expect("get").role, Role::Operator);
+    }
+
+    #[tokio::test]
+    async fn own_password_needs_the_current_one_and_the_last_admin_stays() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let bob = a
+            .create_user("bob", "bob-password", Role::Viewer)
+            .await
+            .expect("create");
+        assert_eq!(bob.role, Role::Viewer);
+        assert!(matches!(
+            a.change_own_password("bob", "wrong-one", "bob-password-2", None)
+                .await,
+            Err(LoginError::Auth(AuthError::BadCredentials))
+        ));
+        assert_eq!(
+            a.change_own_password("bob", "bob-password", "bob-password-2", None)
+                .await
+                .expect("change"),
+            0
+        );
+        assert!(a.login("bob", "bob-password-2", None).await.is_ok());
+        assert!(matches!(
+            a.delete_user("admin").await,
+            Err(AuthError::Invalid(m)) if m.contains("last admin")
+        ));
+        assert!(a.delete_user("bob").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn logout_revokes_one_key_and_expired_keys_are_collected() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let k1 = a.login("admin", "password-1", None).await.expect("login");
+        let k2 = a.login("admin", "password-1", None).await.expect("login");
+        let c1 = a.check(Some(&k1.api_key)).await.expect("check");
+        assert!(a.revoke(&c1.key_digest).await.expect("revoke"));
+        assert!(matches!(
+            a.check(Some(&k1.api_key)).await,
+            Err(AuthError::MissingKey)
+        ));
+        assert!(a.check(Some(&k2.api_key)).await.is_ok());
+        let past = KeyRecord {
+            user: "admin".into(),
+            created: "2020-01-01T00:00:00Z".into(),
+            expires_at: "2020-01-01T00:01:00Z".into(),
+        };
+        for i in 0..150 {
+            a.store
+                .put(
+                    &format!("{}{}", a.keys, key_digest(&format!("ag_old{i}"))),
+                    serde_json::to_vec(&past).expect("json"),
+                    None,
+                )
+                .await
+                .expect("put");
+        }
+        assert_eq!(a.collect_expired(100).await.expect("collect"), 100);
+        assert_eq!(a.collect_expired(100).await.expect("collect"), 50);
+        assert_eq!(a.collect_expired(100).await.expect("collect"), 0);
+        assert_eq!(a.store.list(&a.keys).await.expect("list").len(), 1);
+        assert!(a.check(Some(&k2.api_key)).await.is_ok());
+    }
+
     /// The reused-memory hashing writes and reads the same PHC strings as the argon2 crate's
     /// own hasher, so records of earlier versions still verify and new ones verify elsewhere.
     #[test]
     fn hashes_are_standard_phc() {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
         let ours = hash_now(b"s3cret-pass").expect("hash");
-        assert!(ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{ours}");
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
         let parsed = PasswordHash::new(&ours).expect("phc");
         assert!(Argon2::default()
             .verify_password(b"s3cret-pass", &parsed)
