@@ -49,9 +49,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections open at once.
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// Most connections open at once from one source address unless
-/// `manager.max_connections_per_source` says otherwise: enough for a few hundred gateway
-/// clusters and admin clients behind one NAT, far from the global cap.
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+/// `manager.max_connections_per_source` says otherwise: one automation host may wait on as many
+/// runs as a cluster's run queue holds (`manager.run_queue_size`, 1000), each on a connection of
+/// its own, while sixteen sources are still needed to take every slot.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 1024;
 
 /// Where a connection comes from, for [`MAX_CONNECTIONS_PER_SOURCE`]: the IPv4 address, or the
 /// /64 of an IPv6 one (an IPv4-mapped IPv6 address counts as its IPv4 address).

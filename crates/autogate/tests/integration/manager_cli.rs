@@ -74,6 +74,11 @@ fn cluster_commands_with_configured_defaults() {
     };
     let p1 = pki.path("core-1.pem").display().to_string();
     let p2 = pki.path("core-2.pem").display().to_string();
+    // A certificate is pinned to one cluster at most: gw-b's nodes have their own.
+    pki.node("core-3");
+    pki.node("core-4");
+    let p3 = pki.path("core-3.pem").display().to_string();
+    let p4 = pki.path("core-4.pem").display().to_string();
 
     let out = cli(&["list"]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
@@ -95,9 +100,9 @@ fn cluster_commands_with_configured_defaults() {
         "--state",
         "read-only",
         "--cert",
-        &p1,
+        &p3,
         "--cert",
-        &p2,
+        &p4,
     ]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
 
