@@ -437,7 +437,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("manager", "silence_limit", DEAD_AFTER, V("5s"), "a session nothing arrived on (no frame, no pong) for this long is closed as lost (1001), so runs wait for the cluster's next session; must exceed `ping_interval`"),
     KeyDef::new("manager", "session_frame_rate", Kind::Int { min: 1, max: 1_000_000 }, V("200"), "frames per second a gateway session may send on average, beyond which it is closed with 1008 `rate limit exceeded`; answers to the manager's own requests (runs, pings) do not count"),
     KeyDef::new("manager", "session_frame_burst", Kind::Int { min: 1, max: 1_000_000 }, V("400"), "frames a gateway session may send at once before `session_frame_rate` applies"),
-    KeyDef::new("manager", "max_connections_per_source", Kind::Int { min: 1, max: 16_384 }, V("1024"), "connections one source (an IPv4 address, an IPv6 /64) may hold open at once; one more is answered 503 and closed"),
+    KeyDef::new("manager", "max_connections_per_source", Kind::Int { min: 1, max: 16_384 }, V("1024"), "connections one source (an IPv4 address, an IPv6 /64) may hold open at once; one more is closed before its TLS handshake"),
 ];
 
 /// The settings of each daemon role that `autogate help <role>` names, in the order it lists

@@ -6,8 +6,8 @@
 //! - a pinned certificate sends a 64 KiB frame before `hello`: closed with 1009 and the reason,
 //!   while a `hello` listing a hundred nodes still fits;
 //! - one source opens more connections than `manager.max_connections_per_source`: the next one
-//!   is answered 503 naming the limit, another source is still served, and a freed place is
-//!   usable again;
+//!   is closed before its TLS handshake and logged, another source is still served, and a freed
+//!   place is usable again;
 //! - a certificate pinned to one cluster is registered for a second: 409 naming the first; a
 //!   store written before that rule with a fingerprint pinned twice refuses that certificate
 //!   naming both clusters;
@@ -202,18 +202,17 @@ async fn connections_from_one_source_beyond_the_cap_are_refused() {
         assert!(r.starts_with("HTTP/1.1 200"), "connection {i}: {r}");
         held.push(s);
     }
-    // One more from the same source: a 503 that says why, then closed.
-    let mut extra = tls_from(&m, "127.0.0.1").await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(STEP, extra.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer.contains("too many connections from 127.0.0.1: at most 8 at once"),
-        "{answer}"
-    );
+    // One more from the same source is closed before any handshake work, and logged.
+    match tls_from(&m, "127.0.0.1").await {
+        Err(_) => {}
+        Ok(mut extra) => {
+            // The refusal may race the client's view of the handshake: nothing is served.
+            let r = healthz_on(&mut extra).await;
+            assert!(r.is_empty(), "a connection beyond the cap was served: {r}");
+        }
+    }
     m.proc.wait_for_line(
-        "8 connections from 127.0.0.1 already open (manager.max_connections_per_source)",
+        "too many connections (16384 open in total, or 8 from 127.0.0.1: manager.max_connections_per_source)",
         STEP,
     );
     // Another source is not affected.
