@@ -642,7 +642,29 @@
         fact('Connected since', when(a.connected_at)),
         fact('From', show(a.remote_addr)),
         fact('Gateway version', show(a.version)),
-        fact('Highest term seen', show(c.highest_term)));
+        fact('Highest term seen', el('span', { id: 'highest-term', text: show(c.highest_term) }),
+          c.highest_term === null || c.highest_term === undefined ? null : this.resetTermButton(c)));
+    }
+
+    // The way out when a node sent a term no real leader can beat (docs/operations.md).
+    resetTermButton(c) {
+      const b = el('button', { type: 'button', id: 'reset-term', class: 'secondary compact', text: 'Reset' });
+      b.addEventListener('click', async () => {
+        if (!window.confirm('Reset the term of ' + c.cluster_id + '? The manager forgets the highest term (' +
+          c.highest_term + ') and closes the live session; the next node to connect with a term sets it again. ' +
+          'Remove the certificate of a node that sent a false term first.')) return;
+        b.disabled = true;
+        try {
+          await api('POST', this.path + '/reset-term');
+          showAppError('');
+        } catch (e) {
+          showAppError('Cannot reset the term of ' + c.cluster_id + ': ' + e.message);
+        } finally {
+          b.disabled = false;
+          this.refresh();
+        }
+      });
+      return b;
     }
 
     drawNodes(c) {

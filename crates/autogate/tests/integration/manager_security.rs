@@ -17,7 +17,7 @@
 //!   fencing rule in force again;
 //! - the page's live feed in a real browser: it works, and the admin token is in no URL the
 //!   page requested (the browser's resource timing) nor in the manager's log; the token in the
-//!   stream's URL is refused.
+//!   stream's URL is refused. The page's own term reset writes the same audit line.
 
 use std::time::{Duration, Instant};
 
@@ -504,6 +504,21 @@ fn the_page_live_feed_keeps_the_token_out_of_every_url() {
         !m.proc.logs().contains(&token),
         "the admin token is in the log"
     );
+
+    // The term reset from the page: the same audit line, naming the browser's address.
+    let gw = rt.block_on(connected(&m, &cert, "seen-live", "n-1", Some(5)));
+    b.goto(&format!("{}/#/clusters/seen-live", m.url()));
+    b.wait_for_text("#highest-term", "5", STEP);
+    b.execute("window.confirm = () => true;", vec![]);
+    b.click("#reset-term");
+    m.proc.wait_for_line(
+        "audit: reset-term cluster=seen-live old_term=5 (node n-1) new_term=none by=127.0.0.1:",
+        STEP,
+    );
+    b.wait_until("the page to show no highest term", STEP, || {
+        b.text("#highest-term").filter(|t| !t.contains('5'))
+    });
+    drop(gw);
 
     // The old way is refused, whatever the token.
     let (code, body) = rt
