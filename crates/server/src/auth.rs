@@ -21,10 +21,9 @@
 
 mod login_guard;
 
-pub use login_guard::{loggable, Admission, LoginGuard, Refusal, BUSY_RETRY_AFTER};
+pub use login_guard::{loggable, Admission, LoginGuard, Refusal, Source, BUSY_RETRY_AFTER};
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -454,7 +453,7 @@ impl Auth {
         &self,
         username: &str,
         password: &str,
-        source: Option<IpAddr>,
+        source: Source,
     ) -> Result<IssuedKey, LoginError> {
         drop(self.bootstrap.read().await);
         let slot = self
@@ -769,7 +768,7 @@ impl Auth {
         name: &str,
         current: &str,
         password: &str,
-        source: Option<IpAddr>,
+        source: Source,
     ) -> Result<usize, LoginError> {
         check_name(name)?;
         check_password(password)?;
@@ -946,14 +945,14 @@ mod tests {
         let pw = b.temporary_password.expect("temporary password");
         assert!(a.bootstrap_admin(None).await.expect("again").is_none());
         assert!(matches!(
-            a.login("admin", "wrong-password", None).await,
+            a.login("admin", "wrong-password", Source::Unknown).await,
             Err(LoginError::Auth(AuthError::BadCredentials))
         ));
         assert!(matches!(
-            a.login("nobody", &pw, None).await,
+            a.login("nobody", &pw, Source::Unknown).await,
             Err(LoginError::Auth(AuthError::BadCredentials))
         ));
-        let k = a.login("admin", &pw, None).await.expect("login");
+        let k = a.login("admin", &pw, Source::Unknown).await.expect("login");
         assert_eq!(
             a.check(Some(&k.api_key)).await.expect("check").user,
             "admin"
@@ -976,7 +975,10 @@ mod tests {
             a.check(Some(&k.api_key)).await,
             Err(AuthError::MissingKey)
         ));
-        assert!(a.login("admin", "another-pass", None).await.is_ok());
+        assert!(a
+            .login("admin", "another-pass", Source::Unknown)
+            .await
+            .is_ok());
         assert!(matches!(
             a.delete_user("admin").await,
             Err(AuthError::LastUser(_))
@@ -993,14 +995,14 @@ mod tests {
             .expect("bootstrap");
         let logins = (0..4).map(|_| {
             let a = a.clone();
-            tokio::spawn(async move { a.login("admin", "password-1", None).await })
+            tokio::spawn(async move { a.login("admin", "password-1", Source::Unknown).await })
         });
         for l in futures::future::join_all(logins).await {
             assert!(l.expect("task").is_ok());
         }
         let racing = {
             let a = a.clone();
-            tokio::spawn(async move { a.login("admin", "password-1", None).await })
+            tokio::spawn(async move { a.login("admin", "password-1", Source::Unknown).await })
         };
         a.set_password("admin", "password-2").await.expect("set");
         if let Ok(k) = racing.await.expect("task") {
@@ -1011,9 +1013,12 @@ mod tests {
         }
         // Whatever the order, the new password is the one stored, and no key of the old one
         // is left.
-        assert!(a.login("admin", "password-2", None).await.is_ok());
+        assert!(a
+            .login("admin", "password-2", Source::Unknown)
+            .await
+            .is_ok());
         assert!(matches!(
-            a.login("admin", "password-1", None).await,
+            a.login("admin", "password-1", Source::Unknown).await,
             Err(LoginError::Auth(AuthError::BadCredentials))
         ));
     }
@@ -1059,7 +1064,10 @@ mod tests {
     }
 
     async fn role(a: &Auth, name: &str) -> Role {
-        let k = a.login(name, "password-1", None).await.expect("login");
+        let k = a
+            .login(name, "password-1", Source::Unknown)
+            .await
+            .expect("login");
         a.check(Some(&k.api_key)).await.expect("check").role
     }
 
@@ -1098,17 +1106,20 @@ mod tests {
             .expect("create");
         assert_eq!(bob.role, Role::Viewer);
         assert!(matches!(
-            a.change_own_password("bob", "wrong-one", "bob-password-2", None)
+            a.change_own_password("bob", "wrong-one", "bob-password-2", Source::Unknown)
                 .await,
             Err(LoginError::Auth(AuthError::BadCredentials))
         ));
         assert_eq!(
-            a.change_own_password("bob", "bob-password", "bob-password-2", None)
+            a.change_own_password("bob", "bob-password", "bob-password-2", Source::Unknown)
                 .await
                 .expect("change"),
             0
         );
-        assert!(a.login("bob", "bob-password-2", None).await.is_ok());
+        assert!(a
+            .login("bob", "bob-password-2", Source::Unknown)
+            .await
+            .is_ok());
         assert!(matches!(
             a.delete_user("admin").await,
             Err(AuthError::Invalid(m)) if m.contains("last admin")
@@ -1122,8 +1133,14 @@ mod tests {
         a.bootstrap_admin(Some("password-1".into()))
             .await
             .expect("bootstrap");
-        let k1 = a.login("admin", "password-1", None).await.expect("login");
-        let k2 = a.login("admin", "password-1", None).await.expect("login");
+        let k1 = a
+            .login("admin", "password-1", Source::Unknown)
+            .await
+            .expect("login");
+        let k2 = a
+            .login("admin", "password-1", Source::Unknown)
+            .await
+            .expect("login");
         let c1 = a.check(Some(&k1.api_key)).await.expect("check");
         assert!(a.revoke(&c1.key_digest).await.expect("revoke"));
         assert!(matches!(

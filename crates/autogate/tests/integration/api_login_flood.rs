@@ -7,6 +7,11 @@
 //! answers with `Retry-After`, each failure is logged with its source address and user name
 //! and never its password, and `admin` still logs in from a clean address as soon as the
 //! flood ends.
+//!
+//! Behind a standby, the active node sees every forwarded login come from the standby: the
+//! standby keeps its callers' backoff itself, so bad logins from one caller through a standby
+//! do not refuse another caller of that standby, and a caller that only claims to be a standby
+//! is counted as itself.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autogate_testkit::auth::{admin_key, with_admin_password, ADMIN_PASSWORD};
-use autogate_testkit::{free_port, Autogate};
+use autogate_testkit::etcd::EtcdServer;
+use autogate_testkit::scenario::START;
+use autogate_testkit::{free_port, poll_until, Autogate, Process};
+
+use crate::support::{ha_status, ha_without_manager};
 use serde_json::{json, Value};
 
 /// Parallel logins in flight, all the time, during the flood.
@@ -66,8 +75,15 @@ async fn login(
     user: &str,
     password: &str,
 ) -> reqwest::Result<(u16, Option<String>, String)> {
-    let resp = client
-        .post(url)
+    login_with(client.post(url), user, password).await
+}
+
+async fn login_with(
+    req: reqwest::RequestBuilder,
+    user: &str,
+    password: &str,
+) -> reqwest::Result<(u16, Option<String>, String)> {
+    let resp = req
         .json(&json!({ "username": user, "password": password }))
         .send()
         .await?;
@@ -239,4 +255,85 @@ fn a_login_flood_stays_under_256_mb_and_admin_still_logs_in() {
         );
     });
     assert!(peak_rss(node.pid()) < 256 << 20);
+}
+
+fn ha_node(etcd: &EtcdServer, name: &str, port: u16) -> Process {
+    let cmd = Autogate::new(["server"])
+        .name(name)
+        .env("GATEWAY_SERVER_PORT", port.to_string());
+    with_admin_password(ha_without_manager(cmd, &etcd.endpoint())).spawn()
+}
+
+#[test]
+fn logins_through_a_standby_count_its_callers_not_the_standby() {
+    let etcd = EtcdServer::start();
+    let (p1, p2) = (free_port(), free_port());
+    let _n1 = ha_node(&etcd, "core-1", p1);
+    poll_until("core-1 to be active", START, || {
+        (ha_status(p1)?["role"] == "active").then_some(())
+    });
+    let n2 = ha_node(&etcd, "core-2", p2);
+    poll_until("core-2 to be a standby", START, || {
+        (ha_status(p2)?["role"] == "standby").then_some(())
+    });
+    let standby = format!("http://127.0.0.1:{p2}/api/v1/login");
+    let active = format!("http://127.0.0.1:{p1}/api/v1/login");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // One caller guesses through the standby until it is refused.
+        let attacker = client(IpAddr::from([127, 0, 0, 2]));
+        let mut refused = None;
+        for i in 0..30 {
+            let (s, retry, body) = login(&attacker, &standby, &format!("ghost-{i}"), "wrong-guess")
+                .await
+                .expect("login");
+            match s {
+                401 => {}
+                429 => {
+                    refused = Some((retry, body));
+                    break;
+                }
+                _ => panic!("{s}: {body}"),
+            }
+        }
+        let (retry, body) = refused.expect("the guessing caller is refused by the standby");
+        assert!(
+            retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)),
+            "{body}"
+        );
+        // Another caller of the same standby logs in: the active node did not count the
+        // standby's address.
+        let (s, _, body) = login(
+            &client(IpAddr::from([127, 0, 0, 3])),
+            &standby,
+            "admin",
+            ADMIN_PASSWORD,
+        )
+        .await
+        .expect("login");
+        assert_eq!(s, 200, "{body}");
+        // A caller that claims to be a standby from elsewhere is counted as itself.
+        let spoofer = client(IpAddr::from([127, 0, 0, 4]));
+        let mut refused = false;
+        for i in 0..30 {
+            let req = spoofer
+                .post(&active)
+                .header("x-autogate-forwarded-by", "core-9");
+            let (s, _, body) = login_with(req, &format!("ghost-s{i}"), "wrong-guess")
+                .await
+                .expect("login");
+            match s {
+                401 => {}
+                429 => {
+                    refused = true;
+                    break;
+                }
+                _ => panic!("{s}: {body}"),
+            }
+        }
+        assert!(refused, "a forged forwarding header escaped the backoff");
+    });
+    let line = n2.wait_for_line("checked by the active node", START);
+    assert!(line.text.contains("source=127.0.0.2"), "{}", line.text);
+    assert!(!n2.logs().contains("wrong-guess"));
 }

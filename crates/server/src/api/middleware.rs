@@ -2,18 +2,27 @@
 //! user needs ([`Access::Key`](super::Access::Key) with the entry's role), and forwarding a
 //! standby's request to the active node ([`Standby::Forward`](super::Standby::Forward)).
 //!
+//! On the login route, a layer outside the forwarding keeps the backoff of the caller's address
+//! on the node the caller reached, forwarded or not (see `auth::login_guard`).
+//!
 //! The key check puts the [`Caller`] into the request's extensions, where handlers that depend
 //! on who calls (logout, a password change) find it.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiState};
-use crate::auth::{Caller, Role};
+use super::{ApiError, ApiState, PeerAddr};
+use crate::auth::{Caller, Role, BUSY_RETRY_AFTER};
+
+/// The largest login body read here (a user name and a password).
+const LOGIN_BODY_LIMIT: usize = 64 << 10;
+/// The header a forwarded answer carries (set by `crate::forward`).
+const ANSWERED_BY: &str = "x-autogate-answered-by";
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -76,6 +85,77 @@ pub(super) async fn require_key(
     next.run(req).await
 }
 
+/// The seconds a 429 of the active node asks to wait, from its message ("retry in Ns").
+fn retry_in(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let rest = text.split("retry in ").nth(1)?;
+    rest.split('s').next()?.trim().parse().ok()
+}
+
+pub(super) async fn login_address_backoff(
+    State(s): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(ip) = req
+        .extensions()
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|ConnectInfo(PeerAddr(a))| a.ip())
+    else {
+        return next.run(req).await;
+    };
+    let guard = s.auth.guard();
+    if let Some(refusal) = guard.address_refusal(ip) {
+        return super::users::refused(refusal);
+    }
+    // The user name, for the log of a failure the active node answers.
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, LOGIN_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("login body: {}", autogate_runtime::error_chain(&e)),
+            )
+            .into_response()
+        }
+    };
+    let user = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["username"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if !response.headers().contains_key(ANSWERED_BY) {
+        // Answered here: the handler counted it.
+        return response;
+    }
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED {
+        guard.failed_at_active(&user, ip);
+    }
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        // The forwarded answer lost the active node's `Retry-After`: give it back.
+        let (mut parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, LOGIN_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let secs = retry_in(&bytes)
+            .unwrap_or(BUSY_RETRY_AFTER.as_secs())
+            .max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            parts.headers.insert(header::RETRY_AFTER, v);
+        }
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    response
+}
+
 pub(super) async fn forward_to_active(
     State(s): State<ApiState>,
     req: Request,
@@ -90,6 +170,18 @@ pub(super) async fn forward_to_active(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_refusal_keeps_its_delay() {
+        assert_eq!(
+            retry_in(br#"{"error":"too many failed logins; retry in 17s"}"#),
+            Some(17)
+        );
+        assert_eq!(
+            retry_in(br#"{"error":"too many logins in progress"}"#),
+            None
+        );
+    }
 
     #[test]
     fn own_routes_need_admin_for_another_user() {

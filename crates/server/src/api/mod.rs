@@ -88,6 +88,14 @@ pub fn router(state: ApiState) -> Router {
                 middleware::forward_to_active,
             ));
         }
+        if spec.login {
+            // Outside the forwarding: a standby refuses a caller whose address is in backoff
+            // and counts the failures the active node answers.
+            handler = handler.route_layer(from_fn_with_state(
+                state.clone(),
+                middleware::login_address_backoff,
+            ));
+        }
         if spec.access == Access::Key {
             let need = std::sync::Arc::new(middleware::Need {
                 role: spec.role,

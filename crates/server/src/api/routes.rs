@@ -120,6 +120,9 @@ pub struct RouteSpec {
     /// The route is about the user its `{name}` names: a user's own record needs only
     /// [`role`](Self::role), another user's needs `admin`.
     pub own: bool,
+    /// The login: the node that receives it keeps the backoff of its caller's address, also
+    /// when it forwards it to the active node (see `auth::login_guard`).
+    pub login: bool,
     pub standby: Standby,
     pub tag: &'static str,
     pub summary: String,
@@ -151,6 +154,7 @@ impl Route {
                 access: Access::Key,
                 role: Role::Admin,
                 own: false,
+                login: false,
                 standby: Standby::Local,
                 tag: "",
                 summary: String::new(),
@@ -197,6 +201,12 @@ impl Route {
     fn own(mut self, role: Role) -> Self {
         self.spec.own = true;
         self.role(role)
+    }
+
+    /// The login route (see [`RouteSpec::login`]).
+    fn login(mut self) -> Self {
+        self.spec.login = true;
+        self
     }
 
     /// A standby sends it on to the active node.
@@ -282,6 +292,7 @@ pub(super) fn table() -> Vec<Route> {
             .returns(S::OK, Object),
         Route::post("/api/v1/login", users::login)
             .open()
+            .login()
             .forwarded()
             .doc("users", "Exchange a user name and password for an API key")
             .takes(Body::json::<users::Login>())

@@ -8,12 +8,13 @@
 //! an admin sets another user's without it (the route's role check lets only admins reach
 //! another user).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use autogate_automation::api_types::UserList;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,9 @@ use utoipa::ToSchema;
 
 use super::error::json_body;
 use super::{ApiError, ApiResult, ApiState, PeerAddr};
-use crate::auth::{loggable, Caller, LoginError, Refusal, Role, UserView, MIN_PASSWORD_LEN};
+use crate::auth::{
+    loggable, Caller, LoginError, Refusal, Role, Source, UserView, MIN_PASSWORD_LEN,
+};
 
 /// A new password: the schema carries the length the node enforces.
 fn new_password() -> Object {
@@ -34,11 +37,45 @@ fn new_password() -> Object {
 
 /// The caller's address: the connection's peer (absent when the router is driven without a
 /// connection, as in unit tests).
-type Peer = Option<Extension<ConnectInfo<PeerAddr>>>;
+pub(super) type Peer = Option<Extension<ConnectInfo<PeerAddr>>>;
 
-fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+pub(super) fn peer_ip(peer: &Peer) -> Option<IpAddr> {
     peer.as_ref()
         .map(|Extension(ConnectInfo(PeerAddr(a)))| a.ip())
+}
+
+/// Where a password check comes from: a request a standby core node of this cluster forwarded
+/// (the forwarding header, from the address of one of the cluster's core nodes) counts against
+/// the user only, since the standby keeps the backoff of its caller's address; anything else
+/// is its peer's own.
+async fn source(s: &ApiState, headers: &HeaderMap, peer: &Peer) -> Source {
+    let Some(ip) = peer_ip(peer) else {
+        return Source::Unknown;
+    };
+    if !headers.contains_key(crate::forward::FORWARDED_BY) {
+        return Source::Client(ip);
+    }
+    let Some(ha) = &s.node.ha else {
+        return Source::Client(ip);
+    };
+    for address in ha.nodes().into_iter().filter_map(|n| n.address) {
+        if node_address_is(&address, ip).await {
+            return Source::Standby(ip);
+        }
+    }
+    Source::Client(ip)
+}
+
+/// Whether a node record's `host:port` is at `ip` (a host name is resolved, within a second).
+async fn node_address_is(address: &str, ip: IpAddr) -> bool {
+    if let Ok(a) = address.parse::<std::net::SocketAddr>() {
+        return a.ip().to_canonical() == ip.to_canonical();
+    }
+    let lookup = tokio::net::lookup_host(address.to_owned());
+    match tokio::time::timeout(Duration::from_secs(1), lookup).await {
+        Ok(Ok(mut addrs)) => addrs.any(|a| a.ip().to_canonical() == ip.to_canonical()),
+        _ => false,
+    }
 }
 
 /// `POST /api/v1/login`.
@@ -60,7 +97,7 @@ fn retry_after(status: StatusCode, message: String, after: Duration) -> Response
 }
 
 /// The answer to a login refused before its password was checked.
-fn refused(refusal: Refusal) -> Response {
+pub(super) fn refused(refusal: Refusal) -> Response {
     match refusal {
         Refusal::Busy => retry_after(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -88,16 +125,17 @@ fn login_error(e: LoginError) -> Response {
 pub(super) async fn login(
     State(s): State<ApiState>,
     peer: Peer,
+    headers: HeaderMap,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Response {
     let b = match json_body("login body", body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let source = peer_ip(&peer);
+    let source = source(&s, &headers, &peer).await;
     match s.auth.login(&b.username, &b.password, source).await {
         Ok(issued) => {
-            tracing::info!(user = %loggable(&b.username), source = ?source, "user logged in");
+            tracing::info!(user = %loggable(&b.username), %source, "user logged in");
             Json(issued).into_response()
         }
         Err(e) => login_error(e),
@@ -184,6 +222,7 @@ pub(super) async fn password(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     peer: Peer,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Json<Password>, JsonRejection>,
 ) -> Response {
@@ -201,7 +240,7 @@ pub(super) async fn password(
             )
             .into_response();
         };
-        let source = peer_ip(&peer);
+        let source = source(&s, &headers, &peer).await;
         match s
             .auth
             .change_own_password(&name, current, &b.password, source)

@@ -23,6 +23,14 @@
 //! block per hash, freed into one malloc arena or another, left hundreds of MiB resident after
 //! a flood even with four hashes at a time; reused blocks keep it at slots × 19 MiB.
 //!
+//! A standby core node forwards logins to the active node, which then sees the standby's
+//! address, not the caller's: counting it there would let a few bad logins through one standby
+//! refuse everyone who logs in through it. So the standby keeps the backoff of its callers'
+//! addresses itself (it refuses an address in backoff before forwarding, and counts the 401s
+//! the active node answers), and the active node counts a login forwarded by a core node of the
+//! cluster against the user only ([`Source::Standby`]). A caller claiming to be a standby from
+//! an address that is no core node's is counted as itself.
+//!
 //! A success clears the user's count (not the address's: one valid account must not buy an
 //! address fresh guesses at the others). Counts are forgotten [`FORGET_AFTER`] after their last
 //! failure, and each table holds at most [`MAX_ENTRIES`]: when full, the forgotten entries go,
@@ -54,6 +62,37 @@ pub const MAX_SLOTS: usize = 8;
 pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one log line per this interval about logins refused for want of a slot.
 const BUSY_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a login comes from, as far as the backoff is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The caller's own address.
+    Client(IpAddr),
+    /// A standby core node of the cluster, at this address, forwarded it: the standby keeps
+    /// the backoff of its caller's address, so only the user is counted here.
+    Standby(IpAddr),
+    /// No address is known (the router driven without a connection, as in unit tests).
+    Unknown,
+}
+
+impl Source {
+    fn client(self) -> Option<IpAddr> {
+        match self {
+            Source::Client(a) => Some(a),
+            Source::Standby(_) | Source::Unknown => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Client(a) => f.write_str(&address_key(Some(*a))),
+            Source::Standby(a) => write!(f, "standby {a} (forwarded)"),
+            Source::Unknown => f.write_str("unknown"),
+        }
+    }
+}
 
 /// Why a login was refused before its password was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,19 +297,24 @@ impl LoginGuard {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides whether a login of `user` from `addr` may check its password, and takes its
+    /// Decides whether a login of `user` from `source` may check its password, and takes its
     /// hashing slot. Nothing is hashed before this says yes.
-    pub fn admit(&self, user: &str, addr: Option<IpAddr>) -> Result<Admission, Refusal> {
+    pub fn admit(&self, user: &str, source: Source) -> Result<Admission, Refusal> {
         let now = Instant::now();
-        let address = address_key(addr);
         {
             let t = self.tables();
-            if let Some(left) = t.addresses.remaining(&address, now) {
+            let address = source.client().map(|a| address_key(Some(a)));
+            if let Some(left) = address
+                .as_deref()
+                .and_then(|a| t.addresses.remaining(a, now))
+            {
                 return Err(Refusal::Backoff(left));
             }
             if let Some(left) = t.users.remaining(user, now) {
-                // The user is in backoff: heard only from an address without failures.
-                if t.addresses.get(&address, now).is_some() {
+                // The user is in backoff: heard only from an address without failures (one
+                // behind a standby, or unknown, cannot be told clean).
+                let clean = address.is_some_and(|a| t.addresses.get(&a, now).is_none());
+                if !clean {
                     return Err(Refusal::Backoff(left));
                 }
             }
@@ -278,10 +322,37 @@ impl LoginGuard {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admission { _permit: permit }),
             Err(_) => {
-                self.log_busy(addr);
+                self.log_busy(source);
                 Err(Refusal::Busy)
             }
         }
+    }
+
+    /// On a standby, before it forwards a login: the backoff of the caller's address, which
+    /// the standby keeps (see the module's notes).
+    pub fn address_refusal(&self, addr: IpAddr) -> Option<Refusal> {
+        self.tables()
+            .addresses
+            .remaining(&address_key(Some(addr)), Instant::now())
+            .map(Refusal::Backoff)
+    }
+
+    /// On a standby, when the active node answered a forwarded login 401: counts the failure
+    /// against the caller's address, and logs it with the address and the user name.
+    pub fn failed_at_active(&self, user: &str, addr: IpAddr) {
+        let now = Instant::now();
+        let address = address_key(Some(addr));
+        let a = self.tables().addresses.fail(&address, now);
+        tracing::warn!(
+            source = %address,
+            user = %loggable(user),
+            source_failures = a.failures,
+            "login failed: invalid username or password (checked by the active node){}",
+            match a.until().map(|u| u.saturating_duration_since(now).as_secs()) {
+                Some(s) => format!("; further logins refused for {s}s (backoff)"),
+                None => String::new(),
+            }
+        );
     }
 
     /// A hashing slot for an authenticated operation (a new user, a password change): waits
@@ -290,7 +361,7 @@ impl LoginGuard {
         self.slots.clone().acquire_owned().await.ok()
     }
 
-    fn log_busy(&self, addr: Option<IpAddr>) {
+    fn log_busy(&self, source: Source) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.busy_logged.load(Ordering::Relaxed);
         let interval = u64::try_from(BUSY_LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
@@ -301,7 +372,7 @@ impl LoginGuard {
                 .is_ok()
         {
             tracing::warn!(
-                source = %address_key(addr),
+                %source,
                 slots = self.size,
                 "login refused: every password-hashing slot is busy (503; further refusals are not logged for {}s)",
                 BUSY_LOG_INTERVAL.as_secs()
@@ -311,24 +382,26 @@ impl LoginGuard {
 
     /// Counts a failed login (wrong password or unknown user) against the user and the
     /// address, and logs it with both — never with the password.
-    pub fn failed(&self, user: &str, addr: Option<IpAddr>) {
+    pub fn failed(&self, user: &str, source: Source) {
         let now = Instant::now();
-        let address = address_key(addr);
         let (u, a) = {
             let mut t = self.tables();
-            (t.users.fail(user, now), t.addresses.fail(&address, now))
+            let a = source
+                .client()
+                .map(|a| t.addresses.fail(&address_key(Some(a)), now));
+            (t.users.fail(user, now), a)
         };
-        let backoff = |e: Entry| {
-            e.until()
+        let backoff = |e: Option<Entry>| {
+            e.and_then(|e| e.until())
                 .map(|until| until.saturating_duration_since(now).as_secs())
         };
         tracing::warn!(
-            source = %address,
+            %source,
             user = %loggable(user),
             user_failures = u.failures,
-            source_failures = a.failures,
+            source_failures = a.map_or(0, |a| a.failures),
             "login failed: invalid username or password{}",
-            match backoff(u).max(backoff(a)) {
+            match backoff(Some(u)).max(backoff(a)) {
                 Some(s) => format!("; further logins refused for {s}s (backoff)"),
                 None => String::new(),
             }
@@ -357,8 +430,8 @@ impl Default for LoginGuard {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        s.parse().ok()
+    fn ip(s: &str) -> Source {
+        s.parse().map_or(Source::Unknown, Source::Client)
     }
 
     #[test]
@@ -411,12 +484,41 @@ mod tests {
         assert!(g.admit("admin", ip("10.0.1.1")).is_ok());
     }
 
+    /// Logins a standby forwards count against the user only: a flood through one standby does
+    /// not refuse the others who log in through it, and the standby refuses its flooding caller
+    /// itself.
+    #[test]
+    fn a_standby_is_not_its_callers() {
+        let active = LoginGuard::with_slots(4);
+        let standby: IpAddr = [10, 0, 0, 2].into();
+        for i in 0..20 {
+            active.failed(&format!("ghost{i}"), Source::Standby(standby));
+        }
+        assert!(active.admit("bob", Source::Standby(standby)).is_ok());
+        // A caller at the standby's address that does not come as forwarded is counted.
+        for _ in 0..FREE_FAILURES {
+            active.failed("x", Source::Client(standby));
+        }
+        assert!(active.admit("bob", Source::Client(standby)).is_err());
+        let on_standby = LoginGuard::with_slots(1);
+        let caller: IpAddr = [192, 168, 1, 9].into();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(on_standby.address_refusal(caller), None);
+            on_standby.failed_at_active("admin", caller);
+        }
+        assert!(matches!(
+            on_standby.address_refusal(caller),
+            Some(Refusal::Backoff(_))
+        ));
+        assert_eq!(on_standby.address_refusal([192, 168, 1, 10].into()), None);
+    }
+
     #[test]
     fn tables_stay_bounded() {
         let g = LoginGuard::with_slots(1);
         for i in 0..(MAX_ENTRIES + 500) {
             let a = std::net::Ipv4Addr::from(u32::try_from(i).unwrap_or(0));
-            g.failed(&format!("user{i}"), Some(IpAddr::V4(a)));
+            g.failed(&format!("user{i}"), Source::Client(IpAddr::V4(a)));
         }
         let (users, addresses) = g.entries();
         assert!(users <= MAX_ENTRIES && addresses <= MAX_ENTRIES);
