@@ -371,6 +371,61 @@ fn logout_revokes_the_key_in_use_and_expired_keys_are_collected() {
         .expect("key file")
         .trim()
         .to_owned();
+    // create user --role, and the role in `get users`.
+    let out = cli(
+        port,
+        work.path(),
+        &[
+            "create",
+            "user",
+            "carol",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        Some("carol-password"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Role:   viewer"),
+        "{out:?}"
+    );
+    let out = cli(
+        port,
+        work.path(),
+        &[
+            "create",
+            "user",
+            "dave",
+            "--role",
+            "root",
+            "--password-stdin",
+        ],
+        Some("dave-password"),
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin, operator or viewer"),
+        "{out:?}"
+    );
+    let out = cli(port, work.path(), &["get", "users"], None);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.starts_with("NAME") && table.contains("ROLE"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("carol ") && l.contains(" viewer ")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("admin ") && l.contains(" admin ")),
+        "{table}"
+    );
     let out = cli(port, work.path(), &["logout"], None);
     assert!(out.status.success(), "{out:?}");
     assert!(
