@@ -87,7 +87,8 @@ impl Source {
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Client(a) => f.write_str(&address_key(Some(*a))),
+            // The whole address in logs (the /64 is only the backoff's key).
+            Source::Client(a) => write!(f, "{}", a.to_canonical()),
             Source::Standby(a) => write!(f, "standby {a} (forwarded)"),
             Source::Unknown => f.write_str("unknown"),
         }
