@@ -83,6 +83,7 @@ impl AutomationError {
                 | ExecError::PathOutside { .. }
                 | ExecError::NotFound { .. } => ErrorClass::Invalid,
                 ExecError::Cancelled => ErrorClass::Unavailable,
+                ExecError::ServiceUser(_) => ErrorClass::Config,
                 _ => ErrorClass::Internal,
             },
         }

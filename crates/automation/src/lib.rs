@@ -218,11 +218,21 @@ impl Automation {
                  against the cluster's known hosts; add them with `autogate hostkeys add|scan`"
             );
         }
-        Self::new(
+        let automation = Self::new(
             store,
             &config.application.cluster_id,
             AutomationOptions::from_config(config),
-        )
+        );
+        match &config.server.service_user {
+            None => automation,
+            // Resolved here too (the node checked it at start): a user that cannot be used is
+            // kept as the error every run gets, never as a reason to run as the node instead.
+            Some(name) => {
+                let mut cfg = automation.engine().config().clone();
+                cfg.service_user = Some(autogate_exec::ServiceUser::resolve(name));
+                automation.with_engine(Engine::new(cfg))
+            }
+        }
     }
 
     /// Every write goes through `guard` (HA fencing: a deposed leader cannot write).

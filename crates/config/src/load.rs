@@ -813,6 +813,9 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             client_cert_auth: v.bool("server.client_cert_auth"),
             grpc_max_recv_msg_size: v.size("server.grpc_max_recv_msg_size"),
             runtime_data_dir: v.path("server.runtime_data_dir"),
+            service_user: v
+                .text("server.service_user")
+                .filter(|u| !u.trim().is_empty()),
             shutdown_grace: v.duration("server.shutdown_grace"),
             allow_plaintext: v.bool("server.allow_plaintext"),
             header_read_timeout: v.duration("server.header_read_timeout"),
@@ -832,6 +835,9 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             private_key_file: v.path("runner.private_key_file"),
             client_cert_auth: v.bool("runner.client_cert_auth"),
             runtime_data_dir: v.path("runner.runtime_data_dir"),
+            service_user: v
+                .text("runner.service_user")
+                .filter(|u| !u.trim().is_empty()),
             capacity,
             labels: v.labels("runner.labels"),
             drain_grace: v.duration("runner.drain_grace"),

@@ -304,6 +304,8 @@ pub struct Server {
     pub grpc_max_recv_msg_size: Option<u64>,
     /// Runtime data such as venvs.
     pub runtime_data_dir: Option<PathBuf>,
+    /// OS user the services' programs run as; `None` = the node's own user.
+    pub service_user: Option<String>,
     /// Time given to in-flight work at shutdown.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
@@ -340,6 +342,8 @@ pub struct Runner {
     pub client_cert_auth: bool,
     /// Runtime data such as venvs.
     pub runtime_data_dir: Option<PathBuf>,
+    /// OS user the services' programs run as; `None` = the node's own user.
+    pub service_user: Option<String>,
     /// Jobs run at once (already resolved: never 0).
     pub capacity: u32,
     /// Labels announced with the runner's registration.

@@ -663,18 +663,42 @@ impl CheckoutCache {
         checkout: Option<&Checkout>,
         runs_dir: &Path,
     ) -> Result<Workspace, ExecError> {
+        Self::workspace_for(checkout, runs_dir, None).await
+    }
+
+    /// [`workspace`](Self::workspace) owned by `user` (the whole copy, mode 0700 at its root),
+    /// so that a run under that user can write it and no other run's user can enter it. Its
+    /// name carries 128 random bits: `runs/` is traversable but not listable, so a run cannot
+    /// find another's workspace by name either.
+    pub async fn workspace_for(
+        checkout: Option<&Checkout>,
+        runs_dir: &Path,
+        user: Option<&crate::user::ServiceUser>,
+    ) -> Result<Workspace, ExecError> {
         let source = checkout.map(|c| c.path.clone());
         let runs_dir = runs_dir.to_owned();
+        let user = user.cloned();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&runs_dir)
                 .map_err(|e| ExecError::io(format!("creating {}", runs_dir.display()), e))?;
             let dir = tempfile::Builder::new()
                 .prefix("run-")
+                .rand_bytes(22)
                 .tempdir_in(&runs_dir)
                 .map_err(|e| ExecError::io("creating the run workspace", e))?;
             if let Some(source) = source {
                 copy_tree(&source, dir.path())
                     .map_err(|e| ExecError::io("copying the checkout into the workspace", e))?;
+            }
+            if let Some(user) = &user {
+                // Before the run starts nothing of the user's runs inside: the walk cannot be
+                // raced into following a link it planted.
+                user.own_tree(dir.path()).map_err(|e| {
+                    ExecError::io(
+                        format!("giving the run workspace to user {:?}", user.name()),
+                        e,
+                    )
+                })?;
             }
             Ok(Workspace { dir: Some(dir) })
         })

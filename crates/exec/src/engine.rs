@@ -5,6 +5,14 @@
 //! bad request fails fast and runs nothing — then check the repository out (cached by commit),
 //! copy it into a private workspace, resolve every path of the definition inside it, build or
 //! reuse the venv (python-script), run, and discard the workspace.
+//!
+//! With a service user ([`EngineConfig::service_user`], see [`crate::user`]) every program that
+//! executes service code runs as that user, in a workspace it owns, with `HOME` there; git runs
+//! as the node (it holds the deploy keys and known hosts, and runs no service code). The engine's
+//! directories are then `repos/` 0700 (no run reads another service's checkout), `runs/` and
+//! `venvs/` 0711 (a run reaches its own workspace and venv by name, and can list neither), and
+//! the node never reads or writes through a path a run could have changed: the state an
+//! OpenTofu run leaves is opened without following links and only when the user owns it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +25,7 @@ use crate::checkout::{resolve_inside, CheckoutCache, HostKeyPolicy, Repository};
 use crate::error::ExecError;
 use crate::inputs::{self, ArgFormat, Decorator, Inputs};
 use crate::runner::{self, run_process, ProcessSpec, RunResult, DEFAULT_OUTPUT_LIMIT};
+use crate::user::{ServiceUser, ServiceUserError};
 use crate::venv::{PipIndex, VenvCache, VenvOptions};
 
 /// Decrypted secrets for one run: environment variable name → value. Injected into the
@@ -175,6 +184,10 @@ pub struct EngineConfig {
     pub venv: VenvOptions,
     /// SSH host key checking for repositories.
     pub host_keys: HostKeyPolicy,
+    /// The OS user service code runs as: `None` = the node's own user; `Some(Err)` = one was
+    /// configured but cannot be used, and every run fails with that error rather than run as
+    /// the node.
+    pub service_user: Option<Result<ServiceUser, ServiceUserError>>,
 }
 
 impl EngineConfig {
@@ -186,6 +199,7 @@ impl EngineConfig {
             default_timeout: Some(Duration::from_secs(3600)),
             venv: VenvOptions::default(),
             host_keys: HostKeyPolicy::default(),
+            service_user: None,
         }
     }
 }
@@ -197,6 +211,10 @@ pub struct Engine {
     cfg: EngineConfig,
     checkouts: CheckoutCache,
     venvs: VenvCache,
+    /// The usable service user, when one is configured.
+    user: Option<ServiceUser>,
+    /// Set once the directories a service user needs are in place.
+    prepared: tokio::sync::OnceCell<()>,
 }
 
 /// What the program of a run is, once everything is resolved.
@@ -210,12 +228,53 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         let checkouts =
             CheckoutCache::new(cfg.work_dir.join("repos")).with_host_keys(cfg.host_keys.clone());
-        let venvs = VenvCache::new(cfg.work_dir.join("venvs"), cfg.venv.clone());
+        let user = cfg.service_user.clone().and_then(Result::ok);
+        let venvs =
+            VenvCache::new(cfg.work_dir.join("venvs"), cfg.venv.clone()).with_user(user.clone());
         Self {
             cfg,
             checkouts,
             venvs,
+            user,
+            prepared: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Readies the directories a service user needs (see the module) and checks the user can
+    /// reach them; a node calls it at start so that a mistake stops it there. Without a service
+    /// user there is nothing to do; with an unusable one it is the error every run would get.
+    pub async fn prepare(&self) -> Result<(), ExecError> {
+        let user = match &self.cfg.service_user {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(ExecError::ServiceUser(e.clone())),
+            Some(Ok(u)) => u.clone(),
+        };
+        let root = self.cfg.work_dir.clone();
+        self.prepared
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    for (dir, mode) in [
+                        (root.clone(), 0o711),
+                        (root.join("repos"), 0o700),
+                        (root.join("runs"), 0o711),
+                        (root.join("venvs"), 0o711),
+                        (root.join("venvs/store"), 0o711),
+                    ] {
+                        crate::user::dir_with_mode(&dir, mode).map_err(|e| {
+                            ExecError::io(format!("setting the mode of {}", dir.display()), e)
+                        })?;
+                    }
+                    user.check_reachable(&root.join("runs"))?;
+                    user.check_reachable(&root.join("venvs/store"))?;
+                    Ok::<(), ExecError>(())
+                })
+                .await
+                .map_err(|e| {
+                    ExecError::io("engine directories", std::io::Error::other(e.to_string()))
+                })?
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The configuration.
@@ -283,12 +342,15 @@ impl Engine {
         };
 
         // 2. Code.
+        self.prepare().await?;
+        let user = self.user.as_ref();
         let checkout = match &service.repository {
             Some(r) => Some(self.checkouts.checkout(r, cancel).await?),
             None => None,
         };
         let ws =
-            CheckoutCache::workspace(checkout.as_ref(), &self.cfg.work_dir.join("runs")).await?;
+            CheckoutCache::workspace_for(checkout.as_ref(), &self.cfg.work_dir.join("runs"), user)
+                .await?;
         let root = ws.path();
         let wd = service
             .working_dir
@@ -319,7 +381,13 @@ impl Engine {
         };
 
         // 3. The program and its arguments.
-        let mut env = service.env.clone();
+        let mut env = BTreeMap::new();
+        if user.is_some() {
+            // The node's HOME is not the user's to write (Ansible keeps ~/.ansible/tmp there);
+            // the service's own HOME, if it sets one, still wins.
+            env.insert("HOME".to_owned(), root.to_string_lossy().into_owned());
+        }
+        env.extend(service.env.clone());
         env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut mask: Vec<String> = secrets.values().cloned().collect();
         if let Some(c) = service
@@ -341,6 +409,7 @@ impl Engine {
             s.output_limit = self.cfg.output_limit;
             s.mask = mask.clone();
             s.stdin = opts.stdin.clone();
+            s.user = self.user.clone();
             s
         };
 
@@ -414,6 +483,11 @@ impl Engine {
                 }
                 if let Some(text) = &extra_vars {
                     let file = write_private(root, ".autogate-inputs-", ".yml", text)?;
+                    if let Some(u) = user {
+                        // Still 0600: readable by the run's user only.
+                        std::os::unix::fs::fchown(file.as_file(), Some(u.uid()), Some(u.gid()))
+                            .map_err(|e| ExecError::io("giving the inputs file to the run", e))?;
+                    }
                     args.push("--extra-vars".to_owned());
                     args.push(format!("@{}", file.path().display()));
                     vars_file = Some(file);
@@ -490,7 +564,7 @@ impl Engine {
             let text = serde_json::to_vec_pretty(state).map_err(|e| ExecError::InvalidService {
                 reason: format!("state: {e}"),
             })?;
-            std::fs::write(&state_file, text)
+            write_state(&state_file, &text, self.user.as_ref())
                 .map_err(|e| ExecError::io("writing terraform.tfstate", e))?;
         }
         let mut init_args = vec![
@@ -546,8 +620,7 @@ impl Engine {
         .await?;
         // The state leaves this node (API answer, manager reply, job record): without the
         // secrets the run knows and without what OpenTofu itself marks sensitive.
-        let state = std::fs::read(&state_file)
-            .ok()
+        let state = read_state(&state_file, self.user.as_ref(), self.cfg.output_limit)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .map(|mut s| {
                 mask_tofu_state(&mut s, mask);
@@ -564,6 +637,56 @@ impl Engine {
             ..apply
         })
     }
+}
+
+/// Writes the state a run starts from. The checkout may hold an entry of that name (a link to a
+/// file of the node's, say): it is removed, and the file created anew, never written through.
+/// With a service user the file is then given to it.
+fn write_state(path: &Path, text: &[u8], user: Option<&ServiceUser>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text)?;
+    if let Some(u) = user {
+        std::os::unix::fs::fchown(&f, Some(u.uid()), Some(u.gid()))?;
+    }
+    Ok(())
+}
+
+/// Reads the state a run left, at most `limit` bytes. Under a service user the run owned the
+/// directory and could have put anything there: the file is opened without following a link
+/// (nor blocking on a pipe) and read only when it is a regular file of that user, so the node
+/// never hands out a file of its own through the state.
+fn read_state(path: &Path, user: Option<&ServiceUser>, limit: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let Some(user) = user else {
+        return std::fs::read(path).ok();
+    };
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != user.uid() {
+        return None;
+    }
+    let mut out = Vec::new();
+    f.take(u64::try_from(limit).unwrap_or(u64::MAX))
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
 }
 
 /// Writes `text` to a new file named `<prefix><random><suffix>` in `dir`, readable by its owner

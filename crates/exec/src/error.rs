@@ -94,6 +94,10 @@ pub enum ExecError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The configured service user cannot be used (or cannot reach the engine's directories):
+    /// nothing runs until the operator fixes the setting, rather than running as the node.
+    #[error("service user: {0}")]
+    ServiceUser(#[from] crate::user::ServiceUserError),
     /// The caller cancelled the run; the process group was killed.
     #[error("run cancelled")]
     Cancelled,

@@ -13,6 +13,7 @@
 //! * [`inputs`] — decorator validation, `--set` coercion, inputs rendered as arguments or vars;
 //! * [`progress`] — what a run reports while it works (an environment build), for front ends;
 //! * [`runner`] — one program in its own process group, bounded capture, timeout, cancellation;
+//! * [`user`] — the unprivileged OS user services run as, when one is configured;
 //! * `engine` — one run from inputs to [`RunResult`]; `error` — [`ExecError`].
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ mod error;
 pub mod inputs;
 pub mod progress;
 pub mod runner;
+pub mod user;
 pub mod venv;
 
 pub use checkout::{GitCredentials, HostKeyPolicy, KnownHostsSource, Repository};
@@ -30,6 +32,7 @@ pub use error::ExecError;
 pub use inputs::{Decorator, Inputs, Violation};
 pub use progress::{with_progress, Progress, ProgressHook};
 pub use runner::{run_process, ProcessSpec, RunResult};
+pub use user::{ServiceUser, ServiceUserError};
 pub use venv::PipIndex;
 
 use std::path::{Path, PathBuf};

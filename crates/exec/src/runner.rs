@@ -89,6 +89,9 @@ pub struct ProcessSpec {
     pub mask: Vec<String>,
     /// Bytes written to standard input (then closed); `None` = `/dev/null`.
     pub stdin: Option<Vec<u8>>,
+    /// Run as this user (its uid and primary gid, no supplementary groups); `None` = as the
+    /// node.
+    pub user: Option<crate::user::ServiceUser>,
 }
 
 impl std::fmt::Debug for ProcessSpec {
@@ -102,6 +105,10 @@ impl std::fmt::Debug for ProcessSpec {
             .field("timeout", &self.timeout)
             .field("output_limit", &self.output_limit)
             .field("mask", &format_args!("{} values", self.mask.len()))
+            .field(
+                "user",
+                &self.user.as_ref().map(crate::user::ServiceUser::name),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +125,7 @@ impl ProcessSpec {
             output_limit: DEFAULT_OUTPUT_LIMIT,
             mask: Vec::new(),
             stdin: None,
+            user: None,
         }
     }
 }
@@ -216,6 +224,11 @@ pub async fn run_process(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = &spec.user {
+        // std drops the supplementary groups when a root parent switches uid: the program
+        // keeps the user's uid and primary gid and nothing of the node's.
+        cmd.uid(user.uid()).gid(user.gid());
+    }
 
     let start_wall = OffsetDateTime::now_utc();
     let started = Instant::now();

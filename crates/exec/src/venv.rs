@@ -119,6 +119,10 @@ pub struct Venv {
 pub struct VenvCache {
     root: PathBuf,
     opts: VenvOptions,
+    // With a service user, venvs are built under it (pip runs the build backends and reads the
+    // requirement files of service authors) and then handed back to the node, read-only for
+    // every run.
+    user: Option<crate::user::ServiceUser>,
     // Asking an interpreter for its version costs a process start on every run; the answer
     // is kept for the life of the cache (a python upgraded in place is seen after a restart).
     interpreters: std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, Interpreter>>>,
@@ -138,7 +142,18 @@ pub async fn interpreter(
     python: &Path,
     cancel: &CancellationToken,
 ) -> Result<Interpreter, ExecError> {
+    interpreter_as(python, None, cancel).await
+}
+
+/// [`interpreter`], asked as `user`: the interpreter may be one a service named (its own
+/// `PATH`, its executable), so it runs with no more rights than the service.
+pub async fn interpreter_as(
+    python: &Path,
+    user: Option<&crate::user::ServiceUser>,
+    cancel: &CancellationToken,
+) -> Result<Interpreter, ExecError> {
     let mut spec = ProcessSpec::new(python, std::env::temp_dir());
+    spec.user = user.cloned();
     spec.args = vec![
         "-c".into(),
         "import sys; print(sys.version.replace('\\n', ' ')); print(sys.executable)".into(),
@@ -232,8 +247,15 @@ impl VenvCache {
         Self {
             root: root.into(),
             opts,
+            user: None,
             interpreters: Default::default(),
         }
+    }
+
+    /// Builds venvs as `user` (see [`crate::user`]) and keeps them readable by it.
+    pub fn with_user(mut self, user: Option<crate::user::ServiceUser>) -> Self {
+        self.user = user;
+        self
     }
 
     /// [`interpreter`], remembered per path.
@@ -250,7 +272,7 @@ impl VenvCache {
         {
             return Ok(i);
         }
-        let i = interpreter(python, cancel).await?;
+        let i = interpreter_as(python, self.user.as_ref(), cancel).await?;
         if let Ok(mut m) = self.interpreters.lock() {
             m.insert(python.to_owned(), i.clone());
         }
@@ -324,15 +346,23 @@ impl VenvCache {
         };
         let link = self.root.join(&key);
         if let Some(v) = ready(&key, &link) {
-            return Ok(v);
+            return self.readable(v);
         }
         let store = self.root.join("store");
         std::fs::create_dir_all(&store)
             .map_err(|e| ExecError::io(format!("creating {}", store.display()), e))?;
+        if self.user.is_some() {
+            // Traversable, not listable: a run reaches the venv it is given, and finds no other.
+            for d in [&self.root, &store] {
+                crate::user::dir_with_mode(d, 0o711).map_err(|e| {
+                    ExecError::io(format!("setting the mode of {}", d.display()), e)
+                })?;
+            }
+        }
         let _lock = crate::checkout::lock_file(self.root.join(format!("{key}.lock"))).await?;
         // Someone else may have built it while we waited for the lock.
         if let Some(v) = ready(&key, &link) {
-            return Ok(v);
+            return self.readable(v);
         }
         remove_leftovers(&store, &key);
         // From here on the run is silent for seconds to minutes: tell whoever shows progress.
@@ -370,8 +400,21 @@ impl VenvCache {
             .prefix(&format!("{key}-"))
             .tempdir_in(store)
             .map_err(|e| ExecError::io("creating the venv directory", e))?;
+        if let Some(user) = &self.user {
+            std::os::unix::fs::chown(build.path(), Some(user.uid()), Some(user.gid()))
+                .map_err(|e| ExecError::io("giving the venv directory to the service user", e))?;
+        }
         self.build(interp, build.path(), requirements, index, cancel)
             .await?;
+        if self.user.is_some() {
+            // Back to the node, read-only for runs: no run can change the venv the next run of
+            // any service with the same requirements executes.
+            let path = build.path().to_owned();
+            tokio::task::spawn_blocking(move || crate::user::share_tree(&path))
+                .await
+                .map_err(|e| ExecError::io("venv task", std::io::Error::other(e.to_string())))?
+                .map_err(|e| ExecError::io("making the venv read-only", e))?;
+        }
         // Built: keep the directory (it is now the venv) and publish it.
         let dir = build.keep();
         let name = dir
@@ -408,7 +451,14 @@ impl VenvCache {
         env.insert("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned());
         env.insert("PIP_NO_INPUT".to_owned(), "1".to_owned());
 
+        if self.user.is_some() {
+            // The node's HOME is not the service user's to write; a cache shared between
+            // builds of different services' code is not wanted anyway.
+            env.insert("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned());
+        }
+
         let mut spec = ProcessSpec::new(&interp.executable, dir);
+        spec.user = self.user.clone();
         spec.args = vec!["-m".into(), "venv".into(), dir.into()];
         spec.env = env.clone();
         spec.timeout = Some(remaining());
@@ -416,6 +466,7 @@ impl VenvCache {
 
         let req_dir = requirements.parent().unwrap_or(Path::new(".")).to_owned();
         let mut spec = ProcessSpec::new(dir.join("bin/python"), &req_dir);
+        spec.user = self.user.clone();
         spec.args = vec!["-m".into(), "pip".into(), "install".into()];
         spec.args.extend(self.opts.pip_args.iter().map(Into::into));
         if let Some(index) = index {
@@ -438,6 +489,19 @@ impl VenvCache {
         spec.env = env;
         spec.timeout = Some(remaining());
         step("pip install", run_process(&spec, cancel).await?)
+    }
+}
+
+impl VenvCache {
+    /// A cached venv as runs under the service user need it: its root readable (one built
+    /// before a service user was configured kept its build directory's 0700).
+    fn readable(&self, v: Venv) -> Result<Venv, ExecError> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.user.is_some() {
+            std::fs::set_permissions(&v.path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| ExecError::io(format!("opening venv {}", v.path.display()), e))?;
+        }
+        Ok(v)
     }
 }
 

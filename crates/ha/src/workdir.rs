@@ -118,8 +118,19 @@ impl WorkdirLock {
         dir: &Path,
         role: &str,
     ) -> Result<(WorkdirLock, Option<ProcessState>), WorkdirError> {
+        Self::acquire_with(dir, role, false).await
+    }
+
+    /// [`acquire`](Self::acquire); with `traversable` (a service user is configured) the
+    /// directory is made 0711 instead of 0700, so that the service user can pass through it to
+    /// its run's workspace without being able to list it.
+    pub async fn acquire_with(
+        dir: &Path,
+        role: &str,
+        traversable: bool,
+    ) -> Result<(WorkdirLock, Option<ProcessState>), WorkdirError> {
         let (dir, role) = (dir.to_path_buf(), role.to_owned());
-        tokio::task::spawn_blocking(move || acquire_blocking(&dir, &role))
+        tokio::task::spawn_blocking(move || acquire_blocking(&dir, &role, traversable))
             .await
             .map_err(|e| WorkdirError::Io {
                 what: "locking the working directory",
@@ -146,15 +157,17 @@ impl WorkdirLock {
 fn acquire_blocking(
     dir: &Path,
     role: &str,
+    traversable: bool,
 ) -> Result<(WorkdirLock, Option<ProcessState>), WorkdirError> {
     use fs4::fs_std::FileExt;
     use std::os::unix::fs::OpenOptionsExt;
 
     // The working directory holds the store, the log, keys and checkouts: this user's only.
-    match autogate_runtime::private::private_dir(dir) {
+    match autogate_runtime::private::node_dir(dir, traversable) {
         Ok(DirState::Tightened(old)) => tracing::warn!(
-            "working directory {} was mode {old:o}, readable by other users: it is 0700 now",
-            dir.display()
+            "working directory {} was mode {old:o}, readable by other users: it is {} now",
+            dir.display(),
+            if traversable { "0711" } else { "0700" }
         ),
         Ok(DirState::Shared(mode)) => tracing::warn!(
             "working directory {} is mode {mode:o} and not this user's to restrict: other local \

@@ -7,6 +7,11 @@
 //! left it open — and the files written in it are 0600 (0400 for keys). The directory is the
 //! real fence: a file created by a library with the process umask is still out of reach.
 //!
+//! With a service user (`[server] service_user`) the working directory is 0711 instead
+//! ([`node_dir`] with `traversable`): the service user must pass through it to the workspace and
+//! venv of its run, but cannot list it, and every file directly in it is 0600 and every other
+//! directory 0700, so passing through opens nothing else.
+//!
 //! Only a directory that is the node's own is tightened: one owned by this user and without the
 //! sticky bit. A working directory pointed at `/tmp` or at another user's directory is left as it
 //! is (the caller warns), rather than changing the modes of a directory others rely on.
@@ -31,6 +36,8 @@ pub enum DirState {
     /// Open to others, but not this user's to change (another owner, or a sticky directory such
     /// as `/tmp`): left as it is.
     Shared(u32),
+    /// Asked for traversable (0711) and it was closed (the old mode): it is 0711 now.
+    Opened(u32),
 }
 
 /// Creates `dir` (and its missing parents) with mode 0700, or tightens an existing one this user
@@ -55,6 +62,40 @@ pub fn private_dir(dir: &Path) -> io::Result<DirState> {
             }
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
             Ok(DirState::Tightened(mode))
+        }
+    }
+}
+
+/// [`private_dir`] when `traversable` is false; else the same with mode 0711: created so, an
+/// existing directory of this user's set to exactly 0711 (tightened when it was more open,
+/// opened when it was 0700), a shared one left alone.
+pub fn node_dir(dir: &Path, traversable: bool) -> io::Result<DirState> {
+    if !traversable {
+        return private_dir(dir);
+    }
+    const TRAVERSABLE: u32 = 0o711;
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(TRAVERSABLE))?;
+            Ok(DirState::Created)
+        }
+        Err(e) => Err(e),
+        Ok(meta) => {
+            let mode = meta.mode() & 0o7777;
+            if mode == TRAVERSABLE {
+                return Ok(DirState::Private);
+            }
+            let sticky = mode & 0o1000 != 0;
+            if sticky || meta.uid() != this_user()? {
+                return Ok(DirState::Shared(mode));
+            }
+            fs::set_permissions(dir, fs::Permissions::from_mode(TRAVERSABLE))?;
+            Ok(if mode & OTHERS & !TRAVERSABLE != 0 {
+                DirState::Tightened(mode)
+            } else {
+                DirState::Opened(mode)
+            })
         }
     }
 }
@@ -132,6 +173,23 @@ mod tests {
 
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(private_dir(&dir).unwrap(), DirState::Tightened(0o755));
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn a_traversable_directory_is_0711_whatever_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        assert_eq!(node_dir(&dir, true).unwrap(), DirState::Created);
+        assert_eq!(mode(&dir), 0o711);
+        assert_eq!(mode(&root.path().join("a")), 0o700, "parents stay closed");
+        assert_eq!(node_dir(&dir, true).unwrap(), DirState::Private);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(node_dir(&dir, true).unwrap(), DirState::Opened(0o700));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(node_dir(&dir, true).unwrap(), DirState::Tightened(0o755));
+        assert_eq!(mode(&dir), 0o711);
+        assert_eq!(node_dir(&dir, false).unwrap(), DirState::Tightened(0o711));
         assert_eq!(mode(&dir), 0o700);
     }
 

@@ -120,6 +120,24 @@ pub struct Node {
     pub runs: run_records::RunRecords,
 }
 
+/// Readies the engine's directories for the service user and checks it can reach them, before
+/// anything binds: a working directory under a directory closed to it stops the start here.
+async fn prepare_service_user(
+    config: &Config,
+    user: autogate_exec::ServiceUser,
+) -> Result<(), ServerError> {
+    let work_dir = autogate_automation::AutomationOptions::from_config(config).work_dir;
+    let mut cfg = autogate_exec::EngineConfig::new(work_dir);
+    let (name, uid) = (user.name().to_owned(), user.uid());
+    cfg.service_user = Some(Ok(user));
+    autogate_exec::Engine::new(cfg)
+        .prepare()
+        .await
+        .map_err(|e| ServerError::Config(format!("server.service_user = {name}: {e}")))?;
+    tracing::info!("services run as user {name} (uid {uid})");
+    Ok(())
+}
+
 /// Run a core node until the shutdown token is cancelled.
 pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<(), ServerError> {
     let config = Arc::new(config);
@@ -142,10 +160,26 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
         .map(auth::read_password_file)
         .transpose()
         .map_err(ServerError::Config)?;
+    let service_user = config
+        .server
+        .service_user
+        .as_deref()
+        .map(|name| {
+            autogate_exec::ServiceUser::resolve(name)
+                .map_err(|e| ServerError::Config(format!("server.service_user = {name}: {e}")))
+        })
+        .transpose()?;
     // One core node per working directory: a second one stops here (69). Holding the lock also
     // proves the process its state file names gone, so a lease that process left is cleared.
-    let (workdir, previous) =
-        autogate_ha::WorkdirLock::acquire(&config.application.working_dir, "server").await?;
+    let (workdir, previous) = autogate_ha::WorkdirLock::acquire_with(
+        &config.application.working_dir,
+        "server",
+        service_user.is_some(),
+    )
+    .await?;
+    if let Some(user) = service_user {
+        prepare_service_user(&config, user).await?;
+    }
     let metrics = Arc::new(Metrics::new());
     let store = metered::MeteredStore::wrap(open_store(&config).await?, &metrics);
     if let Some(previous) = &previous {

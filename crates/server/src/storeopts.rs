@@ -39,12 +39,15 @@ pub fn store_options(config: &Config) -> StoreOptions {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     if config.store.backend == BackendKind::Local {
         // The store file keeps password hashes and sealed secrets: the directory is this
-        // user's only (tightened when an older version left it open).
+        // user's only (tightened when an older version left it open) — 0711 with a service
+        // user, who passes through it to its runs but cannot list it.
         let dir = &config.application.working_dir;
-        match autogate_runtime::private::private_dir(dir) {
+        let traversable = config.server.service_user.is_some();
+        match autogate_runtime::private::node_dir(dir, traversable) {
             Ok(autogate_runtime::private::DirState::Tightened(old)) => tracing::warn!(
-                "working directory {} was mode {old:o}, readable by other users: it is 0700 now",
-                dir.display()
+                "working directory {} was mode {old:o}, readable by other users: it is {} now",
+                dir.display(),
+                if traversable { "0711" } else { "0700" }
             ),
             Ok(_) => {}
             Err(e) => {

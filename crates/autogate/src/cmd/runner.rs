@@ -28,6 +28,12 @@ pub enum RunnerRoleError {
     /// The working directory is held by another runner, or unusable.
     #[error(transparent)]
     Workdir(#[from] autogate_ha::WorkdirError),
+    /// `[runner] service_user` names a user the runner cannot run jobs as.
+    #[error("runner.service_user = {name}: {source}")]
+    ServiceUser {
+        name: String,
+        source: autogate_exec::ExecError,
+    },
 }
 
 impl super::DaemonError for RunnerRoleError {
@@ -37,6 +43,7 @@ impl super::DaemonError for RunnerRoleError {
             RunnerRoleError::Store(autogate_store::StoreError::Unavailable(_)) => 69,
             RunnerRoleError::Bind { .. } => 69,
             RunnerRoleError::Workdir(e) => e.exit_code(),
+            RunnerRoleError::ServiceUser { .. } => 64,
             _ => 1,
         }
     }
@@ -83,17 +90,52 @@ async fn run_role(
 ) -> Result<(), RunnerRoleError> {
     // One runner per working directory: a second one stops here (69). Holding the lock also
     // proves the process its state file names gone, so the runner clears what that one left.
-    let (workdir, previous) =
-        autogate_ha::WorkdirLock::acquire(&config.application.working_dir, "runner").await?;
+    let service_user = config
+        .runner
+        .service_user
+        .as_deref()
+        .map(|name| {
+            autogate_exec::ServiceUser::resolve(name).map_err(|e| RunnerRoleError::ServiceUser {
+                name: name.to_owned(),
+                source: e.into(),
+            })
+        })
+        .transpose()?;
+    let (workdir, previous) = autogate_ha::WorkdirLock::acquire_with(
+        &config.application.working_dir,
+        "runner",
+        service_user.is_some(),
+    )
+    .await?;
     let store = autogate_server::open_store(&config).await?;
     let mut automation = Automation::from_config(&config, store.clone());
-    if let Some(dir) = &config.runner.runtime_data_dir {
-        let mut engine = autogate_exec::EngineConfig::new(dir.clone());
-        engine.output_limit = automation.engine().config().output_limit;
+    {
+        let default = automation.engine().config();
+        let mut engine = autogate_exec::EngineConfig::new(
+            config
+                .runner
+                .runtime_data_dir
+                .clone()
+                .unwrap_or_else(|| default.work_dir.clone()),
+        );
+        engine.output_limit = default.output_limit;
         // The same cluster known hosts as the default engine: checkouts on runners check SSH
         // host keys exactly as core nodes do.
-        engine.host_keys = automation.engine().config().host_keys.clone();
-        automation = automation.with_engine(autogate_exec::Engine::new(engine));
+        engine.host_keys = default.host_keys.clone();
+        // [runner] service_user, never [server]'s: a runner's jobs run as the runner says.
+        engine.service_user = service_user.clone().map(Ok);
+        let engine = autogate_exec::Engine::new(engine);
+        if let Some(user) = &service_user {
+            engine
+                .prepare()
+                .await
+                .map_err(|source| RunnerRoleError::ServiceUser {
+                    name: user.name().to_owned(),
+                    source,
+                })?;
+            tracing::info!("jobs run as user {} (uid {})", user.name(), user.uid());
+        }
+        automation = automation.with_engine(engine);
     }
     let mut opts = options(&config, &node_id);
     opts.workdir = Some(autogate_jobs::RunnerWorkdir {
