@@ -190,7 +190,7 @@ fn login_create_and_run_through_a_real_server() {
     let out = admin.ok(&["run", "service", "executable", "exe", "--use"]);
     assert!(out.contains("port") && out.contains("integer"), "{out}");
     let out = admin.ok(&["run", "service", "executable", "exe", "--set", "port=22"]);
-    assert!(out.contains("args:--port 22 token=[********]"), "{out}");
+    assert!(out.contains("args:--port=22 token=[********]"), "{out}");
     assert!(!out.contains("PLAIN-client-secret"), "{out}");
     assert!(out.contains("Return Code:  4"), "{out}");
     let out = admin.expect(

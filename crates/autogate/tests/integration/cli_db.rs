@@ -217,7 +217,7 @@ fn export_then_import_into_a_fresh_working_dir() {
     assert_eq!(b.snapshot(), a.snapshot());
     // The secret came across sealed and still opens with the cluster's key.
     let out = b.ok(&["run", "service", "executable", "exe", "--set", "n=5"]);
-    assert!(out.contains("tok=[********] --n 5"), "{out}");
+    assert!(out.contains("tok=[********] --n=5"), "{out}");
 
     // Again, with or without --force: every item is unchanged and nothing is written.
     for force in [&[][..], &["--force"]] {
@@ -408,7 +408,7 @@ fn an_import_on_a_fresh_machine_asks_for_the_source_key_file() {
     let args = ["run", "service", "executable", "exe", "--set", "n=5"];
     let out = expect_code(run_in(&fresh, &[], &args), &args, 0);
     assert!(
-        out.stdout.contains("tok=[********] --n 5"),
+        out.stdout.contains("tok=[********] --n=5"),
         "{}",
         out.stdout
     );
