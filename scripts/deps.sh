@@ -34,6 +34,16 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The tests start sshd themselves, on a port of their own; the package also enables and
+  # starts a system-wide ssh service on port 22, which this machine did not ask for: undone.
+  if [[ " ${need[*]} " == *" openssh-server "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+    else
+      $SUDO service ssh stop >/dev/null 2>&1 || true
+    fi
+    echo "deps: openssh-server installed for the tests; its system ssh service is left stopped"
+  fi
 fi
 
 if ! have_cmd cargo; then
