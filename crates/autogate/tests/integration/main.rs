@@ -56,6 +56,7 @@ mod security_files;
 mod security_git;
 mod security_inputs;
 mod security_secrets;
+mod security_service_user;
 mod server_lifecycle;
 mod services_e2e;
 mod setup_scripts;
