@@ -178,7 +178,7 @@ fn unparsed(def: &KeyDef, raw: Option<&Raw>) -> Entry {
         entry.value = if def.secret {
             REDACTED.to_string()
         } else {
-            raw.value.clone()
+            shown_text(def, &raw.value)
         };
         entry.source = raw.source.clone();
         if raw.name != def.id() {
@@ -567,7 +567,7 @@ fn resolve_key(
     let value =
         parse_value(&def.kind, text, home).map_err(|expected| ConfigError::InvalidValue {
             key: name.clone(),
-            value: (!def.secret).then(|| text.to_string()),
+            value: (!def.secret).then(|| shown_text(def, text)),
             origin: entry.source.clone(),
             expected,
         })?;
@@ -578,9 +578,20 @@ fn resolve_key(
     Ok((Some(value), entry))
 }
 
+/// A value as given, as messages show it: a password inside a URL is hidden.
+fn shown_text(def: &KeyDef, text: &str) -> String {
+    match def.kind {
+        Kind::Url => crate::value::url_without_password(text),
+        _ => text.to_string(),
+    }
+}
+
 fn display(def: &KeyDef, value: &Value, text: &str) -> String {
     if def.secret {
         return REDACTED.to_string();
+    }
+    if let (Kind::Url, Value::Text(t)) = (&def.kind, value) {
+        return crate::value::url_without_password(t);
     }
     // Normalised where the spelling carries no information (`yes` is `true`, extra spaces in a
     // host list); durations and sizes keep the user's spelling (`1h30m` reads better than

@@ -438,6 +438,26 @@ fn parse_labels(raw: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// A URL as messages and `version --show-config` show it: a password written in it
+/// (`http://user:password@proxy:3128`, the usual form of `HTTPS_PROXY`) replaced by
+/// `<redacted>`.
+pub(crate) fn url_without_password(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => {
+                format!("{scheme}://{user}:{}@{host}{tail}", crate::REDACTED)
+            }
+            None => raw.to_string(),
+        },
+        None => raw.to_string(),
+    }
+}
+
 fn parse_url(raw: &str) -> Result<String, String> {
     let lower = raw.to_ascii_lowercase();
     let rest = lower
@@ -469,6 +489,27 @@ fn parse_time_zone(raw: &str) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn url_passwords_are_hidden_in_what_is_shown() {
+        assert_eq!(
+            url_without_password("http://gw:s3cret@proxy:3128/"),
+            "http://gw:<redacted>@proxy:3128/"
+        );
+        assert_eq!(
+            url_without_password("socks5://gw:a@b@proxy:1080"),
+            "socks5://gw:<redacted>@proxy:1080"
+        );
+        assert_eq!(
+            url_without_password("http://gw@proxy:3128"),
+            "http://gw@proxy:3128"
+        );
+        assert_eq!(
+            url_without_password("http://proxy:3128"),
+            "http://proxy:3128"
+        );
+        assert_eq!(url_without_password("proxy:3128"), "proxy:3128");
+    }
 
     #[test]
     fn durations_follow_go_plus_days() {

@@ -31,6 +31,7 @@ mod forward;
 mod leader;
 pub mod link;
 mod metered;
+pub mod proxy;
 pub mod run_records;
 pub mod services;
 mod storeopts;

@@ -25,6 +25,11 @@
 //! ```text
 //! WRN connection to commander at manager.example.com:443 failed: TCP connect: Connection refused (os error 111); attempting to connect to wss://manager.example.com:443/ws in 143 ms
 //! ```
+//!
+//! Behind an HTTP proxy ([`crate::proxy`]) the TCP stream is a `CONNECT` tunnel and TLS runs
+//! through it, end to end with the manager; a proxy that refuses is such a failure, with its
+//! status line (`proxy http://proxy:3128 refused CONNECT manager.example.com:443: HTTP/1.1 407
+//! Proxy Authentication Required`), retried with the same back-off.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,6 +56,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::{Proxy, ProxyConfigError};
 use crate::services::SessionServices;
 use crate::Node;
 
@@ -75,6 +81,8 @@ pub enum LinkError {
     Identity(TlsError),
     #[error("manager TLS settings: {0}")]
     Tls(TlsError),
+    #[error("manager link proxy: {0}")]
+    Proxy(ProxyConfigError),
 }
 
 /// Everything needed to dial the manager, prepared once at start-up.
@@ -91,6 +99,8 @@ pub struct LinkSettings {
     /// A session nothing arrived on for this long is dropped and re-dialled
     /// (`connect.link_dead_after`).
     pub dead_after: Duration,
+    /// The HTTP proxy the link goes through (`connect.proxy_url`, else `HTTPS_PROXY`).
+    pub proxy: Option<Proxy>,
 }
 
 impl std::fmt::Debug for LinkSettings {
@@ -100,6 +110,7 @@ impl std::fmt::Debug for LinkSettings {
             .field("max_backoff", &self.max_backoff)
             .field("ping_interval", &self.ping_interval)
             .field("dead_after", &self.dead_after)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +136,31 @@ impl LinkSettings {
             );
         }
         let tls = client_config(roots, identity, c.insecure_tls).map_err(LinkError::Tls)?;
+        let proxy = Proxy::resolve(c, |name| std::env::var(name).ok()).map_err(LinkError::Proxy)?;
+        if let Some(p) = &proxy {
+            let direct: Vec<String> = c
+                .hosts
+                .iter()
+                .filter(|h| !p.applies_to(h))
+                .map(ToString::to_string)
+                .collect();
+            // Shown without credentials; the hosts it does not apply to are named, so an
+            // operator sees at once why a manager is dialled directly.
+            if direct.is_empty() {
+                tracing::info!(
+                    "manager link through proxy {} (from {})",
+                    p.shown(),
+                    p.source()
+                );
+            } else {
+                tracing::info!(
+                    "manager link through proxy {} (from {}), except to {} (NO_PROXY, or a local address)",
+                    p.shown(),
+                    p.source(),
+                    direct.join(", ")
+                );
+            }
+        }
         Ok(Some(LinkSettings {
             hosts: c.hosts.clone(),
             tls,
@@ -132,6 +168,7 @@ impl LinkSettings {
             retries: None,
             ping_interval: c.link_ping_interval,
             dead_after: c.link_dead_after,
+            proxy,
         }))
     }
 }
@@ -321,9 +358,7 @@ async fn retry_asked(retries: &mut Option<tokio::sync::watch::Receiver<u64>>) {
 pub async fn check_reachable(settings: &LinkSettings) -> bool {
     for host in &settings.hosts {
         let attempt = async {
-            let tcp = TcpStream::connect((host.host.as_str(), host.port))
-                .await
-                .ok()?;
+            let tcp = connect_tcp(settings, host).await.ok()?;
             let name = ServerName::try_from(host.host.clone()).ok()?;
             TlsConnector::from(settings.tls.clone())
                 .connect(name, tcp)
@@ -339,12 +374,53 @@ pub async fn check_reachable(settings: &LinkSettings) -> bool {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
-async fn dial(settings: &LinkSettings, host: &HostPort) -> Result<(Ws, SocketAddr), String> {
-    let tcp = TcpStream::connect((host.host.as_str(), host.port))
-        .await
-        .map_err(|e| format!("TCP connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().map_err(|e| format!("TCP connect: {e}"))?;
+/// The TCP stream TLS runs over: to the manager, or a tunnel to it through the proxy.
+async fn connect_tcp(settings: &LinkSettings, host: &HostPort) -> Result<TcpStream, String> {
+    match &settings.proxy {
+        Some(proxy) if proxy.applies_to(host) => {
+            proxy.tunnel(host).await.map_err(|e| e.to_string())
+        }
+        _ => {
+            let tcp = TcpStream::connect((host.host.as_str(), host.port))
+                .await
+                .map_err(|e| format!("TCP connect: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+    }
+}
+
+/// The manager end of a session as logs and the health API show it: its address, or through a
+/// proxy (whose address is all TCP knows) the manager's name and the proxy.
+struct Peer {
+    address: String,
+    via: Option<String>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.via {
+            Some(proxy) => write!(f, "{} through proxy {proxy}", self.address),
+            None => f.write_str(&self.address),
+        }
+    }
+}
+
+async fn dial(settings: &LinkSettings, host: &HostPort) -> Result<(Ws, Peer), String> {
+    let tcp = connect_tcp(settings, host).await?;
+    let peer = match settings.proxy.as_ref().filter(|p| p.applies_to(host)) {
+        Some(proxy) => Peer {
+            address: host.to_string(),
+            via: Some(proxy.shown()),
+        },
+        None => {
+            let addr: SocketAddr = tcp.peer_addr().map_err(|e| format!("TCP connect: {e}"))?;
+            Peer {
+                address: addr.to_string(),
+                via: None,
+            }
+        }
+    };
     let name = ServerName::try_from(host.host.clone())
         .map_err(|e| format!("invalid manager host name {:?}: {e}", host.host))?;
     let tls = TlsConnector::from(settings.tls.clone())
@@ -423,7 +499,7 @@ async fn session(
     status.update(|s| {
         *s = LinkState {
             connected: true,
-            address: Some(peer.to_string()),
+            address: Some(peer.address.clone()),
             term,
             session_id: Some(accepted.session_id.clone()),
             last_error: None,
