@@ -861,7 +861,9 @@ impl GitRunner<'_> {
     async fn run(&self, cwd: &Path, args: &[&str]) -> Result<String, String> {
         let mut spec = ProcessSpec::new(self.git, cwd);
         spec.args = args.iter().map(Into::into).collect();
-        spec.env = self.env.clone();
+        // A site behind a proxy reaches http(s) remotes through it (git reads the variables).
+        spec.env = crate::runner::proxy_env();
+        spec.env.extend(self.env.clone());
         spec.mask = self.mask.to_vec();
         spec.timeout = Some(GIT_TIMEOUT);
         spec.output_limit = 1024 * 1024;

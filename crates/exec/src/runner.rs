@@ -149,6 +149,29 @@ pub fn minimal_env() -> BTreeMap<String, String> {
     env
 }
 
+/// The proxy variables of the node's own environment (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`,
+/// `ALL_PROXY`, each in upper and lower case, as set), for the programs that fetch over the
+/// network for the node: git (checkouts) and pip (venv builds). A site behind a proxy sets
+/// them once for the node, as for the family's gateway, whose programs inherit its environment.
+/// Service programs do not get them: they start from [`minimal_env`] plus what the service
+/// declares.
+pub fn proxy_env() -> BTreeMap<String, String> {
+    const NAMES: [&str; 8] = [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    NAMES
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), std::env::var(name).ok()?)))
+        .collect()
+}
+
 /// Kills the process group when dropped, so that a run whose future is dropped (caller gone)
 /// leaves nothing behind either.
 struct GroupGuard(Option<i32>);

@@ -447,7 +447,8 @@ impl VenvCache {
     ) -> Result<(), ExecError> {
         let deadline = tokio::time::Instant::now() + self.opts.build_timeout;
         let remaining = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut env = BTreeMap::new();
+        // A site behind a proxy reaches its package index through it (pip reads the variables).
+        let mut env = crate::runner::proxy_env();
         env.insert("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned());
         env.insert("PIP_NO_INPUT".to_owned(), "1".to_owned());
 
