@@ -509,8 +509,11 @@ fn the_page_live_feed_keeps_the_token_out_of_every_url() {
     let gw = rt.block_on(connected(&m, &cert, "seen-live", "n-1", Some(5)));
     b.goto(&format!("{}/#/clusters/seen-live", m.url()));
     b.wait_for_text("#highest-term", "5", STEP);
-    b.execute("window.confirm = () => true;", vec![]);
-    b.click("#reset-term");
+    // The page redraws its facts on every live notice: find and click in one step.
+    b.execute(
+        "window.confirm = () => true; document.getElementById('reset-term').click();",
+        vec![],
+    );
     m.proc.wait_for_line(
         "audit: reset-term cluster=seen-live old_term=5 (node n-1) new_term=none by=127.0.0.1:",
         STEP,
