@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, testing and the demo need, only when it is missing (idempotent; one
 # line when everything is there). Debian packages: etcd (server and etcdctl), git, the OpenSSH
-# client and server (SSH repositories, host key scans, the sshd test fixture) and
-# python3-venv for service execution, ansible for ansible-playbook services, chromium and its
+# client and server (SSH repositories, host key scans, the sshd test fixture), tinyproxy (the
+# manager link through an HTTP proxy) and python3-venv for service execution, ansible for ansible-playbook services, chromium and its
 # WebDriver for the manager page's browser test; cargo-deny from crates.io for `make lint`. The
 # build itself needs only the Rust toolchain: protoc and its includes come from the
 # protoc-bin-vendored crate (see .cargo/config.toml).
@@ -22,6 +22,9 @@ have_cmd ssh-keyscan || need+=(openssh-client)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || have_pkg python3-venv || need+=(python3-venv)
 have_cmd curl || need+=(curl)
 have_cmd ansible-playbook || need+=(ansible)
+# tinyproxy (not on PATH for non-root users, hence the path) for the tests of the manager link
+# through an HTTP CONNECT proxy.
+[ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 have_cmd chromium || need+=(chromium)
 have_cmd chromedriver || need+=(chromium-driver)
 
@@ -43,6 +46,16 @@ if [ ${#need[@]} -gt 0 ]; then
       $SUDO service ssh stop >/dev/null 2>&1 || true
     fi
     echo "deps: openssh-server installed for the tests; its system ssh service is left stopped"
+  fi
+  # Likewise tinyproxy: the tests run their own on ports of their own; the package's system
+  # service on port 8888 is undone.
+  if [[ " ${need[*]} " == *" tinyproxy "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now tinyproxy.service >/dev/null 2>&1 || true
+    else
+      $SUDO service tinyproxy stop >/dev/null 2>&1 || true
+    fi
+    echo "deps: tinyproxy installed for the tests; its system service is left stopped"
   fi
 fi
 

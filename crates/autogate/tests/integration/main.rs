@@ -30,6 +30,7 @@ mod cli_newcomer;
 mod cli_resources;
 mod cli_run;
 mod config_cli;
+mod family_proxy;
 mod ha_e2e;
 mod ha_faults;
 mod ha_friction;
