@@ -80,7 +80,10 @@ fn row(def: &KeyDef) -> String {
         meaning.push_str(" **Secret**: never shown.");
     }
     if def.compat {
-        meaning.push_str(" *Compatibility: accepted, no effect yet.*");
+        meaning.push_str(&format!(
+            " *Compatibility: accepted, no effect; a node started with it set logs a warning naming it. Instead: {}.*",
+            def.instead
+        ));
     }
     format!(
         "| `{}` | `{}` | {} | {} |\n",

@@ -158,6 +158,30 @@ impl Inspection {
     }
 }
 
+/// A key accepted only for compatibility, set by this configuration; see
+/// [`Config::compat_settings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompatSetting {
+    /// `section.key`, or the name it was set under.
+    pub name: String,
+    /// Its environment variable.
+    pub env: String,
+    /// Where it was set.
+    pub source: Source,
+    /// What autogate does instead.
+    pub instead: &'static str,
+}
+
+impl fmt::Display for CompatSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is set ({}) but accepted only for compatibility with the family's files and has no effect: {}",
+            self.name, self.source, self.instead
+        )
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -215,8 +239,80 @@ impl Config {
         }
     }
 
+    /// The keys this configuration sets (in the file or the environment) that autogate
+    /// accepts only for compatibility, in schema order, once each: a node logs one warning per
+    /// item at start-up, so that nobody relies on a setting that does nothing.
+    pub fn compat_settings(&self) -> Vec<CompatSetting> {
+        self.entries
+            .iter()
+            .filter(|e| e.source != Source::Default)
+            .filter_map(|e| {
+                let def = schema::find(&e.section, &e.key)?;
+                // `hostkeys_enabled = false` is reported by the automation side itself, with
+                // what to do about refused checkouts; `true` is what autogate does anyway.
+                if !def.compat || def.id() == "features.hostkeys_enabled" {
+                    return None;
+                }
+                Some(CompatSetting {
+                    name: e.name(),
+                    env: e.env.clone(),
+                    source: e.source.clone(),
+                    instead: def.instead,
+                })
+            })
+            .collect()
+    }
+
     /// Checks the rules of the role about to start (see the reference for the list).
     pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
         validate::validate_for(self, role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load_env(vars: &[(&str, &str)]) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        load(&LoadOptions {
+            env: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            home: Some(dir.path().to_owned()),
+            etc_dir: Some(dir.path().join("etc")),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn compat_settings_are_the_set_ones_only() {
+        assert_eq!(load_env(&[]).compat_settings(), Vec::new());
+        let c = load_env(&[
+            ("GATEWAY_RUNNER_PORT", "50052"),
+            ("GATEWAY_FEATURES_MCP_ENABLED", "true"),
+            ("GATEWAY_LOG_TIMESTAMP_TIMEZONE", "Europe/Paris"),
+            ("GATEWAY_FEATURES_HOSTKEYS_ENABLED", "false"),
+        ]);
+        let set = c.compat_settings();
+        let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["runner.port", "features.mcp_enabled"]);
+        let text = set[0].to_string();
+        assert!(
+            text.contains("runner.port")
+                && text.contains("GATEWAY_RUNNER_PORT")
+                && text.contains("listen on no port"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_compat_key_says_what_happens_instead() {
+        for def in keys() {
+            assert_eq!(def.compat, !def.instead.is_empty(), "{}", def.id());
+        }
     }
 }

@@ -397,7 +397,7 @@ pub struct Log {
     pub file_json: bool,
     /// Directory of `gateway.log`.
     pub server_dir: PathBuf,
-    /// Accepted for compatibility (timestamps are UTC).
+    /// `utc`, `local` or a time zone id, for log timestamps.
     pub timestamp_timezone: String,
 }
 

@@ -132,8 +132,12 @@ pub struct KeyDef {
     pub doc: &'static str,
     /// The value is a secret: never echoed, redacted in listings.
     pub secret: bool,
-    /// Accepted for compatibility with the product family; no effect yet.
+    /// Accepted for compatibility with the product family; no effect. A node that starts with
+    /// such a key set says so once, with [`KeyDef::instead`].
     pub compat: bool,
+    /// For a `compat` key: what autogate does instead, for the start-up warning and the
+    /// reference.
+    pub instead: &'static str,
     /// Other spellings accepted in files (the family's `client_certif_auth`).
     pub file_aliases: &'static [&'static str],
     /// For `[commander]` keys: the `[connect]` key they are an older name of.
@@ -156,6 +160,7 @@ impl KeyDef {
             doc,
             secret: false,
             compat: false,
+            instead: "",
             file_aliases: &[],
             alias_of: None,
         }
@@ -166,8 +171,9 @@ impl KeyDef {
         self
     }
 
-    const fn compat(mut self) -> Self {
+    const fn compat(mut self, instead: &'static str) -> Self {
         self.compat = true;
+        self.instead = instead;
         self
     }
 
@@ -302,10 +308,10 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("application", "working_dir", PATH, V("~/.gateway.d"), "working directory: local store, API key, logs and manager data by default"),
     KeyDef::new("application", "node_name", STR, Derived("the CN of `connect.certificate_file`, else the host name"), "stable name of this node, shown next to its id (new at every start) by the manager, the HA status and `get runners`; set it when several nodes share a host and have no certificate of their own"),
     KeyDef::new("application", "ca_certificate_file", PATH, NoDefault, "CA certificate for client, server and runner TLS"),
-    KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which a cached Python venv is deleted"),
+    KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which the pruner deletes a cached Python venv: one no run used for this long (a venv in use is never deleted; the next run needing it builds it again)"),
     KeyDef::new("application", "run_output_limit", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("16MiB"), "largest captured stdout or stderr of one run; beyond it the output is truncated with a marker"),
-    KeyDef::new("application", "venv_sweep_interval", DUR, V("24h"), "how often cached venvs are checked for deletion"),
-    KeyDef::new("application", "auto_accept_eula", BOOL, V("false"), "family 5.0.x: accept the EULA non-interactively").compat(),
+    KeyDef::new("application", "venv_sweep_interval", Kind::Duration { min: Some(Duration::from_secs(1)) }, V("24h"), "how often the venv pruner looks for cached venvs to delete (core nodes and runners, at start and then at this interval)"),
+    KeyDef::new("application", "auto_accept_eula", BOOL, V("false"), "family 5.0.x: accept the EULA non-interactively").compat("autogate has no EULA to accept; nothing waits for one"),
     // [connect]
     KeyDef::new("connect", "hosts", Kind::HostPortList, NoDefault, "manager addresses, **space**-separated `host:port` list; one live connection at a time"),
     KeyDef::new("connect", "enabled", BOOL, V("true"), D_ENABLED),
@@ -359,7 +365,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("server", "api_key_expiration", Kind::Minutes { min: 1, max: 5_256_000 }, V("1440"), "API key lifetime in whole **minutes** (`720h` is refused, not misread)"),
     KeyDef::new("server", "admin_password_file", PATH, NoDefault, "file whose first line is the password of `admin`, created at the first start of a cluster without users (else a temporary password is printed once)"),
     KeyDef::new("server", "client_cert_auth", BOOL, V("false"), "require client certificates on the TLS API, verified against `application.ca_certificate_file` (file key `client_certif_auth`, the family's spelling, is accepted too)").file_aliases(&["client_certif_auth"]),
-    KeyDef::new("server", "grpc_max_recv_msg_size", Kind::Size { min: 1, max: 1 << 30 }, NoDefault, "family 5.5.1+: largest inbound gRPC message").compat(),
+    KeyDef::new("server", "grpc_max_recv_msg_size", Kind::Size { min: 1, max: 1 << 30 }, NoDefault, "family 5.5.1+: largest inbound gRPC message").compat("the API is HTTP/JSON, not gRPC; its request size limits are built in"),
     KeyDef::new("server", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
     KeyDef::new("server", "service_user", STR, NoDefault, "OS user the services' programs run as (python, ansible-playbook, tofu, executables, venv builds), e.g. `autogate-svc`; it cannot read the store, the keys, the log nor other services' checkouts. Needs a node running as root; the user must exist and be neither root nor the node's own user. Unset = services run as the node's user"),
     KeyDef::new("server", "shutdown_grace", DUR, V("10s"), "time given to in-flight work when the node stops"),
@@ -369,13 +375,13 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("server", "max_connections", Kind::Int { min: 1, max: 1_000_000 }, V("1024"), "API connections open at once (TLS handshakes included); beyond that new ones are closed at once (plain HTTP ones with a 503 first)"),
     KeyDef::new("server", "max_connections_per_address", Kind::Int { min: 1, max: 1_000_000 }, V("256"), "API connections open at once from one client address (an IPv6 /64 counts as one address); beyond that as `max_connections`"),
     // [runner]
-    KeyDef::new("runner", "announcement_address", HOST, NoDefault, "family: address registered in the store").compat(),
+    KeyDef::new("runner", "announcement_address", HOST, NoDefault, "family: address registered in the store").compat("a runner registers in the store under its node id and host name; core nodes reach it through the store, never by address"),
     KeyDef::new("runner", "listen_address", HOST, V("127.0.0.1"), "bind address of the runner's probe port (`metrics_port`); the family's runner gRPC address"),
-    KeyDef::new("runner", "port", PORT, V("50051"), "family: runner gRPC port").compat(),
-    KeyDef::new("runner", "use_tls", BOOL, V("false"), "family: mTLS between servers and runners").compat(),
-    KeyDef::new("runner", "certificate_file", PATH, NoDefault, "family: runner certificate").compat(),
-    KeyDef::new("runner", "private_key_file", PATH, NoDefault, "family: its key").compat(),
-    KeyDef::new("runner", "client_cert_auth", BOOL, V("false"), "family 5.0.x: require a client certificate from servers").compat(),
+    KeyDef::new("runner", "port", PORT, V("50051"), "family: runner gRPC port").compat("runners listen on no port: they take their jobs through the store, so secure etcd instead (`store.etcd_use_tls` and its keys)"),
+    KeyDef::new("runner", "use_tls", BOOL, V("false"), "family: mTLS between servers and runners").compat("runners listen on no port: they take their jobs through the store, so secure etcd instead (`store.etcd_use_tls` and its keys)"),
+    KeyDef::new("runner", "certificate_file", PATH, NoDefault, "family: runner certificate").compat("runners listen on no port: they take their jobs through the store, so secure etcd instead (`store.etcd_use_tls` and its keys)"),
+    KeyDef::new("runner", "private_key_file", PATH, NoDefault, "family: its key").compat("runners listen on no port: they take their jobs through the store, so secure etcd instead (`store.etcd_use_tls` and its keys)"),
+    KeyDef::new("runner", "client_cert_auth", BOOL, V("false"), "family 5.0.x: require a client certificate from servers").compat("runners listen on no port: they take their jobs through the store, so secure etcd instead (`store.etcd_use_tls` and its keys)"),
     KeyDef::new("runner", "runtime_data_dir", PATH, NoDefault, "runtime data such as venvs"),
     KeyDef::new("runner", "service_user", STR, NoDefault, "as `server.service_user`, for the jobs this runner runs"),
     KeyDef::new("runner", "capacity", Kind::Int { min: 0, max: 4096 }, Derived("number of CPUs"), "jobs run at once; `0` = number of CPUs"),
@@ -391,7 +397,7 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("store", "etcd_ca_certificate_file", PATH, NoDefault, "CA of etcd's certificate (system roots when unset); must exist when `etcd_use_tls`"),
     KeyDef::new("store", "etcd_certificate_file", PATH, NoDefault, "client certificate for etcd"),
     KeyDef::new("store", "etcd_private_key_file", PATH, NoDefault, "its private key"),
-    KeyDef::new("store", "dynamodb_table_name", STR, NoDefault, "family: DynamoDB table").compat(),
+    KeyDef::new("store", "dynamodb_table_name", STR, NoDefault, "family: DynamoDB table").compat("DynamoDB is not supported; `store.backend` chooses `local`, `memory` or `etcd`"),
     KeyDef::new("store", "etcd_dial_timeout", DUR, V("2s"), "timeout of connecting to etcd"),
     KeyDef::new("store", "etcd_request_timeout", DUR, V("5s"), "timeout of one etcd request"),
     // [log]
@@ -400,19 +406,19 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("log", "file_enabled", BOOL, V("false"), "also write `<server_dir>/gateway.log` (the family defaults to `true`; autogate does not, so a plain CLI call writes no file)"),
     KeyDef::new("log", "file_json", BOOL, V("false"), "JSON lines in the log file"),
     KeyDef::new("log", "server_dir", PATH, Derived("`<working_dir>/logs`"), "directory of `gateway.log`"),
-    KeyDef::new("log", "timestamp_timezone", Kind::TimeZone, V("utc"), "family: time zone of log timestamps (autogate logs in UTC)").compat(),
+    KeyDef::new("log", "timestamp_timezone", Kind::TimeZone, V("utc"), "time zone of log timestamps: `utc`, `local` or a time zone id such as `Europe/Paris`; UTC lines end in `Z`, others carry their offset (`2024-12-23T19:03:59+01:00`)"),
     // [secrets]
     KeyDef::new("secrets", "encrypt_key_file", PATH, NoDefault, "key file for secrets at rest; identical on every node of the cluster, losing it loses the secrets"),
     // [features]
     KeyDef::new("features", "python_enabled", BOOL, V("true"), "Python-script services"),
     KeyDef::new("features", "ansible_enabled", BOOL, V("true"), "Ansible-playbook services"),
     KeyDef::new("features", "opentofu_enabled", BOOL, V("true"), "OpenTofu-plan services"),
-    KeyDef::new("features", "hostkeys_enabled", BOOL, V("true"), "family: `hostkeys` commands and host key checking. Here SSH host keys are always checked against the cluster's known hosts (`autogate hostkeys`); `false` only logs a warning").compat(),
-    KeyDef::new("features", "mcp_enabled", BOOL, V("true"), "family 5.5+: MCP commands").compat(),
+    KeyDef::new("features", "hostkeys_enabled", BOOL, V("true"), "family: `hostkeys` commands and host key checking. Here SSH host keys are always checked against the cluster's known hosts (`autogate hostkeys`); `false` only logs a warning").compat("SSH host keys are always checked against the cluster's known hosts"),
+    KeyDef::new("features", "mcp_enabled", BOOL, V("true"), "family 5.5+: MCP commands").compat("autogate has no MCP commands or endpoints"),
     // [python-script]
     KeyDef::new("python-script", "requirements_file", STR, V("requirements.txt"), "dependency file looked up in the service's working directory (`requirements.txt` or `pyproject.toml`); set it on runners too"),
     // [registry]
-    KeyDef::new("registry", "default_overridable", BOOL, V("true"), "family: services may pick another registry").compat(),
+    KeyDef::new("registry", "default_overridable", BOOL, V("true"), "family: services may pick another registry").compat("every service may name its own registry"),
     // [terminal]
     KeyDef::new("terminal", "no_color", BOOL, V("false"), "plain CLI output without colours"),
     KeyDef::new("terminal", "timestamp_timezone", Kind::TimeZone, V("utc"), "`utc`, `local` or a time zone id such as `Europe/Paris`, for CLI timestamps"),

@@ -5,7 +5,8 @@
 //! 2024-12-23T18:03:59Z INF connected to commander at 10.0.0.5:443
 //! ```
 //!
-//! UTC, second precision, a three-letter level (TRC DBG INF WRN ERR FTL), the message, then any
+//! Second precision, in `[log] timestamp_timezone` (UTC by default: `Z`; another zone carries
+//! its offset, `2024-12-23T19:03:59+01:00`, as the family's CLI times do), a three-letter level (TRC DBG INF WRN ERR FTL), the message, then any
 //! structured fields as `key=value`. With `console_json` every line is one JSON object instead
 //! (`{"time":…,"level":"info","message":…, fields…}`), the shape log shippers expect. Logs go to
 //! standard error so that command output on standard output (`--raw` JSON) stays clean.
@@ -16,6 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use jiff::tz::TimeZone;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::field::{Field, Visit};
@@ -43,6 +45,19 @@ pub struct LogSettings {
     pub console: LogFormat,
     /// `Some((path of gateway.log, format))` to also write a file.
     pub file: Option<(PathBuf, LogFormat)>,
+    /// The zone timestamps are written in (see [`time_zone`]).
+    pub time_zone: TimeZone,
+}
+
+/// The zone of `[log] timestamp_timezone`: `utc`, `local` (the system's: `TZ`, else
+/// `/etc/localtime`) or an id of the system's time zone database such as `Europe/Paris`. The
+/// error says why the name is not one.
+pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "utc" => Ok(TimeZone::UTC),
+        "local" => Ok(TimeZone::system()),
+        _ => TimeZone::get(name).map_err(|e| e.to_string()),
+    }
 }
 
 /// Errors setting up logging; the caller reports them and exits.
@@ -78,7 +93,7 @@ pub fn init_logging(settings: &LogSettings) -> Result<LoggingGuard, LoggingError
         }
     };
     let console = tracing_subscriber::fmt::layer()
-        .event_format(LineFormat(settings.console))
+        .event_format(LineFormat(settings.console, settings.time_zone.clone()))
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(ours));
     let file_layer = match &settings.file {
@@ -105,7 +120,7 @@ pub fn init_logging(settings: &LogSettings) -> Result<LoggingGuard, LoggingError
                 .map_err(fail)?;
             Some(
                 tracing_subscriber::fmt::layer()
-                    .event_format(LineFormat(*format))
+                    .event_format(LineFormat(*format, settings.time_zone.clone()))
                     .with_ansi(false)
                     .with_writer(Mutex::new(file))
                     .with_filter(filter_fn(ours)),
@@ -149,7 +164,18 @@ pub fn timestamp(now: OffsetDateTime) -> String {
     now.format(&Rfc3339).unwrap_or_else(|_| now.to_string())
 }
 
-struct LineFormat(LogFormat);
+/// `now` in `tz` to the second: `2024-12-23T18:03:59Z` when the zone's offset is zero then,
+/// else `2024-12-23T19:03:59+01:00` (the offset of that instant, daylight saving included).
+pub fn timestamp_in(now: jiff::Timestamp, tz: &TimeZone) -> String {
+    let zoned = now.to_zoned_datetime(tz.clone());
+    if zoned.offset().seconds() == 0 {
+        zoned.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    } else {
+        zoned.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    }
+}
+
+struct LineFormat(LogFormat, TimeZone);
 
 #[derive(Default)]
 struct Fields {
@@ -208,7 +234,7 @@ where
         let mut fields = Fields::default();
         event.record(&mut fields);
         let level = event.metadata().level();
-        let time = timestamp(OffsetDateTime::now_utc());
+        let time = timestamp_in(jiff::Timestamp::now(), &self.1);
         match self.0 {
             LogFormat::Text => {
                 // A `fatal = true` field marks the last line before a non-zero exit: tracing has
@@ -266,6 +292,22 @@ mod tests {
     fn timestamp_is_utc_second_precision() {
         let t = time::macros::datetime!(2024-12-23 19:03:59.987 +01:00);
         assert_eq!(timestamp(t), "2024-12-23T18:03:59Z");
+    }
+
+    #[test]
+    fn timestamp_in_a_zone_carries_its_offset() {
+        let t: jiff::Timestamp = "2024-12-23T18:03:59.987Z".parse().expect("instant");
+        assert_eq!(timestamp_in(t, &TimeZone::UTC), "2024-12-23T18:03:59Z");
+        let paris = time_zone("Europe/Paris").expect("tz database");
+        assert_eq!(timestamp_in(t, &paris), "2024-12-23T19:03:59+01:00");
+        // Summer time: the offset of the instant, not of the zone's winter.
+        let july: jiff::Timestamp = "2024-07-01T12:00:00Z".parse().expect("instant");
+        assert_eq!(timestamp_in(july, &paris), "2024-07-01T14:00:00+02:00");
+        assert_eq!(
+            timestamp_in(t, &time_zone("UTC").expect("utc")),
+            "2024-12-23T18:03:59Z"
+        );
+        assert!(time_zone("Mars/Olympus_Mons").is_err());
     }
 
     #[test]

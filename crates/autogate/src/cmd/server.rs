@@ -34,6 +34,13 @@ pub fn start_logging(
             LogFormat::Text
         }
     };
+    let name = &config.log.timestamp_timezone;
+    let time_zone = autogate_runtime::logging::time_zone(name).map_err(|e| {
+        Failure::new(
+            64,
+            format!("log.timestamp_timezone = {name:?} (GATEWAY_LOG_TIMESTAMP_TIMEZONE): {e}"),
+        )
+    })?;
     let settings = LogSettings {
         level,
         console: format(config.log.console_json),
@@ -41,6 +48,13 @@ pub fn start_logging(
             .log
             .file_enabled
             .then(|| (config.log.file_path(), format(config.log.file_json))),
+        time_zone,
     };
-    init_logging(&settings).map_err(|e| Failure::new(74, e))
+    let guard = init_logging(&settings).map_err(|e| Failure::new(74, e))?;
+    // Once per key and start: a setting the family's file carries but autogate ignores must
+    // not look as if it worked.
+    for setting in config.compat_settings() {
+        tracing::warn!("{setting}");
+    }
+    Ok(guard)
 }
