@@ -417,6 +417,8 @@ impl Engine {
         let mut env_build = None;
         // ansible-playbook: the inputs' vars file, removed when the run is over.
         let mut vars_file = None;
+        // python-script: the venv's pin against the pruner, held until the program is done.
+        let mut venv_in_use = None;
         let plan = match service.service_type {
             ServiceType::PythonScript => {
                 let filename = required(service.filename.as_deref(), "filename", service)?;
@@ -438,6 +440,7 @@ impl Engine {
                             .ensure_with(&binary, &req, service.pip_index.as_ref(), cancel)
                             .await?;
                         env_build = venv.build_time;
+                        venv_in_use = venv.in_use;
                         venv.python
                     }
                     None => binary,
@@ -512,6 +515,7 @@ impl Engine {
                 r
             });
         drop(vars_file);
+        drop(venv_in_use);
         drop(ws);
         result
     }

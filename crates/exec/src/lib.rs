@@ -10,6 +10,7 @@
 //! Modules:
 //! * [`checkout`] — git checkouts cached by commit, and per-run workspaces;
 //! * [`venv`] — Python venvs cached by requirement set and interpreter;
+//! * [`venv_prune`] — deletes cached venvs unused for the retention period;
 //! * [`inputs`] — decorator validation, `--set` coercion, inputs rendered as arguments or vars;
 //! * [`progress`] — what a run reports while it works (an environment build), for front ends;
 //! * [`runner`] — one program in its own process group, bounded capture, timeout, cancellation;
@@ -25,6 +26,7 @@ pub mod progress;
 pub mod runner;
 pub mod user;
 pub mod venv;
+pub mod venv_prune;
 
 pub use checkout::{GitCredentials, HostKeyPolicy, KnownHostsSource, Repository};
 pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction};

@@ -112,6 +112,9 @@ pub struct Venv {
     /// How long this call took to build it (venv creation, pip, publication); `None` when it
     /// was reused.
     pub build_time: Option<Duration>,
+    /// Pins the venv against the pruner while the run that was handed it holds this (see
+    /// [`crate::venv_prune`]); the use was recorded when it was handed out.
+    pub in_use: Option<crate::venv_prune::InUse>,
 }
 
 /// The venv cache of one node.
@@ -326,7 +329,34 @@ impl VenvCache {
     }
 
     /// [`ensure`](Self::ensure) with packages from `index` instead of pip's own configuration.
+    /// The venv comes pinned against the pruner (keep it for as long as it is used).
     pub async fn ensure_with(
+        &self,
+        python: &Path,
+        requirements: &Path,
+        index: Option<&PipIndex>,
+        cancel: &CancellationToken,
+    ) -> Result<Venv, ExecError> {
+        // The pruner may take an idle venv between its lookup and the pin; then look again
+        // (which builds it). Twice in a row would need a retention shorter than a build.
+        for _ in 0..3 {
+            let mut v = self
+                .ensure_unpinned(python, requirements, index, cancel)
+                .await?;
+            if let Some(pin) = crate::venv_prune::pin(&self.root, &v.key).await? {
+                v.in_use = Some(pin);
+                return Ok(v);
+            }
+        }
+        Err(ExecError::Venv {
+            reason: format!(
+                "the venv of {} was pruned as soon as it was ready, three times: is [application] venv_retention_period shorter than a build?",
+                requirements.display()
+            ),
+        })
+    }
+
+    async fn ensure_unpinned(
         &self,
         python: &Path,
         requirements: &Path,
@@ -538,6 +568,7 @@ fn ready(key: &str, link: &Path) -> Option<Venv> {
         python,
         built: false,
         build_time: None,
+        in_use: None,
     })
 }
 

@@ -322,6 +322,11 @@ pub async fn run(config: Config, node_id: NodeId, shutdown: Shutdown) -> Result<
     shutdown
         .tracker()
         .spawn(builtins(node.clone(), token.clone()));
+    spawn_venv_pruner(
+        &config,
+        &node.automation.engine().config().work_dir,
+        &shutdown,
+    );
     let lead_token = CancellationToken::new();
     // Without HA this node is the cluster's only core node: it dispatches for as long as it
     // runs (with HA, the leader work starts a dispatcher for each leadership).
@@ -525,4 +530,40 @@ fn fence_guard(ha: autogate_ha::HaHandle, cluster_id: &str) -> autogate_resource
         txn.compares.insert(0, compare);
         txn
     })
+}
+
+/// Starts the venv pruner of a node whose engine works in `work_dir` (core node or runner) on
+/// its shutdown tracker: every `[application] venv_sweep_interval`, the cached venvs unused
+/// for `venv_retention_period` are deleted (see `autogate_exec::venv_prune`).
+pub fn spawn_venv_pruner(config: &Config, work_dir: &std::path::Path, shutdown: &Shutdown) {
+    let app = &config.application;
+    let root = work_dir.join("venvs");
+    tracing::debug!(
+        "venv pruner: {} swept every {}, venvs unused for {} are deleted",
+        root.display(),
+        autogate_config::format_duration(app.venv_sweep_interval),
+        autogate_config::format_duration(app.venv_retention_period)
+    );
+    shutdown.tracker().spawn(autogate_exec::venv_prune::run(
+        root,
+        app.venv_retention_period,
+        app.venv_sweep_interval,
+        shutdown.token(),
+        |outcome| match outcome {
+            Ok(sweep) => {
+                for (key, idle) in &sweep.removed {
+                    tracing::info!(
+                        "venv pruner: removed venv {key}, unused for {}",
+                        autogate_config::format_duration(std::time::Duration::from_secs(
+                            idle.as_secs()
+                        ))
+                    );
+                }
+                for problem in &sweep.problems {
+                    tracing::warn!("venv pruner: {problem}");
+                }
+            }
+            Err(e) => tracing::warn!("venv pruner: {e}"),
+        },
+    ));
 }

@@ -137,6 +137,7 @@ async fn run_role(
         }
         automation = automation.with_engine(engine);
     }
+    autogate_server::spawn_venv_pruner(&config, &automation.engine().config().work_dir, &shutdown);
     let mut opts = options(&config, &node_id);
     opts.workdir = Some(autogate_jobs::RunnerWorkdir {
         state_file: autogate_ha::StateFile::new(
