@@ -31,6 +31,7 @@ mod cli_resources;
 mod cli_run;
 mod config_cli;
 mod family_proxy;
+mod family_settings;
 mod ha_e2e;
 mod ha_faults;
 mod ha_friction;
