@@ -414,6 +414,73 @@ fn a_python_service_builds_and_runs_its_venv_as_its_user() {
 }
 
 #[test]
+fn an_ansible_service_runs_as_its_user_with_its_inputs() {
+    let Some(uid) = service_user("security_service_user::an_ansible_service…") else {
+        return;
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert!(
+        autogate_exec::which("ansible-playbook", &path).is_some(),
+        "ansible-playbook is not installed: run `make deps`"
+    );
+    let t = traversable_tempdir();
+    let work = t.path().join("work");
+    let url = git_repo(
+        &t.path().join("src"),
+        &[
+            (
+                "site.yml",
+                // `connection: local` puts its temporary files under the home of the user
+                // from the user database (`~autogate-svc-test`), which a system user made
+                // without one lacks: the play keeps them in its workspace instead.
+                "- hosts: all\n  gather_facts: false\n  vars:\n    ansible_remote_tmp: \"{{ playbook_dir }}/.ansible-tmp\"\n  tasks:\n    - command: id -u\n      register: who\n    - debug:\n        msg: \"device={{ device }} uid={{ who.stdout }}\"\n",
+            ),
+            ("hosts.ini", "localhost ansible_connection=local\n"),
+        ],
+    );
+    for args in [
+        &["create", "repository", "pb", "--url", &url][..],
+        &[
+            "create",
+            "service",
+            "ansible-playbook",
+            "deploy",
+            "--repository",
+            "pb",
+            "--playbook",
+            "site.yml",
+            "--inventory",
+            "hosts.ini",
+        ],
+    ] {
+        ok(&cli(&work, args, DEADLINE), &args.join(" "));
+    }
+    // The inputs reach the play through a vars file the service user must be able to read, and
+    // Ansible keeps its temporary files under HOME, the run's workspace.
+    let out = cli(
+        &work,
+        &[
+            "run",
+            "service",
+            "ansible-playbook",
+            "deploy",
+            "--set",
+            "device=r9",
+            "--raw",
+        ],
+        BUILD_DEADLINE,
+    );
+    ok(&out, "ansible run");
+    let r = raw_result(&out);
+    assert_eq!(r["return_code"], 0, "{r}");
+    let stdout = r["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.contains(&format!("device=r9 uid={uid}")),
+        "the play ran as the service user with its input: {stdout}"
+    );
+}
+
+#[test]
 fn a_node_refuses_a_service_user_that_does_not_exist_or_is_root() {
     let t = tempfile::tempdir().expect("tempdir");
     for (user, says) in [("no-such-user-8e2f", "does not exist"), ("root", "is root")] {
