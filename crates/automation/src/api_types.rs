@@ -136,6 +136,8 @@ pub enum Imported {
     Conflict,
     /// Exists with other content; overwritten (`force`).
     Replacement,
+    /// Valid on its own (`validate`): the store was neither read nor written.
+    Valid,
 }
 
 impl From<ImportOutcome> for Imported {
@@ -145,6 +147,7 @@ impl From<ImportOutcome> for Imported {
             ImportOutcome::Unchanged => Imported::Unchanged,
             ImportOutcome::Conflict => Imported::Conflict,
             ImportOutcome::Replacement => Imported::Replacement,
+            ImportOutcome::Valid => Imported::Valid,
         }
     }
 }

@@ -65,9 +65,7 @@ impl AutomationError {
             AutomationError::KeyMissing | AutomationError::Key(_) => ErrorClass::Config,
             AutomationError::Resource(r) | AutomationError::Import(ImportError::Resource(r)) => {
                 match r {
-                    R::Invalid { .. } | R::MissingReference { .. } | R::TooManyWrites { .. } => {
-                        ErrorClass::Invalid
-                    }
+                    R::Invalid { .. } | R::MissingReference { .. } => ErrorClass::Invalid,
                     R::NotFound { .. } => ErrorClass::NotFound,
                     R::AlreadyExists { .. } | R::InUse { .. } => ErrorClass::Conflict,
                     R::Fenced | R::Contended { .. } | R::Store(_) => ErrorClass::Unavailable,

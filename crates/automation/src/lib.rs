@@ -540,6 +540,17 @@ impl Automation {
         Ok(self.resources.export().await?)
     }
 
+    /// The same file in JSON (`db export --format json`), which imports back as it is.
+    pub async fn export_json(&self) -> Result<String, AutomationError> {
+        Ok(self.resources.export_json().await?)
+    }
+
+    /// Checks a file on its own (`db import --validate`): nothing is read or written; see
+    /// [`validate_import`].
+    pub fn validate_import(&self, yaml: &str) -> Result<ImportReport, AutomationError> {
+        validate_import(yaml, self.features)
+    }
+
     /// Imports a YAML file all-or-nothing; secrets in it must open with this cluster's key.
     pub async fn import(
         &self,
@@ -563,6 +574,19 @@ impl Automation {
         };
         Ok(report)
     }
+}
+
+/// Checks an import file without any store, as `db import --validate` does: its shape (unknown
+/// keys refused with their path), each item's required fields and rules, duplicates, and the
+/// `[features]` flags of the node that would import it. References are left to the import (they
+/// may name resources of the target store). Every item is reported `Valid`.
+pub fn validate_import(yaml: &str, features: Features) -> Result<ImportReport, AutomationError> {
+    let report = autogate_resources::Document::validate_file(yaml)?;
+    let doc = autogate_resources::Document::parse(yaml)?;
+    for s in &doc.services {
+        features.check(s.service_type)?;
+    }
+    Ok(report)
 }
 
 /// `create secret` body: the plaintext arrives here and nowhere else.

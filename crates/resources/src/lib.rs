@@ -6,15 +6,18 @@
 //! * [`model`] — the resource records, their validation, and the mapping of a service onto the
 //!   execution engine's [`autogate_exec::Service`];
 //! * `reseal` — sealing again, bound to their names, the secret values of earlier versions;
+//! * `staged` — writes larger than one store transaction (big imports on etcd): staged, committed
+//!   by one small transaction, visible all at once;
 //! * [`store`] — the records in the cluster store under `/autogate/<cluster_id>/resources/`, with
-//!   reference checks, every write one transaction;
-//! * [`yaml`] — the product family's kebab-case import/export file, all-or-nothing.
+//!   reference checks, every write one transaction (or one staged commit);
+//! * [`yaml`] — the product family's kebab-case import/export file (YAML or JSON), all-or-nothing.
 #![forbid(unsafe_code)]
 
 pub mod crypto;
 pub mod hostkeys;
 pub mod model;
 mod reseal;
+mod staged;
 pub mod store;
 pub mod yaml;
 

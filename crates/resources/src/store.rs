@@ -4,7 +4,10 @@
 //! (`<kind>` as [`Kind::as_str`]), plus a generation key `/autogate/<cluster_id>/resources-generation`
 //! that every write of this module rewrites.
 //!
-//! Every write is one store transaction, so nothing is ever half-written. Reference integrity
+//! Every write is one store transaction, so nothing is ever half-written; a write too large for
+//! one transaction (an import of hundreds of resources on etcd) is staged and committed by one
+//! small transaction instead, which readers see all at once ([`crate::staged`]): every read here
+//! lays a committed import's staged records over the live ones. Reference integrity
 //! (a service never names a missing repository; a secret still named by a service cannot be
 //! deleted) needs more than per-key compares — a delete and a concurrent create of a referrer touch
 //! different keys — so each write reads a consistent snapshot (one read-only transaction), decides,
@@ -35,7 +38,16 @@ use crate::model::{
 pub type TxnGuard = Arc<dyn Fn(Txn) -> Txn + Send + Sync>;
 
 /// How many times a write re-reads and retries when other writes moved the generation.
-const MAX_ATTEMPTS: usize = 8;
+pub(crate) const MAX_ATTEMPTS: usize = 8;
+
+/// Most writes one etcd transaction carries here: etcd refuses more than 128 operations per
+/// transaction by default (`--max-txn-ops`, which also counts the compares), and a write adds
+/// the generation key, a compare per record and the guard's compares.
+const ETCD_TXN_WRITES: usize = 64;
+
+/// Most bytes of records one etcd transaction carries here (etcd's `--max-request-bytes`
+/// defaults to 1.5 MiB per request).
+const ETCD_TXN_BYTES: usize = 1024 * 1024;
 
 /// Why a resource operation failed, shaped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +95,6 @@ pub enum ResourceError {
     /// Other writers kept changing resources; retry later.
     #[error("resources kept changing concurrently; gave up after {attempts} attempts")]
     Contended { attempts: usize },
-    /// One transaction cannot hold this many writes on this store (an import too large for etcd's
-    /// `--max-txn-ops`): split the file.
-    #[error("{items} resources to write; at most {max} fit in one transaction on this store (split the file)")]
-    TooManyWrites { items: usize, max: usize },
     /// A secret must be opened for this run but the node has no key file.
     #[error("secret {secret} cannot be opened: no secrets key file is configured")]
     KeyRequired { secret: String },
@@ -122,6 +130,16 @@ pub(crate) struct Snapshot {
     pub items: BTreeMap<(Kind, String), Vec<u8>>,
     /// Whether the built-in registries were ever created in this cluster.
     pub seeded: bool,
+    /// A committed import not yet rolled forward (its records are in `items` already).
+    pub pending: Option<Pending>,
+}
+
+/// A committed import whose records are still staged (see [`crate::staged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub id: String,
+    /// Mod revision of the marker naming it.
+    pub mod_revision: i64,
 }
 
 impl Snapshot {
@@ -212,6 +230,9 @@ pub struct Resources {
     store: Arc<dyn Store>,
     cluster_id: String,
     guard: Option<TxnGuard>,
+    /// Most writes and record bytes one transaction carries on this store; larger writes (an
+    /// import) are staged (see [`crate::staged`]).
+    txn_limits: (usize, usize),
 }
 
 impl fmt::Debug for Resources {
@@ -233,11 +254,31 @@ pub(crate) fn now() -> OffsetDateTime {
 
 impl Resources {
     pub fn new(store: Arc<dyn Store>, cluster_id: impl Into<String>) -> Self {
+        // The embedded stores take any transaction: one is enough for every write there.
+        let txn_limits = if store.backend() == "etcd" {
+            (ETCD_TXN_WRITES, ETCD_TXN_BYTES)
+        } else {
+            (usize::MAX, usize::MAX)
+        };
         Self {
             store,
             cluster_id: cluster_id.into(),
             guard: None,
+            txn_limits,
         }
+    }
+
+    /// Caps the writes and record bytes of one transaction (the store's defaults otherwise:
+    /// within etcd's, unbounded on the embedded stores). Larger imports are staged and committed
+    /// all at once all the same.
+    pub fn with_txn_limits(mut self, writes: usize, bytes: usize) -> Self {
+        self.txn_limits = (writes.max(1), bytes.max(1));
+        self
+    }
+
+    /// (writes, bytes) one transaction may carry.
+    pub(crate) fn txn_limits(&self) -> (usize, usize) {
+        self.txn_limits
     }
 
     /// Wraps every write transaction with `guard` (e.g. a compare on the leader key).
@@ -296,6 +337,9 @@ impl Resources {
     /// cluster; later calls do nothing, so a deleted built-in stays deleted. Existing resources of
     /// the same names are left alone. Returns the names created.
     pub async fn ensure_builtins(&self) -> Result<Vec<String>, ResourceError> {
+        // Every node and local CLI passes here when it opens the resources: the moment to drop
+        // the staging of imports whose importer died before committing.
+        self.remove_abandoned_imports().await?;
         let marker = self.seeded_key();
         self.write(|snap| {
             if snap.seeded {
@@ -323,38 +367,149 @@ impl Resources {
         .await
     }
 
+    /// Reads `main` in one transaction with the import marker; while an import is committed but
+    /// not rolled forward, reads again with `staged(id)` in the same transaction, so the staged
+    /// records come from the same revision. Returns `main`'s responses and, with an import
+    /// pending, the import and `staged`'s responses.
+    async fn read_overlaid(
+        &self,
+        main: Vec<TxnOp>,
+        staged: impl Fn(&str) -> Vec<TxnOp>,
+    ) -> Result<(Vec<TxnOpResponse>, Option<(Pending, Vec<TxnOpResponse>)>), ResourceError> {
+        let marker = self.import_marker_key();
+        let mut pending: Option<String> = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let mut ops = vec![TxnOp::get(marker.clone())];
+            ops.extend(main.iter().cloned());
+            let extra = pending.as_deref().map(&staged).unwrap_or_default();
+            let n_extra = extra.len();
+            ops.extend(extra);
+            let mut responses = self.store.txn(Txn::new().and_then(ops)).await?.responses;
+            let found = match responses.first() {
+                Some(TxnOpResponse::Get(kvs)) => kvs.first().map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        kv.mod_revision,
+                    )
+                }),
+                _ => None,
+            };
+            let extra_responses = responses.split_off(responses.len().saturating_sub(n_extra));
+            let main_responses = responses.into_iter().skip(1).collect();
+            match (found, &pending) {
+                (None, _) => return Ok((main_responses, None)),
+                (Some((id, rev)), Some(p)) if &id == p => {
+                    let pending = Pending {
+                        id,
+                        mod_revision: rev,
+                    };
+                    return Ok((main_responses, Some((pending, extra_responses))));
+                }
+                (Some((id, _)), _) => pending = Some(id),
+            }
+        }
+        Err(ResourceError::Contended {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Every resource of the cluster at one revision (a committed import included).
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, ResourceError> {
         let prefix = self.prefix();
-        let resp = self
-            .store
-            .txn(Txn::new().and_then([
-                TxnOp::get(self.generation_key()),
-                TxnOp::get_prefix(prefix.clone()),
-                TxnOp::get(self.seeded_key()),
-            ]))
+        let (main, overlay) = self
+            .read_overlaid(
+                vec![
+                    TxnOp::get(self.generation_key()),
+                    TxnOp::get_prefix(prefix.clone()),
+                    TxnOp::get(self.seeded_key()),
+                ],
+                |id| vec![TxnOp::get_prefix(self.staged_prefix(id))],
+            )
             .await?;
         let mut snap = Snapshot::default();
-        let mut responses = resp.responses.into_iter();
+        let mut responses = main.into_iter();
         if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
             snap.generation = kvs.first().map(|kv| kv.mod_revision).unwrap_or(0);
         }
+        let mut add = |rest: &str, value: Vec<u8>| {
+            let Some((kind, name)) = rest.split_once('/') else {
+                return;
+            };
+            if let Some(kind) = Kind::ALL.iter().find(|k| k.as_str() == kind) {
+                snap.items.insert((*kind, name.to_owned()), value);
+            }
+        };
         if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
             for kv in kvs {
-                let Some(rest) = kv.key.strip_prefix(&prefix) else {
-                    continue;
-                };
-                let Some((kind, name)) = rest.split_once('/') else {
-                    continue;
-                };
-                if let Some(kind) = Kind::ALL.iter().find(|k| k.as_str() == kind) {
-                    snap.items.insert((*kind, name.to_owned()), kv.value);
+                if let Some(rest) = kv.key.strip_prefix(&prefix) {
+                    add(rest, kv.value);
                 }
             }
         }
+        let mut pending = None;
+        if let Some((p, staged)) = overlay {
+            let staged_prefix = self.staged_prefix(&p.id);
+            for r in staged {
+                if let TxnOpResponse::Get(kvs) = r {
+                    for kv in kvs {
+                        if let Some(rest) = kv.key.strip_prefix(&staged_prefix) {
+                            add(rest, kv.value);
+                        }
+                    }
+                }
+            }
+            pending = Some(p);
+        }
+        snap.pending = pending;
         if let Some(TxnOpResponse::Get(kvs)) = responses.next() {
             snap.seeded = !kvs.is_empty();
         }
         Ok(snap)
+    }
+
+    /// The records under `rel` (`<kind>/` or `<kind>/<name>`), with a committed import laid over
+    /// them: (name, record), sorted by name.
+    async fn read_records(
+        &self,
+        kind: Kind,
+        name: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>, ResourceError> {
+        let rel = match name {
+            Some(n) => format!("{}/{n}", kind.as_str()),
+            None => format!("{}/", kind.as_str()),
+        };
+        let op = |full: String| match name {
+            Some(_) => TxnOp::get(full),
+            None => TxnOp::get_prefix(full),
+        };
+        let live = format!("{}{rel}", self.prefix());
+        let (main, overlay) = self
+            .read_overlaid(vec![op(live)], |id| {
+                vec![op(format!("{}{rel}", self.staged_prefix(id)))]
+            })
+            .await?;
+        let kind_prefix = format!("{}/", kind.as_str());
+        let mut out = BTreeMap::new();
+        let mut add = |base: &str, responses: Vec<TxnOpResponse>| {
+            for r in responses {
+                if let TxnOpResponse::Get(kvs) = r {
+                    for kv in kvs {
+                        if let Some(n) = kv
+                            .key
+                            .strip_prefix(base)
+                            .and_then(|rest| rest.strip_prefix(&kind_prefix))
+                        {
+                            out.insert(n.to_owned(), kv.value);
+                        }
+                    }
+                }
+            }
+        };
+        add(&self.prefix(), main);
+        if let Some((p, staged)) = overlay {
+            add(&self.staged_prefix(&p.id), staged);
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// Reads a snapshot, lets `plan` decide, commits if nothing moved; retries otherwise.
@@ -366,6 +521,13 @@ impl Resources {
         let mut last_generation = None;
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
+            if let Some(pending) = &snap.pending {
+                // A committed import is still being copied into place: finish it first, or
+                // this write could be overwritten by its late chunks.
+                self.roll_forward(pending).await?;
+                last_generation = None;
+                continue;
+            }
             if last_generation == Some(snap.generation) && self.guard.is_some() {
                 return Err(ResourceError::Fenced);
             }
@@ -485,32 +647,33 @@ impl Resources {
 
     /// One resource, `None` if it does not exist.
     pub async fn get<R: Resource>(&self, name: &str) -> Result<Option<R>, ResourceError> {
-        match self.store.get(&self.key(R::KIND, name)).await? {
-            Some(kv) => decode::<R>(name, &kv.value).map(Some),
+        match self
+            .read_records(R::KIND, Some(name))
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some((n, raw)) => decode::<R>(&n, &raw).map(Some),
             None => Ok(None),
         }
     }
 
     /// Every resource of one kind, sorted by name.
     pub async fn list<R: Resource>(&self) -> Result<Vec<R>, ResourceError> {
-        let prefix = format!("{}{}/", self.prefix(), R::KIND.as_str());
-        self.store
-            .list(&prefix)
+        self.read_records(R::KIND, None)
             .await?
             .iter()
-            .map(|kv| decode::<R>(kv.key.strip_prefix(&prefix).unwrap_or(&kv.key), &kv.value))
+            .map(|(name, raw)| decode::<R>(name, raw))
             .collect()
     }
 
     /// Names of every resource of `kind`, sorted.
     pub async fn names(&self, kind: Kind) -> Result<Vec<String>, ResourceError> {
-        let prefix = format!("{}{}/", self.prefix(), kind.as_str());
         Ok(self
-            .store
-            .list(&prefix)
+            .read_records(kind, None)
             .await?
             .into_iter()
-            .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_owned))
+            .map(|(name, _)| name)
             .collect())
     }
 
@@ -627,6 +790,45 @@ impl Resources {
         let mut exec = exec;
         if service.service_type == autogate_exec::ServiceType::PythonScript {
             exec.pip_index = pip_index(&snap, &service, key, &lookup)?;
+        }
+        if service.service_type == autogate_exec::ServiceType::AnsiblePlaybook {
+            // A playbook's requirements.yml installs from a Galaxy registry and its
+            // requirements.txt from a pypi one: the registry the service names serves its own
+            // kind, the defaults the other.
+            use crate::model::RegistryType;
+            let registries: Vec<Registry> = snap.all()?;
+            let mut for_pip = service.clone();
+            if Registry::chosen(&registries, &service, RegistryType::Pypi)
+                .is_none_or(|r| Some(&r.meta.name) != service.registry.as_ref())
+            {
+                for_pip.registry = None;
+            }
+            exec.pip_index = pip_index(&snap, &for_pip, key, &lookup)?;
+            if let Some(r) = Registry::chosen(&registries, &service, RegistryType::AnsibleGalaxy) {
+                exec.galaxy_server = Some(r.to_galaxy(|secret| {
+                    let s = lookup(secret).ok_or_else(|| ResourceError::MissingReference {
+                        kind: Kind::Registry,
+                        name: r.meta.name.clone(),
+                        field: "secret".into(),
+                        target_kind: Kind::Secret,
+                        target: secret.to_owned(),
+                    })?;
+                    let key = key.ok_or_else(|| ResourceError::KeyRequired {
+                        secret: secret.to_owned(),
+                    })?;
+                    Ok::<_, ResourceError>(s.decrypt(key)?.expose().to_owned())
+                })?);
+            } else if let Some(name) = &service.registry {
+                if !registries.iter().any(|r| &r.meta.name == name) {
+                    return Err(ResourceError::MissingReference {
+                        kind: Kind::Service,
+                        name: service.meta.name.clone(),
+                        field: "registry".into(),
+                        target_kind: Kind::Registry,
+                        target: name.clone(),
+                    });
+                }
+            }
         }
         let mut env = autogate_exec::Secrets::new();
         for r in &service.secrets {

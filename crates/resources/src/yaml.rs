@@ -14,25 +14,29 @@
 //! or [`ImportOutcome::Replacement`] (exists with other content; overwritten because of `force`).
 //! With `check`, the report is produced and nothing is written.
 //!
-//! One transaction means one size limit: etcd refuses transactions of more than 128 operations by
-//! default (`--max-txn-ops`), so on etcd a file writing more than [`ETCD_MAX_WRITES`] resources is
-//! refused as a whole ([`ResourceError::TooManyWrites`]) — split it, or raise etcd's limit. The embedded
-//! stores have no such limit.
+//! A file of any size imports on etcd, whose transactions hold at most 128 operations by default
+//! (`--max-txn-ops`): a plan too large for one transaction is staged in chunks and committed by
+//! one small transaction, visible to every reader at once, and nothing of it is visible when the
+//! importer fails or dies before that commit ([`crate::staged`]). The embedded stores take it in
+//! one transaction.
+//!
+//! The file may also be JSON (`db export --format json`): the same keys, read by the same parser
+//! (JSON is YAML). [`Document::validate_file`] checks a file alone — shape, required fields,
+//! per-item rules, duplicates — without any store (`db import --validate`). Errors name the item
+//! (`service backup-config: services[0].runtime: unknown field …`) and the field.
 
 use std::collections::BTreeSet;
 
 use autogate_store::{Compare, TxnOp};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::crypto::KeyFile;
 use crate::model::{
     Decorator, ExecutableObject, Kind, Registry, Repository, Resource, Secret, Service,
 };
+use crate::staged::StagedWrite;
 use crate::store::{now, Plan, ResourceError, Resources, Snapshot};
-
-/// Largest number of resources one import writes on etcd (its default 128 operations per
-/// transaction, minus the generation key).
-pub const ETCD_MAX_WRITES: usize = 127;
 
 /// The file's shape.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,8 @@ pub enum ImportOutcome {
     Conflict,
     /// Exists; overwritten (`force`), keeping its creation time.
     Replacement,
+    /// Valid on its own ([`Document::validate_file`]); the store was not consulted.
+    Valid,
 }
 
 /// One item of the report.
@@ -111,7 +117,42 @@ impl Document {
         if yaml.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_norway::from_str(yaml).map_err(|e| ImportError::Parse(e.to_string()))
+        serde_norway::from_str(yaml).map_err(|e| ImportError::Parse(name_item(yaml, e.to_string())))
+    }
+
+    /// Checks a file on its own, as `db import --validate` does: its shape (unknown keys refused
+    /// with their path), every item's required fields and rules, duplicates. References are not
+    /// resolved (they may name resources of the store the file is meant for), and nothing is
+    /// read or written. Returns every item as [`ImportOutcome::Valid`], in file order.
+    pub fn validate_file(yaml: &str) -> Result<ImportReport, ImportError> {
+        let doc = Self::parse(yaml)?;
+        doc.names()?;
+        doc.validate()?;
+        let mut report = ImportReport::default();
+        let mut add = |kind: Kind, name: &str| {
+            report.items.push(ImportItem {
+                kind,
+                name: name.to_owned(),
+                outcome: ImportOutcome::Valid,
+            })
+        };
+        doc.decorators
+            .iter()
+            .for_each(|r| add(Kind::Decorator, r.name()));
+        doc.repositories
+            .iter()
+            .for_each(|r| add(Kind::Repository, r.name()));
+        doc.services
+            .iter()
+            .for_each(|r| add(Kind::Service, r.name()));
+        doc.secrets.iter().for_each(|r| add(Kind::Secret, r.name()));
+        doc.executable_objects
+            .iter()
+            .for_each(|r| add(Kind::ExecutableObject, r.name()));
+        doc.registries
+            .iter()
+            .for_each(|r| add(Kind::Registry, r.name()));
+        Ok(report)
     }
 
     /// Every (kind, name) in the file, refusing duplicates.
@@ -173,28 +214,79 @@ fn same_content<R: Resource>(a: &R, b: &R) -> bool {
     matches!((content(a), content(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Decides the outcome of one item and adds its write to `plan`.
+/// Adds the item's kind and name to a parse error that names it by position
+/// (`services[3].runtime: unknown field …` → `service edge-backup: services[3].runtime: …`).
+fn name_item(text: &str, message: String) -> String {
+    let lists = [
+        ("decorators", Kind::Decorator),
+        ("repositories", Kind::Repository),
+        ("services", Kind::Service),
+        ("secrets", Kind::Secret),
+        ("executable-objects", Kind::ExecutableObject),
+        ("registries", Kind::Registry),
+    ];
+    let Some((list, kind, rest)) = lists
+        .iter()
+        .find_map(|(l, k)| message.strip_prefix(l).map(|rest| (*l, *k, rest)))
+    else {
+        return message;
+    };
+    let Some(index) = rest
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(i, _)| i.parse::<usize>().ok())
+    else {
+        return message;
+    };
+    let Ok(value) = serde_norway::from_str::<serde_norway::Value>(text) else {
+        return message;
+    };
+    match value
+        .get(list)
+        .and_then(|l| l.get(index))
+        .and_then(|item| item.get("name"))
+        .and_then(|n| n.as_str())
+    {
+        Some(name) => format!("{kind} {name}: {message}"),
+        None => message,
+    }
+}
+
+/// One write an import decided: the record's key relative to the resources prefix
+/// (`<kind>/<name>`), its JSON, and the condition it was decided on.
+struct Write {
+    rel: String,
+    value: Vec<u8>,
+    compare: Compare,
+}
+
+/// Decides the outcome of one item and adds its write to `writes`.
+#[allow(clippy::too_many_arguments)]
 fn plan_item<R: Resource>(
     resources: &Resources,
     snap: &Snapshot,
     in_file: &BTreeSet<(Kind, String)>,
     mode: ImportMode,
+    at: OffsetDateTime,
     item: &R,
-    plan: &mut Plan,
+    writes: &mut Vec<Write>,
     report: &mut ImportReport,
 ) -> Result<(), ResourceError> {
     Resources::check_references(item, &|k, n| {
         snap.contains(k, n) || in_file.contains(&(k, n.to_owned()))
     })?;
     let key = resources.key(R::KIND, item.name());
-    let at = now();
+    let rel = format!("{}/{}", R::KIND.as_str(), item.name());
     let mut record = item.clone();
     let outcome = match snap.get::<R>(item.name())? {
         None => {
             record.meta_mut().created = Some(at);
             record.meta_mut().updated = Some(at);
-            plan.compares.push(Compare::missing(key.clone()));
-            plan.ops.push(TxnOp::put(key, Resources::encode(&record)?));
+            writes.push(Write {
+                rel,
+                value: Resources::encode(&record)?,
+                compare: Compare::missing(key),
+            });
             ImportOutcome::Add
         }
         Some(old) if same_content(&old, item) => ImportOutcome::Unchanged,
@@ -202,8 +294,11 @@ fn plan_item<R: Resource>(
         Some(old) => {
             record.meta_mut().created = old.meta().created;
             record.meta_mut().updated = Some(at);
-            plan.compares.push(Compare::exists(key.clone()));
-            plan.ops.push(TxnOp::put(key, Resources::encode(&record)?));
+            writes.push(Write {
+                rel,
+                value: Resources::encode(&record)?,
+                compare: Compare::exists(key),
+            });
             ImportOutcome::Replacement
         }
     };
@@ -216,18 +311,31 @@ fn plan_item<R: Resource>(
 }
 
 impl Resources {
-    /// Every resource of the cluster as an import file.
+    /// Every resource of the cluster as an import file (YAML).
     pub async fn export(&self) -> Result<String, ResourceError> {
+        serde_norway::to_string(&self.export_document().await?)
+            .map_err(|e| ResourceError::Encode(e.to_string()))
+    }
+
+    /// Every resource of the cluster as an import file in JSON (the same keys as the YAML).
+    pub async fn export_json(&self) -> Result<String, ResourceError> {
+        let mut text = serde_json::to_string_pretty(&self.export_document().await?)
+            .map_err(|e| ResourceError::Encode(e.to_string()))?;
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// Every resource of the cluster, read at one revision.
+    pub async fn export_document(&self) -> Result<Document, ResourceError> {
         let snap = self.snapshot().await?;
-        let doc = Document {
+        Ok(Document {
             decorators: snap.all()?,
             repositories: snap.all()?,
             services: snap.all()?,
             secrets: snap.all()?,
             executable_objects: snap.all()?,
             registries: snap.all()?,
-        };
-        serde_norway::to_string(&doc).map_err(|e| ResourceError::Encode(e.to_string()))
+        })
     }
 
     /// Imports a file all-or-nothing (see the module documentation).
@@ -262,35 +370,71 @@ impl Resources {
                     .map_err(|e| ImportError::Resource(ResourceError::Secret(e)))?;
             }
         }
-        let max = (self.backend() == "etcd").then_some(ETCD_MAX_WRITES);
-        let report = self
-            .write(|snap| {
-                let mut plan = Plan::default();
-                let mut report = ImportReport::default();
-                macro_rules! each {
-                    ($list:expr) => {
-                        for item in &$list {
-                            plan_item(self, snap, &in_file, mode, item, &mut plan, &mut report)?;
-                        }
-                    };
-                }
-                each!(doc.decorators);
-                each!(doc.repositories);
-                each!(doc.services);
-                each!(doc.secrets);
-                each!(doc.executable_objects);
-                each!(doc.registries);
-                if let Some(max) = max {
-                    if plan.ops.len() > max {
-                        return Err(ResourceError::TooManyWrites {
-                            items: plan.ops.len(),
-                            max,
-                        });
+        // One time for every record, also when a retry decides again: a record staged on the
+        // first attempt is then the same bytes and is not staged twice.
+        let at = now();
+        let decide = |snap: &Snapshot| -> Result<(Vec<Write>, ImportReport), ResourceError> {
+            let mut writes = Vec::new();
+            let mut report = ImportReport::default();
+            macro_rules! each {
+                ($list:expr) => {
+                    for item in &$list {
+                        plan_item(
+                            self,
+                            snap,
+                            &in_file,
+                            mode,
+                            at,
+                            item,
+                            &mut writes,
+                            &mut report,
+                        )?;
                     }
+                };
+            }
+            each!(doc.decorators);
+            each!(doc.repositories);
+            each!(doc.services);
+            each!(doc.secrets);
+            each!(doc.executable_objects);
+            each!(doc.registries);
+            report.written = !mode.check && !writes.is_empty();
+            Ok((writes, report))
+        };
+        let (max_writes, max_bytes) = self.txn_limits();
+        let prefix = self.prefix();
+        // `None`: the writes do not fit one transaction.
+        let single = self
+            .write(|snap| {
+                let (writes, report) = decide(snap)?;
+                if !report.written {
+                    return Ok((None, Some(report)));
                 }
-                report.written = !mode.check && !plan.ops.is_empty();
-                let plan = report.written.then_some(plan);
-                Ok((plan, report))
+                let bytes: usize = writes.iter().map(|w| w.value.len() + w.rel.len()).sum();
+                if writes.len() > max_writes || bytes > max_bytes {
+                    return Ok((None, None));
+                }
+                let mut plan = Plan::default();
+                for w in writes {
+                    plan.compares.push(w.compare);
+                    plan.ops
+                        .push(TxnOp::put(format!("{prefix}{}", w.rel), w.value));
+                }
+                Ok((Some(plan), Some(report)))
+            })
+            .await?;
+        if let Some(report) = single {
+            return Ok(report);
+        }
+        let report = self
+            .write_staged(|snap| {
+                let (writes, report) = decide(snap)?;
+                let staged: Vec<StagedWrite> = if report.written {
+                    writes.into_iter().map(|w| (w.rel, w.value)).collect()
+                } else {
+                    Vec::new()
+                };
+                Ok((staged, report))
             })
             .await?;
         Ok(report)

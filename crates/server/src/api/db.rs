@@ -1,4 +1,6 @@
-//! Import and export of every resource as the family's YAML file (`autogate db export|import`).
+//! Import and export of every resource as the family's file (`autogate db export|import`): YAML,
+//! or JSON with `format=json`; an import may be checked (`check`), forced (`force`) or only
+//! validated (`validate`: the file alone, nothing read or written).
 
 use autogate_automation::api_types::ImportReport;
 use autogate_resources::ImportMode;
@@ -12,14 +14,41 @@ use utoipa::IntoParams;
 
 use super::{ApiError, ApiResult, ApiState};
 
-pub(super) async fn export(State(s): State<ApiState>) -> ApiResult<Response> {
-    let yaml = s.node.automation.export().await?;
+/// The export's format.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Format {
+    #[default]
+    Yaml,
+    Json,
+}
+
+#[derive(Deserialize, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ExportQuery {
+    /// `yaml` (the default) or `json`: the same keys either way.
+    #[param(inline)]
+    format: Format,
+}
+
+pub(super) async fn export(
+    State(s): State<ApiState>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("export query: {}", e.body_text()),
+        )
+    })?;
+    let (text, content_type) = match q.format {
+        Format::Yaml => (s.node.automation.export().await?, "application/yaml"),
+        Format::Json => (s.node.automation.export_json().await?, "application/json"),
+    };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/yaml"),
-        )],
-        yaml,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        text,
     )
         .into_response())
 }
@@ -34,6 +63,10 @@ pub(super) struct ImportQuery {
     /// Overwrite resources that exist (keeping their creation time).
     #[param(default = false)]
     force: bool,
+    /// Only validate the file on its own (shape, required fields, duplicates): the store is
+    /// neither read nor written; every item is reported `valid`. Not with `check` or `force`.
+    #[param(default = false)]
+    validate: bool,
 }
 
 pub(super) async fn import(
@@ -50,8 +83,19 @@ pub(super) async fn import(
     if body.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "import body is empty: send the YAML resource file",
+            "import body is empty: send the resource file (YAML or JSON)",
         ));
+    }
+    if q.validate {
+        if q.check || q.force {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "import query: validate checks the file alone; it takes neither check nor force",
+            ));
+        }
+        return Ok(Json(ImportReport::from(
+            s.node.automation.validate_import(&body)?,
+        )));
     }
     let mode = ImportMode {
         check: q.check,

@@ -401,14 +401,18 @@ pub(super) fn table() -> Vec<Route> {
             .returns(S::OK, Body::json::<ServiceInfo>())
             .errors(READ_ERRORS),
         Route::get("/api/v1/db/export", db::export)
-            .doc("db", "Every resource as the import YAML (secrets sealed)")
+            .doc(
+                "db",
+                "Every resource as the import file, YAML or JSON (query: format; secrets sealed)",
+            )
+            .query::<db::ExportQuery>()
             .returns(S::OK, Yaml)
-            .errors(&[S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
+            .errors(&[S::BAD_REQUEST, S::UNAUTHORIZED, S::SERVICE_UNAVAILABLE]),
         Route::post("/api/v1/db/import", db::import)
             .forwarded()
             .doc(
                 "db",
-                "Import a YAML resource file, all or nothing (query: check, force)",
+                "Import a YAML or JSON resource file, all or nothing (query: check, force, validate)",
             )
             .query::<db::ImportQuery>()
             .takes(Yaml)
