@@ -3,8 +3,9 @@
 //! tries what a hostile service author would — read the store, the secrets key, the temporary
 //! admin password, the log, another service's checkout, list the working directory and the
 //! caches, plant a requirement file that names the key — and is refused by the operating system
-//! each time, while its own workspace is its to write and its venv is its to run. A node asked
-//! for an unknown user, or for root, refuses to start (64).
+//! each time, while its own workspace is its to write and its venv is its to run. Python and
+//! Ansible services work under the user; a runner with `[runner] service_user` runs its jobs as
+//! it. A core node or runner asked for an unknown user, or for root, refuses to start (64).
 //!
 //! The tests need root to switch users; run as another user they say SKIPPED and pass.
 
@@ -478,6 +479,75 @@ fn an_ansible_service_runs_as_its_user_with_its_inputs() {
         stdout.contains(&format!("device=r9 uid={uid}")),
         "the play ran as the service user with its input: {stdout}"
     );
+}
+
+#[test]
+fn a_runner_runs_its_jobs_as_its_service_user() {
+    let Some(uid) = service_user("security_service_user::a_runner_runs…") else {
+        return;
+    };
+    let etcd = autogate_testkit::etcd::EtcdServer::start();
+    let port = free_port();
+    let core = autogate_testkit::auth::with_admin_password(
+        Autogate::new(["server"])
+            .name("core")
+            .env("GATEWAY_SERVER_PORT", port.to_string())
+            .env("GATEWAY_STORE_BACKEND", "etcd")
+            .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+            .env("GATEWAY_SERVER_DISTRIBUTED_EXECUTION", "true")
+            .env("GATEWAY_CONNECT_ENABLED", "false"),
+    )
+    .spawn();
+    let key = autogate_testkit::auth::admin_key(port);
+    let addr = format!("127.0.0.1:{port}");
+    autogate_testkit::scenario::seed_shell(&addr, &key);
+
+    let t = traversable_tempdir();
+    let work = t.path().join("runner");
+    let runner = Autogate::new(["runner"])
+        .name("runner")
+        .env(
+            "GATEWAY_APPLICATION_WORKING_DIR",
+            work.display().to_string(),
+        )
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_RUNNER_LEASE_TTL", "2s")
+        .env("GATEWAY_RUNNER_SERVICE_USER", USER)
+        .spawn();
+    runner.wait_for_line(&format!("jobs run as user {USER} (uid {uid})"), DEADLINE);
+    assert_eq!(mode(&work), 0o711);
+    let state = work.join("runner.state");
+    autogate_testkit::poll_until("the runner's state file", DEADLINE, || {
+        state.exists().then_some(())
+    });
+
+    let cmd = format!(
+        "id -u; cat '{}' >/dev/null 2>&1 && echo READ || echo DENIED",
+        state.display()
+    );
+    let body = serde_json::json!({ "inputs": { "cmd": cmd } }).to_string();
+    let (status, answer) = autogate_testkit::poll_until("a runner takes the job", DEADLINE, || {
+        let (status, text) = autogate_testkit::auth::request(
+            &addr,
+            "POST",
+            "/api/v1/services/shell/run",
+            Some(&key),
+            Some(("application/json", body.as_bytes())),
+        )
+        .ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        // Until the runner's registration is seen the job may find no runner: ask again.
+        (v["status"] == "completed").then_some((status, v))
+    });
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["result"]["stdout"],
+        format!("{uid}\nDENIED\n"),
+        "the job ran as the service user and could not read the runner's files: {answer}"
+    );
+    drop(runner);
+    drop(core);
 }
 
 #[test]
