@@ -586,7 +586,7 @@ mod tests {
         let mut c = autogate_config::load(&opts).unwrap().connect.clone();
         c.proxy_url = url.map(Into::into);
         c.proxy_username = user.map(Into::into);
-        c.proxy_password = pass.map(|p| Secret::new(p));
+        c.proxy_password = pass.map(Secret::new);
         c
     }
 
