@@ -481,6 +481,99 @@ fn an_ansible_service_runs_as_its_user_with_its_inputs() {
     );
 }
 
+/// An OpenTofu run leaves a state the node reads and returns. A run that swaps it for a link to
+/// a file only root may read gets no state back, not the file.
+#[test]
+fn an_opentofu_run_cannot_make_the_node_return_a_file_of_its_own_as_state() {
+    let Some(_) = service_user("security_service_user::an_opentofu_run…") else {
+        return;
+    };
+    let t = traversable_tempdir();
+    let work = t.path().join("work");
+    // JSON, so that a node that read it would return it as the state.
+    let secret = t.path().join("root-only.json");
+    std::fs::write(&secret, "{\"only\": \"ROOT-ONLY-3a9c\"}\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The program is `sh`, so `init` and `apply` are scripts of the checkout.
+    let url = git_repo(
+        &t.path().join("src"),
+        &[
+            (
+                "init",
+                &format!(
+                    "rm -f terraform.tfstate; ln -s '{}' terraform.tfstate\n",
+                    secret.display()
+                ),
+            ),
+            ("apply", "exit 0\n"),
+            // The control: a run that leaves its state alone gets it back.
+            ("plain/init", "exit 0\n"),
+            ("plain/apply", "exit 0\n"),
+        ],
+    );
+    for args in [
+        &["create", "repository", "plan", "--url", &url][..],
+        &[
+            "create",
+            "executable-object",
+            "sh",
+            "--exec-command",
+            "/bin/sh",
+        ],
+        &[
+            "create",
+            "service",
+            "opentofu-plan",
+            "swap",
+            "--repository",
+            "plan",
+            "--executable-object",
+            "sh",
+        ],
+        &[
+            "create",
+            "service",
+            "opentofu-plan",
+            "plain",
+            "--repository",
+            "plan",
+            "--working-dir",
+            "plain",
+            "--executable-object",
+            "sh",
+        ],
+    ] {
+        ok(&cli(&work, args, DEADLINE), &args.join(" "));
+    }
+    let run = |service: &str| {
+        let out = cli(
+            &work,
+            &[
+                "run",
+                "service",
+                "opentofu-plan",
+                service,
+                "--state",
+                "{\"version\": 4, \"serial\": 7}",
+                "--raw",
+            ],
+            DEADLINE,
+        );
+        ok(&out, service);
+        out
+    };
+    let plain = raw_result(&run("plain"));
+    assert_eq!(plain["state"]["serial"], 7, "{plain}");
+    let out = run("swap");
+    let r = raw_result(&out);
+    assert_eq!(r["return_code"], 0, "{r}");
+    assert!(
+        !out.stdout.contains("ROOT-ONLY") && !out.stderr.contains("ROOT-ONLY"),
+        "the node returned a file only root reads: {r}"
+    );
+    assert!(r.get("state").is_none_or(Value::is_null), "{r}");
+}
+
 #[test]
 fn a_runner_runs_its_jobs_as_its_service_user() {
     let Some(uid) = service_user("security_service_user::a_runner_runs…") else {
