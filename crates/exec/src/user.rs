@@ -275,6 +275,37 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_directory_on_the_way_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let inner = t.path().join("work/runtime/runs");
+        std::fs::create_dir_all(&inner).unwrap();
+        for d in [
+            t.path().join("work"),
+            t.path().join("work/runtime"),
+            inner.clone(),
+        ] {
+            std::fs::set_permissions(&d, PermissionsExt::from_mode(0o711)).unwrap();
+        }
+        std::fs::set_permissions(t.path(), PermissionsExt::from_mode(0o700)).unwrap();
+        // `nobody`'s ids: neither the owner nor the group of anything here.
+        let user = ServiceUser {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        match user.check_reachable(&inner) {
+            Err(ServiceUserError::Unreachable { blocker, mode, .. }) => {
+                assert_eq!(blocker, t.path().canonicalize().unwrap());
+                assert_eq!(mode, 0o700);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(t.path(), PermissionsExt::from_mode(0o711)).unwrap();
+        // The temporary directory's parents (`/tmp`) let everyone through.
+        assert_eq!(user.check_reachable(&inner), Ok(()));
+    }
+
+    #[test]
     fn a_tree_is_shared_read_only() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("v");
