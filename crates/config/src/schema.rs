@@ -420,7 +420,7 @@ pub static KEYS: &[KeyDef] = &[
     // [registry]
     KeyDef::new("registry", "default_overridable", BOOL, V("true"), "family: services may pick another registry").compat("every service may name its own registry"),
     // [terminal]
-    KeyDef::new("terminal", "no_color", BOOL, V("false"), "plain CLI output without colours"),
+    KeyDef::new("terminal", "no_color", BOOL, V("false"), "plain CLI output: the CLI never colours its output, and with `true` (or `NO_COLOR` set in the environment) the progress of a long command is printed as plain lines instead of a redrawn spinner, as on a pipe"),
     KeyDef::new("terminal", "timestamp_timezone", Kind::TimeZone, V("utc"), "`utc`, `local` or a time zone id such as `Europe/Paris`, for CLI timestamps"),
     // [client]
     KeyDef::new("client", "host", HOST, V("127.0.0.1"), "core node address"),

@@ -25,6 +25,7 @@ use crate::exit::Failure;
 /// Load and validate the configuration for a role; every problem is a usage error (64).
 pub fn load_config(global: &Global, role: Option<Role>) -> Result<Config, Failure> {
     let config = autogate_config::load(&LoadOptions::from_process(global.config.clone()))?;
+    term::set_plain(config.terminal.no_color);
     if let Some(role) = role {
         config.validate_for(role)?;
     }

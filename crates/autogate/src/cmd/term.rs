@@ -14,6 +14,21 @@ use serde_json::Value;
 
 use crate::exit::{Failure, USAGE};
 
+/// `[terminal] no_color` (or `NO_COLOR` in the environment, as scripts set it for the family):
+/// plain output only. The CLI never colours its output; what this turns off is the spinner's
+/// redrawn line, which becomes plain progress lines as on a pipe.
+static PLAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records `[terminal] no_color` once the configuration is loaded.
+pub fn set_plain(no_color: bool) {
+    PLAIN.store(no_color, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn plain() -> bool {
+    PLAIN.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// Writes to standard output; a closed pipe (`autogate get services | head -1`) ends the process
 /// quietly (see [`crate::output`]), where `print!` would panic.
 pub fn emit(text: &str) {
@@ -261,8 +276,9 @@ fn plain_line(shown: &mut Shown, started: Instant, now: Instant) -> Option<Strin
 
 impl Spinner {
     pub fn start(what: String) -> Spinner {
-        let live =
-            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        let live = !plain()
+            && std::io::stderr().is_terminal()
+            && std::env::var("TERM").map_or(true, |t| t != "dumb");
         let started = Instant::now();
         let shown = std::sync::Arc::new(std::sync::Mutex::new(Shown {
             what,
