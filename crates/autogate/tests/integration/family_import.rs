@@ -2,7 +2,8 @@
 //! default `--max-txn-ops` of 128), all-or-nothing — a thousand services land at once and a
 //! reader polling meanwhile never counts a part of them; a bad item near the end, or the
 //! importing process killed with SIGKILL mid-import, leaves nothing visible, and its staging is
-//! removed afterwards — and `db export --format json` / `--file`, `db import --validate`.
+//! removed afterwards — and `db export --format json` / `--file`, `db import --validate`, in
+//! local mode and through an active HA node (whose fencing guard every staged write carries).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use autogate_resources::{Kind, Resources};
 use autogate_store::{EtcdOptions, Store, StoreOptions};
+use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
 use autogate_testkit::etcd::EtcdServer;
-use autogate_testkit::{poll_until, Autogate, Output};
+use autogate_testkit::{free_port, poll_until, Autogate, Output};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{expect_code, raw_json};
+use crate::support::{expect_code, ha_status, ha_without_manager, raw_json, with_stdin};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const CLUSTER: &str = "cluster_1";
@@ -145,6 +147,12 @@ fn a_thousand_services_land_on_etcd_at_once() {
     });
     let out = run(&etcd, &["db", "import", &file], 0);
     let seen = reader.finish();
+    eprintln!(
+        "{} reads during the import: {} saw none, {} saw all",
+        seen.len(),
+        seen.iter().filter(|n| **n == 0).count(),
+        seen.iter().filter(|n| **n == 1000).count()
+    );
     assert!(
         out.stdout
             .contains("Imported: 1001 added, 0 replaced, 0 unchanged"),
@@ -236,6 +244,10 @@ fn a_bad_item_or_a_killed_importer_leaves_nothing_on_etcd() {
         std::thread::sleep(Duration::from_millis(1));
     };
     let count = service_count(&etcd);
+    eprintln!(
+        "importer killed {} its commit; {count} services visible",
+        if committed { "after" } else { "before" }
+    );
     if committed {
         // Killed after its commit: everything is visible, and the next write finishes it.
         assert_eq!(count, 3000);
@@ -354,4 +366,103 @@ fn export_as_json_or_to_a_file_and_validate_without_a_store() {
         &["db", "import", &file, "--validate", "--check"],
         64,
     );
+}
+
+#[test]
+fn through_an_active_ha_node_on_etcd() {
+    let etcd = EtcdServer::start();
+    let root = TempDir::new().expect("tmp");
+    let port = free_port();
+    let cmd = Autogate::new(["server"])
+        .name("core")
+        .env("GATEWAY_SERVER_PORT", port.to_string());
+    let _node = with_admin_password(ha_without_manager(cmd, &etcd.endpoint())).spawn();
+    poll_until("the node to be active", DEADLINE, || {
+        (ha_status(port)?["role"] == "active").then_some(())
+    });
+    let work = root.path().join("cli");
+    let port_s = port.to_string();
+    let env = [
+        ("HOME", work.as_os_str()),
+        ("GATEWAY_APPLICATION_MODE", "client".as_ref()),
+        ("GATEWAY_CLIENT_PORT", port_s.as_ref()),
+        ("GATEWAY_APPLICATION_WORKING_DIR", work.as_os_str()),
+    ];
+    std::fs::create_dir_all(&work).expect("dir");
+    let login = with_stdin(
+        &["login", "admin", "--password-stdin"],
+        &env,
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert!(login.status.success(), "{login:?}");
+    let client = |args: &[&str], code: i32| {
+        let mut cmd = Autogate::new(args.iter().map(|s| s.to_string()));
+        for (k, v) in &env {
+            cmd = cmd.env(k, v.to_string_lossy().into_owned());
+        }
+        expect_code(cmd.output(DEADLINE), args, code)
+    };
+
+    // 500 services through the active node: staged under its fencing guard, visible at once.
+    let file = write_file(root.path(), "big.yaml", &services_file(500, None));
+    let reader = Reader::start(&etcd);
+    poll_until("the reader's first read", DEADLINE, || {
+        (!reader.seen.lock().expect("lock").is_empty()).then_some(())
+    });
+    let out = client(&["db", "import", &file], 0).stdout;
+    let seen = reader.finish();
+    assert!(out.contains("Imported: 501 added"), "{out}");
+    assert!(
+        seen.iter().all(|n| *n == 0 || *n == 500),
+        "a reader saw part of the import"
+    );
+    assert_eq!(service_count(&etcd), 500);
+    assert!(import_keys(&etcd).is_empty(), "{:?}", import_keys(&etcd));
+
+    // JSON export through the node.
+    let json = client(&["db", "export", "-f", "json"], 0).stdout;
+    let v: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["services"].as_array().expect("services").len(), 500);
+
+    // --validate through the node: every item valid, nothing written.
+    let other = write_file(
+        root.path(),
+        "other.yaml",
+        &services_file(3, None).replace("svc-", "other-"),
+    );
+    let raw = client(&["db", "import", &other, "--validate", "--raw"], 0).stdout;
+    let report = raw_json(&["db", "import", "--validate"], &raw);
+    assert_eq!(report["items"].as_array().expect("items").len(), 4);
+    assert!(report["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .all(|i| i["outcome"] == "valid"));
+    assert_eq!(service_count(&etcd), 500);
+    let bad = write_file(
+        root.path(),
+        "bad.yaml",
+        "services:\n  - name: x\n    type: executable\n",
+    );
+    let err = client(&["db", "import", &bad, "--validate"], 64).stderr;
+    assert!(
+        err.contains("service x") && err.contains("executable-object"),
+        "{err}"
+    );
+    // The API refuses validate with check or force.
+    let key = autogate_testkit::auth::admin_key(port);
+    let (status, body) = autogate_testkit::auth::request(
+        &format!("127.0.0.1:{port}"),
+        "POST",
+        "/api/v1/db/import?validate=true&check=true",
+        Some(&key),
+        Some(("application/yaml", other_text(&other).as_bytes())),
+    )
+    .expect("request");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("validate"), "{body}");
+}
+
+fn other_text(path: &str) -> String {
+    std::fs::read_to_string(path).expect("read")
 }
