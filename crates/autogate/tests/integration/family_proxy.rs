@@ -348,3 +348,39 @@ fn git_checkouts_from_http_remotes_go_through_the_nodes_proxy() {
     assert!(proxy.logs().contains(&request), "{}", proxy.logs());
     drop(server);
 }
+
+#[test]
+fn https_proxy_from_the_environment_spares_a_manager_on_this_machine() {
+    let pki = Pki::new(&["core-1"]);
+    let data = tempfile::tempdir().unwrap();
+    let mport = autogate_testkit::free_port();
+    let m = Manager::start(&pki, mport, data.path());
+    m.register(&pki, "cluster_1", &["core-1"]);
+    // A proxy nobody listens on: were it used, the link could never come up.
+    let dead = autogate_testkit::free_port();
+    let (cmd, _port) = core_node(&pki, "core-1", mport);
+    let core = cmd
+        .env(
+            "HTTPS_PROXY",
+            format!("http://gw:env-s3cret@127.0.0.1:{dead}"),
+        )
+        .spawn();
+    core.wait_for_line(
+        &format!(
+            "INF manager link through proxy http://127.0.0.1:{dead} (from environment variable HTTPS_PROXY), except to 127.0.0.1:{mport} (NO_PROXY, or a local address)"
+        ),
+        START,
+    );
+    core.wait_for_line(
+        &format!("INF connected to commander at 127.0.0.1:{mport}"),
+        START,
+    );
+    let direct = core.logs();
+    assert!(
+        !direct
+            .lines()
+            .any(|l| l.contains("connected to commander") && l.contains("through proxy")),
+        "{direct}"
+    );
+    assert!(!core.logs().contains("env-s3cret"), "{}", core.logs());
+}
