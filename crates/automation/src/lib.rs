@@ -223,6 +223,13 @@ impl Automation {
             &config.application.cluster_id,
             AutomationOptions::from_config(config),
         );
+        let automation = {
+            let mut cfg = automation.engine().config().clone();
+            // `[python-script] requirements_file`: the file a python-script service without
+            // its own `req-file` installs from.
+            cfg.requirements_file = config.python_script.requirements_file.clone();
+            automation.with_engine(Engine::new(cfg))
+        };
         match &config.server.service_user {
             None => automation,
             // Resolved here too (the node checked it at start): a user that cannot be used is
@@ -495,7 +502,8 @@ impl Automation {
             inputs.extend(parse_set_args(decorator.as_ref(), &req.set)?);
         }
         let opts = RunOptions {
-            tofu_action: req.action.unwrap_or_default(),
+            // The request's action, else the service's runtime `action`, else apply.
+            tofu_action: req.action.or(service.tofu_action).unwrap_or_default(),
             tofu_state: req.state.clone(),
             stdin: None,
         };

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkout::{resolve_inside, CheckoutCache, HostKeyPolicy, Repository};
 use crate::error::ExecError;
+use crate::galaxy::{GalaxyCache, GalaxyServer};
 use crate::inputs::{self, ArgFormat, Decorator, Inputs};
 use crate::runner::{self, run_process, ProcessSpec, RunResult, DEFAULT_OUTPUT_LIMIT};
 use crate::user::{ServiceUser, ServiceUserError};
@@ -75,12 +76,14 @@ pub struct Service {
     /// python-script: the script (required); executable: a file passed as first argument.
     pub filename: Option<String>,
     /// python-script: requirement file (`requirements.txt` style or `pyproject.toml`);
-    /// `None` = `requirements.txt` when present, else the bare interpreter.
+    /// `None` = [`EngineConfig::requirements_file`] when present, else the bare interpreter.
     pub req_file: Option<String>,
     /// ansible-playbook: playbooks, run in order (required).
     pub playbooks: Vec<String>,
-    /// ansible-playbook: inventory file.
+    /// ansible-playbook: inventory file (the first `-i`; [`AnsibleOptions::inventories`] follow).
     pub inventory: Option<String>,
+    /// ansible-playbook: the options of the family's runtime block.
+    pub ansible: AnsibleOptions,
     /// ansible-playbook: `k=v` or JSON-object entries, overlaid by the run inputs.
     pub extra_vars: Vec<String>,
     /// ansible-playbook: a vars file passed as `--extra-vars @file`.
@@ -91,6 +94,10 @@ pub struct Service {
     pub var_files: Vec<String>,
     /// opentofu-plan: `k=v` entries for `tofu init -backend-config`.
     pub backend_config: Vec<String>,
+    /// opentofu-plan: the action of a run that names none (`None` = apply).
+    pub tofu_action: Option<TofuAction>,
+    /// opentofu-plan: the state file, relative to `working_dir` (`None` = `terraform.tfstate`).
+    pub tofu_state_file: Option<String>,
     /// The executable-object: for executable services the program (required); otherwise an
     /// override of the binary (python interpreter, `ansible-playbook`, `tofu`).
     pub executable: Option<PathBuf>,
@@ -102,8 +109,12 @@ pub struct Service {
     pub timeout: Option<Duration>,
     /// Decorator (JSON Schema) the inputs must satisfy.
     pub decorator: Option<serde_json::Value>,
-    /// python-script: the package index of its venv; `None` = pip's own configuration.
+    /// python-script, ansible-playbook: the package index of its venv (`requirements.txt`);
+    /// `None` = pip's own configuration.
     pub pip_index: Option<PipIndex>,
+    /// ansible-playbook: the Galaxy server of its `requirements.yml`; `None` = `ansible-galaxy`'s
+    /// own configuration.
+    pub galaxy_server: Option<GalaxyServer>,
 }
 
 impl std::fmt::Debug for Service {
@@ -134,18 +145,81 @@ impl Service {
             req_file: None,
             playbooks: Vec::new(),
             inventory: None,
+            ansible: AnsibleOptions::default(),
             extra_vars: Vec::new(),
             extra_vars_file: None,
             vars: Vec::new(),
             var_files: Vec::new(),
             backend_config: Vec::new(),
+            tofu_action: None,
+            tofu_state_file: None,
             executable: None,
             arg_format: None,
             env: BTreeMap::new(),
             timeout: None,
             decorator: None,
             pip_index: None,
+            galaxy_server: None,
         }
+    }
+}
+
+/// ansible-playbook options beyond playbooks and variables: the family's `runtime` block.
+/// Each one reaches `ansible-playbook` as its own option (see [`AnsibleOptions::args`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnsibleOptions {
+    /// More inventories, after [`Service::inventory`]: one `-i` each, in order.
+    pub inventories: Vec<String>,
+    /// `--check`: a dry run, nothing on the targets changes.
+    pub check: bool,
+    /// `--diff`.
+    pub diff: bool,
+    /// `--tags`.
+    pub tags: Vec<String>,
+    /// `--skip-tags`.
+    pub skip_tags: Vec<String>,
+    /// `--limit` (host patterns).
+    pub limit: Vec<String>,
+    /// `--forks`.
+    pub forks: Option<u32>,
+    /// The number of `-v` (at most 6).
+    pub verbosity: u8,
+    /// An `ansible.cfg` relative to the working directory, given as `ANSIBLE_CONFIG`: the
+    /// variable is the only way to name a configuration file, and it wins over every other
+    /// place Ansible looks (the working directory's own `ansible.cfg` included).
+    pub config_file: Option<String>,
+}
+
+impl AnsibleOptions {
+    /// The options, in `--name=value` form so a value can never be read as an option of its
+    /// own; lists are joined with commas, as `ansible-playbook` reads them.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.check {
+            args.push("--check".to_owned());
+        }
+        if self.diff {
+            args.push("--diff".to_owned());
+        }
+        for (name, list) in [
+            ("--tags", &self.tags),
+            ("--skip-tags", &self.skip_tags),
+            ("--limit", &self.limit),
+        ] {
+            if !list.is_empty() {
+                args.push(format!("{name}={}", list.join(",")));
+            }
+        }
+        if let Some(f) = self.forks {
+            args.push(format!("--forks={f}"));
+        }
+        if self.verbosity > 0 {
+            args.push(format!(
+                "-{}",
+                "v".repeat(usize::from(self.verbosity.min(6)))
+            ));
+        }
+        args
     }
 }
 
@@ -158,6 +232,8 @@ pub enum TofuAction {
     Apply,
     /// `tofu destroy`.
     Destroy,
+    /// `tofu plan`: shows what apply would change, changes nothing.
+    Plan,
 }
 
 /// Per-run options beyond the inputs.
@@ -171,6 +247,9 @@ pub struct RunOptions {
     pub stdin: Option<Vec<u8>>,
 }
 
+/// The requirement file of a python-script service that names none, unless configured.
+pub const DEFAULT_REQUIREMENTS_FILE: &str = "requirements.txt";
+
 /// Engine configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -182,6 +261,10 @@ pub struct EngineConfig {
     pub default_timeout: Option<Duration>,
     /// venv building.
     pub venv: VenvOptions,
+    /// python-script: the requirement file looked up in the working directory of a service
+    /// that names none (`[python-script] requirements_file`; `requirements.txt` or
+    /// `pyproject.toml`).
+    pub requirements_file: String,
     /// SSH host key checking for repositories.
     pub host_keys: HostKeyPolicy,
     /// The OS user service code runs as: `None` = the node's own user; `Some(Err)` = one was
@@ -198,6 +281,7 @@ impl EngineConfig {
             output_limit: DEFAULT_OUTPUT_LIMIT,
             default_timeout: Some(Duration::from_secs(3600)),
             venv: VenvOptions::default(),
+            requirements_file: DEFAULT_REQUIREMENTS_FILE.to_owned(),
             host_keys: HostKeyPolicy::default(),
             service_user: None,
         }
@@ -211,6 +295,7 @@ pub struct Engine {
     cfg: EngineConfig,
     checkouts: CheckoutCache,
     venvs: VenvCache,
+    galaxy: GalaxyCache,
     /// The usable service user, when one is configured.
     user: Option<ServiceUser>,
     /// Set once the directories a service user needs are in place.
@@ -231,10 +316,12 @@ impl Engine {
         let user = cfg.service_user.clone().and_then(Result::ok);
         let venvs =
             VenvCache::new(cfg.work_dir.join("venvs"), cfg.venv.clone()).with_user(user.clone());
+        let galaxy = GalaxyCache::new(cfg.work_dir.join("galaxy")).with_user(user.clone());
         Self {
             cfg,
             checkouts,
             venvs,
+            galaxy,
             user,
             prepared: tokio::sync::OnceCell::new(),
         }
@@ -400,6 +487,9 @@ impl Engine {
         if let Some(index) = &service.pip_index {
             mask.extend(index.secret_values());
         }
+        if let Some(server) = &service.galaxy_server {
+            mask.extend(server.secret_values());
+        }
         let timeout = service.timeout.or(self.cfg.default_timeout);
         let spec = |plan: Plan, timeout: Option<Duration>| {
             let mut s = ProcessSpec::new(plan.program, &cwd);
@@ -419,6 +509,12 @@ impl Engine {
         let mut vars_file = None;
         // python-script: the venv's pin against the pruner, held until the program is done.
         let mut venv_in_use = None;
+        // ansible-playbook: the service's `ansible.cfg`, set as ANSIBLE_CONFIG.
+        let mut ansible_config: Option<PathBuf> = None;
+        // ansible-playbook: where its dependencies are (Galaxy paths, PYTHONPATH).
+        let mut deps_env = BTreeMap::new();
+        // ansible-playbook: the venv of its requirements.txt, held until the program is done.
+        let mut ansible_venv = None;
         let plan = match service.service_type {
             ServiceType::PythonScript => {
                 let filename = required(service.filename.as_deref(), "filename", service)?;
@@ -427,7 +523,7 @@ impl Engine {
                     Some(r) => Some(inside(r, "req_file")?),
                     // The default file is resolved like any other path: a `requirements.txt`
                     // that is a symlink out of the checkout is refused, not read.
-                    None => match inside("requirements.txt", "req_file") {
+                    None => match inside(&self.cfg.requirements_file, "req_file") {
                         Ok(p) => Some(p).filter(|p| p.is_file()),
                         Err(ExecError::NotFound { .. }) => None,
                         Err(e) => return Err(e),
@@ -472,11 +568,65 @@ impl Engine {
                         ),
                     });
                 }
+                // The playbook's dependencies, installed as the family does at run time: the
+                // Galaxy collections and roles of `requirements.yml`, and the Python packages
+                // of `requirements.txt` (which may pin Ansible itself).
+                let mut program = binary;
+                if let Some(req) = optional_file(&inside, "requirements.yml")? {
+                    let galaxy = galaxy_binary(&program, &search_path)?;
+                    let mut genv = service.env.clone();
+                    if user.is_some() {
+                        genv.insert("HOME".to_owned(), root.to_string_lossy().into_owned());
+                    }
+                    let deps = self
+                        .galaxy
+                        .ensure(
+                            &galaxy,
+                            &req,
+                            &cwd,
+                            service.galaxy_server.as_ref(),
+                            &genv,
+                            cancel,
+                        )
+                        .await?;
+                    deps_env.extend(deps.env(&service.env));
+                    env_build = add_time(env_build, deps.build_time);
+                }
+                if let Some(req) = optional_file(&inside, "requirements.txt")? {
+                    let python = crate::which("python3", &search_path).ok_or_else(|| {
+                        ExecError::BinaryNotFound {
+                            binary: "python3".to_owned(),
+                            path: search_path.clone(),
+                        }
+                    })?;
+                    let venv = self
+                        .venvs
+                        .ensure_with(&python, &req, service.pip_index.as_ref(), cancel)
+                        .await?;
+                    env_build = add_time(env_build, venv.build_time);
+                    let own = venv.path.join("bin").join("ansible-playbook");
+                    if service.executable.is_none() && own.is_file() {
+                        // The requirements install Ansible: that one runs the playbook.
+                        program = own;
+                    } else {
+                        // The node's Ansible, with the packages importable by it and by the
+                        // modules it runs locally.
+                        let mut paths = site_packages(&venv.path);
+                        paths.extend(service.env.get("PYTHONPATH").cloned());
+                        deps_env.insert("PYTHONPATH".to_owned(), paths.join(":"));
+                    }
+                    ansible_venv = Some(venv);
+                }
                 let mut args = Vec::new();
-                if let Some(i) = service.inventory.as_deref() {
+                // Every inventory of the definition is used, each with its own `-i`.
+                for i in service.inventory.iter().chain(&service.ansible.inventories) {
                     args.push("-i".to_owned());
                     args.push(inside(i, "inventory")?.to_string_lossy().into_owned());
                 }
+                if let Some(c) = service.ansible.config_file.as_deref() {
+                    ansible_config = Some(inside(c, "config_file")?);
+                }
+                args.extend(service.ansible.args());
                 for p in &service.playbooks {
                     args.push(inside(p, "playbook")?.to_string_lossy().into_owned());
                 }
@@ -495,10 +645,7 @@ impl Engine {
                     args.push(format!("@{}", file.path().display()));
                     vars_file = Some(file);
                 }
-                Plan {
-                    program: binary,
-                    args,
-                }
+                Plan { program, args }
             }
             ServiceType::OpentofuPlan => {
                 return self
@@ -508,13 +655,20 @@ impl Engine {
                     .await;
             }
         };
-        let result = run_process(&spec(plan, timeout), cancel)
-            .await
-            .map(|mut r| {
-                r.environment_build_time = env_build.map(runner::format_elapsed);
-                r
-            });
+        let mut process = spec(plan, timeout);
+        process.env.extend(deps_env);
+        if let Some(c) = ansible_config {
+            process.env.insert(
+                "ANSIBLE_CONFIG".to_owned(),
+                c.to_string_lossy().into_owned(),
+            );
+        }
+        let result = run_process(&process, cancel).await.map(|mut r| {
+            r.environment_build_time = env_build.map(runner::format_elapsed);
+            r
+        });
         drop(vars_file);
+        drop(ansible_venv);
         drop(venv_in_use);
         drop(ws);
         result
@@ -563,7 +717,31 @@ impl Engine {
         mask: &[String],
         spec: impl Fn(Plan, Option<Duration>) -> ProcessSpec,
     ) -> Result<RunResult, ExecError> {
-        let state_file = cwd.join("terraform.tfstate");
+        // The service's own state file, or OpenTofu's default one. The file need not exist yet:
+        // its directory is resolved inside the checkout, the name joined to it.
+        let (state_file, state_arg) = match service.tofu_state_file.as_deref() {
+            None => (cwd.join("terraform.tfstate"), None),
+            Some(rel) => {
+                let p = Path::new(rel);
+                let name = match p.components().next_back() {
+                    Some(std::path::Component::Normal(n)) => n.to_owned(),
+                    _ => {
+                        return Err(ExecError::PathOutside {
+                            field: "state_file".to_owned(),
+                            path: rel.to_owned(),
+                        })
+                    }
+                };
+                let dir = p
+                    .parent()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| ".".to_owned());
+                let path = inside(&dir, "state_file")?.join(name);
+                let arg = format!("-state={}", path.display());
+                (path, Some(arg))
+            }
+        };
         if let Some(state) = &opts.tofu_state {
             let text = serde_json::to_vec_pretty(state).map_err(|e| ExecError::InvalidService {
                 reason: format!("state: {e}"),
@@ -579,16 +757,13 @@ impl Engine {
         for b in &service.backend_config {
             init_args.push(format!("-backend-config={b}"));
         }
-        let action = match opts.tofu_action {
-            TofuAction::Apply => "apply",
-            TofuAction::Destroy => "destroy",
+        let mut args = match opts.tofu_action {
+            TofuAction::Apply => vec!["apply".to_owned(), "-auto-approve".to_owned()],
+            TofuAction::Destroy => vec!["destroy".to_owned(), "-auto-approve".to_owned()],
+            TofuAction::Plan => vec!["plan".to_owned()],
         };
-        let mut args = vec![
-            action.to_owned(),
-            "-auto-approve".to_owned(),
-            "-input=false".to_owned(),
-            "-no-color".to_owned(),
-        ];
+        args.extend(["-input=false".to_owned(), "-no-color".to_owned()]);
+        args.extend(state_arg);
         args.extend(inputs::tofu_var_args(&service.vars, inputs));
         for f in &service.var_files {
             args.push(format!("-var-file={}", inside(f, "var_file")?.display()));
@@ -636,6 +811,7 @@ impl Engine {
             stderr: format!("{}{}", init.stderr, apply.stderr),
             start_time: init.start_time,
             elapsed_time: runner::format_elapsed(started.elapsed()),
+            state_file: state.clone(),
             state,
             stdout,
             ..apply
@@ -833,6 +1009,57 @@ fn mask_strings(v: &mut serde_json::Value, secrets: &[String]) {
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// A file of the definition's default name (`requirements.yml`, …) in the working directory:
+/// `None` when there is none. It is resolved like any other path, so one that is a link out of
+/// the checkout is refused, not read.
+fn optional_file(
+    inside: &dyn Fn(&str, &str) -> Result<PathBuf, ExecError>,
+    name: &str,
+) -> Result<Option<PathBuf>, ExecError> {
+    match inside(name, name) {
+        Ok(p) => Ok(Some(p).filter(|p| p.is_file())),
+        Err(ExecError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ansible-galaxy` beside the `ansible-playbook` that runs the playbook, else from `PATH`.
+fn galaxy_binary(playbook: &Path, search_path: &str) -> Result<PathBuf, ExecError> {
+    if let Some(p) = playbook
+        .parent()
+        .map(|d| d.join("ansible-galaxy"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    crate::which("ansible-galaxy", search_path).ok_or_else(|| ExecError::BinaryNotFound {
+        binary: "ansible-galaxy".to_owned(),
+        path: search_path.to_owned(),
+    })
+}
+
+/// The `site-packages` directories of a venv (`lib/python3.X/site-packages`).
+fn site_packages(venv: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages"))
+        .filter(|p| p.is_dir())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The sum of two build times, either of which may be absent.
+fn add_time(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
     }
 }
 

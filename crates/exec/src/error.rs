@@ -86,6 +86,13 @@ pub enum ExecError {
         /// The failing step and its output.
         reason: String,
     },
+    /// Installing a playbook's Galaxy dependencies (`requirements.yml`) failed (the output tail
+    /// of `ansible-galaxy` included).
+    #[error("installing the playbook's Galaxy dependencies failed: {reason}")]
+    Dependencies {
+        /// The failing step and its output.
+        reason: String,
+    },
     /// The program could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {

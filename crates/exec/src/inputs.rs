@@ -100,6 +100,15 @@ impl Decorator {
         }
     }
 
+    /// The names of the top-level properties the decorator declares.
+    pub fn property_names(&self) -> Vec<String> {
+        self.schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// True when the decorator declares `key` as a boolean.
     pub fn is_boolean(&self, key: &str) -> bool {
         self.property_types(key).iter().any(|t| t == "boolean")
@@ -401,9 +410,28 @@ fn sorted(inputs: &Inputs) -> Vec<(&String, &Value)> {
 
 /// python-script arguments: `--k=v`; a boolean the decorator declares boolean is a bare `--k`
 /// when true and omitted when false.
+///
+/// As the family does, every property the decorator declares is passed, `--k=` (an empty
+/// string) when the run does not set it — scripts written for it read a missing input as `""`.
+/// Two exceptions: a declared boolean that is unset is omitted, as when false (an explicit
+/// `--k=` would break the `store_true` option that the bare `--k` form implies), and a property
+/// name that could not be an input name (see [`key_violations`]) is never turned into an option.
 pub fn python_args(decorator: Option<&Decorator>, inputs: &Inputs) -> Vec<String> {
+    let mut all = inputs.clone();
+    if let Some(d) = decorator {
+        for name in d.property_names() {
+            if all.contains_key(&name) || d.is_boolean(&name) {
+                continue;
+            }
+            let mut one = Inputs::new();
+            one.insert(name.clone(), Value::String(String::new()));
+            if key_violations(false, &one).is_empty() {
+                all.extend(one);
+            }
+        }
+    }
     let mut args = Vec::new();
-    for (k, v) in sorted(inputs) {
+    for (k, v) in sorted(&all) {
         let declared_bool = decorator.is_some_and(|d| d.is_boolean(k));
         match v {
             Value::Bool(true) if declared_bool => args.push(format!("--{k}")),
@@ -779,12 +807,38 @@ mod tests {
     fn python_rendering() {
         let d = deco(DRAFTS[0]);
         let i = parse_set_args(Some(&d), &["port=22", "device=r1", "dry_run"]).unwrap();
+        // Every declared property is passed, `""` when unset (the family's rule); an unset
+        // boolean is omitted, as when false.
         assert_eq!(
             python_args(Some(&d), &i),
-            ["--device=r1", "--dry_run", "--port=22"]
+            [
+                "--device=r1",
+                "--dry_run",
+                "--mode=",
+                "--opts=",
+                "--port=22",
+                "--ratio=",
+                "--tags="
+            ]
         );
         let i = parse_set_args(Some(&d), &["dry_run=false", "tags=[\"a\"]"]).unwrap();
-        assert_eq!(python_args(Some(&d), &i), ["--tags=[\"a\"]"]);
+        assert_eq!(
+            python_args(Some(&d), &i),
+            [
+                "--device=",
+                "--mode=",
+                "--opts=",
+                "--port=",
+                "--ratio=",
+                "--tags=[\"a\"]"
+            ]
+        );
+        // A property name that could not be an input name never becomes an option.
+        let odd = Decorator::new(
+            json!({"type": "object", "properties": {"-x": {}, "a b": {}, "ok": {}}}),
+        )
+        .unwrap();
+        assert_eq!(python_args(Some(&odd), &Inputs::new()), ["--ok="]);
         let i = parse_set_args(None, &["flag"]).unwrap();
         assert_eq!(python_args(None, &i), ["--flag=true"]);
     }

@@ -10,6 +10,7 @@
 //! Modules:
 //! * [`checkout`] — git checkouts cached by commit, and per-run workspaces;
 //! * [`venv`] — Python venvs cached by requirement set and interpreter;
+//! * [`galaxy`] — a playbook's Galaxy collections and roles, cached by requirement set;
 //! * [`venv_prune`] — deletes cached venvs unused for the retention period;
 //! * [`inputs`] — decorator validation, `--set` coercion, inputs rendered as arguments or vars;
 //! * [`progress`] — what a run reports while it works (an environment build), for front ends;
@@ -21,6 +22,7 @@
 pub mod checkout;
 mod engine;
 mod error;
+pub mod galaxy;
 pub mod inputs;
 pub mod progress;
 pub mod runner;
@@ -29,8 +31,12 @@ pub mod venv;
 pub mod venv_prune;
 
 pub use checkout::{GitCredentials, HostKeyPolicy, KnownHostsSource, Repository};
-pub use engine::{Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction};
+pub use engine::{
+    AnsibleOptions, Engine, EngineConfig, RunOptions, Secrets, Service, ServiceType, TofuAction,
+    DEFAULT_REQUIREMENTS_FILE,
+};
 pub use error::ExecError;
+pub use galaxy::GalaxyServer;
 pub use inputs::{Decorator, Inputs, Violation};
 pub use progress::{with_progress, Progress, ProgressHook};
 pub use runner::{run_process, ProcessSpec, RunResult};

@@ -63,6 +63,9 @@ pub struct RunResult {
     /// OpenTofu runs only: the state file after the run, when one was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<serde_json::Value>,
+    /// The same state under the family's name for it (`state_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<serde_json::Value>,
     /// Python runs only, and only when this run built its environment (none was cached for
     /// its requirements): how long the build took, in the format of `elapsed_time`. The build
     /// comes before `start_time`, outside `elapsed_time`.
@@ -338,6 +341,7 @@ pub async fn run_process(
         stdout_json,
         timed_out,
         state: None,
+        state_file: None,
         environment_build_time: None,
     })
 }

@@ -391,22 +391,219 @@ impl SecretRef {
     }
 }
 
-/// Ansible runtime options as the family exports them.
+/// One word or a list of them: the family writes `skip-tags: example-tag` as well as
+/// `limit: [host1]`. The shape read is the shape written back, so an export round-trips.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Words {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for Words {
+    fn default() -> Self {
+        Words::Many(Vec::new())
+    }
+}
+
+impl Words {
+    /// The entries, an empty string (the family's "none") left out.
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            Words::One(s) => vec![s.clone()],
+            Words::Many(v) => v.clone(),
+        }
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items().is_empty()
+    }
+}
+
+impl From<Vec<String>> for Words {
+    fn from(v: Vec<String>) -> Self {
+        Words::Many(v)
+    }
+}
+
+/// Environment values as the family's files write them: a YAML scalar of any kind
+/// (`NETMIKO_TIMEOUT: 30`), kept as the text the program sees.
+fn scalar_map<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+            other => Err(D::Error::custom(format!(
+                "env {k}: {other} is not a string, number or boolean"
+            ))),
+        })
+        .collect()
+}
+
+/// The family's per-type `runtime:` block of a service. One record holds the keys of every
+/// type so that an unknown key is refused by name and path; [`Service::validate`] refuses a
+/// key that does not apply to the service's type.
+///
+/// * python-script: `req-file`, `env`;
+/// * ansible-playbook: `check`, `diff`, `skip-tags`, `tags`, `limit`, `forks`, `inventory`,
+///   `verbose-level`, `config-file`, `env`;
+/// * opentofu-plan: `action`, `state-file` (and `env`);
+/// * executable: `env`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct AnsibleRuntime {
-    #[serde(default)]
+pub struct Runtime {
+    /// ansible: `--check` (a dry run: nothing on the targets changes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub check: bool,
-    #[serde(default)]
+    /// ansible: `--diff`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub diff: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skip_tags: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub inventory: Vec<String>,
+    /// ansible: `--skip-tags`.
+    #[serde(default, skip_serializing_if = "Words::is_empty")]
+    pub skip_tags: Words,
+    /// ansible: `--tags`.
+    #[serde(default, skip_serializing_if = "Words::is_empty")]
+    pub tags: Words,
+    /// ansible: `--limit`.
+    #[serde(default, skip_serializing_if = "Words::is_empty")]
+    pub limit: Words,
+    /// ansible: `--forks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forks: Option<u32>,
+    /// ansible: inventory files, relative to the working directory; each one is a `-i`.
+    #[serde(default, skip_serializing_if = "Words::is_empty")]
+    pub inventory: Words,
+    /// ansible: 0 to 6, the number of `-v`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verbose_level: Option<u8>,
+    /// ansible: an `ansible.cfg` relative to the working directory (`ANSIBLE_CONFIG`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
+    /// python: the requirement file (`requirements.txt` style or `pyproject.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_file: Option<String>,
+    /// opentofu: `apply`, `plan` or `destroy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// opentofu: the state file, relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
+    /// Environment variables of the program (over the service's `env`).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_map"
+    )]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The name this record had when it held the Ansible keys only.
+pub type AnsibleRuntime = Runtime;
+
+impl Runtime {
+    /// The keys set in this block, as the family spells them.
+    fn keys_set(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut add = |k: &'static str, set: bool| {
+            if set {
+                keys.push(k);
+            }
+        };
+        add("check", self.check);
+        add("diff", self.diff);
+        add("skip-tags", !self.skip_tags.is_empty());
+        add("tags", !self.tags.is_empty());
+        add("limit", !self.limit.is_empty());
+        add("forks", self.forks.is_some());
+        add("inventory", !self.inventory.is_empty());
+        add("verbose-level", self.verbose_level.is_some());
+        add("config-file", self.config_file.is_some());
+        add("req-file", self.req_file.is_some());
+        add("action", self.action.is_some());
+        add("state-file", self.state_file.is_some());
+        add("env", !self.env.is_empty());
+        keys
+    }
+
+    /// Checks the block for a service of type `ty`.
+    fn validate(&self, ty: ServiceType) -> Result<(), ModelError> {
+        let allowed: &[&str] = match ty {
+            ServiceType::PythonScript => &["req-file", "env"],
+            ServiceType::AnsiblePlaybook => &[
+                "check",
+                "diff",
+                "skip-tags",
+                "tags",
+                "limit",
+                "forks",
+                "inventory",
+                "verbose-level",
+                "config-file",
+                "env",
+            ],
+            ServiceType::OpentofuPlan => &["action", "state-file", "env"],
+            ServiceType::Executable => &["env"],
+        };
+        if let Some(k) = self.keys_set().into_iter().find(|k| !allowed.contains(k)) {
+            return Err(ModelError::new(
+                format!("runtime.{k}"),
+                format!("does not apply to {} services", ty.as_str()),
+            ));
+        }
+        for (field, words) in [
+            ("skip-tags", &self.skip_tags),
+            ("tags", &self.tags),
+            ("limit", &self.limit),
+        ] {
+            for (i, w) in words.items().iter().enumerate() {
+                if w.starts_with('-') || w.chars().any(char::is_control) {
+                    return Err(ModelError::new(
+                        format!("runtime.{field}[{i}]"),
+                        format!("{w:?} must not start with '-' nor hold control characters"),
+                    ));
+                }
+            }
+        }
+        for (i, inv) in self.inventory.items().iter().enumerate() {
+            validate_relative(&format!("runtime.inventory[{i}]"), inv)?;
+        }
+        for (field, value) in [
+            ("runtime.config-file", &self.config_file),
+            ("runtime.req-file", &self.req_file),
+            ("runtime.state-file", &self.state_file),
+        ] {
+            if let Some(v) = value {
+                validate_relative(field, v)?;
+            }
+        }
+        if self.forks == Some(0) {
+            return Err(ModelError::new("runtime.forks", "must be at least 1"));
+        }
+        if self.verbose_level.is_some_and(|v| v > 6) {
+            return Err(ModelError::new("runtime.verbose-level", "must be 0 to 6"));
+        }
+        if let Some(a) = &self.action {
+            if !matches!(a.as_str(), "apply" | "plan" | "destroy") {
+                return Err(ModelError::new(
+                    "runtime.action",
+                    format!("{a:?} is not apply, plan or destroy"),
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            validate_env_name("runtime.env", k)?;
+        }
+        Ok(())
+    }
 }
 
 /// A runnable service (`create service <type> <name>`). Fields that do not apply to its type
@@ -456,8 +653,9 @@ pub struct Service {
     pub extra_vars: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_vars_file: Option<String>,
+    /// The family's per-type runtime block (see [`Runtime`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<AnsibleRuntime>,
+    pub runtime: Option<Runtime>,
     // opentofu-plan
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vars: Vec<String>,
@@ -546,13 +744,28 @@ impl Service {
         svc.repository = repository.map(|(r, creds)| r.to_exec(creds));
         svc.working_dir = self.working_directory.clone();
         svc.filename = self.filename.clone();
-        svc.req_file = self.req_file.clone();
+        let runtime = self.runtime.clone().unwrap_or_default();
+        svc.req_file = self.req_file.clone().or(runtime.req_file.clone());
         svc.playbooks = self.playbooks.clone();
-        svc.inventory = self.inventory.clone().or_else(|| {
-            self.runtime
-                .as_ref()
-                .and_then(|r| r.inventory.first().cloned())
+        svc.inventory = self.inventory.clone();
+        svc.ansible = autogate_exec::AnsibleOptions {
+            inventories: runtime.inventory.items(),
+            check: runtime.check,
+            diff: runtime.diff,
+            tags: runtime.tags.items(),
+            skip_tags: runtime.skip_tags.items(),
+            limit: runtime.limit.items(),
+            forks: runtime.forks,
+            verbosity: runtime.verbose_level.unwrap_or(0),
+            config_file: runtime.config_file.clone(),
+        };
+        svc.tofu_action = runtime.action.as_deref().and_then(|a| match a {
+            "apply" => Some(autogate_exec::TofuAction::Apply),
+            "destroy" => Some(autogate_exec::TofuAction::Destroy),
+            "plan" => Some(autogate_exec::TofuAction::Plan),
+            _ => None,
         });
+        svc.tofu_state_file = runtime.state_file.clone();
         svc.extra_vars = self.extra_vars.clone();
         svc.extra_vars_file = self.extra_vars_file.clone();
         svc.vars = self.vars.clone();
@@ -561,6 +774,8 @@ impl Service {
         svc.executable = executable_object.map(|e| e.exec_command.clone());
         svc.arg_format = self.arg_format.clone();
         svc.env = self.env.clone();
+        // The runtime block's variables over the service's own.
+        svc.env.extend(runtime.env);
         svc.timeout = self.timeout.map(std::time::Duration::from_secs);
         svc.decorator = decorator.map(|d| d.schema.clone());
         Ok(svc)
@@ -651,11 +866,21 @@ impl Resource for Service {
                 Ok(())
             }
         };
+        if let Some(r) = &self.runtime {
+            r.validate(self.service_type)?;
+            if let (Some(a), Some(b)) = (&self.req_file, &r.req_file) {
+                if a != b {
+                    return Err(ModelError::new(
+                        "runtime.req-file",
+                        format!("{b:?} differs from req-file {a:?}; give one of them"),
+                    ));
+                }
+            }
+        }
         let ansible = !self.playbooks.is_empty()
             || self.inventory.is_some()
             || !self.extra_vars.is_empty()
-            || self.extra_vars_file.is_some()
-            || self.runtime.is_some();
+            || self.extra_vars_file.is_some();
         let tofu =
             !self.vars.is_empty() || !self.var_files.is_empty() || !self.backend_config.is_empty();
         match self.service_type {
@@ -956,6 +1181,57 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// True for a built-in registry nobody changed: a service without a registry of its own
+    /// then keeps the node's own configuration (`pip.conf`, `ansible.cfg`) instead.
+    pub fn is_untouched_builtin(&self) -> bool {
+        Registry::builtins().iter().any(|b| {
+            b.url == self.url
+                && self.username.is_none()
+                && self.password_name.is_none()
+                && self.token_name.is_none()
+                && !self.insecure
+        })
+    }
+
+    /// The registry of `kind` a service draws from: the one it names when that one is of
+    /// `kind`, else the default registry of `kind` unless it is an untouched built-in.
+    /// An ansible-playbook service names at most one registry; its other kind comes from the
+    /// defaults.
+    pub fn chosen<'a>(
+        registries: &'a [Registry],
+        service: &Service,
+        kind: RegistryType,
+    ) -> Option<&'a Registry> {
+        let named = service
+            .registry
+            .as_ref()
+            .and_then(|n| registries.iter().find(|r| &r.meta.name == n));
+        match named {
+            Some(r) if r.registry_type == kind => Some(r),
+            _ => registries
+                .iter()
+                .find(|r| r.registry_type == kind && r.default && !r.is_untouched_builtin()),
+        }
+    }
+
+    /// The engine's Galaxy server for this (`ansible-galaxy`) registry; `open` gives the
+    /// plaintext of a secret by name.
+    pub fn to_galaxy<E>(
+        &self,
+        open: impl Fn(&str) -> Result<String, E>,
+    ) -> Result<autogate_exec::GalaxyServer, E> {
+        Ok(autogate_exec::GalaxyServer {
+            name: self.meta.name.clone(),
+            url: self.url.clone(),
+            token: self.token_name.as_deref().map(&open).transpose()?,
+            username: self.username.clone(),
+            password: self.password_name.as_deref().map(&open).transpose()?,
+            insecure: self.insecure,
+        })
+    }
+}
+
 impl Resource for Registry {
     const KIND: Kind = Kind::Registry;
     fn meta(&self) -> &Meta {
@@ -1180,6 +1456,138 @@ mod tests {
                 .field,
             "decorator"
         );
+    }
+
+    #[test]
+    fn family_runtime_blocks_are_stored_and_mapped() {
+        // The family's shapes: one word or a list, numbers for env values.
+        let py: Service = serde_json::from_value(json!({
+            "name": "p", "type": "python-script", "repository": "r", "filename": "main.py",
+            "runtime": {"req-file": "deps/req.txt", "env": {"NETMIKO_TIMEOUT": 30, "MODE": "x"}}
+        }))
+        .unwrap();
+        py.validate().unwrap();
+        let e = py.to_exec(None, None, None);
+        assert_eq!(e.unwrap_err().field, "repository");
+        let repo = Repository::new("r", "file:///x");
+        let e = py.to_exec(Some((&repo, None)), None, None).unwrap();
+        assert_eq!(e.req_file.as_deref(), Some("deps/req.txt"));
+        assert_eq!(e.env["NETMIKO_TIMEOUT"], "30");
+
+        let ans: Service = serde_json::from_value(json!({
+            "name": "a", "type": "ansible-playbook", "repository": "r", "playbooks": ["site.yml"],
+            "runtime": {"check": true, "diff": true, "skip-tags": "example-tag", "tags": ["t1", "t2"],
+                        "limit": ["host1"], "forks": 10, "inventory": ["./inventory.ini", "more.yml"],
+                        "verbose-level": 6, "config-file": "ansible.cfg",
+                        "env": {"ANSIBLE_HOST_KEY_CHECKING": "false"}}
+        }))
+        .unwrap();
+        ans.validate().unwrap();
+        // The shape read is the shape written back.
+        let back = serde_json::to_value(&ans).unwrap();
+        assert_eq!(back["runtime"]["skip-tags"], "example-tag");
+        assert_eq!(back["runtime"]["tags"], json!(["t1", "t2"]));
+        let e = ans.to_exec(Some((&repo, None)), None, None).unwrap();
+        assert_eq!(e.inventory, None);
+        assert_eq!(
+            e.ansible,
+            autogate_exec::AnsibleOptions {
+                inventories: vec!["./inventory.ini".into(), "more.yml".into()],
+                check: true,
+                diff: true,
+                tags: vec!["t1".into(), "t2".into()],
+                skip_tags: vec!["example-tag".into()],
+                limit: vec!["host1".into()],
+                forks: Some(10),
+                verbosity: 6,
+                config_file: Some("ansible.cfg".into()),
+            }
+        );
+        assert_eq!(e.env["ANSIBLE_HOST_KEY_CHECKING"], "false");
+
+        let tofu: Service = serde_json::from_value(json!({
+            "name": "t", "type": "opentofu-plan", "repository": "r",
+            "runtime": {"action": "plan", "state-file": "state/prod.tfstate"}
+        }))
+        .unwrap();
+        tofu.validate().unwrap();
+        let e = tofu.to_exec(Some((&repo, None)), None, None).unwrap();
+        assert_eq!(e.tofu_action, Some(autogate_exec::TofuAction::Plan));
+        assert_eq!(e.tofu_state_file.as_deref(), Some("state/prod.tfstate"));
+    }
+
+    #[test]
+    fn runtime_keys_are_checked_per_type_and_by_path() {
+        let err = serde_json::from_value::<Service>(json!({
+            "name": "p", "type": "python-script", "runtime": {"req-fil": "x"}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("req-fil"), "{err}");
+        let field = |ty: &str, runtime: serde_json::Value| {
+            let mut v = json!({"name": "s", "type": ty, "repository": "r", "runtime": runtime});
+            match ty {
+                "python-script" => v["filename"] = json!("m.py"),
+                "ansible-playbook" => v["playbooks"] = json!(["s.yml"]),
+                "executable" => v["executable-object"] = json!("sh"),
+                _ => {}
+            }
+            serde_json::from_value::<Service>(v)
+                .unwrap()
+                .validate()
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.field)
+        };
+        assert_eq!(
+            field("python-script", json!({"check": true})),
+            "runtime.check"
+        );
+        assert_eq!(
+            field("opentofu-plan", json!({"req-file": "r.txt"})),
+            "runtime.req-file"
+        );
+        assert_eq!(field("executable", json!({"forks": 2})), "runtime.forks");
+        assert_eq!(
+            field("ansible-playbook", json!({"action": "apply"})),
+            "runtime.action"
+        );
+        assert_eq!(
+            field("ansible-playbook", json!({"inventory": ["../x"]})),
+            "runtime.inventory[0]"
+        );
+        assert_eq!(
+            field("ansible-playbook", json!({"tags": ["ok", "-x"]})),
+            "runtime.tags[1]"
+        );
+        assert_eq!(
+            field("ansible-playbook", json!({"verbose-level": 7})),
+            "runtime.verbose-level"
+        );
+        assert_eq!(
+            field("ansible-playbook", json!({"forks": 0})),
+            "runtime.forks"
+        );
+        assert_eq!(
+            field("ansible-playbook", json!({"config-file": "/etc/a.cfg"})),
+            "runtime.config-file"
+        );
+        assert_eq!(
+            field("opentofu-plan", json!({"action": "import"})),
+            "runtime.action"
+        );
+        assert_eq!(
+            field("opentofu-plan", json!({"state-file": "../s"})),
+            "runtime.state-file"
+        );
+        assert_eq!(
+            field("executable", json!({"env": {"1X": "v"}})),
+            "runtime.env"
+        );
+        // What the family writes for "none" is accepted.
+        assert_eq!(
+            field("ansible-playbook", json!({"inventory": "", "check": false})),
+            ""
+        );
+        assert_eq!(field("executable", json!({"env": {"A": true}})), "");
     }
 
     #[test]

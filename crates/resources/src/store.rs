@@ -797,6 +797,17 @@ impl Resources {
             // kind, the defaults the other.
             use crate::model::RegistryType;
             let registries: Vec<Registry> = snap.all()?;
+            if let Some(name) = &service.registry {
+                if !registries.iter().any(|r| &r.meta.name == name) {
+                    return Err(ResourceError::MissingReference {
+                        kind: Kind::Service,
+                        name: service.meta.name.clone(),
+                        field: "registry".into(),
+                        target_kind: Kind::Registry,
+                        target: name.clone(),
+                    });
+                }
+            }
             let mut for_pip = service.clone();
             if Registry::chosen(&registries, &service, RegistryType::Pypi)
                 .is_none_or(|r| Some(&r.meta.name) != service.registry.as_ref())
@@ -818,16 +829,6 @@ impl Resources {
                     })?;
                     Ok::<_, ResourceError>(s.decrypt(key)?.expose().to_owned())
                 })?);
-            } else if let Some(name) = &service.registry {
-                if !registries.iter().any(|r| &r.meta.name == name) {
-                    return Err(ResourceError::MissingReference {
-                        kind: Kind::Service,
-                        name: service.meta.name.clone(),
-                        field: "registry".into(),
-                        target_kind: Kind::Registry,
-                        target: name.clone(),
-                    });
-                }
             }
         }
         let mut env = autogate_exec::Secrets::new();

@@ -119,6 +119,8 @@ async fn run_role(
                 .unwrap_or_else(|| default.work_dir.clone()),
         );
         engine.output_limit = default.output_limit;
+        // `[python-script] requirements_file`, read from the runner's own configuration.
+        engine.requirements_file = default.requirements_file.clone();
         // The same cluster known hosts as the default engine: checkouts on runners check SSH
         // host keys exactly as core nodes do.
         engine.host_keys = default.host_keys.clone();
