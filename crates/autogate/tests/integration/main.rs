@@ -32,6 +32,7 @@ mod cli_run;
 mod config_cli;
 mod family_import;
 mod family_proxy;
+mod family_services;
 mod family_settings;
 mod ha_e2e;
 mod ha_faults;
