@@ -287,3 +287,181 @@ async fn json_export_imports_back_and_validate_reads_no_store() {
         ));
     }
 }
+
+/// A store that, at the first transaction staging an import, first runs `then` on the store
+/// underneath: another writer (or a new leader) acting between an import's transactions.
+#[derive(Debug)]
+struct Meddler {
+    inner: std::sync::Arc<dyn autogate_store::Store>,
+    then: std::sync::Mutex<Option<autogate_store::Txn>>,
+}
+
+#[async_trait::async_trait]
+impl autogate_store::Store for Meddler {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<autogate_store::KeyValue>, autogate_store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<autogate_store::KeyValue>, autogate_store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<autogate_store::LeaseId>,
+    ) -> Result<autogate_store::Revision, autogate_store::StoreError> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, autogate_store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<i64, autogate_store::StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(
+        &self,
+        txn: autogate_store::Txn,
+    ) -> Result<autogate_store::TxnResponse, autogate_store::StoreError> {
+        let stages = txn.success.iter().any(|op| {
+            matches!(op, autogate_store::TxnOp::Put { key, .. } if key.contains("/import-data/"))
+        });
+        let then = if stages {
+            self.then.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(then) = then {
+            assert!(self.inner.txn(then).await?.succeeded);
+        }
+        self.inner.txn(txn).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        start: Option<autogate_store::Revision>,
+    ) -> Result<autogate_store::WatchStream, autogate_store::StoreError> {
+        self.inner.watch(prefix, start).await
+    }
+    async fn grant(
+        &self,
+        ttl: std::time::Duration,
+    ) -> Result<autogate_store::LeaseId, autogate_store::StoreError> {
+        self.inner.grant(ttl).await
+    }
+    async fn keep_alive(
+        &self,
+        lease: autogate_store::LeaseId,
+    ) -> Result<std::time::Duration, autogate_store::StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(
+        &self,
+        lease: autogate_store::LeaseId,
+    ) -> Result<(), autogate_store::StoreError> {
+        self.inner.revoke(lease).await
+    }
+    async fn time_to_live(
+        &self,
+        lease: autogate_store::LeaseId,
+    ) -> Result<Option<std::time::Duration>, autogate_store::StoreError> {
+        self.inner.time_to_live(lease).await
+    }
+    async fn status(&self) -> Result<autogate_store::StoreStatus, autogate_store::StoreError> {
+        self.inner.status().await
+    }
+}
+
+fn meddler(b: &Backend, then: autogate_store::Txn) -> std::sync::Arc<dyn autogate_store::Store> {
+    std::sync::Arc::new(Meddler {
+        inner: b.store.clone(),
+        then: std::sync::Mutex::new(Some(then)),
+    })
+}
+
+#[tokio::test]
+async fn a_write_landing_while_an_import_stages_is_decided_again() {
+    use autogate_store::{Txn, TxnOp};
+    for b in backends().await {
+        // Another writer creates svc-0005 (other content) while the import stages.
+        let mut theirs = executable("svc-0005", "sh");
+        theirs.meta.description = "created meanwhile".into();
+        let then = Txn::new().and_then([
+            TxnOp::put(
+                "/autogate/c1/resources/service/svc-0005",
+                serde_json::to_vec(&theirs).unwrap(),
+            ),
+            TxnOp::put("/autogate/c1/resources-generation", Vec::new()),
+        ]);
+        let r = Resources::new(meddler(&b, then), "c1").with_txn_limits(4, 1 << 20);
+        let report = r
+            .import(&big_file(20), ImportMode::default())
+            .await
+            .unwrap();
+        let conflicts: Vec<&str> = report
+            .items
+            .iter()
+            .filter(|i| i.outcome == ImportOutcome::Conflict)
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(conflicts, ["svc-0005"]);
+        assert_eq!(r.names(Kind::Service).await.unwrap().len(), 20);
+        let kept: Service = r.get("svc-0005").await.unwrap().unwrap();
+        assert_eq!(kept.meta.description, "created meanwhile");
+        assert!(
+            import_keys(&b).await.is_empty(),
+            "{:?}",
+            import_keys(&b).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_importer_commits_nothing() {
+    use autogate_store::{Compare, CompareOp, Txn, TxnOp};
+    for b in backends().await {
+        b.store
+            .put("/autogate/c1/leader", b"me".to_vec(), None)
+            .await
+            .unwrap();
+        // Another node takes the leadership while the import stages.
+        let then = Txn::new().and_then([TxnOp::put("/autogate/c1/leader", b"other".to_vec())]);
+        let guard: autogate_resources::TxnGuard = std::sync::Arc::new(|txn: Txn| {
+            txn.when([Compare::value(
+                "/autogate/c1/leader",
+                CompareOp::Equal,
+                b"me".to_vec(),
+            )])
+        });
+        let r = Resources::new(meddler(&b, then), "c1")
+            .with_txn_limits(4, 1 << 20)
+            .with_txn_guard(guard);
+        let err = r
+            .import(&big_file(20), ImportMode::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImportError::Resource(autogate_resources::ResourceError::Fenced)
+            ),
+            "{err}"
+        );
+        let plain = Resources::new(b.store.clone(), "c1");
+        assert!(plain.names(Kind::Service).await.unwrap().is_empty());
+        assert!(b
+            .store
+            .get("/autogate/c1/resources-import")
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
