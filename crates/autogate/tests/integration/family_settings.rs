@@ -265,3 +265,47 @@ fn the_venv_pruner_deletes_an_idle_venv_and_keeps_a_used_one() {
     p.signal("TERM");
     assert!(p.wait_exit(START).success(), "{}", p.logs());
 }
+
+#[test]
+fn a_runner_warns_of_its_family_keys_and_prunes_its_venvs() {
+    let etcd = autogate_testkit::etcd::EtcdServer::start();
+    let cmd = Autogate::new(["runner"])
+        .env("GATEWAY_STORE_BACKEND", "etcd")
+        .env("GATEWAY_STORE_ETCD_HOSTS", etcd.endpoint())
+        .env("GATEWAY_RUNNER_PORT", "50099")
+        .env("GATEWAY_APPLICATION_VENV_RETENTION_PERIOD", "2s")
+        .env("GATEWAY_APPLICATION_VENV_SWEEP_INTERVAL", "1s");
+    // A venv an earlier run left (built a day ago, its last use unknown): laid out as the cache
+    // lays it out, with nothing in it but an interpreter's name.
+    let venvs = cmd.home().join("work/runtime/venvs");
+    let key = "e".repeat(64);
+    let dir = venvs.join("store").join(format!("{key}-old"));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::write(dir.join("bin/python"), "").expect("write");
+    std::os::unix::fs::symlink(
+        Path::new("store").join(format!("{key}-old")),
+        venvs.join(&key),
+    )
+    .expect("link");
+    std::fs::File::open(&dir)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400)))
+        .expect("age the venv");
+    let spawned = Instant::now();
+    let p = cmd.spawn();
+    p.wait_for_line("runner registered in cluster", START);
+    let logs = p.logs();
+    let warned: Vec<&str> = logs.lines().filter(|l| l.contains(COMPAT)).collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains("runner.port"),
+        "one warning, for runner.port:\n{logs}"
+    );
+    // Its last use unknown, it counts as used when the pruner first saw it: gone one retention
+    // period later, not at once.
+    let removed = p.wait_for_line(&format!("venv pruner: removed venv {key}"), START);
+    assert!(
+        removed.at.duration_since(spawned) >= Duration::from_secs(2),
+        "removed {:?} after the start, before a retention period had passed",
+        removed.at.duration_since(spawned)
+    );
+    assert!(!dir.exists() && !venvs.join(&key).exists());
+}
