@@ -1591,6 +1591,51 @@ mod tests {
     }
 
     #[test]
+    fn registries_of_each_kind_for_a_playbook() {
+        let [pypi, galaxy] = Registry::builtins();
+        let mut private = Registry::new(
+            "private-galaxy",
+            RegistryType::AnsibleGalaxy,
+            "https://galaxy.example/api/",
+        );
+        private.token_name = Some("tok".into());
+        private.insecure = true;
+        let all = vec![pypi.clone(), galaxy.clone(), private.clone()];
+        let mut s = Service::new("a", ServiceType::AnsiblePlaybook);
+        // Untouched built-ins leave the node's own configuration in charge.
+        assert!(Registry::chosen(&all, &s, RegistryType::AnsibleGalaxy).is_none());
+        assert!(Registry::chosen(&all, &s, RegistryType::Pypi).is_none());
+        // The named registry serves its kind; the other kind still comes from the defaults.
+        s.registry = Some("private-galaxy".into());
+        assert_eq!(
+            Registry::chosen(&all, &s, RegistryType::AnsibleGalaxy).map(|r| r.name()),
+            Some("private-galaxy")
+        );
+        assert!(Registry::chosen(&all, &s, RegistryType::Pypi).is_none());
+        // A default that is not the untouched public one is used when none is named.
+        s.registry = None;
+        let mut changed = galaxy.clone();
+        changed.url = "https://mirror.example/".into();
+        let all = vec![pypi, changed, private.clone()];
+        assert_eq!(
+            Registry::chosen(&all, &s, RegistryType::AnsibleGalaxy).map(|r| r.name()),
+            Some("default-galaxy")
+        );
+        // Credentials are opened by the caller's function.
+        let server = private
+            .to_galaxy(|n| Ok::<_, String>(format!("opened-{n}")))
+            .unwrap();
+        assert_eq!(server.token.as_deref(), Some("opened-tok"));
+        assert!(server.insecure);
+        assert_eq!(
+            private
+                .to_galaxy(|n| Err::<String, _>(n.to_owned()))
+                .unwrap_err(),
+            "tok"
+        );
+    }
+
+    #[test]
     fn repository_credentials_decrypt() {
         let key = KeyFile::from_bytes("k").unwrap();
         let secret = Secret::new("pw", "hunter2", &key).unwrap();
