@@ -1,7 +1,8 @@
-//! Settings of the family's files that must be honest on a real core node: a key accepted only
-//! for compatibility is named by one warning at start-up when it is set (and never when it is
-//! not), `[log] timestamp_timezone` puts the log's times in that zone, and the venv pruner
-//! (`venv_retention_period`, `venv_sweep_interval`) deletes an idle venv while one in use stays.
+//! Settings of the family's files that must be honest on real core nodes and runners: a key
+//! accepted only for compatibility is named by one warning at start-up when it is set (and never
+//! when it is not), `[log] timestamp_timezone` puts the log's times in that zone, and the venv
+//! pruner (`venv_retention_period`, `venv_sweep_interval`) deletes an idle venv while one in use
+//! stays.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
