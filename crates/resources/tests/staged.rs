@@ -335,7 +335,7 @@ impl autogate_store::Store for Meddler {
             matches!(op, autogate_store::TxnOp::Put { key, .. } if key.contains("/import-data/"))
         });
         let then = if stages {
-            self.then.lock().unwrap().take()
+            self.then.lock().unwrap_or_else(|e| e.into_inner()).take()
         } else {
             None
         };
