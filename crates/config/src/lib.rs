@@ -249,8 +249,8 @@ impl Config {
             .filter_map(|e| {
                 let def = schema::find(&e.section, &e.key)?;
                 // `hostkeys_enabled = false` is reported by the automation side itself, with
-                // what to do about refused checkouts; `true` is what autogate does anyway.
-                if !def.compat || def.id() == "features.hostkeys_enabled" {
+                // what to do about refused checkouts: once is enough.
+                if !def.compat || (def.id() == "features.hostkeys_enabled" && e.value == "false") {
                     return None;
                 }
                 Some(CompatSetting {
@@ -300,6 +300,10 @@ mod tests {
         let set = c.compat_settings();
         let names: Vec<_> = set.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["runner.port", "features.mcp_enabled"]);
+        // `true` is named here; `false` by the automation side, which says what to do.
+        let c = load_env(&[("GATEWAY_FEATURES_HOSTKEYS_ENABLED", "true")]);
+        let names: Vec<_> = c.compat_settings().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["features.hostkeys_enabled"]);
         let text = set[0].to_string();
         assert!(
             text.contains("runner.port")
