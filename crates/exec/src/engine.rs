@@ -77,6 +77,8 @@ pub struct Service {
     pub filename: Option<String>,
     /// python-script: requirement file (`requirements.txt` style or `pyproject.toml`);
     /// `None` = [`EngineConfig::requirements_file`] when present, else the bare interpreter.
+    /// ansible-playbook: replaces `requirements.yml` when it ends in `.yml`/`.yaml`, else
+    /// `requirements.txt`.
     pub req_file: Option<String>,
     /// ansible-playbook: playbooks, run in order (required).
     pub playbooks: Vec<String>,
@@ -571,8 +573,20 @@ impl Engine {
                 // The playbook's dependencies, installed as the family does at run time: the
                 // Galaxy collections and roles of `requirements.yml`, and the Python packages
                 // of `requirements.txt` (which may pin Ansible itself).
+                // A `req-file` the service names replaces the default file of its kind (a
+                // `.yml`/`.yaml` one is Galaxy's) and must exist.
+                let named = service.req_file.as_deref().filter(|f| !f.is_empty());
+                let is_galaxy = |f: &str| f.ends_with(".yml") || f.ends_with(".yaml");
+                let galaxy_req = match named {
+                    Some(f) if is_galaxy(f) => Some(inside(f, "req_file")?),
+                    _ => optional_file(&inside, "requirements.yml")?,
+                };
+                let pip_req = match named {
+                    Some(f) if !is_galaxy(f) => Some(inside(f, "req_file")?),
+                    _ => optional_file(&inside, "requirements.txt")?,
+                };
                 let mut program = binary;
-                if let Some(req) = optional_file(&inside, "requirements.yml")? {
+                if let Some(req) = galaxy_req {
                     let galaxy = galaxy_binary(&program, &search_path)?;
                     let mut genv = service.env.clone();
                     if user.is_some() {
@@ -592,7 +606,7 @@ impl Engine {
                     deps_env.extend(deps.env(&service.env));
                     env_build = add_time(env_build, deps.build_time);
                 }
-                if let Some(req) = optional_file(&inside, "requirements.txt")? {
+                if let Some(req) = pip_req {
                     let python = crate::which("python3", &search_path).ok_or_else(|| {
                         ExecError::BinaryNotFound {
                             binary: "python3".to_owned(),

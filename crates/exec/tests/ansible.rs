@@ -446,3 +446,60 @@ async fn a_failed_galaxy_install_is_reported_and_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_named_req_file_replaces_the_default_of_its_kind() {
+    if !have_ansible() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let tarball = build_collection(&src.join("deps"));
+    let galaxy_reqs = format!("collections:\n  - name: ./deps/{tarball}\n    type: file\n");
+    repo(
+        &src,
+        &[
+            (
+                "site.yml",
+                "- hosts: all\n  gather_facts: false\n  tasks:\n    - testns.testcoll.hello:\n        name: named\n      register: h\n    - debug:\n        msg: \"{{ h.greeting }}\"\n",
+            ),
+            ("hosts.ini", "localhost ansible_connection=local\n"),
+            ("deps/galaxy.yml", &galaxy_reqs),
+            // Not read: the named file replaces it.
+            ("requirements.yml", "collections:\n  - name: ./absent.tar.gz\n    type: file\n"),
+        ],
+    );
+    let mut svc = Service::new("named", ServiceType::AnsiblePlaybook);
+    svc.repository = Some(Repository {
+        url: file_url(&src),
+        reference: None,
+        credentials: None,
+    });
+    svc.playbooks = vec!["site.yml".into()];
+    svc.inventory = Some("hosts.ini".into());
+    svc.req_file = Some("deps/galaxy.yml".into());
+    svc.env
+        .insert("ANSIBLE_PYTHON_INTERPRETER".into(), "auto_silent".into());
+    let r = run(t.path(), &svc).await;
+    assert!(
+        r.stdout.contains("hello from the collection named"),
+        "{}",
+        r.stdout
+    );
+
+    // A named file that is not there is an error naming it, not a silent default.
+    svc.req_file = Some("deps/missing.txt".into());
+    let e = Engine::new(EngineConfig::new(t.path().join("work")))
+        .run(
+            &svc,
+            &Inputs::new(),
+            &Secrets::new(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("req_file") && e.to_string().contains("deps/missing.txt"),
+        "{e}"
+    );
+}

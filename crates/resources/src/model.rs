@@ -455,7 +455,8 @@ where
 ///
 /// * python-script: `req-file`, `env`;
 /// * ansible-playbook: `check`, `diff`, `skip-tags`, `tags`, `limit`, `forks`, `inventory`,
-///   `verbose-level`, `config-file`, `env`;
+///   `verbose-level`, `config-file`, `env`, and `req-file` (the family's own files carry it: a
+///   `requirements.yml`-style file for Galaxy, else a pip one);
 /// * opentofu-plan: `action`, `state-file` (and `env`);
 /// * executable: `env`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,7 +489,8 @@ pub struct Runtime {
     /// ansible: an `ansible.cfg` relative to the working directory (`ANSIBLE_CONFIG`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
-    /// python: the requirement file (`requirements.txt` style or `pyproject.toml`).
+    /// python: the requirement file (`requirements.txt` style or `pyproject.toml`); ansible:
+    /// the Galaxy (`.yml`/`.yaml`) or pip requirement file replacing the default of its kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_file: Option<String>,
     /// opentofu: `apply`, `plan` or `destroy`.
@@ -539,6 +541,7 @@ impl Runtime {
         let allowed: &[&str] = match ty {
             ServiceType::PythonScript => &["req-file", "env"],
             ServiceType::AnsiblePlaybook => &[
+                "req-file",
                 "check",
                 "diff",
                 "skip-tags",
