@@ -11,7 +11,8 @@
 //! `ANSIBLE_COLLECTIONS_PATH`/`ANSIBLE_ROLES_PATH` pointing into it, then renamed to `<key>`:
 //! the atomic publish, so a set is usable exactly when `<key>` exists. Two builders of one key
 //! may both build; the second rename fails and its copy is removed. A failed build leaves
-//! nothing behind.
+//! nothing behind; one killed mid-way leaves its build directory, removed by the next build of
+//! that key once it is older than the build timeout.
 //!
 //! The server reaches `ansible-galaxy` the way the family configures it, through the
 //! environment (`ANSIBLE_GALAXY_SERVER_LIST` and `ANSIBLE_GALAXY_SERVER_<ID>_URL`, `_TOKEN`,
@@ -175,6 +176,26 @@ impl GalaxyCache {
         self
     }
 
+    /// Removes what builds of `key` killed mid-way left: their directories are older than any
+    /// live build can be (the build timeout).
+    fn remove_stale_builds(&self, key: &str) {
+        let prefix = format!(".build-{key}-");
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.build_timeout);
+            if stale && e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// The cache key of `requirements` from `server`.
     pub fn key(requirements: &Path, server: Option<&GalaxyServer>) -> Result<String, ExecError> {
         let text = std::fs::read(requirements)
@@ -214,6 +235,7 @@ impl GalaxyCache {
         let started = Instant::now();
         std::fs::create_dir_all(&self.root)
             .map_err(|e| ExecError::io(format!("creating {}", self.root.display()), e))?;
+        self.remove_stale_builds(&key);
         // Removed on every early return: a failed install leaves nothing.
         let build = tempfile::Builder::new()
             .prefix(&format!(".build-{key}-"))
@@ -330,6 +352,57 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("SECRET"));
         assert_eq!(s.secret_values(), ["tok-SECRET"]);
+    }
+
+    #[tokio::test]
+    async fn a_killed_build_is_cleaned_up_once_stale() {
+        let t = tempfile::tempdir().unwrap();
+        let req = t.path().join("requirements.yml");
+        std::fs::write(&req, "collections: []\n").unwrap();
+        let key = GalaxyCache::key(&req, None).unwrap();
+        let cache = GalaxyCache::new(t.path().join("galaxy"));
+        let stale = t.path().join(format!("galaxy/.build-{key}-old"));
+        let live = t.path().join(format!("galaxy/.build-{key}-live"));
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        let old = std::time::SystemTime::now() - cache.build_timeout - Duration::from_secs(60);
+        std::fs::File::open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // A stand-in ansible-galaxy that installs nothing, successfully.
+        let fake = t.path().join("ansible-galaxy");
+        std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let deps = cache
+            .ensure(
+                &fake,
+                &req,
+                t.path(),
+                None,
+                &BTreeMap::new(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(deps.path.join("collections").is_dir());
+        assert!(deps.build_time.is_some());
+        assert!(!stale.exists(), "the stale build stays");
+        assert!(live.exists(), "a build that may be alive was removed");
+        // Published: the next call reuses it.
+        let again = cache
+            .ensure(
+                &fake,
+                &req,
+                t.path(),
+                None,
+                &BTreeMap::new(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.build_time, None);
     }
 
     #[test]
