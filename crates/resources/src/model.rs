@@ -666,6 +666,13 @@ pub struct Service {
     pub var_files: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_config: Vec<String>,
+    /// `apply`, `plan` or `destroy`: the family's files carry it here as well as in the
+    /// runtime block (both given must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The state file, relative to the working directory (as `runtime.state-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
     // executable
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arg_format: Option<String>,
@@ -697,6 +704,8 @@ impl Service {
             vars: Vec::new(),
             var_files: Vec::new(),
             backend_config: Vec::new(),
+            action: None,
+            state_file: None,
             arg_format: None,
         }
     }
@@ -762,13 +771,14 @@ impl Service {
             verbosity: runtime.verbose_level.unwrap_or(0),
             config_file: runtime.config_file.clone(),
         };
-        svc.tofu_action = runtime.action.as_deref().and_then(|a| match a {
+        let action = runtime.action.as_ref().or(self.action.as_ref());
+        svc.tofu_action = action.map(String::as_str).and_then(|a| match a {
             "apply" => Some(autogate_exec::TofuAction::Apply),
             "destroy" => Some(autogate_exec::TofuAction::Destroy),
             "plan" => Some(autogate_exec::TofuAction::Plan),
             _ => None,
         });
-        svc.tofu_state_file = runtime.state_file.clone();
+        svc.tofu_state_file = runtime.state_file.clone().or(self.state_file.clone());
         svc.extra_vars = self.extra_vars.clone();
         svc.extra_vars_file = self.extra_vars_file.clone();
         svc.vars = self.vars.clone();
@@ -871,12 +881,18 @@ impl Resource for Service {
         };
         if let Some(r) = &self.runtime {
             r.validate(self.service_type)?;
-            if let (Some(a), Some(b)) = (&self.req_file, &r.req_file) {
-                if a != b {
-                    return Err(ModelError::new(
-                        "runtime.req-file",
-                        format!("{b:?} differs from req-file {a:?}; give one of them"),
-                    ));
+            for (key, top, inner) in [
+                ("req-file", &self.req_file, &r.req_file),
+                ("action", &self.action, &r.action),
+                ("state-file", &self.state_file, &r.state_file),
+            ] {
+                if let (Some(a), Some(b)) = (top, inner) {
+                    if a != b {
+                        return Err(ModelError::new(
+                            format!("runtime.{key}"),
+                            format!("{b:?} differs from {key} {a:?}; give one of them"),
+                        ));
+                    }
                 }
             }
         }
@@ -886,6 +902,18 @@ impl Resource for Service {
             || self.extra_vars_file.is_some();
         let tofu =
             !self.vars.is_empty() || !self.var_files.is_empty() || !self.backend_config.is_empty();
+        if self.service_type != ServiceType::OpentofuPlan {
+            not_for("action", self.action.is_some())?;
+            not_for("state-file", self.state_file.is_some())?;
+        }
+        // The same checks as the runtime block's keys of those names.
+        Runtime {
+            action: self.action.clone(),
+            state_file: self.state_file.clone(),
+            ..Runtime::default()
+        }
+        .validate(ServiceType::OpentofuPlan)
+        .map_err(|e| ModelError::new(e.field.trim_start_matches("runtime."), e.reason))?;
         match self.service_type {
             ServiceType::PythonScript => {
                 if self.filename.is_none() {
@@ -1507,6 +1535,31 @@ mod tests {
             }
         );
         assert_eq!(e.env["ANSIBLE_HOST_KEY_CHECKING"], "false");
+
+        // The family's files also carry them beside the block.
+        let top: Service = serde_json::from_value(json!({
+            "name": "t", "type": "opentofu-plan", "repository": "r", "action": "destroy",
+            "vars": [], "var-files": [], "state-file": null
+        }))
+        .unwrap();
+        top.validate().unwrap();
+        let e = top.to_exec(Some((&repo, None)), None, None).unwrap();
+        assert_eq!(e.tofu_action, Some(autogate_exec::TofuAction::Destroy));
+        assert_eq!(e.tofu_state_file, None);
+        let mut both = top.clone();
+        both.runtime = Some(Runtime {
+            action: Some("apply".into()),
+            ..Runtime::default()
+        });
+        assert_eq!(both.validate().unwrap_err().field, "runtime.action");
+        let mut bad = top.clone();
+        bad.action = Some("import".into());
+        assert_eq!(bad.validate().unwrap_err().field, "action");
+        let mut py = Service::new("p", ServiceType::PythonScript);
+        py.repository = Some("r".into());
+        py.filename = Some("m.py".into());
+        py.state_file = Some("s".into());
+        assert_eq!(py.validate().unwrap_err().field, "state-file");
 
         let tofu: Service = serde_json::from_value(json!({
             "name": "t", "type": "opentofu-plan", "repository": "r",
