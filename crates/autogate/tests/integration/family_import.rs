@@ -466,3 +466,61 @@ fn through_an_active_ha_node_on_etcd() {
 fn other_text(path: &str) -> String {
     std::fs::read_to_string(path).expect("read")
 }
+
+/// What an importer killed right after its commit leaves on etcd: the marker and the staged
+/// records, none copied yet. Every reader — another process's CLI included — sees all of them,
+/// and the next write (here a small import) copies them into place before writing.
+#[test]
+fn a_committed_import_left_by_a_dead_importer_is_whole_and_finished_by_the_next_write() {
+    let etcd = EtcdServer::start();
+    let dir = TempDir::new().expect("tmp");
+    let base = write_file(
+        dir.path(),
+        "base.yaml",
+        "executable-objects:\n  - name: sh\n    exec-command: /bin/sh\n",
+    );
+    run(&etcd, &["db", "import", &base], 0);
+    let rt = runtime();
+    let store = rt.block_on(open(&etcd));
+    rt.block_on(async {
+        for i in 0..300 {
+            let record = serde_json::json!({
+                "name": format!("late-{i:03}"),
+                "type": "executable",
+                "executable-object": "sh",
+            });
+            store
+                .put(
+                    &format!("/autogate/{CLUSTER}/import-data/dead0001/service/late-{i:03}"),
+                    record.to_string().into_bytes(),
+                    None,
+                )
+                .await
+                .expect("put");
+        }
+        store
+            .put(
+                &format!("/autogate/{CLUSTER}/resources-import"),
+                b"dead0001".to_vec(),
+                None,
+            )
+            .await
+            .expect("put");
+    });
+    let listed = run(&etcd, &["get", "services", "--raw"], 0).stdout;
+    let v = raw_json(&["get", "services", "--raw"], &listed);
+    assert_eq!(v["services"].as_array().expect("services").len(), 300);
+    assert_eq!(service_count(&etcd), 300);
+
+    let one = write_file(
+        dir.path(),
+        "one.yaml",
+        "services:\n  - name: after\n    type: executable\n    executable-object: sh\n",
+    );
+    run(&etcd, &["db", "import", &one], 0);
+    assert!(import_keys(&etcd).is_empty(), "{:?}", import_keys(&etcd));
+    let live = rt
+        .block_on(store.list(&format!("/autogate/{CLUSTER}/resources/service/")))
+        .expect("list");
+    assert_eq!(live.len(), 301);
+}
