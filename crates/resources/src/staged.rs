@@ -120,11 +120,12 @@ impl Resources {
         match outcome {
             Ok((out, pending)) => {
                 if let Some(pending) = pending {
-                    // Committed: whatever happens now, readers see the whole import. A failure
-                    // here is finished by the next write of any node.
-                    let rolled = self.roll_forward(&pending).await;
+                    // Committed: the import has happened, and readers see all of it. Copying it
+                    // into place is housekeeping: a failure here (this node fenced, the store
+                    // gone) is finished by the next write of any node, so it is not reported
+                    // as a failed import (a retry would only find everything unchanged).
+                    let _ = self.roll_forward(&pending).await;
                     let _ = self.store().revoke(lease).await;
-                    rolled?;
                 } else {
                     importer.abandon().await;
                 }
