@@ -58,7 +58,7 @@ pub enum Command {
     },
     /// Run a core node: resources, the operator API and, when active, the link to the manager.
     #[command(long_about = SERVER_ABOUT, after_help = role_help(Role::Server))]
-    Server,
+    Server(ServerArgs),
     /// Run a runner: an execution-only node taking jobs through the cluster's etcd.
     #[command(long_about = RUNNER_ABOUT, after_help = role_help(Role::Runner))]
     Runner,
@@ -69,7 +69,7 @@ pub enum Command {
     Ha(cmd::ha::HaArgs),
     /// The SSH host keys checkouts trust: add, scan, list, delete.
     Hostkeys(cmd::hostkeys::HostkeysArgs),
-    /// Make certificates: a CA, the manager's server certificate, a key pair per core node.
+    /// Make certificates: a CA, the manager's server certificate, a key pair per core node or runner.
     CertGen(cmd::certgen::CertGenArgs),
     /// Log in to a core node (client mode) and keep the API key for later commands.
     Login(cmd::login::LoginArgs),
@@ -88,7 +88,7 @@ pub enum Command {
     Run(cmd::run::RunArgs),
     /// Export or import every resource as a YAML file.
     Db(cmd::db::DbArgs),
-    /// Inspect the cluster: `inspect cluster health` (exit 1 when unhealthy) or `activity`.
+    /// Inspect the cluster: health and activity (exit 1 when unhealthy), or one of them.
     Inspect(cmd::cluster::InspectArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completion {
@@ -96,6 +96,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: cmd::completion::Shell,
     },
+}
+
+/// The options of `autogate server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Instead of starting the node: give the admin user a new password (typed twice without
+    /// echo), make it an admin again and revoke its API keys, on the store directly. The node
+    /// of this configuration must be stopped; with etcd, any core node's configuration works.
+    #[arg(long)]
+    pub recover_admin_user: bool,
+    /// With --recover-admin-user: read the new password as one line of standard input.
+    #[arg(long, requires = "recover_admin_user")]
+    pub password_stdin: bool,
 }
 
 const SERVER_ABOUT: &str = "\
@@ -199,7 +212,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Version { show_config } => cmd::version::run(&cli.global, show_config),
-        Command::Server => cmd::server::run(&cli.global),
+        Command::Server(args) if args.recover_admin_user => {
+            cmd::recover::run(&cli.global, args.password_stdin)
+        }
+        Command::Server(_) => cmd::server::run(&cli.global),
         Command::Runner => cmd::runner::run(&cli.global),
         Command::Manager(args) => cmd::manager::run(&cli.global, args),
         Command::CertGen(args) => cmd::certgen::run(&cli.global, args),

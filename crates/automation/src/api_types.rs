@@ -70,6 +70,11 @@ pub struct UserView {
     pub last_login: Option<String>,
     /// RFC 3339; null until the password is first changed.
     pub password_changed: Option<String>,
+    /// The password is temporary (`create user --temp-password`, or set by an admin with
+    /// `temporary`): the next login must change it and gets no key until it does. Absent in
+    /// an earlier version's answer, which had no temporary passwords.
+    #[serde(default)]
+    pub password_change_required: bool,
 }
 
 /// `GET /api/v1/users`.

@@ -106,6 +106,11 @@ pub struct RunRequest {
     /// opentofu-plan: the state to start from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Value>,
+    /// `--set-secret name=…,type=env,target=…`: secrets of the store injected for this run
+    /// only, merged with the service's own (the same target: this one wins). Names, never
+    /// values, travel in a request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<autogate_resources::model::SecretRef>,
 }
 
 /// What the manager is told about one service (discovery) and what `--use` prints from.
@@ -492,6 +497,37 @@ impl Automation {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut secrets = secrets;
+        for r in &req.secrets {
+            if r.ref_type != "env" {
+                return Err(AutomationError::BadRequest(format!(
+                    "secret {}: type {:?} is not supported (only env)",
+                    r.name, r.ref_type
+                )));
+            }
+            let mut chars = r.target.chars();
+            let env_name = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !env_name {
+                return Err(AutomationError::BadRequest(format!(
+                    "secret {}: target {:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    r.name, r.target
+                )));
+            }
+            let secret = self
+                .resources
+                .get::<Secret>(&r.name)
+                .await?
+                .ok_or_else(|| AutomationError::NotFound {
+                    kind: Kind::Secret,
+                    name: r.name.clone(),
+                })?;
+            let Some(key) = key.as_deref() else {
+                return Err(key_err.unwrap_or(AutomationError::KeyMissing));
+            };
+            let value = secret.decrypt(key).map_err(ResourceError::from)?;
+            secrets.insert(r.target.clone(), value.expose().to_owned());
+        }
         let mut inputs = req.inputs.clone();
         if !req.set.is_empty() {
             let decorator = service

@@ -11,6 +11,18 @@
 //! from `[server] admin_password_file` or a random temporary one printed once to the log, in a
 //! create-if-absent transaction so two nodes starting together never both create it.
 //!
+//! A user created with a temporary password (`create user --temp-password`), or whose password
+//! an admin set as temporary, must choose a new one at its next login: that login checks the
+//! password as usual but issues no key, answering [`LoginError::PasswordChangeRequired`]; a
+//! login that also gives a new password (`autogate login` asks for it) changes it and gets
+//! a key in the same transaction. The same login with a new password is how any user changes
+//! its own password from the command line (`login --change-password`): the change revokes
+//! every key of the user, and the new key is issued after that.
+//!
+//! [`Auth::recover_admin`] is `server --recover-admin-user`: run on the store directly while
+//! this machine's core node is stopped, it gives `admin` a new password and the admin role
+//! (creating it if it was deleted) and revokes its keys.
+//!
 //! Each user has a [`Role`]: `admin` is an admin, users are created as operators unless told
 //! otherwise. A record written by an earlier version has no role (every user was a superuser
 //! then): `admin` stays an admin, every other such user is read as an operator — unless the
@@ -87,6 +99,11 @@ pub enum LoginError {
     /// Too many hashes in flight (503) or a backoff (429): retry later.
     #[error("login refused: {0:?}")]
     Refused(Refusal),
+    /// The password was right but is temporary: log in again giving a new one.
+    #[error(
+        "the password of user {0} is temporary and must be changed: log in again with a new password (autogate login {0})"
+    )]
+    PasswordChangeRequired(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
@@ -112,6 +129,10 @@ struct UserRecord {
     /// `None` in a record of an earlier version (see the module's notes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
+    /// The password is temporary: the next login must change it. Left out when false, so a
+    /// record of a user without one reads the same in an earlier version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    must_change_password: bool,
 }
 
 impl UserRecord {
@@ -137,6 +158,7 @@ impl UserRecord {
             created: self.created.clone(),
             last_login: self.last_login.clone(),
             password_changed: self.password_changed.clone(),
+            password_change_required: self.must_change_password,
         }
     }
 }
@@ -434,6 +456,7 @@ impl Auth {
             last_login: None,
             password_changed: None,
             role: Some(Role::Admin),
+            must_change_password: false,
         };
         let key = self.user_key(ADMIN);
         let txn = Txn::new()
@@ -455,23 +478,56 @@ impl Auth {
         password: &str,
         source: Source,
     ) -> Result<IssuedKey, LoginError> {
+        self.login_with(username, password, None, source).await
+    }
+
+    /// [`login`](Self::login), changing the password to `new_password` when given: the
+    /// change and the new key are written together, every earlier key of the user is revoked.
+    /// A temporary password gets no key without a new one
+    /// ([`LoginError::PasswordChangeRequired`]).
+    pub async fn login_with(
+        &self,
+        username: &str,
+        password: &str,
+        new_password: Option<&str>,
+        source: Source,
+    ) -> Result<IssuedKey, LoginError> {
         drop(self.bootstrap.read().await);
+        if let Some(new) = new_password {
+            // Before the guard: a new password that can never be set costs no hash and no
+            // failure count.
+            check_password(new)?;
+            if new == password {
+                return Err(AuthError::Invalid(
+                    "the new password must differ from the current one".into(),
+                )
+                .into());
+            }
+        }
         let slot = self
             .guard
             .admit(username, source)
             .map_err(LoginError::Refused)?;
-        match self.login_checked(&slot, username, password).await {
+        match self
+            .login_checked(&slot, username, password, new_password)
+            .await
+        {
             Ok(issued) => {
                 drop(slot);
                 self.guard.succeeded(username);
                 self.collect_in_background();
                 Ok(issued)
             }
-            Err(AuthError::BadCredentials) => {
+            Err(LoginError::Auth(AuthError::BadCredentials)) => {
                 self.guard.failed(username, source);
                 Err(AuthError::BadCredentials.into())
             }
-            Err(e) => Err(e.into()),
+            Err(e @ LoginError::PasswordChangeRequired(_)) => {
+                // The password was right: no backoff for a user following the instructions.
+                self.guard.succeeded(username);
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -480,7 +536,8 @@ impl Auth {
         slot: &Admission,
         username: &str,
         password: &str,
-    ) -> Result<IssuedKey, AuthError> {
+        new_password: Option<&str>,
+    ) -> Result<IssuedKey, LoginError> {
         let mut found = if check_name(username).is_ok() {
             self.user(username).await?
         } else {
@@ -488,23 +545,42 @@ impl Auth {
         };
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
         if !verify_password(&self.guard, slot, password.to_owned(), hash.clone()).await {
-            return Err(AuthError::BadCredentials);
+            return Err(AuthError::BadCredentials.into());
         }
         let mut verified = hash;
+        // Hashed once, outside the retries: only the record written around it changes.
+        let new_hash = match new_password {
+            Some(p) => Some(hash_password(&self.guard, p.to_owned()).await?),
+            None => None,
+        };
         let ttl = time::Duration::try_from(self.key_ttl)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         for _ in 0..CONTENDED_ATTEMPTS {
             let Some((mut user, revision)) = found.take() else {
-                return Err(AuthError::BadCredentials);
+                return Err(AuthError::BadCredentials.into());
             };
             // The user record changed since the password was checked (a concurrent login or a
             // password change): check against what is stored now.
             if verified.as_deref() != Some(user.password_hash.as_str()) {
                 let hash = Some(user.password_hash.clone());
                 if !verify_password(&self.guard, slot, password.to_owned(), hash.clone()).await {
-                    return Err(AuthError::BadCredentials);
+                    return Err(AuthError::BadCredentials.into());
                 }
                 verified = hash;
+            }
+            let mut ops = Vec::new();
+            match &new_hash {
+                Some(h) => {
+                    user.password_hash = h.clone();
+                    user.password_changed = Some(rfc3339(now()));
+                    user.must_change_password = false;
+                    // Every key of the old password goes; the one issued below is the only one.
+                    ops.extend(self.key_deletes(&user.name).await?);
+                }
+                None if user.must_change_password => {
+                    return Err(LoginError::PasswordChangeRequired(user.name));
+                }
+                None => {}
             }
             let created = now();
             let api_key = new_key();
@@ -518,20 +594,24 @@ impl Auth {
             // Written only if the user is still as read: a user deleted or given a new
             // password at the same moment gets no key from the old password, and the record
             // written back cannot undo a password change.
+            ops.push(TxnOp::put(
+                format!("{}{}", self.keys, key_digest(&api_key)),
+                encode(&record)?,
+            ));
+            ops.push(TxnOp::put(user_key.clone(), encode(&user)?));
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    user_key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([
-                    TxnOp::put(
-                        format!("{}{}", self.keys, key_digest(&api_key)),
-                        encode(&record)?,
-                    ),
-                    TxnOp::put(user_key, encode(&user)?),
-                ]);
-            if self.store.txn(txn).await?.succeeded {
+                .when([Compare::mod_revision(user_key, CompareOp::Equal, revision)])
+                .and_then(ops);
+            if self
+                .store
+                .txn(txn)
+                .await
+                .map_err(AuthError::from)?
+                .succeeded
+            {
+                if new_hash.is_some() {
+                    self.forget_user(&user.name);
+                }
                 return Ok(IssuedKey {
                     api_key,
                     expires_at: record.expires_at,
@@ -539,7 +619,7 @@ impl Auth {
             }
             found = self.user(username).await?;
         }
-        Err(contended(username))
+        Err(contended(username).into())
     }
 
     /// The user a bearer key belongs to, and its role.
@@ -679,6 +759,18 @@ impl Auth {
         password: &str,
         role: Role,
     ) -> Result<UserView, AuthError> {
+        self.create_user_with(name, password, role, false).await
+    }
+
+    /// [`create_user`](Self::create_user); with `temporary` the user must change the password
+    /// at its first login.
+    pub async fn create_user_with(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+        temporary: bool,
+    ) -> Result<UserView, AuthError> {
         check_name(name)?;
         check_password(password)?;
         let record = UserRecord {
@@ -688,6 +780,7 @@ impl Auth {
             last_login: None,
             password_changed: None,
             role: Some(role),
+            must_change_password: temporary,
         };
         let key = self.user_key(name);
         let txn = Txn::new()
@@ -785,14 +878,27 @@ impl Auth {
             return Err(AuthError::BadCredentials.into());
         }
         drop(slot);
-        Ok(self.set_password_if(name, password, Some(stored)).await?)
+        Ok(self
+            .set_password_if(name, password, Some(stored), false)
+            .await?)
     }
 
     /// Sets a new password and revokes every key of the user; returns how many were revoked.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<usize, AuthError> {
+        self.set_password_with(name, password, false).await
+    }
+
+    /// [`set_password`](Self::set_password); with `temporary` (an admin resetting another
+    /// user's password) the user must change it at its next login.
+    pub async fn set_password_with(
+        &self,
+        name: &str,
+        password: &str,
+        temporary: bool,
+    ) -> Result<usize, AuthError> {
         check_name(name)?;
         check_password(password)?;
-        self.set_password_if(name, password, None).await
+        self.set_password_if(name, password, None, temporary).await
     }
 
     /// [`set_password`](Self::set_password), only while the stored hash is still `expected`
@@ -802,6 +908,7 @@ impl Auth {
         name: &str,
         password: &str,
         expected: Option<String>,
+        temporary: bool,
     ) -> Result<usize, AuthError> {
         let hash = hash_password(&self.guard, password.to_owned()).await?;
         let key = self.user_key(name);
@@ -816,6 +923,7 @@ impl Auth {
             }
             user.password_hash = hash.clone();
             user.password_changed = Some(rfc3339(now()));
+            user.must_change_password = temporary;
             let revoked = self.key_deletes(name).await?;
             let count = revoked.len();
             let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
@@ -835,6 +943,84 @@ impl Auth {
             }
         }
         Err(contended(name))
+    }
+}
+
+/// What [`Auth::recover_admin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// `admin` did not exist (it had been deleted) and was created again.
+    pub created: bool,
+    /// `admin` was not an admin any more and is again.
+    pub role_restored: bool,
+    /// The API keys of `admin` revoked with the change.
+    pub revoked_keys: usize,
+}
+
+impl Auth {
+    /// `server --recover-admin-user`: sets the password of `admin`, makes it an admin again
+    /// and revokes its keys; creates it when it was deleted. Meant for the store of a stopped
+    /// node (the caller holds its working directory), but safe beside running nodes of the
+    /// cluster: the write is a compare-and-swap on the record.
+    pub async fn recover_admin(&self, password: &str) -> Result<Recovered, AuthError> {
+        check_password(password)?;
+        let hash = hash_password(&self.guard, password.to_owned()).await?;
+        let key = self.user_key(ADMIN);
+        for _ in 0..CONTENDED_ATTEMPTS {
+            let (txn, recovered) = match self.user(ADMIN).await? {
+                Some((mut user, revision)) => {
+                    let role_restored = user.role.is_some_and(|r| r != Role::Admin);
+                    user.password_hash = hash.clone();
+                    user.password_changed = Some(rfc3339(now()));
+                    user.must_change_password = false;
+                    user.role = Some(Role::Admin);
+                    let revoked = self.key_deletes(ADMIN).await?;
+                    let recovered = Recovered {
+                        created: false,
+                        role_restored,
+                        revoked_keys: revoked.len(),
+                    };
+                    let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
+                    ops.extend(revoked);
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then(ops);
+                    (txn, recovered)
+                }
+                None => {
+                    let record = UserRecord {
+                        name: ADMIN.to_owned(),
+                        password_hash: hash.clone(),
+                        created: rfc3339(now()),
+                        last_login: None,
+                        password_changed: None,
+                        role: Some(Role::Admin),
+                        must_change_password: false,
+                    };
+                    // Keys of a deleted user were deleted with it; any left are stale.
+                    let mut ops = vec![TxnOp::put(key.clone(), encode(&record)?)];
+                    ops.extend(self.key_deletes(ADMIN).await?);
+                    let txn = Txn::new()
+                        .when([Compare::missing(key.clone())])
+                        .and_then(ops);
+                    let recovered = Recovered {
+                        created: true,
+                        role_restored: false,
+                        revoked_keys: 0,
+                    };
+                    (txn, recovered)
+                }
+            };
+            if self.store.txn(txn).await?.succeeded {
+                self.forget_user(ADMIN);
+                return Ok(recovered);
+            }
+        }
+        Err(contended(ADMIN))
     }
 }
 
@@ -1056,6 +1242,7 @@ mod tests {
             last_login: None,
             password_changed: None,
             role,
+            must_change_password: false,
         };
         a.store
             .put(&a.user_key(name), encode(&record).expect("json"), None)
@@ -1193,6 +1380,151 @@ mod tests {
             .to_string();
         assert!(matches(b"older-pass", &theirs));
         assert!(!matches(b"older-pass", "not a phc string"));
+    }
+
+    /// A temporary password gets no key until a login gives a new one; that login changes it
+    /// and revokes nothing it should keep.
+    #[tokio::test]
+    async fn temporary_password_must_be_changed_at_login() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let bob = a
+            .create_user_with("bob", "temp-password-1", Role::Operator, true)
+            .await
+            .expect("create");
+        assert!(bob.password_change_required);
+        assert!(matches!(
+            a.login("bob", "temp-password-1", Source::Unknown).await,
+            Err(LoginError::PasswordChangeRequired(u)) if u == "bob"
+        ));
+        assert!(a.store.list(&a.keys).await.expect("list").is_empty());
+        // A wrong password is a wrong password, temporary or not.
+        assert!(matches!(
+            a.login_with(
+                "bob",
+                "wrong-password",
+                Some("bob-password-2"),
+                Source::Unknown
+            )
+            .await,
+            Err(LoginError::Auth(AuthError::BadCredentials))
+        ));
+        assert!(matches!(
+            a.login_with("bob", "temp-password-1", Some("short"), Source::Unknown)
+                .await,
+            Err(LoginError::Auth(AuthError::Invalid(_)))
+        ));
+        assert!(matches!(
+            a.login_with(
+                "bob",
+                "temp-password-1",
+                Some("temp-password-1"),
+                Source::Unknown
+            )
+            .await,
+            Err(LoginError::Auth(AuthError::Invalid(_)))
+        ));
+        let k = a
+            .login_with(
+                "bob",
+                "temp-password-1",
+                Some("bob-password-2"),
+                Source::Unknown,
+            )
+            .await
+            .expect("change at login");
+        assert_eq!(a.check(Some(&k.api_key)).await.expect("check").user, "bob");
+        assert!(
+            !a.get_user("bob")
+                .await
+                .expect("get")
+                .password_change_required
+        );
+        assert!(a
+            .login("bob", "bob-password-2", Source::Unknown)
+            .await
+            .is_ok());
+        // A change at login revokes the keys of the old password.
+        let k2 = a
+            .login_with(
+                "bob",
+                "bob-password-2",
+                Some("bob-password-3"),
+                Source::Unknown,
+            )
+            .await
+            .expect("change");
+        assert!(matches!(
+            a.check(Some(&k.api_key)).await,
+            Err(AuthError::MissingKey)
+        ));
+        assert!(a.check(Some(&k2.api_key)).await.is_ok());
+        // An admin can make a password temporary again.
+        a.set_password_with("bob", "temp-password-4", true)
+            .await
+            .expect("set");
+        assert!(a.check(Some(&k2.api_key)).await.is_err());
+        assert!(matches!(
+            a.login("bob", "temp-password-4", Source::Unknown).await,
+            Err(LoginError::PasswordChangeRequired(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn recover_admin_resets_restores_and_recreates() {
+        let a = auth(Duration::from_secs(60)).await;
+        a.bootstrap_admin(Some("password-1".into()))
+            .await
+            .expect("bootstrap");
+        let k = a
+            .login("admin", "password-1", Source::Unknown)
+            .await
+            .expect("login");
+        let r = a.recover_admin("recovered-1").await.expect("recover");
+        assert_eq!(
+            r,
+            Recovered {
+                created: false,
+                role_restored: false,
+                revoked_keys: 1
+            }
+        );
+        assert!(a.check(Some(&k.api_key)).await.is_err());
+        assert!(a
+            .login("admin", "password-1", Source::Unknown)
+            .await
+            .is_err());
+        assert!(a
+            .login("admin", "recovered-1", Source::Unknown)
+            .await
+            .is_ok());
+        assert!(matches!(
+            a.recover_admin("short").await,
+            Err(AuthError::Invalid(_))
+        ));
+        // Demoted, then recovered: an admin again.
+        put_record(&a, "admin", Some(Role::Viewer)).await;
+        let r = a.recover_admin("recovered-2").await.expect("recover");
+        assert!(r.role_restored);
+        assert_eq!(role_with(&a, "admin", "recovered-2").await, Role::Admin);
+        // Deleted, then recovered: created again.
+        a.create_user("chief", "chief-password", Role::Admin)
+            .await
+            .expect("create");
+        a.delete_user("admin").await.expect("delete");
+        let r = a.recover_admin("recovered-3").await.expect("recover");
+        assert!(r.created);
+        assert_eq!(role_with(&a, "admin", "recovered-3").await, Role::Admin);
+    }
+
+    async fn role_with(a: &Auth, name: &str, password: &str) -> Role {
+        let k = a
+            .login(name, password, Source::Unknown)
+            .await
+            .expect("login");
+        a.check(Some(&k.api_key)).await.expect("check").role
     }
 
     #[test]

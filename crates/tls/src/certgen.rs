@@ -1,5 +1,10 @@
 //! The logic of `autogate cert-gen`: mint a CA or a CA-signed certificate into a directory.
 //!
+//! Kinds: `ca`, `server`, `client`, `node` (a core node: server and client authentication) and
+//! `runner` (the family's name for a runner's pair: the same uses as `node`, named `runner` by
+//! default; a runner presents it to an etcd that asks for client certificates). The subject
+//! beyond the common name and the key type come in [`CertGenOptions`].
+//!
 //! Files are created with `create_new` so an existing certificate is never overwritten (an
 //! operator re-running the command must not silently invalidate every certificate signed by an
 //! old CA), and private keys get mode 0600 from the moment they exist.
@@ -10,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::TlsError;
 use crate::load::read_file;
-use crate::mint::{Ca, CertKind, Validity};
+use crate::mint::{Ca, CertKind, KeyType, Subject, Validity};
 
 /// File name of the CA certificate written by `cert-gen ca`.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -19,7 +24,14 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// Common name of a CA when none is given.
 pub const DEFAULT_CA_COMMON_NAME: &str = "autogate CA";
 
-/// Mints a certificate of `kind` (`ca`, `server`, `client` or `node`) into `output`.
+/// What `cert-gen` can set beyond name, SANs and days.
+#[derive(Debug, Clone, Default)]
+pub struct CertGenOptions {
+    pub subject: Subject,
+    pub key_type: KeyType,
+}
+
+/// Mints a certificate of `kind` (`ca`, `server`, `client`, `node` or `runner`) into `output`.
 ///
 /// - `ca` writes `ca.pem` and `ca-key.pem` (common name defaults to
 ///   [`DEFAULT_CA_COMMON_NAME`]);
@@ -38,7 +50,38 @@ pub fn cert_gen(
     days: u32,
     ca_dir: Option<&Path>,
 ) -> Result<Vec<PathBuf>, TlsError> {
-    let kind: CertKind = kind.parse()?;
+    cert_gen_with(
+        kind,
+        output,
+        common_name,
+        sans,
+        days,
+        ca_dir,
+        &CertGenOptions::default(),
+    )
+}
+
+/// [`cert_gen`] with a fuller subject and another key type.
+pub fn cert_gen_with(
+    kind: &str,
+    output: &Path,
+    common_name: Option<&str>,
+    sans: &[String],
+    days: u32,
+    ca_dir: Option<&Path>,
+    options: &CertGenOptions,
+) -> Result<Vec<PathBuf>, TlsError> {
+    // A runner's pair is a node's pair under its own name.
+    let (kind, default_name): (CertKind, &str) = if kind.trim().eq_ignore_ascii_case("runner") {
+        (CertKind::Node, "runner")
+    } else {
+        let k: CertKind = kind.parse().map_err(|_| {
+            TlsError::InvalidArgument(format!(
+                "unknown certificate kind `{kind}` (expected one of: ca, server, client, node, runner)"
+            ))
+        })?;
+        (k, k.as_str())
+    };
     if days == 0 {
         return Err(TlsError::InvalidArgument(
             "--days must be at least 1".into(),
@@ -48,7 +91,12 @@ pub fn cert_gen(
     let validity = Validity::days(days);
 
     let (issued_cert, issued_key, cert_path, key_path) = if kind == CertKind::Ca {
-        let ca = Ca::generate(common_name.unwrap_or(DEFAULT_CA_COMMON_NAME), validity)?;
+        let ca = Ca::generate_with(
+            common_name.unwrap_or(DEFAULT_CA_COMMON_NAME),
+            validity,
+            &options.subject,
+            options.key_type,
+        )?;
         (
             ca.cert_pem().to_owned(),
             ca.key_pem().to_owned(),
@@ -56,14 +104,21 @@ pub fn cert_gen(
             output.join(CA_KEY_FILE),
         )
     } else {
-        let name = common_name.unwrap_or(kind.as_str());
+        let name = common_name.unwrap_or(default_name);
         check_file_stem(name)?;
         let cert_path = output.join(format!("{name}.pem"));
         let key_path = output.join(format!("{name}-key.pem"));
         // Check the targets before touching the CA so the cheaper, likelier error comes first.
         refuse_existing(&[&cert_path, &key_path])?;
         let ca = load_ca(ca_dir.unwrap_or(output))?;
-        let issued = ca.issue(kind, name, sans, validity)?;
+        let issued = ca.issue_with(
+            kind,
+            name,
+            sans,
+            validity,
+            &options.subject,
+            options.key_type,
+        )?;
         (issued.cert_pem, issued.key_pem, cert_path, key_path)
     };
 

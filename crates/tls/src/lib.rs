@@ -39,7 +39,8 @@ pub use accept::{
     ConnectionSlot, HandshakeFailure, Refused,
 };
 pub use certgen::{
-    cert_gen, load_ca, write_new_file, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_COMMON_NAME,
+    cert_gen, cert_gen_with, load_ca, write_new_file, CertGenOptions, CA_CERT_FILE, CA_KEY_FILE,
+    DEFAULT_CA_COMMON_NAME,
 };
 pub use config::{client_config, server_config, ClientAuth, Roots, ALPN_HTTP1};
 pub use error::TlsError;
@@ -47,7 +48,7 @@ pub use load::{
     cert_info, fingerprint_sha256, key_matches, load_certs, load_identity, load_key,
     parse_pem_certs, parse_pem_key, CertInfo, Identity,
 };
-pub use mint::{self_signed, Ca, CertKind, Issued, Validity};
+pub use mint::{self_signed, Ca, CertKind, Issued, KeyType, Subject, Validity};
 
 /// Re-exported so callers name the same types this crate returns.
 pub use rustls;

@@ -67,6 +67,84 @@ impl FromStr for CertKind {
     }
 }
 
+/// The algorithm of a minted key. ECDSA P-256 unless asked (`cert-gen --key-type`): ring, the
+/// crypto backend, generates no RSA keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+impl KeyType {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Ed25519 => "ed25519",
+        }
+    }
+
+    fn generate(self) -> Result<KeyPair, TlsError> {
+        let alg = match self {
+            KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        };
+        KeyPair::generate_for(alg).map_err(TlsError::mint)
+    }
+}
+
+/// The subject's fields beyond the common name (`cert-gen --organization …`); empty ones are
+/// left out of the certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    /// Two letters (ISO 3166), as X.509 requires.
+    pub country: Option<String>,
+    pub state: Option<String>,
+    pub locality: Option<String>,
+}
+
+impl Subject {
+    fn fill(&self, dn: &mut DistinguishedName) -> Result<(), TlsError> {
+        let fields = [
+            (DnType::OrganizationName, &self.organization, "organization"),
+            (
+                DnType::OrganizationalUnitName,
+                &self.organizational_unit,
+                "organizational unit",
+            ),
+            (DnType::CountryName, &self.country, "country"),
+            (DnType::StateOrProvinceName, &self.state, "state"),
+            (DnType::LocalityName, &self.locality, "locality"),
+        ];
+        for (ty, value, what) in fields {
+            let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if v.chars().any(char::is_control) || v.len() > 64 {
+                return Err(TlsError::InvalidArgument(format!(
+                    "subject {what} `{}`: at most 64 characters, no control characters",
+                    v.escape_debug()
+                )));
+            }
+            if ty == DnType::CountryName
+                && !(v.len() == 2 && v.bytes().all(|b| b.is_ascii_alphabetic()))
+            {
+                return Err(TlsError::InvalidArgument(format!(
+                    "subject country `{v}`: two letters (ISO 3166), e.g. US"
+                )));
+            }
+            dn.push(ty, v);
+        }
+        Ok(())
+    }
+}
+
 /// The validity window of a certificate being minted.
 ///
 /// The fields are public so tests can build windows entirely in the past or in the future.
@@ -180,15 +258,31 @@ impl fmt::Debug for Ca {
 impl Ca {
     /// Generates a new self-signed CA (path length unconstrained).
     pub fn generate(common_name: &str, validity: Validity) -> Result<Ca, TlsError> {
+        Self::generate_with(
+            common_name,
+            validity,
+            &Subject::default(),
+            KeyType::default(),
+        )
+    }
+
+    /// [`generate`](Self::generate) with more of a subject and another key type.
+    pub fn generate_with(
+        common_name: &str,
+        validity: Validity,
+        subject: &Subject,
+        key_type: KeyType,
+    ) -> Result<Ca, TlsError> {
         validity.check()?;
         let mut params = base_params(common_name, validity)?;
+        subject.fill(&mut params.distinguished_name)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let key = KeyPair::generate().map_err(TlsError::mint)?;
+        let key = key_type.generate()?;
         let cert = params.self_signed(&key).map_err(TlsError::mint)?;
         let key_pem = key.serialize_pem();
         Ok(Ca {
@@ -277,8 +371,29 @@ impl Ca {
         sans: &[String],
         validity: Validity,
     ) -> Result<Issued, TlsError> {
-        let params = leaf_params(kind, common_name, sans, validity)?;
-        let key = KeyPair::generate().map_err(TlsError::mint)?;
+        self.issue_with(
+            kind,
+            common_name,
+            sans,
+            validity,
+            &Subject::default(),
+            KeyType::default(),
+        )
+    }
+
+    /// [`issue`](Self::issue) with more of a subject and another key type.
+    pub fn issue_with(
+        &self,
+        kind: CertKind,
+        common_name: &str,
+        sans: &[String],
+        validity: Validity,
+        subject: &Subject,
+        key_type: KeyType,
+    ) -> Result<Issued, TlsError> {
+        let mut params = leaf_params(kind, common_name, sans, validity)?;
+        subject.fill(&mut params.distinguished_name)?;
+        let key = key_type.generate()?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(TlsError::mint)?;

@@ -251,6 +251,9 @@ impl Backend {
                 if let Some(s) = &req.state {
                     body.insert("state".into(), s.clone());
                 }
+                if !req.secrets.is_empty() {
+                    body.insert("secrets".into(), json!(req.secrets));
+                }
                 let path = format!("/api/v1/services/{}/run", segment(&req.service));
                 let body = Value::Object(body);
                 // A UUID v7, from the generator job ids use.

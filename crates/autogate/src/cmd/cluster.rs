@@ -1,6 +1,7 @@
 //! `autogate get runners` and `autogate inspect cluster [health|activity]`: the operator's view
 //! of the cluster. In local mode it is read from the store directly; in client mode from the
-//! core node's API (which reads the same store).
+//! core node's API (which reads the same store). `inspect cluster` alone shows both, health
+//! first (as the family does), and exits 1 when the cluster is unhealthy, like `health`.
 
 use std::collections::BTreeMap;
 
@@ -26,10 +27,11 @@ pub struct InspectArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum InspectNoun {
-    /// The cluster: health (default) or activity.
+    /// The cluster: health and activity together, or one of them.
     Cluster {
-        #[arg(value_enum, default_value = "health")]
-        view: ClusterView,
+        /// Only this view (default: both, health first).
+        #[arg(value_enum)]
+        view: Option<ClusterView>,
     },
 }
 
@@ -177,8 +179,36 @@ fn labels(labels: &BTreeMap<String, String>) -> String {
 pub fn inspect(global: &Global, args: InspectArgs) -> Result<(), Failure> {
     let InspectNoun::Cluster { view } = args.what;
     match view {
-        ClusterView::Health => health(global),
-        ClusterView::Activity => activity(global),
+        Some(ClusterView::Health) => health(global),
+        Some(ClusterView::Activity) => activity(global),
+        None => health_and_activity(global),
+    }
+}
+
+/// `inspect cluster`: both views from one connection. `--raw` is the health object with the
+/// activity's `jobs` beside its fields, so `.healthy` reads as it does from `health`.
+fn health_and_activity(global: &Global) -> Result<(), Failure> {
+    let ((h, jobs), tz) = fetch(global, async |b, config| {
+        Ok((cluster_health(b, config).await?, jobs(b, config).await?))
+    })?;
+    if global.raw {
+        let mut v = json!(h);
+        v["jobs"] = json!(jobs);
+        outln!("{v}");
+    } else {
+        print_health(&h);
+        outln!();
+        outln!("Activity:");
+        print_activity(&jobs, &tz);
+    }
+    healthy(&h)
+}
+
+fn healthy(h: &ClusterHealth) -> Result<(), Failure> {
+    if h.healthy {
+        Ok(())
+    } else {
+        Err(Failure::new(FAILURE, "the cluster is unhealthy"))
     }
 }
 
@@ -187,6 +217,14 @@ fn health(global: &Global) -> Result<(), Failure> {
     if global.raw {
         outln!("{}", json!(h));
     } else {
+        print_health(&h);
+    }
+    healthy(&h)
+}
+
+/// The family's health layout: the summary lines, then one row per component.
+fn print_health(h: &ClusterHealth) {
+    {
         let store_status = status_text(h.store.status);
         let manager_status = match h.manager.status {
             ManagerStatus::Disabled => "disabled",
@@ -254,11 +292,6 @@ fn health(global: &Global) -> Result<(), Failure> {
             term::table(&["COMPONENT", "TYPE", "ADDRESS", "STATUS"], &rows)
         );
     }
-    if h.healthy {
-        Ok(())
-    } else {
-        Err(Failure::new(FAILURE, "the cluster is unhealthy"))
-    }
 }
 
 fn status_text(s: Status) -> &'static str {
@@ -274,6 +307,12 @@ fn activity(global: &Global) -> Result<(), Failure> {
         outln!("{}", json!({ "jobs": jobs }));
         return Ok(());
     }
+    print_activity(&jobs, &tz);
+    Ok(())
+}
+
+/// The family's activity table.
+fn print_activity(jobs: &[JobActivity], tz: &jiff::tz::TimeZone) {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
@@ -283,8 +322,8 @@ fn activity(global: &Global) -> Result<(), Failure> {
                 j.name.clone(),
                 j.service_type.clone(),
                 j.node.clone().unwrap_or_default(),
-                started.map_or("-".to_owned(), |t| term::show_time(t, &tz)),
-                completed.map_or("-".to_owned(), |t| term::show_time(t, &tz)),
+                started.map_or("-".to_owned(), |t| term::show_time(t, tz)),
+                completed.map_or("-".to_owned(), |t| term::show_time(t, tz)),
                 duration(started, completed),
                 j.attempts.to_string(),
             ]
@@ -305,7 +344,6 @@ fn activity(global: &Global) -> Result<(), Failure> {
             &rows
         )
     );
-    Ok(())
 }
 
 fn duration(start: Option<&str>, end: Option<&str>) -> String {

@@ -4,6 +4,12 @@
 //! another node keeps its own file. Local mode needs no login, and says how to name a
 //! node to log in to (client mode or `--profile`).
 //!
+//! `--change-password` changes the user's password with the login (the current one, then the
+//! new one twice, as `create user` asks): the node revokes every key the user had and hands
+//! out the new one. A user whose password is temporary (`create user --temp-password`) is told
+//! so at login and asked for a new password the same way; no key exists until it is changed.
+//! With `--password-stdin`, the first line is the password and the second the new one.
+//!
 //! `autogate logout` revokes the key in use at the node (`POST /api/v1/logout`) and removes the
 //! file that kept it; a key the node no longer knows (expired, revoked) is removed all the
 //! same.
@@ -25,9 +31,40 @@ use crate::exit::{Failure, FAILURE, USAGE};
 pub struct LoginArgs {
     /// User name.
     pub user: String,
-    /// Read the password as one line of standard input instead of prompting.
+    /// Read the password as one line of standard input instead of prompting (with a new
+    /// password to set: on the second line).
     #[arg(long)]
     pub password_stdin: bool,
+    /// Change the password with this login; every other API key of the user is revoked.
+    #[arg(long)]
+    pub change_password: bool,
+}
+
+/// The new password: prompted twice and compared, or the next line of standard input.
+fn read_new_password(from_stdin: bool) -> Result<String, Failure> {
+    if from_stdin || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return term::read_secret("", true).map_err(|f| {
+            Failure::new(
+                f.code,
+                format!(
+                    "the new password: {} (expected on the second line)",
+                    f.message
+                ),
+            )
+        });
+    }
+    let first = term::read_secret("Enter new password: ", false)?;
+    let again = term::read_secret("Re-enter new password for verification: ", false)?;
+    if first != again {
+        return Err(Failure::new(USAGE, "the passwords do not match"));
+    }
+    eprintln!("Password verified successfully!");
+    Ok(first)
+}
+
+/// The node's answer to a login with a temporary password (the only 403 of the login route).
+fn change_required(f: &Failure) -> bool {
+    f.code == NOPERM && f.message.contains("(HTTP 403)")
 }
 
 pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
@@ -43,9 +80,31 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
     })?;
     let client = ApiClient::for_login(&config, global)?;
     let password = term::read_secret("Enter password for user: ", args.password_stdin)?;
+    let mut new_password = if args.change_password {
+        Some(read_new_password(args.password_stdin)?)
+    } else {
+        None
+    };
     let rt = super::runtime()?;
-    let body = json!({ "username": args.user, "password": password });
-    let answer = rt.block_on(client.call(Method::POST, "/api/v1/login", Some(&body)))?;
+    let login = |new: Option<&String>| {
+        let mut body = json!({ "username": args.user, "password": password });
+        if let Some(new) = new {
+            body["new_password"] = json!(new);
+        }
+        rt.block_on(client.call(Method::POST, "/api/v1/login", Some(&body)))
+    };
+    let answer = match login(new_password.as_ref()) {
+        Err(f) if new_password.is_none() && change_required(&f) => {
+            eprintln!(
+                "The password of user {} is temporary and must be changed: choose a new one (at least {} characters).",
+                args.user,
+                autogate_server::auth::MIN_PASSWORD_LEN
+            );
+            new_password = Some(read_new_password(args.password_stdin)?);
+            login(new_password.as_ref())?
+        }
+        other => other?,
+    };
     let issued: IssuedKey = serde_json::from_value(answer).map_err(backend::unexpected)?;
     let key = issued.api_key;
     if key.is_empty() {
@@ -74,8 +133,18 @@ pub fn run(global: &Global, args: LoginArgs) -> Result<(), Failure> {
         )
     })?;
     if global.raw {
-        print_json(&json!({ "api_key": key }));
+        let mut v = json!({ "api_key": key });
+        if new_password.is_some() {
+            v["password_changed"] = json!(true);
+        }
+        print_json(&v);
     } else {
+        if new_password.is_some() {
+            outln!(
+                "Password changed; every other API key of user {} was revoked.",
+                args.user
+            );
+        }
         outln!("Successfully logged in!");
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod ha;
 pub mod hostkeys;
 pub mod login;
 pub mod manager;
+pub mod recover;
 pub mod resource;
 pub mod run;
 pub mod runner;

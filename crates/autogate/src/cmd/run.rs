@@ -3,7 +3,11 @@
 //! the program's stdout and stderr, its return code, then start, end and elapsed time in
 //! `[terminal] timestamp_timezone`, and the environment build time when the run built one — or,
 //! with `--raw`, the result JSON. `--use` prints the inputs the service's decorator expects
-//! instead of running it. A run that takes more than a second shows on standard error what it
+//! instead of running it. `--set-secret name=<secret>,type=env,target=<VAR>` (repeatable, the
+//! family's syntax of `create service --secret`) injects a stored secret for this run only,
+//! merged with the service's own secrets and replacing one of the same target; like those,
+//! its value is masked in the output and never printed, stored or logged (client mode: only
+//! the secret's name travels, and only admins may). A run that takes more than a second shows on standard error what it
 //! is waiting for: a spinner on a terminal, `still running service NAME: N s` lines elsewhere.
 
 use std::path::PathBuf;
@@ -15,7 +19,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{self, Backend};
-use super::resource::{json_arg, print_json};
+use super::resource::{json_arg, print_json, secret_ref_flag};
 use super::term::{self, out, outln};
 use crate::cli::Global;
 use crate::exit::{Failure, FAILURE, USAGE};
@@ -78,6 +82,10 @@ pub struct InputArgs {
     /// Print the inputs the service expects (from its decorator) instead of running it.
     #[arg(long = "use")]
     pub use_inputs: bool,
+    /// A stored secret injected for this run: name=<secret>,type=env,target=<VAR> (repeat);
+    /// over the service's own secrets by target, masked in the output.
+    #[arg(long = "set-secret", value_name = "SPEC")]
+    pub set_secret: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +187,16 @@ fn plan(args: RunArgs) -> Result<Plan, Failure> {
 
 pub fn run(global: &Global, args: RunArgs) -> Result<(), Failure> {
     let plan = plan(args)?;
+    let secrets = plan
+        .inputs
+        .set_secret
+        .iter()
+        .map(|spec| {
+            let v = secret_ref_flag("--set-secret", spec)?;
+            serde_json::from_value(v)
+                .map_err(|e| Failure::new(USAGE, format!("--set-secret {spec:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
     let config = backend::load(global)?;
     let tz = term::time_zone(&config)?;
     let rt = super::runtime()?;
@@ -206,6 +224,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Failure> {
             set: plan.inputs.set.clone(),
             action: plan.action,
             state: plan.state.clone(),
+            secrets,
             ..RunRequest::default()
         };
         let result = match &backend {

@@ -30,6 +30,7 @@ mod cli_newcomer;
 mod cli_resources;
 mod cli_run;
 mod config_cli;
+mod family_commands;
 mod family_import;
 mod family_proxy;
 mod family_services;

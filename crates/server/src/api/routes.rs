@@ -300,6 +300,7 @@ pub(super) fn table() -> Vec<Route> {
             .errors(&[
                 S::BAD_REQUEST,
                 S::UNAUTHORIZED,
+                S::FORBIDDEN,
                 S::UNPROCESSABLE_ENTITY,
                 S::TOO_MANY_REQUESTS,
                 S::SERVICE_UNAVAILABLE,

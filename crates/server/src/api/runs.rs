@@ -35,6 +35,10 @@ pub(super) struct RunBody {
     action: Option<TofuAction>,
     /// opentofu-plan: the state to start from.
     state: Option<Value>,
+    /// Stored secrets injected for this run only (`{"name","type":"env","target"}`), over the
+    /// service's own by target; admins only.
+    #[schema(value_type = Vec<Object>)]
+    secrets: Vec<autogate_resources::model::SecretRef>,
 }
 
 impl RunBody {
@@ -48,6 +52,7 @@ impl RunBody {
             set: self.set,
             action: self.action,
             state: self.state,
+            secrets: self.secrets,
         }
     }
 }
@@ -55,6 +60,7 @@ impl RunBody {
 pub(super) async fn run(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     headers: HeaderMap,
     body: Option<Json<Value>>,
 ) -> Response {
@@ -66,6 +72,22 @@ pub(super) async fn run(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    // Injecting any stored secret into a run is reading it by other means: admins only (an
+    // operator runs services with the secrets their definitions name).
+    if !req.secrets.is_empty() {
+        if let Some(axum::Extension(c)) = &caller {
+            if c.role != crate::auth::Role::Admin {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "forbidden: a run with secrets (--set-secret) needs the role admin; user {} has the role {}",
+                        c.user, c.role
+                    ),
+                )
+                .into_response();
+            }
+        }
+    }
     if let Some(key) = key {
         return super::keyed::run(&s, &key, req, &digest).await;
     }

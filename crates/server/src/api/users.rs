@@ -7,6 +7,13 @@
 //! and the user name, never the password. Changing one's own password needs the current one;
 //! an admin sets another user's without it (the route's role check lets only admins reach
 //! another user).
+//!
+//! A user whose password is temporary (created with `temporary`, or set so by an admin) gets no
+//! key from a login with that password alone: the answer is 403 with
+//! `detail.password_change_required = true`, and a login that also gives `new_password`
+//! changes the password and gets the key. `new_password` works for every user (it is how
+//! `autogate login --change-password` changes one's own password without a key): the change
+//! revokes all of the user's earlier keys.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -84,6 +91,11 @@ async fn node_address_is(address: &str, ip: IpAddr) -> bool {
 pub(super) struct Login {
     username: String,
     password: String,
+    /// Change the password to this one with the login (required when the password is
+    /// temporary); every earlier key of the user is revoked.
+    #[serde(default)]
+    #[schema(schema_with = new_password)]
+    new_password: Option<String>,
 }
 
 /// An answer with `Retry-After` (whole seconds, at least 1).
@@ -118,6 +130,14 @@ pub(super) fn refused(refusal: Refusal) -> Response {
 fn login_error(e: LoginError) -> Response {
     match e {
         LoginError::Refused(r) => refused(r),
+        e @ LoginError::PasswordChangeRequired(_) => (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({
+                "error": e.to_string(),
+                "detail": { "password_change_required": true },
+            })),
+        )
+            .into_response(),
         LoginError::Auth(e) => ApiError::from(e).into_response(),
     }
 }
@@ -133,10 +153,23 @@ pub(super) async fn login(
         Err(e) => return e.into_response(),
     };
     let source = source(&s, &headers, &peer).await;
-    match s.auth.login(&b.username, &b.password, source).await {
+    let changing = b.new_password.is_some();
+    match s
+        .auth
+        .login_with(&b.username, &b.password, b.new_password.as_deref(), source)
+        .await
+    {
         Ok(issued) => {
-            tracing::info!(user = %loggable(&b.username), %source, "user logged in");
+            if changing {
+                tracing::info!(user = %loggable(&b.username), %source, "user logged in and changed its password (its earlier API keys revoked)");
+            } else {
+                tracing::info!(user = %loggable(&b.username), %source, "user logged in");
+            }
             Json(issued).into_response()
+        }
+        Err(e @ LoginError::PasswordChangeRequired(_)) => {
+            tracing::info!(user = %loggable(&b.username), %source, "login with a temporary password: a new password is required");
+            login_error(e)
         }
         Err(e) => login_error(e),
     }
@@ -167,6 +200,9 @@ pub(super) struct NewUser {
     /// `operator` when absent.
     #[serde(default)]
     role: Option<Role>,
+    /// The password is temporary: the user must change it at its first login.
+    #[serde(default)]
+    temporary: bool,
 }
 
 pub(super) async fn create(
@@ -176,8 +212,11 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let b = json_body("user body", body)?;
     let role = b.role.unwrap_or(Role::Operator);
-    let user = s.auth.create_user(&b.name, &b.password, role).await?;
-    tracing::info!(user = %b.name, %role, by = %caller.user, "user created");
+    let user = s
+        .auth
+        .create_user_with(&b.name, &b.password, role, b.temporary)
+        .await?;
+    tracing::info!(user = %b.name, %role, temporary = b.temporary, by = %caller.user, "user created");
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -208,6 +247,9 @@ pub(super) struct Password {
     /// password gives none).
     #[serde(default)]
     current_password: Option<String>,
+    /// Another user's password only (admins): temporary, to be changed at its next login.
+    #[serde(default)]
+    temporary: bool,
 }
 
 /// The answer to a password change.
@@ -231,6 +273,13 @@ pub(super) async fn password(
         Err(e) => return e.into_response(),
     };
     let revoked = if caller.user == name {
+        if b.temporary {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a password you set for yourself cannot be temporary (temporary applies to another user's password)",
+            )
+            .into_response();
+        }
         // One's own password, admins included: a stolen key alone must not be enough to take
         // the account over.
         let Some(current) = b.current_password.as_deref() else {
@@ -268,7 +317,11 @@ pub(super) async fn password(
             )
             .into_response();
         }
-        match s.auth.set_password(&name, &b.password).await {
+        match s
+            .auth
+            .set_password_with(&name, &b.password, b.temporary)
+            .await
+        {
             Ok(n) => n,
             Err(e) => return ApiError::from(e).into_response(),
         }

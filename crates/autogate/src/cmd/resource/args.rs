@@ -258,6 +258,10 @@ pub struct CreateUser {
     /// (run services, read everything but secrets' values) or viewer (read). Default: operator.
     #[arg(long, value_name = "ROLE")]
     pub role: Option<autogate_automation::api_types::Role>,
+    /// The password is temporary: the user must change it at its first login (`autogate
+    /// login` asks for a new one) and gets no API key before.
+    #[arg(long)]
+    pub temp_password: bool,
 }
 
 /// The nouns of `get`.
@@ -306,6 +310,30 @@ pub struct GetArgs {
     /// What to list.
     #[arg(value_enum)]
     pub noun: Plural,
+    /// `get services` only: list the services of this type (repeat for several).
+    #[arg(long = "type", value_name = "TYPE", value_enum)]
+    pub types: Vec<ServiceTypeArg>,
+}
+
+/// A service type, as `get services --type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceTypeArg {
+    PythonScript,
+    AnsiblePlaybook,
+    OpentofuPlan,
+    Executable,
+}
+
+impl ServiceTypeArg {
+    /// The name a service's `type` field carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceTypeArg::PythonScript => "python-script",
+            ServiceTypeArg::AnsiblePlaybook => "ansible-playbook",
+            ServiceTypeArg::OpentofuPlan => "opentofu-plan",
+            ServiceTypeArg::Executable => "executable",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

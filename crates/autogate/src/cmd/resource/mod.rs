@@ -22,7 +22,7 @@ use crate::exit::{Failure, USAGE};
 
 pub use args::{CreateArgs, GetArgs, NamedArgs};
 pub use render::print_json;
-pub use request::json_arg;
+pub use request::{json_arg, secret_ref_flag};
 
 use args::{CreateNoun, CreateUser, Plural, Target};
 
@@ -62,13 +62,28 @@ pub fn create(global: &Global, args: CreateArgs) -> Result<(), Failure> {
 }
 
 pub fn get(global: &Global, args: GetArgs) -> Result<(), Failure> {
+    if !args.types.is_empty() && !matches!(args.noun, Plural::Services) {
+        return Err(Failure::new(
+            USAGE,
+            "--type filters services only: autogate get services --type TYPE",
+        ));
+    }
     if matches!(args.noun, Plural::Runners) {
         return super::cluster::get_runners(global);
     }
     let Target::Kind(kind) = Target::from(args.noun) else {
         return get_users(global);
     };
-    let items = with_backend(global, async |b, _| b.list(kind).await)?;
+    let mut items = with_backend(global, async |b, _| b.list(kind).await)?;
+    if !args.types.is_empty() {
+        // Filtered here rather than by the node, so it works the same against a node of an
+        // earlier version and in local mode.
+        items.retain(|item| {
+            args.types
+                .iter()
+                .any(|t| item["type"].as_str() == Some(t.as_str()))
+        });
+    }
     if global.raw {
         print_json(&json!({ kind.plural(): items }));
         return Ok(());
@@ -164,7 +179,7 @@ fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
     };
     let client = crate::api::ApiClient::from_config(&config, global)?;
     let rt = super::runtime()?;
-    let body = request::user_body(&u.name, &password, u.role);
+    let body = request::user_body(&u.name, &password, u.role, u.temp_password);
     let v = rt.block_on(client.call(Method::POST, "/api/v1/users", Some(&body)))?;
     let created: UserView = serde_json::from_value(v).map_err(backend::unexpected)?;
     if global.raw {
@@ -173,6 +188,12 @@ fn create_user(global: &Global, u: CreateUser) -> Result<(), Failure> {
         outln!("Successfully created user");
         outln!("Name:   {}", u.name);
         outln!("Role:   {}", created.role);
+        if created.password_change_required {
+            outln!(
+                "The password is temporary: {} must change it at the first login.",
+                u.name
+            );
+        }
     }
     Ok(())
 }

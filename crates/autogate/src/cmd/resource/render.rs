@@ -213,12 +213,19 @@ pub(super) fn user_table(users: &[UserView]) -> String {
 /// first one.
 pub(super) fn user_text(u: &UserView, tz: &TimeZone) -> String {
     let last_login = u.last_login.as_deref().map(|t| term::show_time(t, tz));
-    term::block(&[
+    let mut lines = vec![
         ("Name", u.name.clone()),
         ("Role", u.role.to_string()),
         ("Created", term::show_time(&u.created, tz)),
         ("Last Login", last_login.unwrap_or_default()),
-    ])
+    ];
+    if u.password_change_required {
+        lines.push((
+            "Password",
+            "temporary: to be changed at the next login".to_owned(),
+        ));
+    }
+    term::block(&lines)
 }
 
 /// `describe service --raw` also carries the family's `metadata` object (scripts read

@@ -139,10 +139,15 @@ fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, Failu
 
 /// `--secret name=<secret>,type=env,target=<VAR>`; `type` defaults to `env`.
 fn secret_ref(spec: &str) -> Result<Value, Failure> {
+    secret_ref_flag("--secret", spec)
+}
+
+/// A secret reference in `--secret`'s syntax given to `flag` (`run … --set-secret` too).
+pub fn secret_ref_flag(flag: &str, spec: &str) -> Result<Value, Failure> {
     let bad = |why: String| {
         Failure::new(
             USAGE,
-            format!("--secret {spec:?}: {why} (expected name=<secret>,type=env,target=<VAR>)"),
+            format!("{flag} {spec:?}: {why} (expected name=<secret>,type=env,target=<VAR>)"),
         )
     };
     let mut name = None;
@@ -229,11 +234,18 @@ pub(super) fn user_body(
     name: &str,
     password: &str,
     role: Option<autogate_automation::api_types::Role>,
+    temporary: bool,
 ) -> Value {
-    match role {
-        Some(role) => json!({ "name": name, "password": password, "role": role }),
-        None => json!({ "name": name, "password": password }),
+    let mut body = json!({ "name": name, "password": password });
+    if let Some(role) = role {
+        body["role"] = json!(role);
     }
+    // Only when asked: a node of an earlier version refuses the unknown field rather than
+    // create a user whose password silently is not temporary.
+    if temporary {
+        body["temporary"] = json!(true);
+    }
+    body
 }
 
 #[cfg(test)]
