@@ -520,14 +520,27 @@ where
     });
     let mut got = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // Up to the end of the headers, then a moment more for the start of the body (what a 5xx
+    // says): an answer that streams (the manager's event feed) never ends by itself.
     let read = async {
+        let mut body_until = None;
         loop {
-            match rd.read(&mut buf).await {
+            let more = match body_until {
+                None => rd.read(&mut buf).await,
+                Some(until) => match tokio::time::timeout_at(until, rd.read(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            match more {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     got.extend_from_slice(&buf[..n]);
                     if got.len() > 64 * 1024 {
                         break;
+                    }
+                    if body_until.is_none() && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        body_until = Some(tokio::time::Instant::now() + Duration::from_millis(500));
                     }
                 }
             }
