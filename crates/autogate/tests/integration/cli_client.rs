@@ -4,77 +4,24 @@
 //! keys stop working), and db export/import against the node.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
-use autogate_testkit::{free_port, poll_until, Autogate, Output, Process};
-use serde_json::Value;
+use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use tempfile::TempDir;
 
-use crate::support::{expect_code, git_repo, raw_json, with_stdin};
+use crate::support::git_repo;
+use crate::support::local::{Cli, ClientDir};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The program of the service the tests run.
 const RUN_SH: &str = "#!/bin/sh\necho \"args:$* token=[$TOKEN]\"\nexit 4\n";
 
-/// One CLI user: a client-mode working directory (where `login` keeps its key).
-struct Client {
-    port: u16,
-    work: PathBuf,
-}
-
-impl Client {
-    fn new(root: &Path, name: &str, port: u16) -> Self {
-        Client {
-            port,
-            work: root.join(name),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Autogate {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env("GATEWAY_APPLICATION_MODE", "client")
-            .env("GATEWAY_CLIENT_PORT", self.port.to_string())
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.work.display().to_string(),
-            )
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.cmd(args).output(DEADLINE), args, code)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(args, 0).stdout
-    }
-
-    fn raw(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--raw");
-        raw_json(&a, &self.ok(&a))
-    }
-
-    /// With one line on standard input (`--password-stdin`).
-    fn with_stdin(&self, args: &[&str], line: &str) -> std::process::Output {
-        let port = self.port.to_string();
-        with_stdin(
-            args,
-            &[
-                ("HOME", self.work.as_os_str()),
-                ("GATEWAY_APPLICATION_MODE", "client".as_ref()),
-                ("GATEWAY_CLIENT_PORT", port.as_ref()),
-                ("GATEWAY_APPLICATION_WORKING_DIR", self.work.as_os_str()),
-            ],
-            &format!("{line}\n"),
-        )
-    }
-
-    fn login(&self, user: &str, password: &str) -> std::process::Output {
-        self.with_stdin(&["login", user, "--password-stdin"], password)
-    }
+/// One CLI user of the node on `port`: a client-mode working directory `name` in `root`.
+fn client(root: &Path, name: &str, port: u16) -> ClientDir {
+    ClientDir::new(root, name, port, DEADLINE)
 }
 
 fn start_server(root: &Path) -> (Process, u16) {
@@ -105,23 +52,23 @@ fn start_server_with(root: &Path, env: &[(&str, &str)]) -> (Process, u16) {
 fn login_create_and_run_through_a_real_server() {
     let root = TempDir::new().expect("tmp");
     let (mut server, port) = start_server(root.path());
-    let admin = Client::new(root.path(), "admin-cli", port);
+    let admin = client(root.path(), "admin-cli", port);
 
     // No key yet: refused with 77, nothing created.
     let out = admin.expect(&["get", "services"], 77);
     assert!(out.stderr.contains("401"), "{}", out.stderr);
 
     // Wrong password, then the right one; the key is kept 0600.
-    let out = admin.login("admin", "not-the-password");
+    let out = admin.login("admin", "not-the-password\n");
     assert_eq!(out.status.code(), Some(77), "{out:?}");
-    let out = admin.login("admin", ADMIN_PASSWORD);
+    let out = admin.login("admin", &format!("{ADMIN_PASSWORD}\n"));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "Successfully logged in!"
     );
     let key_file = admin
-        .work
+        .work()
         .join("api-keys")
         .join(format!("127.0.0.1_{port}.key"));
     let mode = std::fs::metadata(&key_file)
@@ -202,15 +149,15 @@ fn login_create_and_run_through_a_real_server() {
     // Users: created, listed, logged in; deleting one revokes its key.
     let out = admin.with_stdin(
         &["create", "user", "bob", "--password-stdin"],
-        "bob-password-1",
+        "bob-password-1\n",
     );
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Successfully created user"));
     let users = admin.ok(&["get", "users"]);
     assert!(users.starts_with("NAME"), "{users}");
     assert!(users.lines().any(|l| l.starts_with("bob ")), "{users}");
-    let bob = Client::new(root.path(), "bob-cli", port);
-    assert!(bob.login("bob", "bob-password-1").status.success());
+    let bob = client(root.path(), "bob-cli", port);
+    assert!(bob.login("bob", "bob-password-1\n").status.success());
     bob.ok(&["get", "services"]);
     admin.ok(&["delete", "user", "bob"]);
     bob.expect(&["get", "services"], 77);
@@ -237,8 +184,8 @@ fn an_expired_key_says_please_login() {
     let root = TempDir::new().expect("tmp");
     let (mut server, port) =
         start_server_with(root.path(), &[("GATEWAY_SERVER_API_KEY_EXPIRATION", "1")]);
-    let admin = Client::new(root.path(), "admin-cli", port);
-    let out = admin.login("admin", ADMIN_PASSWORD);
+    let admin = client(root.path(), "admin-cli", port);
+    let out = admin.login("admin", &format!("{ADMIN_PASSWORD}\n"));
     assert!(out.status.success(), "{out:?}");
     admin.ok(&["get", "services"]);
     let out = poll_until("the API key to expire", Duration::from_secs(120), || {

@@ -11,7 +11,8 @@ use autogate_testkit::{Autogate, Output};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::{expect_code, git_repo, raw_json};
+use crate::support::local::{in_work_dir, Cli};
+use crate::support::{expect_code, git_repo};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -37,33 +38,6 @@ impl Local {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.work.display().to_string(),
-            )
-            .env(
-                "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
-                self.key.display().to_string(),
-            )
-            .output(DEADLINE)
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.run(args), args, code)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(args, 0).stdout
-    }
-
-    fn raw(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--raw");
-        raw_json(&a, &self.ok(&a))
-    }
-
     /// Every resource, without the store's timestamps.
     fn snapshot(&self) -> Value {
         let mut all = serde_json::Map::new();
@@ -87,6 +61,19 @@ impl Local {
             all.insert(plural.to_owned(), v[plural].take());
         }
         Value::Object(all)
+    }
+}
+
+impl Cli for Local {
+    fn cmd(&self, args: &[&str]) -> Autogate {
+        in_work_dir(&self.work, args).env(
+            "GATEWAY_SECRETS_ENCRYPT_KEY_FILE",
+            self.key.display().to_string(),
+        )
+    }
+
+    fn deadline(&self) -> Duration {
+        DEADLINE
     }
 }
 
@@ -324,10 +311,7 @@ fn a_bad_file_changes_nothing() {
 
 /// `autogate <args…>` in local mode on `work`, with `env` and no key file setting unless given.
 fn run_in(work: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Autogate::new(args.iter().map(|s| s.to_string())).env(
-        "GATEWAY_APPLICATION_WORKING_DIR",
-        work.display().to_string(),
-    );
+    let mut cmd = in_work_dir(work, args);
     for (k, v) in env {
         cmd = cmd.env(k, *v);
     }

@@ -3,74 +3,22 @@
 //! text layouts, the `--raw` JSON shapes, and the errors an operator meets (duplicates, missing
 //! references, resources still in use, bad flags) with their exit codes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use autogate_testkit::{Autogate, Output};
+use autogate_testkit::Autogate;
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::support::{expect_code, git_repo, raw_json, with_stdin};
+use crate::support::git_repo;
+use crate::support::local::{Cli, LocalDir};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The program of the repository the tests create.
 const RUN_SH: &str = "#!/bin/sh\necho hello\n";
 
-/// One local-mode working directory shared by a series of commands.
-struct Local {
-    dir: TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        Local {
-            dir: tempfile::Builder::new()
-                .prefix("autogate-cli-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.work().display().to_string(),
-            )
-            .output(DEADLINE)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        expect_code(self.run(args), args, 0).stdout
-    }
-
-    fn raw(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--raw");
-        raw_json(&a, &self.ok(&a))
-    }
-
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        expect_code(self.run(args), args, code).stderr
-    }
-
-    /// With `stdin` fed to the process (prompts read one line of a non-terminal stdin).
-    fn with_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
-        let work = self.work();
-        with_stdin(
-            args,
-            &[
-                ("HOME", self.dir.path().as_os_str()),
-                ("GATEWAY_APPLICATION_WORKING_DIR", work.as_os_str()),
-            ],
-            stdin,
-        )
-    }
+/// One local working directory and its CLI.
+fn local() -> LocalDir {
+    LocalDir::new("autogate-cli-", DEADLINE)
 }
 
 fn names(list: &Value, key: &str) -> Vec<String> {
@@ -92,8 +40,8 @@ fn is_utc_second(s: &str) -> bool {
 
 #[test]
 fn every_noun_created_listed_described_and_deleted() {
-    let l = Local::new();
-    let url = git_repo(&l.dir.path().join("repo"), &[("run.sh", RUN_SH)]);
+    let l = local();
+    let url = git_repo(&l.path("repo"), &[("run.sh", RUN_SH)]);
 
     // secret: the value never comes back.
     let out = l.ok(&[
@@ -164,7 +112,7 @@ fn every_noun_created_listed_described_and_deleted() {
     assert!(list.contains(&url), "{list}");
 
     // decorator from a file
-    let schema = l.dir.path().join("schema.json");
+    let schema = l.path("schema.json");
     std::fs::write(
         &schema,
         r#"{"type":"object","properties":{"device":{"type":"string"}},"required":["device"]}"#,
@@ -456,8 +404,8 @@ fn every_noun_created_listed_described_and_deleted() {
 
 #[test]
 fn operator_mistakes_are_named_with_their_exit_codes() {
-    let l = Local::new();
-    let url = git_repo(&l.dir.path().join("repo"), &[("run.sh", RUN_SH)]);
+    let l = local();
+    let url = git_repo(&l.path("repo"), &[("run.sh", RUN_SH)]);
     l.ok(&["create", "repository", "repo", "--url", &url]);
     l.ok(&[
         "create",
@@ -677,7 +625,7 @@ fn operator_mistakes_are_named_with_their_exit_codes() {
 
 #[test]
 fn client_mode_without_a_server_is_unavailable() {
-    let l = Local::new();
+    let l = local();
     let port = autogate_testkit::free_port();
     let out = Autogate::new(["get", "services"])
         .env("GATEWAY_APPLICATION_MODE", "client")

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use autogate_testkit::{poll_until, Autogate, Output};
+use autogate_testkit::poll_until;
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::support::{expect_code, git_repo};
+use crate::support::git_repo;
+use crate::support::local::{Cli, LocalDir};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -36,42 +36,13 @@ const SCHEMA: &str = r#"{
   }
 }"#;
 
-struct Local {
-    dir: TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        Local {
-            dir: tempfile::Builder::new()
-                .prefix("autogate-run-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Autogate {
-        Autogate::new(args.iter().map(|s| s.to_string())).env(
-            "GATEWAY_APPLICATION_WORKING_DIR",
-            self.path("work").display().to_string(),
-        )
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.cmd(args).output(DEADLINE), args, code)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(args, 0).stdout
-    }
+/// One local working directory and its CLI.
+fn local() -> LocalDir {
+    LocalDir::new("autogate-run-", DEADLINE)
 }
 
 /// Repository, decorator, secret, `/bin/sh` executable-object and the service `exe`.
-fn setup(l: &Local) -> PathBuf {
+fn setup(l: &LocalDir) -> PathBuf {
     let url = git_repo(&l.path("repo"), &[("run.sh", SCRIPT)]);
     let marker = l.path("marker");
     l.ok(&["create", "repository", "repo", "--url", &url]);
@@ -116,7 +87,7 @@ fn field<'a>(text: &'a str, label: &str) -> &'a str {
 
 #[test]
 fn use_violations_then_a_real_run() {
-    let l = Local::new();
+    let l = local();
     let marker = setup(&l);
 
     // --use: the decorator's inputs, and nothing runs.
@@ -307,7 +278,7 @@ fn use_violations_then_a_real_run() {
 
 #[test]
 fn service_without_decorator_takes_any_input_with_the_default_format() {
-    let l = Local::new();
+    let l = local();
     l.ok(&[
         "create",
         "executable-object",
@@ -341,7 +312,7 @@ fn service_without_decorator_takes_any_input_with_the_default_format() {
 
 #[test]
 fn ctrl_c_cancels_a_local_run_and_kills_its_process_group() {
-    let l = Local::new();
+    let l = local();
     let pids = l.path("pids");
     let script = format!(
         "#!/bin/sh\nsleep 300 &\necho \"$$ $!\" > {}\nwait\n",
@@ -404,7 +375,7 @@ fn ctrl_c_cancels_a_local_run_and_kills_its_process_group() {
 /// prints no progress at all.
 #[test]
 fn a_slow_run_says_it_is_still_running_on_stderr_and_a_quick_one_says_nothing() {
-    let l = Local::new();
+    let l = local();
     let url = git_repo(
         &l.path("repo"),
         &[

@@ -6,71 +6,23 @@
 //! `get services --type`; `inspect cluster` with health and activity together; `cert-gen
 //! runner` with the subject, SAN, expiry and key flags.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use autogate_testkit::auth::{with_admin_password, ADMIN_PASSWORD};
 use autogate_testkit::etcd::EtcdServer;
-use autogate_testkit::{free_port, poll_until, Autogate, Output, Process};
+use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::local::{Cli, ClientDir};
 use crate::support::{expect_code, ha_without_manager, raw_json, with_stdin};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// One CLI user of a node: a client-mode working directory (where `login` keeps its key).
-struct Client {
-    port: u16,
-    work: PathBuf,
-}
-
-impl Client {
-    fn new(root: &Path, name: &str, port: u16) -> Self {
-        Client {
-            port,
-            work: root.join(name),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Autogate {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env("GATEWAY_APPLICATION_MODE", "client")
-            .env("GATEWAY_CLIENT_PORT", self.port.to_string())
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.work.display().to_string(),
-            )
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.cmd(args).output(DEADLINE), args, code)
-    }
-
-    fn raw(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--raw");
-        raw_json(&a, &self.expect(&a, 0).stdout)
-    }
-
-    /// With `stdin` on standard input (`--password-stdin` reads its lines).
-    fn with_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
-        let port = self.port.to_string();
-        with_stdin(
-            args,
-            &[
-                ("HOME", self.work.as_os_str()),
-                ("GATEWAY_APPLICATION_MODE", "client".as_ref()),
-                ("GATEWAY_CLIENT_PORT", port.as_ref()),
-                ("GATEWAY_APPLICATION_WORKING_DIR", self.work.as_os_str()),
-            ],
-            stdin,
-        )
-    }
-
-    fn login(&self, user: &str, stdin: &str) -> std::process::Output {
-        self.with_stdin(&["login", user, "--password-stdin"], stdin)
-    }
+/// One CLI user of the node on `port`: a client-mode working directory `name` in `root`.
+fn client(root: &Path, name: &str, port: u16) -> ClientDir {
+    ClientDir::new(root, name, port, DEADLINE)
 }
 
 fn text(b: &[u8]) -> String {
@@ -111,7 +63,7 @@ fn temporary_password_and_change_password_through_the_cli() {
     let root = TempDir::new().expect("tmp");
     let port = free_port();
     let _server = start_local_server(&root.path().join("node"), port);
-    let admin = Client::new(root.path(), "admin-cli", port);
+    let admin = client(root.path(), "admin-cli", port);
     assert!(admin
         .login("admin", &format!("{ADMIN_PASSWORD}\n"))
         .status
@@ -142,12 +94,12 @@ fn temporary_password_and_change_password_through_the_cli() {
     assert!(described.contains("temporary"), "{described}");
 
     // The temporary password alone: no key, told why, nothing kept.
-    let bob1 = Client::new(root.path(), "bob-cli-1", port);
+    let bob1 = client(root.path(), "bob-cli-1", port);
     let out = bob1.login("bob", "temp-pass-1\n");
     assert!(!out.status.success(), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("temporary"), "{err}");
-    assert!(!bob1.work.join("api-keys").exists());
+    assert!(!bob1.work().join("api-keys").exists());
     // A wrong password is refused as any other (401 → 77), without a prompt for a new one.
     let out = bob1.login("bob", "wrong-pass-1\nbob-pass-2\n");
     assert_eq!(out.status.code(), Some(77), "{out:?}");
@@ -163,7 +115,7 @@ fn temporary_password_and_change_password_through_the_cli() {
         false
     );
     // The temporary password is gone.
-    let bob2 = Client::new(root.path(), "bob-cli-2", port);
+    let bob2 = client(root.path(), "bob-cli-2", port);
     assert_eq!(
         bob2.login("bob", "temp-pass-1\nx-pass-99\n").status.code(),
         Some(77)
@@ -265,7 +217,7 @@ fn recover_admin_user_on_a_stopped_node() {
     let work = root.path().join("node");
     let port = free_port();
     let mut server = start_local_server(&work, port);
-    let admin = Client::new(root.path(), "admin-cli", port);
+    let admin = client(root.path(), "admin-cli", port);
     assert!(admin
         .login("admin", &format!("{ADMIN_PASSWORD}\n"))
         .status
@@ -340,7 +292,7 @@ fn recover_admin_user_from_another_core_node_on_etcd() {
     .name("core-1")
     .spawn();
     running.wait_for_line("core node listening", Duration::from_secs(30));
-    let admin = Client::new(root.path(), "admin-cli", port);
+    let admin = client(root.path(), "admin-cli", port);
     poll_until("the admin login", DEADLINE, || {
         admin
             .login("admin", &format!("{ADMIN_PASSWORD}\n"))

@@ -6,14 +6,12 @@
 //! unset; the export gives the blocks back. An unknown runtime key, or one that does not apply
 //! to the service's type, is refused with its path and nothing is written.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use autogate_testkit::{Autogate, Output};
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::support::{expect_code, git_repo, raw_json};
+use crate::support::local::{Cli, LocalDir};
+use crate::support::{git_repo, raw_json};
 
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -35,37 +33,9 @@ print(json.dumps({"argv": sys.argv[1:], "timeout": os.environ.get("NETMIKO_TIMEO
                   "in_venv": sys.prefix != sys.base_prefix}))
 "#;
 
-struct Local {
-    dir: TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        Local {
-            dir: tempfile::Builder::new()
-                .prefix("autogate-family-services-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        let cmd = Autogate::new(args.iter().map(|s| s.to_string())).env(
-            "GATEWAY_APPLICATION_WORKING_DIR",
-            self.path("work").display().to_string(),
-        );
-        expect_code(cmd.output(DEADLINE), args, code)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write");
-        p.display().to_string()
-    }
+/// One local working directory and its CLI.
+fn local() -> LocalDir {
+    LocalDir::new("autogate-family-services-", DEADLINE)
 }
 
 fn have_ansible() -> bool {
@@ -133,7 +103,7 @@ fn a_family_file_with_runtime_blocks_imports_unchanged_and_its_services_run() {
     if !have_ansible() {
         return;
     }
-    let l = Local::new();
+    let l = local();
     let url = git_repo(
         &l.path("repo"),
         &[
@@ -213,7 +183,7 @@ fn a_family_file_with_runtime_blocks_imports_unchanged_and_its_services_run() {
 
 #[test]
 fn unknown_or_misplaced_runtime_keys_are_refused_with_their_path() {
-    let l = Local::new();
+    let l = local();
     let url = git_repo(&l.path("repo"), &[("main.py", "print('x')\n")]);
     let base = format!(
         "repositories:\n  - name: r\n    url: {url}\nservices:\n  - name: ok\n    type: python-script\n    filename: main.py\n    repository: r\n"

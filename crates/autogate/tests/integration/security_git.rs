@@ -17,49 +17,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autogate_testkit::auth::{admin_key, with_admin_password, ADMIN_PASSWORD};
-use autogate_testkit::{free_port, Autogate, Output, Process};
+use autogate_testkit::{free_port, Autogate, Process};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::support::{call, expect_code, git_repo, with_stdin};
+use crate::support::local::{Cli, ClientDir, LocalDir};
+use crate::support::{call, git_repo};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// One local working directory and its CLI.
-struct Local {
-    dir: TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        Local {
-            dir: tempfile::Builder::new()
-                .prefix("autogate-secgit-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.path("work").display().to_string(),
-            )
-            .output(DEADLINE)
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.run(args), args, code)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(args, 0).stdout
-    }
+fn local() -> LocalDir {
+    LocalDir::new("autogate-secgit-", DEADLINE)
 }
 
 /// The URL of the reproduced attack: git runs `touch <marker>` as its upload-pack.
@@ -69,7 +38,7 @@ fn upload_pack_url(marker: &Path) -> String {
 
 #[test]
 fn an_option_like_url_is_refused_by_the_cli_and_db_import() {
-    let l = Local::new();
+    let l = local();
     let marker = l.path("pwned");
     let url = upload_pack_url(&marker);
 
@@ -115,7 +84,7 @@ fn an_option_like_url_is_refused_by_the_cli_and_db_import() {
 
 #[test]
 fn an_option_like_url_already_in_the_store_is_refused_at_checkout() {
-    let l = Local::new();
+    let l = local();
     let marker = l.path("pwned");
     let src = git_repo(&l.path("src"), &[("run.sh", "echo hi\n")]);
     l.ok(&["create", "repository", "good", "--url", &src]);
@@ -398,7 +367,7 @@ fn assert_changed(err: &str, host: &str, offered: &str) {
 fn ssh_checkouts_trust_only_the_clusters_known_hosts_in_local_mode() {
     let f = SshFixture::new();
     let sshd = f.sshd(&f.key_a);
-    let l = Local::new();
+    let l = local();
     let host = f.host();
     // `--value=`: the key's first line starts with dashes.
     let value = format!("--value={}", f.client_private);
@@ -560,27 +529,10 @@ fn ssh_checkouts_trust_only_the_clusters_known_hosts_through_the_api() {
     );
 
     // The operator adds the key with the CLI in client mode, logged in to the node.
-    let work = f.dir.path().join("cli");
-    let port_s = port.to_string();
-    let env = [
-        ("HOME", work.as_os_str()),
-        ("GATEWAY_APPLICATION_MODE", "client".as_ref()),
-        ("GATEWAY_CLIENT_PORT", port_s.as_ref()),
-        ("GATEWAY_APPLICATION_WORKING_DIR", work.as_os_str()),
-    ];
-    let out = with_stdin(
-        &["login", "admin", "--password-stdin"],
-        &env,
-        &format!("{ADMIN_PASSWORD}\n"),
-    );
+    let cli = ClientDir::new(f.dir.path(), "cli", port, DEADLINE);
+    let out = cli.login("admin", &format!("{ADMIN_PASSWORD}\n"));
     assert!(out.status.success(), "{out:?}");
-    let client = |args: &[&str], code: i32| {
-        let mut cmd = Autogate::new(args.iter().map(|s| s.to_string()));
-        for (k, v) in &env[1..] {
-            cmd = cmd.env(k, v.to_string_lossy().into_owned());
-        }
-        expect_code(cmd.output(DEADLINE), args, code)
-    };
+    let client = |args: &[&str], code: i32| cli.expect(args, code);
     let out = client(&["hostkeys", "add", &host, &ty, &k], 0).stdout;
     let fp_a = fingerprint(&f.key_a.with_extension("pub"));
     assert!(out.contains(&fp_a), "{out}");

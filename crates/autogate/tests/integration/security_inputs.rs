@@ -9,64 +9,16 @@
 //! attack would create is checked.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use autogate_testkit::{Autogate, Output};
-use serde_json::Value;
-use tempfile::TempDir;
-
-use crate::support::{expect_code, git_repo};
+use crate::support::local::{Cli, LocalDir};
+use crate::support::{git, git_commit, git_repo};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// One local working directory and its CLI.
-struct Local {
-    dir: TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        Local {
-            dir: tempfile::Builder::new()
-                .prefix("autogate-secinputs-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Autogate::new(args.iter().map(|s| s.to_string()))
-            .env(
-                "GATEWAY_APPLICATION_WORKING_DIR",
-                self.path("work").display().to_string(),
-            )
-            .output(DEADLINE)
-    }
-
-    fn expect(&self, args: &[&str], code: i32) -> Output {
-        expect_code(self.run(args), args, code)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(args, 0).stdout
-    }
-
-    /// `run service … --raw`, exit 0, as the bare result.
-    fn raw_run(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        let v: Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("--raw output is JSON ({e}): {out}"));
-        if v.get("result").is_some() {
-            v["result"].clone()
-        } else {
-            v
-        }
-    }
+fn local() -> LocalDir {
+    LocalDir::new("autogate-secinputs-", DEADLINE)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -101,7 +53,7 @@ fn ansible_inputs_are_never_templated_nor_ansible_variables() {
         which("ansible-playbook").is_some(),
         "ansible-playbook is not installed: run `make deps`"
     );
-    let l = Local::new();
+    let l = local();
     let pwned = l.path("pwned");
     let moved = l.path("moved-onto-the-gateway");
     let url = git_repo(
@@ -252,7 +204,7 @@ echo
 
 #[test]
 fn executable_values_never_become_options() {
-    let l = Local::new();
+    let l = local();
     let url = git_repo(&l.path("repo"), &[("prog.sh", PROGRAM)]);
     let written = l.path("written-by-an-option");
     l.ok(&["create", "repository", "repo", "--url", &url]);
@@ -377,7 +329,7 @@ fn opentofu_state_is_returned_without_secrets() {
         eprintln!("SKIPPED: neither tofu nor terraform is installed");
         return;
     };
-    let l = Local::new();
+    let l = local();
     let url = git_repo(&l.path("repo"), &[("main.tf", MAIN_TF)]);
     l.ok(&["create", "repository", "tf", "--url", &url]);
     l.ok(&["create", "secret", "pw", "--value", SECRET]);
@@ -431,32 +383,14 @@ fn opentofu_state_is_returned_without_secrets() {
 
 #[test]
 fn default_requirements_symlink_out_of_the_checkout_is_refused() {
-    let l = Local::new();
+    let l = local();
     let outside = l.path("outside-requirements.txt");
     std::fs::write(&outside, "this-package-does-not-exist-anywhere==1\n").unwrap();
     let repo = l.path("repo");
     let url = git_repo(&repo, &[("main.py", "print('ran')\n")]);
     std::os::unix::fs::symlink(&outside, repo.join("requirements.txt")).unwrap();
-    let git = |args: &[&str]| {
-        let st = Command::new("git")
-            .args(args)
-            .current_dir(&repo)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .status()
-            .unwrap();
-        assert!(st.success(), "git {args:?}");
-    };
-    git(&["add", "requirements.txt"]);
-    git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.invalid",
-        "commit",
-        "-q",
-        "-m",
-        "link",
-    ]);
+    git(&repo, &["add", "requirements.txt"]);
+    git_commit(&repo, "link");
     l.ok(&["create", "repository", "py", "--url", &url]);
     l.ok(&[
         "create",

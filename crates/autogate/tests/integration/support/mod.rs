@@ -2,6 +2,7 @@
 //! configured as the HA tests run them, JSON calls to a node's API, and the manager tests'
 //! scripted gateway ([`manager`]).
 
+pub mod local;
 pub mod manager;
 
 use std::ffi::OsStr;
@@ -19,36 +20,46 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `git <args…>` in `dir`, without the user's git configuration; asserts that it succeeds.
+pub fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .expect("git runs");
+    assert!(st.success(), "git {args:?}");
+}
+
+/// Commits what is staged in the repository `dir` with `message`.
+pub fn git_commit(dir: &Path, message: &str) {
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    );
+}
+
 /// A git repository in `dir` holding `files` (paths may have directories) in one commit on
 /// `main`; returns its `file://` URL.
 pub fn git_repo(dir: &Path, files: &[(&str, &str)]) -> String {
-    let git = |args: &[&str]| {
-        let st = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .status()
-            .expect("git runs");
-        assert!(st.success(), "git {args:?}");
-    };
     std::fs::create_dir_all(dir).expect("mkdir");
-    git(&["init", "-q", "-b", "main"]);
+    git(dir, &["init", "-q", "-b", "main"]);
     for (name, text) in files {
         let p = dir.join(name);
         std::fs::create_dir_all(p.parent().expect("a file has a directory")).expect("mkdir");
         std::fs::write(p, text).expect("write");
     }
-    git(&["add", "-A"]);
-    git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.invalid",
-        "commit",
-        "-q",
-        "-m",
-        "init",
-    ]);
+    git(dir, &["add", "-A"]);
+    git_commit(dir, "init");
     format!("file://{}", dir.display())
 }
 
