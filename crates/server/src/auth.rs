@@ -911,9 +911,8 @@ impl Auth {
         temporary: bool,
     ) -> Result<usize, AuthError> {
         let hash = hash_password(&self.guard, password.to_owned()).await?;
-        let key = self.user_key(name);
         for _ in 0..CONTENDED_ATTEMPTS {
-            let Some((mut user, revision)) = self.user(name).await? else {
+            let Some((user, revision)) = self.user(name).await? else {
                 return Err(AuthError::NotFound(name.to_owned()));
             };
             if expected.as_ref().is_some_and(|e| *e != user.password_hash) {
@@ -921,28 +920,43 @@ impl Auth {
                     "the password of user {name} changed meanwhile; try again with the new current password"
                 )));
             }
-            user.password_hash = hash.clone();
-            user.password_changed = Some(rfc3339(now()));
-            user.must_change_password = temporary;
-            let revoked = self.key_deletes(name).await?;
-            let count = revoked.len();
-            let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
-            ops.extend(revoked);
             // A login between the listing of keys and this write changes the user record
             // (last login), so its new key cannot survive the change: the write is retried.
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then(ops);
+            let (txn, count) = self
+                .password_txn(name, user, revision, &hash, temporary)
+                .await?;
             if self.store.txn(txn).await?.succeeded {
                 self.forget_user(name);
                 return Ok(count);
             }
         }
         Err(contended(name))
+    }
+
+    /// The write of a password change: `user` of `name`, read at `revision`, with the hash
+    /// `hash` (`temporary`: to be changed at the next login), put back together with the
+    /// deletion of every key of the user, only while the record is still at `revision`.
+    /// Returns the transaction and how many keys it revokes.
+    async fn password_txn(
+        &self,
+        name: &str,
+        mut user: UserRecord,
+        revision: i64,
+        hash: &str,
+        temporary: bool,
+    ) -> Result<(Txn, usize), AuthError> {
+        user.password_hash = hash.to_owned();
+        user.password_changed = Some(rfc3339(now()));
+        user.must_change_password = temporary;
+        let key = self.user_key(name);
+        let revoked = self.key_deletes(name).await?;
+        let count = revoked.len();
+        let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
+        ops.extend(revoked);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then(ops);
+        Ok((txn, count))
     }
 }
 
@@ -970,25 +984,15 @@ impl Auth {
             let (txn, recovered) = match self.user(ADMIN).await? {
                 Some((mut user, revision)) => {
                     let role_restored = user.role.is_some_and(|r| r != Role::Admin);
-                    user.password_hash = hash.clone();
-                    user.password_changed = Some(rfc3339(now()));
-                    user.must_change_password = false;
                     user.role = Some(Role::Admin);
-                    let revoked = self.key_deletes(ADMIN).await?;
+                    let (txn, revoked_keys) = self
+                        .password_txn(ADMIN, user, revision, &hash, false)
+                        .await?;
                     let recovered = Recovered {
                         created: false,
                         role_restored,
-                        revoked_keys: revoked.len(),
+                        revoked_keys,
                     };
-                    let mut ops = vec![TxnOp::put(key.clone(), encode(&user)?)];
-                    ops.extend(revoked);
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then(ops);
                     (txn, recovered)
                 }
                 None => {
