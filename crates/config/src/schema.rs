@@ -308,9 +308,9 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("application", "working_dir", PATH, V("~/.gateway.d"), "working directory: local store, API key, logs and manager data by default"),
     KeyDef::new("application", "node_name", STR, Derived("the CN of `connect.certificate_file`, else the host name"), "stable name of this node, shown next to its id (new at every start) by the manager, the HA status and `get runners`; set it when several nodes share a host and have no certificate of their own"),
     KeyDef::new("application", "ca_certificate_file", PATH, NoDefault, "CA certificate for client, server and runner TLS"),
-    KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which the pruner deletes a cached Python venv: one no run used for this long (a venv in use is never deleted; the next run needing it builds it again)"),
+    KeyDef::new("application", "venv_retention_period", DUR, V("30d"), "idle time after which the pruner deletes a cached Python venv or Ansible Galaxy install (a playbook's `requirements.yml`): one no run used for this long (one in use or being built is never deleted; the next run needing it builds it again)"),
     KeyDef::new("application", "run_output_limit", Kind::Size { min: 1 << 10, max: 1 << 30 }, V("16MiB"), "largest captured stdout or stderr of one run; beyond it the output is truncated with a marker"),
-    KeyDef::new("application", "venv_sweep_interval", Kind::Duration { min: Some(Duration::from_secs(1)) }, V("24h"), "how often the venv pruner looks for cached venvs to delete (core nodes and runners, at start and then at this interval)"),
+    KeyDef::new("application", "venv_sweep_interval", Kind::Duration { min: Some(Duration::from_secs(1)) }, V("24h"), "how often the venv pruner looks for cached venvs and Galaxy installs to delete (core nodes and runners, at start and then at this interval)"),
     KeyDef::new("application", "auto_accept_eula", BOOL, V("false"), "family 5.0.x: accept the EULA non-interactively").compat("autogate has no EULA to accept; nothing waits for one"),
     // [connect]
     KeyDef::new("connect", "hosts", Kind::HostPortList, NoDefault, "manager addresses, **space**-separated `host:port` list; one live connection at a time"),

@@ -517,6 +517,8 @@ impl Engine {
         let mut deps_env = BTreeMap::new();
         // ansible-playbook: the venv of its requirements.txt, held until the program is done.
         let mut ansible_venv = None;
+        // ansible-playbook: its Galaxy dependencies' pin against the pruner, held likewise.
+        let mut galaxy_in_use = None;
         let plan = match service.service_type {
             ServiceType::PythonScript => {
                 let filename = required(service.filename.as_deref(), "filename", service)?;
@@ -605,6 +607,7 @@ impl Engine {
                         .await?;
                     deps_env.extend(deps.env(&service.env));
                     env_build = add_time(env_build, deps.build_time);
+                    galaxy_in_use = deps.in_use;
                 }
                 if let Some(req) = pip_req {
                     let python = crate::which("python3", &search_path).ok_or_else(|| {
@@ -683,6 +686,7 @@ impl Engine {
         });
         drop(vars_file);
         drop(ansible_venv);
+        drop(galaxy_in_use);
         drop(venv_in_use);
         drop(ws);
         result

@@ -9,10 +9,15 @@
 //! Layout under `<work_dir>/galaxy/`: `<key>/collections` and `<key>/roles`. A set is built in a
 //! fresh `.build-<key>-<random>` directory by `ansible-galaxy install -r` with
 //! `ANSIBLE_COLLECTIONS_PATH`/`ANSIBLE_ROLES_PATH` pointing into it, then renamed to `<key>`:
-//! the atomic publish, so a set is usable exactly when `<key>` exists. Two builders of one key
-//! may both build; the second rename fails and its copy is removed. A failed build leaves
-//! nothing behind; one killed mid-way leaves its build directory, removed by the next build of
-//! that key once it is older than the build timeout.
+//! the atomic publish, so a set is usable exactly when `<key>` exists. Builders of one key
+//! serialise on `<key>.lock` (`flock`); a second builder that waited finds `<key>` and reuses
+//! it. A failed build leaves nothing behind; one killed mid-way leaves its build directory,
+//! removed by the next build of that key once it is older than the build timeout, or by the
+//! pruner.
+//!
+//! As venvs, a set handed to a run is pinned for the run (a shared lock on `<key>.use`, whose
+//! time records the use): the pruner ([`crate::venv_prune`]) deletes sets unused for
+//! `[application] venv_retention_period`, never one in use or being built.
 //!
 //! The server reaches `ansible-galaxy` the way the family configures it, through the
 //! environment (`ANSIBLE_GALAXY_SERVER_LIST` and `ANSIBLE_GALAXY_SERVER_<ID>_URL`, `_TOKEN`,
@@ -29,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ExecError;
 use crate::runner::{run_process, ProcessSpec};
 use crate::user::ServiceUser;
+use crate::venv_prune::Cache;
 
 /// The Galaxy server collections and roles come from (an `ansible-galaxy` registry).
 #[derive(Clone, PartialEq, Eq)]
@@ -123,6 +129,9 @@ pub struct GalaxyDeps {
     pub path: PathBuf,
     /// How long this call took to install it; `None` when it was reused.
     pub build_time: Option<Duration>,
+    /// The set's pin against the pruner: keep it (or this value) for as long as the run uses
+    /// the set. The use was recorded when it was handed out.
+    pub in_use: Option<crate::venv_prune::InUse>,
 }
 
 impl GalaxyDeps {
@@ -213,7 +222,8 @@ impl GalaxyCache {
 
     /// The set for `requirements`, installed with `galaxy` (`ansible-galaxy`) when absent.
     /// `cwd` is where relative paths of the file are read from (the service's working
-    /// directory); `env` the service's environment (its `PATH`, proxies).
+    /// directory); `env` the service's environment (its `PATH`, proxies). The set comes pinned
+    /// against the pruner ([`GalaxyDeps::in_use`]).
     pub async fn ensure(
         &self,
         galaxy: &Path,
@@ -224,17 +234,60 @@ impl GalaxyCache {
         cancel: &CancellationToken,
     ) -> Result<GalaxyDeps, ExecError> {
         let key = Self::key(requirements, server)?;
+        // The pruner may take an idle set between the lookup and the pin; then look again
+        // (which installs it). Twice in a row would need a retention shorter than a build.
+        for _ in 0..3 {
+            let mut deps = self
+                .ensure_unpinned(&key, galaxy, requirements, cwd, server, env, cancel)
+                .await?;
+            if let Some(pin) = crate::venv_prune::pin_in(Cache::Galaxy, &self.root, &key).await? {
+                deps.in_use = Some(pin);
+                return Ok(deps);
+            }
+        }
+        Err(ExecError::Dependencies {
+            reason: format!(
+                "the Galaxy dependencies of {} were pruned as soon as they were installed, three times: is [application] venv_retention_period shorter than an install?",
+                requirements.display()
+            ),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_unpinned(
+        &self,
+        key: &str,
+        galaxy: &Path,
+        requirements: &Path,
+        cwd: &Path,
+        server: Option<&GalaxyServer>,
+        env: &BTreeMap<String, String>,
+        cancel: &CancellationToken,
+    ) -> Result<GalaxyDeps, ExecError> {
+        let key = key.to_owned();
         let path = self.root.join(&key);
         if path.is_dir() {
             return Ok(GalaxyDeps {
                 key,
                 path,
                 build_time: None,
+                in_use: None,
             });
         }
         let started = Instant::now();
         std::fs::create_dir_all(&self.root)
             .map_err(|e| ExecError::io(format!("creating {}", self.root.display()), e))?;
+        // Held until the set is published: the pruner leaves a key alone while it is held.
+        let _lock = crate::checkout::lock_file(self.root.join(format!("{key}.lock"))).await?;
+        // Someone else may have installed it while we waited for the lock.
+        if path.is_dir() {
+            return Ok(GalaxyDeps {
+                key,
+                path,
+                build_time: None,
+                in_use: None,
+            });
+        }
         self.remove_stale_builds(&key);
         // Removed on every early return: a failed install leaves nothing.
         let build = tempfile::Builder::new()
@@ -294,6 +347,10 @@ impl GalaxyCache {
             });
         }
         let built = build.keep();
+        // Its time is when it was published (what the pruner counts idleness from), not when
+        // the build started. At worst (not allowed) it counts from the build's start.
+        let _ =
+            std::fs::File::open(&built).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         match std::fs::rename(&built, &path) {
             Ok(()) => {}
             // Another builder published the same key first: use theirs.
@@ -309,6 +366,7 @@ impl GalaxyCache {
             key,
             path,
             build_time: Some(started.elapsed()),
+            in_use: None,
         })
     }
 }

@@ -365,10 +365,12 @@ async fn galaxy_collections_and_pip_requirements_are_installed_and_cached() {
     );
     assert!(r.environment_build_time.is_some(), "first run installs");
     // Installed under the engine's galaxy cache, not in the workspace.
+    // Beside the set: its lock files (`<key>.lock`, `<key>.use`).
     let sets: Vec<_> = std::fs::read_dir(t.path().join("work/galaxy"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock") && !n.ends_with(".use"))
         .collect();
     assert_eq!(sets.len(), 1, "{sets:?}");
     assert!(t
@@ -440,9 +442,12 @@ async fn a_failed_galaxy_install_is_reported_and_leaves_nothing() {
     );
     assert!(msg.contains("missing-1.0.0.tar.gz"), "{msg}");
     assert!(!msg.contains("tok-SECRET-123"), "{msg}");
+    // Nothing but the key's (empty) build lock file.
     let left: Vec<_> = std::fs::read_dir(t.path().join("work/galaxy"))
         .unwrap()
         .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
