@@ -1,4 +1,4 @@
-//! `autogate run service <type> [apply|destroy] NAME [--set k=v]… [--use]`: runs a service
+//! `autogate run service <type> [apply|destroy|plan] NAME [--set k=v]… [--use]`: runs a service
 //! (in-process in local mode, on the core node in client mode) and prints the family's layout —
 //! the program's stdout and stderr, its return code, then start, end and elapsed time in
 //! `[terminal] timestamp_timezone`, and the environment build time when the run built one — or,
@@ -65,7 +65,8 @@ pub enum RunKind {
     /// Run an ansible-playbook service.
     #[command(after_help = EXIT_STATUS_HELP)]
     AnsiblePlaybook(RunOpts),
-    /// Run an opentofu-plan service: `apply` (the default) or `destroy`.
+    /// Run an opentofu-plan service: `apply` (the default), `destroy`, or `plan` (shows what
+    /// apply would change, changes nothing).
     #[command(after_help = EXIT_STATUS_HELP)]
     OpentofuPlan(TofuRunOpts),
     /// Run an executable service.
@@ -98,8 +99,13 @@ pub struct RunOpts {
 
 #[derive(Debug, Args)]
 pub struct TofuRunOpts {
-    /// `[apply|destroy] NAME`.
-    #[arg(num_args = 1..=2, required = true, value_name = "[apply|destroy] NAME")]
+    /// `[apply|destroy|plan] NAME`: the action (apply when left out; plan changes nothing)
+    /// and the service.
+    #[arg(
+        num_args = 1..=2,
+        required = true,
+        value_name = "[apply|destroy|plan] NAME"
+    )]
     pub words: Vec<String>,
     #[command(flatten)]
     pub inputs: InputArgs,
@@ -143,13 +149,13 @@ fn plan(args: RunArgs) -> Result<Plan, Failure> {
                     let action = match action.as_str() {
                         "apply" => TofuAction::Apply,
                         "destroy" => TofuAction::Destroy,
+                        "plan" => TofuAction::Plan,
                         other => {
+                            let why = "expected apply, destroy or plan";
                             return Err(Failure::new(
                                 USAGE,
-                                format!(
-                                    "opentofu-plan action {other:?}: expected apply or destroy"
-                                ),
-                            ))
+                                format!("opentofu-plan action {other:?}: {why}"),
+                            ));
                         }
                     };
                     (action, name.clone())
@@ -157,7 +163,7 @@ fn plan(args: RunArgs) -> Result<Plan, Failure> {
                 _ => {
                     return Err(Failure::new(
                         USAGE,
-                        "run service opentofu-plan [apply|destroy] NAME",
+                        "run service opentofu-plan [apply|destroy|plan] NAME",
                     ))
                 }
             };

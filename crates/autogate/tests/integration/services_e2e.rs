@@ -542,6 +542,94 @@ fn opentofu_plan_runs_or_names_the_missing_binary() {
     assert!(r["stdout"].as_str().unwrap().contains("hello lab"), "{r}");
 }
 
+#[test]
+fn opentofu_plan_cli_plans_without_applying_or_names_the_missing_binary() {
+    let t = tempfile::tempdir().unwrap();
+    let work = t.path().join("work");
+    let url = git_repo(
+        &t.path().join("src"),
+        &[(
+            "main.tf",
+            "variable \"name\" { type = string }\noutput \"greeting\" { value = \"hello ${var.name}\" }\n",
+        )],
+    );
+    ok(
+        &cli(
+            &work,
+            &["create", "repository", "tf", "--url", &url],
+            DEADLINE,
+        ),
+        "create repository",
+    );
+    ok(
+        &cli(
+            &work,
+            &[
+                "create",
+                "service",
+                "opentofu-plan",
+                "hello",
+                "--repository",
+                "tf",
+            ],
+            DEADLINE,
+        ),
+        "create service",
+    );
+    // An action the CLI does not know is a usage error that names the three it does.
+    let bad = cli(
+        &work,
+        &["run", "service", "opentofu-plan", "show", "hello"],
+        DEADLINE,
+    );
+    assert_ne!(bad.code(), Some(0));
+    assert!(
+        bad.stderr.contains("expected apply, destroy or plan"),
+        "{}",
+        bad.stderr
+    );
+    let out = cli(
+        &work,
+        &[
+            "run",
+            "service",
+            "opentofu-plan",
+            "plan",
+            "hello",
+            "--set",
+            "name=lab",
+            "--raw",
+        ],
+        BUILD_DEADLINE,
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    if autogate_exec::which("tofu", &path).is_none() {
+        // `plan` was accepted: the run got as far as looking for the binary.
+        assert_ne!(out.code(), Some(0));
+        assert!(
+            out.stderr.contains("tofu not found"),
+            "a clear error: {}",
+            out.stderr
+        );
+        eprintln!(
+            "SKIPPED: real opentofu plan — tofu is not installed (\"tofu not found\" checked)"
+        );
+        return;
+    }
+    ok(&out, "tofu plan");
+    let r = raw_result(&out);
+    assert_eq!(r["return_code"], 0, "{r}");
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("hello lab"),
+        "the plan shows the output: {r}"
+    );
+    assert!(
+        !stdout.contains("Apply complete"),
+        "plan applies nothing: {r}"
+    );
+}
+
 const PLAINTEXT: &str = "PLAINTEXT-SECRET-4b1d9e";
 
 /// A secret is created and used by a run; the run's output shows the mask, and the raw store
