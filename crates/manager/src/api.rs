@@ -653,10 +653,10 @@ fn run_body(name: &str, body: &Bytes) -> Result<(autogate_proto::ServiceRun, Dur
     run.service_type = opt_str(&obj, "type")?.map(str::to_owned);
     run.action = match opt_str(&obj, "action")? {
         None => None,
-        Some(a @ ("apply" | "destroy")) => Some(a.to_owned()),
+        Some(a @ ("apply" | "destroy" | "plan")) => Some(a.to_owned()),
         Some(other) => {
             return Err(format!(
-                "action: expected apply or destroy, got {:?}",
+                "action: expected apply, destroy or plan, got {:?}",
                 crate::model::truncate(other, 40)
             ))
         }
@@ -914,7 +914,7 @@ mod tests {
             (r#"{"inputs": 5}"#, "inputs:"),
             (r#"{"set": ["x"]}"#, "set[0]:"),
             (r#"{"set": "x=1"}"#, "set:"),
-            (r#"{"action": "plan"}"#, "action:"),
+            (r#"{"action": "preview"}"#, "action:"),
             (r#"{"timeout_ms": 0}"#, "timeout_ms:"),
             (r#"{"colour": 1}"#, "colour: unknown field"),
             ("[]", "the body must be a JSON object"),

@@ -559,6 +559,14 @@ pub fn spawn_venv_pruner(config: &Config, work_dir: &std::path::Path, shutdown: 
                         ))
                     );
                 }
+                for (key, idle) in &sweep.removed_galaxy {
+                    tracing::info!(
+                        "venv pruner: removed Galaxy dependencies {key}, unused for {}",
+                        autogate_config::format_duration(std::time::Duration::from_secs(
+                            idle.as_secs()
+                        ))
+                    );
+                }
                 for problem in &sweep.problems {
                     tracing::warn!("venv pruner: {problem}");
                 }

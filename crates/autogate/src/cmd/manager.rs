@@ -101,8 +101,8 @@ pub enum ServiceAction {
         /// Refuse to run unless the service is of this type (executable, python-script, …).
         #[arg(long = "type", value_name = "TYPE")]
         service_type: Option<String>,
-        /// opentofu-plan services: apply (the default) or destroy.
-        #[arg(long, value_name = "apply|destroy")]
+        /// opentofu-plan services: apply (the default), destroy or plan.
+        #[arg(long, value_name = "apply|destroy|plan")]
         action: Option<String>,
         /// opentofu-plan services: the state to start from, as JSON or @FILE.
         #[arg(long, value_name = "JSON|@FILE")]
@@ -533,11 +533,11 @@ fn run_body(
     }
     match action {
         None => {}
-        Some(a @ ("apply" | "destroy")) => body["action"] = json!(a),
+        Some(a @ ("apply" | "destroy" | "plan")) => body["action"] = json!(a),
         Some(other) => {
             return Err(Failure::new(
                 USAGE,
-                format!("--action {other:?}: expected apply or destroy"),
+                format!("--action {other:?}: expected apply, destroy or plan"),
             ))
         }
     }
