@@ -17,19 +17,6 @@ use autogate_testkit::{free_port, http_get, poll_until, Autogate, Process};
 const SEEDS: [u64; 3] = [1, 2, 3];
 const CONCURRENCY: usize = 8;
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 struct Row {
     api: &'static str,
     routes: usize,
@@ -99,7 +86,7 @@ fn core_node() -> Row {
         tally,
         crashes,
         took: started.elapsed(),
-        peak_mib: peak_rss_mib(node.pid()),
+        peak_mib: crate::status_mib(node.pid(), "VmHWM"),
     }
 }
 
@@ -155,7 +142,7 @@ fn manager() -> Row {
         tally,
         crashes,
         took: started.elapsed(),
-        peak_mib: peak_rss_mib(proc.pid()),
+        peak_mib: crate::status_mib(proc.pid(), "VmHWM"),
     }
 }
 

@@ -34,19 +34,6 @@ struct Manager {
     client_tls: Arc<autogate_tls::rustls::ClientConfig>,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn start(node: &Issued) -> Manager {
     let data = tempfile::tempdir().expect("tempdir");
     let port = free_port();
@@ -175,7 +162,7 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss = rss_mib(m.proc.pid());
+    let idle_rss = crate::status_mib(m.proc.pid(), "VmRSS");
 
     let t0 = Instant::now();
     let results: Vec<(Duration, tokio::task::JoinHandle<()>)> = futures::stream::iter(0..SESSIONS)
@@ -196,7 +183,7 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
     let accept_rate = SESSIONS as f64 / took.as_secs_f64();
     let connect_ms = Stats::new(results.iter().map(|(d, _)| ms(*d)).collect());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_with_sessions = rss_mib(m.proc.pid());
+    let rss_with_sessions = crate::status_mib(m.proc.pid(), "VmRSS");
 
     // Ping round trips through the REST API and the live sessions, sequential.
     let mut samples = Vec::with_capacity(PINGS);
@@ -223,7 +210,7 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
         false,
     )
     .expect("tls");
-    let rss_before_bad = rss_mib(m.proc.pid());
+    let rss_before_bad = crate::status_mib(m.proc.pid(), "VmRSS");
     let t0 = Instant::now();
     futures::stream::iter(0..BAD_ATTEMPTS)
         .for_each_concurrent(CONNECT_CONCURRENCY, |i| {
@@ -236,7 +223,7 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
         .await;
     let bad_rate = BAD_ATTEMPTS as f64 / t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after_bad = rss_mib(m.proc.pid());
+    let rss_after_bad = crate::status_mib(m.proc.pid(), "VmRSS");
     let good_session_survived =
         results.iter().all(|(_, h)| !h.is_finished()) && m.admin.ping("c0000").await.is_ok();
     for (_, h) in results {

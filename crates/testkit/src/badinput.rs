@@ -17,6 +17,8 @@ use autogate_tls::rustls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::rng::Rng;
+
 /// Where the requests go.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -156,23 +158,6 @@ struct Case {
     headers: Vec<(String, Vec<u8>)>,
     body: Option<Vec<u8>>,
     authorized: bool,
-}
-
-/// A small seeded generator (xorshift64*): the cases of a run follow from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Values for a path parameter: already as they go on the wire.
@@ -436,27 +421,27 @@ fn cases(route: &Route, sizes: Sizes, rng: &mut Rng) -> Vec<Case> {
     // A seeded mix: a random parameter, a random body, sometimes no key.
     let bodies = json_bodies(sizes.large_value / 16);
     for _ in 0..sizes.random_per_route {
-        let p = &params[rng.below(params.len())];
+        let p = &params[rng.index(params.len())];
         let target = if has_params {
             fill(&route.path, p)
         } else {
             plain.clone()
         };
         let body = if takes_body(&route.method) {
-            match rng.below(3) {
-                0 => bodies[rng.below(bodies.len())].clone(),
+            match rng.index(3) {
+                0 => bodies[rng.index(bodies.len())].clone(),
                 1 => {
-                    let f = FIELDS[rng.below(FIELDS.len())];
+                    let f = FIELDS[rng.index(FIELDS.len())];
                     let vals = field_values();
-                    let g = FIELDS[rng.below(FIELDS.len())];
+                    let g = FIELDS[rng.index(FIELDS.len())];
                     format!(
                         "{{\"{f}\":{},\"{g}\":{}}}",
-                        vals[rng.below(vals.len())],
-                        vals[rng.below(vals.len())]
+                        vals[rng.index(vals.len())],
+                        vals[rng.index(vals.len())]
                     )
                     .into_bytes()
                 }
-                _ => (0..rng.below(512)).map(|_| rng.next() as u8).collect(),
+                _ => (0..rng.index(512)).map(|_| rng.next() as u8).collect(),
             }
         } else {
             Vec::new()
@@ -466,7 +451,7 @@ fn cases(route: &Route, sizes: Sizes, rng: &mut Rng) -> Vec<Case> {
             c.body = None;
             c.headers.clear();
         }
-        c.authorized = rng.below(5) != 0;
+        c.authorized = rng.index(5) != 0;
         out.push(c);
     }
     out
@@ -598,7 +583,7 @@ pub async fn fire(
     seed: u64,
     concurrency: usize,
 ) -> Tally {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     // One route's cases at a time: the huge bodies of every route at once would not fit.
@@ -670,8 +655,8 @@ mod tests {
     fn templates_are_filled_and_cases_follow_the_seed() {
         assert_eq!(fill("/a/{x}/b/{y}", b".."), b"/a/../b/..".to_vec());
         let r = Route::new("POST", "/api/v1/users/{name}/password");
-        let a = cases(&r, Sizes::QUICK, &mut Rng(7));
-        let b = cases(&r, Sizes::QUICK, &mut Rng(7));
+        let a = cases(&r, Sizes::QUICK, &mut Rng::new(7));
+        let b = cases(&r, Sizes::QUICK, &mut Rng::new(7));
         assert_eq!(a.len(), b.len());
         assert!(a
             .iter()

@@ -6,8 +6,9 @@
 //! throw-away PKI), [`process`] (spawned `autogate` processes with captured logs, ports),
 //! [`auth`] (logging in to a core node), [`badinput`] (malformed and hostile requests against
 //! every route of an API, counted), [`proxy`] (a cuttable TCP proxy for network faults),
-//! [`scenario`] (end-to-end set-ups), [`soak`] (the chaos soak and its checker), [`webdriver`] (headless Chromium), `http` (requests through
-//! reqwest).
+//! [`scenario`] (end-to-end set-ups), [`soak`] (the chaos soak and its checker), [`webdriver`]
+//! (headless Chromium), `http` (requests through reqwest), `rng` (the seeded generator of the
+//! soak's schedule and the bad-input cases).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod etcd;
 mod http;
 pub mod process;
 pub mod proxy;
+mod rng;
 pub mod scenario;
 pub mod soak;
 pub mod webdriver;

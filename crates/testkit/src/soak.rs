@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use crate::auth::{admin_key, with_admin_password};
 use crate::etcd::EtcdServer;
 use crate::proxy::TcpProxy;
+use crate::rng::Rng;
 use crate::scenario::{core_node, Manager, Pki, START};
 use crate::{free_port, poll_until, Autogate, Process};
 
@@ -228,23 +229,6 @@ impl SoakReport {
     }
 }
 
-/// xorshift64*: a seeded schedule needs no more.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 struct Core {
     name: &'static str,
     port: u16,
@@ -430,7 +414,7 @@ impl World {
                 ));
             }
             Fault::KillRunner => {
-                let i = rng.below(self.runners.len() as u64) as usize;
+                let i = rng.index(self.runners.len());
                 if let Some(mut p) = self.runners[i].1.take() {
                     p.kill();
                 }
@@ -587,7 +571,7 @@ fn call_once(client: &reqwest::Client, url: &str, token: &str, tag: &str, cmd: &
 pub fn run(cfg: SoakConfig) -> SoakReport {
     let started = Instant::now();
     let mut world = World::start(cfg.clone());
-    let mut rng = Rng(cfg.seed.max(1));
+    let mut rng = Rng::new(cfg.seed);
     let file = world.dirs.path().join("executions");
     let token = std::fs::read_to_string(world.manager().token_path())
         .expect("token")
@@ -617,7 +601,7 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
                 calls.clone(),
                 file.clone(),
             );
-            let mut pace = Rng(cfg.seed.wrapping_add(c as u64 + 1).max(1));
+            let mut pace = Rng::new(cfg.seed.wrapping_add(c as u64 + 1));
             std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
@@ -662,7 +646,7 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     for _ in 0..cfg.faults {
         // Some calm between faults, so that runs complete and the primary takes the role back.
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-        let fault = kinds[rng.below(kinds.len() as u64) as usize];
+        let fault = kinds[rng.index(kinds.len())];
         let t0 = Instant::now();
         world.inject(fault, &mut rng);
         eprintln!("soak: {} injected in {:?}", fault.name(), t0.elapsed());
