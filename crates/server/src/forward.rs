@@ -158,7 +158,7 @@ impl Forwarder {
         }
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
             Ok(b) => b,
-            Err(e) => return body_error(&e),
+            Err(e) => return body_error(&e, MAX_BODY),
         };
         let mut out = self
             .http
@@ -241,13 +241,13 @@ fn is_loopback(address: &str) -> bool {
     }
 }
 
-/// The answer to a request body that could not be read: too large (413), too slow (408), or
-/// broken off (400).
-fn body_error(e: &axum::Error) -> Response {
+/// The answer to a request body that could not be read: larger than `limit` (413), too slow
+/// (408), or broken off (400).
+pub(crate) fn body_error(e: &axum::Error, limit: usize) -> Response {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
-            return too_large(MAX_BODY);
+            return too_large(limit);
         }
         if let Some(t) = err.downcast_ref::<crate::transport::BodyTimeout>() {
             return error(StatusCode::REQUEST_TIMEOUT, t.to_string());

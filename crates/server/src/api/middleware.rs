@@ -112,12 +112,13 @@ pub(super) async fn login_address_backoff(
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, LOGIN_BODY_LIMIT).await {
         Ok(b) => b,
+        // Too large (the port's limit for key-less routes, or this one), too slow or cut off:
+        // the same answers a forwarded body gets.
         Err(e) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("login body: {}", autogate_runtime::error_chain(&e)),
+            return crate::forward::body_error(
+                &e,
+                LOGIN_BODY_LIMIT.min(crate::transport::OPEN_BODY_LIMIT),
             )
-            .into_response()
         }
     };
     let user = serde_json::from_slice::<serde_json::Value>(&bytes)
