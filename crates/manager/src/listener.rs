@@ -27,7 +27,6 @@ use std::time::Duration;
 use autogate_tls::rustls::ServerConfig;
 use autogate_tls::{AcceptHandler, AcceptOptions, Accepted, ConnectionLimits, HandshakeFailure};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -168,26 +167,12 @@ impl Port {
             req.extensions_mut().insert(peer.clone());
             router.clone().oneshot(req)
         });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
-        let conn = builder
-            .serve_connection(TokioIo::new(tls), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!("connection from {addr} ended: {e}");
-                }
-            }
-            _ = self.token.cancelled() => {
-                // Finish the request in flight, then close; upgraded WebSocket sessions are no
-                // longer part of this future and close themselves.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-            }
-        }
+        // On a stop the request in flight finishes, then the connection closes; upgraded
+        // WebSocket sessions are no longer part of it and close themselves.
+        let limits = autogate_tls::Http1Limits {
+            header_read_timeout: HEADER_TIMEOUT,
+            stop_grace: Duration::from_secs(5),
+        };
+        autogate_tls::serve_http1(tls, service, limits, &self.token, addr).await;
     }
 }

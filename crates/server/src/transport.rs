@@ -46,7 +46,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -228,25 +227,11 @@ impl Port {
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             call(app.clone(), req, addr, body_timeout)
         });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout);
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!("API connection from {addr} ended: {e}");
-                }
-            }
-            _ = self.stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(STOP_GRACE, conn).await;
-            }
-        }
+        let limits = autogate_tls::Http1Limits {
+            header_read_timeout: self.limits.header_read_timeout,
+            stop_grace: STOP_GRACE,
+        };
+        autogate_tls::serve_http1(io, service, limits, &self.stop, addr).await;
     }
 }
 

@@ -6,8 +6,8 @@
 //! (PEM, keys, fingerprints, certificate details), `config` (rustls client and server
 //! configurations), `verify` (the verifiers behind [`ClientAuth`] and insecure clients),
 //! `accept` ([`accept_loop`]: handshake timeout, connection caps in total and per client
-//! address ([`ConnectionLimits`]), an [`AcceptHandler`] per port),
-//! `error` ([`TlsError`]).
+//! address ([`ConnectionLimits`]), an [`AcceptHandler`] per port), `http1` ([`serve_http1`]:
+//! one HTTP/1.1 connection with its header timeout and graceful stop), `error` ([`TlsError`]).
 //!
 //! Every rustls configuration built here uses the `ring` crypto provider explicitly (never a
 //! process-wide default), so the binary behaves the same whatever other crates install.
@@ -30,6 +30,7 @@ mod accept;
 mod certgen;
 mod config;
 mod error;
+mod http1;
 mod load;
 mod mint;
 mod verify;
@@ -44,6 +45,7 @@ pub use certgen::{
 };
 pub use config::{client_config, server_config, ClientAuth, Roots, ALPN_HTTP1};
 pub use error::TlsError;
+pub use http1::{serve_http1, Http1Limits};
 pub use load::{
     cert_info, fingerprint_sha256, key_matches, load_certs, load_identity, load_key,
     parse_pem_certs, parse_pem_key, CertInfo, Identity,
