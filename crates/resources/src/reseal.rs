@@ -1,13 +1,18 @@
 //! Sealing again, bound to their names, the secret values earlier versions sealed unbound
 //! (`v1`, see [`crate::crypto`]). An unbound value opens under any name, so whoever can write
 //! the store could copy it under another secret's name; once every value is `v2`, such a copy
-//! fails to open. The active node does it when it takes the role, in one fenced transaction
-//! that only lands if no resource changed since it read them.
+//! fails to open. The active node does it when it takes the role, in fenced transactions of at
+//! most [`BATCH`] secrets (etcd refuses transactions of more than 128 operations by default),
+//! each landing only if no resource changed since it read them. A secret is sealed again whole
+//! or not at all, so the batches need no atomicity between them.
 
 use crate::crypto::{is_unbound, KeyFile};
 use crate::model::Secret;
 use crate::store::{Plan, ResourceError, Resources};
 use autogate_store::{Compare, TxnOp};
+
+/// Secrets sealed again per transaction.
+const BATCH: usize = 50;
 
 impl Resources {
     /// Seals every unbound secret value again, bound to its secret's name; returns the names
@@ -17,10 +22,37 @@ impl Resources {
         &self,
         key: &KeyFile,
     ) -> Result<Vec<String>, ResourceError> {
+        self.reseal_in_batches(key, BATCH).await
+    }
+
+    async fn reseal_in_batches(
+        &self,
+        key: &KeyFile,
+        batch: usize,
+    ) -> Result<Vec<String>, ResourceError> {
+        let mut all = Vec::new();
+        loop {
+            let done = self.reseal_batch(key, batch).await?;
+            if done.is_empty() {
+                return Ok(all);
+            }
+            all.extend(done);
+        }
+    }
+
+    /// Seals at most `batch` unbound values again in one transaction; their names.
+    async fn reseal_batch(
+        &self,
+        key: &KeyFile,
+        batch: usize,
+    ) -> Result<Vec<String>, ResourceError> {
         self.write(|snap| {
             let mut names = Vec::new();
             let mut ops = Vec::new();
             for secret in snap.all::<Secret>()? {
+                if names.len() == batch {
+                    break;
+                }
                 if !is_unbound(&secret.value) {
                     continue;
                 }
@@ -80,5 +112,35 @@ mod tests {
         // Copied under another name, it no longer opens.
         assert!(key.open("lab-db", &now.value).is_err());
         assert!(r.reseal_unbound_secrets(&key).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn more_unbound_values_than_one_batch_are_all_sealed_again() {
+        let store = autogate_store::open(autogate_store::StoreOptions::Memory)
+            .await
+            .unwrap();
+        let r = Resources::new(store, "c1");
+        let key = KeyFile::from_bytes("key").unwrap();
+        for i in 0..5 {
+            let mut old = Secret::new(format!("s{i}"), "x", &key).unwrap();
+            old.value = crate::crypto::seal_unbound(&key, b"x");
+            r.create(old).await.unwrap();
+        }
+        // One that does not open with this key is left as it is, and ends the loop.
+        let mut foreign = Secret::new("foreign", "x", &key).unwrap();
+        foreign.value = crate::crypto::seal_unbound(&KeyFile::from_bytes("other").unwrap(), b"x");
+        r.create(foreign).await.unwrap();
+
+        let mut done = r.reseal_in_batches(&key, 2).await.unwrap();
+        done.sort();
+        assert_eq!(done, ["s0", "s1", "s2", "s3", "s4"]);
+        for s in r.list::<Secret>().await.unwrap() {
+            assert_eq!(
+                is_unbound(&s.value),
+                s.meta.name == "foreign",
+                "{}",
+                s.meta.name
+            );
+        }
     }
 }
