@@ -16,15 +16,15 @@ have_cmd etcd || [ -x /usr/bin/etcd ] || need+=(etcd-server)
 have_cmd etcdctl || need+=(etcd-client)
 have_cmd git || need+=(git)
 # ssh and ssh-keyscan for SSH repositories and `autogate hostkeys scan`; sshd (not on PATH for
-# non-root users, hence the path) for the tests that check out from a real SSH server.
+# non-root users, hence the path too) for the tests that check out from a real SSH server.
 have_cmd ssh-keyscan || need+=(openssh-client)
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+have_cmd sshd || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || have_pkg python3-venv || need+=(python3-venv)
 have_cmd curl || need+=(curl)
 have_cmd ansible-playbook || need+=(ansible)
-# tinyproxy (not on PATH for non-root users, hence the path) for the tests of the manager link
+# tinyproxy (not on PATH for non-root users, hence the paths too) for the tests of the manager link
 # through an HTTP CONNECT proxy.
-[ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+have_cmd tinyproxy || [ -x /usr/sbin/tinyproxy ] || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 have_cmd chromium || need+=(chromium)
 have_cmd chromedriver || need+=(chromium-driver)
 
