@@ -134,7 +134,7 @@ impl ConnectionLimits {
     /// A slot for a connection from `addr`, held until it is dropped; refused at once (never
     /// waits) when a cap is reached.
     pub fn admit(&self, addr: IpAddr) -> Result<ConnectionSlot, Refused> {
-        let source = source_key(addr);
+        let source = client_source(addr);
         let source_slot = {
             let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
             let held = sources.entry(source).or_insert(0);
@@ -166,8 +166,10 @@ impl ConnectionLimits {
     }
 }
 
-/// The address a per-source cap counts under.
-fn source_key(addr: IpAddr) -> IpAddr {
+/// The client a per-address limit counts `addr` under: an IPv4-mapped IPv6 address as its IPv4
+/// address, an IPv6 address as its /64 (the block one subscriber usually holds). Shared by the
+/// connection caps of every port and the core node's login backoff, so both see one client alike.
+pub fn client_source(addr: IpAddr) -> IpAddr {
     match addr.to_canonical() {
         IpAddr::V6(v6) => {
             let [a, b, c, d, ..] = v6.segments();

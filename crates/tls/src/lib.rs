@@ -36,8 +36,8 @@ mod mint;
 mod verify;
 
 pub use accept::{
-    accept_loop, accept_loop_with_limits, AcceptHandler, AcceptOptions, Accepted, ConnectionLimits,
-    ConnectionSlot, HandshakeFailure, Refused,
+    accept_loop, accept_loop_with_limits, client_source, AcceptHandler, AcceptOptions, Accepted,
+    ConnectionLimits, ConnectionSlot, HandshakeFailure, Refused,
 };
 pub use certgen::{
     cert_gen, cert_gen_with, load_ca, write_new_file, CertGenOptions, CA_CERT_FILE, CA_KEY_FILE,

@@ -210,16 +210,10 @@ impl std::fmt::Debug for LoginGuard {
     }
 }
 
-/// The key of a source address: an IPv6 address by its /64.
-fn address_key(addr: Option<IpAddr>) -> String {
-    match addr.map(|a| a.to_canonical()) {
-        Some(IpAddr::V4(a)) => a.to_string(),
-        Some(IpAddr::V6(a)) => {
-            let s = a.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        None => "unknown".to_owned(),
-    }
+/// The backoff key of a client address: the client the port's connection caps count it under
+/// (an IPv6 address by its /64).
+fn address_key(addr: IpAddr) -> String {
+    autogate_tls::client_source(addr).to_string()
 }
 
 /// A user name as it may appear in a log line: what a caller typed, so at most 64 characters
@@ -304,7 +298,7 @@ impl LoginGuard {
         let now = Instant::now();
         {
             let t = self.tables();
-            let address = source.client().map(|a| address_key(Some(a)));
+            let address = source.client().map(address_key);
             if let Some(left) = address
                 .as_deref()
                 .and_then(|a| t.addresses.remaining(a, now))
@@ -334,7 +328,7 @@ impl LoginGuard {
     pub fn address_refusal(&self, addr: IpAddr) -> Option<Refusal> {
         self.tables()
             .addresses
-            .remaining(&address_key(Some(addr)), Instant::now())
+            .remaining(&address_key(addr), Instant::now())
             .map(Refusal::Backoff)
     }
 
@@ -342,7 +336,7 @@ impl LoginGuard {
     /// against the caller's address, and logs it with the address and the user name.
     pub fn failed_at_active(&self, user: &str, addr: IpAddr) {
         let now = Instant::now();
-        let address = address_key(Some(addr));
+        let address = address_key(addr);
         let a = self.tables().addresses.fail(&address, now);
         tracing::warn!(
             source = %address,
@@ -389,7 +383,7 @@ impl LoginGuard {
             let mut t = self.tables();
             let a = source
                 .client()
-                .map(|a| t.addresses.fail(&address_key(Some(a)), now));
+                .map(|a| t.addresses.fail(&address_key(a), now));
             (t.users.fail(user, now), a)
         };
         let backoff = |e: Option<Entry>| {
