@@ -4,13 +4,15 @@
 //!
 //! Modules: [`identity`] (node ids, host name), [`logging`] (the family's log line and JSON
 //! lines), [`shutdown`] (signals, root token, task tracker, grace), [`metrics`] (the registry and
-//! process figures), [`private`] (the working directory and files only this node's user reads).
+//! process figures), [`private`] (the working directory and files only this node's user reads),
+//! [`ratelimit`] (token buckets and a limiter of log lines).
 #![forbid(unsafe_code)]
 
 pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod private;
+pub mod ratelimit;
 pub mod shutdown;
 
 pub use identity::{hostname, NodeId};

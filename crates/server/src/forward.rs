@@ -215,16 +215,9 @@ impl Forwarder {
 
 /// Whether the warning about plaintext forwarding is due: at most once a minute per process.
 fn warn_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    (last == 0 || now >= last + 60)
-        && LAST
-            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    static LIMIT: std::sync::LazyLock<autogate_runtime::ratelimit::LogLimiter> =
+        std::sync::LazyLock::new(|| autogate_runtime::ratelimit::LogLimiter::new(1.0 / 60.0, 1.0));
+    LIMIT.allow().is_some()
 }
 
 /// Whether `address` (`host:port` from a node record) is this machine's loopback. Only IP

@@ -38,10 +38,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use autogate_runtime::ratelimit::LogLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Failed logins a user or an address gets before the backoff starts.
@@ -195,9 +195,8 @@ pub struct LoginGuard {
     jobs: std::sync::mpsc::SyncSender<Job>,
     size: usize,
     tables: Arc<Mutex<Tables>>,
-    started: Instant,
-    /// When (ms since `started`) the last "busy" line was logged.
-    busy_logged: Arc<AtomicU64>,
+    /// At most one "busy" line per [`BUSY_LOG_INTERVAL`].
+    busy_log: Arc<LogLimiter>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -264,8 +263,7 @@ impl LoginGuard {
             jobs,
             size,
             tables: Arc::default(),
-            started: Instant::now(),
-            busy_logged: Arc::new(AtomicU64::new(0)),
+            busy_log: Arc::new(LogLimiter::new(1.0 / BUSY_LOG_INTERVAL.as_secs_f64(), 1.0)),
         }
     }
 
@@ -357,15 +355,7 @@ impl LoginGuard {
     }
 
     fn log_busy(&self, source: Source) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.busy_logged.load(Ordering::Relaxed);
-        let interval = u64::try_from(BUSY_LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
-        if (last == 0 || now.saturating_sub(last) >= interval)
-            && self
-                .busy_logged
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.busy_log.allow().is_some() {
             tracing::warn!(
                 %source,
                 slots = self.size,
