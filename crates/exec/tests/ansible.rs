@@ -13,8 +13,8 @@ mod common;
 use std::path::Path;
 
 use autogate_exec::{
-    AnsibleOptions, Engine, EngineConfig, Inputs, Repository, RunResult, Secrets, Service,
-    ServiceType,
+    AnsibleOptions, Engine, EngineConfig, ExecError, Inputs, Repository, RunResult, Secrets,
+    Service, ServiceType,
 };
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -84,8 +84,8 @@ fn service(src: &Path, target: &Path) -> Service {
     svc
 }
 
-async fn run(dir: &Path, svc: &Service) -> RunResult {
-    let r = Engine::new(EngineConfig::new(dir.join("work")))
+async fn outcome(dir: &Path, svc: &Service) -> Result<RunResult, ExecError> {
+    Engine::new(EngineConfig::new(dir.join("work")))
         .run(
             svc,
             &Inputs::new(),
@@ -93,9 +93,18 @@ async fn run(dir: &Path, svc: &Service) -> RunResult {
             &CancellationToken::new(),
         )
         .await
-        .unwrap();
+}
+
+/// A run that must succeed with exit 0.
+async fn run(dir: &Path, svc: &Service) -> RunResult {
+    let r = outcome(dir, svc).await.unwrap();
     assert_eq!(r.return_code, 0, "{}\n{}", r.stdout, r.stderr);
     r
+}
+
+/// A run that must fail to run.
+async fn run_err(dir: &Path, svc: &Service) -> ExecError {
+    outcome(dir, svc).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -243,27 +252,11 @@ async fn a_config_file_outside_the_checkout_is_refused() {
     // A stand-in program: the run must fail before any program starts.
     svc.executable = Some("/bin/true".into());
     svc.ansible.config_file = Some("../../../etc/ansible.cfg".into());
-    let e = Engine::new(EngineConfig::new(t.path().join("work")))
-        .run(
-            &svc,
-            &Inputs::new(),
-            &Secrets::new(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = run_err(t.path(), &svc).await;
     assert!(e.to_string().contains("config_file"), "{e}");
     svc.ansible.config_file = None;
     svc.ansible.inventories = vec!["missing.ini".into()];
-    let e = Engine::new(EngineConfig::new(t.path().join("work")))
-        .run(
-            &svc,
-            &Inputs::new(),
-            &Secrets::new(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = run_err(t.path(), &svc).await;
     assert!(e.to_string().contains("missing.ini"), "{e}");
 }
 
@@ -426,20 +419,9 @@ async fn a_failed_galaxy_install_is_reported_and_leaves_nothing() {
         password: None,
         insecure: false,
     });
-    let e = Engine::new(EngineConfig::new(t.path().join("work")))
-        .run(
-            &svc,
-            &Inputs::new(),
-            &Secrets::new(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = run_err(t.path(), &svc).await;
     let msg = e.to_string();
-    assert!(
-        matches!(e, autogate_exec::ExecError::Dependencies { .. }),
-        "{msg}"
-    );
+    assert!(matches!(e, ExecError::Dependencies { .. }), "{msg}");
     assert!(msg.contains("missing-1.0.0.tar.gz"), "{msg}");
     assert!(!msg.contains("tok-SECRET-123"), "{msg}");
     // Nothing but the key's (empty) build lock file.
@@ -494,15 +476,7 @@ async fn a_named_req_file_replaces_the_default_of_its_kind() {
 
     // A named file that is not there is an error naming it, not a silent default.
     svc.req_file = Some("deps/missing.txt".into());
-    let e = Engine::new(EngineConfig::new(t.path().join("work")))
-        .run(
-            &svc,
-            &Inputs::new(),
-            &Secrets::new(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let e = run_err(t.path(), &svc).await;
     assert!(
         e.to_string().contains("req_file") && e.to_string().contains("deps/missing.txt"),
         "{e}"
