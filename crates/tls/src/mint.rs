@@ -127,9 +127,12 @@ impl Subject {
                 continue;
             };
             if v.chars().any(char::is_control) || v.len() > 64 {
+                // The value is the caller's: shown cut, so a huge one is not echoed whole.
+                let shown: String = v.chars().take(64).collect();
+                let cut = if shown.len() < v.len() { "…" } else { "" };
                 return Err(TlsError::InvalidArgument(format!(
-                    "subject {what} `{}`: at most 64 characters, no control characters",
-                    v.escape_debug()
+                    "subject {what} `{}{cut}`: at most 64 characters, no control characters",
+                    shown.escape_debug()
                 )));
             }
             if ty == DnType::CountryName
@@ -532,6 +535,23 @@ fn parse_san(raw: &str) -> Result<SanType, TlsError> {
 mod tests {
     use super::*;
     use crate::load::cert_info;
+
+    #[test]
+    fn a_huge_subject_value_is_refused_and_not_echoed_whole() {
+        let subject = Subject {
+            organization: Some("a".repeat(100_000)),
+            ..Subject::default()
+        };
+        let e = subject
+            .fill(&mut DistinguishedName::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("organization") && e.contains("at most 64"),
+            "{e}"
+        );
+        assert!(e.len() < 200, "{} bytes", e.len());
+    }
 
     #[test]
     fn ca_issues_node_certificates_with_both_ekus() {
