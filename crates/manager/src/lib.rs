@@ -34,6 +34,7 @@ pub mod prehello;
 pub mod ratelimit;
 pub mod registry;
 pub mod runs;
+pub mod storeopen;
 pub mod web;
 pub mod ws;
 

@@ -1,0 +1,1 @@
+//! Opening the manager's store from `[manager]` (placeholder; filled in next).
