@@ -316,6 +316,30 @@ impl SessionTable {
         }
     }
 
+    /// Seeds the live session of a cluster held elsewhere (e.g. by another replica of the
+    /// manager, as its store says), so the next `hello` is decided against it. Replaces any
+    /// live session the table had for the cluster.
+    pub fn restore_live(
+        &mut self,
+        cluster_id: &str,
+        conn: ConnId,
+        node_id: &str,
+        term: Option<u64>,
+    ) {
+        let state = self.clusters.entry(cluster_id.to_owned()).or_default();
+        if let Some(old) = state.live.take() {
+            self.conns.remove(&old.conn);
+        }
+        state.live = Some(LiveSession {
+            conn,
+            node_id: node_id.to_owned(),
+            term,
+            since: SystemTime::now(),
+            certificate: None,
+        });
+        self.conns.insert(conn, cluster_id.to_owned());
+    }
+
     /// The live session of a cluster.
     pub fn live(&self, cluster_id: &str) -> Option<&LiveSession> {
         self.clusters.get(cluster_id)?.live.as_ref()
@@ -377,6 +401,30 @@ mod tests {
         );
         assert_eq!(t.highest_term("c"), Some((3, "a")));
         assert_eq!(t.cluster_of(ConnId(1)), Some("c"));
+    }
+
+    #[test]
+    fn a_restored_live_session_is_decided_against_like_a_local_one() {
+        let mut t = SessionTable::new();
+        t.restore_highest_term("c", 7, "X");
+        t.restore_live("c", ConnId(99), "X", Some(7));
+        assert_eq!(
+            t.on_hello("c", "Y", Some(7), ConnId(1), now()),
+            refuse("term 7 is not newer than the current term 7 held by node X")
+        );
+        assert_eq!(
+            t.on_hello("c", "X", Some(7), ConnId(2), now()),
+            accept(Some((
+                99,
+                "superseded by a new connection from node X (term 7)"
+            )))
+        );
+        let mut t = SessionTable::new();
+        t.restore_live("c", ConnId(99), "X", None);
+        assert_eq!(
+            t.on_hello("c", "Y", None, ConnId(1), now()),
+            refuse("there is already an active connection for gateway cluster: c (node X)")
+        );
     }
 
     #[test]
