@@ -751,6 +751,18 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
         }
     };
 
+    // The host name that stands in for an unspecified manager listen address is only known to
+    // the process that starts, so the derived value is shown only when it is the listen address.
+    let manager_advertise = v.host_port("manager.advertise_address");
+    let manager_listen = v.string("manager.listen_address");
+    if manager_advertise.is_none() && !host_is_unspecified(&manager_listen) {
+        let hp = HostPort {
+            host: manager_listen,
+            port: v.port("manager.port"),
+        };
+        entries.derived("manager", "advertise_address", hp.to_string());
+    }
+
     let server_dir = v.path("log.server_dir").unwrap_or_else(|| {
         let dir = working_dir.join("logs");
         entries.derived("log", "server_dir", dir.display().to_string());
@@ -911,6 +923,19 @@ fn build(v: &Values, entries: &mut Entries) -> Config {
             session_frame_rate: v.u32("manager.session_frame_rate"),
             session_frame_burst: v.u32("manager.session_frame_burst"),
             max_connections_per_source: v.u32("manager.max_connections_per_source"),
+            store_backend: BackendKind::from_name(&v.string("manager.store_backend"))
+                .unwrap_or_default(),
+            store_etcd_hosts: v.hosts("manager.store_etcd_hosts"),
+            store_etcd_prefix: v.string("manager.store_etcd_prefix"),
+            store_etcd_use_tls: v.bool("manager.store_etcd_use_tls"),
+            store_etcd_client_cert_auth: v.bool("manager.store_etcd_client_cert_auth"),
+            store_etcd_ca_certificate_file: v.path("manager.store_etcd_ca_certificate_file"),
+            store_etcd_certificate_file: v.path("manager.store_etcd_certificate_file"),
+            store_etcd_private_key_file: v.path("manager.store_etcd_private_key_file"),
+            store_etcd_dial_timeout: v.duration("manager.store_etcd_dial_timeout"),
+            store_etcd_request_timeout: v.duration("manager.store_etcd_request_timeout"),
+            replica_lease_ttl: v.duration("manager.replica_lease_ttl"),
+            advertise_address: manager_advertise,
         },
         registry: Registry {
             default_overridable: v.bool("registry.default_overridable"),

@@ -505,6 +505,35 @@ pub struct Manager {
     pub session_frame_burst: u32,
     /// Connections one source address may hold open at once.
     pub max_connections_per_source: u32,
+    /// Where the manager's state lives: `Local` (its own file) or `Etcd` (shared by replicas);
+    /// never `Memory` (the key refuses it).
+    pub store_backend: BackendKind,
+    /// etcd endpoints of the manager's store.
+    pub store_etcd_hosts: Vec<HostPort>,
+    /// Key prefix of the manager's data in etcd (starts with `/`, no trailing `/`).
+    pub store_etcd_prefix: String,
+    /// TLS to etcd.
+    pub store_etcd_use_tls: bool,
+    /// Present a client certificate to etcd (mTLS).
+    pub store_etcd_client_cert_auth: bool,
+    /// CA that signed etcd's certificate (system roots when unset).
+    pub store_etcd_ca_certificate_file: Option<PathBuf>,
+    /// Client certificate for etcd.
+    pub store_etcd_certificate_file: Option<PathBuf>,
+    /// Its key.
+    pub store_etcd_private_key_file: Option<PathBuf>,
+    /// Timeout of connecting to etcd.
+    #[serde(serialize_with = "ser_duration")]
+    pub store_etcd_dial_timeout: Duration,
+    /// Timeout of one etcd request.
+    #[serde(serialize_with = "ser_duration")]
+    pub store_etcd_request_timeout: Duration,
+    /// Lease of a replica's liveness key (2 s to 60 s).
+    #[serde(serialize_with = "ser_duration")]
+    pub replica_lease_ttl: Duration,
+    /// `advertise_address` as configured; see [`Manager::advertised_address`] for the one in
+    /// force.
+    pub advertise_address: Option<HostPort>,
 }
 
 impl Manager {
@@ -513,6 +542,24 @@ impl Manager {
         self.admin_token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The address this replica shows the others: `advertise_address`, else
+    /// `listen_address:port` with an unspecified address (`0.0.0.0`, `::`), which nobody can
+    /// dial, replaced by `host_name` (the caller's host name).
+    pub fn advertised_address(&self, host_name: &str) -> HostPort {
+        if let Some(hp) = &self.advertise_address {
+            return hp.clone();
+        }
+        let host = if host_is_unspecified(&self.listen_address) {
+            host_name.to_string()
+        } else {
+            self.listen_address.clone()
+        };
+        HostPort {
+            host,
+            port: self.port,
+        }
     }
 }
 

@@ -70,6 +70,16 @@ pub enum Kind {
     Labels,
     /// `http://` or `https://` URL.
     Url,
+    /// Duration within a range, e.g. a lease TTL.
+    DurationRange {
+        /// Smallest accepted value.
+        min: Duration,
+        /// Largest accepted value.
+        max: Duration,
+    },
+    /// etcd key prefix: starts with `/`, no trailing `/`, at most 128 printable ASCII characters
+    /// without spaces.
+    KeyPrefix,
     /// `utc`, `local` or a time zone id.
     TimeZone,
 }
@@ -100,6 +110,12 @@ impl Kind {
             Kind::ClusterId => "cluster id".into(),
             Kind::Labels => "space-separated key=value list".into(),
             Kind::Url => "URL".into(),
+            Kind::DurationRange { min, max } => format!(
+                "duration {}-{}",
+                crate::value::format_duration(*min),
+                crate::value::format_duration(*max)
+            ),
+            Kind::KeyPrefix => "etcd key prefix".into(),
             Kind::TimeZone => "time zone".into(),
         }
     }
@@ -267,6 +283,18 @@ const BACKENDS: Kind = Kind::Enum {
     values: &["local", "memory", "etcd"],
     unsupported: &["dynamodb"],
     upper: false,
+};
+// The manager has no use for a store that dies with the process: its state outlives restarts.
+const MANAGER_BACKENDS: Kind = Kind::Enum {
+    values: &["local", "etcd"],
+    unsupported: &["memory"],
+    upper: false,
+};
+// Below 2 s a replica's keep-alive would race its own lease; above a minute a dead replica's
+// clusters would wait too long for their runs to be taken over.
+const REPLICA_TTL: Kind = Kind::DurationRange {
+    min: Duration::from_secs(2),
+    max: Duration::from_secs(60),
 };
 const LEVELS: Kind = Kind::Enum {
     values: &[
@@ -446,6 +474,18 @@ pub static KEYS: &[KeyDef] = &[
     KeyDef::new("manager", "session_frame_rate", Kind::Int { min: 1, max: 1_000_000 }, V("200"), "frames per second a gateway session may send on average, beyond which it is closed with 1008 `rate limit exceeded`; answers to the manager's own requests (runs, pings) do not count"),
     KeyDef::new("manager", "session_frame_burst", Kind::Int { min: 1, max: 1_000_000 }, V("400"), "frames a gateway session may send at once before `session_frame_rate` applies"),
     KeyDef::new("manager", "max_connections_per_source", Kind::Int { min: 1, max: 16_384 }, V("1024"), "connections one source (an IPv4 address, an IPv6 /64) may hold open at once; one more is closed before its TLS handshake"),
+    KeyDef::new("manager", "store_backend", MANAGER_BACKENDS, V("local"), "where the manager keeps its state: `local` (the file `<data_dir>/manager.db`, one manager process) or `etcd` (shared by replicas: processes with the same `store_etcd_hosts`, `store_etcd_prefix` and admin token are one manager; needs `certificate_file` and `private_key_file`, the same on every replica)"),
+    KeyDef::new("manager", "store_etcd_hosts", Kind::HostPortList, NoDefault, "etcd endpoints of the manager's store, **space**-separated, e.g. `h1:2379 h2:2379`"),
+    KeyDef::new("manager", "store_etcd_prefix", Kind::KeyPrefix, V("/autogate-manager"), "key prefix of the manager's data in etcd: starts with `/`, no trailing `/`, at most 128 printable ASCII characters without spaces, outside the gateways' `/autogate/`; every replica of one manager has the same, two managers on one etcd each their own"),
+    KeyDef::new("manager", "store_etcd_use_tls", BOOL, V("false"), "TLS to the manager's etcd"),
+    KeyDef::new("manager", "store_etcd_client_cert_auth", BOOL, V("false"), "`false` = verify etcd with the CA only; `true` = mTLS, needs `store_etcd_certificate_file` and `store_etcd_private_key_file`"),
+    KeyDef::new("manager", "store_etcd_ca_certificate_file", PATH, NoDefault, "CA of etcd's certificate (system roots when unset); must exist when `store_etcd_use_tls`"),
+    KeyDef::new("manager", "store_etcd_certificate_file", PATH, NoDefault, "client certificate for the manager's etcd"),
+    KeyDef::new("manager", "store_etcd_private_key_file", PATH, NoDefault, "its private key"),
+    KeyDef::new("manager", "store_etcd_dial_timeout", DUR, V("2s"), "timeout of connecting to the manager's etcd"),
+    KeyDef::new("manager", "store_etcd_request_timeout", DUR, V("5s"), "timeout of one request to the manager's etcd"),
+    KeyDef::new("manager", "replica_lease_ttl", REPLICA_TTL, V("5s"), "with `store_backend = etcd`: lease of a replica's liveness key; when a replica dies, its claims (sessions, runs) end within this time"),
+    KeyDef::new("manager", "advertise_address", Kind::HostPort, Derived("`listen_address:port`, an unspecified address (`0.0.0.0`, `::`) replaced by the host name"), "address of this replica shown to the others in `autogate manager status`"),
 ];
 
 /// The settings of each daemon role that `autogate help <role>` names, in the order it lists
@@ -500,6 +540,8 @@ pub const ROLE_KEYS: &[(Role, &[&str])] = &[
             "manager.private_key_file",
             "manager.data_dir",
             "manager.admin_token_file",
+            "manager.store_backend",
+            "manager.store_etcd_hosts",
             "log.level",
         ],
     ),

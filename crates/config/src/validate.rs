@@ -267,7 +267,8 @@ pub(crate) fn validate_for(cfg: &Config, role: Role) -> Result<(), ConfigError> 
                 "manager",
                 ("certificate_file", m.certificate_file.is_some()),
                 ("private_key_file", m.private_key_file.is_some()),
-            )
+            )?;
+            manager_store(cfg)
         }
         Role::Client => {
             let c = &cfg.client;
@@ -288,6 +289,80 @@ pub(crate) fn validate_for(cfg: &Config, role: Role) -> Result<(), ConfigError> 
             Ok(())
         }
     }
+}
+
+/// Rules of the manager's store (`manager.store_*`). Only the manager itself opens it, so they
+/// are checked for that role alone.
+fn manager_store(cfg: &Config) -> Result<(), ConfigError> {
+    let m = &cfg.manager;
+    if m.store_backend != BackendKind::Etcd {
+        return Ok(());
+    }
+    let b = origin(cfg, "manager", "store_backend");
+    if m.store_etcd_hosts.is_empty() {
+        return Err(missing(
+            "manager",
+            "store_etcd_hosts",
+            format!(
+                "{} needs at least one etcd endpoint, e.g. \"127.0.0.1:2379\"",
+                because(&b)
+            ),
+        ));
+    }
+    // A gateway verifies the manager against one CA file and may reach any replica, so every
+    // replica serves TLS with the same certificate; without it there is nothing to share.
+    for (key, set) in [
+        ("certificate_file", m.certificate_file.is_some()),
+        ("private_key_file", m.private_key_file.is_some()),
+    ] {
+        if !set {
+            return Err(missing(
+                "manager",
+                key,
+                format!(
+                    "{} runs the manager as replicas, and every replica presents the same certificate (manager.certificate_file and manager.private_key_file) so that a gateway trusts all of them with one CA file",
+                    because(&b)
+                ),
+            ));
+        }
+    }
+    if m.store_etcd_client_cert_auth {
+        let o = origin(cfg, "manager", "store_etcd_client_cert_auth");
+        for (key, set) in [
+            (
+                "store_etcd_certificate_file",
+                m.store_etcd_certificate_file.is_some(),
+            ),
+            (
+                "store_etcd_private_key_file",
+                m.store_etcd_private_key_file.is_some(),
+            ),
+        ] {
+            if !set {
+                return Err(missing(
+                    "manager",
+                    key,
+                    format!(
+                        "{} means mutual TLS, which needs a client certificate and its key",
+                        because(&o)
+                    ),
+                ));
+            }
+        }
+    }
+    if m.store_etcd_use_tls {
+        if let Some(ca) = &m.store_etcd_ca_certificate_file {
+            let tls = origin(cfg, "manager", "store_etcd_use_tls");
+            exists(
+                cfg,
+                "manager",
+                "store_etcd_ca_certificate_file",
+                ca,
+                format!("{} needs it to verify etcd's certificate", because(&tls)),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `host` (a `listen_address`) only accepts connections from this machine. Only

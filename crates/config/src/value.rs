@@ -75,6 +75,19 @@ pub(crate) fn parse_value(kind: &Kind, raw: &str, home: Option<&Path>) -> Result
         Kind::Labels => parse_labels(raw).map(Value::Labels),
         Kind::Url => parse_url(raw).map(Value::Text),
         Kind::TimeZone => parse_time_zone(raw).map(Value::Text),
+        Kind::DurationRange { min, max } => {
+            let d = parse_duration(raw)?;
+            if d < *min || d > *max {
+                Err(format!(
+                    "expected a duration from {} to {}",
+                    format_duration(*min),
+                    format_duration(*max)
+                ))
+            } else {
+                Ok(Value::Duration(d))
+            }
+        }
+        Kind::KeyPrefix => parse_key_prefix(raw).map(Value::Text),
     }
 }
 
@@ -412,6 +425,34 @@ pub(crate) fn parse_cluster_id(raw: &str) -> Result<String, String> {
     } else {
         Err("expected 1-63 characters of letters, digits, '_', '.' or '-'".to_string())
     }
+}
+
+/// An etcd key prefix of the manager's store. Keys are built as prefix + `/manager/…`, so a
+/// trailing `/` would double it; the gateways' cluster stores live under `/autogate/` and the
+/// managers' token index under `/autogate-manager-index/`, which a manager prefix must not
+/// overlap.
+pub(crate) fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    const SHAPE: &str =
+        "expected an etcd key prefix: '/' then up to 127 printable ASCII characters without spaces, not ending in '/' (e.g. /autogate-manager)";
+    let shape_ok = raw.starts_with('/')
+        && raw.len() >= 2
+        && raw.len() <= 128
+        && !raw.ends_with('/')
+        && raw.chars().all(|c| c.is_ascii_graphic());
+    if !shape_ok {
+        return Err(SHAPE.to_string());
+    }
+    for (reserved, what) in [
+        ("/autogate", "the gateways' cluster stores"),
+        ("/autogate-manager-index", "the managers' admin token index"),
+    ] {
+        if raw == reserved || raw.starts_with(&format!("{reserved}/")) {
+            return Err(format!(
+                "{reserved}/ holds {what}; choose another prefix (e.g. /autogate-manager)"
+            ));
+        }
+    }
+    Ok(raw.to_string())
 }
 
 /// Space-separated `key=value` labels; keys are unique.
