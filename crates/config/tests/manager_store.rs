@@ -1,6 +1,8 @@
 //! The manager's store settings (`manager.store_*`, `replica_lease_ttl`, `advertise_address`):
 //! defaults, parsing, and the rules checked when the manager starts, each naming its key.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;
