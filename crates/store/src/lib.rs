@@ -12,13 +12,14 @@
 //!
 //! Modules: `engine` (the embedded MVCC-lite state machine), `embedded` (the `memory` and `local`
 //! backends around it, with lease expiry), `persist` (the `local` backend's redb file), `etcd` (the
-//! etcd backend).
+//! etcd backend), `prefixed` (any store seen through a key prefix, [`with_prefix`]).
 #![forbid(unsafe_code)]
 
 mod embedded;
 mod engine;
 mod etcd;
 mod persist;
+mod prefixed;
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
+
+pub use prefixed::with_prefix;
 
 /// A store-wide, monotonically increasing modification counter (etcd's `revision`).
 pub type Revision = i64;
