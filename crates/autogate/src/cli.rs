@@ -125,8 +125,8 @@ with distributed execution. It needs the store only: no port, no certificate.";
 const MANAGER_ABOUT: &str = "\
 Run the manager until SIGTERM or Ctrl-C: the controller side that gateway clusters connect to \
 over mutual-TLS WebSocket, with its REST API and web page on the same port. Its first start \
-creates its data directory and the admin token. With a command (cluster, service), administer \
-a running manager instead.";
+creates its data directory and the admin token. With a command (cluster, service, status), \
+administer a running manager instead.";
 
 /// The help after a daemon role's options: its key settings from the configuration schema, and
 /// where to see or read the rest.
@@ -172,7 +172,8 @@ pub fn command() -> clap::Command {
             match raw {
                 Some(raw) => m
                     .mut_subcommand("cluster", |c| c.arg(raw.clone()))
-                    .mut_subcommand("service", |c| c.arg(raw)),
+                    .mut_subcommand("service", |c| c.arg(raw.clone()))
+                    .mut_subcommand("status", |c| c.arg(raw)),
                 None => m,
             }
         })

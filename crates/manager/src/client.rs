@@ -1,5 +1,5 @@
 //! The manager's admin client: HTTPS + bearer token over the REST API, used by
-//! `autogate manager cluster …` and by tests and benchmarks.
+//! `autogate manager cluster …`, `autogate manager status` and by tests and benchmarks.
 //!
 //! TLS goes through `autogate-tls` (ring, explicit roots), so the CLI verifies the manager
 //! against the CA the operator names, or the manager's own self-signed certificate. Each trusted
@@ -369,6 +369,13 @@ impl AdminClient {
             None,
         )
         .await
+    }
+
+    /// `GET /api/v1/replicas`: the manager's store (backend, endpoints, prefix, revision,
+    /// whether it answers) and the replicas sharing it, the one that answered marked `this`.
+    /// Used by `autogate manager status`.
+    pub async fn replicas(&self) -> Result<Value, ClientError> {
+        self.call(Method::GET, "/api/v1/replicas", None).await
     }
 
     /// `GET /api/v1/clusters/{id}/services`.

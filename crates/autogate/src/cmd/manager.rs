@@ -1,6 +1,6 @@
 //! `autogate manager`: run the manager, or administer one over its REST API
 //! (`autogate manager cluster add|list|show|set-state|add-cert|rm-cert|rm|sessions|ping|services|reset-term`,
-//! `autogate manager service run CLUSTER NAME`).
+//! `autogate manager service run CLUSTER NAME`, `autogate manager status`).
 //!
 //! The admin commands find the manager and its credentials from the same configuration the
 //! daemon reads (same file, same `GATEWAY_*` variables), so they look where the manager keeps
@@ -15,9 +15,12 @@
 //! table, or the API's JSON with `--raw`. Exit codes: 0, 1 with the manager's message, 64 for
 //! usage mistakes (missing certificate or token file), 69 when the manager cannot be reached
 //! (or not trusted). `service run` prints the family's run layout and exits 0 when the service
-//! ran, whatever its return code (see [`RUN_EXIT_HELP`]).
+//! ran, whatever its return code (see [`RUN_EXIT_HELP`]). `status` lists the replicas sharing the
+//! manager's store and says whether the store answers; it exits 69 when it does not (see
+//! [`STATUS_EXIT_HELP`]).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use autogate_config::{Config, Role};
 use autogate_manager::client::Trust;
@@ -41,6 +44,10 @@ pub enum ManagerCommand {
     Cluster(ClusterArgs),
     /// Run the services clusters announced (through the manager's REST API).
     Service(ServiceArgs),
+    /// The manager's replicas and its store: which replicas share it, how many sessions each
+    /// holds, when each was last seen, and whether the store answers.
+    #[command(after_help = STATUS_EXIT_HELP)]
+    Status(StatusArgs),
 }
 
 /// How to reach the manager's REST API.
@@ -73,6 +80,21 @@ pub struct ServiceArgs {
     #[command(subcommand)]
     pub action: ServiceAction,
 }
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// Shown by `manager status --help`: what the columns and the exit status mean.
+pub const STATUS_EXIT_HELP: &str = "\
+The replica that answered is marked with *. LAST SEEN is when a replica last renewed its record \
+(three times per manager.replica_lease_ttl, 5s unless set); one not seen for a whole lease TTL \
+is shown \"unreachable?\": its lease is ending, and with it its claims. Exit status: 0 when the \
+manager answered and its store is healthy; 69 when the manager cannot be reached or its store \
+does not answer (the store line says why); 64 for a missing token or CA file; 1 with the \
+manager's message otherwise.";
 
 /// Shown by `manager service run --help`: what the exit status means.
 pub const RUN_EXIT_HELP: &str = "\
@@ -183,6 +205,7 @@ pub fn run(global: &Global, args: ManagerArgs) -> Result<(), Failure> {
         None => daemon(global),
         Some(ManagerCommand::Cluster(c)) => cluster(global, c),
         Some(ManagerCommand::Service(s)) => service(global, s),
+        Some(ManagerCommand::Status(s)) => status(global, s),
     }
 }
 
@@ -604,6 +627,160 @@ fn service(global: &Global, args: ServiceArgs) -> Result<(), Failure> {
     })
 }
 
+/// A replica refreshes its record (`last_seen`) at every heartbeat, three times per lease TTL
+/// (`manager.replica_lease_ttl`); one not seen for three heartbeats — the whole TTL — has
+/// missed every renewal its lease allows and is about to lose its claims.
+fn replica_stale_after(lease_ttl: Duration) -> Duration {
+    let heartbeat = lease_ttl / 3;
+    heartbeat * 3
+}
+
+fn status(global: &Global, args: StatusArgs) -> Result<(), Failure> {
+    let config = super::load_config(global, None)?;
+    let client = client(global, &args.conn)?;
+    let raw = global.raw;
+    let body = runtime()?.block_on(async move {
+        match client.replicas().await {
+            Ok(v) => Ok(v),
+            // A manager whose store is down may still say so, with the same body: print it
+            // rather than only the status line.
+            Err(ClientError::Api { status, body, .. })
+                if status == 503 && body.get("store").is_some_and(Value::is_object) =>
+            {
+                Ok(body)
+            }
+            Err(e) => Err(client_failure(e)),
+        }
+    })?;
+    if raw {
+        outln!("{}", pretty(&body));
+    } else {
+        let stale_after = replica_stale_after(config.manager.replica_lease_ttl);
+        out!(
+            "{}",
+            status_text(&body, jiff::Timestamp::now(), stale_after)
+        );
+    }
+    let store = &body["store"];
+    if store["healthy"].as_bool() == Some(false) {
+        return Err(Failure::new(
+            69,
+            format!(
+                "the manager's store ({}) does not answer: {}",
+                text(&store["backend"]),
+                text(&store["error"])
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A timestamp of the API: RFC 3339 text, or milliseconds since the epoch.
+fn timestamp(v: &Value) -> Option<jiff::Timestamp> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => jiff::Timestamp::from_millisecond(n.as_i64()?).ok(),
+        _ => None,
+    }
+}
+
+/// An age for people: `850ms`, `12s`, `3m12s`, `2h5m`.
+fn age(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
+/// `autogate manager status` as text: a row per replica (the one that answered marked `*`, one
+/// not seen for `stale_after` shown "unreachable?"), then the store line.
+fn status_text(v: &Value, now: jiff::Timestamp, stale_after: Duration) -> String {
+    let rows: Vec<Vec<String>> = v["replicas"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let mut id = text(&r["replica_id"]);
+            if r["this"].as_bool() == Some(true) {
+                id.push_str(" *");
+            }
+            let sessions = match &r["sessions"] {
+                Value::Array(a) => a.len().to_string(),
+                other => text(other),
+            };
+            let last_seen = match timestamp(&r["last_seen"]) {
+                Some(at) => {
+                    // A replica clock ahead of this one reads as "just now", not as an error.
+                    let ms = u64::try_from(now.as_millisecond() - at.as_millisecond()).unwrap_or(0);
+                    let ago = Duration::from_millis(ms);
+                    if ago > stale_after {
+                        format!("{} ago, unreachable?", age(ago))
+                    } else {
+                        format!("{} ago", age(ago))
+                    }
+                }
+                None => text(&r["last_seen"]),
+            };
+            vec![
+                id,
+                text(&r["address"]),
+                sessions,
+                last_seen,
+                match &r["started_at"] {
+                    Value::Number(_) => timestamp(&r["started_at"])
+                        .map_or_else(|| text(&r["started_at"]), |t| t.to_string()),
+                    other => text(other),
+                },
+            ]
+        })
+        .collect();
+    let mut out = if rows.is_empty() {
+        "no replicas registered\n".to_owned()
+    } else {
+        table_text(
+            &["REPLICA", "ADDRESS", "SESSIONS", "LAST SEEN", "STARTED"],
+            &rows,
+        )
+    };
+    out.push_str(&store_line(&v["store"]));
+    out.push('\n');
+    out
+}
+
+/// `store: etcd 10.0.1.21:2379,10.0.1.22:2379 prefix /autogate-manager revision 812, healthy`,
+/// or the error in place of `healthy`.
+fn store_line(s: &Value) -> String {
+    let mut line = format!("store: {}", text(&s["backend"]));
+    let endpoints: Vec<String> = match &s["endpoints"] {
+        Value::Array(a) => a.iter().map(text).collect(),
+        Value::Null => Vec::new(),
+        other => vec![text(other)],
+    };
+    if !endpoints.is_empty() {
+        line.push(' ');
+        line.push_str(&endpoints.join(","));
+    }
+    if let Some(prefix) = s["prefix"].as_str().filter(|p| !p.is_empty()) {
+        line.push_str(&format!(" prefix {prefix}"));
+    }
+    if !s["revision"].is_null() {
+        line.push_str(&format!(" revision {}", text(&s["revision"])));
+    }
+    match s["healthy"].as_bool() {
+        Some(true) => line.push_str(", healthy"),
+        Some(false) => line.push_str(&format!(", unavailable: {}", text(&s["error"]))),
+        None => {}
+    }
+    line
+}
+
 /// The family's text layout of a run: stdout block, stderr block, return code, then start,
 /// end and elapsed time.
 fn run_text(r: &Value) -> String {
@@ -699,13 +876,19 @@ fn text(v: &Value) -> String {
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) {
+    out!("{}", table_text(headers, rows));
+}
+
+/// Columns aligned to their widest cell, two spaces apart; the last column is not padded.
+fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut text = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut line = |cells: Vec<String>| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -714,12 +897,14 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        outln!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
         line(row.clone());
     }
+    text
 }
 
 fn print_list(v: &Value) {
@@ -906,6 +1091,150 @@ fn gap_before(newer: &Value, older: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replicas_body(healthy: bool) -> Value {
+        json!({
+            "store": {
+                "backend": "etcd",
+                "endpoints": ["10.0.1.21:2379", "10.0.1.22:2379", "10.0.1.23:2379"],
+                "prefix": "/autogate-manager",
+                "revision": 812,
+                "healthy": healthy,
+                "error": if healthy { Value::Null } else { json!("etcd: no quorum") },
+            },
+            "replicas": [
+                {"replica_id": "mgr-1", "address": "manager-1.example.com:8443",
+                 "started_at": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T01:00:09Z",
+                 "sessions": 3, "version": "1.4.0", "this": false},
+                {"replica_id": "mgr-2", "address": "manager-2.example.com:8443",
+                 "started_at": "2026-01-01T00:00:01Z", "last_seen": "2026-01-01T01:00:09.500Z",
+                 "sessions": 0, "version": "1.4.0", "this": true},
+                {"replica_id": "mgr-3", "address": "manager-3.example.com:8443",
+                 "started_at": "2026-01-01T00:00:02Z", "last_seen": "2026-01-01T00:59:30Z",
+                 "sessions": 1, "version": "1.4.0", "this": false},
+            ],
+        })
+    }
+
+    #[test]
+    fn status_marks_the_replica_that_answered_and_the_ones_not_seen_for_three_heartbeats() {
+        let now: jiff::Timestamp = "2026-01-01T01:00:10Z".parse().unwrap();
+        let text = status_text(&replicas_body(true), now, Duration::from_secs(5));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[0]),
+            ["REPLICA", "ADDRESS", "SESSIONS", "LAST", "SEEN", "STARTED"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "mgr-1",
+                "manager-1.example.com:8443",
+                "3",
+                "1s",
+                "ago",
+                "2026-01-01T00:00:00Z"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "mgr-2",
+                "*",
+                "manager-2.example.com:8443",
+                "0",
+                "500ms",
+                "ago",
+                "2026-01-01T00:00:01Z"
+            ]
+        );
+        assert_eq!(
+            cells(lines[3]),
+            [
+                "mgr-3",
+                "manager-3.example.com:8443",
+                "1",
+                "40s",
+                "ago,",
+                "unreachable?",
+                "2026-01-01T00:00:02Z"
+            ]
+        );
+        assert_eq!(text.matches('*').count(), 1, "{text}");
+        // The columns line up under their headers.
+        let column = lines[0].find("SESSIONS").unwrap();
+        for row in &lines[1..4] {
+            assert_ne!(row.as_bytes()[column], b' ', "{text}");
+            assert_eq!(row.as_bytes()[column - 1], b' ', "{text}");
+        }
+        assert_eq!(
+            lines[4],
+            "store: etcd 10.0.1.21:2379,10.0.1.22:2379,10.0.1.23:2379 prefix /autogate-manager \
+             revision 812, healthy"
+        );
+    }
+
+    #[test]
+    fn status_names_the_store_error_and_reads_a_local_store_and_millisecond_times() {
+        let now: jiff::Timestamp = "2026-01-01T01:00:10Z".parse().unwrap();
+        let text = status_text(&replicas_body(false), now, Duration::from_secs(5));
+        assert!(
+            text.ends_with("revision 812, unavailable: etcd: no quorum\n"),
+            "{text}"
+        );
+        let local = json!({
+            "store": {"backend": "local", "endpoints": [], "prefix": null, "revision": null,
+                      "healthy": true, "error": null},
+            "replicas": [{"replica_id": "r", "address": "m:8443",
+                          "started_at": now.as_millisecond() - 3_723_000,
+                          "last_seen": now.as_millisecond() - 65_000,
+                          "sessions": [{"cluster_id": "a"}, {"cluster_id": "b"}], "this": true}],
+        });
+        let text = status_text(&local, now, Duration::from_secs(90));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // Sessions as a list are counted; times in milliseconds are shown as RFC 3339.
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "r",
+                "*",
+                "m:8443",
+                "2",
+                "1m5s",
+                "ago",
+                "2025-12-31T23:58:07Z"
+            ],
+            "{text}"
+        );
+        assert_eq!(lines[2], "store: local, healthy");
+        assert_eq!(
+            status_text(
+                &json!({"store": {"backend": "local", "healthy": true}, "replicas": []}),
+                now,
+                Duration::from_secs(5)
+            ),
+            "no replicas registered\nstore: local, healthy\n"
+        );
+    }
+
+    #[test]
+    fn a_replica_is_stale_after_three_heartbeats_of_its_lease() {
+        // Three heartbeats of 1.666… s: the TTL, to the nanosecond a division loses.
+        let five = replica_stale_after(Duration::from_secs(5));
+        assert!(
+            five <= Duration::from_secs(5) && five > Duration::from_millis(4999),
+            "{five:?}"
+        );
+        assert_eq!(
+            replica_stale_after(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(age(Duration::from_millis(7_384_000)), "2h3m");
+        assert_eq!(age(Duration::from_millis(850)), "850ms");
+    }
 
     #[test]
     fn a_gap_after_the_manager_stopped_is_a_restart_whichever_node_comes_back() {
