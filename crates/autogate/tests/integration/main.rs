@@ -49,6 +49,7 @@ mod manager_runs;
 mod manager_security;
 mod manager_services;
 mod manager_sessions;
+mod manager_status;
 mod metrics_doc;
 mod node_names;
 mod packaging;
