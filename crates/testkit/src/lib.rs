@@ -18,6 +18,7 @@ pub mod etcd;
 mod http;
 pub mod process;
 pub mod proxy;
+pub mod replicas;
 mod rng;
 pub mod scenario;
 pub mod soak;

@@ -45,6 +45,7 @@ mod manager_abuse;
 mod manager_cli;
 mod manager_frame_limits;
 mod manager_page;
+mod manager_replicas;
 mod manager_runs;
 mod manager_security;
 mod manager_services;
