@@ -80,6 +80,19 @@ pub struct AppState {
     pub session: crate::ws::SessionLimits,
     /// Tickets that open the page's event stream without the token in its URL.
     pub tickets: Arc<crate::web::Tickets>,
+    /// Where the manager's data lives (`GET /api/v1/replicas`).
+    pub store_where: StoreWhere,
+}
+
+/// Where the manager's data lives, as `GET /api/v1/replicas` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreWhere {
+    /// `local` or `etcd`.
+    pub backend: &'static str,
+    /// The file, or the etcd endpoints.
+    pub endpoints: String,
+    /// The etcd key prefix (empty for `local`).
+    pub prefix: String,
 }
 
 /// The whole HTTP surface.
@@ -98,6 +111,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(forget_node),
         )
         .route("/clusters/{id}/ping", post(ping))
+        .route("/replicas", get(replicas))
         .route("/clusters/{id}/reset-term", post(reset_term))
         .route("/events/ticket", post(crate::web::ticket))
         .route("/clusters/{id}/services", get(list_services))
@@ -169,14 +183,64 @@ async fn healthz() -> Response {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     match app.hub.registry().store().status().await {
-        Ok(_) => Json(json!({
+        Ok(_) if app.hub.replicas().healthy() => Json(json!({
             "status": "ready",
             "clusters": app.hub.registry().len(),
             "sessions_live": app.hub.live_count(),
+            "replica": app.hub.replicas().id(),
         }))
         .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        // The store answers again, but the lease is not renewed yet: no sessions until it is.
+        Ok(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store: this replica's lease is not renewed yet ({}); it takes no sessions",
+                app.hub.replicas().trouble().unwrap_or_default()
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {e}; this replica takes no sessions"),
+        ),
     }
+}
+
+/// `GET /api/v1/replicas`: the replicas of this manager and its store.
+async fn replicas(State(app): State<AppState>) -> Response {
+    let status = app.hub.registry().store().status().await;
+    let replicas = app.hub.replicas();
+    let me = replicas.id().to_owned();
+    let list: Vec<Value> = replicas
+        .list(app.hub.live_count())
+        .into_iter()
+        .map(|r| {
+            json!({
+                "replica_id": r.replica_id,
+                "address": r.address,
+                "started_at": r.started_at,
+                "last_seen": r.last_seen,
+                "sessions": r.sessions,
+                "version": r.version,
+                "this": r.replica_id == me,
+            })
+        })
+        .collect();
+    let (revision, healthy, problem) = match &status {
+        Ok(s) => (Some(s.revision), replicas.healthy(), replicas.trouble()),
+        Err(e) => (None, false, Some(e.to_string())),
+    };
+    Json(json!({
+        "store": {
+            "backend": app.store_where.backend,
+            "endpoints": app.store_where.endpoints,
+            "prefix": app.store_where.prefix,
+            "revision": revision,
+            "healthy": healthy,
+            "error": problem,
+        },
+        "replicas": list,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -557,7 +621,7 @@ async fn list_services(State(app): State<AppState>, Path(id): Path<String>) -> R
     if app.hub.registry().get(&id).is_none() {
         return not_found(&id);
     }
-    let connected = app.hub.live(&id).is_some();
+    let connected = app.hub.connected(&id);
     let body = match app.hub.registry().catalog(&id) {
         Some(c) => json!({
             "cluster_id": id,

@@ -1,15 +1,24 @@
-//! The hub: every live gateway session, the session rules ([`SessionTable`]), and the
-//! operations that change them — a `hello`, a session ending, an administrative change
-//! (certificate removed, cluster disabled or deleted), a request sent to a cluster.
+//! The hub: this replica's live gateway sessions, every replica's session claims
+//! ([`crate::claims`]), and the operations that change them — a `hello`, a session ending, an
+//! administrative change (certificate removed, cluster disabled or deleted), a request sent to
+//! a cluster.
 //!
 //! # Ordering
 //!
-//! Everything that changes the sessions of one cluster runs under that cluster's async lock
-//! (`cluster_lock`), and writes the session history *before* releasing it. A `hello` that
-//! replaces a live session writes, in one store transaction, the old session's
+//! The store decides: every change of a cluster's session is one store transaction that
+//! compares the revisions of the cluster's record and claim it read, so replicas (and the
+//! requests of one replica) changing the same cluster at once are ordered by the store, and the
+//! loser reads again. Within a replica, everything that changes the sessions of one cluster also
+//! runs under that cluster's async lock (`cluster_lock`), so its own requests do not race each
+//! other. A `hello` that replaces a live session writes, in its transaction, the old session's
 //! `disconnected_at` and the new one's `connected_at` from the same clock reading, so the
-//! history never shows two overlapping live sessions. The session table and the map of live
-//! sessions sit behind a plain mutex that is never held across an `.await`.
+//! history never shows two overlapping live sessions, whichever replica held either. The map of
+//! this replica's live sessions sits behind a plain mutex that is never held across an
+//! `.await`.
+//!
+//! A session another replica replaced or ended is closed by its own replica when the store
+//! watch delivers the new claim ([`Hub::apply_claim`]); the history was written by the replica
+//! that made the change.
 //!
 //! # Certificates and terms
 //!
@@ -26,15 +35,17 @@
 //! session and writes an audit line.
 //!
 //! A session task that ends by itself calls [`Hub::closed`]; when the hub closed it first
-//! (replaced, certificate removed, …) the task's call finds nothing to do, so each session end
-//! is recorded exactly once, by whoever took the session out of the table.
+//! (replaced, certificate removed, …) the task's call finds nothing to do, and the store
+//! transaction that ends a claim only succeeds for a claim still live, so each session end is
+//! recorded exactly once.
 //!
 //! # Requests and runs
 //!
 //! Requests sent to gateways (`ping`, `services.list`) wait for their answers in the hub, not
 //! in the session task, under numeric ids unique across the cluster's sessions (and across
 //! restarts of the manager: the counter starts from the clock); they fail when their session
-//! ends. Service runs are not requests of a session: they belong to the cluster, live in
+//! ends. A request for a cluster whose session another replica holds goes to that replica
+//! through the store ([`crate::forward`]). Service runs are not requests of a session: they belong to the cluster, live in
 //! [`Runs`] from acceptance to answer, and are sent by whichever session is live, under their
 //! run id (see [`crate::runs`]). An answer to an id nobody waits for any more (a late
 //! duplicate) is ignored.
@@ -46,18 +57,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use autogate_proto::{
-    ConnId, Departed, Hello, HelloDecision, NodeInfo, Role, RpcError, SessionTable, NOT_ALLOWED,
-    SESSION_REFUSED,
+    ConnId, Departed, Hello, HelloDecision, NodeInfo, Role, RpcError, NOT_ALLOWED, SESSION_REFUSED,
 };
-use autogate_store::{StoreError, Txn, TxnOp};
+use autogate_store::{
+    Compare, CompareOp, EventKind as StoreEventKind, KeyValue, Revision, StoreError, Txn, TxnOp,
+    WatchEvent,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::claims::{self, claim_key, Claim};
+use crate::forward::Forward;
 use crate::members::{Absence, ForgetError, Members};
 use crate::metrics::{ManagerMetrics, RefusalCategory};
-use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState, SessionRecord};
-use crate::registry::Registry;
+use crate::mirror::Mirror;
+use crate::model::{format_rfc3339, now_rfc3339, ClusterRecord, ClusterState};
+use crate::registry::{self, Registry};
+use crate::replicas::Replicas;
 use crate::runs::{Runs, SessionKind};
 use crate::web::{EventKind, Events};
 
@@ -174,7 +191,8 @@ pub struct LiveInfo {
     pub nodes: Vec<NodeInfo>,
     /// The cluster runs services as jobs (its `hello` said so).
     pub distributed_execution: bool,
-    history_key: String,
+    /// The revision of the session's claim as this replica last wrote it.
+    claim_rev: Revision,
     control: Arc<SessionControl>,
     requests: mpsc::Sender<Outgoing>,
 }
@@ -269,10 +287,28 @@ pub struct ClusterPatch {
     pub remove: Vec<String>,
 }
 
+/// The outcome of one attempt at ending a session in the store.
+#[derive(Debug)]
+enum Attempt {
+    /// Written at this revision; the claim it ended, if one was live.
+    Done(Revision, Option<Box<Claim>>),
+    /// Nothing to write: the session was not live.
+    NotLive,
+    /// The claim or a guarded record changed since it was read.
+    Conflict,
+}
+
+/// Attempts of a change that loses its store transaction to a concurrent one.
+const HELLO_ATTEMPTS: usize = 5;
+/// Longest wait for the store watch to catch up with a revision.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Default)]
 struct HubState {
-    table: SessionTable,
+    /// This replica's live sessions.
     live: HashMap<ConnId, LiveInfo>,
+    /// The connection of this replica's live session of each cluster.
+    by_cluster: HashMap<String, ConnId>,
 }
 
 /// The manager's live state. Shared by the API and every session task.
@@ -294,6 +330,14 @@ pub struct Hub {
     runs: Runs,
     /// Serialises the changes that pin certificates (taken before any cluster lock).
     pins: tokio::sync::Mutex<()>,
+    /// This replica and the others.
+    replicas: Arc<Replicas>,
+    /// Every cluster's session claim, as the store watch delivers them.
+    claims: Mirror<Claim>,
+    /// Requests to and from other replicas.
+    forward: Forward,
+    /// The revision the store watch has applied up to.
+    applied: tokio::sync::watch::Sender<Revision>,
 }
 
 /// Which cluster a client certificate may open a session for, decided before the WebSocket
@@ -344,21 +388,30 @@ pub struct Accepted {
 }
 
 impl Hub {
-    /// A hub over the registry; restores each cluster's highest term into the session rules.
-    pub fn new(registry: Registry, metrics: ManagerMetrics, runs: Runs) -> Hub {
-        let mut table = SessionTable::new();
-        for rec in registry.list() {
-            if let Some((term, node)) = &rec.highest_term {
-                table.restore_highest_term(&rec.cluster_id, *term, node);
-            }
-        }
+    /// A hub over the registry, with the claims read at start (`claims`) and the revision the
+    /// store watch starts after (`start`).
+    pub fn new(
+        registry: Registry,
+        metrics: ManagerMetrics,
+        runs: Runs,
+        replicas: Arc<Replicas>,
+        claims: Vec<KeyValue>,
+        start: Revision,
+    ) -> Hub {
+        let mirror = Mirror::new();
+        mirror.reset(claims.iter().filter_map(|kv| {
+            let cluster = kv.key.strip_prefix(claims::LIVE)?.to_owned();
+            Some((cluster, Self::decode_claim(kv)?, kv.mod_revision))
+        }));
+        let forward = Forward::new(registry.store().clone(), replicas.clone());
         Hub {
             registry,
             metrics,
-            state: Mutex::new(HubState {
-                table,
-                live: HashMap::new(),
-            }),
+            state: Mutex::new(HubState::default()),
+            replicas,
+            claims: mirror,
+            forward,
+            applied: tokio::sync::watch::channel(start).0,
             locks: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             events: Events::new(),
@@ -518,30 +571,121 @@ impl Hub {
 
     /// Removes a live session from the map (the table has already let go of it) and counts it
     /// closed. `None` when someone else did it first.
+    /// Removes a local live session from the maps and counts it closed. `None` when someone
+    /// else did it first.
     fn take_live(&self, state: &mut HubState, conn: ConnId) -> Option<LiveInfo> {
         let info = state.live.remove(&conn)?;
+        if state.by_cluster.get(&info.cluster_id) == Some(&conn) {
+            state.by_cluster.remove(&info.cluster_id);
+        }
         self.metrics.session_closed();
         Some(info)
     }
 
-    fn closed_record(info: &LiveInfo, at: &str, reason: &str) -> TxnOp {
-        Registry::session_op(
-            &info.history_key,
-            &SessionRecord {
-                session_id: info.session_id.clone(),
-                node_id: info.node_id.clone(),
-                node_name: info.node_name.clone(),
-                term: info.term,
-                remote_addr: info.remote_addr.clone(),
-                connected_at: info.connected_at.clone(),
-                disconnected_at: Some(at.to_owned()),
-                close_reason: Some(reason.to_owned()),
-            },
-        )
+    /// The replicas of this manager.
+    pub fn replicas(&self) -> &Arc<Replicas> {
+        &self.replicas
+    }
+
+    /// Waits until the store watch has applied everything up to `rev` (bounded: a watch that
+    /// is down must not hold a session start forever).
+    pub async fn wait_applied(&self, rev: Revision) {
+        let mut rx = self.applied.subscribe();
+        let waited = tokio::time::timeout(APPLY_WAIT, rx.wait_for(|applied| *applied >= rev)).await;
+        if waited.is_err() {
+            tracing::warn!(
+                "the store watch has not reached revision {rev} after {APPLY_WAIT:?}; going on"
+            );
+        }
+    }
+
+    /// The store watch applied everything up to `rev`.
+    pub fn applied(&self, rev: Revision) {
+        self.applied.send_if_modified(|r| {
+            if rev > *r {
+                *r = rev;
+                true
+            } else {
+                false
+            }
+        });
+        self.claims.passed(rev);
+        self.registry.passed(rev);
+        self.replicas.passed(rev);
+    }
+
+    /// The claim of a cluster's live session, on whatever replica: `None` when no session is
+    /// live (ended, or held by a replica that is gone).
+    pub fn live_claim(&self, cluster: &str) -> Option<Claim> {
+        self.claims
+            .get(cluster)
+            .filter(|c| c.ended.is_none() && self.replicas.alive(&c.replica))
+    }
+
+    /// Whether the cluster has a live session on any replica.
+    pub fn connected(&self, cluster: &str) -> bool {
+        self.live_claim(cluster).is_some()
+    }
+
+    /// Reads a cluster's record and claim from the store in one transaction.
+    async fn read_cluster(
+        &self,
+        cluster: &str,
+    ) -> Result<(Option<KeyValue>, Option<KeyValue>), StoreError> {
+        let resp = self
+            .registry
+            .store()
+            .txn(Txn::new().and_then([
+                TxnOp::get(registry::cluster_key(cluster)),
+                TxnOp::get(claim_key(cluster)),
+            ]))
+            .await?;
+        let mut got = resp.responses.into_iter().map(|r| match r {
+            autogate_store::TxnOpResponse::Get(mut kvs) => kvs.pop(),
+            _ => None,
+        });
+        Ok((got.next().flatten(), got.next().flatten()))
+    }
+
+    /// A stored claim, or `None` (logged, naming the key) when it does not read back.
+    fn decode_claim(kv: &KeyValue) -> Option<Claim> {
+        match serde_json::from_slice::<Claim>(&kv.value) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("ignoring unreadable session claim {}: {e}", kv.key);
+                None
+            }
+        }
+    }
+
+    /// Why a session that `live` no longer describes ended, seen from its replica.
+    fn why_superseded(&self, claim: &Claim, mine: &LiveInfo) -> (u16, String) {
+        if claim.session_id == mine.session_id {
+            let reason = claim.ended.as_ref().map_or_else(
+                || "ended by another replica".to_owned(),
+                |e| e.reason.clone(),
+            );
+            return (CLOSE_POLICY, reason);
+        }
+        let reason = claim.replaced.clone().unwrap_or_else(|| {
+            format!(
+                "superseded by a session of node {} on manager replica {}",
+                claim.node_id,
+                self.replicas.describe(&claim.replica)
+            )
+        });
+        (CLOSE_NORMAL, reason)
     }
 
     /// Decides a `hello` received on `conn` from a peer that presented `cert`. On acceptance the
-    /// session is live (and recorded) when this returns; `requests` and `control` reach its task.
+    /// session is live (and recorded, with its claim) when this returns; `requests` and
+    /// `control` reach its task.
+    ///
+    /// The decision is made against the store, not this replica's memory: the cluster's record
+    /// (highest term) and claim are read in one transaction, decided by the session rules, and
+    /// the new claim, the history and the cluster record are written in one transaction that
+    /// only succeeds if neither record changed meanwhile. A replica that loses that race reads
+    /// again and decides again.
     pub async fn hello(
         &self,
         conn: ConnId,
@@ -557,69 +701,92 @@ impl Hub {
             reason,
             category,
         };
+        let unknown = || {
+            refuse(
+                NOT_ALLOWED,
+                format!("cluster {cluster} is not registered"),
+                RefusalCategory::UnknownCluster,
+            )
+        };
+        let store_failed = |e: &dyn std::fmt::Display| {
+            refuse(
+                autogate_proto::INTERNAL_ERROR,
+                format!("the manager cannot record the session: {e}"),
+                RefusalCategory::StoreError,
+            )
+        };
         // Checked before taking the cluster lock too, so hellos naming made-up clusters never
         // create lock entries (any certificate passes TLS; the cluster id is the peer's word).
         if self.registry.get(cluster).is_none() {
-            return Err(refuse(
-                NOT_ALLOWED,
-                format!("cluster {cluster} is not registered"),
-                RefusalCategory::UnknownCluster,
-            ));
+            return Err(unknown());
+        }
+        if !self.replicas.healthy() {
+            let why = self
+                .replicas
+                .trouble()
+                .unwrap_or_else(|| "no answer".to_owned());
+            return Err(store_failed(&format!("store unavailable ({why})")));
         }
         let lock = self.cluster_lock(cluster);
         let _guard = lock.lock().await;
-        let Some(mut rec) = self.registry.get(cluster) else {
-            return Err(refuse(
-                NOT_ALLOWED,
-                format!("cluster {cluster} is not registered"),
-                RefusalCategory::UnknownCluster,
-            ));
-        };
-        if rec.state == ClusterState::Disabled {
-            return Err(refuse(
-                NOT_ALLOWED,
-                format!("cluster {cluster} is disabled"),
-                RefusalCategory::ClusterDisabled,
-            ));
-        }
         let fp = &cert.fingerprint;
-        if rec.certificate(fp).is_none() {
-            return Err(refuse(
-                NOT_ALLOWED,
-                format!("certificate {fp} is not registered for cluster {cluster}"),
-                RefusalCategory::CertificateNotRegistered,
-            ));
-        }
-        // Checked before the upgrade too; again here because the registry may have changed
-        // since (and a certificate pinned twice must never choose its cluster itself).
-        if let Some(reason) = self.pinned_cluster(fp).refusal(fp) {
-            return Err(refuse(
-                NOT_ALLOWED,
-                reason,
-                RefusalCategory::CertificateNotRegistered,
-            ));
-        }
-        // The TLS layer already refuses expired certificates; checked again because a
-        // long-lived connection may say hello after its certificate expired.
-        if let Some(not_after) = cert.not_after {
-            if not_after < time::OffsetDateTime::now_utc() {
+        for _ in 0..HELLO_ATTEMPTS {
+            let (rec_kv, claim_kv) = self
+                .read_cluster(cluster)
+                .await
+                .map_err(|e| store_failed(&e))?;
+            let Some(rec_kv) = rec_kv else {
+                return Err(unknown());
+            };
+            let mut rec: ClusterRecord = serde_json::from_slice(&rec_kv.value).map_err(|e| {
+                store_failed(&format!("stored record {} is unreadable: {e}", rec_kv.key))
+            })?;
+            if rec.state == ClusterState::Disabled {
                 return Err(refuse(
                     NOT_ALLOWED,
-                    format!("certificate {fp} expired at {}", format_rfc3339(not_after)),
-                    RefusalCategory::CertificateExpired,
+                    format!("cluster {cluster} is disabled"),
+                    RefusalCategory::ClusterDisabled,
                 ));
             }
-        }
-
-        let now = now_rfc3339();
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let history_key = self.registry.new_session_key(cluster);
-        let (replaced, ops) = {
-            let mut state = self.state();
-            let decision =
-                state
-                    .table
-                    .on_hello(cluster, &hello.node_id, hello.term, conn, SystemTime::now());
+            if rec.certificate(fp).is_none() {
+                return Err(refuse(
+                    NOT_ALLOWED,
+                    format!("certificate {fp} is not registered for cluster {cluster}"),
+                    RefusalCategory::CertificateNotRegistered,
+                ));
+            }
+            // Checked before the upgrade too; again here because the registry may have changed
+            // since (and a certificate pinned twice must never choose its cluster itself).
+            if let Some(reason) = self.pinned_cluster(fp).refusal(fp) {
+                return Err(refuse(
+                    NOT_ALLOWED,
+                    reason,
+                    RefusalCategory::CertificateNotRegistered,
+                ));
+            }
+            // The TLS layer already refuses expired certificates; checked again because a
+            // long-lived connection may say hello after its certificate expired.
+            if let Some(not_after) = cert.not_after {
+                if not_after < time::OffsetDateTime::now_utc() {
+                    return Err(refuse(
+                        NOT_ALLOWED,
+                        format!("certificate {fp} expired at {}", format_rfc3339(not_after)),
+                        RefusalCategory::CertificateExpired,
+                    ));
+                }
+            }
+            let old = claim_kv.as_ref().and_then(Self::decode_claim);
+            let live = old
+                .as_ref()
+                .filter(|c| c.ended.is_none() && self.replicas.alive(&c.replica));
+            let decision = claims::decide(
+                cluster,
+                rec.highest_term.as_ref(),
+                live,
+                &hello.node_id,
+                hello.term,
+                conn,
+            );
             let replace = match decision {
                 HelloDecision::Refuse { reason } => {
                     return Err(refuse(
@@ -628,120 +795,224 @@ impl Hub {
                         RefusalCategory::SessionRule,
                     ));
                 }
-                HelloDecision::Accept { replace } => replace,
+                HelloDecision::Accept { replace } => replace.map(|(_, why)| why),
             };
-            state.table.set_certificate(conn, fp);
-            let mut ops = Vec::new();
-            let mut replaced = None;
-            if let Some((old, why)) = replace {
-                if let Some(old_info) = self.take_live(&mut state, old) {
-                    ops.push(Self::closed_record(&old_info, &now, &why));
-                    replaced = Some((old_info, why));
-                }
+
+            let now = now_rfc3339();
+            let session_id = uuid::Uuid::now_v7().to_string();
+            let history_key = self.registry.new_session_key(cluster);
+            if let Some(t) = hello.term {
+                rec.highest_term = Some((t, hello.node_id.clone()));
             }
-            rec.highest_term = state
-                .table
-                .highest_term(cluster)
-                .map(|(t, n)| (t, n.to_owned()));
-            (replaced, ops)
-        };
-        let mut ops = ops;
-        if let Some(c) = rec
-            .certificates
-            .iter_mut()
-            .find(|c| &c.fingerprint_sha256 == fp)
-        {
-            c.last_presented_by = Some(hello.node_id.clone());
-            c.last_presented_at = Some(now.clone());
-        }
-        let node_name = hello
-            .nodes
-            .iter()
-            .find(|n| n.node_id == hello.node_id)
-            .and_then(NodeInfo::shown_name)
-            .map(str::to_owned);
-        ops.push(Registry::session_op(
-            &history_key,
-            &SessionRecord {
+            if let Some(c) = rec
+                .certificates
+                .iter_mut()
+                .find(|c| &c.fingerprint_sha256 == fp)
+            {
+                c.last_presented_by = Some(hello.node_id.clone());
+                c.last_presented_at = Some(now.clone());
+            }
+            let node_name = hello
+                .nodes
+                .iter()
+                .find(|n| n.node_id == hello.node_id)
+                .and_then(NodeInfo::shown_name)
+                .map(str::to_owned);
+            let mut nodes = hello.nodes.clone();
+            if !nodes.iter().any(|n| n.node_id == hello.node_id) {
+                nodes.insert(
+                    0,
+                    NodeInfo {
+                        node_id: hello.node_id.clone(),
+                        name: None,
+                        role: Role::Active,
+                        is_primary: false,
+                        address: None,
+                        manager_reachable: Some(true),
+                        running: None,
+                        capacity: None,
+                    },
+                );
+            }
+            let claim = Claim {
+                replica: self.replicas.id().to_owned(),
                 session_id: session_id.clone(),
                 node_id: hello.node_id.clone(),
                 node_name: node_name.clone(),
                 term: hello.term,
-                remote_addr: remote.to_string(),
-                connected_at: now.clone(),
-                disconnected_at: None,
-                close_reason: None,
-            },
-        ));
-        ops.push(Registry::put_op(&rec));
-
-        // The replaced session is out of the table already: close it whatever the store says.
-        if let Some((old, why)) = &replaced {
-            old.control.close(CLOSE_NORMAL, why.clone());
-        }
-        if let Err(e) = self.registry.store().txn(Txn::new().and_then(ops)).await {
-            let mut state = self.state();
-            state.table.on_closed(conn);
-            return Err(refuse(
-                autogate_proto::INTERNAL_ERROR,
-                format!("the manager cannot record the session: {e}"),
-                RefusalCategory::StoreError,
-            ));
-        }
-        self.registry.cache_put(rec);
-        let mut nodes = hello.nodes.clone();
-        if !nodes.iter().any(|n| n.node_id == hello.node_id) {
-            nodes.insert(
-                0,
-                NodeInfo {
-                    node_id: hello.node_id.clone(),
-                    name: None,
-                    role: Role::Active,
-                    is_primary: false,
-                    address: None,
-                    manager_reachable: Some(true),
-                    running: None,
-                    capacity: None,
-                },
-            );
-        }
-        self.observe_members(cluster, &nodes, &hello.departed);
-        self.state().live.insert(
-            conn,
-            LiveInfo {
-                cluster_id: cluster.to_owned(),
-                session_id: session_id.clone(),
-                node_id: hello.node_id.clone(),
-                node_name,
-                term: hello.term,
                 version: hello.version.clone(),
-                connected_at: now,
+                connected_at: now.clone(),
                 remote_addr: remote.to_string(),
-                nodes,
+                nodes: nodes.clone(),
                 distributed_execution: hello.distributed_execution,
-                history_key,
-                control,
-                requests,
-            },
-        );
-        let kind = SessionKind {
-            dedup: hello.run_dedup,
-            distributed: hello.distributed_execution,
-        };
-        self.runs.session_started(cluster, kind).await;
-        self.metrics.session_opened();
-        self.events.send(EventKind::SessionOpened, cluster);
-        self.registry.after_insert(cluster).await;
-        Ok(Accepted {
-            session_id,
-            replaced: replaced.map(|(old, why)| (old.node_id, why)),
-        })
+                run_dedup: hello.run_dedup,
+                history_key: history_key.clone(),
+                certificate: fp.clone(),
+                replaced: replace.clone(),
+                ended: None,
+            };
+            let mut ops = vec![
+                claim.put_op(cluster),
+                Registry::session_op(&history_key, &claim.record(None)),
+                Registry::put_op(&rec),
+            ];
+            // The session this one follows ends now in the history, from the same clock
+            // reading: replaced, or held by a replica that is gone.
+            let mut replaced = None;
+            if let Some(old) = old.as_ref().filter(|c| c.ended.is_none()) {
+                let why = match (&replace, live) {
+                    (Some(why), Some(_)) => why.clone(),
+                    _ => self.gone_reason(&old.replica),
+                };
+                ops.push(old.closed_op(&now, &why));
+                replaced = Some((old.node_id.clone(), why));
+            }
+            let compares = [
+                Compare::mod_revision(
+                    registry::cluster_key(cluster),
+                    CompareOp::Equal,
+                    rec_kv.mod_revision,
+                ),
+                Compare::mod_revision(
+                    claim_key(cluster),
+                    CompareOp::Equal,
+                    claim_kv.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
+            ];
+            let resp = self
+                .registry
+                .store()
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await
+                .map_err(|e| store_failed(&e))?;
+            if !resp.succeeded {
+                // Another replica (or an administrator) changed the cluster meanwhile.
+                continue;
+            }
+            let rev = resp.revision;
+            self.registry.cache_put(rec, rev);
+            self.claims.put(cluster, claim.clone(), rev);
+            // A session of this replica that the new one replaces is closed here; one on
+            // another replica is closed by that replica when its watch shows the new claim.
+            let replaced_here = {
+                let mut state = self.state();
+                match state.by_cluster.get(cluster).copied() {
+                    Some(c) if c != conn => self.take_live(&mut state, c),
+                    _ => None,
+                }
+            };
+            if let Some(info) = &replaced_here {
+                let why = replaced
+                    .as_ref()
+                    .map_or_else(|| "superseded".to_owned(), |(_, w)| w.clone());
+                info.control.close(CLOSE_NORMAL, why);
+            }
+            self.observe_members(cluster, &nodes, &hello.departed);
+            {
+                let mut state = self.state();
+                state.live.insert(
+                    conn,
+                    LiveInfo {
+                        cluster_id: cluster.to_owned(),
+                        session_id: session_id.clone(),
+                        node_id: hello.node_id.clone(),
+                        node_name,
+                        term: hello.term,
+                        version: hello.version.clone(),
+                        connected_at: now,
+                        remote_addr: remote.to_string(),
+                        nodes,
+                        distributed_execution: hello.distributed_execution,
+                        claim_rev: rev,
+                        control,
+                        requests,
+                    },
+                );
+                state.by_cluster.insert(cluster.to_owned(), conn);
+            }
+            // Runs accepted by other replicas before this claim are in this replica's copy
+            // once its watch reached the claim's revision.
+            self.wait_applied(rev).await;
+            let kind = SessionKind {
+                dedup: hello.run_dedup,
+                distributed: hello.distributed_execution,
+            };
+            self.runs.session_started(cluster, kind).await;
+            self.metrics.session_opened();
+            self.events.send(EventKind::SessionOpened, cluster);
+            self.registry.after_insert(cluster).await;
+            return Ok(Accepted {
+                session_id,
+                replaced,
+            });
+        }
+        Err(store_failed(&format!(
+            "the cluster's records changed {HELLO_ATTEMPTS} times while it tried; the gateway retries"
+        )))
     }
 
-    /// A session task ended with `reason`. Records it unless the hub closed it first. `detail`
-    /// (the library's error behind a lost connection) goes to the log only: the history keeps
-    /// the operator's words. `left` says whether the session's node left the membership with
-    /// it, and how (`None` when its fate is unknown: the next session will tell).
+    /// The close reason of a session whose replica is gone.
+    fn gone_reason(&self, replica: &str) -> String {
+        if self.replicas.exclusive() {
+            registry::RESTART_REASON.to_owned()
+        } else {
+            format!(
+                "manager replica {} stopped",
+                self.replicas.describe(replica)
+            )
+        }
+    }
+
+    /// One attempt at ending the live session of `cluster` that `matches` in the store (claim
+    /// ended, history closed), with `extra` writes under `guard` compares in the same
+    /// transaction. A claim that is not live, or does not match, is left as it is (the extra
+    /// writes still happen, guarded by its revision).
+    async fn end_in_store(
+        &self,
+        cluster: &str,
+        matches: impl Fn(&Claim) -> bool,
+        why: &str,
+        guard: Vec<Compare>,
+        extra: Vec<TxnOp>,
+    ) -> Result<Attempt, StoreError> {
+        let (_, claim_kv) = self.read_cluster(cluster).await?;
+        let claim = claim_kv.as_ref().and_then(Self::decode_claim);
+        let mut compares = guard;
+        let mut ops = extra;
+        compares.push(Compare::mod_revision(
+            claim_key(cluster),
+            CompareOp::Equal,
+            claim_kv.as_ref().map_or(0, |kv| kv.mod_revision),
+        ));
+        let ending = claim.filter(|c| c.ended.is_none() && matches(c));
+        let now = now_rfc3339();
+        let ended = ending.as_ref().map(|c| c.end(&now, why));
+        if let (Some(old), Some(new)) = (&ending, &ended) {
+            ops.push(new.put_op(cluster));
+            ops.push(old.closed_op(&now, why));
+        }
+        if ops.is_empty() {
+            return Ok(Attempt::NotLive);
+        }
+        let resp = self
+            .registry
+            .store()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        if !resp.succeeded {
+            return Ok(Attempt::Conflict);
+        }
+        if let Some(c) = &ended {
+            self.claims.put(cluster, c.clone(), resp.revision);
+        }
+        Ok(Attempt::Done(resp.revision, ended.map(Box::new)))
+    }
+
+    /// A session task ended with `reason`. Records it unless it was closed for it already (by
+    /// this replica or, through the store, by another). `detail` (the library's error behind a
+    /// lost connection) goes to the log only: the history keeps the operator's words. `left`
+    /// says whether the session's node left the membership with it, and how (`None` when its
+    /// fate is unknown: the next session will tell).
     pub async fn closed(
         &self,
         conn: ConnId,
@@ -749,30 +1020,41 @@ impl Hub {
         detail: Option<&str>,
         left: Option<Absence>,
     ) {
-        let Some(cluster) = self.state().table.cluster_of(conn).map(str::to_owned) else {
+        let Some(cluster) = self.state().live.get(&conn).map(|i| i.cluster_id.clone()) else {
             return;
         };
         let lock = self.cluster_lock(&cluster);
         let _guard = lock.lock().await;
-        let info = {
-            let mut state = self.state();
-            if state.table.on_closed(conn).is_none() {
-                return;
-            }
-            self.take_live(&mut state, conn)
+        let Some(info) = self.take_live(&mut self.state(), conn) else {
+            return;
         };
-        let Some(info) = info else { return };
         let detail = detail.map(|d| format!(" ({d})")).unwrap_or_default();
         tracing::info!(
             "session {} of gateway cluster {cluster} (node {}) closed: {reason}{detail}",
             info.session_id,
             info.node_id
         );
-        let now = now_rfc3339();
-        let op = Self::closed_record(&info, &now, reason);
-        if let Err(e) = self.registry.store().txn(Txn::new().and_then([op])).await {
-            tracing::warn!("cannot record the end of session {}: {e}", info.session_id);
+        let session = info.session_id.clone();
+        for _ in 0..HELLO_ATTEMPTS {
+            match self
+                .end_in_store(
+                    &cluster,
+                    |c| c.session_id == session,
+                    reason,
+                    vec![],
+                    vec![],
+                )
+                .await
+            {
+                Ok(Attempt::Conflict) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("cannot record the end of session {}: {e}", info.session_id);
+                    break;
+                }
+            }
         }
+        let now = now_rfc3339();
         if let Some(left) = left {
             if let Some(m) = self.members().get_mut(&cluster) {
                 m.session_ended(&info.node_id, left, reason, &now);
@@ -781,8 +1063,14 @@ impl Hub {
         self.events.send(EventKind::SessionClosed, &cluster);
     }
 
-    /// A `nodes.update` arrived on a live session.
-    pub fn nodes_update(&self, conn: ConnId, nodes: Vec<NodeInfo>, departed: &[Departed]) {
+    /// A `nodes.update` arrived on a live session: kept at once, and written to its claim (so
+    /// every replica shows it) behind.
+    pub fn nodes_update(
+        self: &Arc<Self>,
+        conn: ConnId,
+        nodes: Vec<NodeInfo>,
+        departed: &[Departed],
+    ) {
         let cluster = self.state().live.get_mut(&conn).map(|info| {
             info.nodes.clone_from(&nodes);
             info.cluster_id.clone()
@@ -790,22 +1078,195 @@ impl Hub {
         if let Some(cluster) = cluster {
             self.observe_members(&cluster, &nodes, departed);
             self.events.send(EventKind::NodesChanged, &cluster);
+            let hub = self.clone();
+            tokio::spawn(async move { hub.write_nodes(conn, &cluster).await });
         }
     }
 
-    /// The live session of a cluster.
+    /// Writes the current nodes of session `conn` into its claim (the last write wins: each
+    /// takes the nodes as they are when it runs).
+    async fn write_nodes(&self, conn: ConnId, cluster: &str) {
+        let lock = self.cluster_lock(cluster);
+        let _guard = lock.lock().await;
+        for _ in 0..HELLO_ATTEMPTS {
+            let Some((session, nodes)) = self
+                .state()
+                .live
+                .get(&conn)
+                .map(|i| (i.session_id.clone(), i.nodes.clone()))
+            else {
+                return;
+            };
+            let claim_kv = match self.read_cluster(cluster).await {
+                Ok((_, kv)) => kv,
+                Err(e) => {
+                    tracing::warn!("cannot store the nodes of cluster {cluster}: {e}");
+                    return;
+                }
+            };
+            let Some(kv) = claim_kv else { return };
+            let Some(mut claim) = Self::decode_claim(&kv) else {
+                return;
+            };
+            if claim.session_id != session || claim.ended.is_some() {
+                return;
+            }
+            claim.nodes = nodes;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    claim_key(cluster),
+                    CompareOp::Equal,
+                    kv.mod_revision,
+                )])
+                .and_then([claim.put_op(cluster)]);
+            match self.registry.store().txn(txn).await {
+                Ok(r) if r.succeeded => {
+                    if let Some(info) = self.state().live.get_mut(&conn) {
+                        info.claim_rev = r.revision;
+                    }
+                    self.claims.put(cluster, claim, r.revision);
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!("cannot store the nodes of cluster {cluster}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A watch event under [`claims::LIVE`]: updates the copy, closes this replica's session
+    /// of the cluster when another replica replaced or ended it, and tells the page about
+    /// another replica's sessions.
+    pub fn apply_claim(&self, ev: &WatchEvent) {
+        let Some(cluster) = ev.kv.key.strip_prefix(claims::LIVE) else {
+            return;
+        };
+        let rev = ev.kv.mod_revision;
+        let claim = match ev.kind {
+            StoreEventKind::Put => {
+                let Some(claim) = Self::decode_claim(&ev.kv) else {
+                    return;
+                };
+                if !self.claims.put(cluster, claim.clone(), rev) {
+                    return;
+                }
+                Some(claim)
+            }
+            StoreEventKind::Delete => {
+                self.claims.remove(cluster, rev);
+                None
+            }
+        };
+        let closing = {
+            let mut state = self.state();
+            let local = state
+                .by_cluster
+                .get(cluster)
+                .and_then(|c| state.live.get(c))
+                .filter(|info| rev > info.claim_rev)
+                .map(|info| {
+                    let why = match &claim {
+                        Some(c) if c.session_id == info.session_id && c.ended.is_none() => None,
+                        Some(c) => Some(self.why_superseded(c, info)),
+                        None => Some((CLOSE_POLICY, format!("cluster {cluster} was deleted"))),
+                    };
+                    (why, state.by_cluster.get(cluster).copied())
+                });
+            match local {
+                Some((Some(why), Some(conn))) => self.take_live(&mut state, conn).map(|i| (i, why)),
+                _ => None,
+            }
+        };
+        if let Some((info, (code, why))) = closing {
+            tracing::info!(
+                "closing session {} of gateway cluster {cluster} (node {}): {why}",
+                info.session_id,
+                info.node_id
+            );
+            info.control.close(code, why);
+        }
+        if let Some(c) = &claim {
+            if c.replica != self.replicas.id() {
+                let kind = if c.ended.is_some() {
+                    EventKind::SessionClosed
+                } else {
+                    EventKind::SessionOpened
+                };
+                self.events.send(kind, cluster);
+            }
+        }
+    }
+
+    /// Reads every claim again (after the watch was lost).
+    pub async fn reload_claims(&self) -> Result<(), StoreError> {
+        let kvs = self.registry.store().list(claims::LIVE).await?;
+        self.claims.reset(kvs.iter().filter_map(|kv| {
+            let cluster = kv.key.strip_prefix(claims::LIVE)?.to_owned();
+            Some((cluster, Self::decode_claim(kv)?, kv.mod_revision))
+        }));
+        Ok(())
+    }
+
+    /// Ends the claims of replicas that are gone (a crash, a kill, a lost host): their
+    /// sessions are over, and the history says so. Every live replica may do this; the store
+    /// transaction lets one of them win per claim.
+    pub async fn sweep(&self) {
+        let stale = self
+            .claims
+            .filter(|_, c| c.ended.is_none() && !self.replicas.alive(&c.replica));
+        for (cluster, claim) in stale {
+            let lock = self.cluster_lock(&cluster);
+            let _guard = lock.lock().await;
+            let why = self.gone_reason(&claim.replica);
+            let replicas = self.replicas.clone();
+            let ended = self
+                .end_in_store(
+                    &cluster,
+                    |c| c.session_id == claim.session_id && !replicas.alive(&c.replica),
+                    &why,
+                    vec![],
+                    vec![],
+                )
+                .await;
+            match ended {
+                Ok(Attempt::Done(..)) => {
+                    tracing::info!(
+                        "session {} of gateway cluster {cluster} (node {}) ended: {why}",
+                        claim.session_id,
+                        claim.node_id
+                    );
+                    self.events.send(EventKind::SessionClosed, &cluster);
+                }
+                // Ended meanwhile (by another replica, or its gateway came back): nothing to do.
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    "cannot end the session of cluster {cluster} held by a replica that is gone: {e}"
+                ),
+            }
+        }
+    }
+
+    /// This replica's live session of a cluster.
     pub fn live(&self, cluster: &str) -> Option<LiveInfo> {
         let state = self.state();
-        let conn = state.table.live(cluster)?.conn;
-        state.live.get(&conn).cloned()
+        let conn = state.by_cluster.get(cluster)?;
+        state.live.get(conn).cloned()
     }
 
-    /// The connection of the cluster's live session.
+    /// The revision of the claim of this replica's session on `conn`, as it last wrote it.
+    pub fn claim_rev(&self, conn: ConnId) -> Option<Revision> {
+        self.state().live.get(&conn).map(|i| i.claim_rev)
+    }
+
+    /// The connection of this replica's live session of a cluster.
     pub fn live_conn(&self, cluster: &str) -> Option<ConnId> {
-        self.state().table.live(cluster).map(|l| l.conn)
+        self.state().by_cluster.get(cluster).copied()
     }
 
-    /// Sends `method` to the cluster's live session and waits for the answer.
+    /// Sends `method` to the cluster's live session and waits for the answer: on this
+    /// replica directly, through the store when another replica holds the session.
     pub async fn request(
         &self,
         cluster: &str,
@@ -816,6 +1277,35 @@ impl Hub {
         if self.registry.get(cluster).is_none() {
             return Err(RequestError::UnknownCluster(cluster.to_owned()));
         }
+        if self.live_conn(cluster).is_none() {
+            if let Some(claim) = self.live_claim(cluster) {
+                if claim.replica != self.replicas.id() {
+                    let started = Instant::now();
+                    let reply = self
+                        .forward
+                        .ask(&claim.replica, cluster, method, params, timeout)
+                        .await?;
+                    return Ok(Answered {
+                        node_id: reply.node_id,
+                        term: reply.term,
+                        outcome: reply.outcome,
+                        rtt: started.elapsed(),
+                    });
+                }
+            }
+        }
+        let reply = self.request_here(cluster, method, params, timeout).await?;
+        Ok(reply)
+    }
+
+    /// [`Hub::request`] on this replica's own session of the cluster.
+    pub async fn request_here(
+        &self,
+        cluster: &str,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Answered, RequestError> {
         let info = self
             .live(cluster)
             .ok_or_else(|| RequestError::NotConnected(cluster.to_owned()))?;
@@ -848,7 +1338,10 @@ impl Hub {
         }
     }
 
-    /// Which cluster a client certificate may open a session for.
+    /// The request forwarding between replicas.
+    pub fn forward(&self) -> &Forward {
+        &self.forward
+    }
     pub fn pinned_cluster(&self, fingerprint: &str) -> Pinning {
         let mut ids = self.registry.pinned_by(fingerprint);
         match ids.len() {
@@ -896,8 +1389,6 @@ impl Hub {
         if !self.registry.create(rec.clone()).await? {
             return Err(AdminError::Exists(rec.cluster_id));
         }
-        // A cluster registered again after a delete starts with fresh session rules.
-        self.state().table.forget_cluster(&rec.cluster_id);
         tracing::info!(
             "registered gateway cluster {} ({}, {} certificate(s))",
             rec.cluster_id,
@@ -909,7 +1400,8 @@ impl Hub {
     }
 
     /// Applies a change; closes the sessions it no longer allows (certificate removed, cluster
-    /// disabled) before returning, each with its reason recorded.
+    /// disabled) before returning, each with its reason recorded — on this replica directly,
+    /// on another through its claim, which the same transaction ends.
     pub async fn patch_cluster(
         &self,
         id: &str,
@@ -931,81 +1423,111 @@ impl Hub {
             "add_certificates",
             patch.add.iter().map(|c| c.fingerprint.clone()),
         )?;
-        let mut rec = self
-            .registry
-            .get(id)
-            .ok_or_else(|| AdminError::NotFound(id.to_owned()))?;
-        for (i, fp) in patch.remove.iter().enumerate() {
-            if rec.certificate(fp).is_none() {
-                return Err(AdminError::BadRequest(format!(
-                    "remove_certificates[{i}]: certificate {fp} is not registered for cluster {id}"
-                )));
+        for _ in 0..HELLO_ATTEMPTS {
+            let (rec_kv, _) = self.read_cluster(id).await?;
+            let Some(rec_kv) = rec_kv else {
+                return Err(AdminError::NotFound(id.to_owned()));
+            };
+            let mut rec: ClusterRecord = serde_json::from_slice(&rec_kv.value).map_err(|e| {
+                AdminError::Store(StoreError::Corrupt(format!(
+                    "stored record {} is unreadable: {e}",
+                    rec_kv.key
+                )))
+            })?;
+            for (i, fp) in patch.remove.iter().enumerate() {
+                if rec.certificate(fp).is_none() {
+                    return Err(AdminError::BadRequest(format!(
+                        "remove_certificates[{i}]: certificate {fp} is not registered for cluster {id}"
+                    )));
+                }
             }
-        }
-        let now = now_rfc3339();
-        for cert in &patch.add {
-            if rec.certificate(&cert.fingerprint).is_none() {
-                rec.certificates.push(cert.to_record(&now));
+            let now = now_rfc3339();
+            for cert in &patch.add {
+                if rec.certificate(&cert.fingerprint).is_none() {
+                    rec.certificates.push(cert.to_record(&now));
+                }
             }
+            rec.certificates
+                .retain(|c| !patch.remove.contains(&c.fingerprint_sha256));
+            if let Some(name) = &patch.name {
+                rec.name.clone_from(name);
+            }
+            let old_state = rec.state;
+            if let Some(state) = patch.state {
+                rec.state = state;
+            }
+            let disabling =
+                rec.state == ClusterState::Disabled && old_state != ClusterState::Disabled;
+            let why = if disabling {
+                format!("cluster {id} was disabled")
+            } else {
+                let fp = patch.remove.first().cloned().unwrap_or_default();
+                format!("certificate {fp} was removed from cluster {id}")
+            };
+            let guard_rev = rec_kv.mod_revision;
+            let rec_op = Registry::put_op(&rec);
+            let attempt = self
+                .end_in_store(
+                    id,
+                    |c| disabling || patch.remove.contains(&c.certificate),
+                    &why,
+                    vec![Compare::mod_revision(
+                        registry::cluster_key(id),
+                        CompareOp::Equal,
+                        guard_rev,
+                    )],
+                    vec![rec_op],
+                )
+                .await?;
+            let (rev, ended) = match attempt {
+                Attempt::Done(rev, ended) => (rev, ended),
+                // The record or the claim changed meanwhile: read them again.
+                Attempt::Conflict | Attempt::NotLive => continue,
+            };
+            self.registry.cache_put(rec.clone(), rev);
+            if let Some(claim) = &ended {
+                tracing::info!(
+                    "closing session {} of gateway cluster {id} (node {}): {why}",
+                    claim.session_id,
+                    claim.node_id
+                );
+                self.close_here(id, &claim.session_id, CLOSE_POLICY, &why);
+            }
+            if old_state != rec.state {
+                tracing::info!("gateway cluster {id} is now {}", rec.state);
+            }
+            if disabling {
+                // Nothing will send its runs any more: their callers learn it now.
+                self.runs.fail_cluster(id, &why).await;
+            }
+            self.events.send(EventKind::ClusterChanged, id);
+            return Ok(rec);
         }
-        rec.certificates
-            .retain(|c| !patch.remove.contains(&c.fingerprint_sha256));
-        if let Some(name) = &patch.name {
-            rec.name.clone_from(name);
-        }
-        let old_state = rec.state;
-        if let Some(state) = patch.state {
-            rec.state = state;
-        }
+        Err(AdminError::Store(StoreError::Unavailable(format!(
+            "cluster {id} kept changing while the change was written; try again"
+        ))))
+    }
 
-        let mut closing: Vec<(LiveInfo, String)> = Vec::new();
-        {
+    /// Closes this replica's session `session_id` of `cluster`, if it holds it (its end is
+    /// recorded already).
+    fn close_here(&self, cluster: &str, session_id: &str, code: u16, why: &str) {
+        let info = {
             let mut state = self.state();
-            if rec.state == ClusterState::Disabled && old_state != ClusterState::Disabled {
-                for conn in state.table.on_cluster_disabled(id) {
-                    if let Some(info) = self.take_live(&mut state, conn) {
-                        closing.push((info, format!("cluster {id} was disabled")));
-                    }
+            match state.by_cluster.get(cluster).copied() {
+                Some(conn)
+                    if state
+                        .live
+                        .get(&conn)
+                        .is_some_and(|i| i.session_id == session_id) =>
+                {
+                    self.take_live(&mut state, conn)
                 }
+                _ => None,
             }
-            for fp in &patch.remove {
-                for conn in state.table.on_certificate_removed(id, fp) {
-                    if let Some(info) = self.take_live(&mut state, conn) {
-                        closing.push((
-                            info,
-                            format!("certificate {fp} was removed from cluster {id}"),
-                        ));
-                    }
-                }
-            }
+        };
+        if let Some(info) = info {
+            info.control.close(code, why.to_owned());
         }
-        let mut ops = vec![Registry::put_op(&rec)];
-        ops.extend(
-            closing
-                .iter()
-                .map(|(info, why)| Self::closed_record(info, &now, why)),
-        );
-        for (info, why) in &closing {
-            info.control.close(CLOSE_POLICY, why.clone());
-            tracing::info!(
-                "closing session {} of gateway cluster {id} (node {}): {why}",
-                info.session_id,
-                info.node_id
-            );
-        }
-        self.registry.store().txn(Txn::new().and_then(ops)).await?;
-        if old_state != rec.state {
-            tracing::info!("gateway cluster {id} is now {}", rec.state);
-        }
-        if rec.state == ClusterState::Disabled && old_state != ClusterState::Disabled {
-            // Nothing will send its runs any more: their callers learn it now.
-            self.runs
-                .fail_cluster(id, &format!("cluster {id} was disabled"))
-                .await;
-        }
-        self.registry.cache_put(rec.clone());
-        self.events.send(EventKind::ClusterChanged, id);
-        Ok(rec)
     }
 
     /// The administrator resets the term of cluster `id` (from the client at `by`): the highest
@@ -1015,70 +1537,87 @@ impl Hub {
     pub async fn reset_term(&self, id: &str, by: &str) -> Result<TermResetDone, AdminError> {
         let lock = self.cluster_lock(id);
         let _guard = lock.lock().await;
-        let mut rec = self
-            .registry
-            .get(id)
-            .ok_or_else(|| AdminError::NotFound(id.to_owned()))?;
         let why = format!("the term of cluster {id} was reset by the administrator");
-        let (reset, closing) = {
-            let mut state = self.state();
-            let reset = state.table.reset_term(id);
-            let closing = reset.closed.and_then(|c| self.take_live(&mut state, c));
-            (reset, closing)
-        };
-        // The table may not know the term yet (no hello since a restart): the store does.
-        let old = reset.old.or_else(|| rec.highest_term.clone());
-        rec.highest_term = None;
-        let now = now_rfc3339();
-        let mut ops = vec![Registry::put_op(&rec)];
-        if let Some(info) = &closing {
-            ops.push(Self::closed_record(info, &now, &why));
-            info.control.close(CLOSE_POLICY, why.clone());
-        }
-        self.registry.store().txn(Txn::new().and_then(ops)).await?;
-        self.registry.cache_put(rec);
-        let old_text = old
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |(t, n)| format!("{t} (node {n})"));
-        tracing::warn!(
-            audit = "reset-term",
-            "audit: reset-term cluster={id} old_term={old_text} new_term=none by={by}{}",
-            closing
+        for _ in 0..HELLO_ATTEMPTS {
+            let (rec_kv, _) = self.read_cluster(id).await?;
+            let Some(rec_kv) = rec_kv else {
+                return Err(AdminError::NotFound(id.to_owned()));
+            };
+            let mut rec: ClusterRecord = serde_json::from_slice(&rec_kv.value).map_err(|e| {
+                AdminError::Store(StoreError::Corrupt(format!(
+                    "stored record {} is unreadable: {e}",
+                    rec_kv.key
+                )))
+            })?;
+            let old = rec.highest_term.take();
+            let guard_rev = rec_kv.mod_revision;
+            let rec_op = Registry::put_op(&rec);
+            let attempt = self
+                .end_in_store(
+                    id,
+                    |_| true,
+                    &why,
+                    vec![Compare::mod_revision(
+                        registry::cluster_key(id),
+                        CompareOp::Equal,
+                        guard_rev,
+                    )],
+                    vec![rec_op],
+                )
+                .await?;
+            let (rev, closing) = match attempt {
+                Attempt::Done(rev, ended) => (rev, ended),
+                Attempt::Conflict | Attempt::NotLive => continue,
+            };
+            self.registry.cache_put(rec, rev);
+            if let Some(c) = &closing {
+                self.close_here(id, &c.session_id, CLOSE_POLICY, &why);
+            }
+            let old_text = old
                 .as_ref()
-                .map(|i| format!("; closed session {} of node {}", i.session_id, i.node_id))
-                .unwrap_or_default()
-        );
-        self.events.send(EventKind::ClusterChanged, id);
-        Ok(TermResetDone {
-            old,
-            closed_node: closing.map(|i| i.node_id),
-        })
+                .map_or_else(|| "none".to_owned(), |(t, n)| format!("{t} (node {n})"));
+            tracing::warn!(
+                audit = "reset-term",
+                "audit: reset-term cluster={id} old_term={old_text} new_term=none by={by}{}",
+                closing
+                    .as_ref()
+                    .map(|c| format!("; closed session {} of node {}", c.session_id, c.node_id))
+                    .unwrap_or_default()
+            );
+            self.events.send(EventKind::ClusterChanged, id);
+            return Ok(TermResetDone {
+                old,
+                closed_node: closing.map(|c| c.node_id),
+            });
+        }
+        Err(AdminError::Store(StoreError::Unavailable(format!(
+            "cluster {id} kept changing while its term was reset; try again"
+        ))))
     }
 
-    /// Deletes a cluster, its history and its session rules; closes its live session.
+    /// Deletes a cluster, its history, its claim and its session rules; closes its live
+    /// session (on another replica: that replica closes it when its watch shows the claim
+    /// gone).
     pub async fn delete_cluster(&self, id: &str) -> Result<(), AdminError> {
         if self.registry.get(id).is_none() {
             return Err(AdminError::NotFound(id.to_owned()));
         }
         let lock = self.cluster_lock(id);
         let _guard = lock.lock().await;
-        if self.registry.get(id).is_none() {
-            return Err(AdminError::NotFound(id.to_owned()));
-        }
-        let closing: Vec<LiveInfo> = {
-            let mut state = self.state();
-            let conns = state.table.forget_cluster(id);
-            conns
-                .into_iter()
-                .filter_map(|c| self.take_live(&mut state, c))
-                .collect()
-        };
-        let why = format!("cluster {id} was deleted");
-        for info in &closing {
-            info.control.close(CLOSE_POLICY, why.clone());
-        }
         if !self.registry.delete(id).await? {
             return Err(AdminError::NotFound(id.to_owned()));
+        }
+        let why = format!("cluster {id} was deleted");
+        let local = {
+            let mut state = self.state();
+            state
+                .by_cluster
+                .get(id)
+                .copied()
+                .and_then(|c| self.take_live(&mut state, c))
+        };
+        if let Some(info) = local {
+            info.control.close(CLOSE_POLICY, why.clone());
         }
         self.members().remove(id);
         self.runs.fail_cluster(id, &why).await;
@@ -1087,7 +1626,8 @@ impl Hub {
         Ok(())
     }
 
-    /// Asks every live session to close (shutdown). Each task records its own end.
+    /// Asks every live session of this replica to close (shutdown). Each task records its
+    /// own end.
     pub fn close_all(&self, code: u16, reason: &str) {
         let state = self.state();
         for info in state.live.values() {
@@ -1095,14 +1635,20 @@ impl Hub {
         }
     }
 
-    /// Number of live sessions.
+    /// Number of live sessions on this replica.
     pub fn live_count(&self) -> usize {
         self.state().live.len()
     }
-
-    /// The API view of a cluster: registration, live session and nodes.
+    /// The API view of a cluster: registration, live session (on whatever replica) and nodes.
     pub fn view(&self, rec: &ClusterRecord) -> Value {
-        let live = self.live(&rec.cluster_id);
+        let mut live = self.live_claim(&rec.cluster_id);
+        // This replica's own session: its nodes as they arrived (the claim's copy is written
+        // behind them).
+        if let (Some(claim), Some(here)) = (live.as_mut(), self.live(&rec.cluster_id)) {
+            if claim.session_id == here.session_id {
+                claim.nodes = here.nodes;
+            }
+        }
         let catalog = self.registry.catalog(&rec.cluster_id);
         let now = time::OffsetDateTime::now_utc();
         let certificates: Vec<Value> = rec
@@ -1130,6 +1676,7 @@ impl Hub {
                 "remote_addr": l.remote_addr,
                 "session_id": l.session_id,
                 "version": l.version,
+                "replica": self.replicas.describe(&l.replica),
             })
         });
         let (nodes, absent) = {

@@ -22,17 +22,22 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod claims;
 pub mod client;
 pub mod disconnect;
 pub mod error;
+pub mod follow;
+pub mod forward;
 pub mod hub;
 pub mod listener;
 pub mod members;
 pub mod metrics;
+pub mod mirror;
 pub mod model;
 pub mod prehello;
 pub mod ratelimit;
 pub mod registry;
+pub mod replicas;
 pub mod runs;
 pub mod storeopen;
 pub mod web;
@@ -43,7 +48,6 @@ use std::time::Duration;
 
 use autogate_config::Config;
 use autogate_runtime::Shutdown;
-use autogate_store::StoreOptions;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -83,13 +87,33 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         .map_err(|source| ManagerError::Bind { addr, source })?;
 
     bootstrap::ensure_data_dir(&m.data_dir)?;
-    let store = autogate_store::open(StoreOptions::Local {
-        path: m.data_dir.join(STORE_FILE),
-    })
-    .await?;
-    let registry = registry::Registry::open(store, m.session_history as usize).await?;
-    let (chain, key) = bootstrap::identity(&config)?;
     let (token, _token_path) = bootstrap::admin_token(&config)?;
+    let opened = storeopen::open(&config, &token).await?;
+    let store = opened.store.clone();
+    // Where the watch starts: everything read below is at this revision or later, and the
+    // watch replays what changed in between (every copy applies only what is newer).
+    let start = store.status().await?.revision;
+    let replicas = Arc::new(
+        replicas::Replicas::join(
+            store.clone(),
+            m.advertised_address(&autogate_runtime::hostname())
+                .to_string(),
+            m.replica_lease_ttl,
+            opened.backend == "local",
+        )
+        .await?,
+    );
+    let claims = store.list(claims::LIVE).await?;
+    // The history records of sessions some claim still holds stay open; the sweep below ends
+    // those of replicas that are gone, with the history.
+    let held: std::collections::HashSet<String> = claims
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<claims::Claim>(&kv.value).ok())
+        .filter(|c| c.ended.is_none())
+        .map(|c| c.history_key)
+        .collect();
+    let registry = registry::Registry::open(store, m.session_history as usize, &held).await?;
+    let (chain, key) = bootstrap::identity(&config)?;
     let tls = autogate_tls::server_config(
         chain,
         key,
@@ -98,7 +122,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
 
     let metrics = metrics::ManagerMetrics::new();
     let runs = runs::Runs::open(registry.store().clone(), run_limits(m)).await?;
-    let hub = Arc::new(hub::Hub::new(registry, metrics.clone(), runs));
+    let hub = Arc::new(hub::Hub::new(
+        registry,
+        metrics.clone(),
+        runs,
+        replicas.clone(),
+        claims,
+        start,
+    ));
+    hub.sweep().await;
+    shutdown
+        .tracker()
+        .spawn(follow::follow(hub.clone(), start, shutdown.token()));
+    shutdown
+        .tracker()
+        .spawn(replicas::heartbeat(hub.clone(), shutdown.token()));
     let state = api::AppState {
         hub: hub.clone(),
         token_digest: Sha256::digest(token.as_bytes()).into(),
@@ -110,12 +148,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         refusal_log: Arc::new(ratelimit::LogLimiter::new(20.0, 100.0)),
         session: ws::SessionLimits::from_config(m),
         tickets: Arc::new(web::Tickets::new()),
+        store_where: api::StoreWhere {
+            backend: opened.backend,
+            endpoints: opened.endpoints.clone(),
+            prefix: opened.prefix.clone(),
+        },
     };
     let app = api::router(state);
+    let data = if opened.backend == "local" {
+        m.data_dir.display().to_string()
+    } else {
+        format!("etcd {} under {}", opened.endpoints, opened.prefix)
+    };
     tracing::info!(
-        "manager listening on https://{local} (gateways: wss://{local}/ws; {} cluster(s) registered; data in {})",
+        "manager listening on https://{local} (gateways: wss://{local}/ws; {} cluster(s) registered; data in {data}; replica {}, {} live)",
         hub.registry().len(),
-        m.data_dir.display()
+        replicas.id(),
+        replicas.list(0).len()
     );
 
     let token = shutdown.token();
@@ -132,12 +181,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
     shutdown.tracker().spawn(serve);
     token.cancelled().await;
     let mut clock = autogate_runtime::StopClock::start(&shutdown);
-    hub.close_all(hub::CLOSE_GOING_AWAY, registry::SHUTDOWN_REASON);
+    // With other replicas alive, this is one replica stopping (its gateways move to another),
+    // not the manager.
+    let reason = if replicas.list(0).len() > 1 {
+        format!("manager replica {} shutting down", replicas.address())
+    } else {
+        registry::SHUTDOWN_REASON.to_owned()
+    };
+    hub.close_all(hub::CLOSE_GOING_AWAY, &reason);
     clock.phase("closing sessions");
     if !shutdown.drain(SHUTDOWN_GRACE).await {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     clock.phase("connections");
+    // Last: the lease ends this replica's record (its sessions ended above).
+    replicas.leave().await;
+    clock.phase("replica lease");
     clock.finish("manager");
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Where the manager keeps its state: registered clusters and session history, in the embedded
-//! store under `data_dir`, with the clusters also cached in memory.
+//! Where the manager keeps its state: registered clusters and session history, in the store
+//! (the embedded one under `data_dir`, or etcd shared by every replica), with the clusters and
+//! catalogs also copied in memory.
 //!
 //! Layout (JSON values):
 //! - `/manager/clusters/<cluster id>` → [`ClusterRecord`];
@@ -7,24 +8,31 @@
 //!   [`SessionRecord`]; keys sort in connection order, so the newest sessions are the last keys;
 //! - `/manager/services/<cluster id>` → [`Catalog`], the services the cluster announced last.
 //!
-//! Every `hello` checks the cached record (no store read on the hot path). The cache is only
-//! changed after the store write that it mirrors succeeded, and callers serialise changes of one
-//! cluster with the hub's per-cluster lock, so cache and store never disagree. Catalogs are the
-//! exception: memory is their source of truth (the gateway re-announces on every connection)
-//! and the store copy, written behind it, only carries them across a manager restart.
+//! The copies ([`Mirror`]) follow the store: this replica's own writes are applied at once with
+//! their revision, everybody's writes (other replicas' included) through the store watch, and
+//! a change is only applied when it is newer than what the copy holds. A registration made on
+//! one replica is visible on the others as soon as their watch delivers it (milliseconds).
+//! Catalogs are written behind the copy of the replica holding the cluster's session: the
+//! gateway re-announces them on every connection, and the store copy carries them to the other
+//! replicas and across restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use autogate_store::{Compare, Store, StoreError, Txn, TxnOp};
+use autogate_store::{
+    Compare, EventKind, KeyValue, Revision, Store, StoreError, Txn, TxnOp, WatchEvent,
+};
 
 use crate::error::ManagerError;
+use crate::mirror::Mirror;
 use crate::model::{now_rfc3339, parse_rfc3339, Catalog, ClusterRecord, SessionRecord};
 
-const CLUSTERS: &str = "/manager/clusters/";
+/// Prefix of the cluster records.
+pub const CLUSTERS: &str = "/manager/clusters/";
 const SESSIONS: &str = "/manager/sessions/";
-const SERVICES: &str = "/manager/services/";
+/// Prefix of the service catalogs.
+pub const SERVICES: &str = "/manager/services/";
 
 /// Close reason recorded for sessions that were live when the manager stopped without closing
 /// them (crash, kill -9).
@@ -55,17 +63,19 @@ pub fn services_key(id: &str) -> String {
     format!("{SERVICES}{id}")
 }
 
-/// Registered clusters (cached) and the store they live in.
+/// Registered clusters (copied in memory) and the store they live in.
 #[derive(Debug)]
 pub struct Registry {
     store: Arc<dyn Store>,
-    clusters: Mutex<HashMap<String, ClusterRecord>>,
+    clusters: Mirror<ClusterRecord>,
     /// Ended-or-live records per cluster, to trim the history without listing it each time.
     history_len: Mutex<HashMap<String, usize>>,
     history_limit: usize,
     seq: AtomicU64,
     /// The latest catalog of each cluster.
-    catalogs: Mutex<HashMap<String, Arc<Catalog>>>,
+    catalogs: Mirror<Arc<Catalog>>,
+    /// Catalogs this replica received and has not written yet (newest first for its readers).
+    unwritten: Mutex<HashMap<String, Arc<Catalog>>>,
     /// Serialises the catalog writes behind the cache, so the last write is the latest catalog.
     catalog_writes: tokio::sync::Mutex<()>,
 }
@@ -82,17 +92,52 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
+/// A cluster record read from the store, or `None` (logged, naming the key) when it is not
+/// one: a corrupt or foreign record must not stop the manager, nor be served.
+fn cluster_of(kv: &KeyValue) -> Option<ClusterRecord> {
+    match decode::<ClusterRecord>(&kv.key, &kv.value) {
+        Ok(rec) if Some(rec.cluster_id.as_str()) == kv.key.strip_prefix(CLUSTERS) => Some(rec),
+        Ok(rec) => {
+            tracing::error!(
+                "ignoring store record {}: it names cluster {:?}, not the one of its key",
+                kv.key,
+                crate::model::truncate(&rec.cluster_id, 80)
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!("ignoring {e}");
+            None
+        }
+    }
+}
+
+fn catalog_of(kv: &KeyValue) -> Option<Arc<Catalog>> {
+    // A catalog that does not read back is only a cache miss: the gateway announces its
+    // services again when it connects.
+    match serde_json::from_slice::<Catalog>(&kv.value) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!("ignoring unreadable service catalog {}: {e}", kv.key);
+            None
+        }
+    }
+}
+
 impl Registry {
-    /// Loads every cluster, and closes sessions that were live when the manager last stopped
-    /// (reason [`RESTART_REASON`]): nothing is live right after a start.
+    /// Loads every cluster, and closes the sessions recorded live that no live claim holds
+    /// (`live`: the history keys of the claims of live replicas) with reason
+    /// [`RESTART_REASON`]: they were live when their manager process stopped.
     pub async fn open(
         store: Arc<dyn Store>,
         history_limit: usize,
+        live: &HashSet<String>,
     ) -> Result<Registry, ManagerError> {
-        let mut clusters = HashMap::new();
+        let clusters = Mirror::new();
         for kv in store.list(CLUSTERS).await? {
-            let rec: ClusterRecord = decode(&kv.key, &kv.value)?;
-            clusters.insert(rec.cluster_id.clone(), rec);
+            if let Some(rec) = cluster_of(&kv) {
+                clusters.put(&rec.cluster_id.clone(), rec, kv.mod_revision);
+            }
         }
         let mut history_len: HashMap<String, usize> = HashMap::new();
         let now = now_rfc3339();
@@ -107,8 +152,14 @@ impl Registry {
                 continue;
             };
             *history_len.entry(cluster).or_default() += 1;
-            let mut rec: SessionRecord = decode(&kv.key, &kv.value)?;
-            if rec.disconnected_at.is_none() {
+            let mut rec: SessionRecord = match decode(&kv.key, &kv.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("ignoring {e}");
+                    continue;
+                }
+            };
+            if rec.disconnected_at.is_none() && !live.contains(&kv.key) {
                 // Never earlier than the connection itself, even if the clock stepped back.
                 let connected = parse_rfc3339(&rec.connected_at);
                 let closed = match (connected, parse_rfc3339(&now)) {
@@ -120,17 +171,10 @@ impl Registry {
                 fixes.push(TxnOp::put(kv.key.clone(), encode(&rec)));
             }
         }
-        let mut catalogs = HashMap::new();
+        let catalogs = Mirror::new();
         for kv in store.list(SERVICES).await? {
-            // A catalog that does not read back is only a cache miss: the gateway announces its
-            // services again when it connects.
-            match serde_json::from_slice::<Catalog>(&kv.value) {
-                Ok(c) => {
-                    if let Some(id) = kv.key.strip_prefix(SERVICES) {
-                        catalogs.insert(id.to_owned(), Arc::new(c));
-                    }
-                }
-                Err(e) => tracing::warn!("ignoring unreadable service catalog {}: {e}", kv.key),
+            if let (Some(c), Some(id)) = (catalog_of(&kv), kv.key.strip_prefix(SERVICES)) {
+                catalogs.put(id, c, kv.mod_revision);
             }
         }
         if !fixes.is_empty() {
@@ -142,17 +186,63 @@ impl Registry {
         }
         Ok(Registry {
             store,
-            clusters: Mutex::new(clusters),
+            clusters,
             history_len: Mutex::new(history_len),
             history_limit: history_limit.max(1),
             seq: AtomicU64::new(0),
-            catalogs: Mutex::new(catalogs),
+            catalogs,
+            unwritten: Mutex::new(HashMap::new()),
             catalog_writes: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<String, ClusterRecord>> {
-        self.clusters.lock().unwrap_or_else(|e| e.into_inner())
+    /// A watch event under [`CLUSTERS`] or [`SERVICES`]; returns the cluster it changed in
+    /// this replica's copy (`None` when the copy had it already: this replica's own write).
+    pub fn apply(&self, ev: &WatchEvent) -> Option<String> {
+        let rev = ev.kv.mod_revision;
+        if let Some(id) = ev.kv.key.strip_prefix(CLUSTERS) {
+            let changed = match ev.kind {
+                EventKind::Put => {
+                    let rec = cluster_of(&ev.kv)?;
+                    self.clusters.put(id, rec, rev)
+                }
+                EventKind::Delete => {
+                    self.history_lens().remove(id);
+                    self.clusters.remove(id, rev).is_some()
+                }
+            };
+            return changed.then(|| id.to_owned());
+        }
+        let id = ev.kv.key.strip_prefix(SERVICES)?;
+        let changed = match ev.kind {
+            EventKind::Put => {
+                let c = catalog_of(&ev.kv)?;
+                self.catalogs.put(id, c, rev)
+            }
+            EventKind::Delete => self.catalogs.remove(id, rev).is_some(),
+        };
+        changed.then(|| id.to_owned())
+    }
+
+    /// Reads clusters and catalogs again (after the watch was lost).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let clusters = self.store.list(CLUSTERS).await?;
+        self.clusters.reset(clusters.iter().filter_map(|kv| {
+            let rec = cluster_of(kv)?;
+            Some((rec.cluster_id.clone(), rec, kv.mod_revision))
+        }));
+        let catalogs = self.store.list(SERVICES).await?;
+        self.catalogs.reset(catalogs.iter().filter_map(|kv| {
+            let id = kv.key.strip_prefix(SERVICES)?.to_owned();
+            Some((id, catalog_of(kv)?, kv.mod_revision))
+        }));
+        Ok(())
+    }
+
+    /// Forgets tombstones the watch has passed.
+    pub fn passed(&self, rev: Revision) {
+        self.clusters.passed(rev);
+        self.catalogs.passed(rev);
     }
 
     /// The store behind the registry.
@@ -160,14 +250,19 @@ impl Registry {
         &self.store
     }
 
-    /// A cluster, from the cache.
+    /// A cluster, from the copy.
     pub fn get(&self, id: &str) -> Option<ClusterRecord> {
-        self.cache().get(id).cloned()
+        self.clusters.get(id)
+    }
+
+    /// A cluster and the revision of its record.
+    pub fn get_with_rev(&self, id: &str) -> Option<(ClusterRecord, Revision)> {
+        self.clusters.get_with_rev(id)
     }
 
     /// Every cluster, sorted by id.
     pub fn list(&self) -> Vec<ClusterRecord> {
-        let mut all: Vec<ClusterRecord> = self.cache().values().cloned().collect();
+        let mut all: Vec<ClusterRecord> = self.clusters.values();
         all.sort_by(|a, b| a.cluster_id.cmp(&b.cluster_id));
         all
     }
@@ -177,10 +272,10 @@ impl Registry {
     /// still hold a fingerprint pinned to several, which the caller treats as ambiguous.
     pub fn pinned_by(&self, fingerprint: &str) -> Vec<String> {
         let mut ids: Vec<String> = self
-            .cache()
-            .values()
-            .filter(|r| r.certificate(fingerprint).is_some())
-            .map(|r| r.cluster_id.clone())
+            .clusters
+            .filter(|_, r| r.certificate(fingerprint).is_some())
+            .into_iter()
+            .map(|(id, _)| id)
             .collect();
         ids.sort();
         ids
@@ -188,7 +283,7 @@ impl Registry {
 
     /// Number of registered clusters.
     pub fn len(&self) -> usize {
-        self.cache().len()
+        self.clusters.len()
     }
 
     /// Whether no cluster is registered.
@@ -208,7 +303,8 @@ impl Registry {
             )
             .await?;
         if resp.succeeded {
-            self.cache().insert(rec.cluster_id.clone(), rec);
+            self.clusters
+                .put(&rec.cluster_id.clone(), rec, resp.revision);
         }
         Ok(resp.succeeded)
     }
@@ -218,18 +314,9 @@ impl Registry {
         TxnOp::put(cluster_key(&rec.cluster_id), encode(rec))
     }
 
-    /// Mirrors a successful write in the cache.
-    pub fn cache_put(&self, rec: ClusterRecord) {
-        self.cache().insert(rec.cluster_id.clone(), rec);
-    }
-
-    /// Writes a changed cluster record.
-    pub async fn update(&self, rec: ClusterRecord) -> Result<(), StoreError> {
-        self.store
-            .txn(Txn::new().and_then([Self::put_op(&rec)]))
-            .await?;
-        self.cache_put(rec);
-        Ok(())
+    /// Applies a successful write (at revision `rev`) to the copy.
+    pub fn cache_put(&self, rec: ClusterRecord, rev: Revision) {
+        self.clusters.put(&rec.cluster_id.clone(), rec, rev);
     }
 
     /// Deletes a cluster and its history; `false` when it did not exist.
@@ -241,33 +328,38 @@ impl Registry {
                 TxnOp::delete(key),
                 TxnOp::delete_prefix(sessions_prefix(id)),
                 TxnOp::delete(services_key(id)),
+                TxnOp::delete(crate::claims::claim_key(id)),
             ]))
             .await?;
         if resp.succeeded {
-            self.cache().remove(id);
+            self.clusters.remove(id, resp.revision);
             self.history_lens().remove(id);
-            self.catalogs().remove(id);
+            self.catalogs.remove(id, resp.revision);
+            self.unwritten().remove(id);
         }
         Ok(resp.succeeded)
     }
 
-    fn catalogs(&self) -> MutexGuard<'_, HashMap<String, Arc<Catalog>>> {
-        self.catalogs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The latest catalog of a cluster, if it ever announced one.
     pub fn catalog(&self, cluster: &str) -> Option<Arc<Catalog>> {
-        self.catalogs().get(cluster).cloned()
+        if let Some(c) = self.unwritten().get(cluster) {
+            return Some(c.clone());
+        }
+        self.catalogs.get(cluster)
     }
 
-    /// Keeps a newly announced catalog (in memory at once; see [`Registry::persist_catalog`]).
-    /// Ignored for a cluster that is not registered.
+    /// Keeps a newly announced catalog (in this replica's copy at once; see
+    /// [`Registry::persist_catalog`]). Ignored for a cluster that is not registered.
     pub fn set_catalog(&self, cluster: &str, catalog: Catalog) {
         if self.get(cluster).is_none() {
             return;
         }
-        self.catalogs()
+        self.unwritten()
             .insert(cluster.to_owned(), Arc::new(catalog));
+    }
+
+    fn unwritten(&self) -> MutexGuard<'_, HashMap<String, Arc<Catalog>>> {
+        self.unwritten.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the cluster's current catalog to the store, unless the cluster was deleted in
@@ -280,8 +372,19 @@ impl Registry {
         let txn = Txn::new()
             .when([Compare::exists(cluster_key(cluster))])
             .and_then([TxnOp::put(services_key(cluster), encode(&*catalog))]);
-        if let Err(e) = self.store.txn(txn).await {
-            tracing::warn!("cannot store the service catalog of cluster {cluster}: {e}");
+        match self.store.txn(txn).await {
+            Ok(r) if r.succeeded => {
+                self.catalogs.put(cluster, catalog.clone(), r.revision);
+                let mut unwritten = self.unwritten();
+                if unwritten
+                    .get(cluster)
+                    .is_some_and(|c| Arc::ptr_eq(c, &catalog))
+                {
+                    unwritten.remove(cluster);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot store the service catalog of cluster {cluster}: {e}"),
         }
     }
 
@@ -405,7 +508,9 @@ mod tests {
             let store = autogate_store::open(StoreOptions::Local { path: path.clone() })
                 .await
                 .unwrap();
-            let reg = Registry::open(store.clone(), 10).await.unwrap();
+            let reg = Registry::open(store.clone(), 10, &HashSet::new())
+                .await
+                .unwrap();
             assert!(reg.create(cluster("a")).await.unwrap());
             assert!(!reg.create(cluster("a")).await.unwrap());
             let key = reg.new_session_key("a");
@@ -417,7 +522,7 @@ mod tests {
         let store = autogate_store::open(StoreOptions::Local { path })
             .await
             .unwrap();
-        let reg = Registry::open(store, 10).await.unwrap();
+        let reg = Registry::open(store, 10, &HashSet::new()).await.unwrap();
         assert_eq!(reg.list().len(), 1);
         let s = reg.sessions("a", 10).await.unwrap();
         assert_eq!(s.len(), 1);
@@ -450,7 +555,7 @@ mod tests {
             let store = autogate_store::open(StoreOptions::Local { path: path.clone() })
                 .await
                 .unwrap();
-            let reg = Registry::open(store, 10).await.unwrap();
+            let reg = Registry::open(store, 10, &HashSet::new()).await.unwrap();
             // Not registered: ignored.
             reg.set_catalog("a", catalog(1));
             assert!(reg.catalog("a").is_none());
@@ -470,7 +575,9 @@ mod tests {
         let store = autogate_store::open(StoreOptions::Local { path })
             .await
             .unwrap();
-        let reg = Registry::open(store.clone(), 10).await.unwrap();
+        let reg = Registry::open(store.clone(), 10, &HashSet::new())
+            .await
+            .unwrap();
         assert_eq!(reg.catalog("a").unwrap().services.len(), 2);
         assert!(reg.catalog("b").is_none());
         assert!(store.get(&services_key("b")).await.unwrap().is_none());
@@ -479,7 +586,9 @@ mod tests {
     #[tokio::test]
     async fn history_is_trimmed_to_the_limit_keeping_live_sessions() {
         let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
-        let reg = Registry::open(store.clone(), 3).await.unwrap();
+        let reg = Registry::open(store.clone(), 3, &HashSet::new())
+            .await
+            .unwrap();
         let live_key = reg.new_session_key("c");
         store
             .txn(Txn::new().and_then([Registry::session_op(&live_key, &session("live"))]))

@@ -29,18 +29,33 @@
 //! - neither: the run died with the session; it is answered "the session closed before
 //!   answering; it may have run".
 //!
+//! # Across replicas
+//!
+//! Every replica keeps a copy of every open run, fed by the store watch ([`Runs::apply`]): a
+//! run accepted by replica X reaches the replica Y holding its cluster's session that way, and
+//! the answer Y writes reaches X's caller the same way. Before Y sends runs it marks them sent
+//! in one store transaction that also compares the revision of its session's claim and of each
+//! run's record: a replica whose session was replaced meanwhile, or a run someone else changed,
+//! makes it fail, and nothing is sent. So a run is sent by one session at a time, and a run a
+//! dead replica sent is known as sent by the replica that takes the cluster's next session
+//! (which waits for its copy to reach its claim's revision before it decides, see
+//! [`crate::hub`]).
+//!
 //! # Concurrency
 //!
 //! The table sits behind a plain mutex never held across an `.await`; store writes happen
-//! outside it. A run is settled at most once: whoever removes it from the table writes its
-//! answer.
+//! outside it. Every write of a record compares the revision the table holds for it, so two
+//! replicas (or a replica and an answer) never both settle, withdraw or send one run: the loser
+//! reads the record again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use autogate_proto::{ConnId, RpcError};
-use autogate_store::{Compare, Store, StoreError, Txn, TxnOp};
+use autogate_store::{
+    Compare, CompareOp, EventKind, Revision, Store, StoreError, Txn, TxnOp, WatchEvent,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -49,7 +64,7 @@ use tokio::sync::{oneshot, watch};
 use crate::model::{format_rfc3339, now_rfc3339};
 
 /// Run records: `/manager/runs/<cluster>/<run id>`.
-const RUNS: &str = "/manager/runs/";
+pub const RUNS: &str = "/manager/runs/";
 /// Idempotency keys: `/manager/run-keys/<cluster>/<sha-256 of the key>` → run id.
 const KEYS: &str = "/manager/run-keys/";
 /// "Sent, on no session": a job of an ended session whose answer comes on a later one. Session
@@ -208,6 +223,8 @@ pub type Settled = Arc<RunRecord>;
 #[derive(Debug)]
 struct Entry {
     record: RunRecord,
+    /// The revision of its record as this replica last saw it (0 until written).
+    rev: Revision,
     /// The session it was last sent on; `None` while (again) unsent.
     sent_on: Option<ConnId>,
     /// Sent at least once: it may be running somewhere.
@@ -229,6 +246,9 @@ struct Table {
     open: HashMap<String, Entry>,
     /// Per cluster: bumped whenever it has something new to send.
     wake: HashMap<String, watch::Sender<u64>>,
+    /// Runs answered or withdrawn, with the revision of that write, until the watch has
+    /// passed it: a late event of an earlier write must not bring them back.
+    done: HashMap<String, Revision>,
 }
 
 /// The manager's runs. Shared by the API and every session task.
@@ -281,13 +301,14 @@ impl Runs {
         };
         let open = runs.collect().await?;
         let mut table = runs.table();
-        for record in open {
+        for (record, rev) in open {
             let cluster = record.cluster_id.clone();
             let ever_sent = record.state == RunState::Sent;
             table.open.insert(
                 record.run_id.clone(),
                 Entry {
                     record,
+                    rev,
                     sent_on: None,
                     ever_sent,
                     hold_until: None,
@@ -314,8 +335,9 @@ impl Runs {
         self.limits
     }
 
-    /// Deletes the records past the retention window; returns the unanswered ones kept.
-    pub async fn collect(&self) -> Result<Vec<RunRecord>, StoreError> {
+    /// Deletes the records past the retention window; returns the unanswered ones kept, with
+    /// their revisions.
+    pub async fn collect(&self) -> Result<Vec<(RunRecord, Revision)>, StoreError> {
         let retention =
             time::Duration::try_from(self.limits.retention).unwrap_or(time::Duration::MAX);
         let cutoff = time::OffsetDateTime::now_utc()
@@ -333,7 +355,7 @@ impl Runs {
                 self.store.delete(&kv.key).await?;
                 expired += 1;
             } else if record.state != RunState::Answered {
-                open.push(record);
+                open.push((record, kv.mod_revision));
             }
         }
         // Keys of runs that are gone (RFC 3339 in one format compares as text).
@@ -453,6 +475,7 @@ impl Runs {
                 run_id.clone(),
                 Entry {
                     record,
+                    rev: 0,
                     sent_on: None,
                     ever_sent: false,
                     hold_until: Some(Instant::now() + self.limits.queue_timeout),
@@ -467,6 +490,7 @@ impl Runs {
                 Ok(r) if r.succeeded => {
                     if let Some(e) = table.open.get_mut(&run_id) {
                         e.durable = true;
+                        e.rev = e.rev.max(r.revision);
                     }
                     Self::wake(&mut table, cluster);
                     return Ok((run_id, rx));
@@ -532,24 +556,236 @@ impl Runs {
     }
 
     /// The runs session `conn` of `cluster` should send now: the cluster's unsent runs, marked
-    /// sent on `conn`. The caller is the cluster's live session.
-    pub fn take_unsent(&self, cluster: &str, conn: ConnId) -> Vec<(String, Value)> {
-        let mut table = self.table();
-        let mut out = Vec::new();
-        for e in table.open.values_mut() {
-            if e.record.cluster_id != cluster || e.sent_on.is_some() || !e.durable || e.closing {
+    /// sent on `conn` in the store first. The caller is the cluster's live session `session`
+    /// on this replica, whose claim it last knew at revision `claim_rev`: if the claim is no
+    /// longer this session's (another session replaced it), nothing is marked and nothing is
+    /// to be sent.
+    pub async fn take_unsent(
+        &self,
+        cluster: &str,
+        conn: ConnId,
+        session: &str,
+        claim_rev: Revision,
+    ) -> Vec<(String, Value)> {
+        // Picked under the lock and held (`closing`) while the store decides.
+        let picked: Vec<(RunRecord, Revision)> = {
+            let mut table = self.table();
+            let mut picked = Vec::new();
+            for e in table.open.values_mut() {
+                if e.record.cluster_id != cluster || e.sent_on.is_some() || !e.durable || e.closing
+                {
+                    continue;
+                }
+                e.closing = true;
+                let mut record = e.record.clone();
+                record.state = RunState::Sent;
+                record.attempts += 1;
+                picked.push((record, e.rev));
+            }
+            picked
+        };
+        if picked.is_empty() {
+            return Vec::new();
+        }
+        let mut sent: Vec<(RunRecord, Revision)> = Vec::new();
+        let mut fence_rev = claim_rev;
+        for _ in 0..3 {
+            let fence = Compare::mod_revision(
+                crate::claims::claim_key(cluster),
+                CompareOp::Equal,
+                fence_rev,
+            );
+            match self.mark_sent(&fence, &picked).await {
+                Ok(Some(rev)) => {
+                    sent.extend(picked.iter().map(|(r, _)| (r.clone(), rev)));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("cannot mark runs of cluster {cluster} as sent: {e}");
+                    break;
+                }
+            }
+            // The claim changed (this session's own node list, or another session), or a
+            // run did (withdrawn, or this replica's copy is behind).
+            let claim = match self.store.get(&crate::claims::claim_key(cluster)).await {
+                Ok(Some(kv)) => serde_json::from_slice::<crate::claims::Claim>(&kv.value)
+                    .ok()
+                    .filter(|c| c.session_id == session && c.ended.is_none())
+                    .map(|_| kv.mod_revision),
+                _ => None,
+            };
+            let Some(current) = claim else {
+                break;
+            };
+            if current != fence_rev {
+                fence_rev = current;
                 continue;
             }
-            e.sent_on = Some(conn);
-            e.ever_sent = true;
-            e.hold_until = None;
-            e.record.state = RunState::Sent;
-            e.record.attempts += 1;
-            out.push((e.record.run_id.clone(), e.record.params.clone()));
+            // The claim holds: some run changed. One by one, skipping those.
+            for one in &picked {
+                if let Ok(Some(rev)) = self.mark_sent(&fence, std::slice::from_ref(one)).await {
+                    sent.push((one.0.clone(), rev));
+                }
+            }
+            break;
+        }
+        let mut table = self.table();
+        for (record, _) in &picked {
+            if let Some(e) = table.open.get_mut(&record.run_id) {
+                e.closing = false;
+            }
+        }
+        let mut out = Vec::new();
+        for (record, rev) in sent {
+            if let Some(e) = table.open.get_mut(&record.run_id) {
+                e.sent_on = Some(conn);
+                e.ever_sent = true;
+                e.hold_until = None;
+                e.rev = e.rev.max(rev);
+                e.record.state = RunState::Sent;
+                e.record.attempts = record.attempts;
+                out.push((record.run_id.clone(), record.params.clone()));
+            }
         }
         // Oldest first (UUID v7 ids sort by time).
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Writes `runs` as sent, if the fence and every run's revision still hold.
+    async fn mark_sent(
+        &self,
+        fence: &Compare,
+        runs: &[(RunRecord, Revision)],
+    ) -> Result<Option<Revision>, StoreError> {
+        let mut compares = vec![fence.clone()];
+        let mut ops = Vec::new();
+        for (record, rev) in runs {
+            let key = run_key(&record.cluster_id, &record.run_id);
+            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
+            ops.push(TxnOp::put(
+                key,
+                serde_json::to_vec(record).unwrap_or_default(),
+            ));
+        }
+        let resp = self
+            .store
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// A watch event under [`RUNS`]: a run accepted elsewhere joins this replica's copy (and
+    /// wakes the cluster's session, if this replica holds it), a run answered elsewhere is
+    /// answered to this replica's callers, a run withdrawn elsewhere leaves.
+    pub fn apply(&self, ev: &WatchEvent) {
+        let rev = ev.kv.mod_revision;
+        match ev.kind {
+            EventKind::Put => {
+                let record = match serde_json::from_slice::<RunRecord>(&ev.kv.value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!("ignoring unreadable run record {}: {e}", ev.kv.key);
+                        return;
+                    }
+                };
+                if run_key(&record.cluster_id, &record.run_id) != ev.kv.key {
+                    tracing::warn!("ignoring run record {}: it names another run", ev.kv.key);
+                    return;
+                }
+                self.observe(record, rev);
+            }
+            EventKind::Delete => {
+                let Some(run_id) = ev.kv.key.rsplit('/').next() else {
+                    return;
+                };
+                let mut table = self.table();
+                let gone = table
+                    .open
+                    .get(run_id)
+                    .is_some_and(|e| !e.closing && e.durable && e.rev < rev);
+                if gone {
+                    // Its callers' receivers end: the run was withdrawn unsent.
+                    table.open.remove(run_id);
+                }
+                table.done.insert(run_id.to_owned(), rev);
+            }
+        }
+    }
+
+    /// A record as the store holds it at `rev`.
+    fn observe(&self, record: RunRecord, rev: Revision) {
+        let mut table = self.table();
+        if table.done.get(&record.run_id).is_some_and(|d| *d >= rev) {
+            return;
+        }
+        if record.state == RunState::Answered {
+            table.done.insert(record.run_id.clone(), rev);
+            let answered = table
+                .open
+                .get(&record.run_id)
+                .is_some_and(|e| !e.closing && e.rev < rev);
+            if !answered {
+                return;
+            }
+            let waiters = table
+                .open
+                .remove(&record.run_id)
+                .map(|e| e.waiters)
+                .unwrap_or_default();
+            drop(table);
+            let record = Arc::new(record);
+            for w in waiters {
+                let _ = w.send(record.clone());
+            }
+            return;
+        }
+        let cluster = record.cluster_id.clone();
+        match table.open.get_mut(&record.run_id) {
+            Some(e) => {
+                if rev > e.rev && !e.closing {
+                    if record.state == RunState::Sent {
+                        e.ever_sent = true;
+                    }
+                    e.record.state = record.state;
+                    e.record.attempts = record.attempts;
+                    e.rev = rev;
+                }
+            }
+            None => {
+                let ever_sent = record.state == RunState::Sent;
+                table.open.insert(
+                    record.run_id.clone(),
+                    Entry {
+                        record,
+                        rev,
+                        sent_on: None,
+                        ever_sent,
+                        hold_until: None,
+                        waiters: Vec::new(),
+                        durable: true,
+                        closing: false,
+                    },
+                );
+                Self::wake(&mut table, &cluster);
+            }
+        }
+    }
+
+    /// Reads every run again (after the watch was lost).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        for kv in self.store.list(RUNS).await? {
+            if let Ok(record) = serde_json::from_slice::<RunRecord>(&kv.value) {
+                self.observe(record, kv.mod_revision);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the answered and withdrawn runs the watch has passed.
+    pub fn passed(&self, rev: Revision) {
+        self.table().done.retain(|_, r| *r > rev);
     }
 
     /// A session of `cluster` started. Runs loaded from the store that an earlier manager
@@ -640,12 +876,12 @@ impl Runs {
     ) -> bool {
         // Claimed under the lock, written, then taken out: callers attaching meanwhile still
         // find it open and wait for this answer.
-        let mut record = {
+        let (mut record, mut rev) = {
             let mut table = self.table();
             match table.open.get_mut(run_id) {
                 Some(e) if e.record.cluster_id == cluster && e.durable && !e.closing => {
                     e.closing = true;
-                    e.record.clone()
+                    (e.record.clone(), e.rev)
                 }
                 _ => return false,
             }
@@ -653,12 +889,44 @@ impl Runs {
         record.state = RunState::Answered;
         record.answered_at = Some(now_rfc3339());
         record.answer = Some(RunAnswer::new(outcome, node_id, term));
+        let key = run_key(cluster, run_id);
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        if let Err(e) = self.store.put(&run_key(cluster, run_id), value, None).await {
-            // The callers still get the answer; only a later GET (or a restarted manager)
-            // would not see it, and would send the run again to a gateway that answers it
-            // from its own record.
-            tracing::warn!("cannot record the answer of run {run_id}: {e}");
+        for _ in 0..3 {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key.clone(), value.clone())]);
+            match self.store.txn(txn).await {
+                Ok(r) if r.succeeded => {
+                    self.table().done.insert(run_id.to_owned(), r.revision);
+                    break;
+                }
+                Ok(_) => match self.store.get(&key).await {
+                    // Answered by another replica meanwhile: that answer stands, and reaches
+                    // the callers here through the watch.
+                    Ok(Some(kv)) => match serde_json::from_slice::<RunRecord>(&kv.value) {
+                        Ok(stored) if stored.state == RunState::Answered => {
+                            if let Some(e) = self.table().open.get_mut(run_id) {
+                                e.closing = false;
+                            }
+                            self.observe(stored, kv.mod_revision);
+                            return false;
+                        }
+                        _ => rev = kv.mod_revision,
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("cannot record the answer of run {run_id}: {e}");
+                        break;
+                    }
+                },
+                Err(e) => {
+                    // The callers still get the answer; only a later GET (or a restarted
+                    // manager) would not see it, and would send the run again to a gateway
+                    // that answers it from its own record.
+                    tracing::warn!("cannot record the answer of run {run_id}: {e}");
+                    break;
+                }
+            }
         }
         let waiters = self
             .table()
@@ -677,7 +945,7 @@ impl Runs {
     /// (it did not run). `false` when it was sent meanwhile (its answer is then still to come).
     pub async fn withdraw_unsent(&self, cluster: &str, run_id: &str) -> bool {
         // Claimed (so it is not sent meanwhile), deleted, then taken out, as in `settle`.
-        {
+        let rev = {
             let mut table = self.table();
             match table.open.get_mut(run_id) {
                 Some(e)
@@ -688,15 +956,44 @@ impl Runs {
                         && e.hold_until.is_some_and(|t| t <= Instant::now()) =>
                 {
                     e.closing = true;
+                    e.rev
                 }
                 _ => return false,
             }
+        };
+        let key = run_key(cluster, run_id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key)]);
+        match self.store.txn(txn).await {
+            Ok(r) if r.succeeded => {
+                let mut table = self.table();
+                table.done.insert(run_id.to_owned(), r.revision);
+                table.open.remove(run_id);
+                true
+            }
+            Ok(_) => {
+                // Sent meanwhile (by the replica holding the session): its answer is to come.
+                let mut table = self.table();
+                if let Some(e) = table.open.get_mut(run_id) {
+                    e.closing = false;
+                    e.ever_sent = true;
+                    e.hold_until = None;
+                }
+                false
+            }
+            Err(e) => {
+                // Not known withdrawn, so not known unsent: the caller waits for an answer
+                // until its deadline rather than being told it did not run.
+                tracing::warn!("cannot withdraw run {run_id}: {e}");
+                let mut table = self.table();
+                if let Some(e) = table.open.get_mut(run_id) {
+                    e.closing = false;
+                    e.hold_until = None;
+                }
+                false
+            }
         }
-        if let Err(e) = self.store.delete(&run_key(cluster, run_id)).await {
-            tracing::warn!("cannot delete the record of withdrawn run {run_id}: {e}");
-        }
-        self.table().open.remove(run_id);
-        true
     }
 
     /// When run `run_id`'s hold ends, if it is unsent.
@@ -759,11 +1056,11 @@ mod tests {
         let rec = runs.get("c1", &id).await.unwrap().unwrap();
         assert_eq!(rec.state, RunState::Queued);
         assert!(store.get(&run_key("c1", &id)).await.unwrap().is_some());
-        let sent = runs.take_unsent("c1", ConnId(7));
+        let sent = runs.take_unsent("c1", ConnId(7), "s", 0).await;
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].1["run_id"], id.as_str());
         assert!(
-            runs.take_unsent("c1", ConnId(7)).is_empty(),
+            runs.take_unsent("c1", ConnId(7), "s", 0).await.is_empty(),
             "sent once per session"
         );
         assert!(
@@ -788,9 +1085,9 @@ mod tests {
     async fn a_dedup_session_that_ends_gives_its_runs_to_the_next() {
         let (_, runs) = runs(RunLimits::default()).await;
         let (id, _rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
-        assert_eq!(runs.take_unsent("c1", ConnId(1)).len(), 1);
+        assert_eq!(runs.take_unsent("c1", ConnId(1), "s", 0).await.len(), 1);
         runs.session_ended("c1", ConnId(1), DEDUP).await;
-        let again = runs.take_unsent("c1", ConnId(2));
+        let again = runs.take_unsent("c1", ConnId(2), "s", 0).await;
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].0, id);
         assert_eq!(runs.get("c1", &id).await.unwrap().unwrap().attempts, 2);
@@ -800,7 +1097,7 @@ mod tests {
     async fn a_local_session_that_ends_answers_may_have_run() {
         let (_, runs) = runs(RunLimits::default()).await;
         let (_, rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
-        runs.take_unsent("c1", ConnId(1));
+        runs.take_unsent("c1", ConnId(1), "s", 0).await;
         runs.session_ended("c1", ConnId(1), LOCAL).await;
         let got = rx.await.unwrap();
         let err = got.answer.as_ref().unwrap().error.clone().unwrap();
@@ -811,14 +1108,14 @@ mod tests {
     async fn a_job_outlives_its_session_without_being_sent_again() {
         let (_, runs) = runs(RunLimits::default()).await;
         let (id, rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
-        runs.take_unsent("c1", ConnId(1));
+        runs.take_unsent("c1", ConnId(1), "s", 0).await;
         let jobs = SessionKind {
             dedup: false,
             distributed: true,
         };
         runs.session_ended("c1", ConnId(1), jobs).await;
         runs.session_started("c1", jobs).await;
-        assert!(runs.take_unsent("c1", ConnId(2)).is_empty());
+        assert!(runs.take_unsent("c1", ConnId(2), "s", 0).await.is_empty());
         assert!(runs.settle("c1", &id, Ok(json!(1)), "n2", None).await);
         assert!(rx.await.unwrap().answer.is_some());
     }
@@ -851,7 +1148,7 @@ mod tests {
         assert!(runs.withdraw_unsent("c1", &a).await);
         assert!(store.get(&run_key("c1", &a)).await.unwrap().is_none());
         // A sent run is never withdrawn.
-        let sent = runs.take_unsent("c1", ConnId(1));
+        let sent = runs.take_unsent("c1", ConnId(1), "s", 0).await;
         assert!(!runs.withdraw_unsent("c1", &sent[0].0).await);
     }
 
@@ -869,7 +1166,7 @@ mod tests {
             .unwrap();
         assert_eq!(a, b);
         assert_eq!(
-            runs.take_unsent("c1", ConnId(1)).len(),
+            runs.take_unsent("c1", ConnId(1), "s", 0).await.len(),
             1,
             "one run, sent once"
         );
@@ -900,14 +1197,14 @@ mod tests {
             .unwrap();
         let (open, _) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
         let (done, _) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
-        runs.take_unsent("c1", ConnId(1));
+        runs.take_unsent("c1", ConnId(1), "s", 0).await;
         runs.settle("c1", &done, Ok(json!(0)), "n1", None).await;
         drop(runs);
         let again = Runs::open(store.clone(), RunLimits::default())
             .await
             .unwrap();
         assert_eq!(again.open_count(), 1);
-        assert_eq!(again.take_unsent("c1", ConnId(2))[0].0, open);
+        assert_eq!(again.take_unsent("c1", ConnId(2), "s", 0).await[0].0, open);
         assert!(again
             .get("c1", &done)
             .await

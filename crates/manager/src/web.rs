@@ -373,16 +373,28 @@ mod tests {
         let store = autogate_store::open(autogate_store::StoreOptions::Memory)
             .await
             .unwrap();
-        let registry = crate::registry::Registry::open(store.clone(), 10)
+        let registry =
+            crate::registry::Registry::open(store.clone(), 10, &std::collections::HashSet::new())
+                .await
+                .unwrap();
+        let runs = crate::runs::Runs::open(store.clone(), crate::runs::RunLimits::default())
             .await
             .unwrap();
-        let runs = crate::runs::Runs::open(store, crate::runs::RunLimits::default())
-            .await
-            .unwrap();
+        let replicas = crate::replicas::Replicas::join(
+            store,
+            "127.0.0.1:1".into(),
+            Duration::from_secs(5),
+            true,
+        )
+        .await
+        .unwrap();
         let hub = std::sync::Arc::new(crate::hub::Hub::new(
             registry,
             crate::metrics::ManagerMetrics::new(),
             runs,
+            std::sync::Arc::new(replicas),
+            Vec::new(),
+            0,
         ));
         let router = crate::api::router(AppState {
             hub: hub.clone(),
@@ -393,6 +405,7 @@ mod tests {
             refusal_log: std::sync::Arc::new(crate::ratelimit::LogLimiter::new(1.0, 1.0)),
             session: crate::ws::SessionLimits::default(),
             tickets: std::sync::Arc::new(Tickets::new()),
+            store_where: crate::api::StoreWhere::default(),
         });
         (router, hub)
     }

@@ -660,7 +660,15 @@ impl Session {
                         // Replaced: the live session sends them.
                         continue;
                     }
-                    for (run_id, params) in self.hub.runs().take_unsent(&me.cluster_id, conn) {
+                    let Some(claim_rev) = self.hub.claim_rev(conn) else {
+                        continue;
+                    };
+                    let unsent = self
+                        .hub
+                        .runs()
+                        .take_unsent(&me.cluster_id, conn, &me.session_id, claim_rev)
+                        .await;
+                    for (run_id, params) in unsent {
                         let req = Request::new(run_id, method::SERVICE_RUN, Some(params));
                         if let Err(end) = self.send_frame(req.into()).await {
                             return end;
