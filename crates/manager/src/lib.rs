@@ -40,6 +40,7 @@ pub mod registry;
 pub mod replicas;
 pub mod runs;
 pub mod storeopen;
+pub mod tickets;
 pub mod web;
 pub mod ws;
 
@@ -147,7 +148,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         // a storm of bad connections cannot flood the log; the next line counts the rest.
         refusal_log: Arc::new(ratelimit::LogLimiter::new(20.0, 100.0)),
         session: ws::SessionLimits::from_config(m),
-        tickets: Arc::new(web::Tickets::new()),
+        tickets: Arc::new(tickets::Tickets::new(
+            &token,
+            hub.registry().store().clone(),
+        )),
         store_where: api::StoreWhere {
             backend: opened.backend,
             endpoints: opened.endpoints.clone(),

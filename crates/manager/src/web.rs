@@ -14,15 +14,13 @@
 //! `EventSource` cannot send headers, and the admin token must never be part of a URL (URLs end
 //! up in access logs, proxies and browser history). So the page first asks
 //! `POST /api/v1/events/ticket` with the token as a Bearer header for a *ticket*: random,
-//! single-use, valid for [`TICKET_TTL`], good for opening this one stream and nothing else
-//! ([`Tickets`]). It opens `GET /api/v1/events?ticket=…` with it; a reconnect asks for a new
+//! single-use, valid for [`TICKET_TTL`] on every replica, good for opening this one stream and
+//! nothing else ([`crate::tickets`]). It opens `GET /api/v1/events?ticket=…` with it; a reconnect asks for a new
 //! one. A client that can send headers may open the stream with the Bearer header instead. A
 //! `token` query parameter is refused with a message saying what to do.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -31,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -59,53 +56,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RECONNECT: Duration = Duration::from_secs(1);
 /// Notices buffered per subscriber before a slow one is told to re-read everything.
 const CHANNEL_CAPACITY: usize = 256;
-/// How long an event-stream ticket stays valid: enough to open the stream right after asking.
-pub const TICKET_TTL: Duration = Duration::from_secs(30);
-/// Most tickets waiting to be used; beyond that the oldest is dropped (a client that asks in a
-/// loop only wastes its own tickets).
-const MAX_TICKETS: usize = 1024;
-
-/// Event-stream tickets: kept as SHA-256 digests (the ticket itself is only in the answer that
-/// hands it out), each good once and for [`TICKET_TTL`].
-#[derive(Debug, Default)]
-pub struct Tickets {
-    open: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-impl Tickets {
-    /// No ticket yet.
-    pub fn new() -> Tickets {
-        Tickets::default()
-    }
-
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A new ticket (64 hex digits from 32 random bytes), valid from `now` for [`TICKET_TTL`].
-    pub fn issue(&self, now: Instant) -> String {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let ticket = hex::encode(bytes);
-        let mut open = self.open();
-        open.retain(|_, expires| *expires > now);
-        if open.len() >= MAX_TICKETS {
-            if let Some(oldest) = open.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) {
-                open.remove(&oldest);
-            }
-        }
-        open.insert(Sha256::digest(ticket.as_bytes()).into(), now + TICKET_TTL);
-        ticket
-    }
-
-    /// Uses a ticket: `true` once for a ticket issued within [`TICKET_TTL`] before `now`.
-    pub fn redeem(&self, ticket: &str, now: Instant) -> bool {
-        let digest: [u8; 32] = Sha256::digest(ticket.as_bytes()).into();
-        self.open()
-            .remove(&digest)
-            .is_some_and(|expires| expires > now)
-    }
-}
+pub use crate::tickets::{Tickets, TICKET_TTL};
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -238,7 +189,7 @@ pub struct EventsQuery {
 
 /// `POST /api/v1/events/ticket` (behind the API's Bearer check): a ticket for one event stream.
 pub async fn ticket(State(app): State<AppState>) -> Response {
-    let ticket = app.tickets.issue(Instant::now());
+    let ticket = app.tickets.issue(std::time::SystemTime::now());
     let mut resp = Json(serde_json::json!({
         "ticket": ticket,
         "expires_in_ms": TICKET_TTL.as_millis() as u64,
@@ -270,9 +221,18 @@ async fn events(State(app): State<AppState>, req: Request) -> Response {
     } else if let Some(t) = bearer {
         (!token_matches(&app, t)).then_some("invalid admin token")
     } else if let Some(t) = ticket {
-        (!app.tickets.redeem(t, Instant::now())).then_some(
-            "invalid or expired ticket: a ticket opens one stream, within 30 s of POST /api/v1/events/ticket",
-        )
+        match app.tickets.redeem(t, std::time::SystemTime::now()).await {
+            Ok(()) => None,
+            Err(crate::tickets::TicketError::Store(why)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the manager cannot check the ticket now ({why}); try again"),
+                );
+            }
+            Err(crate::tickets::TicketError::Invalid) => Some(
+                "invalid or expired ticket: a ticket opens one stream, within 30 s of POST /api/v1/events/ticket",
+            ),
+        }
     } else {
         Some("missing credentials: open /api/v1/events?ticket=<ticket from POST /api/v1/events/ticket>, or send Authorization: Bearer <token>")
     };
@@ -377,6 +337,7 @@ mod tests {
             crate::registry::Registry::open(store.clone(), 10, &std::collections::HashSet::new())
                 .await
                 .unwrap();
+        let store_for_tickets = store.clone();
         let runs = crate::runs::Runs::open(store.clone(), crate::runs::RunLimits::default())
             .await
             .unwrap();
@@ -404,7 +365,7 @@ mod tests {
             tracker: tokio_util::task::TaskTracker::new(),
             refusal_log: std::sync::Arc::new(crate::ratelimit::LogLimiter::new(1.0, 1.0)),
             session: crate::ws::SessionLimits::default(),
-            tickets: std::sync::Arc::new(Tickets::new()),
+            tickets: std::sync::Arc::new(Tickets::new(token, store_for_tickets)),
             store_where: crate::api::StoreWhere::default(),
         });
         (router, hub)
@@ -510,25 +471,6 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         v["ticket"].as_str().unwrap().to_owned()
-    }
-
-    #[test]
-    fn tickets_expire_and_are_single_use() {
-        let t = Tickets::new();
-        let t0 = Instant::now();
-        let a = t.issue(t0);
-        let b = t.issue(t0);
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-        assert!(!t.redeem("nope", t0));
-        assert!(t.redeem(&a, t0 + Duration::from_secs(1)));
-        assert!(!t.redeem(&a, t0 + Duration::from_secs(1)), "used");
-        assert!(!t.redeem(&b, t0 + TICKET_TTL), "expired");
-        // A flood of requests keeps the table bounded.
-        for _ in 0..(MAX_TICKETS + 10) {
-            t.issue(t0);
-        }
-        assert!(t.open().len() <= MAX_TICKETS);
     }
 
     #[tokio::test]
