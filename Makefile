@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-services bench-dispatch bench-badinput soak docs clean
+.PHONY: all deps build release test test-setup lint fmt demo bench bench-startup bench-failover bench-manager bench-replicas bench-services bench-dispatch bench-badinput soak docs clean
 
 all: build
 
@@ -41,7 +41,7 @@ demo: deps release
 
 ## Benchmarks (reported, never asserted): start-up, idle memory, store throughput vs raw etcd,
 ## fail-over.
-bench: bench-startup bench-failover bench-manager bench-services bench-dispatch
+bench: bench-startup bench-failover bench-manager bench-replicas bench-services bench-dispatch
 
 ## BASELINE=path/to/an/earlier/release/autogate adds its start-up rows, measured alternately.
 bench-startup: deps release
@@ -57,6 +57,13 @@ bench-failover: deps release
 bench-manager: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench manager
+
+## Manager replicas: one manager on its local store, one and three replicas on a 3-member etcd —
+## registrations, session accept rate, runs/s through the holding replica and through another,
+## kill -9 → new session, RSS per replica (REPLICAS_RUNS runs, default 3; about 10 min).
+bench-replicas: deps release
+	$(CARGO) build --release -p autogate-bench
+	./target/release/autogate-bench replicas
 
 ## Service runs through the API vs the bare command; python cold vs warm venv (about 1 min).
 bench-services: deps release

@@ -13,6 +13,11 @@
 //! and two runners — latency, jobs/s, overhead over a core node running it itself, and the raw
 //! etcd put rate as the ceiling.
 //!
+//! `autogate-bench replicas`: the manager as one process on its local store, as one replica
+//! and as three replicas on a shared 3-member etcd — registrations, session accept rate, runs/s
+//! through the replica holding the session and through another one, kill -9 → new session,
+//! RSS per replica.
+//!
 //! `autogate-bench badinput`: every route of a core node and of the manager fed malformed and
 //! hostile requests (see `autogate_testkit::badinput`); counts the answers, and exits 1 on a 5xx,
 //! an unanswered request or a crash.
@@ -31,6 +36,7 @@ mod dispatch;
 mod failover;
 mod foundation;
 mod manager;
+mod replicas;
 mod services;
 
 fn main() {
@@ -44,11 +50,12 @@ fn main() {
         "failover" => failover::run(),
         "foundation" => foundation::run(),
         "manager" => manager::run(),
+        "replicas" => replicas::run(),
         "services" => services::run(),
         "soak" => soak(),
         other => {
             eprintln!(
-                "unknown benchmark {other:?}; available: badinput, dispatch, failover, foundation, manager, services, soak"
+                "unknown benchmark {other:?}; available: badinput, dispatch, failover, foundation, manager, replicas, services, soak"
             );
             std::process::exit(64);
         }
