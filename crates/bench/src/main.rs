@@ -23,10 +23,12 @@
 //! an unanswered request or a crash.
 //!
 //! `autogate-bench soak`: the chaos soak (see `autogate_testkit::soak`) in both modes, local
-//! and distributed execution; `SOAK_FAULTS` faults each (default 100), schedule seeded by
-//! `SOAK_SEED` (default 1); `SOAK_MODE=local` or `distributed` runs one. Unlike the benchmarks it judges: it exits 1 when anything was
-//! refused, failed, left unanswered, executed twice or executed while its caller was told it
-//! failed, or when two manager sessions overlapped.
+//! and distributed execution, then against three manager replicas on a shared etcd (local
+//! execution, its own table); `SOAK_FAULTS` faults each (default 100), schedule seeded by
+//! `SOAK_SEED` (default 1); `SOAK_MODE=local`, `distributed` or `replicas` runs one. Unlike the
+//! benchmarks it judges: it exits 1 when anything was refused, failed, left unanswered,
+//! executed twice or executed while its caller was told it failed, when two manager sessions
+//! overlapped, or when a manager replica crashed.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -67,7 +69,8 @@ fn main() {
     }
 }
 
-/// Both soaks, one table each; exits 1 (after writing the tables) when either broke the goal.
+/// The soaks, one table each (the replicas' under a heading of their own); exits 1 (after
+/// writing the tables) when any broke the goal.
 fn soak() -> String {
     let env = |k: &str, default: u64| {
         std::env::var(k)
@@ -77,24 +80,35 @@ fn soak() -> String {
     };
     let faults = usize::try_from(env("SOAK_FAULTS", 100)).unwrap_or(100);
     let seed = env("SOAK_SEED", 1);
-    let mut out = table_header("Chaos soak")
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    out.push_str("\n\n");
-    let mut violations = 0;
-    let modes: &[bool] = match std::env::var("SOAK_MODE").as_deref() {
-        Ok("local") => &[false],
-        Ok("distributed") => &[true],
-        _ => &[false, true],
+    let heading = |title: &str| {
+        let mut h = table_header(title)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        h.push_str("\n\n");
+        h
     };
-    for &distributed in modes {
-        let report = autogate_testkit::soak::run(autogate_testkit::soak::SoakConfig::new(
-            seed,
-            faults,
-            distributed,
-        ));
+    let mut out = String::new();
+    let mut violations = 0;
+    // (distributed execution, manager replicas)
+    let modes: &[(bool, bool)] = match std::env::var("SOAK_MODE").as_deref() {
+        Ok("local") => &[(false, false)],
+        Ok("distributed") => &[(true, false)],
+        Ok("replicas") => &[(false, true)],
+        _ => &[(false, false), (true, false), (false, true)],
+    };
+    for (n, &(distributed, replicas)) in modes.iter().enumerate() {
+        if replicas {
+            out.push_str(&heading("Chaos soak — manager replicas"));
+        } else if n == 0 {
+            out.push_str(&heading("Chaos soak"));
+        }
+        let mut cfg = autogate_testkit::soak::SoakConfig::new(seed, faults, distributed);
+        if replicas {
+            cfg = cfg.with_replicas();
+        }
+        let report = autogate_testkit::soak::run(cfg);
         eprintln!("{}", report.table());
         violations += report.violations();
         out.push_str(&report.table());
@@ -114,6 +128,7 @@ fn soak() -> String {
                 "executed while told failed",
                 report.executed_while_failed.clone(),
             ),
+            ("replica crash", report.crashes.clone()),
         ] {
             for item in list.iter().take(10) {
                 eprintln!("{what}: {item}");

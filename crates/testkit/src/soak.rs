@@ -12,10 +12,21 @@
 //! request again under it when the manager cannot be reached (it restarts), as a client of the
 //! manager should.
 //!
+//! The manager is either one process on its local store (the default) or, with
+//! [`ManagerSetup::Replicas`], three replicas sharing the soak's etcd under their own key
+//! prefix, every core node's `[connect] hosts` listing all three. The schedule then also kills
+//! (-9) the replica holding the cluster's session and a replica that does not hold it, and the
+//! manager restart is a SIGTERM and restart of one replica. Each run goes to a replica picked
+//! by the seed; when that replica cannot be reached the caller posts it again, under the same
+//! key, to the next one — as a client of a replicated manager should. The single etcd member
+//! is enough: no fault touches etcd itself (the etcd faults are a core node's own path to it),
+//! and losing its quorum is the replica tests' subject, not the soak's.
+//!
 //! What counts against the goal (all must be zero): runs refused or failed (any answer but
 //! `completed`, except `interrupted` — the one answer for a run whose node was lost mid-run),
 //! runs left unanswered, runs executed twice, runs executed while their caller was told they
-//! failed, and overlapping manager sessions.
+//! failed, overlapping manager sessions, and a manager replica that exited on its own or not
+//! cleanly on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,12 +39,25 @@ use serde_json::{json, Value};
 use crate::auth::{admin_key, with_admin_password};
 use crate::etcd::EtcdServer;
 use crate::proxy::TcpProxy;
+use crate::replicas::{ManagerReplicas, LEASE_TTL};
 use crate::rng::Rng;
 use crate::scenario::{core_node, Manager, Pki, START};
 use crate::{free_port, poll_until, Autogate, Process};
 
 const CLUSTER: &str = "cluster_1";
 const CORES: [&str; 3] = ["core-1", "core-2", "core-3"];
+
+/// The replicas' own key prefix on the etcd the core nodes use.
+const REPLICA_PREFIX: &str = "/autogate-soak-manager";
+
+/// Which manager the core nodes and the callers talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerSetup {
+    /// One `autogate manager` on its local store.
+    Local,
+    /// Three replicas on the soak's etcd (see the module documentation).
+    Replicas,
+}
 
 /// What a soak does.
 #[derive(Debug, Clone)]
@@ -48,6 +72,8 @@ pub struct SoakConfig {
     pub distributed: bool,
     /// The core nodes' lease TTL (a frozen node is held past it).
     pub lease_ttl: Duration,
+    /// One manager, or three replicas.
+    pub manager: ManagerSetup,
 }
 
 impl SoakConfig {
@@ -58,7 +84,18 @@ impl SoakConfig {
             callers: 8,
             distributed,
             lease_ttl: Duration::from_secs(3),
+            manager: ManagerSetup::Local,
         }
+    }
+
+    /// The same soak against three manager replicas on a shared etcd.
+    pub fn with_replicas(mut self) -> Self {
+        self.manager = ManagerSetup::Replicas;
+        self
+    }
+
+    fn replicas(&self) -> bool {
+        self.manager == ManagerSetup::Replicas
     }
 }
 
@@ -73,8 +110,13 @@ pub enum Fault {
     FreezeActive,
     /// kill -9 of a runner; restarted after (distributed execution only).
     KillRunner,
-    /// The manager stopped (SIGTERM) and started again on its data.
+    /// The manager stopped (SIGTERM) and started again on its data; with replicas, one of them.
     RestartManager,
+    /// kill -9 of the replica holding the cluster's session; restarted once another holds it.
+    KillSessionReplica,
+    /// kill -9 of a replica not holding the session; restarted once the others no longer list
+    /// it (its lease ended).
+    KillOtherReplica,
     /// The active node's path to the manager goes silent (packets dropped) until another node
     /// holds the session.
     PartitionFromManager,
@@ -83,13 +125,16 @@ pub enum Fault {
 }
 
 impl Fault {
-    fn name(self) -> &'static str {
+    fn name(self, replicas: bool) -> &'static str {
         match self {
+            Fault::RestartManager if replicas => "SIGTERM + restart of a replica",
             Fault::StopActive => "SIGTERM active",
             Fault::KillActive => "kill -9 active",
             Fault::FreezeActive => "SIGSTOP active past TTL",
             Fault::KillRunner => "kill -9 runner",
             Fault::RestartManager => "restart manager",
+            Fault::KillSessionReplica => "kill -9 replica holding the session",
+            Fault::KillOtherReplica => "kill -9 replica not holding it",
             Fault::PartitionFromManager => "active cut from the manager",
             Fault::PartitionFromEtcd => "active cut from etcd",
         }
@@ -129,6 +174,8 @@ pub struct SoakReport {
     pub completed_not_executed: Vec<String>,
     pub overlapping_sessions: usize,
     pub sessions: usize,
+    /// Manager replicas that exited on their own, or not with 0 on SIGTERM: what and when.
+    pub crashes: Vec<String>,
     /// Milliseconds, completed runs.
     pub latencies: Vec<f64>,
     /// Milliseconds between one session's end and the next one's start.
@@ -145,6 +192,7 @@ impl SoakReport {
             + self.executed_while_failed.len()
             + self.completed_not_executed.len()
             + self.overlapping_sessions
+            + self.crashes.len()
     }
 
     fn quantile(v: &[f64], q: f64) -> f64 {
@@ -163,10 +211,16 @@ impl SoakReport {
         } else {
             "local execution (3 core nodes)"
         };
+        let replicas = self.config.replicas();
+        let mode = if replicas {
+            format!("{mode}, 3 manager replicas on a shared etcd")
+        } else {
+            mode.to_owned()
+        };
         let faults: Vec<String> = self
             .faults
             .iter()
-            .map(|(f, n)| format!("{} × {n}", f.name()))
+            .map(|(f, n)| format!("{} × {n}", f.name(replicas)))
             .collect();
         let l = &self.latencies;
         let g = &self.gaps;
@@ -207,6 +261,9 @@ impl SoakReport {
             "sessions / overlapping",
             format!("{} / {}", self.sessions, self.overlapping_sessions),
         );
+        if replicas {
+            row("replica crashes", self.crashes.len().to_string());
+        }
         row(
             "run latency p50 / p99 / max",
             format!(
@@ -234,43 +291,76 @@ struct Core {
     port: u16,
     workdir: PathBuf,
     proc: Option<Process>,
-    /// Its own paths to the manager and to etcd, to cut one node off.
-    to_manager: TcpProxy,
+    /// Its own paths to the manager (one per replica, in the order of its `[connect] hosts`)
+    /// and to etcd, to cut one node off.
+    to_manager: Vec<TcpProxy>,
     to_etcd: TcpProxy,
+}
+
+/// The manager side of the soak.
+enum Managers {
+    /// One manager on its local store in `data`, on `port`.
+    Local {
+        manager: Option<Manager>,
+        port: u16,
+        data: tempfile::TempDir,
+    },
+    /// Three replicas; `earlier` keeps the logs of the incarnations the faults ended (label,
+    /// log), to show what a replica said before it was killed.
+    Replicas {
+        set: ManagerReplicas,
+        earlier: Vec<(String, String)>,
+    },
 }
 
 struct World {
     cfg: SoakConfig,
+    // Before `etcd`: the replicas stop before their store does.
+    managers: Managers,
     etcd: EtcdServer,
     pki: Pki,
-    data: tempfile::TempDir,
     dirs: tempfile::TempDir,
-    manager: Option<Manager>,
-    manager_port: u16,
     cores: Vec<Core>,
     runners: Vec<(String, Option<Process>)>,
+    crashes: Vec<String>,
+    started: Instant,
 }
 
 impl World {
     fn start(cfg: SoakConfig) -> World {
         let etcd = EtcdServer::start();
         let pki = Pki::new(&CORES);
-        let data = tempfile::tempdir().expect("tempdir");
         let dirs = tempfile::tempdir().expect("tempdir");
-        let manager_port = free_port();
-        let manager = Manager::start(&pki, manager_port, data.path());
-        manager.register(&pki, CLUSTER, &CORES);
+        let managers = if cfg.replicas() {
+            let set = ManagerReplicas::start_with(3, &etcd.endpoints(), &pki, REPLICA_PREFIX, &[]);
+            register_on_replicas(&set, &pki);
+            Managers::Replicas {
+                set,
+                earlier: Vec::new(),
+            }
+        } else {
+            let data = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let manager = Manager::start(&pki, port, data.path());
+            manager.register(&pki, CLUSTER, &CORES);
+            Managers::Local {
+                manager: Some(manager),
+                port,
+                data,
+            }
+        };
         let mut w = World {
             cfg,
+            managers,
             etcd,
             pki,
-            data,
             dirs,
-            manager: Some(manager),
-            manager_port,
             cores: Vec::new(),
             runners: Vec::new(),
+            crashes: Vec::new(),
+            started: Instant::now(),
         };
+        let ports = w.manager_ports();
         for name in CORES {
             let workdir = w.dirs.path().join(name);
             w.cores.push(Core {
@@ -278,7 +368,10 @@ impl World {
                 port: free_port(),
                 workdir,
                 proc: None,
-                to_manager: TcpProxy::start(&format!("127.0.0.1:{}", w.manager_port)),
+                to_manager: ports
+                    .iter()
+                    .map(|p| TcpProxy::start(&format!("127.0.0.1:{p}")))
+                    .collect(),
                 to_etcd: TcpProxy::start(&w.etcd.endpoint()),
             });
         }
@@ -299,16 +392,38 @@ impl World {
         w
     }
 
+    /// The manager's ports: one, or each replica's in order.
+    fn manager_ports(&self) -> Vec<u16> {
+        match &self.managers {
+            Managers::Local { port, .. } => vec![*port],
+            Managers::Replicas { set, .. } => (0..set.len()).map(|i| set.port(i)).collect(),
+        }
+    }
+
+    /// The admin token.
+    fn token(&self) -> Option<String> {
+        match &self.managers {
+            Managers::Local { manager, .. } => {
+                let path = manager.as_ref()?.token_path();
+                Some(std::fs::read_to_string(path).ok()?.trim().to_owned())
+            }
+            Managers::Replicas { set, .. } => Some(set.token()),
+        }
+    }
+
     fn spawn_core(&mut self, i: usize) {
-        let (cmd, _) = core_node(&self.pki, self.cores[i].name, self.manager_port);
+        let ports = self.manager_ports();
+        let (cmd, _) = core_node(&self.pki, self.cores[i].name, ports[0]);
         let c = &self.cores[i];
+        // Every replica, through this node's own proxies, in the same order on every node.
+        let hosts: Vec<String> = c.to_manager.iter().map(TcpProxy::endpoint).collect();
         let mut cmd = cmd
             .env("GATEWAY_SERVER_PORT", c.port.to_string())
             .env(
                 "GATEWAY_APPLICATION_WORKING_DIR",
                 c.workdir.display().to_string(),
             )
-            .env("GATEWAY_CONNECT_HOSTS", c.to_manager.endpoint())
+            .env("GATEWAY_CONNECT_HOSTS", hosts.join(" "))
             .env("GATEWAY_CONNECT_SERVER_HA_CONNECT_GRACE", "2s")
             .env("GATEWAY_STORE_BACKEND", "etcd")
             .env("GATEWAY_STORE_ETCD_HOSTS", c.to_etcd.endpoint())
@@ -348,18 +463,14 @@ impl World {
         crate::scenario::seed_shell(&format!("127.0.0.1:{port}"), &admin_key(port));
     }
 
-    fn manager(&self) -> &Manager {
-        self.manager.as_ref().expect("manager running")
-    }
-
-    /// `GET` of the manager's API, as JSON; `None` while it cannot answer.
-    fn manager_get(&self, path: &str) -> Option<Value> {
-        let token = std::fs::read_to_string(self.manager().token_path()).ok()?;
+    /// `GET` of the manager's API on `port`, as JSON; `None` while it cannot answer.
+    fn manager_get_on(&self, port: u16, path: &str) -> Option<Value> {
+        let token = self.token()?;
         let (status, body) = crate::auth::https_request(
-            &format!("127.0.0.1:{}", self.manager_port),
+            &format!("127.0.0.1:{port}"),
             "GET",
             path,
-            Some(token.trim()),
+            Some(&token),
             None,
             Path::new(&self.pki.path("ca.pem")),
             None,
@@ -370,17 +481,20 @@ impl World {
             .flatten()
     }
 
+    /// `GET` of the manager's API, as JSON, from the first replica that answers; `None` while
+    /// none can.
+    fn manager_get(&self, path: &str) -> Option<Value> {
+        self.manager_ports()
+            .into_iter()
+            .find_map(|port| self.manager_get_on(port, path))
+    }
+
     /// The active node's id, from the manager, once the cluster has a session.
     fn wait_connected(&self) -> String {
         poll_until(
             "a manager session of the cluster",
             Duration::from_secs(120),
-            || {
-                let v = self.manager_get(&format!("/api/v1/clusters/{CLUSTER}"))?;
-                (v["connected"] == true)
-                    .then(|| v["active"]["node_id"].as_str().map(str::to_owned))
-                    .flatten()
-            },
+            || self.active_now(),
         )
     }
 
@@ -392,6 +506,20 @@ impl World {
             .flatten()
     }
 
+    /// The replica holding the cluster's session, as that replica itself says (its own
+    /// address opens the `replica` it names).
+    fn holder(&self) -> Option<usize> {
+        self.manager_ports().into_iter().position(|port| {
+            self.manager_get_on(port, &format!("/api/v1/clusters/{CLUSTER}"))
+                .is_some_and(|v| {
+                    v["connected"] == true
+                        && v["active"]["replica"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with(&format!("127.0.0.1:{port} ")))
+                })
+        })
+    }
+
     /// Which of our core processes is `node_id`.
     fn core_of(&self, node_id: &str) -> Option<usize> {
         self.cores.iter().position(|c| {
@@ -401,17 +529,127 @@ impl World {
         })
     }
 
+    fn replica_set(&mut self) -> &mut ManagerReplicas {
+        match &mut self.managers {
+            Managers::Replicas { set, .. } => set,
+            Managers::Local { .. } => panic!("a replica fault without replicas"),
+        }
+    }
+
+    /// Starts replica `i` again, keeping the log of the incarnation that ended.
+    fn restart_replica(&mut self, i: usize, why: &str) {
+        let at = self.started.elapsed();
+        if let Managers::Replicas { set, earlier } = &mut self.managers {
+            earlier.push((
+                format!("replica-{} until {why} at {:.1} s", i + 1, at.as_secs_f64()),
+                set.process(i).logs(),
+            ));
+            set.restart(i);
+        }
+    }
+
+    /// Every replica must be running between faults: one that is not exited on its own. It
+    /// is counted and started again, so that the soak goes on.
+    fn check_replicas(&mut self) {
+        let Managers::Replicas { set, .. } = &mut self.managers else {
+            return;
+        };
+        let down: Vec<usize> = (0..set.len()).filter(|&i| !set.is_running(i)).collect();
+        for i in down {
+            let what = format!(
+                "replica-{} exited on its own (found at {:.1} s)",
+                i + 1,
+                self.started.elapsed().as_secs_f64()
+            );
+            eprintln!("soak: {what}");
+            self.crashes.push(what);
+            self.restart_replica(i, "its exit");
+        }
+    }
+
     fn inject(&mut self, fault: Fault, rng: &mut Rng) {
+        self.check_replicas();
         match fault {
-            Fault::RestartManager => {
-                let mut m = self.manager.take().expect("manager");
-                m.proc.signal("TERM");
-                m.proc.wait_exit(START);
-                self.manager = Some(Manager::start(
-                    &self.pki,
-                    self.manager_port,
-                    self.data.path(),
-                ));
+            Fault::RestartManager => match &mut self.managers {
+                Managers::Local {
+                    manager,
+                    port,
+                    data,
+                    ..
+                } => {
+                    let mut m = manager.take().expect("manager");
+                    m.proc.signal("TERM");
+                    m.proc.wait_exit(START);
+                    *manager = Some(Manager::start(&self.pki, *port, data.path()));
+                }
+                Managers::Replicas { set, .. } => {
+                    let i = rng.index(set.len());
+                    if !set.stop(i) {
+                        let what = format!(
+                            "replica-{} did not exit 0 on SIGTERM (at {:.1} s)",
+                            i + 1,
+                            self.started.elapsed().as_secs_f64()
+                        );
+                        eprintln!("soak: {what}");
+                        self.crashes.push(what);
+                    }
+                    self.restart_replica(i, "SIGTERM");
+                }
+            },
+            Fault::KillSessionReplica => {
+                self.wait_connected();
+                let Some(h) = poll_until_within(Duration::from_secs(30), || self.holder()) else {
+                    eprintln!("soak: no replica says it holds the session; nothing killed");
+                    return;
+                };
+                let t0 = Instant::now();
+                self.replica_set().kill(h);
+                // Until another replica holds it (the node reconnects at once to the next
+                // address), or a minute.
+                let moved = poll_until_within(Duration::from_secs(60), || {
+                    self.holder().filter(|&j| j != h)
+                });
+                eprintln!(
+                    "soak: {} (replica-{}): {}",
+                    fault.name(true),
+                    h + 1,
+                    match moved {
+                        Some(j) => format!("replica-{} holds it after {:?}", j + 1, t0.elapsed()),
+                        None => "no other replica holds it within 60 s".to_owned(),
+                    }
+                );
+                self.restart_replica(h, "kill -9");
+            }
+            Fault::KillOtherReplica => {
+                self.wait_connected();
+                let Some(h) = poll_until_within(Duration::from_secs(30), || self.holder()) else {
+                    eprintln!("soak: no replica says it holds the session; nothing killed");
+                    return;
+                };
+                let n = self.manager_ports().len();
+                let others: Vec<usize> = (0..n).filter(|&i| i != h).collect();
+                let victim = others[rng.index(others.len())];
+                self.replica_set().kill(victim);
+                // Until the holder no longer lists it: its lease ended.
+                let gone = format!("127.0.0.1:{}", self.manager_ports()[victim]);
+                let holder_port = self.manager_ports()[h];
+                let left = poll_until_within(LEASE_TTL + Duration::from_secs(15), || {
+                    let v = self.manager_get_on(holder_port, "/api/v1/replicas")?;
+                    v["replicas"]
+                        .as_array()?
+                        .iter()
+                        .all(|r| r["address"] != gone.as_str())
+                        .then_some(())
+                });
+                if left.is_none() {
+                    eprintln!(
+                        "soak: replica-{} still listed by replica-{} {:?} after its kill",
+                        victim + 1,
+                        h + 1,
+                        LEASE_TTL + Duration::from_secs(15)
+                    );
+                }
+                self.restart_replica(victim, "kill -9");
             }
             Fault::KillRunner => {
                 let i = rng.index(self.runners.len());
@@ -426,23 +664,22 @@ impl World {
                 let Some(i) = self.core_of(&active) else {
                     return;
                 };
-                let path = if fault == Fault::PartitionFromManager {
-                    &self.cores[i].to_manager
+                let paths: Vec<&TcpProxy> = if fault == Fault::PartitionFromManager {
+                    self.cores[i].to_manager.iter().collect()
                 } else {
-                    &self.cores[i].to_etcd
+                    vec![&self.cores[i].to_etcd]
                 };
-                path.cut_blackhole();
+                for p in &paths {
+                    p.cut_blackhole();
+                }
                 // Until another node holds the session (or, if none can, a minute).
                 let moved = poll_until_within(Duration::from_secs(60), || {
                     let now = self.active_now()?;
                     (now != active).then_some(())
                 });
-                let path = if fault == Fault::PartitionFromManager {
-                    &self.cores[i].to_manager
-                } else {
-                    &self.cores[i].to_etcd
-                };
-                path.restore();
+                for p in &paths {
+                    p.restore();
+                }
                 if moved.is_none() {
                     eprintln!(
                         "soak: cut {} ({active}); the manager now shows {:?}",
@@ -459,11 +696,13 @@ impl World {
                                 .rev()
                                 .take(40)
                                 .collect();
+                            let manager_paths: Vec<String> =
+                                c.to_manager.iter().map(TcpProxy::endpoint).collect();
                             eprintln!(
-                                "---- {} (port {}, manager path {}, etcd path {}) ----",
+                                "---- {} (port {}, manager paths {}, etcd path {}) ----",
                                 c.name,
                                 c.port,
-                                c.to_manager.endpoint(),
+                                manager_paths.join(" "),
                                 c.to_etcd.endpoint()
                             );
                             for l in tail.iter().rev() {
@@ -474,7 +713,7 @@ impl World {
                 }
                 eprintln!(
                     "soak: {} ({active}): {}",
-                    fault.name(),
+                    fault.name(self.cfg.replicas()),
                     if moved.is_some() {
                         "another node took over"
                     } else {
@@ -507,6 +746,90 @@ impl World {
             }
         }
     }
+
+    /// The warnings and errors of every process (and of the replicas' earlier incarnations),
+    /// printed; every replica's whole log is also written to a directory that is kept, named.
+    fn tell_logs(&self) {
+        let filter = |logs: &str| -> Vec<String> {
+            logs.lines()
+                .filter(|l| l.contains(" WRN ") || l.contains(" ERR ") || l.contains("dispatch"))
+                .take(300)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut all: Vec<(String, String)> = self
+            .cores
+            .iter()
+            .filter_map(|c| c.proc.as_ref().map(|p| (c.name.to_owned(), p.logs())))
+            .chain(
+                self.runners
+                    .iter()
+                    .filter_map(|(n, p)| p.as_ref().map(|p| (n.clone(), p.logs()))),
+            )
+            .collect();
+        if let Managers::Replicas { set, earlier } = &self.managers {
+            all.extend(earlier.iter().cloned());
+            all.extend((0..set.len()).map(|i| {
+                (
+                    format!("replica-{} (last incarnation)", i + 1),
+                    set.process(i).logs(),
+                )
+            }));
+            let kept = std::env::temp_dir().join(format!(
+                "autogate-soak-{}-{}",
+                self.cfg.seed,
+                std::process::id()
+            ));
+            let written = std::fs::create_dir_all(&kept).and_then(|()| {
+                for (n, (label, logs)) in all.iter().enumerate() {
+                    let file = label.replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+                    std::fs::write(kept.join(format!("{n:02}-{file}.log")), logs)?;
+                }
+                Ok(())
+            });
+            match written {
+                Ok(()) => eprintln!("soak: every log written to {}", kept.display()),
+                Err(e) => eprintln!("soak: cannot write the logs to {}: {e}", kept.display()),
+            }
+        }
+        // What the nodes said about it (earlier incarnations of a restarted node are gone with
+        // their logs; the replicas' are kept).
+        for (name, logs) in &all {
+            eprintln!("---- {name}: warnings and errors ----");
+            for l in filter(logs) {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// `manager cluster add` of the soak's cluster on the first replica, then waits until every
+/// replica lists it (a core node may dial any of them).
+fn register_on_replicas(set: &ManagerReplicas, pki: &Pki) {
+    let certs: Vec<String> = CORES
+        .iter()
+        .map(|n| pki.path(&format!("{n}.pem")))
+        .collect();
+    let mut args = vec!["cluster", "add", CLUSTER, "--state", "enabled"];
+    for c in &certs {
+        args.push("--cert");
+        args.push(c);
+    }
+    let out = set.cli(0, &args);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "cluster add {CLUSTER} on replica-1:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    for i in 0..set.len() {
+        poll_until(
+            &format!("replica-{} to list {CLUSTER}", i + 1),
+            Duration::from_secs(30),
+            || set.get(i, &format!("/api/v1/clusters/{CLUSTER}")),
+        );
+    }
 }
 
 /// Polls `f` every 100 ms until it answers or `within` passes.
@@ -523,12 +846,22 @@ fn poll_until_within<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// One run through the manager with an `Idempotency-Key`, sent again under it while the manager
-/// cannot be reached (up to 120 s).
-fn call_once(client: &reqwest::Client, url: &str, token: &str, tag: &str, cmd: &str) -> Told {
+/// One run through the manager with an `Idempotency-Key`, posted to `urls[first]` and sent
+/// again under the key while the manager cannot be reached (up to 120 s) — to the next of
+/// `urls` each time, so a replica that is down is passed over.
+fn call_once(
+    client: &reqwest::Client,
+    urls: &[String],
+    first: usize,
+    token: &str,
+    tag: &str,
+    cmd: &str,
+) -> Told {
     let body = json!({"inputs": {"cmd": cmd}, "timeout_ms": 90_000}).to_string();
     let give_up = Instant::now() + Duration::from_secs(120);
+    let mut attempt = first;
     loop {
+        let url = &urls[attempt % urls.len()];
         let req = client
             .post(url)
             .bearer_auth(token)
@@ -553,6 +886,11 @@ fn call_once(client: &reqwest::Client, url: &str, token: &str, tag: &str, cmd: &
                     return Told::Interrupted;
                 }
                 let message = v["error"]["message"].as_str().unwrap_or(&text).to_owned();
+                let message = if urls.len() > 1 {
+                    format!("{message} (from {url})")
+                } else {
+                    message
+                };
                 if status == 504 {
                     return Told::Unanswered(message);
                 }
@@ -560,6 +898,7 @@ fn call_once(client: &reqwest::Client, url: &str, token: &str, tag: &str, cmd: &
             }
             Err(e) if Instant::now() < give_up => {
                 let _ = e;
+                attempt += 1;
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Told::Unanswered(e),
@@ -573,10 +912,7 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     let mut world = World::start(cfg.clone());
     let mut rng = Rng::new(cfg.seed);
     let file = world.dirs.path().join("executions");
-    let token = std::fs::read_to_string(world.manager().token_path())
-        .expect("token")
-        .trim()
-        .to_owned();
+    let token = world.token().expect("the manager's admin token");
     let tls = autogate_tls::client_config(
         autogate_tls::Roots::File(PathBuf::from(world.pki.path("ca.pem"))),
         None,
@@ -585,17 +921,20 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     .expect("TLS");
     let client = crate::http::build(crate::http::builder().use_preconfigured_tls((*tls).clone()))
         .expect("client");
-    let url = format!(
-        "https://127.0.0.1:{}/api/v1/clusters/{CLUSTER}/services/shell/run",
-        world.manager_port
-    );
+    let urls: Vec<String> = world
+        .manager_ports()
+        .into_iter()
+        .map(|port| {
+            format!("https://127.0.0.1:{port}/api/v1/clusters/{CLUSTER}/services/shell/run")
+        })
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
     let callers: Vec<_> = (0..cfg.callers)
         .map(|c| {
-            let (client, url, token, stop, calls, file) = (
+            let (client, urls, token, stop, calls, file) = (
                 client.clone(),
-                url.clone(),
+                urls.clone(),
                 token.clone(),
                 stop.clone(),
                 calls.clone(),
@@ -609,9 +948,16 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
                     n += 1;
                     // 0–300 ms of work, so that runs are in flight when faults hit.
                     let work = pace.below(300);
+                    // The replica this run goes to first (one manager: no draw, so the local
+                    // soak keeps its pacing for a seed).
+                    let first = if urls.len() > 1 {
+                        pace.index(urls.len())
+                    } else {
+                        0
+                    };
                     let cmd = format!("echo {tag} >> {f}; sleep 0.{work:03}", f = file.display());
                     let t0 = Instant::now();
-                    let told = call_once(&client, &url, &token, &tag, &cmd);
+                    let told = call_once(&client, &urls, first, &token, &tag, &cmd);
                     calls.lock().expect("calls").push(Call {
                         tag,
                         told,
@@ -623,7 +969,7 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
         .collect();
 
     let mut faults = BTreeMap::new();
-    let kinds: Vec<Fault> = if cfg.distributed {
+    let mut kinds: Vec<Fault> = if cfg.distributed {
         vec![
             Fault::StopActive,
             Fault::KillActive,
@@ -643,13 +989,20 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
             Fault::PartitionFromEtcd,
         ]
     };
+    if cfg.replicas() {
+        kinds.extend([Fault::KillSessionReplica, Fault::KillOtherReplica]);
+    }
     for _ in 0..cfg.faults {
         // Some calm between faults, so that runs complete and the primary takes the role back.
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
         let fault = kinds[rng.index(kinds.len())];
         let t0 = Instant::now();
         world.inject(fault, &mut rng);
-        eprintln!("soak: {} injected in {:?}", fault.name(), t0.elapsed());
+        eprintln!(
+            "soak: {} injected in {:?}",
+            fault.name(cfg.replicas()),
+            t0.elapsed()
+        );
         *faults.entry(fault).or_insert(0) += 1;
         world.wait_connected();
     }
@@ -658,6 +1011,7 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     for c in callers {
         let _ = c.join();
     }
+    world.check_replicas();
     // Programs of a lost node may still be finishing: let them, before counting.
     std::thread::sleep(Duration::from_secs(1));
     let sessions = match world.manager_get(&format!("/api/v1/clusters/{CLUSTER}/sessions")) {
@@ -671,31 +1025,10 @@ pub fn run(cfg: SoakConfig) -> SoakReport {
     let calls = std::mem::take(&mut *calls.lock().expect("calls"));
     let mut report = check(&cfg, &calls, &file, &sessions);
     report.faults = faults;
+    report.crashes = std::mem::take(&mut world.crashes);
     report.elapsed = started.elapsed();
     if report.violations() > 0 {
-        // What the nodes said about it: their warnings and errors (the processes of this
-        // world; earlier incarnations of a restarted node are gone with their logs).
-        let procs = world
-            .cores
-            .iter()
-            .filter_map(|c| c.proc.as_ref().map(|p| (c.name.to_owned(), p)))
-            .chain(
-                world
-                    .runners
-                    .iter()
-                    .filter_map(|(n, p)| p.as_ref().map(|p| (n.clone(), p))),
-            );
-        for (name, p) in procs {
-            eprintln!("---- {name}: warnings and errors ----");
-            for l in p
-                .logs()
-                .lines()
-                .filter(|l| l.contains(" WRN ") || l.contains(" ERR ") || l.contains("dispatch"))
-                .take(300)
-            {
-                eprintln!("{l}");
-            }
-        }
+        world.tell_logs();
     }
     report
 }
@@ -719,6 +1052,7 @@ fn check(cfg: &SoakConfig, calls: &[Call], file: &Path, sessions: &[Value]) -> S
         completed_not_executed: Vec::new(),
         overlapping_sessions: 0,
         sessions: sessions.len(),
+        crashes: Vec::new(),
         latencies: Vec::new(),
         gaps: Vec::new(),
         elapsed: Duration::ZERO,
