@@ -3,21 +3,28 @@
 //! One HTTPS port serves everything: `wss://host:port/ws` for gateway sessions (client
 //! certificate required, pinned per cluster by SHA-256 fingerprint), the REST API under
 //! `/api/v1` (admin bearer token), `/healthz`, `/readyz` and `/metrics`. State — registered
-//! clusters with their certificates, the highest term seen per cluster, and the session history
-//! — lives in an embedded crash-safe store in `manager.data_dir`.
+//! clusters with their certificates, the highest term seen per cluster, the session history,
+//! catalogs, runs — lives in a store: the embedded one in `manager.data_dir` (one process), or
+//! an etcd shared by several processes, the *replicas* of one manager, each serving any request.
 //!
 //! Modules: [`listener`] (TLS accept loop), [`ws`] (the session protocol), [`hub`] (live
-//! sessions and the session rules), [`prehello`] (the frame limit before `hello`), [`members`] (the nodes that left a cluster, stopped or
-//! lost, and those that came back), [`disconnect`] (why a connection was lost, in plain
-//! words), [`api`] (REST), [`web`] (the web page and its live event
-//! stream), [`registry`] (storage), [`runs`] (service runs from
-//! acceptance to answer, kept in the store), [`bootstrap`] (certificate and admin token on first start),
-//! [`client`] (the admin client the CLI uses).
+//! sessions and the session rules), [`claims`] (each cluster's one live session across
+//! replicas), [`replicas`] (a replica's lease and the others it knows), [`follow`] (the store
+//! watch every copy is fed by), [`mirror`] (those copies), [`forward`] (requests for another
+//! replica's session), [`prehello`] (the frame limit before `hello`), [`members`] (the nodes
+//! that left a cluster, stopped or lost, and those that came back), [`disconnect`] (why a
+//! connection was lost, in plain words), [`api`] (REST), [`web`] (the web page and its live
+//! event stream), [`tickets`] (the stream's single-use tickets), [`registry`] (clusters,
+//! catalogs and history), [`runs`] (service runs from acceptance to answer, kept in the
+//! store), [`storeopen`] (opening the store from `[manager]`), [`bootstrap`] (certificate and
+//! admin token on first start), [`client`] (the admin client the CLI uses).
 //!
-//! Start-up order: bind → data directory → store (closing sessions a crash left open) →
-//! certificate and admin token → serve. Binding first means a taken port fails the start before
-//! anything is written. Shutdown on SIGTERM/SIGINT: stop accepting, close every
-//! session with 1001 `manager shutting down` (recorded in the history), drain, exit 0.
+//! Start-up order: bind → data directory and admin token → store (identity checked against the
+//! other replicas) → this replica's lease → registry, claims, runs → end the sessions of
+//! replicas that are gone → watch the store → serve. Binding first means a taken port fails the
+//! start before anything is written. Shutdown on SIGTERM/SIGINT: stop accepting, close every
+//! session of this replica with 1001 (recorded in the history), drain, end the replica's lease,
+//! exit 0.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -131,7 +138,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         claims,
         start,
     ));
+    hub.reload_members().await?;
     hub.sweep().await;
+    shutdown
+        .tracker()
+        .spawn(hub.clone().write_members(shutdown.token()));
     shutdown
         .tracker()
         .spawn(follow::follow(hub.clone(), start, shutdown.token()));
