@@ -106,6 +106,8 @@ fn apply(hub: &Arc<Hub>, ev: &WatchEvent) {
             let hub = hub.clone();
             tokio::spawn(async move { hub.sweep().await });
         }
+    } else if key.starts_with(crate::members::MEMBERS) {
+        hub.apply_members(ev);
     } else if key.starts_with(crate::runs::RUNS) {
         hub.runs().apply(ev);
     } else if key.starts_with(crate::forward::REQUESTS) || key.starts_with(crate::forward::REPLIES)
@@ -120,6 +122,7 @@ async fn reload(hub: &Arc<Hub>) -> Result<Revision, StoreError> {
     let rev = store.status().await?.revision;
     hub.registry().reload().await?;
     hub.reload_claims().await?;
+    hub.reload_members().await?;
     hub.replicas()
         .reset(&store.list(crate::replicas::REPLICAS).await?);
     hub.runs().reload().await?;

@@ -326,6 +326,11 @@ pub struct Hub {
     next_request: std::sync::atomic::AtomicI64,
     /// Per cluster: the nodes that left and the ones that came back ([`Members`]).
     members: Mutex<HashMap<String, Members>>,
+    /// The revision of each cluster's stored memory this replica holds.
+    members_rev: Mutex<HashMap<String, Revision>>,
+    /// Clusters whose memory changed, for [`Hub::write_members`].
+    members_dirty: mpsc::UnboundedSender<String>,
+    members_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Service runs, from acceptance to answer ([`Runs`]).
     runs: Runs,
     /// Serialises the changes that pin certificates (taken before any cluster lock).
@@ -404,6 +409,7 @@ impl Hub {
             Some((cluster, Self::decode_claim(kv)?, kv.mod_revision))
         }));
         let forward = Forward::new(registry.store().clone(), replicas.clone());
+        let (members_dirty, members_rx) = mpsc::unbounded_channel();
         Hub {
             registry,
             metrics,
@@ -417,6 +423,9 @@ impl Hub {
             events: Events::new(),
             pending: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            members_rev: Mutex::new(HashMap::new()),
+            members_dirty,
+            members_rx: Mutex::new(Some(members_rx)),
             runs,
             pins: tokio::sync::Mutex::new(()),
             // Ids from the clock (microseconds, well inside JSON's exact integers): a gateway
@@ -438,6 +447,104 @@ impl Hub {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn members_rev(&self) -> MutexGuard<'_, HashMap<String, Revision>> {
+        self.members_rev.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a cluster's memory of its nodes as changed: [`Hub::write_members`] stores it.
+    fn members_changed(&self, cluster: &str) {
+        let _ = self.members_dirty.send(cluster.to_owned());
+    }
+
+    /// Stores the memories of nodes that changed, behind the changes, until `token` is
+    /// cancelled. Changes that pile up while a write is under way are written once, as they
+    /// are by then.
+    pub async fn write_members(self: Arc<Self>, token: CancellationToken) {
+        let Some(mut rx) = self
+            .members_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                () = token.cancelled() => return,
+                c = rx.recv() => c,
+            };
+            let Some(first) = first else { return };
+            let mut dirty = std::collections::BTreeSet::from([first]);
+            while let Ok(more) = rx.try_recv() {
+                dirty.insert(more);
+            }
+            for cluster in dirty {
+                let Some(snapshot) = self.members().get(&cluster).cloned() else {
+                    continue;
+                };
+                let value = serde_json::to_vec(&snapshot).unwrap_or_default();
+                let txn = Txn::new()
+                    .when([Compare::exists(registry::cluster_key(&cluster))])
+                    .and_then([TxnOp::put(crate::members::members_key(&cluster), value)]);
+                match self.registry.store().txn(txn).await {
+                    Ok(r) if r.succeeded => {
+                        self.members_rev().insert(cluster, r.revision);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        "cannot store the nodes of gateway cluster {cluster} that left: {e}"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// A watch event under [`crate::members::MEMBERS`]: another replica's memory of a
+    /// cluster's nodes (or this replica's own write coming back, which is skipped).
+    pub fn apply_members(&self, ev: &WatchEvent) {
+        let Some(cluster) = ev.kv.key.strip_prefix(crate::members::MEMBERS) else {
+            return;
+        };
+        let rev = ev.kv.mod_revision;
+        {
+            let mut revs = self.members_rev();
+            if revs.get(cluster).is_some_and(|r| *r >= rev) {
+                return;
+            }
+            revs.insert(cluster.to_owned(), rev);
+        }
+        match ev.kind {
+            StoreEventKind::Put => match serde_json::from_slice::<Members>(&ev.kv.value) {
+                Ok(m) => {
+                    self.members().insert(cluster.to_owned(), m);
+                    self.events.send(EventKind::NodesChanged, cluster);
+                }
+                Err(e) => tracing::warn!("ignoring unreadable record {}: {e}", ev.kv.key),
+            },
+            StoreEventKind::Delete => {
+                self.members().remove(cluster);
+            }
+        }
+    }
+
+    /// Reads every cluster's memory of its nodes (at start, and after the watch was lost).
+    pub async fn reload_members(&self) -> Result<(), StoreError> {
+        for kv in self.registry.store().list(crate::members::MEMBERS).await? {
+            let Some(cluster) = kv.key.strip_prefix(crate::members::MEMBERS) else {
+                continue;
+            };
+            match serde_json::from_slice::<Members>(&kv.value) {
+                Ok(m) => {
+                    self.members().insert(cluster.to_owned(), m);
+                    self.members_rev()
+                        .insert(cluster.to_owned(), kv.mod_revision);
+                }
+                Err(e) => tracing::warn!("ignoring unreadable record {}: {e}", kv.key),
+            }
+        }
+        Ok(())
+    }
+
     /// A membership of `cluster` arrived (with `hello` or `nodes.update`): records who left and
     /// who came back, and tells the page when that changed.
     fn observe_members(&self, cluster: &str, nodes: &[NodeInfo], departed: &[Departed]) {
@@ -446,6 +553,7 @@ impl Hub {
             .entry(cluster.to_owned())
             .or_default()
             .observe(nodes, departed, &now_rfc3339());
+        self.members_changed(cluster);
         if changed {
             self.events.send(EventKind::NodesChanged, cluster);
         }
@@ -459,6 +567,7 @@ impl Hub {
             .get_mut(cluster)
             .ok_or_else(|| ForgetError::Unknown(node_id.to_owned()))?
             .forget(node_id)?;
+        self.members_changed(cluster);
         tracing::info!(
             "forgot node {} ({}) of gateway cluster {cluster}, {} since {}",
             forgotten.node_id,
@@ -1059,6 +1168,7 @@ impl Hub {
             if let Some(m) = self.members().get_mut(&cluster) {
                 m.session_ended(&info.node_id, left, reason, &now);
             }
+            self.members_changed(&cluster);
         }
         self.events.send(EventKind::SessionClosed, &cluster);
     }

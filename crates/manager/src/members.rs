@@ -10,19 +10,31 @@
 //! until the operator forgets it, or for [`RETENTION`]. Nodes without a name (gateways older
 //! than names) are matched by id only, so a restarted one stays listed until forgotten.
 //!
-//! The memory lives in the manager's process: a manager restart starts it afresh.
+//! The memory is kept in the store (`/manager/members/<cluster>`), written behind each change by
+//! the replica that made it and copied by the others through the store watch, so every replica
+//! shows the same nodes and a manager restart keeps them. Retention counts from when a replica
+//! read the record (an [`Instant`] does not cross processes), so a restart may keep a left node
+//! up to one [`RETENTION`] longer.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use autogate_proto::{Departed, NodeInfo, Role};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the stored memories: `/manager/members/<cluster>`.
+pub const MEMBERS: &str = "/manager/members/";
+
+/// Store key of a cluster's memory.
+pub fn members_key(cluster: &str) -> String {
+    format!("{MEMBERS}{cluster}")
+}
 
 /// How long a node that left stays listed when it does not come back and is not forgotten.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// How a node left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Absence {
     /// It said it was stopping before it went.
@@ -32,7 +44,7 @@ pub enum Absence {
 }
 
 /// A node that left the cluster, as the API shows it (`absent_nodes` of a cluster).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbsentNode {
     /// Its id when it left.
     pub node_id: String,
@@ -46,13 +58,13 @@ pub struct AbsentNode {
     pub last_seen: String,
     /// Why, in plain words.
     pub reason: String,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     since: Instant,
 }
 
 /// Where a node that came back under a new id (or after being lost) came from, shown next to it
 /// (`back` of a node in a cluster's `nodes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Return {
     /// The id it had before.
     pub previous_node_id: String,
@@ -62,7 +74,7 @@ pub struct Return {
     pub last_seen: String,
     /// When it was seen again (RFC 3339).
     pub back_at: String,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     since: Instant,
 }
 
@@ -78,13 +90,16 @@ pub enum ForgetError {
 }
 
 /// The memory of one cluster's nodes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Members {
     /// The latest membership, by id.
+    #[serde(default)]
     present: BTreeMap<String, NodeInfo>,
     /// Nodes that left, oldest first.
+    #[serde(default)]
     absent: Vec<AbsentNode>,
     /// Nodes present now that came back, by their current id.
+    #[serde(default)]
     returns: BTreeMap<String, Return>,
 }
 

@@ -329,6 +329,7 @@ impl Registry {
                 TxnOp::delete_prefix(sessions_prefix(id)),
                 TxnOp::delete(services_key(id)),
                 TxnOp::delete(crate::claims::claim_key(id)),
+                TxnOp::delete(crate::members::members_key(id)),
             ]))
             .await?;
         if resp.succeeded {
