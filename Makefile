@@ -83,8 +83,10 @@ bench-badinput: deps release
 	./target/release/autogate-bench badinput
 
 ## Chaos soak: callers through the manager while the active node is stopped, killed and
-## frozen, runners killed and the manager restarted, in both execution modes (SOAK_FAULTS per
-## mode, default 100; SOAK_SEED); fails when a run was lost, doubled or misreported.
+## frozen, runners killed and the manager restarted, in both execution modes, then against three
+## manager replicas on a shared etcd, the session's replica and another one killed (SOAK_FAULTS
+## per mode, default 100; SOAK_SEED; SOAK_MODE=local|distributed|replicas for one); fails when a
+## run was lost, doubled or misreported, or a replica crashed.
 soak: deps release
 	$(CARGO) build --release -p autogate-bench
 	./target/release/autogate-bench soak
