@@ -487,13 +487,41 @@
         el('p', { id: 'add-cluster-error', class: 'error', role: 'alert' }),
         el('p', { id: 'add-cluster-ok', class: 'muted', role: 'status' }));
       form.addEventListener('submit', (ev) => this.add(ev));
+      this.store = el('p', { id: 'manager-store', class: 'muted' });
       replace(root,
         el('section', { class: 'card' },
           el('h1', { text: 'Gateway clusters' }),
           table(['Cluster', 'Name', 'State', 'Connection', 'Active node', 'Term', 'Nodes', 'Certificates'], [], { id: 'clusters' }),
           this.empty),
-        el('section', { class: 'card' }, el('h2', { text: 'Add a cluster' }), form));
+        el('section', { class: 'card' }, el('h2', { text: 'Add a cluster' }), form),
+        el('section', { class: 'card', id: 'replicas-card' },
+          el('h2', { text: 'Manager replicas' }),
+          table(['Replica', 'Address', 'Sessions', 'Last seen', 'Started'], [], { id: 'replicas' }),
+          this.store));
       this.tbody = root.querySelector('#clusters tbody');
+      this.replicas = root.querySelector('#replicas tbody');
+    }
+
+    // The replicas that serve this manager, the one this page talks to marked, and its store.
+    async refreshReplicas() {
+      let r;
+      try {
+        r = await api('GET', '/replicas');
+      } catch (e) {
+        return;
+      }
+      if (!this.alive) return;
+      replace(this.replicas, (r.replicas || []).map((x) =>
+        el('tr', { dataset: { replicaId: x.replica_id } },
+          el('td', { class: 'mono', text: x.replica_id + (x.this ? ' (this page)' : '') }),
+          el('td', { class: 'mono', text: show(x.address) }),
+          el('td', { text: show(x.sessions) }),
+          el('td', {}, when(x.last_seen)),
+          el('td', {}, when(x.started_at)))));
+      const st = r.store || {};
+      this.store.textContent = 'Store: ' + show(st.backend) + ' ' + show(st.endpoints) +
+        (st.prefix ? ' under ' + st.prefix : '') +
+        (st.healthy ? ', healthy' : ', unavailable: ' + show(st.error));
     }
 
     async refresh() {
@@ -506,6 +534,7 @@
       }
       if (!this.alive) return;
       showAppError('');
+      this.refreshReplicas();
       list.sort((a, b) => String(a.cluster_id).localeCompare(String(b.cluster_id)));
       this.empty.hidden = list.length > 0;
       replace(this.tbody, list.map((c) => {
@@ -642,6 +671,7 @@
         fact('Connected since', when(a.connected_at)),
         fact('From', show(a.remote_addr)),
         fact('Gateway version', show(a.version)),
+        fact('Manager replica', el('span', { id: 'session-replica', class: 'mono', text: show(a.replica) })),
         fact('Highest term seen', el('span', { id: 'highest-term', text: show(c.highest_term) }),
           c.highest_term === null || c.highest_term === undefined ? null : this.resetTermButton(c)));
     }

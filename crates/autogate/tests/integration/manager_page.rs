@@ -271,6 +271,14 @@ fn operator_adds_the_cluster_and_watches_a_failover_live() {
     b.click("#signin-form button[type=submit]");
     b.wait_for_text("#live", "live", PAGE);
     b.wait_for_text("#view", "No cluster is registered yet", PAGE);
+    // The manager's replicas: one, the one this page talks to, on the local store.
+    b.wait_for_text("#replicas", "(this page)", PAGE);
+    b.wait_for_text("#manager-store", "Store: local", PAGE);
+    let rows: Value = b.execute(
+        "return document.querySelectorAll('#replicas tbody tr').length;",
+        vec![],
+    );
+    assert_eq!(rows, json!(1), "one replica row");
     let kept: Value = b.execute(
         "return sessionStorage.getItem('autogate.manager.token') === arguments[0];",
         vec![json!(token)],
