@@ -829,6 +829,8 @@ async fn run_service(
                     };
                     return run_error_for(StatusCode::SERVICE_UNAVAILABLE, p::UNAVAILABLE, e.to_string(), &run_id);
                 }
+                // Being sent right now: look again in a moment.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             () = tokio::time::sleep_until(deadline) => {
                 return run_error_for(StatusCode::GATEWAY_TIMEOUT,

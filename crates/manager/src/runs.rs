@@ -998,7 +998,12 @@ impl Runs {
 
     /// When run `run_id`'s hold ends, if it is unsent.
     pub fn hold_until(&self, run_id: &str) -> Option<Instant> {
-        self.table().open.get(run_id).and_then(|e| e.hold_until)
+        // A run another replica sent is out of its hold, whatever this copy set at acceptance.
+        self.table()
+            .open
+            .get(run_id)
+            .filter(|e| !e.ever_sent)
+            .and_then(|e| e.hold_until)
     }
 
     /// A cluster was deleted or disabled: its open runs are answered with `why`.

@@ -75,6 +75,7 @@ pub fn manager_routes() -> Vec<Route> {
         ("POST", "/api/v1/clusters/{id}/ping"),
         ("POST", "/api/v1/clusters/{id}/reset-term"),
         ("POST", "/api/v1/events/ticket"),
+        ("GET", "/api/v1/replicas"),
         ("GET", "/api/v1/events"),
         ("GET", "/api/v1/clusters/{id}/services"),
         ("POST", "/api/v1/clusters/{id}/services/{name}/run"),
