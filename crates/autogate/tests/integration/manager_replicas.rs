@@ -207,8 +207,9 @@ impl Told {
 
 /// One run of `shell` whose program appends `tag` to `file`, posted to `targets[0]` with
 /// `tag` as its `Idempotency-Key` and posted again under it, to the next target, when the
-/// connection fails (as a client of the manager should when a replica goes away).
-fn run_tagged(api: &ReplicaApi, targets: &[usize], tag: &str, file: &Path) -> Told {
+/// connection fails (as a client of the manager should when a replica goes away). Returns
+/// what the caller was told and how many times it posted.
+fn run_tagged(api: &ReplicaApi, targets: &[usize], tag: &str, file: &Path) -> (Told, usize) {
     // Long enough for several runs to be under way at any moment, short enough for many.
     let cmd = format!("echo {tag} >> {}; sleep 0.3; echo {tag}", file.display());
     let body = json!({"inputs": {"cmd": cmd}, "timeout_ms": 60_000});
@@ -225,9 +226,9 @@ fn run_tagged(api: &ReplicaApi, targets: &[usize], tag: &str, file: &Path) -> To
             Some(tag),
             Duration::from_secs(75),
         ) {
-            Ok((200, v)) if v["status"] == "completed" => return Told::Completed,
-            Ok((status, v)) => return Told::Failed(status, v),
-            Err(e) if Instant::now() >= give_up => return Told::Unanswered(e),
+            Ok((200, v)) if v["status"] == "completed" => return (Told::Completed, attempt + 1),
+            Ok((status, v)) => return (Told::Failed(status, v), attempt + 1),
+            Err(e) if Instant::now() >= give_up => return (Told::Unanswered(e), attempt + 1),
             Err(_) => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(100));
@@ -236,10 +237,11 @@ fn run_tagged(api: &ReplicaApi, targets: &[usize], tag: &str, file: &Path) -> To
     }
 }
 
-/// One run a caller asked for: its tag, what it was told, and when.
+/// One run a caller asked for: its tag, what it was told, how many posts it took, and when.
 struct Call {
     tag: String,
     told: Told,
+    posts: usize,
     started: Instant,
     ended: Instant,
 }
@@ -255,21 +257,22 @@ struct Load {
 }
 
 impl Load {
-    /// `n` callers posting to `targets` (each caller starting at another one); every run's
-    /// program appends its tag to `file`.
-    fn start(api: &ReplicaApi, targets: &[usize], n: usize, file: &Path) -> Load {
+    /// One caller per route, posting to the first replica of its route and to the next when
+    /// the connection fails; every run's program appends its tag to `file`.
+    fn start(api: &ReplicaApi, routes: &[Vec<usize>], file: &Path) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(Vec::new()));
-        let handles = (0..n)
-            .map(|c| {
+        let handles = routes
+            .iter()
+            .enumerate()
+            .map(|(c, route)| {
                 let (api, stop, failed, file) = (
                     api.clone(),
                     stop.clone(),
                     failed.clone(),
                     file.to_path_buf(),
                 );
-                let mut mine = targets.to_vec();
-                mine.rotate_left(c % targets.len());
+                let mine = route.clone();
                 std::thread::spawn(move || {
                     let mut told = Vec::new();
                     let mut k = 0usize;
@@ -277,7 +280,7 @@ impl Load {
                         let tag = format!("c{c}-{k}");
                         k += 1;
                         let started = Instant::now();
-                        let t = run_tagged(&api, &mine, &tag, &file);
+                        let (t, posts) = run_tagged(&api, &mine, &tag, &file);
                         let bad = !matches!(t, Told::Completed);
                         if bad {
                             failed
@@ -288,6 +291,7 @@ impl Load {
                         told.push(Call {
                             tag,
                             told: t,
+                            posts,
                             started,
                             ended: Instant::now(),
                         });
@@ -509,6 +513,26 @@ fn a_cluster_registered_on_one_replica_is_served_alike_by_all_three() {
     // Nothing moved meanwhile.
     let now = same_session_on(&s, &[0, 1, 2], CLUSTER, None, SPREAD);
     assert_eq!(now.1, session);
+
+    // SIGTERM of the holding replica: it exits cleanly, closing the session as shutting down,
+    // and the core node is accepted by the next replica of its list.
+    let mut s = s;
+    assert!(s.reps.stop(holder), "{}", s.reps.process(holder).dump());
+    let (node, moved, _) = same_session_on(&s, &[1, 2], CLUSTER, Some(&session), SPREAD);
+    assert_eq!(node, gw.node);
+    poll_until("the core node on the next replica", SPREAD, || {
+        (dialled(&s, &gw) == 1).then_some(())
+    });
+    let history = poll_until("the stopped replica's session closed", SPREAD, || {
+        let h = sessions(&s, 2, CLUSTER);
+        (h.len() == 2 && h[1]["disconnected_at"].is_string()).then_some(h)
+    });
+    assert_eq!(history[0]["session_id"], moved.as_str(), "{history:#?}");
+    assert_eq!(
+        history[1]["close_reason"], "manager shutting down",
+        "{history:#?}"
+    );
+    assert_no_overlap(&Value::Array(history));
 }
 
 /// A replica's `sessions`: a count, or the list of its sessions.
@@ -528,10 +552,21 @@ fn killing_the_replica_that_holds_the_session_moves_it_and_no_run_is_lost_or_dou
     let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
 
     let dir = tempfile::tempdir().unwrap();
+    // Six callers post to the survivors; two post to the holding replica first and, when
+    // their connection breaks, post again under the same key to the next one.
+    let mut routes: Vec<Vec<usize>> = (0..6)
+        .map(|c| {
+            let mut r = survivors.clone();
+            r.rotate_left(c % 2);
+            r
+        })
+        .collect();
+    for _ in 0..2 {
+        routes.push([holder, survivors[0], survivors[1]].to_vec());
+    }
     let load = Load::start(
         &s.reps.api_client(),
-        &survivors,
-        6,
+        &routes,
         &dir.path().join("executions"),
     );
     load.wait_more(12, Duration::from_secs(60));
@@ -545,6 +580,12 @@ fn killing_the_replica_that_holds_the_session_moves_it_and_no_run_is_lost_or_dou
         holder + 1
     );
     assert_eq!(node, gw.node);
+    // The same node with the same term takes the dead replica's claim over: no wait for its
+    // lease to end.
+    assert!(
+        took < LEASE_TTL,
+        "the new session waited {took:?}, the lease TTL is {LEASE_TTL:?}"
+    );
     poll_until("the core node to name a surviving replica", SPREAD, || {
         survivors.contains(&dialled(&s, &gw)).then_some(())
     });
@@ -556,8 +597,9 @@ fn killing_the_replica_that_holds_the_session_moves_it_and_no_run_is_lost_or_dou
         .iter()
         .filter(|c| c.started < t0 && c.ended > t0)
         .count();
+    let reposted = runs.iter().filter(|c| c.posts > 1).count();
     println!(
-        "{} runs, {across} of them under way at the kill, each ran once",
+        "{} runs, {across} of them under way at the kill, {reposted} posted again after it, each ran once",
         runs.len()
     );
     assert!(
@@ -591,15 +633,22 @@ fn killing_a_replica_that_does_not_hold_the_session_leaves_it_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let load = Load::start(
         &s.reps.api_client(),
-        &[caller],
-        2,
+        &[vec![caller], vec![caller]],
         &dir.path().join("executions"),
     );
     load.wait_more(4, Duration::from_secs(60));
 
+    let gone = s.reps.addr(victim);
+    let victim_id = poll_until("the replica to kill listed", SPREAD, || {
+        let v = s.reps.get(holder, "/api/v1/replicas")?;
+        v["replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["address"] == gone.as_str())
+            .and_then(|r| r["replica_id"].as_str().map(str::to_owned))
+    });
     s.reps.kill(victim);
     // Its liveness key ends with its lease: the others stop listing it.
-    let gone = s.reps.addr(victim);
     poll_until(
         "the killed replica to leave the list",
         LEASE_TTL + SPREAD,
@@ -632,6 +681,20 @@ fn killing_a_replica_that_does_not_hold_the_session_leaves_it_in_place() {
     let history = sessions(&s, caller, CLUSTER);
     assert_eq!(history.len(), 1, "{history:#?}");
     assert!(history[0]["disconnected_at"].is_null(), "{history:#?}");
+
+    // Started again on its data, it joins as a new replica and shows the same session.
+    s.reps.restart(victim);
+    let rejoined = poll_until("the restarted replica listed again", SPREAD, || {
+        let v = s.reps.get(holder, "/api/v1/replicas")?;
+        v["replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["address"] == gone.as_str())
+            .and_then(|r| r["replica_id"].as_str().map(str::to_owned))
+    });
+    assert_ne!(rejoined, victim_id, "a restarted replica has a new id");
+    let (_, there, _) = same_session_on(&s, &[0, 1, 2], CLUSTER, None, SPREAD);
+    assert_eq!(there, session);
 }
 
 /// Connects a scripted gateway presenting `cert` to the replica on `port`.
@@ -716,6 +779,10 @@ fn losing_the_etcd_quorum_refuses_new_sessions_until_it_is_back() {
         assert!(v.to_string().contains("store"), "replica {}: {v}", i + 1);
     }
 
+    // `manager status` says the store does not answer.
+    let out = s.reps.cli(0, &["status"]);
+    assert_eq!(out.code(), Some(69), "{}{}", out.stdout, out.stderr);
+
     // A new hello is refused, and the replica says why.
     let rt = runtime();
     let probe = issued(&s.pki, "probe");
@@ -786,6 +853,8 @@ fn losing_the_etcd_quorum_refuses_new_sessions_until_it_is_back() {
         assert_eq!(code, 200, "replica {}: {v:#}", i + 1);
         assert_eq!(v["status"], "completed", "{v:#}");
     }
+    let out = s.reps.cli(0, &["status"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     let history = poll_until(
         "the session of before the outage recorded closed",
         SPREAD,
