@@ -1086,6 +1086,90 @@ mod tests {
         assert_eq!(stored.answer.unwrap().node_id, "n1");
     }
 
+    /// The next change under [`RUNS`], as the store watch delivers it.
+    async fn next(watch: &mut autogate_store::WatchStream) -> WatchEvent {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("a change in time")
+            .expect("the watch goes on")
+            .expect("no watch error")
+    }
+
+    #[tokio::test]
+    async fn a_run_accepted_on_one_replica_is_sent_by_another_and_answered_back() {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let x = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        let y = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        let mut watch = store.watch(RUNS, None).await.unwrap();
+        let (id, rx) = x.accept("c1", "svc", json!({}), None).await.unwrap();
+        let accepted = next(&mut watch).await;
+        x.apply(&accepted);
+        y.apply(&accepted);
+        // The holder's copy has it and sends it, once.
+        let sent = y.take_unsent("c1", ConnId(1), "s", 0).await;
+        assert_eq!(sent.len(), 1);
+        assert!(y.take_unsent("c1", ConnId(1), "s", 0).await.is_empty());
+        // The mark reaches the accepting replica: its hold is over, it cannot withdraw.
+        let marked = next(&mut watch).await;
+        x.apply(&marked);
+        assert!(x.hold_until(&id).is_none());
+        assert!(!x.withdraw_unsent("c1", &id).await);
+        // The answer written by the holder reaches the caller of the other replica.
+        assert!(
+            y.settle("c1", &id, Ok(json!({"rc": 0})), "n1", Some(2))
+                .await
+        );
+        let answered = next(&mut watch).await;
+        x.apply(&answered);
+        let got = rx.await.unwrap();
+        assert_eq!(got.answer.as_ref().unwrap().node_id, "n1");
+        // A late replay of the acceptance brings nothing back on either replica.
+        x.apply(&accepted);
+        y.apply(&accepted);
+        assert_eq!((x.open_count(), y.open_count()), (0, 0));
+        // A second answer (the other replica's, from a late frame) settles nothing.
+        assert!(!x.settle("c1", &id, Ok(json!({"rc": 1})), "n2", None).await);
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_session_was_replaced_sends_nothing() {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let runs = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        let claim = |session: &str| {
+            serde_json::to_vec(&json!({
+                "replica": "r", "session_id": session, "node_id": "n", "term": 1,
+                "connected_at": now_rfc3339(), "remote_addr": "127.0.0.1:1",
+                "history_key": "h", "certificate": "f",
+            }))
+            .unwrap()
+        };
+        let key = crate::claims::claim_key("c1");
+        let old = store.put(&key, claim("old"), None).await.unwrap();
+        let (id, _rx) = runs.accept("c1", "svc", json!({}), None).await.unwrap();
+        // Another replica's hello replaced the session.
+        store.put(&key, claim("new"), None).await.unwrap();
+        assert!(runs
+            .take_unsent("c1", ConnId(1), "old", old)
+            .await
+            .is_empty());
+        let rec = runs.get("c1", &id).await.unwrap().unwrap();
+        assert_eq!((rec.state, rec.attempts), (RunState::Queued, 0));
+        // The session's own claim moving on (its node list) does not stop it.
+        let mine = store.put(&key, claim("new"), None).await.unwrap();
+        store.put(&key, claim("new"), None).await.unwrap();
+        assert_eq!(
+            runs.take_unsent("c1", ConnId(2), "new", mine).await.len(),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn a_dedup_session_that_ends_gives_its_runs_to_the_next() {
         let (_, runs) = runs(RunLimits::default()).await;
