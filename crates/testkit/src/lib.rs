@@ -6,7 +6,8 @@
 //! throw-away PKI), [`process`] (spawned `autogate` processes with captured logs, ports),
 //! [`auth`] (logging in to a core node), [`badinput`] (malformed and hostile requests against
 //! every route of an API, counted), [`proxy`] (a cuttable TCP proxy for network faults),
-//! [`scenario`] (end-to-end set-ups), [`soak`] (the chaos soak and its checker), [`webdriver`]
+//! [`scenario`] (end-to-end set-ups), [`replicas`] (several manager replicas on one etcd),
+//! [`soak`] (the chaos soak and its checker), [`webdriver`]
 //! (headless Chromium), `http` (requests through reqwest), `rng` (the seeded generator of the
 //! soak's schedule and the bad-input cases).
 #![forbid(unsafe_code)]
