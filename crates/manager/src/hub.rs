@@ -1745,6 +1745,16 @@ impl Hub {
         }
     }
 
+    /// Why this replica's sessions end when it stops: the manager stops, or — with other
+    /// replicas alive to take its gateways — only this replica does.
+    pub fn shutdown_reason(&self) -> String {
+        if self.replicas.list(0).len() > 1 {
+            format!("manager replica {} shutting down", self.replicas.address())
+        } else {
+            registry::SHUTDOWN_REASON.to_owned()
+        }
+    }
+
     /// Number of live sessions on this replica.
     pub fn live_count(&self) -> usize {
         self.state().live.len()

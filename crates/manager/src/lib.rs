@@ -198,11 +198,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
     let mut clock = autogate_runtime::StopClock::start(&shutdown);
     // With other replicas alive, this is one replica stopping (its gateways move to another),
     // not the manager.
-    let reason = if replicas.list(0).len() > 1 {
-        format!("manager replica {} shutting down", replicas.address())
-    } else {
-        registry::SHUTDOWN_REASON.to_owned()
-    };
+    let reason = hub.shutdown_reason();
     hub.close_all(hub::CLOSE_GOING_AWAY, &reason);
     clock.phase("closing sessions");
     if !shutdown.drain(SHUTDOWN_GRACE).await {

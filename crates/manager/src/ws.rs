@@ -555,7 +555,7 @@ impl Session {
                     return Err(end.refusal(RefusalCategory::HelloTimeout));
                 }
                 _ = token.cancelled() => {
-                    return Err(End::Close(CLOSE_GOING_AWAY, crate::registry::SHUTDOWN_REASON.to_owned()).into());
+                    return Err(End::Close(CLOSE_GOING_AWAY, self.hub.shutdown_reason()).into());
                 }
                 msg = self.ws.next() => msg,
             };
@@ -680,7 +680,7 @@ impl Session {
                     return End::Close(code, reason);
                 }
                 _ = token.cancelled() => {
-                    return End::Close(CLOSE_GOING_AWAY, crate::registry::SHUTDOWN_REASON.to_owned());
+                    return End::Close(CLOSE_GOING_AWAY, self.hub.shutdown_reason());
                 }
                 _ = ticker.tick() => {
                     // Any frame counts as a sign of life, pongs included: a gateway busy

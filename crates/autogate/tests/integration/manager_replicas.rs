@@ -528,10 +528,13 @@ fn a_cluster_registered_on_one_replica_is_served_alike_by_all_three() {
         (h.len() == 2 && h[1]["disconnected_at"].is_string()).then_some(h)
     });
     assert_eq!(history[0]["session_id"], moved.as_str(), "{history:#?}");
-    // Written by the stopping replica (`manager shutting down`) or, when the next replica's
-    // hello comes first, by that one naming the replica that stopped.
-    let reason = history[1]["close_reason"].as_str().unwrap_or_default();
-    assert!(reason.ends_with("shutting down"), "{history:#?}");
+    // Written by the stopping replica before it tells the gateway: one replica stopped, not
+    // the manager.
+    assert_eq!(
+        history[1]["close_reason"],
+        format!("manager replica {} shutting down", s.reps.addr(holder)),
+        "{history:#?}"
+    );
     assert_no_overlap(&Value::Array(history));
 }
 
