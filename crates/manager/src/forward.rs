@@ -151,11 +151,7 @@ impl Answer {
             }),
             None => Ok(Reply {
                 outcome: match self.error {
-                    Some(e) => Err(RpcError {
-                        code: e.code,
-                        message: e.message,
-                        data: e.data,
-                    }),
+                    Some(e) => Err(RpcError::from(e)),
                     None => Ok(self.result.unwrap_or(Value::Null)),
                 },
                 node_id: self.node_id,
@@ -209,14 +205,7 @@ pub fn apply(hub: &Arc<Hub>, ev: &WatchEvent) {
             Ok(a) => {
                 let (result, error) = match a.outcome {
                     Ok(v) => (Some(v), None),
-                    Err(e) => (
-                        None,
-                        Some(StoredError {
-                            code: e.code,
-                            message: e.message,
-                            data: e.data,
-                        }),
-                    ),
+                    Err(e) => (None, Some(StoredError::from(e))),
                 };
                 Answer {
                     result,

@@ -1534,16 +1534,7 @@ impl Hub {
             patch.add.iter().map(|c| c.fingerprint.clone()),
         )?;
         for _ in 0..HELLO_ATTEMPTS {
-            let (rec_kv, _) = self.read_cluster(id).await?;
-            let Some(rec_kv) = rec_kv else {
-                return Err(AdminError::NotFound(id.to_owned()));
-            };
-            let mut rec: ClusterRecord = serde_json::from_slice(&rec_kv.value).map_err(|e| {
-                AdminError::Store(StoreError::Corrupt(format!(
-                    "stored record {} is unreadable: {e}",
-                    rec_kv.key
-                )))
-            })?;
+            let (mut rec, guard_rev) = self.fetch_cluster(id).await?;
             for (i, fp) in patch.remove.iter().enumerate() {
                 if rec.certificate(fp).is_none() {
                     return Err(AdminError::BadRequest(format!(
@@ -1574,19 +1565,12 @@ impl Hub {
                 let fp = patch.remove.first().cloned().unwrap_or_default();
                 format!("certificate {fp} was removed from cluster {id}")
             };
-            let guard_rev = rec_kv.mod_revision;
-            let rec_op = Registry::put_op(&rec);
             let attempt = self
-                .end_in_store(
-                    id,
+                .rewrite_ending(
+                    &rec,
+                    guard_rev,
                     |c| disabling || patch.remove.contains(&c.certificate),
                     &why,
-                    vec![Compare::mod_revision(
-                        registry::cluster_key(id),
-                        CompareOp::Equal,
-                        guard_rev,
-                    )],
-                    vec![rec_op],
                 )
                 .await?;
             let (rev, ended) = match attempt {
@@ -1616,6 +1600,45 @@ impl Hub {
         Err(AdminError::Store(StoreError::Unavailable(format!(
             "cluster {id} kept changing while the change was written; try again"
         ))))
+    }
+
+    /// A cluster's record read from the store, with its revision.
+    async fn fetch_cluster(&self, id: &str) -> Result<(ClusterRecord, Revision), AdminError> {
+        let (rec_kv, _) = self.read_cluster(id).await?;
+        let Some(kv) = rec_kv else {
+            return Err(AdminError::NotFound(id.to_owned()));
+        };
+        let rec = serde_json::from_slice(&kv.value).map_err(|e| {
+            AdminError::Store(StoreError::Corrupt(format!(
+                "stored record {} is unreadable: {e}",
+                kv.key
+            )))
+        })?;
+        Ok((rec, kv.mod_revision))
+    }
+
+    /// Writes a changed cluster record read at `guard_rev`, ending its live session in the same
+    /// transaction when `matches` says so.
+    async fn rewrite_ending(
+        &self,
+        rec: &ClusterRecord,
+        guard_rev: Revision,
+        matches: impl Fn(&Claim) -> bool,
+        why: &str,
+    ) -> Result<Attempt, StoreError> {
+        let id = &rec.cluster_id;
+        self.end_in_store(
+            id,
+            matches,
+            why,
+            vec![Compare::mod_revision(
+                registry::cluster_key(id),
+                CompareOp::Equal,
+                guard_rev,
+            )],
+            vec![Registry::put_op(rec)],
+        )
+        .await
     }
 
     /// Closes this replica's session `session_id` of `cluster`, if it holds it (its end is
@@ -1649,32 +1672,9 @@ impl Hub {
         let _guard = lock.lock().await;
         let why = format!("the term of cluster {id} was reset by the administrator");
         for _ in 0..HELLO_ATTEMPTS {
-            let (rec_kv, _) = self.read_cluster(id).await?;
-            let Some(rec_kv) = rec_kv else {
-                return Err(AdminError::NotFound(id.to_owned()));
-            };
-            let mut rec: ClusterRecord = serde_json::from_slice(&rec_kv.value).map_err(|e| {
-                AdminError::Store(StoreError::Corrupt(format!(
-                    "stored record {} is unreadable: {e}",
-                    rec_kv.key
-                )))
-            })?;
+            let (mut rec, guard_rev) = self.fetch_cluster(id).await?;
             let old = rec.highest_term.take();
-            let guard_rev = rec_kv.mod_revision;
-            let rec_op = Registry::put_op(&rec);
-            let attempt = self
-                .end_in_store(
-                    id,
-                    |_| true,
-                    &why,
-                    vec![Compare::mod_revision(
-                        registry::cluster_key(id),
-                        CompareOp::Equal,
-                        guard_rev,
-                    )],
-                    vec![rec_op],
-                )
-                .await?;
+            let attempt = self.rewrite_ending(&rec, guard_rev, |_| true, &why).await?;
             let (rev, closing) = match attempt {
                 Attempt::Done(rev, ended) => (rev, ended),
                 Attempt::Conflict | Attempt::NotLive => continue,

@@ -130,15 +130,31 @@ pub struct StoredError {
     pub data: Option<Value>,
 }
 
+impl From<RpcError> for StoredError {
+    fn from(e: RpcError) -> Self {
+        StoredError {
+            code: e.code,
+            message: e.message,
+            data: e.data,
+        }
+    }
+}
+
+impl From<StoredError> for RpcError {
+    fn from(e: StoredError) -> Self {
+        RpcError {
+            code: e.code,
+            message: e.message,
+            data: e.data,
+        }
+    }
+}
+
 impl RunAnswer {
     /// The answer as the gateway gave it.
     pub fn outcome(&self) -> Result<Value, RpcError> {
         match (&self.result, &self.error) {
-            (_, Some(e)) => Err(RpcError {
-                code: e.code,
-                message: e.message.clone(),
-                data: e.data.clone(),
-            }),
+            (_, Some(e)) => Err(RpcError::from(e.clone())),
             (Some(v), None) => Ok(v.clone()),
             (None, None) => Ok(Value::Null),
         }
@@ -147,14 +163,7 @@ impl RunAnswer {
     fn new(outcome: Result<Value, RpcError>, node_id: &str, term: Option<u64>) -> Self {
         let (result, error) = match outcome {
             Ok(v) => (Some(v), None),
-            Err(e) => (
-                None,
-                Some(StoredError {
-                    code: e.code,
-                    message: e.message,
-                    data: e.data,
-                }),
-            ),
+            Err(e) => (None, Some(StoredError::from(e))),
         };
         RunAnswer {
             node_id: node_id.to_owned(),
@@ -240,6 +249,23 @@ struct Entry {
     closing: bool,
 }
 
+impl Entry {
+    /// A run as the store holds it at `rev`, with nobody waiting for it here: sent before if
+    /// its record says so.
+    fn stored(record: RunRecord, rev: Revision) -> Entry {
+        Entry {
+            ever_sent: record.state == RunState::Sent,
+            record,
+            rev,
+            sent_on: None,
+            hold_until: None,
+            waiters: Vec::new(),
+            durable: true,
+            closing: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     /// Unanswered runs by id.
@@ -303,20 +329,9 @@ impl Runs {
         let mut table = runs.table();
         for (record, rev) in open {
             let cluster = record.cluster_id.clone();
-            let ever_sent = record.state == RunState::Sent;
-            table.open.insert(
-                record.run_id.clone(),
-                Entry {
-                    record,
-                    rev,
-                    sent_on: None,
-                    ever_sent,
-                    hold_until: None,
-                    waiters: Vec::new(),
-                    durable: true,
-                    closing: false,
-                },
-            );
+            table
+                .open
+                .insert(record.run_id.clone(), Entry::stored(record, rev));
             table
                 .wake
                 .entry(cluster)
@@ -754,20 +769,9 @@ impl Runs {
                 }
             }
             None => {
-                let ever_sent = record.state == RunState::Sent;
-                table.open.insert(
-                    record.run_id.clone(),
-                    Entry {
-                        record,
-                        rev,
-                        sent_on: None,
-                        ever_sent,
-                        hold_until: None,
-                        waiters: Vec::new(),
-                        durable: true,
-                        closing: false,
-                    },
-                );
+                table
+                    .open
+                    .insert(record.run_id.clone(), Entry::stored(record, rev));
                 Self::wake(&mut table, &cluster);
             }
         }
