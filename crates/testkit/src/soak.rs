@@ -593,6 +593,15 @@ impl World {
                         eprintln!("soak: {what}");
                         self.crashes.push(what);
                     }
+                    // How the stop went, phase by phase, and whether the grace ran out: a
+                    // replica stopping under load says so here.
+                    let logs = set.process(i).logs();
+                    for l in logs
+                        .lines()
+                        .filter(|l| l.contains("manager stopped") || l.contains("exiting anyway"))
+                    {
+                        eprintln!("soak: replica-{}: {l}", i + 1);
+                    }
                     self.restart_replica(i, "SIGTERM");
                 }
             },
