@@ -23,8 +23,9 @@
 //! other replicas) → this replica's lease → registry, claims, runs → end the sessions of
 //! replicas that are gone → watch the store → serve. Binding first means a taken port fails the
 //! start before anything is written. Shutdown on SIGTERM/SIGINT: stop accepting, close every
-//! session of this replica with 1001 (recorded in the history), drain, end the replica's lease,
-//! exit 0.
+//! session of this replica with 1001 (recorded in the history), drain (the store watch still
+//! delivers answers to this replica's waiting callers, from the replica their cluster moved
+//! to), stop the watch and the heartbeat, end the replica's lease, exit 0.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -143,12 +144,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
     shutdown
         .tracker()
         .spawn(hub.clone().write_members(shutdown.token()));
-    shutdown
-        .tracker()
-        .spawn(follow::follow(hub.clone(), start, shutdown.token()));
-    shutdown
-        .tracker()
-        .spawn(replicas::heartbeat(hub.clone(), shutdown.token()));
+    // The store watch and the lease outlive the drain: callers of this replica still waiting
+    // for runs that another replica answers (its sessions moved there) get their answers
+    // while the connections drain. Both are stopped, and joined, after it.
+    let keep = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(follow::follow(hub.clone(), start, keep.clone()));
+    let heartbeat = tokio::spawn(replicas::heartbeat(hub.clone(), keep.clone()));
     let state = api::AppState {
         hub: hub.clone(),
         token_digest: Sha256::digest(token.as_bytes()).into(),
@@ -205,6 +206,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     clock.phase("connections");
+    keep.cancel();
+    let _ = tokio::join!(follower, heartbeat);
     // Last: the lease ends this replica's record (its sessions ended above).
     replicas.leave().await;
     clock.phase("replica lease");
