@@ -15,8 +15,9 @@
 //!   one replica there is no other, so the figure is kill -9 and an immediate restart.
 //!
 //! The simulated gateways are those of `autogate-bench manager` (one mutual-TLS WebSocket per
-//! cluster, one node certificate registered for every cluster), answering `service.run` at
-//! once with a completed result, so the run figures are the manager's own cost. The replicas
+//! cluster), answering `service.run` at once with a completed result, so the run figures are
+//! the manager's own cost. Each cluster is registered with a self-signed node certificate of
+//! its own, as a certificate is pinned to one cluster at most. The replicas
 //! run with the default lease TTL (5 s). `REPLICAS_RUNS` (default 3) repeats the whole
 //! measure; the table gives the median of the runs and each run's figure in brackets.
 
@@ -29,6 +30,7 @@ use autogate_testkit::etcd::EtcdCluster;
 use autogate_testkit::replicas::{ManagerReplicas, DEFAULT_PREFIX};
 use autogate_testkit::scenario::{core_node, Pki, START};
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
+use autogate_tls::{CertKind, Issued, Validity};
 use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -238,7 +240,7 @@ impl Deployment {
             if Instant::now() >= end {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -342,36 +344,67 @@ struct Figures {
     runs_same: RunFig,
     runs_cross: Option<RunFig>,
     kill_ms: Stats,
+    /// With one process: its restart within `kill_ms` (exec → `/readyz` answers 200).
+    restart_ms: Stats,
     /// What went wrong (refused, failed, not seen in time), in words.
     problems: Vec<String>,
 }
 
-fn client_tls(pki: &Pki) -> Arc<autogate_tls::rustls::ClientConfig> {
-    let read = |name: &str| {
-        std::fs::read_to_string(pki.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
-    let identity = (
-        autogate_tls::parse_pem_certs(&read("bench-node.pem")).expect("bench-node.pem"),
-        autogate_tls::parse_pem_key(&read("bench-node-key.pem")).expect("bench-node-key.pem"),
-    );
-    autogate_tls::client_config(
-        autogate_tls::Roots::File(pki.path("ca.pem").into()),
-        Some(identity),
-        false,
-    )
-    .expect("client TLS of the simulated gateways")
+/// The node certificates of the registered clusters (cluster *i* has `[i]`), generated once
+/// for every set-up and run, and the client TLS of the first [`SESSIONS`], which say hello.
+struct Gateways {
+    certs: Vec<Issued>,
+    tls: Vec<Arc<autogate_tls::rustls::ClientConfig>>,
+}
+
+impl Gateways {
+    fn new(pki: &Pki) -> Gateways {
+        let t = Instant::now();
+        let certs: Vec<Issued> = (0..REGISTERED)
+            .map(|i| {
+                autogate_tls::self_signed(
+                    CertKind::Node,
+                    &format!("{}-node", cid(i)),
+                    &[],
+                    Validity::days(1),
+                )
+                .unwrap_or_else(|e| panic!("node certificate of {}: {e}", cid(i)))
+            })
+            .collect();
+        let tls = certs[..SESSIONS]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let identity = (
+                    autogate_tls::parse_pem_certs(&c.cert_pem)
+                        .unwrap_or_else(|e| panic!("certificate of {}: {e}", cid(i))),
+                    autogate_tls::parse_pem_key(&c.key_pem)
+                        .unwrap_or_else(|e| panic!("key of {}: {e}", cid(i))),
+                );
+                autogate_tls::client_config(
+                    autogate_tls::Roots::File(pki.path("ca.pem").into()),
+                    Some(identity),
+                    false,
+                )
+                .unwrap_or_else(|e| panic!("client TLS of {}: {e}", cid(i)))
+            })
+            .collect();
+        eprintln!("{REGISTERED} node certificates in {:?}", t.elapsed());
+        Gateways { certs, tls }
+    }
 }
 
 /// Registers [`REGISTERED`] clusters, cluster *i* through process *i* mod *n*; the rate, and
 /// waits until every process has them all.
-async fn register(dep: &Deployment, pem: &[String], problems: &mut Vec<String>) -> f64 {
+async fn register(dep: &Deployment, gws: &Gateways, problems: &mut Vec<String>) -> f64 {
     let t0 = Instant::now();
     let failed: Vec<String> = futures::stream::iter(0..REGISTERED)
         .map(|i| {
             let admin = &dep.admins[i % dep.n()];
+            let pem = [gws.certs[i].cert_pem.clone()];
             async move {
                 admin
-                    .create(&cid(i), None, "enabled", pem)
+                    .create(&cid(i), None, "enabled", &pem)
                     .await
                     .err()
                     .map(|e| format!("registering {} on process {}: {e}", cid(i), i % dep.n()))
@@ -405,14 +438,14 @@ async fn register(dep: &Deployment, pem: &[String], problems: &mut Vec<String>) 
 /// session's time, and the sessions' tasks.
 async fn sessions(
     dep: &Deployment,
-    tls: &Arc<autogate_tls::rustls::ClientConfig>,
+    gws: &Gateways,
     problems: &mut Vec<String>,
 ) -> (f64, Stats, Vec<tokio::task::JoinHandle<()>>) {
     let t0 = Instant::now();
     let results: Vec<(Duration, Result<tokio::task::JoinHandle<()>, String>)> =
         futures::stream::iter(0..SESSIONS)
             .map(|i| {
-                let tls = tls.clone();
+                let tls = gws.tls[i].clone();
                 let port = dep.ports[i % dep.n()];
                 async move {
                     let started = Instant::now();
@@ -542,23 +575,29 @@ async fn new_session(dep: &Deployment, i: usize, old: Option<&str>) -> Option<(S
 
 /// [`KILL_ROUNDS`] times: SIGKILL of the process holding the real core node's session, until
 /// another process (the same one, restarted, when there is no other) shows a new session.
-fn kill_rounds(dep: &mut Deployment, pki: &Pki, rt: &Runtime, problems: &mut Vec<String>) -> Stats {
+fn kill_rounds(
+    dep: &mut Deployment,
+    pki: &Pki,
+    rt: &Runtime,
+    problems: &mut Vec<String>,
+) -> (Stats, Stats) {
     let pem = std::fs::read_to_string(pki.path("core-1.pem")).expect("core-1.pem");
     if let Err(e) = rt.block_on(dep.admins[0].create(KILL_CLUSTER, None, "enabled", &[pem])) {
         problems.push(format!("registering {KILL_CLUSTER}: {e}"));
-        return Stats::new(Vec::new());
+        return (Stats::new(Vec::new()), Stats::new(Vec::new()));
     }
     let (cmd, _api_port) = core_node(pki, "core-1", dep.ports[0]);
     let mut node = cmd
         .env("GATEWAY_CONNECT_HOSTS", dep.connect_hosts())
         .spawn();
     let mut samples = Vec::new();
+    let mut restarts = Vec::new();
     let Some((mut session, mut holder)) = rt.block_on(new_session(dep, 0, None)) else {
         problems.push(format!(
             "the core node's session never showed:\n{}",
             node.dump()
         ));
-        return Stats::new(samples);
+        return (Stats::new(samples), Stats::new(restarts));
     };
     for round in 1..=KILL_ROUNDS {
         let n = dep.n();
@@ -566,7 +605,13 @@ fn kill_rounds(dep: &mut Deployment, pki: &Pki, rt: &Runtime, problems: &mut Vec
         let t0 = Instant::now();
         dep.kill(holder);
         if n == 1 {
+            let r = Instant::now();
             dep.restart(holder, pki);
+            // The port is bound before the store is read (connections wait in the backlog):
+            // ready is when `/readyz` answers.
+            if rt.block_on(dep.wait_all(|_| true)) {
+                restarts.push(ms(r.elapsed()));
+            }
         }
         match rt.block_on(new_session(dep, watcher, Some(&session))) {
             Some((s, h)) => {
@@ -595,17 +640,15 @@ fn kill_rounds(dep: &mut Deployment, pki: &Pki, rt: &Runtime, problems: &mut Vec
     }
     node.signal("TERM");
     let _ = node.try_wait_exit(Duration::from_secs(10));
-    Stats::new(samples)
+    (Stats::new(samples), Stats::new(restarts))
 }
 
-fn measure(setup: Setup, pki: &Pki, rt: &Runtime) -> Figures {
+fn measure(setup: Setup, pki: &Pki, gws: &Gateways, rt: &Runtime) -> Figures {
     let mut problems = Vec::new();
     let mut dep = Deployment::start(setup, pki);
-    let pem = vec![std::fs::read_to_string(pki.path("bench-node.pem")).expect("bench-node.pem")];
-    let tls = client_tls(pki);
 
-    let register_rate = rt.block_on(register(&dep, &pem, &mut problems));
-    let (accept_rate, connect_ms, handles) = rt.block_on(sessions(&dep, &tls, &mut problems));
+    let register_rate = rt.block_on(register(&dep, gws, &mut problems));
+    let (accept_rate, connect_ms, handles) = rt.block_on(sessions(&dep, gws, &mut problems));
     let opened = handles.len() as u64;
     let all_live = rt.block_on(dep.wait_all(|all| sum_of(all, "sessions_live") >= opened));
     if !all_live {
@@ -632,7 +675,7 @@ fn measure(setup: Setup, pki: &Pki, rt: &Runtime) -> Figures {
             "simulated sessions still counted live {WITHIN:?} after they closed"
         ));
     }
-    let kill_ms = kill_rounds(&mut dep, pki, rt, &mut problems);
+    let (kill_ms, restart_ms) = kill_rounds(&mut dep, pki, rt, &mut problems);
     for p in &problems {
         eprintln!("{}: {p}", label(setup));
     }
@@ -644,6 +687,7 @@ fn measure(setup: Setup, pki: &Pki, rt: &Runtime) -> Figures {
         runs_same,
         runs_cross,
         kill_ms,
+        restart_ms,
         problems,
     }
 }
@@ -769,6 +813,11 @@ fn table(runs: &[Vec<Figures>]) -> String {
         },
     );
     per_setup(
+        "… of which the restart of the manager process (exec → `/readyz` answers 200), median"
+            .to_owned(),
+        &|s| across(s, &|f| f.restart_ms.median(), 0, " ms"),
+    );
+    per_setup(
         format!("RSS per replica, {REGISTERED} clusters registered, {SESSIONS} sessions live"),
         &|s| {
             let n = runs[0][s].rss.len();
@@ -803,18 +852,19 @@ pub fn run() -> String {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(3);
-    let pki = Pki::new(&["core-1", "bench-node"]);
+    let pki = Pki::new(&["core-1"]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime of the bench");
+    let gws = Gateways::new(&pki);
     let mut all: Vec<Vec<Figures>> = Vec::new();
     for r in 1..=repeats {
         let mut this = Vec::new();
         for setup in SETUPS {
             let t = Instant::now();
             eprintln!("run {r}/{repeats}: {}…", label(setup));
-            this.push(measure(setup, &pki, &rt));
+            this.push(measure(setup, &pki, &gws, &rt));
             eprintln!(
                 "run {r}/{repeats}: {} done in {:?}",
                 label(setup),
