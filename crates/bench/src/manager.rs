@@ -4,8 +4,8 @@
 //!
 //! Everything runs against the real release binary over real mutual TLS on loopback. Each
 //! simulated gateway is one TLS + WebSocket connection that says `hello` for its own cluster
-//! and then answers `ping` like a core node. One node certificate is registered for every
-//! cluster (pinning is per cluster, so sharing a certificate costs the manager nothing extra).
+//! and then answers `ping` like a core node. Each cluster has a certificate of its own (a
+//! certificate is pinned to one cluster at most), made before anything is timed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,10 +31,9 @@ struct Manager {
     port: u16,
     _data: tempfile::TempDir,
     admin: AdminClient,
-    client_tls: Arc<autogate_tls::rustls::ClientConfig>,
 }
 
-fn start(node: &Issued) -> Manager {
+fn start() -> Manager {
     let data = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let proc = Autogate::new(["manager"])
@@ -62,18 +61,11 @@ fn start(node: &Issued) -> Manager {
         Some(&ca),
     )
     .expect("admin client");
-    let identity = (
-        autogate_tls::parse_pem_certs(&node.cert_pem).expect("cert"),
-        autogate_tls::parse_pem_key(&node.key_pem).expect("key"),
-    );
-    let client_tls =
-        autogate_tls::client_config(Roots::File(ca), Some(identity), false).expect("client tls");
     Manager {
         proc,
         port,
         _data: data,
         admin,
-        client_tls,
     }
 }
 
@@ -147,12 +139,43 @@ struct Figures {
     good_session_survived: bool,
 }
 
+/// A client TLS set-up presenting `node`, trusting the manager's certificate.
+fn client_tls(m: &Manager, node: &Issued) -> Arc<autogate_tls::rustls::ClientConfig> {
+    autogate_tls::client_config(
+        Roots::File(m._data.path().join("manager.pem")),
+        Some((
+            autogate_tls::parse_pem_certs(&node.cert_pem).expect("cert"),
+            autogate_tls::parse_pem_key(&node.key_pem).expect("key"),
+        )),
+        false,
+    )
+    .expect("client tls")
+}
+
 async fn measure(m: &Manager, node: &Issued) -> Figures {
-    // Register every cluster first (not timed: the figure is about sessions).
-    let pem = vec![node.cert_pem.clone()];
+    // A certificate per cluster (the first is the one the manager was started with), then
+    // every cluster registered (not timed: the figure is about sessions).
+    let certs: Vec<(Issued, Arc<autogate_tls::rustls::ClientConfig>)> = (0..SESSIONS)
+        .map(|i| {
+            let n = if i == 0 {
+                node.clone()
+            } else {
+                autogate_tls::self_signed(
+                    CertKind::Node,
+                    &format!("bench-{i}"),
+                    &[],
+                    Validity::days(1),
+                )
+                .expect("node cert")
+            };
+            let tls = client_tls(m, &n);
+            (n, tls)
+        })
+        .collect();
+    let certs = &certs;
     futures::stream::iter(0..SESSIONS)
         .for_each_concurrent(16, |i| {
-            let pem = pem.clone();
+            let pem = vec![certs[i].0.cert_pem.clone()];
             async move {
                 m.admin
                     .create(&format!("c{i:04}"), None, "enabled", &pem)
@@ -167,7 +190,7 @@ async fn measure(m: &Manager, node: &Issued) -> Figures {
     let t0 = Instant::now();
     let results: Vec<(Duration, tokio::task::JoinHandle<()>)> = futures::stream::iter(0..SESSIONS)
         .map(|i| {
-            let tls = m.client_tls.clone();
+            let tls = certs[i].1.clone();
             async move {
                 let started = Instant::now();
                 let h = gateway(m.port, tls, format!("c{i:04}"))
@@ -266,7 +289,7 @@ pub fn run() -> String {
     let start_connected = server_start_to_connected(20);
     let node = autogate_tls::self_signed(CertKind::Node, "bench-node", &[], Validity::days(1))
         .expect("node cert");
-    let mut m = start(&node);
+    let mut m = start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -96,6 +96,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         .map_err(|source| ManagerError::Bind { addr, source })?;
 
     bootstrap::ensure_data_dir(&m.data_dir)?;
+    // The certificate before the token: whoever waits for the token file finds both.
+    let (chain, key) = bootstrap::identity(&config)?;
     let (token, _token_path) = bootstrap::admin_token(&config)?;
     let opened = storeopen::open(&config, &token).await?;
     let store = opened.store.clone();
@@ -122,7 +124,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ManagerError>
         .map(|c| c.history_key)
         .collect();
     let registry = registry::Registry::open(store, m.session_history as usize, &held).await?;
-    let (chain, key) = bootstrap::identity(&config)?;
     let tls = autogate_tls::server_config(
         chain,
         key,
