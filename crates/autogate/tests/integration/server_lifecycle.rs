@@ -186,7 +186,7 @@ fn every_role_ends_its_log_with_the_stop_its_signal_and_where_the_time_went() {
             &mut manager.proc,
             "manager",
             "INT",
-            &["closing sessions", "connections"][..],
+            &["closing sessions", "connections", "replica lease"][..],
         ),
     ] {
         let sent = Instant::now();
