@@ -69,25 +69,27 @@ fn start() -> Manager {
     }
 }
 
-/// One simulated gateway: connect, hello, then answer pings until the connection ends.
-async fn gateway(
+/// One simulated gateway: connect, hello, then answer `ping` with its params and
+/// `service.run` with a completed run at once, until the connection ends (also the gateways
+/// of `autogate-bench replicas`).
+pub(crate) async fn gateway(
     port: u16,
     tls: Arc<autogate_tls::rustls::ClientConfig>,
     cluster: String,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("connect to port {port}: {e}"))?;
     let name = autogate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1")
         .map_err(|e| e.to_string())?
         .to_owned();
     let stream = TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("TLS with port {port}: {e}"))?;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://127.0.0.1:{port}/ws"), stream)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("WebSocket with port {port}: {e}"))?;
     let hello = json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {
         "cluster_id": cluster, "node_id": format!("{cluster}-node"), "term": 1, "version": "bench",
         "nodes": [{"node_id": format!("{cluster}-node"), "role": "active"}]}});
@@ -101,10 +103,14 @@ async fn gateway(
                 if v["result"]["accepted"] == true {
                     break;
                 }
-                return Err(format!("hello refused: {v}"));
+                return Err(format!("hello refused on port {port}: {v}"));
             }
             Some(Ok(_)) => continue,
-            other => return Err(format!("connection ended before the answer: {other:?}")),
+            other => {
+                return Err(format!(
+                    "connection to port {port} ended before the answer to hello: {other:?}"
+                ))
+            }
         }
     }
     Ok(tokio::spawn(async move {
@@ -113,15 +119,20 @@ async fn gateway(
             let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
                 continue;
             };
-            if v["method"] == "ping" {
-                let reply = json!({"jsonrpc": "2.0", "id": v["id"], "result": v["params"]});
-                if ws
-                    .send(Message::Text(reply.to_string().into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+            let reply = match v["method"].as_str() {
+                Some("ping") => json!({"jsonrpc": "2.0", "id": v["id"], "result": v["params"]}),
+                // What a core node answers for a program that ran and exited 0.
+                Some("service.run") => json!({"jsonrpc": "2.0", "id": v["id"],
+                    "status": "completed",
+                    "result": {"return_code": 0, "stdout": "", "stderr": ""}}),
+                _ => continue,
+            };
+            if ws
+                .send(Message::Text(reply.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
             }
         }
     }))

@@ -31,13 +31,10 @@ use autogate_testkit::replicas::{ManagerReplicas, DEFAULT_PREFIX};
 use autogate_testkit::scenario::{core_node, Pki, START};
 use autogate_testkit::{free_port, poll_until, Autogate, Process};
 use autogate_tls::{CertKind, Issued, Validity};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
-use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::{ms, Stats};
 
@@ -258,75 +255,6 @@ fn sum_of(all: &[Value], field: &str) -> u64 {
     all.iter().filter_map(|v| v[field].as_u64()).sum()
 }
 
-/// One simulated gateway (that of `autogate-bench manager`): connect, hello, then answer
-/// `ping` with its params and `service.run` with a completed run at once, until the
-/// connection ends.
-async fn gateway(
-    port: u16,
-    tls: Arc<autogate_tls::rustls::ClientConfig>,
-    cluster: String,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect to port {port}: {e}"))?;
-    let name = autogate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1")
-        .map_err(|e| e.to_string())?
-        .to_owned();
-    let stream = TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with port {port}: {e}"))?;
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://127.0.0.1:{port}/ws"), stream)
-        .await
-        .map_err(|e| format!("WebSocket with port {port}: {e}"))?;
-    let hello = json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {
-        "cluster_id": cluster, "node_id": format!("{cluster}-node"), "term": 1, "version": "bench",
-        "nodes": [{"node_id": format!("{cluster}-node"), "role": "active"}]}});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
-                if v["result"]["accepted"] == true {
-                    break;
-                }
-                return Err(format!("hello refused on port {port}: {v}"));
-            }
-            Some(Ok(_)) => continue,
-            other => {
-                return Err(format!(
-                    "connection to port {port} ended before the answer to hello: {other:?}"
-                ))
-            }
-        }
-    }
-    Ok(tokio::spawn(async move {
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Text(t) = msg else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                continue;
-            };
-            let reply = match v["method"].as_str() {
-                Some("ping") => json!({"jsonrpc": "2.0", "id": v["id"], "result": v["params"]}),
-                // What a core node answers for a program that ran and exited 0.
-                Some("service.run") => json!({"jsonrpc": "2.0", "id": v["id"],
-                    "status": "completed",
-                    "result": {"return_code": 0, "stdout": "", "stderr": ""}}),
-                _ => continue,
-            };
-            if ws
-                .send(Message::Text(reply.to_string().into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    }))
-}
-
 /// A run figure: runs per second and per-run latency.
 #[derive(Debug)]
 struct RunFig {
@@ -449,7 +377,7 @@ async fn sessions(
                 let port = dep.ports[i % dep.n()];
                 async move {
                     let started = Instant::now();
-                    let r = gateway(port, tls, cid(i))
+                    let r = crate::manager::gateway(port, tls, cid(i))
                         .await
                         .map_err(|e| format!("session {}: {e}", cid(i)));
                     (started.elapsed(), r)
