@@ -816,19 +816,8 @@ impl Resources {
             }
             exec.pip_index = pip_index(&snap, &for_pip, key, &lookup)?;
             if let Some(r) = Registry::chosen(&registries, &service, RegistryType::AnsibleGalaxy) {
-                exec.galaxy_server = Some(r.to_galaxy(|secret| {
-                    let s = lookup(secret).ok_or_else(|| ResourceError::MissingReference {
-                        kind: Kind::Registry,
-                        name: r.meta.name.clone(),
-                        field: "secret".into(),
-                        target_kind: Kind::Secret,
-                        target: secret.to_owned(),
-                    })?;
-                    let key = key.ok_or_else(|| ResourceError::KeyRequired {
-                        secret: secret.to_owned(),
-                    })?;
-                    Ok::<_, ResourceError>(s.decrypt(key)?.expose().to_owned())
-                })?);
+                exec.galaxy_server =
+                    Some(r.to_galaxy(|secret| registry_secret(r, secret, key, &lookup))?);
             }
         }
         let mut env = autogate_exec::Secrets::new();
@@ -895,19 +884,7 @@ fn pip_index<'a>(
             ),
         });
     }
-    let open = |secret: &str| -> Result<String, ResourceError> {
-        let s = lookup(secret).ok_or_else(|| ResourceError::MissingReference {
-            kind: Kind::Registry,
-            name: registry.meta.name.clone(),
-            field: "secret".into(),
-            target_kind: Kind::Secret,
-            target: secret.to_owned(),
-        })?;
-        let key = key.ok_or_else(|| ResourceError::KeyRequired {
-            secret: secret.to_owned(),
-        })?;
-        Ok(s.decrypt(key)?.expose().to_owned())
-    };
+    let open = |secret: &str| registry_secret(registry, secret, key, lookup);
     let userinfo = match (
         &registry.username,
         &registry.password_name,
@@ -926,6 +903,26 @@ fn pip_index<'a>(
         url,
         trusted_host: registry.insecure,
     }))
+}
+
+/// The clear text of the secret `secret` a registry names (its password or token).
+fn registry_secret<'a>(
+    registry: &Registry,
+    secret: &str,
+    key: Option<&KeyFile>,
+    lookup: &impl Fn(&str) -> Option<&'a Secret>,
+) -> Result<String, ResourceError> {
+    let s = lookup(secret).ok_or_else(|| ResourceError::MissingReference {
+        kind: Kind::Registry,
+        name: registry.meta.name.clone(),
+        field: "secret".into(),
+        target_kind: Kind::Secret,
+        target: secret.to_owned(),
+    })?;
+    let key = key.ok_or_else(|| ResourceError::KeyRequired {
+        secret: secret.to_owned(),
+    })?;
+    Ok(s.decrypt(key)?.expose().to_owned())
 }
 
 /// Percent-encodes what cannot stand in a URL's user-info.
