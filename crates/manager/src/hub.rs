@@ -168,7 +168,8 @@ struct Pending {
 #[error("{0} requests already waiting for this gateway")]
 pub struct TooManyInFlight(pub usize);
 
-/// What the hub knows about a live session.
+/// What the hub knows about a live session of this replica beyond its claim (which every
+/// replica reads for the rest: term, version, address, …): where to reach its task.
 #[derive(Debug, Clone)]
 pub struct LiveInfo {
     /// Its cluster.
@@ -177,20 +178,9 @@ pub struct LiveInfo {
     pub session_id: String,
     /// The node holding it.
     pub node_id: String,
-    /// Its stable name, when it sent one.
-    pub node_name: Option<String>,
-    /// Its term.
-    pub term: Option<u64>,
-    /// The gateway's version.
-    pub version: String,
-    /// When it was accepted.
-    pub connected_at: String,
-    /// Where it comes from.
-    pub remote_addr: String,
-    /// The cluster's nodes, from `hello` and `nodes.update`.
+    /// The cluster's nodes, from `hello` and `nodes.update` (its claim's copy is written
+    /// behind them).
     pub nodes: Vec<NodeInfo>,
-    /// The cluster runs services as jobs (its `hello` said so).
-    pub distributed_execution: bool,
     /// The revision of the session's claim as this replica last wrote it.
     claim_rev: Revision,
     control: Arc<SessionControl>,
@@ -947,7 +937,7 @@ impl Hub {
                 replica: self.replicas.id().to_owned(),
                 session_id: session_id.clone(),
                 node_id: hello.node_id.clone(),
-                node_name: node_name.clone(),
+                node_name,
                 term: hello.term,
                 version: hello.version.clone(),
                 connected_at: now.clone(),
@@ -1025,13 +1015,7 @@ impl Hub {
                         cluster_id: cluster.to_owned(),
                         session_id: session_id.clone(),
                         node_id: hello.node_id.clone(),
-                        node_name,
-                        term: hello.term,
-                        version: hello.version.clone(),
-                        connected_at: now,
-                        remote_addr: remote.to_string(),
                         nodes,
-                        distributed_execution: hello.distributed_execution,
                         claim_rev: rev,
                         control,
                         requests,
@@ -1404,8 +1388,7 @@ impl Hub {
                 }
             }
         }
-        let reply = self.request_here(cluster, method, params, timeout).await?;
-        Ok(reply)
+        self.request_here(cluster, method, params, timeout).await
     }
 
     /// [`Hub::request`] on this replica's own session of the cluster.
