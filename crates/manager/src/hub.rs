@@ -711,6 +711,7 @@ impl Hub {
         self.claims.passed(rev);
         self.registry.passed(rev);
         self.replicas.passed(rev);
+        self.runs.passed(rev);
     }
 
     /// The claim of a cluster's live session, on whatever replica: `None` when no session is

@@ -1138,6 +1138,10 @@ mod tests {
         assert_eq!((x.open_count(), y.open_count()), (0, 0));
         // A second answer (the other replica's, from a late frame) settles nothing.
         assert!(!x.settle("c1", &id, Ok(json!({"rc": 1})), "n2", None).await);
+        // Once the watch has passed the answer, neither replica remembers the run.
+        x.passed(answered.kv.mod_revision);
+        y.passed(answered.kv.mod_revision);
+        assert!(x.table().done.is_empty() && y.table().done.is_empty());
     }
 
     #[tokio::test]
