@@ -538,12 +538,21 @@ impl Hub {
     /// A membership of `cluster` arrived (with `hello` or `nodes.update`): records who left and
     /// who came back, and tells the page when that changed.
     fn observe_members(&self, cluster: &str, nodes: &[NodeInfo], departed: &[Departed]) {
-        let changed = self
-            .members()
-            .entry(cluster.to_owned())
-            .or_default()
-            .observe(nodes, departed, &now_rfc3339());
-        self.members_changed(cluster);
+        let (changed, stored_differs) = {
+            let mut members = self.members();
+            let m = members.entry(cluster.to_owned()).or_default();
+            // Stored again only when what is stored changed: a hello or node list that says
+            // what the manager knew already costs no write.
+            let before = serde_json::to_vec(&*m).unwrap_or_default();
+            let changed = m.observe(nodes, departed, &now_rfc3339());
+            (
+                changed,
+                serde_json::to_vec(&*m).unwrap_or_default() != before,
+            )
+        };
+        if stored_differs {
+            self.members_changed(cluster);
+        }
         if changed {
             self.events.send(EventKind::NodesChanged, cluster);
         }
