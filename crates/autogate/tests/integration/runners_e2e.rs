@@ -530,10 +530,17 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
     });
     let mut core = core;
     core.proc.kill();
-    std::fs::write(&go, "go").expect("go file");
     standby
         .proc
         .wait_for_line("connected to commander at", DONE);
+    // The manager sends the 50 runs again to the new active node (same run ids), which finds
+    // their jobs instead of queuing them twice. The jobs are held until then: a job that
+    // ended first would be answered by the new active node's delivery, and its run not sent
+    // again at all.
+    poll_until("the 50 runs sent again found as jobs", DONE, || {
+        (standby.proc.logs().matches("not queuing it again").count() == 50).then_some(())
+    });
+    std::fs::write(&go, "go").expect("go file");
 
     let mut seen = BTreeSet::new();
     for c in clients {
@@ -544,11 +551,13 @@ fn jobs_in_flight_survive_a_kill_9_of_the_active_core_node() {
         seen.insert(v["result"]["stdout"].as_str().expect("stdout").to_owned());
     }
     assert_eq!(seen.len(), 50, "{seen:?}");
-    // The manager sent the 50 runs again to the new active node (same run ids), which found
-    // their jobs instead of queuing them twice.
-    poll_until("the 50 runs sent again found as jobs", START, || {
-        (standby.proc.logs().matches("not queuing it again").count() == 50).then_some(())
-    });
+    let logs = standby.proc.logs();
+    assert_eq!(logs.matches("not queuing it again").count(), 50);
+    assert_eq!(
+        logs.matches("for the manager as job").count(),
+        0,
+        "queued again"
+    );
     // Every job is recorded delivered, and the new active node answers for them.
     let (_, v) = standby.call("GET", "/api/v1/cluster/activity", None);
     let ids: Vec<String> = v["jobs"]
