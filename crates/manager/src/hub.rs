@@ -69,6 +69,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claims::{self, claim_key, Claim};
 use crate::forward::Forward;
+use crate::membercopy::{Change, MembersCopy};
 use crate::members::{Absence, ForgetError, Members};
 use crate::metrics::{ManagerMetrics, RefusalCategory};
 use crate::mirror::Mirror;
@@ -314,10 +315,9 @@ pub struct Hub {
     /// Requests sent to gateways and not answered yet, by JSON-RPC id.
     pending: Mutex<HashMap<i64, Pending>>,
     next_request: std::sync::atomic::AtomicI64,
-    /// Per cluster: the nodes that left and the ones that came back ([`Members`]).
-    members: Mutex<HashMap<String, Members>>,
-    /// The revision of each cluster's stored memory this replica holds.
-    members_rev: Mutex<HashMap<String, Revision>>,
+    /// Per cluster: the nodes that left and the ones that came back ([`Members`]), with the
+    /// changes of this replica not stored yet.
+    members: Mutex<HashMap<String, MembersCopy>>,
     /// Clusters whose memory changed, for [`Hub::write_members`].
     members_dirty: mpsc::UnboundedSender<String>,
     members_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -413,7 +413,6 @@ impl Hub {
             events: Events::new(),
             pending: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
-            members_rev: Mutex::new(HashMap::new()),
             members_dirty,
             members_rx: Mutex::new(Some(members_rx)),
             runs,
@@ -433,12 +432,8 @@ impl Hub {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn members(&self) -> MutexGuard<'_, HashMap<String, Members>> {
+    fn members(&self) -> MutexGuard<'_, HashMap<String, MembersCopy>> {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn members_rev(&self) -> MutexGuard<'_, HashMap<String, Revision>> {
-        self.members_rev.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks a cluster's memory of its nodes as changed: [`Hub::write_members`] stores it.
@@ -469,21 +464,69 @@ impl Hub {
                 dirty.insert(more);
             }
             for cluster in dirty {
-                let Some(snapshot) = self.members().get(&cluster).cloned() else {
-                    continue;
+                self.write_members_of(&cluster).await;
+            }
+        }
+    }
+
+    /// Stores this replica's pending changes of `cluster`'s memory, on top of whatever another
+    /// replica stored meanwhile ([`MembersCopy`]).
+    async fn write_members_of(&self, cluster: &str) {
+        let key = crate::members::members_key(cluster);
+        for _ in 0..8 {
+            let Some(write) = self
+                .members()
+                .get_mut(cluster)
+                .and_then(MembersCopy::to_write)
+            else {
+                return;
+            };
+            let txn = Txn::new()
+                .when([
+                    Compare::exists(registry::cluster_key(cluster)),
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, write.base),
+                ])
+                .and_then([TxnOp::put(key.clone(), write.value)]);
+            let outcome = self.registry.store().txn(txn).await;
+            {
+                let mut members = self.members();
+                let Some(copy) = members.get_mut(cluster) else {
+                    return;
                 };
-                let value = serde_json::to_vec(&snapshot).unwrap_or_default();
-                let txn = Txn::new()
-                    .when([Compare::exists(registry::cluster_key(&cluster))])
-                    .and_then([TxnOp::put(crate::members::members_key(&cluster), value)]);
-                match self.registry.store().txn(txn).await {
+                match outcome {
                     Ok(r) if r.succeeded => {
-                        self.members_rev().insert(cluster, r.revision);
+                        copy.written(r.revision);
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(
-                        "cannot store the nodes of gateway cluster {cluster} that left: {e}"
-                    ),
+                    Ok(_) => copy.not_written(),
+                    Err(e) => {
+                        copy.maybe_written();
+                        tracing::warn!(
+                            "cannot store the nodes of gateway cluster {cluster} that left: {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+            // Another replica wrote first (or the cluster is gone): take its record, and the
+            // pending changes are replayed on it.
+            match self.registry.store().get(&key).await {
+                Ok(Some(kv)) => match serde_json::from_slice::<Members>(&kv.value) {
+                    Ok(m) => {
+                        if let Some(copy) = self.members().get_mut(cluster) {
+                            copy.observe_stored(m, &kv.value, kv.mod_revision);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("ignoring unreadable record {key}: {e}");
+                        return;
+                    }
+                },
+                // The cluster is gone (its memory goes with it).
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("cannot read the nodes of gateway cluster {cluster}: {e}");
+                    return;
                 }
             }
         }
@@ -495,19 +538,17 @@ impl Hub {
         let Some(cluster) = ev.kv.key.strip_prefix(crate::members::MEMBERS) else {
             return;
         };
-        let rev = ev.kv.mod_revision;
-        {
-            let mut revs = self.members_rev();
-            if revs.get(cluster).is_some_and(|r| *r >= rev) {
-                return;
-            }
-            revs.insert(cluster.to_owned(), rev);
-        }
         match ev.kind {
             StoreEventKind::Put => match serde_json::from_slice::<Members>(&ev.kv.value) {
                 Ok(m) => {
-                    self.members().insert(cluster.to_owned(), m);
-                    self.events.send(EventKind::NodesChanged, cluster);
+                    let changed = self
+                        .members()
+                        .entry(cluster.to_owned())
+                        .or_default()
+                        .observe_stored(m, &ev.kv.value, ev.kv.mod_revision);
+                    if changed {
+                        self.events.send(EventKind::NodesChanged, cluster);
+                    }
                 }
                 Err(e) => tracing::warn!("ignoring unreadable record {}: {e}", ev.kv.key),
             },
@@ -525,9 +566,18 @@ impl Hub {
             };
             match serde_json::from_slice::<Members>(&kv.value) {
                 Ok(m) => {
-                    self.members().insert(cluster.to_owned(), m);
-                    self.members_rev()
-                        .insert(cluster.to_owned(), kv.mod_revision);
+                    let mut members = self.members();
+                    match members.get_mut(cluster) {
+                        Some(copy) => {
+                            copy.observe_stored(m, &kv.value, kv.mod_revision);
+                        }
+                        None => {
+                            members.insert(
+                                cluster.to_owned(),
+                                MembersCopy::stored(m, kv.mod_revision),
+                            );
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!("ignoring unreadable record {}: {e}", kv.key),
             }
@@ -538,18 +588,17 @@ impl Hub {
     /// A membership of `cluster` arrived (with `hello` or `nodes.update`): records who left and
     /// who came back, and tells the page when that changed.
     fn observe_members(&self, cluster: &str, nodes: &[NodeInfo], departed: &[Departed]) {
-        let (changed, stored_differs) = {
-            let mut members = self.members();
-            let m = members.entry(cluster.to_owned()).or_default();
-            // Stored again only when what is stored changed: a hello or node list that says
-            // what the manager knew already costs no write.
-            let before = serde_json::to_vec(&*m).unwrap_or_default();
-            let changed = m.observe(nodes, departed, &now_rfc3339());
-            (
-                changed,
-                serde_json::to_vec(&*m).unwrap_or_default() != before,
-            )
-        };
+        // Stored again only when what is stored changed: a hello or node list that says what
+        // the manager knew already costs no write.
+        let (changed, stored_differs) = self
+            .members()
+            .entry(cluster.to_owned())
+            .or_default()
+            .change(Change::Observe {
+                nodes: nodes.to_vec(),
+                departed: departed.to_vec(),
+                at: now_rfc3339(),
+            });
         if stored_differs {
             self.members_changed(cluster);
         }
@@ -1159,10 +1208,18 @@ impl Hub {
         }
         let now = now_rfc3339();
         if let Some(left) = left {
-            if let Some(m) = self.members().get_mut(&cluster) {
-                m.session_ended(&info.node_id, left, reason, &now);
+            let stored_differs = self.members().get_mut(&cluster).is_some_and(|m| {
+                m.change(Change::SessionEnded {
+                    node_id: info.node_id.clone(),
+                    status: left,
+                    reason: reason.to_owned(),
+                    at: now,
+                })
+                .1
+            });
+            if stored_differs {
+                self.members_changed(&cluster);
             }
-            self.members_changed(&cluster);
         }
         self.events.send(EventKind::SessionClosed, &cluster);
     }
@@ -1794,7 +1851,7 @@ impl Hub {
         });
         let (nodes, absent) = {
             let mut members = self.members();
-            let m = members.get_mut(&rec.cluster_id);
+            let mut m = members.get_mut(&rec.cluster_id).map(MembersCopy::view);
             // Each node as the gateway described it, with where it came back from when it did.
             let nodes: Vec<Value> = live
                 .as_ref()
@@ -1811,7 +1868,7 @@ impl Hub {
                         .collect()
                 })
                 .unwrap_or_default();
-            let absent = m.map(Members::absent).unwrap_or_default();
+            let absent = m.as_mut().map(|m| m.absent()).unwrap_or_default();
             (nodes, absent)
         };
         json!({

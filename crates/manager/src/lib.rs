@@ -12,7 +12,8 @@
 //! replicas), [`replicas`] (a replica's lease and the others it knows), [`follow`] (the store
 //! watch every copy is fed by), [`mirror`] (those copies), [`forward`] (requests for another
 //! replica's session), [`prehello`] (the frame limit before `hello`), [`members`] (the nodes
-//! that left a cluster, stopped or lost, and those that came back), [`disconnect`] (why a
+//! that left a cluster, stopped or lost, and those that came back), [`membercopy`] (a
+//! replica's copy of them, stored without undoing another's), [`disconnect`] (why a
 //! connection was lost, in plain words), [`api`] (REST), [`web`] (the web page and its live
 //! event stream), [`tickets`] (the stream's single-use tickets), [`registry`] (clusters,
 //! catalogs and history), [`runs`] (service runs from acceptance to answer, kept in the
@@ -38,6 +39,7 @@ pub mod follow;
 pub mod forward;
 pub mod hub;
 pub mod listener;
+pub mod membercopy;
 pub mod members;
 pub mod metrics;
 pub mod mirror;

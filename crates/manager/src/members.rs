@@ -12,15 +12,18 @@
 //!
 //! The memory is kept in the store (`/manager/members/<cluster>`), written behind each change by
 //! the replica that made it and copied by the others through the store watch, so every replica
-//! shows the same nodes and a manager restart keeps them. Retention counts from when a replica
-//! read the record (an [`Instant`] does not cross processes), so a restart may keep a left node
-//! up to one [`RETENTION`] longer.
+//! shows the same nodes and a manager restart keeps them. Retention counts from the recorded
+//! wall-clock times (`last_seen`, `back_at`), which cross processes and restarts alike; a
+//! record whose time cannot be read is kept until it is forgotten.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autogate_proto::{Departed, NodeInfo, Role};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::parse_rfc3339;
 
 /// Prefix of the stored memories: `/manager/members/<cluster>`.
 pub const MEMBERS: &str = "/manager/members/";
@@ -58,8 +61,6 @@ pub struct AbsentNode {
     pub last_seen: String,
     /// Why, in plain words.
     pub reason: String,
-    #[serde(skip, default = "Instant::now")]
-    since: Instant,
 }
 
 /// Where a node that came back under a new id (or after being lost) came from, shown next to it
@@ -74,8 +75,6 @@ pub struct Return {
     pub last_seen: String,
     /// When it was seen again (RFC 3339).
     pub back_at: String,
-    #[serde(skip, default = "Instant::now")]
-    since: Instant,
 }
 
 /// Why a node cannot be forgotten.
@@ -111,8 +110,7 @@ impl Members {
     /// A new membership reported at `now` (RFC 3339) with the clean `departed` of late. Returns
     /// whether what the manager shows changed (a node left or came back).
     pub fn observe(&mut self, nodes: &[NodeInfo], departed: &[Departed], now: &str) -> bool {
-        let at = Instant::now();
-        self.prune(at);
+        self.prune(now_or_clock(now));
         let mut changed = false;
         let before = std::mem::take(&mut self.present);
         for (id, old) in &before {
@@ -140,7 +138,7 @@ impl Members {
                     .find(|d| &d.node_id == id)
                     .and_then(|d| d.name.clone());
             }
-            self.leave(&old, status, reason, now, at);
+            self.leave(&old, status, reason, now);
             changed = true;
         }
         // A departure may be read after the node was already reported gone: it was a clean stop.
@@ -159,7 +157,7 @@ impl Members {
                 // was known by.
                 Some(old) if n.shown_name().is_none() => n.name.clone_from(&old.name),
                 Some(_) => {}
-                None => changed |= self.join(&n, now, at),
+                None => changed |= self.join(&n, now),
             }
             self.present.insert(n.node_id.clone(), n);
         }
@@ -170,7 +168,7 @@ impl Members {
     /// way `status` says. A node that is still there is reported by the cluster's next session.
     pub fn session_ended(&mut self, node_id: &str, status: Absence, reason: &str, now: &str) {
         if let Some(old) = self.present.remove(node_id) {
-            self.leave(&old, status, reason.to_owned(), now, Instant::now());
+            self.leave(&old, status, reason.to_owned(), now);
         }
     }
 
@@ -189,7 +187,7 @@ impl Members {
 
     /// The nodes that left, most recent first, without those past [`RETENTION`].
     pub fn absent(&mut self) -> Vec<AbsentNode> {
-        self.prune(Instant::now());
+        self.prune(OffsetDateTime::now_utc());
         self.absent.iter().rev().cloned().collect()
     }
 
@@ -198,7 +196,7 @@ impl Members {
         self.returns.get(node_id)
     }
 
-    fn leave(&mut self, old: &NodeInfo, status: Absence, reason: String, now: &str, at: Instant) {
+    fn leave(&mut self, old: &NodeInfo, status: Absence, reason: String, now: &str) {
         self.returns.remove(&old.node_id);
         self.absent.retain(|a| a.node_id != old.node_id);
         self.absent.push(AbsentNode {
@@ -208,12 +206,11 @@ impl Members {
             status,
             last_seen: now.to_owned(),
             reason,
-            since: at,
         });
     }
 
     /// A node joined: when it is one that had left (same id, or same name and kind), it is back.
-    fn join(&mut self, n: &NodeInfo, now: &str, at: Instant) -> bool {
+    fn join(&mut self, n: &NodeInfo, now: &str) -> bool {
         let same_id = self.absent.iter().rposition(|a| a.node_id == n.node_id);
         let same_name = || {
             let name = n.shown_name()?;
@@ -235,18 +232,23 @@ impl Members {
                     was: was.status,
                     last_seen: was.last_seen,
                     back_at: now.to_owned(),
-                    since: at,
                 },
             );
         }
         true
     }
 
-    fn prune(&mut self, at: Instant) {
-        let fresh = |since: Instant| at.saturating_duration_since(since) < RETENTION;
-        self.absent.retain(|a| fresh(a.since));
-        self.returns.retain(|_, r| fresh(r.since));
+    /// Drops what left or came back more than [`RETENTION`] before `now`.
+    fn prune(&mut self, now: OffsetDateTime) {
+        let fresh = |at: &str| parse_rfc3339(at).is_none_or(|t| now - t < RETENTION);
+        self.absent.retain(|a| fresh(&a.last_seen));
+        self.returns.retain(|_, r| fresh(&r.back_at));
     }
+}
+
+/// `now` as written, or the clock when it cannot be read.
+fn now_or_clock(now: &str) -> OffsetDateTime {
+    parse_rfc3339(now).unwrap_or_else(OffsetDateTime::now_utc)
 }
 
 #[cfg(test)]
@@ -387,5 +389,36 @@ mod tests {
         m.observe(&[a], &[], "t4");
         assert!(m.absent().is_empty());
         assert!(m.returned("a_1").is_none());
+    }
+
+    #[test]
+    fn retention_counts_from_the_recorded_times_across_a_reload() {
+        let at = |hours_ago: i64| {
+            crate::model::format_rfc3339(
+                OffsetDateTime::now_utc() - time::Duration::hours(hours_ago),
+            )
+        };
+        let mut m = Members::default();
+        let (a, b) = (
+            node("a_1", Some("core-1"), Role::Active),
+            node("b_1", Some("core-2"), Role::Standby),
+        );
+        m.observe(&[a.clone(), b.clone()], &[], &at(30));
+        m.observe(std::slice::from_ref(&b), &[], &at(25)); // core-1 lost 25 h ago
+        m.observe(&[], &[], &at(2)); // core-2 lost 2 h ago
+                                     // Another replica (or the next process) reads the record: retention does not restart.
+        let mut read: Members = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        let names: Vec<_> = read.absent().into_iter().map(|n| n.node_id).collect();
+        assert_eq!(names, ["b_1"]);
+        // A node back 25 h ago no longer shows where it came from; one back now does.
+        let mut m = Members::default();
+        m.observe(std::slice::from_ref(&a), &[], &at(27));
+        m.observe(&[], &[], &at(26));
+        m.observe(std::slice::from_ref(&a), &[], &at(25));
+        m.observe(std::slice::from_ref(&a), &[], &at(0));
+        assert!(m.returned("a_1").is_none());
+        m.observe(&[], &[], &at(0));
+        m.observe(std::slice::from_ref(&a), &[], &at(0));
+        assert_eq!(m.returned("a_1").unwrap().was, Absence::Lost);
     }
 }
