@@ -124,6 +124,11 @@ fn catalog_of(kv: &KeyValue) -> Option<Arc<Catalog>> {
     }
 }
 
+/// Independent writes in one transaction at most, under etcd's `--max-txn-ops` (128 by
+/// default): a start that closes many sessions, or a history cut short by a lower
+/// `session_history`, is written in several.
+const OPS_PER_TXN: usize = 100;
+
 impl Registry {
     /// Loads every cluster, and closes the sessions recorded live that no live claim holds
     /// (`live`: the history keys of the claims of live replicas) with reason
@@ -182,7 +187,9 @@ impl Registry {
                 "closed {} session(s) left live by the previous run ({RESTART_REASON})",
                 fixes.len()
             );
-            store.txn(Txn::new().and_then(fixes)).await?;
+            for batch in fixes.chunks(OPS_PER_TXN) {
+                store.txn(Txn::new().and_then(batch.to_vec())).await?;
+            }
         }
         Ok(Registry {
             store,
@@ -433,8 +440,8 @@ impl Registry {
                 .map(|kv| TxnOp::delete(kv.key.clone()))
                 .collect();
             let removed = doomed.len();
-            if removed > 0 {
-                self.store.txn(Txn::new().and_then(doomed)).await?;
+            for batch in doomed.chunks(OPS_PER_TXN) {
+                self.store.txn(Txn::new().and_then(batch.to_vec())).await?;
             }
             Ok::<usize, StoreError>(removed)
         }
@@ -610,5 +617,43 @@ mod tests {
         let s = reg.sessions("c", 100).await.unwrap();
         let nodes: Vec<&str> = s.iter().map(|r| r.node_id.as_str()).collect();
         assert_eq!(nodes, ["n4", "n3", "live"]);
+    }
+
+    /// On etcd, which refuses a transaction of more than 128 operations: a start that closes
+    /// 300 sessions left live, and a history cut from 300 to 10, both go through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_sessions_are_closed_and_trimmed_on_etcd() {
+        let etcd = autogate_testkit::etcd::EtcdServer::start();
+        let options = autogate_store::EtcdOptions::new(etcd.endpoints());
+        let store = autogate_store::open(StoreOptions::Etcd(options))
+            .await
+            .unwrap();
+        let reg = Registry::open(store.clone(), 1000, &HashSet::new())
+            .await
+            .unwrap();
+        assert!(reg.create(cluster("c")).await.unwrap());
+        for i in 0..300 {
+            let key = reg.new_session_key("c");
+            store
+                .txn(Txn::new().and_then([Registry::session_op(&key, &session(&format!("n{i}")))]))
+                .await
+                .unwrap();
+        }
+        let reg = Registry::open(store.clone(), 10, &HashSet::new())
+            .await
+            .unwrap();
+        let all = store.list(&sessions_prefix("c")).await.unwrap();
+        assert_eq!(all.len(), 300);
+        for kv in &all {
+            let rec: SessionRecord = serde_json::from_slice(&kv.value).unwrap();
+            assert_eq!(
+                rec.close_reason.as_deref(),
+                Some(RESTART_REASON),
+                "{}",
+                kv.key
+            );
+        }
+        reg.after_insert("c").await;
+        assert_eq!(store.list(&sessions_prefix("c")).await.unwrap().len(), 10);
     }
 }

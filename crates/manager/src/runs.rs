@@ -604,46 +604,19 @@ impl Runs {
         }
         let mut sent: Vec<(RunRecord, Revision)> = Vec::new();
         let mut fence_rev = claim_rev;
-        for _ in 0..3 {
-            let fence = Compare::mod_revision(
-                crate::claims::claim_key(cluster),
-                CompareOp::Equal,
-                fence_rev,
-            );
-            match self.mark_sent(&fence, &picked).await {
-                Ok(Some(rev)) => {
-                    sent.extend(picked.iter().map(|(r, _)| (r.clone(), rev)));
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!("cannot mark runs of cluster {cluster} as sent: {e}");
+        for batch in batches(&picked) {
+            match self
+                .mark_batch(cluster, session, &mut fence_rev, batch)
+                .await
+            {
+                Ok(marked) => sent.extend(marked),
+                Err(marked) => {
+                    // The claim is no longer this session's, or the store failed: the rest
+                    // stays unsent.
+                    sent.extend(marked);
                     break;
                 }
             }
-            // The claim changed (this session's own node list, or another session), or a
-            // run did (withdrawn, or this replica's copy is behind).
-            let claim = match self.store.get(&crate::claims::claim_key(cluster)).await {
-                Ok(Some(kv)) => serde_json::from_slice::<crate::claims::Claim>(&kv.value)
-                    .ok()
-                    .filter(|c| c.session_id == session && c.ended.is_none())
-                    .map(|_| kv.mod_revision),
-                _ => None,
-            };
-            let Some(current) = claim else {
-                break;
-            };
-            if current != fence_rev {
-                fence_rev = current;
-                continue;
-            }
-            // The claim holds: some run changed. One by one, skipping those.
-            for one in &picked {
-                if let Ok(Some(rev)) = self.mark_sent(&fence, std::slice::from_ref(one)).await {
-                    sent.push((one.0.clone(), rev));
-                }
-            }
-            break;
         }
         let mut table = self.table();
         for (record, _) in &picked {
@@ -666,6 +639,58 @@ impl Runs {
         // Oldest first (UUID v7 ids sort by time).
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Marks one batch sent under the claim's revision `fence_rev` (followed when this
+    /// session's own claim changed). `Err` carries what was marked when the rest cannot be:
+    /// the claim is another session's, or the store failed.
+    async fn mark_batch(
+        &self,
+        cluster: &str,
+        session: &str,
+        fence_rev: &mut Revision,
+        batch: &[(RunRecord, Revision)],
+    ) -> Result<Vec<(RunRecord, Revision)>, Vec<(RunRecord, Revision)>> {
+        for _ in 0..3 {
+            let fence = Compare::mod_revision(
+                crate::claims::claim_key(cluster),
+                CompareOp::Equal,
+                *fence_rev,
+            );
+            match self.mark_sent(&fence, batch).await {
+                Ok(Some(rev)) => return Ok(batch.iter().map(|(r, _)| (r.clone(), rev)).collect()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("cannot mark runs of cluster {cluster} as sent: {e}");
+                    return Err(Vec::new());
+                }
+            }
+            // The claim changed (this session's own node list, or another session), or a
+            // run did (withdrawn, or this replica's copy is behind).
+            let claim = match self.store.get(&crate::claims::claim_key(cluster)).await {
+                Ok(Some(kv)) => serde_json::from_slice::<crate::claims::Claim>(&kv.value)
+                    .ok()
+                    .filter(|c| c.session_id == session && c.ended.is_none())
+                    .map(|_| kv.mod_revision),
+                _ => None,
+            };
+            let Some(current) = claim else {
+                return Err(Vec::new());
+            };
+            if current != *fence_rev {
+                *fence_rev = current;
+                continue;
+            }
+            // The claim holds: some run changed. One by one, skipping those.
+            let mut sent = Vec::new();
+            for one in batch {
+                if let Ok(Some(rev)) = self.mark_sent(&fence, std::slice::from_ref(one)).await {
+                    sent.push((one.0.clone(), rev));
+                }
+            }
+            return Ok(sent);
+        }
+        Err(Vec::new())
     }
 
     /// Writes `runs` as sent, if the fence and every run's revision still hold.
@@ -1034,6 +1059,32 @@ impl Runs {
     }
 }
 
+/// Runs marked sent in one transaction at most: etcd refuses a transaction of more than
+/// `--max-txn-ops` (128 by default) comparisons or operations; each run is one of each, the
+/// claim's fence one more comparison.
+const RUNS_PER_TXN: usize = 100;
+/// Bytes of run records in one transaction at most, under etcd's `--max-request-bytes`
+/// (1.5 MiB by default). A single larger run goes alone.
+const BYTES_PER_TXN: usize = 1 << 20;
+
+/// `picked` in slices each small enough for one transaction, oldest first as picked.
+fn batches(picked: &[(RunRecord, Revision)]) -> Vec<&[(RunRecord, Revision)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (record, _)) in picked.iter().enumerate() {
+        let size = record.params.to_string().len() + 512;
+        if i > start && (i - start == RUNS_PER_TXN || bytes + size > BYTES_PER_TXN) {
+            out.push(&picked[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < picked.len() {
+        out.push(&picked[start..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1088,6 +1139,37 @@ mod tests {
                 .unwrap();
         assert_eq!(stored.state, RunState::Answered);
         assert_eq!(stored.answer.unwrap().node_id, "n1");
+    }
+
+    /// A cluster with more runs waiting than one etcd transaction may carry (128 operations,
+    /// 1.5 MiB by default): its session gets them all, each marked sent in the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_waiting_runs_than_one_etcd_transaction_takes_are_all_sent() {
+        let etcd = autogate_testkit::etcd::EtcdServer::start();
+        let options = autogate_store::EtcdOptions::new(etcd.endpoints());
+        let store = autogate_store::open(StoreOptions::Etcd(options))
+            .await
+            .unwrap();
+        let runs = Runs::open(store.clone(), RunLimits::default())
+            .await
+            .unwrap();
+        let pad = "x".repeat(8 * 1024);
+        let mut waiting = Vec::new();
+        for i in 0..300 {
+            let params = json!({"name": "svc", "inputs": {"i": i, "pad": pad}});
+            waiting.push(runs.accept("c1", "svc", params, None).await.unwrap());
+        }
+        let sent = runs.take_unsent("c1", ConnId(1), "s", 0).await;
+        assert_eq!(sent.len(), 300);
+        for (id, _) in &waiting {
+            let rec = runs.get("c1", id).await.unwrap().unwrap();
+            assert_eq!(rec.state, RunState::Sent, "{id}");
+        }
+        for kv in store.list(RUNS).await.unwrap() {
+            let rec: RunRecord = serde_json::from_slice(&kv.value).unwrap();
+            assert_eq!(rec.state, RunState::Sent, "{}", kv.key);
+        }
+        assert!(runs.take_unsent("c1", ConnId(1), "s", 0).await.is_empty());
     }
 
     /// The next change under [`RUNS`], as the store watch delivers it.
