@@ -808,6 +808,10 @@ async fn run_service(
     };
     let deadline = tokio::time::Instant::now() + timeout + (timeout / 10).min(RUN_REPLY_SLACK);
     tokio::pin!(answer);
+    // When this replica stops while others live, the answer still comes (through the store,
+    // from the replica the cluster moves to): the caller goes on waiting. When it is the last
+    // one, nobody can answer before a restart: the caller is told at once, with the run's id.
+    let mut others_answer = false;
     let record = loop {
         // A run nobody sent by the end of its hold is withdrawn (it never ran); once sent, it
         // waits for its answer until the caller's deadline.
@@ -831,6 +835,17 @@ async fn run_service(
                 }
                 // Being sent right now: look again in a moment.
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            () = app.token.cancelled(), if !others_answer => {
+                if app.hub.other_replicas() {
+                    others_answer = true;
+                    continue;
+                }
+                return run_error_for(StatusCode::SERVICE_UNAVAILABLE,
+                        p::UNAVAILABLE,
+                        format!(
+                            "the manager is stopping; run {run_id} is kept: after its restart, GET /api/v1/clusters/{id}/runs/{run_id} shows its answer (or post it again with the same Idempotency-Key)"
+                        ), &run_id);
             }
             () = tokio::time::sleep_until(deadline) => {
                 return run_error_for(StatusCode::GATEWAY_TIMEOUT,

@@ -1798,11 +1798,16 @@ impl Hub {
     /// Why this replica's sessions end when it stops: the manager stops, or — with other
     /// replicas alive to take its gateways — only this replica does.
     pub fn shutdown_reason(&self) -> String {
-        if self.replicas.list(0).len() > 1 {
+        if self.other_replicas() {
             format!("manager replica {} shutting down", self.replicas.address())
         } else {
             registry::SHUTDOWN_REASON.to_owned()
         }
+    }
+
+    /// Whether other replicas are alive (as far as this one's copy knows).
+    pub fn other_replicas(&self) -> bool {
+        self.replicas.list(0).len() > 1
     }
 
     /// Number of live sessions on this replica.

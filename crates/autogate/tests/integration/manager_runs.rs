@@ -1,7 +1,8 @@
 //! Black-box tests of the manager's service runs on a real `autogate manager`: a run waits
 //! for its cluster's next session and is answered through it, a run no session took in time
 //! is refused and never sent, a gateway that deduplicates gets every unanswered run again on
-//! its next session (also after a manager restart), and an `Idempotency-Key` names one run.
+//! its next session (also after a manager restart, whose waiting callers are told at once),
+//! and an `Idempotency-Key` names one run.
 //! The gateway side is a scripted WebSocket client over real mutual TLS.
 
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support::manager::*;
 use autogate_testkit::free_port;
 use autogate_tls::Issued;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -216,16 +217,29 @@ async fn unanswered_runs_survive_a_manager_restart_and_one_key_is_one_run() {
         "{refused}"
     );
 
-    // The manager restarts before the answer: its callers lose their connection…
-    drop(m);
+    // The manager stops before the answer: nobody else can answer before its restart, so its
+    // callers are told at once, with the run's id, and it exits without waiting them out…
+    let gateway = tokio::spawn(async move {
+        let mut gw = gw;
+        while let Some(Ok(_)) = gw.ws.next().await {}
+    });
+    m.proc.signal("TERM");
     for c in callers {
-        let got = c.await.unwrap();
-        assert!(
-            got.is_err(),
-            "a caller got an answer from a stopped manager: {got:?}"
-        );
+        let (code, v) = c
+            .await
+            .unwrap()
+            .expect("an answer from the stopping manager");
+        assert_eq!(code, 503, "{v}");
+        assert_eq!(v["run_id"], run_id.as_str(), "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("the manager is stopping"), "{v}");
+        assert!(message.contains(&format!("/runs/{run_id}")), "{v}");
     }
-    drop(gw);
+    // Well within the 5 s it grants connections that do not end.
+    let mut m = m;
+    let status = m.proc.wait_exit(Duration::from_secs(4));
+    assert!(status.success(), "{}", m.proc.dump());
+    gateway.await.unwrap();
     let m = Manager::start_with(port, data.path(), |c| c);
     let admin = m.admin();
     // …and the run is sent again, same id, on the first session after the restart.
