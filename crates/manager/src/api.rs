@@ -841,11 +841,16 @@ async fn run_service(
                     others_answer = true;
                     continue;
                 }
-                return run_error_for(StatusCode::SERVICE_UNAVAILABLE,
+                let mut stopping = run_error_for(StatusCode::SERVICE_UNAVAILABLE,
                         p::UNAVAILABLE,
                         format!(
                             "the manager is stopping; run {run_id} is kept: after its restart, GET /api/v1/clusters/{id}/runs/{run_id} shows its answer (or post it again with the same Idempotency-Key)"
                         ), &run_id);
+                // The same request (same key) may succeed once the manager is back.
+                stopping
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return stopping;
             }
             () = tokio::time::sleep_until(deadline) => {
                 return run_error_for(StatusCode::GATEWAY_TIMEOUT,

@@ -47,6 +47,9 @@ pub enum ClientError {
         message: String,
         /// The whole body.
         body: Value,
+        /// `Retry-After` (seconds): the manager says the same request may succeed then (it is
+        /// stopping, and a run it kept is answered after its restart).
+        retry_after: Option<u64>,
     },
 }
 
@@ -229,6 +232,18 @@ impl AdminClient {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<(u16, Value), ClientError> {
+        let (status, _, value) = self.send_raw(method, path, body, idempotency_key).await?;
+        Ok((status, value))
+    }
+
+    /// [`send_keyed`](Self::send_keyed) with the answer's `Retry-After`, in seconds.
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Option<u64>, Value), ClientError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -255,6 +270,11 @@ impl AdminClient {
             }
         })?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             reason: autogate_runtime::error_chain(&e),
@@ -265,7 +285,7 @@ impl AdminClient {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Ok((status, value))
+        Ok((status, retry_after, value))
     }
 
     /// Like [`AdminClient::send`], turning an error status into [`ClientError::Api`].
@@ -286,7 +306,8 @@ impl AdminClient {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let (status, value) = self.send_keyed(method, path, body, idempotency_key).await?;
+        let (status, retry_after, value) =
+            self.send_raw(method, path, body, idempotency_key).await?;
         if (200..300).contains(&status) {
             return Ok(value);
         }
@@ -301,6 +322,7 @@ impl AdminClient {
             status,
             message,
             body: value,
+            retry_after,
         })
     }
 
@@ -398,8 +420,9 @@ impl AdminClient {
 
     /// `POST /api/v1/clusters/{id}/services/{name}/run` with a whole request body (`inputs`,
     /// `set`, `type`, `action`, `state`, `timeout_ms`). The request carries a fresh
-    /// `Idempotency-Key` and is sent again under it when the manager cannot be reached (a
-    /// manager restarting): the run happens once, whichever attempt got through.
+    /// `Idempotency-Key` and is sent again under it when the manager cannot be reached, or
+    /// answers 503 with `Retry-After` (a manager restarting): the run happens once, whichever
+    /// attempt got through.
     pub async fn run_with(
         &self,
         id: &str,
@@ -417,6 +440,15 @@ impl AdminClient {
             {
                 Err(ClientError::Unreachable { .. }) if std::time::Instant::now() < give_up => {
                     tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RUN_RETRY_MAX);
+                }
+                Err(ClientError::Api {
+                    status: 503,
+                    retry_after: Some(after),
+                    ..
+                }) if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_secs(after).clamp(delay, RUN_RETRY_MAX))
+                        .await;
                     delay = (delay * 2).min(RUN_RETRY_MAX);
                 }
                 other => return other,

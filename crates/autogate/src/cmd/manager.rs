@@ -611,6 +611,7 @@ fn service(global: &Global, args: ServiceArgs) -> Result<(), Failure> {
                 status,
                 message,
                 body,
+                ..
             }) => {
                 if raw {
                     outln!("{}", pretty(&body));

@@ -263,3 +263,70 @@ async fn unanswered_runs_survive_a_manager_restart_and_one_key_is_one_run() {
     assert_eq!(code, 200);
     assert_eq!(responder.methods(), ["ping"], "the run was sent again");
 }
+
+/// `autogate manager service run` through a manager stopped (SIGTERM) and started again
+/// mid-run: told the manager is stopping (503 with `Retry-After`), the CLI posts again under its
+/// key until the manager is back, and prints the one answer of the one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_outlives_a_manager_restart_mid_run_and_the_run_runs_once() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let m = Manager::start_with(port, data.path(), |c| c);
+    let core = pki.node("core-1");
+    register(&m.admin(), "gw", "enabled", &[&core]).await;
+    let mut gw = dedup_session(&m, &core, "gw", "n-1", 1).await;
+    let mut cli = autogate_testkit::Autogate::new(["manager", "service", "run", "gw", "svc"])
+        .name("cli")
+        .arg("--set")
+        .arg("x=1")
+        .arg("--raw")
+        .arg("--url")
+        .arg(m.url())
+        .arg("--ca")
+        .arg(m.ca().display().to_string())
+        .arg("--token-file")
+        .arg(data.path().join("admin.token").display().to_string())
+        .spawn();
+    let first = next_run(&mut gw).await;
+    let run_id = first["id"].as_str().unwrap().to_owned();
+
+    let gateway = tokio::spawn(async move {
+        let mut gw = gw;
+        while let Some(Ok(_)) = gw.ws.next().await {}
+    });
+    m.proc.signal("TERM");
+    let mut m = m;
+    assert!(m.proc.wait_exit(Duration::from_secs(4)).success());
+    gateway.await.unwrap();
+    assert!(cli.is_running(), "the CLI gave up:\n{}", cli.dump());
+
+    let m = Manager::start_with(port, data.path(), |c| c);
+    let mut gw = dedup_session(&m, &core, "gw", "n-1", 2).await;
+    let again = next_run(&mut gw).await;
+    assert_eq!(again["id"], run_id.as_str(), "{again}");
+    answer(&mut gw, &again, "ran once").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = cli.wait_exit(Duration::from_secs(30));
+        let all: String = cli.lines().into_iter().map(|l| l.text + "\n").collect();
+        (status, all)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0), "{}", status.1);
+    assert!(status.1.contains("ran once"), "{}", status.1);
+    assert!(status.1.contains(&run_id), "{}", status.1);
+    // The post after the restart attached to the kept run: nothing else was sent.
+    let responder = Responder::spawn(gw, RunAnswer::Echo);
+    let (code, _) = m
+        .admin()
+        .send("POST".parse().unwrap(), "/api/v1/clusters/gw/ping", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        responder.methods(),
+        ["ping"],
+        "the run was sent a third time"
+    );
+}
