@@ -841,10 +841,12 @@ async fn run_service(
                     others_answer = true;
                     continue;
                 }
-                let mut stopping = run_error_for(StatusCode::SERVICE_UNAVAILABLE,
+                // 504, as for a caller who stopped waiting: the run goes on, and its answer is
+                // kept. Never 503, which says a run was not and will not be executed.
+                let mut stopping = run_error_for(StatusCode::GATEWAY_TIMEOUT,
                         p::UNAVAILABLE,
                         format!(
-                            "the manager is stopping; run {run_id} is kept: after its restart, GET /api/v1/clusters/{id}/runs/{run_id} shows its answer (or post it again with the same Idempotency-Key)"
+                            "the manager is stopping; run {run_id} goes on: after its restart, GET /api/v1/clusters/{id}/runs/{run_id} shows its answer (or post it again with the same Idempotency-Key)"
                         ), &run_id);
                 // The same request (same key) may succeed once the manager is back.
                 stopping

@@ -421,8 +421,8 @@ impl AdminClient {
     /// `POST /api/v1/clusters/{id}/services/{name}/run` with a whole request body (`inputs`,
     /// `set`, `type`, `action`, `state`, `timeout_ms`). The request carries a fresh
     /// `Idempotency-Key` and is sent again under it when the manager cannot be reached, or
-    /// answers 503 with `Retry-After` (a manager restarting): the run happens once, whichever
-    /// attempt got through.
+    /// answers 504 with `Retry-After` (a manager stopping: the run goes on, and the same key
+    /// gets its answer after the restart): the run happens once, whichever attempt got through.
     pub async fn run_with(
         &self,
         id: &str,
@@ -443,7 +443,7 @@ impl AdminClient {
                     delay = (delay * 2).min(RUN_RETRY_MAX);
                 }
                 Err(ClientError::Api {
-                    status: 503,
+                    status: 504,
                     retry_after: Some(after),
                     ..
                 }) if std::time::Instant::now() < give_up => {

@@ -9,8 +9,8 @@
 //! runners. Every run's program appends its own tag to a file, so an execution is a line: a run
 //! that ran twice is a repeated tag, a run that ran while its caller was told it failed is a
 //! tag whose caller holds an error. Callers send an `Idempotency-Key` (their tag) and send the
-//! request again under it when the manager cannot be reached (it restarts), as a client of the
-//! manager should.
+//! request again under it when the manager cannot be reached (it restarts) or says it is
+//! stopping (504 with `Retry-After`), as a client of the manager should.
 //!
 //! The manager is either one process on its local store (the default) or, with
 //! [`ManagerSetup::Replicas`], three replicas sharing the soak's etcd under their own key
@@ -856,8 +856,8 @@ fn poll_until_within<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> O
 }
 
 /// One run through the manager with an `Idempotency-Key`, posted to `urls[first]` and sent
-/// again under the key while the manager cannot be reached (up to 120 s) — to the next of
-/// `urls` each time, so a replica that is down is passed over.
+/// again under the key while the manager cannot be reached or says it is stopping (up to
+/// 120 s) — to the next of `urls` each time, so a replica that is down is passed over.
 fn call_once(
     client: &reqwest::Client,
     urls: &[String],
@@ -881,15 +881,21 @@ fn call_once(
         let got = crate::http::block_on(async move {
             let resp = req.send().await.map_err(|e| crate::http::error_text(&e))?;
             let status = resp.status().as_u16();
+            let retry = resp.headers().contains_key(reqwest::header::RETRY_AFTER);
             let bytes = resp
                 .bytes()
                 .await
                 .map_err(|e| crate::http::error_text(&e))?;
-            Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+            Ok::<_, String>((status, retry, String::from_utf8_lossy(&bytes).into_owned()))
         });
         match got {
-            Ok((200, _)) => return Told::Completed,
-            Ok((status, text)) => {
+            Ok((200, _, _)) => return Told::Completed,
+            // The manager is stopping; the run goes on, and its key gets the answer later.
+            Ok((504, true, _)) if Instant::now() < give_up => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok((status, _, text)) => {
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if v["error"]["data"]["reason"] == "interrupted" {
                     return Told::Interrupted;

@@ -229,7 +229,8 @@ async fn unanswered_runs_survive_a_manager_restart_and_one_key_is_one_run() {
             .await
             .unwrap()
             .expect("an answer from the stopping manager");
-        assert_eq!(code, 503, "{v}");
+        // 504: the run goes on (503 would say it never runs).
+        assert_eq!(code, 504, "{v}");
         assert_eq!(v["run_id"], run_id.as_str(), "{v}");
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("the manager is stopping"), "{v}");
@@ -265,7 +266,7 @@ async fn unanswered_runs_survive_a_manager_restart_and_one_key_is_one_run() {
 }
 
 /// `autogate manager service run` through a manager stopped (SIGTERM) and started again
-/// mid-run: told the manager is stopping (503 with `Retry-After`), the CLI posts again under its
+/// mid-run: told the manager is stopping (504 with `Retry-After`), the CLI posts again under its
 /// key until the manager is back, and prints the one answer of the one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_outlives_a_manager_restart_mid_run_and_the_run_runs_once() {

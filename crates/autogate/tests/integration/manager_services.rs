@@ -345,7 +345,12 @@ async fn the_manager_knows_a_clusters_services_and_runs_them() {
         (v["connected"] == true).then_some(())
     })
     .await;
-    assert!(core.logs().matches("connected to commander at").count() > reconnects);
+    // The manager shows the session once it accepted the hello; the node logs it once it read
+    // the answer, a moment later.
+    eventually("the node to log its new session", SEEN, || async {
+        (core.logs().matches("connected to commander at").count() > reconnects).then_some(())
+    })
+    .await;
 
     // Read-only: still discovered, never executed.
     let runs = |logs: String| {
