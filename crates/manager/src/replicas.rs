@@ -197,7 +197,9 @@ impl Replicas {
             }
             autogate_store::EventKind::Delete => {
                 self.others.remove(id, ev.kv.mod_revision);
-                (id != self.me.replica_id).then(|| id.to_owned())
+                // With the local store another record can only be a previous process's, whose
+                // sessions the start already ended: its lease running out is no news.
+                (id != self.me.replica_id && !self.exclusive).then(|| id.to_owned())
             }
         }
     }
@@ -309,5 +311,44 @@ pub async fn heartbeat(hub: Arc<Hub>, token: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use autogate_store::{EventKind, StoreOptions};
+
+    fn deleted(id: &str, rev: Revision) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: key(id),
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: rev,
+                version: 0,
+                lease: 0,
+            },
+        }
+    }
+
+    /// Another replica's record ending is news on a shared store (its sessions are to be
+    /// ended), and none on the local one, where it can only be a previous process's.
+    #[tokio::test]
+    async fn a_record_that_ends_is_news_only_on_a_shared_store() {
+        let store = autogate_store::open(StoreOptions::Memory).await.unwrap();
+        let ttl = Duration::from_secs(5);
+        let shared = Replicas::join(store.clone(), "a:1".into(), ttl, false)
+            .await
+            .unwrap();
+        let local = Replicas::join(store, "b:1".into(), ttl, true)
+            .await
+            .unwrap();
+        assert_eq!(shared.apply(&deleted("old", 10)).as_deref(), Some("old"));
+        assert_eq!(local.apply(&deleted("old", 10)), None);
+        assert_eq!(shared.apply(&deleted(shared.id(), 11)), None);
+        assert_eq!(local.list(0).len(), 1);
     }
 }
