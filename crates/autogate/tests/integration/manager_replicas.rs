@@ -3,7 +3,8 @@
 //! does not hold the cluster's session is answered through the one that does, the session moves
 //! when its replica is killed under load without losing or doubling a run, stays put when
 //! another replica dies, is refused while etcd has no quorum, and two replicas racing for one
-//! cluster accept exactly one hello. Wrong settings at start (another admin token, another
+//! cluster accept exactly one hello. A node that left is listed, and forgotten, alike on every
+//! replica, whichever replica the forget went to. Wrong settings at start (another admin token, another
 //! prefix for the same token, an unreachable etcd) are refused by name, and a corrupt record is
 //! named without stopping anyone.
 //!
@@ -166,14 +167,13 @@ fn start_gateway(s: &Set, name: &str) -> Gateway {
 }
 
 /// The replica the core node connected to last (its log names the address).
-fn dialled(s: &Set, gw: &Gateway) -> usize {
-    let line = gw
-        .proc
+fn dialled(s: &Set, proc: &Process) -> usize {
+    let line = proc
         .lines()
         .into_iter()
         .rev()
         .find(|l| l.text.contains("connected to commander at "))
-        .unwrap_or_else(|| panic!("the core node never connected:\n{}", gw.proc.dump()));
+        .unwrap_or_else(|| panic!("the core node never connected:\n{}", proc.dump()));
     let port = line
         .text
         .rsplit("connected to commander at ")
@@ -397,7 +397,7 @@ fn a_cluster_registered_on_one_replica_is_served_alike_by_all_three() {
 
     // A core node connects to the first replica of its list; every replica shows the session.
     let gw = start_gateway(&s, "core-1");
-    let holder = dialled(&s, &gw);
+    let holder = dialled(&s, &gw.proc);
     assert_eq!(
         holder, 0,
         "the core node dials the first address of its list"
@@ -521,7 +521,7 @@ fn a_cluster_registered_on_one_replica_is_served_alike_by_all_three() {
     let (node, moved, _) = same_session_on(&s, &[1, 2], CLUSTER, Some(&session), SPREAD);
     assert_eq!(node, gw.node);
     poll_until("the core node on the next replica", SPREAD, || {
-        (dialled(&s, &gw) == 1).then_some(())
+        (dialled(&s, &gw.proc) == 1).then_some(())
     });
     let history = poll_until("the stopped replica's session closed", SPREAD, || {
         let h = sessions(&s, 2, CLUSTER);
@@ -550,7 +550,7 @@ fn killing_the_replica_that_holds_the_session_moves_it_and_no_run_is_lost_or_dou
     let mut s = set_up(&["core-1"]);
     register(&s, 0, CLUSTER, &["core-1"]);
     let gw = start_gateway(&s, "core-1");
-    let holder = dialled(&s, &gw);
+    let holder = dialled(&s, &gw.proc);
     let (_, before, _) = same_session_on(&s, &[0, 1, 2], CLUSTER, None, SPREAD);
     let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
 
@@ -590,7 +590,7 @@ fn killing_the_replica_that_holds_the_session_moves_it_and_no_run_is_lost_or_dou
         "the new session waited {took:?}, the lease TTL is {LEASE_TTL:?}"
     );
     poll_until("the core node to name a surviving replica", SPREAD, || {
-        survivors.contains(&dialled(&s, &gw)).then_some(())
+        survivors.contains(&dialled(&s, &gw.proc)).then_some(())
     });
 
     // Runs go on after the move.
@@ -628,7 +628,7 @@ fn killing_a_replica_that_does_not_hold_the_session_leaves_it_in_place() {
     let mut s = set_up(&["core-1"]);
     register(&s, 0, CLUSTER, &["core-1"]);
     let gw = start_gateway(&s, "core-1");
-    let holder = dialled(&s, &gw);
+    let holder = dialled(&s, &gw.proc);
     let (_, session, _) = same_session_on(&s, &[0, 1, 2], CLUSTER, None, SPREAD);
     let others: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
     let (victim, caller) = (others[0], others[1]);
@@ -1103,4 +1103,111 @@ fn error_line(text: &str) -> String {
         .find(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("no error line in:\n{text}"))
         .to_owned()
+}
+
+/// The nodes that left a cluster are one record in the store, written by the replica holding
+/// the session and by whichever replica an operator forgets one on: every replica lists a
+/// killed standby as lost, a forget on a replica that does not hold the session takes it off
+/// every replica, and the holder's next writes (the node started again, under a new id) do not
+/// bring it back.
+#[test]
+fn a_node_that_left_is_listed_and_forgotten_alike_on_every_replica() {
+    let s = set_up(&["core-1", "core-2"]);
+    register(&s, 0, CLUSTER, &["core-1", "core-2"]);
+    let etcd = s.etcd.endpoints().join(" ");
+    let node = |name: &str| {
+        let (cmd, port) = crate::support::ha_core_node(&s.pki, name, s.reps.port(0), &etcd);
+        let proc = cmd
+            .env("GATEWAY_CONNECT_HOSTS", s.reps.connect_hosts())
+            .spawn();
+        (proc, port)
+    };
+    let (active, _) = node("core-1");
+    active.wait_for_line("connected to commander at", START);
+    let holder = dialled(&s, &active);
+    let (mut standby, standby_port) = node("core-2");
+    let standby_id = node_id(standby_port);
+    let listed = |i: usize| -> Option<Value> {
+        let v = show(&s, i, CLUSTER)?;
+        let nodes = v["nodes"].as_array()?;
+        nodes
+            .iter()
+            .any(|n| n["node_id"] == standby_id.as_str())
+            .then_some(v)
+    };
+    for i in 0..3 {
+        poll_until(&format!("replica {} to list core-2", i + 1), SPREAD, || {
+            listed(i)
+        });
+    }
+
+    // kill -9 of the standby: lost, on every replica.
+    standby.kill();
+    let lost = |i: usize| -> Option<Value> {
+        let v = show(&s, i, CLUSTER)?;
+        v["absent_nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node_id"] == standby_id.as_str())
+            .cloned()
+    };
+    for i in 0..3 {
+        let gone = poll_until(
+            &format!("replica {} to list core-2 lost", i + 1),
+            SPREAD,
+            || lost(i),
+        );
+        assert_eq!(gone["status"], "lost", "{gone:#}");
+        assert_eq!(gone["name"], "core-2", "{gone:#}");
+    }
+
+    // Forgotten through a replica that does not hold the session: gone from all three.
+    let other = (holder + 1) % 3;
+    let (code, body) = s
+        .reps
+        .api(
+            other,
+            "DELETE",
+            &format!("/api/v1/clusters/{CLUSTER}/nodes/{standby_id}"),
+            None,
+        )
+        .expect("the replica answers");
+    assert!((200..300).contains(&code), "{code} {body:#}");
+    for i in 0..3 {
+        poll_until(
+            &format!("replica {} to forget core-2", i + 1),
+            SPREAD,
+            || lost(i).is_none().then_some(()),
+        );
+    }
+
+    // The holder records the next membership (core-2 again, under a new id): it starts from
+    // the record with the forget, so the old node stays forgotten, and the new one is not
+    // "back" from anything.
+    let (again, again_port) = node("core-2");
+    let again_id = node_id(again_port);
+    for i in 0..3 {
+        let v = poll_until(
+            &format!("replica {} to list core-2 again", i + 1),
+            SPREAD,
+            || {
+                let v = show(&s, i, CLUSTER)?;
+                v["nodes"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["node_id"] == again_id.as_str())
+                    .then_some(v)
+            },
+        );
+        assert_eq!(v["absent_nodes"], json!([]), "replica {}: {v:#}", i + 1);
+        let shown = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == again_id.as_str())
+            .cloned()
+            .unwrap();
+        assert!(shown.get("back").is_none(), "replica {}: {shown:#}", i + 1);
+    }
+    drop((again, active));
 }
