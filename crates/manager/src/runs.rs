@@ -1184,10 +1184,8 @@ mod tests {
         assert_eq!(stored.answer.unwrap().node_id, "n1");
     }
 
-    /// A cluster with more runs waiting than one etcd transaction may carry (128 operations,
-    /// 1.5 MiB by default): its session gets them all, each marked sent in the store.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn more_waiting_runs_than_one_etcd_transaction_takes_are_all_sent() {
+    /// A real etcd (kept alive by the caller), its store, and runs on it.
+    async fn on_etcd() -> (autogate_testkit::etcd::EtcdServer, Arc<dyn Store>, Runs) {
         let etcd = autogate_testkit::etcd::EtcdServer::start();
         let options = autogate_store::EtcdOptions::new(etcd.endpoints());
         let store = autogate_store::open(StoreOptions::Etcd(options))
@@ -1196,6 +1194,14 @@ mod tests {
         let runs = Runs::open(store.clone(), RunLimits::default())
             .await
             .unwrap();
+        (etcd, store, runs)
+    }
+
+    /// A cluster with more runs waiting than one etcd transaction may carry (128 operations,
+    /// 1.5 MiB by default): its session gets them all, each marked sent in the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_waiting_runs_than_one_etcd_transaction_takes_are_all_sent() {
+        let (_etcd, store, runs) = on_etcd().await;
         let pad = "x".repeat(8 * 1024);
         let mut waiting = Vec::new();
         for i in 0..300 {
@@ -1450,14 +1456,7 @@ mod tests {
     /// the others kept, then everything past the window goes, hundreds at a time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collecting_hundreds_of_runs_and_keys_on_etcd() {
-        let etcd = autogate_testkit::etcd::EtcdServer::start();
-        let options = autogate_store::EtcdOptions::new(etcd.endpoints());
-        let store = autogate_store::open(StoreOptions::Etcd(options))
-            .await
-            .unwrap();
-        let runs = Runs::open(store.clone(), RunLimits::default())
-            .await
-            .unwrap();
+        let (_etcd, store, runs) = on_etcd().await;
         for i in 0..200 {
             let (id, _) = runs
                 .accept("c1", "svc", json!({"i": i}), Some(&format!("k{i}")))
