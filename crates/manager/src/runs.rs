@@ -1184,6 +1184,17 @@ mod tests {
         assert_eq!(stored.answer.unwrap().node_id, "n1");
     }
 
+    /// Runs opened again on `store` with a retention of zero, once the clock has moved past
+    /// the last record (RFC 3339 text to the millisecond: wait one).
+    async fn reopened_past_the_window(store: &Arc<dyn Store>) -> Runs {
+        let short = RunLimits {
+            retention: Duration::ZERO,
+            ..RunLimits::default()
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Runs::open(store.clone(), short).await.unwrap()
+    }
+
     /// A real etcd (kept alive by the caller), its store, and runs on it.
     async fn on_etcd() -> (autogate_testkit::etcd::EtcdServer, Arc<dyn Store>, Runs) {
         let etcd = autogate_testkit::etcd::EtcdServer::start();
@@ -1441,14 +1452,8 @@ mod tests {
             .answer
             .is_some());
         drop(again);
-        let short = RunLimits {
-            retention: Duration::ZERO,
-            ..RunLimits::default()
-        };
-        // Past the window, everything goes (RFC 3339 text to the millisecond: wait one).
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let collected = Runs::open(store.clone(), short).await.unwrap();
-        assert_eq!(collected.open_count(), 0);
+        // Past the window, everything goes.
+        assert_eq!(reopened_past_the_window(&store).await.open_count(), 0);
         assert!(store.list(RUNS).await.unwrap().is_empty());
     }
 
@@ -1494,13 +1499,7 @@ mod tests {
             .unwrap();
         assert_eq!(id, open);
         drop(again);
-        let short = RunLimits {
-            retention: Duration::ZERO,
-            ..RunLimits::default()
-        };
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let collected = Runs::open(store.clone(), short).await.unwrap();
-        assert_eq!(collected.open_count(), 0);
+        assert_eq!(reopened_past_the_window(&store).await.open_count(), 0);
         assert!(store.list(RUNS).await.unwrap().is_empty());
         assert!(store.list(KEYS).await.unwrap().is_empty());
     }
