@@ -124,11 +124,6 @@ fn catalog_of(kv: &KeyValue) -> Option<Arc<Catalog>> {
     }
 }
 
-/// Independent writes in one transaction at most, under etcd's `--max-txn-ops` (128 by
-/// default): a start that closes many sessions, or a history cut short by a lower
-/// `session_history`, is written in several.
-const OPS_PER_TXN: usize = 100;
-
 impl Registry {
     /// Loads every cluster, and closes the sessions recorded live that no live claim holds
     /// (`live`: the history keys of the claims of live replicas) with reason
@@ -187,7 +182,7 @@ impl Registry {
                 "closed {} session(s) left live by the previous run ({RESTART_REASON})",
                 fixes.len()
             );
-            for batch in fixes.chunks(OPS_PER_TXN) {
+            for batch in fixes.chunks(autogate_store::TXN_OPS) {
                 store.txn(Txn::new().and_then(batch.to_vec())).await?;
             }
         }
@@ -440,7 +435,7 @@ impl Registry {
                 .map(|kv| TxnOp::delete(kv.key.clone()))
                 .collect();
             let removed = doomed.len();
-            for batch in doomed.chunks(OPS_PER_TXN) {
+            for batch in doomed.chunks(autogate_store::TXN_OPS) {
                 self.store.txn(Txn::new().and_then(batch.to_vec())).await?;
             }
             Ok::<usize, StoreError>(removed)

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use autogate_proto::{ConnId, RpcError};
 use autogate_store::{
     Compare, CompareOp, EventKind, Revision, Store, StoreError, Txn, TxnOp, TxnOpResponse,
-    WatchEvent,
+    WatchEvent, TXN_BYTES, TXN_OPS,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -408,7 +408,7 @@ impl Runs {
                 doomed.push((kv.key, kv.mod_revision));
             }
         }
-        for batch in doomed.chunks(DELETES_PER_TXN) {
+        for batch in doomed.chunks(TXN_OPS) {
             let guarded =
                 |items: &[(String, Revision)]| {
                     Txn::new()
@@ -641,11 +641,20 @@ impl Runs {
         if picked.is_empty() {
             return Vec::new();
         }
+        // Written as they are serialized here, once, whatever the retries.
+        let picked: Vec<Picked> = picked
+            .into_iter()
+            .map(|(record, rev)| {
+                let value = serde_json::to_vec(&record).unwrap_or_default();
+                (record, rev, value)
+            })
+            .collect();
         let mut sent: Vec<(RunRecord, Revision)> = Vec::new();
         let mut fence_rev = claim_rev;
-        for batch in batches(&picked) {
+        let sizes = |(_, _, value): &Picked| value.len();
+        for range in autogate_store::txn_batches(&picked, TXN_OPS, TXN_BYTES, sizes) {
             match self
-                .mark_batch(cluster, session, &mut fence_rev, batch)
+                .mark_batch(cluster, session, &mut fence_rev, &picked[range])
                 .await
             {
                 Ok(marked) => sent.extend(marked),
@@ -658,7 +667,7 @@ impl Runs {
             }
         }
         let mut table = self.table();
-        for (record, _) in &picked {
+        for (record, _, _) in &picked {
             if let Some(e) = table.open.get_mut(&record.run_id) {
                 e.closing = false;
             }
@@ -688,7 +697,7 @@ impl Runs {
         cluster: &str,
         session: &str,
         fence_rev: &mut Revision,
-        batch: &[(RunRecord, Revision)],
+        batch: &[Picked],
     ) -> Result<Vec<(RunRecord, Revision)>, Vec<(RunRecord, Revision)>> {
         for _ in 0..3 {
             let fence = Compare::mod_revision(
@@ -697,7 +706,9 @@ impl Runs {
                 *fence_rev,
             );
             match self.mark_sent(&fence, batch).await {
-                Ok(Some(rev)) => return Ok(batch.iter().map(|(r, _)| (r.clone(), rev)).collect()),
+                Ok(Some(rev)) => {
+                    return Ok(batch.iter().map(|(r, _, _)| (r.clone(), rev)).collect())
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("cannot mark runs of cluster {cluster} as sent: {e}");
@@ -736,17 +747,14 @@ impl Runs {
     async fn mark_sent(
         &self,
         fence: &Compare,
-        runs: &[(RunRecord, Revision)],
+        runs: &[Picked],
     ) -> Result<Option<Revision>, StoreError> {
         let mut compares = vec![fence.clone()];
         let mut ops = Vec::new();
-        for (record, rev) in runs {
+        for (record, rev, value) in runs {
             let key = run_key(&record.cluster_id, &record.run_id);
             compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
-            ops.push(TxnOp::put(
-                key,
-                serde_json::to_vec(record).unwrap_or_default(),
-            ));
+            ops.push(TxnOp::put(key, value.clone()));
         }
         let resp = self
             .store
@@ -1098,35 +1106,9 @@ impl Runs {
     }
 }
 
-/// Deletes in one transaction at most (etcd's `--max-txn-ops`, 128 by default, counts the
-/// guarding comparisons too).
-const DELETES_PER_TXN: usize = 100;
-
-/// Runs marked sent in one transaction at most: etcd refuses a transaction of more than
-/// `--max-txn-ops` (128 by default) comparisons or operations; each run is one of each, the
-/// claim's fence one more comparison.
-const RUNS_PER_TXN: usize = 100;
-/// Bytes of run records in one transaction at most, under etcd's `--max-request-bytes`
-/// (1.5 MiB by default). A single larger run goes alone.
-const BYTES_PER_TXN: usize = 1 << 20;
-
-/// `picked` in slices each small enough for one transaction, oldest first as picked.
-fn batches(picked: &[(RunRecord, Revision)]) -> Vec<&[(RunRecord, Revision)]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, (record, _)) in picked.iter().enumerate() {
-        let size = record.params.to_string().len() + 512;
-        if i > start && (i - start == RUNS_PER_TXN || bytes + size > BYTES_PER_TXN) {
-            out.push(&picked[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < picked.len() {
-        out.push(&picked[start..]);
-    }
-    out
-}
+/// A run picked to be marked sent: its record as it will be written, the revision it must
+/// still be at, and that record serialized.
+type Picked = (RunRecord, Revision, Vec<u8>);
 
 #[cfg(test)]
 mod tests {

@@ -55,21 +55,12 @@ impl Resources {
     /// Splits `ops` into transactions within this store's limits (count and bytes).
     fn chunks(&self, ops: Vec<(TxnOp, usize)>) -> Vec<Vec<TxnOp>> {
         let (max_ops, max_bytes) = self.txn_limits();
-        let mut out: Vec<Vec<TxnOp>> = Vec::new();
-        let mut current = Vec::new();
-        let mut bytes = 0;
-        for (op, size) in ops {
-            if !current.is_empty() && (current.len() >= max_ops || bytes + size > max_bytes) {
-                out.push(std::mem::take(&mut current));
-                bytes = 0;
-            }
-            bytes += size;
-            current.push(op);
-        }
-        if !current.is_empty() {
-            out.push(current);
-        }
-        out
+        let ranges = autogate_store::txn_batches(&ops, max_ops, max_bytes, |(_, size)| *size);
+        let mut ops = ops.into_iter().map(|(op, _)| op);
+        ranges
+            .into_iter()
+            .map(|r| ops.by_ref().take(r.len()).collect())
+            .collect()
     }
 
     /// Stages the writes `plan` decides, commits them in one transaction, and rolls them

@@ -45,9 +45,8 @@ pub(crate) const MAX_ATTEMPTS: usize = 8;
 /// the generation key, a compare per record and the guard's compares.
 const ETCD_TXN_WRITES: usize = 64;
 
-/// Most bytes of records one etcd transaction carries here (etcd's `--max-request-bytes`
-/// defaults to 1.5 MiB per request).
-const ETCD_TXN_BYTES: usize = 1024 * 1024;
+/// Most bytes of records one etcd transaction carries here.
+const ETCD_TXN_BYTES: usize = autogate_store::TXN_BYTES;
 
 /// Why a resource operation failed, shaped by what the caller does next.
 #[derive(Debug, thiserror::Error)]

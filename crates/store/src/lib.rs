@@ -408,8 +408,52 @@ pub fn cluster_prefix(cluster_id: &str) -> String {
     format!("/autogate/{cluster_id}/")
 }
 
+/// Operations one transaction carries at most where a writer splits its work: etcd refuses
+/// more than `--max-txn-ops` (128 by default, compares counted too), and this leaves room for a
+/// writer's own guards.
+pub const TXN_OPS: usize = 100;
+
+/// Bytes of records one transaction carries at most where a writer splits its work, under
+/// etcd's `--max-request-bytes` (1.5 MiB by default).
+pub const TXN_BYTES: usize = 1 << 20;
+
+/// Splits `items` into consecutive runs of at most `max_items` items and `max_bytes` bytes (by
+/// `size`), in order; an item larger than `max_bytes` goes alone. Returns the index ranges, so
+/// a caller can slice or drain.
+pub fn txn_batches<T>(
+    items: &[T],
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && (i - start >= max_items || bytes + n > max_bytes) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(start..items.len());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn txn_batches_bound_items_and_bytes_and_keep_order() {
+        let sizes = [40, 40, 40, 200, 10, 10, 10, 10, 10];
+        assert_eq!(
+            txn_batches(&sizes, 4, 100, |n| *n),
+            [0..2, 2..3, 3..4, 4..8, 8..9]
+        );
+        assert!(txn_batches(&[] as &[usize], 4, 100, |n| *n).is_empty());
+    }
+
     use super::*;
 
     #[test]
