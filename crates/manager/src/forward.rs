@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use autogate_proto::RpcError;
 use autogate_store::{EventKind, Store, WatchEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::hub::{Hub, Reply, RequestError};
 use crate::replicas::Replicas;
-use crate::runs::StoredError;
+use crate::runs::RunAnswer;
 
 /// Prefix of forwarded requests: `/manager/requests/<holder replica>/<id>`.
 pub const REQUESTS: &str = "/manager/requests/";
@@ -49,19 +48,13 @@ enum Failure {
     Timeout,
 }
 
-/// The holder's answer.
+/// The holder's answer: the gateway's, as a run's is kept, or why there was none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Answer {
-    #[serde(default)]
-    result: Option<Value>,
-    #[serde(default)]
-    error: Option<StoredError>,
+    #[serde(flatten)]
+    answer: RunAnswer,
     #[serde(default)]
     failure: Option<Failure>,
-    #[serde(default)]
-    node_id: String,
-    #[serde(default)]
-    term: Option<u64>,
 }
 
 /// The forwarding of one replica: its callers waiting for other replicas.
@@ -150,12 +143,9 @@ impl Answer {
                 after: Duration::ZERO,
             }),
             None => Ok(Reply {
-                outcome: match self.error {
-                    Some(e) => Err(RpcError::from(e)),
-                    None => Ok(self.result.unwrap_or(Value::Null)),
-                },
-                node_id: self.node_id,
-                term: self.term,
+                outcome: self.answer.outcome(),
+                node_id: self.answer.node_id,
+                term: self.answer.term,
             }),
         }
     }
@@ -202,22 +192,17 @@ pub fn apply(hub: &Arc<Hub>, ev: &WatchEvent) {
             .request_here(&request.cluster, &request.method, request.params, timeout)
             .await
         {
-            Ok(a) => {
-                let (result, error) = match a.outcome {
-                    Ok(v) => (Some(v), None),
-                    Err(e) => (None, Some(StoredError::from(e))),
-                };
-                Answer {
-                    result,
-                    error,
-                    failure: None,
-                    node_id: a.node_id,
-                    term: a.term,
-                }
-            }
+            Ok(a) => Answer {
+                answer: RunAnswer::new(a.outcome, &a.node_id, a.term),
+                failure: None,
+            },
             Err(e) => Answer {
-                result: None,
-                error: None,
+                answer: RunAnswer {
+                    node_id: String::new(),
+                    term: None,
+                    result: None,
+                    error: None,
+                },
                 failure: Some(match e {
                     RequestError::Busy(_) => Failure::Busy,
                     RequestError::SessionClosed(_) => Failure::SessionClosed,
@@ -226,8 +211,6 @@ pub fn apply(hub: &Arc<Hub>, ev: &WatchEvent) {
                         Failure::NotConnected
                     }
                 }),
-                node_id: String::new(),
-                term: None,
             },
         };
         let key = format!("{REPLIES}{}/{id}", request.from);

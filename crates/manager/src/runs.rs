@@ -161,7 +161,8 @@ impl RunAnswer {
         }
     }
 
-    fn new(outcome: Result<Value, RpcError>, node_id: &str, term: Option<u64>) -> Self {
+    /// The answer `outcome` of `node_id` at `term`, as it is kept.
+    pub(crate) fn new(outcome: Result<Value, RpcError>, node_id: &str, term: Option<u64>) -> Self {
         let (result, error) = match outcome {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(StoredError::from(e))),
